@@ -1,0 +1,260 @@
+"""NumPy backend: embedded inference (and forward passes in train mode), no heavy deps.
+
+``compile`` lays the plan out as a flat list of kernel calls over numbered slots: no
+graph walking per call, each intermediate released after its last use.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from functools import reduce
+from typing import Any
+
+import numpy as np
+
+from graphdsl.compiler import Plan, _to_numpy
+from graphdsl.errors import InputError, RuleError
+from graphdsl.registry import OPS
+
+from .base import Backend, KernelContext
+
+_SQRT1_2 = 1.0 / math.sqrt(2.0)
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """erf via Abramowitz-Stegun 7.1.26 (|error| < 1.5e-7), in x's dtype."""
+    s = np.sign(x)
+    a = np.abs(x)
+    t = 1.0 / (1.0 + 0.3275911 * a)
+    y = 1.0 - (((((1.061405429 * t - 1.453152027) * t) + 1.421413741) * t - 0.284496736) * t
+               + 0.254829592) * t * np.exp(-a * a)
+    return s * y
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * np.tanh(0.5 * x) + 0.5  # exact identity, no overflow
+
+
+def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    z = x - x.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+
+
+def _gelu(x: np.ndarray, approximate: bool) -> np.ndarray:
+    if approximate:
+        return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
+    return 0.5 * x * (1.0 + _erf(x * _SQRT1_2))
+
+
+# op -> fn(x, attrs); attrs carry the activation's options (axis, alpha, approximate)
+ACTIVATIONS: dict[str, Callable[[np.ndarray, Mapping[str, Any]], np.ndarray]] = {
+    "relu": lambda x, a: np.maximum(x, 0),
+    "gelu": lambda x, a: _gelu(x, a.get("approximate", False)),
+    "sigmoid": lambda x, a: _sigmoid(x),
+    "tanh": lambda x, a: np.tanh(x),
+    "softmax": lambda x, a: _softmax(x, a.get("axis", -1)),
+    "log_softmax": lambda x, a: _log_softmax(x, a.get("axis", -1)),
+    "silu": lambda x, a: x * _sigmoid(x),
+    "elu": lambda x, a: np.where(x > 0, x, a.get("alpha", 1.0) * np.expm1(np.minimum(x, 0))),
+    "leaky_relu": lambda x, a: np.where(x > 0, x, a.get("alpha", 0.01) * x),
+    "softplus": lambda x, a: np.logaddexp(np.zeros((), x.dtype), x),
+}
+_NO_OPTS: Mapping[str, Any] = {}
+
+
+def _as_float(y: np.ndarray, ctx: KernelContext) -> np.ndarray:
+    """Keep the compute dtype when ints meet floats (NumPy would promote to float64)."""
+    return y.astype(ctx.dtype) if y.dtype.kind == "f" and y.dtype != ctx.dtype else y
+
+
+def apply_activation(y: np.ndarray, name: str | None) -> np.ndarray:
+    """Dense's fused activation, in place where it can be."""
+    if name is None:
+        return y
+    if name == "relu":
+        return np.maximum(y, 0, out=y)
+    return ACTIVATIONS[name](y, _NO_OPTS)
+
+
+def _dense(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
+    y = ins[0] @ p["kernel"]
+    if "bias" in p:
+        y += p["bias"]
+    return apply_activation(y, a["activation"])
+
+
+def _dropout(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
+    x = ins[0]
+    if not ctx.training or a["rate"] == 0.0:
+        return (x, {}) if ctx.training else x
+    rng = np.random.default_rng(int(p["key"]))
+    keep = rng.random(x.shape, dtype=np.float32) >= a["rate"]
+    y = np.where(keep, x / np.asarray(1.0 - a["rate"], x.dtype), np.zeros((), x.dtype))
+    return y, {"key": np.asarray(rng.integers(0, 2**63 - 1), dtype=np.uint64)}
+
+
+def _layer_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
+    x = ins[0]
+    ax = a["axis"] % x.ndim
+    mean = x.mean(axis=ax, keepdims=True)
+    var = np.square(x - mean).mean(axis=ax, keepdims=True)
+    y = (x - mean) / np.sqrt(var + np.asarray(a["epsilon"], x.dtype))
+    bshape = [1] * x.ndim
+    bshape[ax] = x.shape[ax]
+    if "gamma" in p:
+        y = y * p["gamma"].reshape(bshape)
+    if "beta" in p:
+        y = y + p["beta"].reshape(bshape)
+    return y
+
+
+def _embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
+    ids = ins[0]
+    if ids.size and (ids.min() < 0 or ids.max() >= a["vocab_size"]):
+        raise RuleError(f"token ids must lie in [0, {a['vocab_size']}), got values in "
+                        f"[{ids.min()}, {ids.max()}]",
+                        "check the tokenizer, or raise vocab_size", InputError)
+    return np.take(p["kernel"], ids, axis=0)
+
+
+def _reshape(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
+    x = ins[0]
+    return x.reshape(tuple(x.shape[i] if d is None else d for i, d in enumerate(a["shape"])))
+
+
+def _constant(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
+    v = a["value"]
+    if v.dtype.kind != "f":
+        return v
+    if "value" not in ctx.cache:
+        ctx.cache["value"] = v.astype(ctx.dtype)
+    return ctx.cache["value"]
+
+
+def _custom(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
+    return _as_float(np.asarray(a["fn"](*ins, xp=np, **a["opts"])), ctx)
+
+
+def _container(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
+    return dict(zip(a["keys"], ins)) if a["keys"] is not None else tuple(ins)
+
+
+def _act_kernel(op: str):
+    fn = ACTIVATIONS[op]
+    return lambda ins, p, a, ctx: fn(ins[0], a)
+
+
+def _reduce_kernel(ufunc: np.ufunc):
+    return lambda ins, p, a, ctx: _as_float(reduce(ufunc, ins), ctx)
+
+
+KERNELS: dict[str, Callable] = {
+    "constant": _constant,
+    "param": lambda ins, p, a, ctx: p["value"],
+    "layer": _custom,
+    "container": _container,
+    "dense": _dense,
+    "dropout": _dropout,
+    "layer_norm": _layer_norm,
+    "embedding": _embedding,
+    "add": _reduce_kernel(np.add),
+    "subtract": _reduce_kernel(np.subtract),
+    "multiply": _reduce_kernel(np.multiply),
+    "concatenate": lambda ins, p, a, ctx: _as_float(np.concatenate(ins, axis=a["axis"]), ctx),
+    "reshape": _reshape,
+    "flatten": lambda ins, p, a, ctx: ins[0].reshape(
+        ins[0].shape[0], math.prod(ins[0].shape[1:])),
+    "transpose": lambda ins, p, a, ctx: np.transpose(ins[0], a["axes"]),
+    "matmul": lambda ins, p, a, ctx: _as_float(np.matmul(ins[0], ins[1]), ctx),
+    **{op: _act_kernel(op) for op in ACTIVATIONS},
+}
+
+
+def register_kernel(op: str, kernel: Callable) -> None:
+    """Add the NumPy kernel of an op defined outside the core (e.g. adapters)."""
+    KERNELS[op] = kernel
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+    kernels = KERNELS
+
+    def compile(self, plan: Plan, **options: Any) -> Callable:
+        if options:
+            raise RuleError(f"the numpy backend takes no options, got {sorted(options)}")
+        dtype = np.dtype(plan.dtype)
+        training = plan.training
+        prog = []
+        for step in plan.steps:
+            ctx = KernelContext(training, dtype, step.name, step.op, np)
+            refs = tuple((r.local, r.owner, r.name, tuple(r.shape), np.dtype(r.dtype), r)
+                         for r in step.params)
+            stateful = training and OPS[step.op].stochastic
+            prog.append((KERNELS[step.op], step.ins, step.out, refs, step.attrs, ctx,
+                         step.free, stateful, step))
+        inputs = [(slot, node.dtype.startswith("int"), name, node)
+                  for name, slot, node in plan.inputs]
+        n_slots, out_slot = plan.n_slots, plan.output
+
+        def fetch(step, refs, data):
+            p = {}
+            for local, owner, pname, shape, dt, ref in refs:
+                try:
+                    arr = data[owner][pname]
+                except (KeyError, TypeError):
+                    raise plan.missing_param(step, ref, data) from None
+                if getattr(arr, "shape", None) != shape or arr.dtype != dt:
+                    arr = _to_numpy(arr)
+                    if arr.shape != shape:
+                        raise plan.bad_param(step, ref, arr)
+                    arr = arr.astype(dt)
+                p[local] = arr
+            return p
+
+        def run(state: Any, arrays: list) -> tuple[Any, dict]:
+            slots: list[Any] = [None] * n_slots
+            for (slot, is_int, name, node), a in zip(inputs, arrays):
+                slots[slot] = _convert_input(a, is_int, dtype, plan, name, node)
+            data = state.data
+            updates: dict = {}
+            step = None
+            try:
+                for kern, ins, out, refs, attrs, ctx, free, stateful, step in prog:
+                    p = fetch(step, refs, data) if refs else _NO_OPTS
+                    y = kern([slots[i] for i in ins], p, attrs, ctx)
+                    if stateful:
+                        y, new = y
+                        for local, value in new.items():
+                            ref = next(r for r in step.params if r.local == local)
+                            updates[(ref.owner, ref.name)] = value
+                    slots[out] = y
+                    for f in free:
+                        slots[f] = None
+            except Exception as e:
+                if step is None:
+                    raise
+                raise plan.kernel_failure(step, e, slots) from None
+            return slots[out_slot], updates
+
+        return run
+
+
+def _convert_input(a: Any, is_int: bool, dtype: np.dtype, plan: Plan, name: str,
+                   node: Any) -> np.ndarray:
+    if not isinstance(a, np.ndarray):
+        a = _to_numpy(a)
+    if is_int:
+        if a.dtype.kind not in "iu":
+            raise InputError(f"input {name!r} holds token ids and needs an integer array, "
+                             f"got dtype {a.dtype}", layer=name, op="input", where=node.where,
+                             fix="pass ids as np.int64 (e.g. ids.astype(np.int64))")
+        return a
+    return a if a.dtype == dtype else a.astype(dtype)
+
+
+BACKEND = NumpyBackend()

@@ -1,0 +1,61 @@
+"""graphdsl: a Python mirror of Elixir's Axon.
+
+Compose a lazy, immutable graph of layers, inspect it, and compile it to NumPy or
+PyTorch::
+
+    import graphdsl as gd
+    x = gd.input("x", shape=(None, 16))
+    y = gd.dense(gd.dense(x, 32, activation="relu"), 4)
+    init_fn, predict_fn = gd.build(y)
+"""
+from __future__ import annotations
+
+from . import ops as _ops  # noqa: F401  (registers the ops)
+from .compiler import build, predict
+from .custom import register_function
+from .errors import GraphDSLError
+from .graph import get_inputs, get_op_counts, get_output_shape, get_parameters, topo_order
+from .node import Node
+from .ops.core import constant, container, input, layer, param
+from .ops.nn import (
+    activation,
+    dense,
+    dropout,
+    elu,
+    embedding,
+    gelu,
+    layer_norm,
+    leaky_relu,
+    log_softmax,
+    relu,
+    sigmoid,
+    silu,
+    softmax,
+    softplus,
+    tanh,
+)
+from .ops.tensor import (
+    add,
+    concatenate,
+    flatten,
+    matmul,
+    multiply,
+    reshape,
+    subtract,
+    transpose,
+)
+from .registry import OPS
+from .state import ModelState
+from .transforms import freeze, map_nodes, rewrite_nodes
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GraphDSLError", "ModelState", "Node", "OPS", "activation", "add", "build",
+    "concatenate", "constant", "container", "dense", "dropout", "elu", "embedding",
+    "flatten", "freeze", "gelu", "get_inputs", "get_op_counts", "get_output_shape",
+    "get_parameters", "input", "layer", "layer_norm", "leaky_relu", "log_softmax",
+    "map_nodes", "matmul", "multiply", "param", "predict", "register_function", "relu",
+    "reshape", "rewrite_nodes", "sigmoid", "silu", "softmax", "softplus", "subtract",
+    "tanh", "topo_order", "transpose",
+]

@@ -1,0 +1,306 @@
+"""Compiler front: validate -> topological plan -> backend.compile -> (init_fn, predict_fn).
+
+The plan is backend-independent: a flat list of steps (op, attrs, input slots, output
+slot, parameter references, slots to release). Backends turn it into an executable.
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import GraphDSLError, InputError, RuleError, StateError, fmt_shape
+from .graph import Graph, analyze, check_input_names, infer_shapes
+from .initializers import initialize
+from .node import Node
+from .registry import ParamSpec
+from .state import ModelState
+
+MODES = ("inference", "train")
+DTYPES = ("float32", "float64")
+
+
+@dataclass(frozen=True)
+class ParamRef:
+    """Where a step finds one of its parameters: ``state.data[owner][name]``."""
+
+    local: str  # the name the kernel sees (kernel, bias, A, ...)
+    owner: str
+    name: str
+    shape: tuple
+    dtype: str
+    kind: str
+
+
+@dataclass(frozen=True)
+class Step:
+    """One kernel call: ``slots[out] = KERNELS[op](inputs, params, attrs, ctx)``."""
+
+    node: Node
+    name: str
+    op: str
+    attrs: Mapping[str, Any]
+    ins: tuple[int, ...]
+    out: int
+    params: tuple[ParamRef, ...]
+    free: tuple[int, ...]  # slots whose value is not needed after this step
+
+
+@dataclass(frozen=True)
+class Plan:
+    graph: Graph
+    steps: tuple[Step, ...]
+    inputs: tuple[tuple[str, int, Node], ...]  # (name, slot, node) in get_inputs order
+    output: int
+    n_slots: int
+    mode: str
+    dtype: str
+
+    @property
+    def training(self) -> bool:
+        return self.mode == "train"
+
+    def step_error(self, step: Step, what: str, fix: str | None = None, shapes: Any = None,
+                   cls: type[GraphDSLError] = GraphDSLError) -> GraphDSLError:
+        return cls(what, layer=step.name, op=step.op, where=step.node.where, shapes=shapes,
+                   fix=fix)
+
+    def missing_param(self, step: Step, ref: ParamRef, data: Mapping) -> GraphDSLError:
+        have = sorted(data.get(ref.owner, {})) if ref.owner in data else None
+        return self.step_error(
+            step, f"the state has no {ref.owner}.{ref.name} (shape {fmt_shape(ref.shape)})",
+            "initialize the state with init_fn(template, state) so missing values are "
+            f"created (layer {ref.owner!r} has: {have})", cls=StateError)
+
+    def bad_param(self, step: Step, ref: ParamRef, arr: Any) -> GraphDSLError:
+        shp = getattr(arr, "shape", None)
+        return self.step_error(
+            step, f"state value {ref.owner}.{ref.name} has shape {fmt_shape(shp)}, "
+            f"the layer needs {fmt_shape(ref.shape)}",
+            shapes={"expected": ref.shape, "given": shp},
+            fix="re-create it with init_fn, or load weights that match this model",
+            cls=StateError)
+
+    def kernel_failure(self, step: Step, exc: BaseException, slots: list) -> GraphDSLError:
+        """Wrap an unexpected backend exception with the layer it happened in."""
+        if isinstance(exc, GraphDSLError):
+            return exc
+        if isinstance(exc, RuleError):
+            return self.step_error(step, exc.what, exc.fix, cls=exc.cls)
+        shapes = {f"input{i}": getattr(slots[s], "shape", None) for i, s in enumerate(step.ins)}
+        return self.step_error(step, f"{step.op} failed: {type(exc).__name__}: {exc}",
+                               "check the input shapes and the layer options", shapes=shapes)
+
+
+def make_plan(model: Node, mode: str = "inference", dtype: str = "float32") -> Plan:
+    """Validate the graph and lay it out as a flat list of steps."""
+    if mode not in MODES:
+        raise GraphDSLError(f"unknown mode {mode!r}", fix=f"use one of {MODES}")
+    if dtype not in DTYPES:
+        raise GraphDSLError(f"unsupported compute dtype {dtype!r}", fix=f"use one of {DTYPES}")
+    g = analyze(model)
+    slot = {n.id: i for i, n in enumerate(g.order)}
+    last_use: dict[int, int] = {}
+    for i, n in enumerate(g.order):
+        for x in n.inputs:
+            last_use[slot[x.id]] = i
+    frees: dict[int, list[int]] = {}
+    for s, i in last_use.items():
+        if s != slot[model.id]:
+            frees.setdefault(i, []).append(s)
+    steps = []
+    for i, n in enumerate(g.order):
+        if n.op == "input":
+            continue
+        refs = tuple(ParamRef(p.name, *g.param_ref(n, p), p.shape, p.dtype or dtype, p.kind)
+                     for p in n.params)
+        steps.append(Step(n, g.name(n), n.op, n.attrs, tuple(slot[x.id] for x in n.inputs),
+                          slot[n.id], refs, tuple(frees.get(i, ()))))
+    inputs = tuple((g.name(n), slot[n.id], n) for n in g.input_nodes)
+    return Plan(g, tuple(steps), inputs, slot[model.id], len(g.order), mode, dtype)
+
+
+# -- init ------------------------------------------------------------------------------------
+def init_state(plan: Plan, template: Any = None, initial_state: ModelState | None = None,
+               seed: int = 0) -> ModelState:
+    """Create the missing values of ``initial_state`` (kept as given otherwise)."""
+    g = plan.graph
+    if template is not None:
+        from .graph import normalize_input_shapes
+
+        infer_shapes(g, normalize_input_shapes(g, template))
+    if initial_state is None:
+        initial_state = ModelState.empty()
+    if not isinstance(initial_state, ModelState):
+        raise StateError(f"initial_state must be a ModelState, got "
+                         f"{type(initial_state).__name__}",
+                         fix="wrap arrays as gd.ModelState({layer: {param: array}})")
+    given = initial_state.data
+    for layer, params in given.items():
+        for p in params:
+            if (layer, p) not in g.params:
+                known = sorted({k[0] for k in g.params})
+                raise StateError(
+                    f"initial_state has {layer}.{p}, which this model does not use",
+                    fix=f"remove it, or check the layer names; layers with parameters: "
+                        f"{known}")
+    data: dict[str, dict[str, np.ndarray]] = {}
+    frozen = set(initial_state.frozen)
+    state_names: dict[str, list[str]] = {}
+    for n in g.order:
+        local: dict[str, np.ndarray] = {}
+        for spec in n.params:
+            owner, pname = g.param_ref(n, spec)
+            dt = spec.dtype or plan.dtype
+            if pname in data.get(owner, {}):
+                local[spec.name] = data[owner][pname]
+                continue
+            if owner in given and pname in given[owner]:
+                arr = _checked_value(g, n, owner, pname, spec, given[owner][pname], dt)
+            else:
+                try:
+                    arr = initialize(spec.initializer, spec.shape, dt, seed, owner, pname,
+                                     local)
+                except RuleError as e:
+                    raise g.error(n, e.what, e.fix, cls=e.cls) from None
+            data.setdefault(owner, {})[pname] = arr
+            local[spec.name] = arr
+            merged = g.params[(owner, pname)]
+            if merged.kind == "state":
+                state_names.setdefault(owner, []).append(pname)
+            elif not merged.trainable:
+                frozen.add((owner, pname))
+    return ModelState(data, frozen, state_names)
+
+
+def _checked_value(g: Graph, n: Node, owner: str, pname: str, spec: ParamSpec, value: Any,
+                   dt: str) -> np.ndarray:
+    arr = value if isinstance(value, np.ndarray) else _to_numpy(value)
+    if arr.dtype.kind not in "biuf":
+        raise g.error(n, f"{owner}.{pname} has non-numeric dtype {arr.dtype}",
+                      "pass a numeric array", cls=StateError)
+    if tuple(arr.shape) != tuple(spec.shape):
+        raise g.error(n, f"initial_state value {owner}.{pname} has shape "
+                      f"{fmt_shape(arr.shape)}, the layer needs {fmt_shape(spec.shape)}",
+                      "pass an array of the right shape, or leave it out to initialize it",
+                      shapes={"expected": spec.shape, "given": arr.shape}, cls=StateError)
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise g.error(n, f"initial_state value {owner}.{pname} holds NaN or infinity",
+                      "pass finite values", cls=StateError)
+    return arr if arr.dtype == np.dtype(dt) else arr.astype(dt)
+
+
+def _to_numpy(value: Any) -> np.ndarray:
+    if hasattr(value, "detach"):  # a torch tensor
+        value = value.detach().cpu().numpy()
+    return np.asarray(value)
+
+
+# -- predict -----------------------------------------------------------------------------------
+class InputChecker:
+    """Validates predict inputs; the full shape check runs once per shape signature."""
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+        self.names = [name for name, _, _ in plan.inputs]
+        self.seen: OrderedDict[tuple, None] = OrderedDict()
+
+    def __call__(self, inputs: Any) -> list[Any]:
+        names = self.names
+        if isinstance(inputs, Mapping):
+            if len(inputs) != len(names) or any(k not in inputs for k in names):
+                check_input_names(self.plan.graph, inputs)
+            arrays = [inputs[k] for k in names]
+        elif len(names) == 1:
+            arrays = [inputs]
+        else:
+            raise InputError(
+                f"this model has {len(names)} inputs {names}; a bare array is ambiguous",
+                shapes=self.plan.graph.inputs,
+                fix="pass a dict {name: array} with one entry per input")
+        sig = []
+        for (name, _, node), a in zip(self.plan.inputs, arrays):
+            shp = getattr(a, "shape", None)
+            if shp is None or not _numeric(a):
+                raise self._bad_value(name, node, a)
+            sig.append(tuple(shp))
+        key = tuple(sig)
+        if key not in self.seen:
+            infer_shapes(self.plan.graph, dict(zip(names, key)))
+            self.seen[key] = None
+            if len(self.seen) > 64:
+                self.seen.popitem(last=False)
+        return arrays
+
+    def _bad_value(self, name: str, node: Node, a: Any) -> GraphDSLError:
+        if a is None:
+            what = f"input {name!r} is None"
+        elif hasattr(a, "dtype"):
+            what = f"input {name!r} has non-numeric dtype {a.dtype}"
+        else:
+            what = f"input {name!r} is a {type(a).__name__}, not an array"
+        return InputError(what, layer=name, op="input", where=node.where,
+                          shapes={"expected": node.shape},
+                          fix=f"pass a numeric array of shape {fmt_shape(node.shape)}")
+
+
+def _numeric(a: Any) -> bool:
+    dt = getattr(a, "dtype", None)
+    if isinstance(dt, np.dtype):
+        return dt.kind in "biuf"
+    return dt is not None and any(k in str(dt) for k in ("float", "int", "bool"))
+
+
+def build(model: Node, backend: str = "numpy", mode: str = "inference", seed: int = 0,
+          dtype: str = "float32", **backend_options: Any
+          ) -> tuple[Callable[..., ModelState], Callable[..., Any]]:
+    """Compile ``model`` for ``backend``; returns ``(init_fn, predict_fn)``.
+
+    ``init_fn(template=None, initial_state=None) -> ModelState`` keeps every given value
+    and creates the missing ones from ``seed``. ``predict_fn(state, inputs)`` takes a bare
+    array for a 1-input model, else ``{name: array}``; in ``mode="train"`` it returns
+    ``{"prediction": ..., "state": ModelState}`` with dropout active.
+    """
+    from graphdsl.backends import get_backend
+
+    be = get_backend(backend)
+    plan = make_plan(model, mode, dtype)
+    executable = be.compile(plan, **backend_options)
+    check = InputChecker(plan)
+
+    def init_fn(template: Any = None, initial_state: ModelState | None = None) -> ModelState:
+        return init_state(plan, template, initial_state, seed)
+
+    def predict_fn(state: ModelState, inputs: Any) -> Any:
+        if not isinstance(state, ModelState):
+            raise StateError(f"predict needs a ModelState, got {type(state).__name__}",
+                             fix="create one with init_fn(template)")
+        out, updates = executable(state, check(inputs))
+        if plan.training:
+            new = state.copy()
+            for (layer, name), value in updates.items():
+                new.data[layer][name] = value
+            return {"prediction": out, "state": new}
+        return out
+
+    init_fn.plan = predict_fn.plan = plan  # type: ignore[attr-defined]
+    return init_fn, predict_fn
+
+
+_PREDICT_CACHE: OrderedDict[tuple, tuple[Node, Callable]] = OrderedDict()
+
+
+def predict(model: Node, state: ModelState, inputs: Any, backend: str = "numpy",
+            mode: str = "inference", **kwargs: Any) -> Any:
+    """Build (cached for the last few models) and run ``model`` once."""
+    key = (id(model), backend, mode, tuple(sorted(kwargs.items())))
+    hit = _PREDICT_CACHE.get(key)
+    if hit is None or hit[0] is not model:
+        hit = (model, build(model, backend=backend, mode=mode, **kwargs)[1])
+        _PREDICT_CACHE[key] = hit
+        if len(_PREDICT_CACHE) > 8:
+            _PREDICT_CACHE.popitem(last=False)
+    return hit[1](state, inputs)

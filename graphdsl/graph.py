@@ -1,0 +1,234 @@
+"""Whole-graph analysis: topological order, names, inputs, shapes, parameters.
+
+One iterative walk (no recursion, so 100k-node chains are fine) gives everything the
+compiler, the display and the transforms need.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from .errors import GraphDSLError, InputError, NameError_, RuleError, ShapeError, fmt_shape
+from .node import Node
+from .registry import OPS, ParamSpec
+
+
+def topo_order(output: Node | Iterable[Node]) -> list[Node]:
+    """Nodes reachable from ``output`` (a node or several), parents before children,
+    inputs visited in order. Iterative depth-first post-order."""
+    roots = [output] if isinstance(output, Node) else list(output)
+    order: list[Node] = []
+    seen: set[int] = set()
+    for root in roots:
+        if not isinstance(root, Node):
+            raise GraphDSLError(f"expected a graph node, got {type(root).__name__}",
+                                fix="pass the model's output node")
+        if root.id in seen:
+            continue
+        stack: list[tuple[Node, int]] = [(root, 0)]
+        seen.add(root.id)
+        while stack:
+            node, i = stack[-1]
+            if i < len(node.inputs):
+                stack[-1] = (node, i + 1)
+                child = node.inputs[i]
+                if child.id not in seen:
+                    seen.add(child.id)
+                    stack.append((child, 0))
+            else:
+                stack.pop()
+                order.append(node)
+    return order
+
+
+@dataclass
+class Graph:
+    """The analyzed graph of a model (its output node)."""
+
+    output: Node
+    order: list[Node]
+    names: dict[int, str]  # node id -> resolved layer name
+    inputs: dict[str, tuple]  # input name -> symbolic shape, in order of appearance
+    input_nodes: list[Node]
+    params: dict[tuple[str, str], ParamSpec]  # (owner layer, param) -> merged spec
+    param_users: dict[tuple[str, str], list[str]]
+
+    @property
+    def output_shape(self) -> Any:
+        return output_structure(self.output, {n.id: n.shape for n in self.order})
+
+    def name(self, node: Node) -> str:
+        return self.names[node.id]
+
+    def error(self, node: Node, what: str, fix: str | None = None, *, shapes: Any = None,
+              cls: type[GraphDSLError] = GraphDSLError) -> GraphDSLError:
+        return cls(what, layer=self.names.get(node.id, node.name), op=node.op,
+                   where=node.where, shapes=shapes, fix=fix)
+
+    def param_ref(self, node: Node, spec: ParamSpec) -> tuple[str, str]:
+        return (spec.owner or self.names[node.id], spec.name)
+
+
+def output_structure(output: Node, values: Mapping[int, Any]) -> Any:
+    """The value of ``output`` with containers expanded into tuples/dicts."""
+    if output.op != "container":
+        return values[output.id]
+    items = [output_structure(x, values) for x in output.inputs]
+    keys = output.attrs["keys"]
+    return dict(zip(keys, items)) if keys is not None else tuple(items)
+
+
+def resolve_names(order: list[Node]) -> dict[int, str]:
+    """Explicit names as given; others ``{op}_{n}`` counted per op in topological order,
+    skipping numbers an explicit name already uses. Duplicates are an error."""
+    names: dict[int, str] = {}
+    owner: dict[str, Node] = {}
+    for n in order:
+        if n.name is not None:
+            if n.name in owner:
+                first = owner[n.name]
+                raise NameError_(
+                    f"layer name {n.name!r} is used twice (also by a {first.op} layer "
+                    f"defined at {first.where})", layer=n.name, op=n.op, where=n.where,
+                    fix="give each layer a unique name=")
+            owner[n.name] = n
+            names[n.id] = n.name
+    counters: dict[str, int] = {}
+    for n in order:
+        if n.name is None:
+            k = counters.get(n.op, 0)
+            while f"{n.op}_{k}" in owner:
+                k += 1
+            counters[n.op] = k + 1
+            names[n.id] = f"{n.op}_{k}"
+            owner[names[n.id]] = n
+    return names
+
+
+def analyze(model: Node) -> Graph:
+    """Walk ``model`` once: order, names, inputs and the merged parameter table."""
+    if not isinstance(model, Node):
+        raise GraphDSLError(f"expected a model (graph node), got {type(model).__name__}",
+                            fix="pass the output node returned by a layer constructor, "
+                                "or gd.container([...]) for several outputs")
+    order = topo_order(model)
+    names = resolve_names(order)
+    inputs: dict[str, tuple] = {}
+    input_nodes: list[Node] = []
+    params: dict[tuple[str, str], ParamSpec] = {}
+    users: dict[tuple[str, str], list[str]] = {}
+    for n in order:
+        if n.op == "container" and n is not model and not _only_in_containers(n, order):
+            raise ShapeError("a container can only be the model output",
+                             layer=names[n.id], op=n.op, where=n.where,
+                             fix="use its elements as inputs instead")
+        if n.op == "input":
+            inputs[names[n.id]] = n.shape
+            input_nodes.append(n)
+        for spec in n.params:
+            key = (spec.owner or names[n.id], spec.name)
+            prev = params.get(key)
+            if prev is None:
+                params[key] = spec
+            elif prev.shape != spec.shape or prev.kind != spec.kind:
+                raise ShapeError(
+                    f"parameter {key[0]}.{key[1]} is used by {users[key]} with shape "
+                    f"{fmt_shape(prev.shape)} and by {names[n.id]!r} with shape "
+                    f"{fmt_shape(spec.shape)}", layer=names[n.id], op=n.op, where=n.where,
+                    fix="layers sharing a parameter must agree on its shape")
+            elif prev.trainable and not spec.trainable:
+                params[key] = replace(prev, trainable=False)
+            users.setdefault(key, []).append(names[n.id])
+    return Graph(model, order, names, inputs, input_nodes, params, users)
+
+
+def _only_in_containers(n: Node, order: list[Node]) -> bool:
+    return all(m.op == "container" for m in order if any(i is n for i in m.inputs))
+
+
+# -- public queries ----------------------------------------------------------------------
+def get_inputs(model: Node) -> dict[str, tuple]:
+    """``{input name: shape}`` in order of first use, e.g. ``{"x": (None, 16)}``."""
+    return dict(analyze(model).inputs)
+
+
+def normalize_input_shapes(g: Graph, inputs: Any) -> dict[str, tuple]:
+    """Accept ``{name: shape or array}``, or a bare shape / array for a 1-input model."""
+    if isinstance(inputs, Mapping):
+        out = {k: tuple(getattr(v, "shape", v)) for k, v in inputs.items()}
+    elif len(g.inputs) == 1 and inputs is not None:
+        out = {next(iter(g.inputs)): tuple(getattr(inputs, "shape", inputs))}
+    else:
+        raise InputError(
+            f"this model has {len(g.inputs)} inputs {list(g.inputs)}; pass a dict",
+            shapes=g.inputs, fix="pass {name: shape} for every input")
+    check_input_names(g, out)
+    return out
+
+
+def check_input_names(g: Graph, given: Mapping[str, Any]) -> None:
+    missing = [k for k in g.inputs if k not in given]
+    extra = [k for k in given if k not in g.inputs]
+    if missing or extra:
+        raise InputError(
+            f"inputs do not match the model: missing {missing}, unexpected {extra}",
+            shapes=g.inputs, fix=f"pass exactly these inputs: {list(g.inputs)}")
+
+
+def check_input_shape(g: Graph, node: Node, shape: tuple) -> None:
+    want = node.shape
+    ok = len(shape) == len(want) and all(w is None or w == s for w, s in zip(want, shape))
+    if not ok:
+        raise InputError(
+            f"input {g.name(node)!r} expects shape {fmt_shape(want)}, got {fmt_shape(shape)}",
+            layer=g.name(node), op="input", where=node.where,
+            shapes={"expected": want, "given": shape},
+            fix=f"pass an array of rank {len(want)} matching {fmt_shape(want)} "
+                "(None = any size)")
+
+
+def infer_shapes(g: Graph, input_shapes: Mapping[str, tuple]) -> dict[int, Any]:
+    """Concrete shapes of every node for the given input shapes (checked)."""
+    shapes: dict[int, Any] = {}
+    for n in g.order:
+        if n.op == "input":
+            shp = tuple(input_shapes[g.name(n)])
+            check_input_shape(g, n, shp)
+            shapes[n.id] = shp
+            continue
+        ins = [shapes[i.id] for i in n.inputs]
+        try:
+            shapes[n.id] = OPS[n.op].infer_shape(ins, n.attrs)
+        except RuleError as e:
+            raise g.error(n, e.what, e.fix, shapes={g.name(i): s for i, s in
+                                                    zip(n.inputs, ins)}, cls=e.cls) from None
+    return shapes
+
+
+def get_output_shape(model: Node, inputs: Any = None) -> Any:
+    """Output shape for concrete input shapes (``{name: shape}``, or a bare shape for a
+    1-input model); symbolic (with None) when ``inputs`` is None. Containers give
+    tuples/dicts of shapes."""
+    g = analyze(model)
+    if inputs is None:
+        return g.output_shape
+    shapes = infer_shapes(g, normalize_input_shapes(g, inputs))
+    return output_structure(model, shapes)
+
+
+def get_parameters(model: Node) -> dict[str, dict[str, ParamSpec]]:
+    """``{layer: {param: ParamSpec}}`` for every parameter and state entry the model reads
+    (shared parameters appear once, under their owner)."""
+    out: dict[str, dict[str, ParamSpec]] = {}
+    for (layer, pname), spec in analyze(model).params.items():
+        out.setdefault(layer, {})[pname] = spec
+    return out
+
+
+def get_op_counts(model: Node) -> dict[str, int]:
+    """``{op: number of layers}`` in the graph."""
+    counts: dict[str, int] = {}
+    for n in topo_order(model):
+        counts[n.op] = counts.get(n.op, 0) + 1
+    return counts

@@ -1,0 +1,2 @@
+"""Op definitions: each module registers its ops and defines their constructors."""
+from . import core, nn, tensor  # noqa: F401  (registration side effects)

@@ -1,0 +1,54 @@
+"""Attribute checks shared by op definitions (raise RuleError with a fix)."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import AttributeError_, RuleError
+from ..shapes import is_int
+
+
+def positive_int(value: Any, what: str) -> int:
+    if not is_int(value) or int(value) <= 0:
+        raise RuleError(f"{what} must be a positive integer, got {value!r}",
+                        f"pass {what}=<int >= 1>", AttributeError_)
+    return int(value)
+
+
+def number(value: Any, what: str, lo: float | None = None, hi: float | None = None,
+           hi_open: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if ok:
+        value = float(value)
+        ok = value == value and (lo is None or value >= lo) and (
+            hi is None or (value < hi if hi_open else value <= hi))
+    if not ok:
+        rng = f"[{lo}, {hi}{')' if hi_open else ']'}"
+        raise RuleError(f"{what} must be a number in {rng}, got {value!r}",
+                        f"pass {what} within {rng}", AttributeError_)
+    return value
+
+
+def boolean(value: Any, what: str) -> bool:
+    if not isinstance(value, bool):
+        raise RuleError(f"{what} must be True or False, got {value!r}",
+                        f"pass {what}=True or {what}=False", AttributeError_)
+    return value
+
+
+def shape_tuple(value: Any, what: str, allow_none: bool = True, allow_minus1: bool = False
+                ) -> tuple:
+    if not isinstance(value, (tuple, list)):
+        raise RuleError(f"{what} must be a tuple, got {value!r}",
+                        f"pass {what} as a tuple such as (None, 16)", AttributeError_)
+    out = []
+    for d in value:
+        if d is None and allow_none:
+            out.append(None)
+        elif is_int(d) and (int(d) > 0 or (allow_minus1 and int(d) == -1)):
+            out.append(int(d))
+        else:
+            raise RuleError(
+                f"{what} {tuple(value)!r} has an invalid size {d!r}",
+                f"use positive ints{', -1' if allow_minus1 else ''}"
+                f"{' or None (any size)' if allow_none else ''}", AttributeError_)
+    return tuple(out)

@@ -1,0 +1,182 @@
+"""Graph sources and plumbing: input, constant, param, custom layer, container."""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from ..custom import function_name, lookup_function
+from ..errors import AttributeError_, GraphDSLError, RuleError
+from ..node import Node, caller_location, make_node, validate_name
+from ..registry import OpDef, ParamSpec, register_op
+from ._attrs import boolean, shape_tuple
+
+_DTYPES = ("float32", "float64", "int32", "int64")
+
+
+# -- input ------------------------------------------------------------------------------
+def _input_attrs(a: dict) -> dict:
+    a["shape"] = shape_tuple(a.get("shape"), "shape")
+    if a.get("dtype", "float32") not in _DTYPES:
+        raise RuleError(f"dtype must be one of {_DTYPES}, got {a.get('dtype')!r}",
+                        "pass dtype='float32' (or 'int64' for token ids)", AttributeError_)
+    a.setdefault("dtype", "float32")
+    return a
+
+
+register_op(OpDef(
+    "input", lambda s, a: a["shape"], check_attrs=_input_attrs, arity=0,
+    infer_dtype=lambda d, a: a["dtype"], category="input",
+    doc="A named model input. shape: tuple with None for any size (batch, sequence).",
+))
+
+
+def input(name: str, shape: Sequence[int | None], dtype: str = "float32") -> Node:
+    """A model input ``name`` of shape ``shape`` (None = any size), e.g. ``(None, 16)``.
+
+    Use ``dtype="int64"`` for token ids feeding an embedding.
+    """
+    where = caller_location()
+    validate_name(name, "input", where, "input name")
+    return make_node("input", [], {"shape": shape, "dtype": dtype}, name, where=where)
+
+
+# -- constant ---------------------------------------------------------------------------
+def _const_attrs(a: dict) -> dict:
+    v = a.get("value")
+    arr = np.asarray(v)
+    if arr.dtype.kind not in "iuf" and arr.dtype.kind != "b":
+        raise RuleError(f"constant must be numeric, got dtype {arr.dtype}",
+                        "pass a NumPy array or number", AttributeError_)
+    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+        raise RuleError("constant holds NaN or infinity", "pass finite values",
+                        AttributeError_)
+    arr = arr.astype(np.int64 if arr.dtype.kind in "iub" else np.float32, copy=True)
+    arr.flags.writeable = False
+    a["value"] = arr
+    return a
+
+
+register_op(OpDef(
+    "constant", lambda s, a: tuple(a["value"].shape), check_attrs=_const_attrs, arity=0,
+    infer_dtype=lambda d, a: "int64" if a["value"].dtype.kind == "i" else "float32",
+    category="input",
+    doc="A fixed array baked into the graph; shape is the array's shape (no batch axis).",
+))
+
+
+def constant(value: Any, name: str | None = None) -> Node:
+    """A constant array (copied, read-only). Float values are stored as float32."""
+    return make_node("constant", [], {"value": value}, name, where=caller_location())
+
+
+# -- param --------------------------------------------------------------------------------
+def _param_attrs(a: dict) -> dict:
+    a["shape"] = shape_tuple(a.get("shape"), "shape", allow_none=False)
+    a["trainable"] = boolean(a.get("trainable", True), "trainable")
+    from ..initializers import check_initializer
+
+    a["initializer"] = check_initializer(a.get("initializer", "glorot_uniform"), "initializer")
+    return a
+
+
+register_op(OpDef(
+    "param", lambda s, a: a["shape"], check_attrs=_param_attrs, arity=0,
+    params=lambda s, a: [ParamSpec("value", a["shape"], a["initializer"], a["trainable"])],
+    doc="A trainable array for custom layers; state.data[name]['value'] has shape `shape`.",
+))
+
+
+def param(name: str, shape: Sequence[int], initializer: Any = "glorot_uniform",
+          trainable: bool = True) -> Node:
+    """A learnable array of fixed ``shape`` named ``name`` (stored as ``data[name]["value"]``),
+    to feed custom layers or arithmetic ops."""
+    return make_node("param", [], {"shape": shape, "initializer": initializer,
+                                   "trainable": trainable}, name, where=caller_location())
+
+
+# -- custom layer ----------------------------------------------------------------------
+def _probe(fn: Callable, in_shapes: Sequence[tuple], in_dtypes: Sequence[str], opts: dict,
+           fill: int) -> tuple:
+    arrays = [np.zeros(tuple(fill if d is None else d for d in s), dtype=dt)
+              for s, dt in zip(in_shapes, in_dtypes)]
+    out = np.asarray(fn(*arrays, xp=np, **opts))
+    return out.shape
+
+
+def _layer_shape(s: Sequence[tuple], a: Mapping[str, Any]) -> tuple:
+    return a["output_shape"]
+
+
+register_op(OpDef(
+    "layer", _layer_shape, arity=(0, None),
+    doc="A custom layer: fn(*arrays, xp=<backend array namespace>, **opts) -> array. "
+        "It runs on every backend (xp is numpy or torch).",
+))
+
+
+def layer(fn: Callable[..., Any] | str, inputs: Node | Sequence[Node], *,
+          name: str | None = None, output_shape: Sequence[int | None] | None = None,
+          **opts: Any) -> Node:
+    """A custom layer that runs ``fn(*arrays, xp=xp, **opts)`` on every backend.
+
+    ``xp`` is the backend's array namespace (``numpy`` or ``torch``); write ``fn`` with
+    functions both provide (``xp.tanh``, ``xp.exp``, ``@``, ...). ``fn`` may be a
+    registered name (see :func:`graphdsl.register_function`). The output shape is
+    inferred by running ``fn`` on zeros unless ``output_shape`` is given.
+    """
+    where = caller_location()
+    if isinstance(fn, str):
+        fn_name, fn = fn, lookup_function(fn)
+    elif callable(fn):
+        fn_name = function_name(fn)
+    else:
+        raise GraphDSLError(f"layer needs a function, got {type(fn).__name__}", op="layer",
+                            layer=name, where=where, fix="pass a callable or a registered name")
+    ins = [inputs] if isinstance(inputs, Node) else list(inputs)
+    nodes = [x for x in ins if isinstance(x, Node)]
+    if output_shape is None and len(nodes) == len(ins):
+        try:
+            shp = [x.shape for x in nodes]
+            dts = [x.dtype for x in nodes]
+            a, b = _probe(fn, shp, dts, opts, 2), _probe(fn, shp, dts, opts, 3)
+        except Exception as e:  # the user's function failed on probe data
+            raise GraphDSLError(
+                f"could not infer the output shape of custom layer by running it on zeros "
+                f"({type(e).__name__}: {e})", layer=name, op="layer", where=where,
+                shapes=[x.shape for x in nodes],
+                fix="check the function, or pass output_shape=(None, ...) explicitly",
+            ) from None
+        if len(a) != len(b):
+            raise GraphDSLError("custom layer output rank depends on the input sizes",
+                                layer=name, op="layer", where=where,
+                                fix="pass output_shape explicitly")
+        output_shape = tuple(x if x == y else None for x, y in zip(a, b))
+    attrs = {"fn": fn, "fn_name": fn_name, "opts": dict(opts),
+             "output_shape": tuple(output_shape) if output_shape is not None else None}
+    try:
+        attrs["output_shape"] = shape_tuple(attrs["output_shape"], "output_shape")
+    except RuleError as e:
+        raise GraphDSLError(e.what, layer=name, op="layer", where=where, fix=e.fix) from None
+    return make_node("layer", ins, attrs, name, where=where)
+
+
+# -- container -------------------------------------------------------------------------
+register_op(OpDef(
+    "container", lambda s, a: None, arity=(1, None), category="container",
+    doc="Several outputs as a tuple (keys None) or a dict (keys: names).",
+))
+
+
+def container(outputs: Sequence[Node] | Mapping[str, Node], name: str | None = None) -> Node:
+    """Group several outputs: predict returns a tuple or a dict of arrays in this order."""
+    where = caller_location()
+    if isinstance(outputs, Mapping):
+        keys = tuple(outputs)
+        if not all(isinstance(k, str) for k in keys):
+            raise GraphDSLError("container keys must be strings", op="container",
+                                where=where, fix="use a dict with string keys")
+        return make_node("container", list(outputs.values()), {"keys": keys}, name,
+                         where=where)
+    return make_node("container", list(outputs), {"keys": None}, name, where=where)

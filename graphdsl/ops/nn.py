@@ -1,0 +1,271 @@
+"""Neural-network layers: dense, activations, dropout, layer_norm, embedding."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import AttributeError_, RuleError
+from ..initializers import check_initializer
+from ..node import Node, caller_location, make_node
+from ..registry import OpDef, ParamSpec, register_op
+from ..shapes import check_rank, normalize_axis
+from ._attrs import boolean, number, positive_int
+
+# activation -> its options with defaults (axis counts the batch axis, like NumPy)
+ACTIVATIONS: dict[str, dict[str, Any]] = {
+    "relu": {}, "gelu": {"approximate": False}, "sigmoid": {}, "tanh": {},
+    "softmax": {"axis": -1}, "log_softmax": {"axis": -1}, "silu": {},
+    "elu": {"alpha": 1.0}, "leaky_relu": {"alpha": 0.01}, "softplus": {},
+}
+
+
+def _activation_name(name: Any) -> str:
+    if name not in ACTIVATIONS:
+        raise RuleError(f"unknown activation {name!r}",
+                        f"use one of: {', '.join(ACTIVATIONS)}", AttributeError_)
+    return name
+
+
+# -- dense -----------------------------------------------------------------------------
+def _dense_attrs(a: dict) -> dict:
+    a["units"] = positive_int(a.get("units"), "units")
+    if a.get("activation") is not None:
+        a["activation"] = _activation_name(a["activation"])
+    a.setdefault("activation", None)
+    a["use_bias"] = boolean(a.get("use_bias", True), "use_bias")
+    a["kernel_initializer"] = check_initializer(a.get("kernel_initializer", "glorot_uniform"),
+                                                "kernel_initializer")
+    a["bias_initializer"] = check_initializer(a.get("bias_initializer", "zeros"),
+                                              "bias_initializer")
+    return a
+
+
+def _dense_in(s: tuple) -> int:
+    check_rank(s, 1, "dense", "pass a tensor with a feature axis, e.g. shape (None, 16)")
+    if s[-1] is None:
+        raise RuleError(f"dense needs a known last axis, got {s}",
+                        "give the input a fixed feature size, e.g. gd.input('x', (None, 16))")
+    return s[-1]
+
+
+def _dense_shape(s: list, a: dict) -> tuple:
+    _dense_in(s[0])
+    return s[0][:-1] + (a["units"],)
+
+
+def dense_params(s: list, a: dict) -> list[ParamSpec]:
+    n_in = _dense_in(s[0])
+    ps = [ParamSpec("kernel", (n_in, a["units"]), a["kernel_initializer"])]
+    if a["use_bias"]:
+        ps.append(ParamSpec("bias", (a["units"],), a["bias_initializer"]))
+    return ps
+
+
+register_op(OpDef(
+    "dense", _dense_shape, params=dense_params, check_attrs=_dense_attrs,
+    doc="y = act(x @ kernel + bias) on the last axis of any rank. "
+        "kernel [in, units], bias [units]; (..., in) -> (..., units).",
+))
+
+
+def dense(x: Node, units: int, activation: str | None = None, use_bias: bool = True,
+          kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
+          name: str | None = None) -> Node:
+    """Fully connected layer on the last axis: ``(..., in) -> (..., units)``.
+
+    Parameters: ``kernel [in, units]`` (Axon layout) and ``bias [units]``.
+    """
+    return make_node("dense", [x], {
+        "units": units, "activation": activation, "use_bias": use_bias,
+        "kernel_initializer": kernel_initializer, "bias_initializer": bias_initializer,
+    }, name, where=caller_location())
+
+
+# -- activations -------------------------------------------------------------------------
+def _act_attrs(op: str):
+    defaults = ACTIVATIONS[op]
+
+    def check(a: dict) -> dict:
+        unknown = set(a) - set(defaults)
+        if unknown:
+            raise RuleError(f"{op} has no option(s) {sorted(unknown)}",
+                            f"{op} takes {sorted(defaults) or 'no options'}", AttributeError_)
+        out = dict(defaults, **a)
+        if "alpha" in out:
+            out["alpha"] = number(out["alpha"], "alpha", 0.0)
+        if "approximate" in out:
+            out["approximate"] = boolean(out["approximate"], "approximate")
+        return out
+
+    return check
+
+
+def _act_shape(op: str):
+    def rule(s: list, a: dict) -> tuple:
+        if "axis" in a:
+            check_rank(s[0], 1, op, "pass a tensor of rank >= 1")
+            normalize_axis(a["axis"], len(s[0]))
+        return s[0]
+
+    return rule
+
+
+for _op in ACTIVATIONS:
+    register_op(OpDef(_op, _act_shape(_op), check_attrs=_act_attrs(_op),
+                      category="activation",
+                      doc=f"Element-wise {_op} (options: {ACTIVATIONS[_op] or 'none'}); "
+                          "shape unchanged."))
+
+
+def activation(x: Node, fn: str, name: str | None = None, **opts: Any) -> Node:
+    """Apply activation ``fn`` (one of ACTIVATIONS) with its options; shape unchanged."""
+    where = caller_location()
+    try:
+        _activation_name(fn)
+    except RuleError as e:
+        raise AttributeError_(e.what, layer=name, op="activation", where=where,
+                              fix=e.fix) from None
+    return make_node(fn, [x], opts, name, where=where)
+
+
+def relu(x: Node, name: str | None = None) -> Node:
+    """max(x, 0)."""
+    return make_node("relu", [x], {}, name, where=caller_location())
+
+
+def gelu(x: Node, approximate: bool = False, name: str | None = None) -> Node:
+    """x * Phi(x) (exact erf form; ``approximate=True`` for the tanh form)."""
+    return make_node("gelu", [x], {"approximate": approximate}, name, where=caller_location())
+
+
+def sigmoid(x: Node, name: str | None = None) -> Node:
+    """1 / (1 + exp(-x))."""
+    return make_node("sigmoid", [x], {}, name, where=caller_location())
+
+
+def tanh(x: Node, name: str | None = None) -> Node:
+    """tanh(x)."""
+    return make_node("tanh", [x], {}, name, where=caller_location())
+
+
+def softmax(x: Node, axis: int = -1, name: str | None = None) -> Node:
+    """exp(x) / sum(exp(x)) along ``axis`` (NumPy axis convention)."""
+    return make_node("softmax", [x], {"axis": axis}, name, where=caller_location())
+
+
+def log_softmax(x: Node, axis: int = -1, name: str | None = None) -> Node:
+    """x - logsumexp(x) along ``axis``."""
+    return make_node("log_softmax", [x], {"axis": axis}, name, where=caller_location())
+
+
+def silu(x: Node, name: str | None = None) -> Node:
+    """x * sigmoid(x)."""
+    return make_node("silu", [x], {}, name, where=caller_location())
+
+
+def elu(x: Node, alpha: float = 1.0, name: str | None = None) -> Node:
+    """x if x > 0 else alpha * (exp(x) - 1)."""
+    return make_node("elu", [x], {"alpha": alpha}, name, where=caller_location())
+
+
+def leaky_relu(x: Node, alpha: float = 0.01, name: str | None = None) -> Node:
+    """x if x > 0 else alpha * x."""
+    return make_node("leaky_relu", [x], {"alpha": alpha}, name, where=caller_location())
+
+
+def softplus(x: Node, name: str | None = None) -> Node:
+    """log(1 + exp(x)), computed stably."""
+    return make_node("softplus", [x], {}, name, where=caller_location())
+
+
+# -- dropout ---------------------------------------------------------------------------
+register_op(OpDef(
+    "dropout", lambda s, a: s[0], stochastic=True,
+    check_attrs=lambda a: {"rate": number(a.get("rate", 0.5), "rate", 0.0, 1.0, hi_open=True)},
+    params=lambda s, a: [ParamSpec("key", (), "rng_key", False, kind="state", dtype="uint64")],
+    doc="Zeroes a fraction `rate` of the inputs in training and scales the rest by "
+        "1/(1-rate); identity at inference. Shape unchanged. State: key (RNG seed).",
+))
+
+
+def dropout(x: Node, rate: float = 0.5, name: str | None = None) -> Node:
+    """Inverted dropout with probability ``rate`` in [0, 1); active only in train mode."""
+    return make_node("dropout", [x], {"rate": rate}, name, where=caller_location())
+
+
+# -- layer_norm ----------------------------------------------------------------------------
+def _ln_attrs(a: dict) -> dict:
+    return {"axis": a.get("axis", -1),
+            "epsilon": number(a.get("epsilon", 1e-5), "epsilon", 0.0),
+            "center": boolean(a.get("center", True), "center"),
+            "scale": boolean(a.get("scale", True), "scale")}
+
+
+def _ln_dim(s: tuple, a: dict) -> int:
+    check_rank(s, 1, "layer_norm", "pass a tensor of rank >= 1")
+    ax = normalize_axis(a["axis"], len(s))
+    if s[ax] is None:
+        raise RuleError(f"layer_norm needs a known size on axis {a['axis']}",
+                        "normalize over a fixed-size feature axis")
+    return s[ax]
+
+
+def _ln_params(s: list, a: dict) -> list[ParamSpec]:
+    d = _ln_dim(s[0], a)
+    ps = []
+    if a["scale"]:
+        ps.append(ParamSpec("gamma", (d,), "ones"))
+    if a["center"]:
+        ps.append(ParamSpec("beta", (d,), "zeros"))
+    return ps
+
+
+def _ln_shape(s: list, a: dict) -> tuple:
+    _ln_dim(s[0], a)
+    return s[0]
+
+
+register_op(OpDef(
+    "layer_norm", _ln_shape, params=_ln_params, check_attrs=_ln_attrs,
+    doc="(x - mean) / sqrt(var + epsilon) * gamma + beta over `axis`; shape unchanged. "
+        "gamma, beta: [size of axis].",
+))
+
+
+def layer_norm(x: Node, axis: int = -1, epsilon: float = 1e-5, center: bool = True,
+               scale: bool = True, name: str | None = None) -> Node:
+    """Layer normalization over ``axis`` with learnable ``gamma``/``beta`` of that size."""
+    return make_node("layer_norm", [x], {"axis": axis, "epsilon": epsilon, "center": center,
+                                         "scale": scale}, name, where=caller_location())
+
+
+# -- embedding -------------------------------------------------------------------------------
+def _emb_attrs(a: dict) -> dict:
+    return {"vocab_size": positive_int(a.get("vocab_size"), "vocab_size"),
+            "embedding_size": positive_int(a.get("embedding_size"), "embedding_size"),
+            "kernel_initializer": check_initializer(a.get("kernel_initializer", "uniform"),
+                                                    "kernel_initializer")}
+
+
+register_op(OpDef(
+    "embedding", lambda s, a: tuple(s[0]) + (a["embedding_size"],), check_attrs=_emb_attrs,
+    params=lambda s, a: [ParamSpec("kernel", (a["vocab_size"], a["embedding_size"]),
+                                   a["kernel_initializer"])],
+    doc="Looks up integer ids in kernel [vocab_size, embedding_size]: "
+        "(...) int -> (..., embedding_size).",
+))
+
+
+def embedding(x: Node, vocab_size: int, embedding_size: int,
+              kernel_initializer: Any = "uniform", name: str | None = None) -> Node:
+    """Integer ids ``(...)`` -> vectors ``(..., embedding_size)``; x must be an int input."""
+    where = caller_location()
+    if isinstance(x, Node) and x.dtype not in ("int32", "int64"):
+        raise AttributeError_(
+            f"embedding needs integer ids, but its input has dtype {x.dtype}",
+            layer=name, op="embedding", where=where, shapes=[x.shape],
+            fix="declare the input with dtype='int64', e.g. gd.input('ids', (None, 8), "
+                "dtype='int64')")
+    return make_node("embedding", [x], {"vocab_size": vocab_size,
+                                        "embedding_size": embedding_size,
+                                        "kernel_initializer": kernel_initializer},
+                     name, where=where)

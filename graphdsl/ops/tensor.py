@@ -1,0 +1,242 @@
+"""Tensor ops: element-wise arithmetic, concatenate, reshape, flatten, transpose, matmul.
+
+Axes and permutations count the batch axis and accept negatives, like NumPy.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import AttributeError_, RuleError, fmt_shape
+from ..node import Node, caller_location, make_node
+from ..registry import OpDef, register_op
+from ..shapes import broadcast, is_int, merge_dim, normalize_axis, prod
+from ._attrs import shape_tuple
+
+
+def _int_if_all(d: Sequence[str], a: Any) -> str:
+    return "int64" if d and all(x.startswith("int") for x in d) else "float32"
+
+
+def _first_dtype(d: Sequence[str], a: Any) -> str:
+    return d[0]
+
+
+# -- element-wise ----------------------------------------------------------------------
+for _op, _sym in (("add", "+"), ("subtract", "-"), ("multiply", "*")):
+    register_op(OpDef(
+        _op, lambda s, a: broadcast(s), arity=(2, None), infer_dtype=_int_if_all,
+        category="combinator",
+        doc=f"Element-wise x0 {_sym} x1 {_sym} ... with NumPy broadcasting.",
+    ))
+
+
+def _variadic(op: str, a: Any, b: Any, name: str | None) -> Node:
+    ins = list(a) if isinstance(a, (list, tuple)) and b is None else [a, b]
+    return make_node(op, ins, {}, name, where=caller_location())
+
+
+def add(a: Node | Sequence[Node], b: Node | None = None, name: str | None = None) -> Node:
+    """``a + b`` (or the sum of a list), NumPy broadcasting."""
+    return _variadic("add", a, b, name)
+
+
+def subtract(a: Node | Sequence[Node], b: Node | None = None,
+             name: str | None = None) -> Node:
+    """``a - b`` (or ``x0 - x1 - ...`` for a list), NumPy broadcasting."""
+    return _variadic("subtract", a, b, name)
+
+
+def multiply(a: Node | Sequence[Node], b: Node | None = None,
+             name: str | None = None) -> Node:
+    """``a * b`` (or the product of a list), NumPy broadcasting."""
+    return _variadic("multiply", a, b, name)
+
+
+# -- concatenate ---------------------------------------------------------------------------
+def _concat_shape(s: list, a: dict) -> tuple:
+    rank = len(s[0])
+    if any(len(x) != rank for x in s):
+        raise RuleError("concatenate needs inputs of equal rank, got "
+                        + ", ".join(fmt_shape(x) for x in s),
+                        "reshape the inputs to the same rank first")
+    ax = normalize_axis(a["axis"], rank)
+    out: list = []
+    for i in range(rank):
+        dims = [x[i] for x in s]
+        if i == ax:
+            out.append(sum(dims) if None not in dims else None)
+            continue
+        try:
+            d = dims[0]
+            for e in dims[1:]:
+                d = merge_dim(d, e)
+            out.append(d)
+        except ValueError:
+            raise RuleError(
+                f"concatenate on axis {a['axis']} needs equal sizes on the other axes; "
+                f"axis {i} has sizes {dims}",
+                "make the other axes match, or concatenate on another axis") from None
+    return tuple(out)
+
+
+register_op(OpDef(
+    "concatenate", _concat_shape, arity=(1, None), infer_dtype=_int_if_all,
+    check_attrs=lambda a: {"axis": a.get("axis", -1)}, category="combinator",
+    doc="Joins inputs along `axis`; other axes must agree.",
+))
+
+
+def concatenate(inputs: Sequence[Node] | Node, b: Node | None = None, axis: int = -1,
+                name: str | None = None) -> Node:
+    """Concatenate a list of nodes (or two nodes) along ``axis``."""
+    ins = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs, b]
+    return make_node("concatenate", ins, {"axis": axis}, name, where=caller_location())
+
+
+# -- reshape / flatten / transpose ----------------------------------------------------------
+def _reshape_attrs(a: dict) -> dict:
+    shp = shape_tuple(a.get("shape"), "shape", allow_none=True, allow_minus1=True)
+    if sum(1 for d in shp if d == -1) > 1:
+        raise RuleError(f"shape {shp} has more than one -1", "use -1 at most once",
+                        AttributeError_)
+    return {"shape": shp}
+
+
+def _reshape_shape(s: list, a: dict) -> tuple:
+    src, tgt = s[0], a["shape"]
+    out = []
+    for i, d in enumerate(tgt):
+        if d is None:
+            if i >= len(src):
+                raise RuleError(
+                    f"shape {fmt_shape(tgt)} keeps axis {i} (None) but the input "
+                    f"{fmt_shape(src)} has rank {len(src)}",
+                    "None in the target keeps the input's size at the same axis; "
+                    "use it only for axes the input has")
+            out.append(src[i])
+        else:
+            out.append(d)
+    kept = [i for i, d in enumerate(tgt) if d is None]
+    rest_src = [d for i, d in enumerate(src) if i not in kept]
+    total = prod(rest_src)
+    known = prod([d for i, d in enumerate(out) if i not in kept and d != -1])
+    if -1 in out:
+        k = out.index(-1)
+        if total is None:
+            out[k] = None
+        elif known == 0 or total % known:
+            raise RuleError(f"cannot reshape {fmt_shape(src)} into {fmt_shape(tgt)}",
+                            "make the sizes multiply to the same total")
+        else:
+            out[k] = total // known
+    elif total is not None and known != total:
+        raise RuleError(
+            f"cannot reshape {fmt_shape(src)} into {fmt_shape(tgt)}: "
+            f"{total} elements vs {known}",
+            "make the sizes multiply to the same total (None keeps an input axis, "
+            "-1 infers one size)")
+    return tuple(out)
+
+
+register_op(OpDef(
+    "reshape", _reshape_shape, check_attrs=_reshape_attrs, infer_dtype=_first_dtype,
+    doc="Reshape to `shape` (counts the batch axis): None keeps the input's size at "
+        "that axis, -1 infers one size. (None, 4, 4) -> (None, 16) via shape=(None, 16).",
+))
+
+
+def reshape(x: Node, shape: Sequence[int | None], name: str | None = None) -> Node:
+    """Reshape; ``None`` keeps the input's size at that axis, ``-1`` infers one size."""
+    return make_node("reshape", [x], {"shape": shape}, name, where=caller_location())
+
+
+def _flatten_shape(s: list, a: dict) -> tuple:
+    if len(s[0]) < 2:
+        raise RuleError(f"flatten needs rank >= 2, got {fmt_shape(s[0])}",
+                        "flatten keeps the first (batch) axis; the input needs another")
+    return (s[0][0], prod(s[0][1:]))
+
+
+register_op(OpDef(
+    "flatten", _flatten_shape, infer_dtype=_first_dtype,
+    doc="(N, d1, d2, ...) -> (N, d1*d2*...).",
+))
+
+
+def flatten(x: Node, name: str | None = None) -> Node:
+    """Keep the first axis, flatten the rest: ``(N, a, b) -> (N, a*b)``."""
+    return make_node("flatten", [x], {}, name, where=caller_location())
+
+
+def _transpose_shape(s: list, a: dict) -> tuple:
+    rank = len(s[0])
+    axes = a["axes"]
+    if axes is None:
+        return tuple(reversed(s[0]))
+    if len(axes) != rank:
+        raise RuleError(f"axes {axes} do not fit a rank-{rank} input",
+                        f"give a permutation of all {rank} axes (batch axis included)",
+                        AttributeError_)
+    norm = [normalize_axis(x, rank, "axes entry") for x in axes]
+    if sorted(norm) != list(range(rank)):
+        raise RuleError(f"axes {axes} is not a permutation", "list each axis exactly once",
+                        AttributeError_)
+    return tuple(s[0][i] for i in norm)
+
+
+def _transpose_attrs(a: dict) -> dict:
+    axes = a.get("axes")
+    if axes is not None:
+        if not isinstance(axes, (list, tuple)) or not all(is_int(x) for x in axes):
+            raise RuleError(f"axes must be a tuple of ints, got {axes!r}",
+                            "pass e.g. axes=(0, 2, 1)", AttributeError_)
+        axes = tuple(int(x) for x in axes)
+    return {"axes": axes}
+
+
+register_op(OpDef(
+    "transpose", _transpose_shape, check_attrs=_transpose_attrs, infer_dtype=_first_dtype,
+    doc="Permute axes like numpy.transpose (axes count the batch axis; None reverses).",
+))
+
+
+def transpose(x: Node, axes: Sequence[int] | None = None, name: str | None = None) -> Node:
+    """Permute axes as ``numpy.transpose`` (e.g. ``(0, 2, 1)``)."""
+    return make_node("transpose", [x], {"axes": axes}, name, where=caller_location())
+
+
+# -- matmul ------------------------------------------------------------------------------------
+def _matmul_shape(s: list, a: dict) -> tuple:
+    x, y = s
+    if len(x) == 0 or len(y) == 0:
+        raise RuleError("matmul needs inputs of rank >= 1", "use multiply for scalars")
+    xs = (1,) + x if len(x) == 1 else x
+    ys = y + (1,) if len(y) == 1 else y
+    try:
+        merge_dim(xs[-1], ys[-2])
+    except ValueError:
+        raise RuleError(
+            f"matmul contracts {fmt_shape(x)} with {fmt_shape(y)}: inner sizes "
+            f"{xs[-1]} and {ys[-2]} differ",
+            "the last axis of the first input must equal the second-to-last of the second "
+            "(transpose one input?)") from None
+    batch = broadcast([xs[:-2], ys[:-2]]) if len(xs) > 2 or len(ys) > 2 else ()
+    out = batch + (xs[-2], ys[-1])
+    if len(x) == 1:
+        out = out[:-2] + out[-1:]
+    if len(y) == 1:
+        out = out[:-1]
+    return tuple(out)
+
+
+register_op(OpDef(
+    "matmul", _matmul_shape, arity=2, category="combinator",
+    doc="Batched matrix product with numpy.matmul semantics: (..., n, k) @ (..., k, m) -> "
+        "(..., n, m), batch axes broadcast.",
+))
+
+
+def matmul(a: Node, b: Node, name: str | None = None) -> Node:
+    """``a @ b`` with ``numpy.matmul`` semantics (batched, broadcast)."""
+    return make_node("matmul", [a, b], {}, name, where=caller_location())

@@ -1,0 +1,84 @@
+"""The op registry: one entry per op, holding everything backends do not own.
+
+An :class:`OpDef` carries the shape rule, the parameter specs, the attribute
+check and the docstring. Backends hold only kernels keyed by the op name.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+Shape = tuple  # tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class DerivedInit:
+    """A data-dependent initializer: ``fn(params) -> array`` where ``params`` maps the
+    node's local parameter names (those listed before this one) to their arrays."""
+
+    fn: Callable[[Mapping[str, Any]], Any]
+    label: str = "derived"
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """A parameter (or non-trainable state entry) a node reads from the ModelState.
+
+    ``owner`` is the layer whose ``state.data[owner]`` holds it (None: the node itself),
+    which is how adapters share the kernel of the layer they wrap.
+    """
+
+    name: str
+    shape: Shape
+    initializer: Any = "zeros"  # initializer name, callable(shape, dtype, rng) or DerivedInit
+    trainable: bool = True
+    owner: str | None = None
+    kind: str = "param"  # "param" or "state"
+    dtype: str | None = None  # None: the compute dtype (float32 unless asked)
+
+
+def _no_params(in_shapes: Sequence[Shape], attrs: Mapping[str, Any]) -> list[ParamSpec]:
+    return []
+
+
+def _same_dtype(in_dtypes: Sequence[str], attrs: Mapping[str, Any]) -> str:
+    return "float32"
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """One op: its rules. ``arity`` is an int, or ``(min, max)`` with max None = any."""
+
+    name: str
+    infer_shape: Callable[[Sequence[Shape], Mapping[str, Any]], Shape]
+    params: Callable[[Sequence[Shape], Mapping[str, Any]], list[ParamSpec]] = _no_params
+    check_attrs: Callable[[dict[str, Any]], dict[str, Any]] = lambda a: a
+    arity: Any = 1
+    doc: str = ""
+    infer_dtype: Callable[[Sequence[str], Mapping[str, Any]], str] = _same_dtype
+    stochastic: bool = False  # behaves differently in training (dropout)
+    category: str = "layer"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def register_op(opdef: OpDef) -> OpDef:
+    """Add an op to the registry (a name can be registered once)."""
+    if opdef.name in OPS:
+        raise ValueError(f"op {opdef.name!r} is already registered")
+    OPS[opdef.name] = opdef
+    return opdef
+
+
+def get_op(name: str) -> OpDef:
+    from .errors import GraphDSLError
+
+    try:
+        return OPS[name]
+    except KeyError:
+        raise GraphDSLError(
+            f"unknown op {name!r}", fix=f"use one of: {', '.join(sorted(OPS))}"
+        ) from None
