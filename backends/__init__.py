@@ -46,7 +46,7 @@ def get_backend(name: str) -> Backend:
 def available_backends() -> list[str]:
     """Names of the backends whose dependencies are installed."""
     out = []
-    for name, mod in _MODULES.items():
+    for name in _MODULES:
         try:
             get_backend(name)
         except BackendError:
