@@ -1,0 +1,92 @@
+"""Shared timing helpers: side-by-side medians in one process, reported as ratios.
+
+Each ``benchmarks/bench_*.py`` defines ``run(quick: bool = False) -> list[Row]`` and
+prints its table when run as a script; ``benchmarks/run.py`` runs them all.
+"""
+from __future__ import annotations
+
+import gc
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class Row:
+    """One comparison: ``ours`` and ``ref`` medians in seconds, and the goal for the ratio."""
+
+    name: str
+    ours: float
+    ref: float
+    ref_name: str
+    target: float | None = None  # ours/ref must be <= target (None: informational)
+    unit: str = "s"
+
+    @property
+    def ratio(self) -> float:
+        return self.ours / self.ref
+
+    @property
+    def ok(self) -> bool | None:
+        return None if self.target is None else self.ratio <= self.target
+
+
+def median_time(fn: Callable[[], object], repeat: int = 50, warmup: int = 3,
+                min_time: float = 0.0) -> float:
+    """Median wall time of ``fn()`` over ``repeat`` runs (after ``warmup``)."""
+    for _ in range(warmup):
+        fn()
+    gc.collect()
+    times = []
+    start = time.perf_counter()
+    while len(times) < repeat or time.perf_counter() - start < min_time:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def interleaved(fns: dict[str, Callable[[], object]], repeat: int = 50, warmup: int = 3
+                ) -> dict[str, float]:
+    """Medians of several functions timed in alternation (fair under machine noise)."""
+    for f in fns.values():
+        for _ in range(warmup):
+            f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    gc.collect()
+    for _ in range(repeat):
+        for k, f in fns.items():
+            t0 = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def fmt(seconds: float, unit: str = "s") -> str:
+    if unit != "s":
+        return f"{seconds:,.1f} {unit}"
+    if seconds < 1e-3:
+        return f"{seconds * 1e6:.1f} us"
+    if seconds < 1:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds:.2f} s"
+
+
+def table(rows: list[Row]) -> str:
+    """A Markdown table of the rows."""
+    out = ["| benchmark | ours | reference | ratio | goal | |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        goal = "-" if r.target is None else f"<= {r.target:g}x"
+        mark = "" if r.ok is None else ("ok" if r.ok else "MISSED")
+        out.append(f"| {r.name} | {fmt(r.ours, r.unit)} | {fmt(r.ref, r.unit)} "
+                   f"({r.ref_name}) | {r.ratio:.3f}x | {goal} | {mark} |")
+    return "\n".join(out)
+
+
+def machine() -> str:
+    import numpy as np
+
+    return (f"{platform.processor() or platform.machine()}, {platform.system()} "
+            f"{platform.release()}, Python {platform.python_version()}, NumPy {np.__version__}")
