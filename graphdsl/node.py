@@ -143,9 +143,9 @@ def make_node(
         validate_name(name, op, where)
     ins = tuple(_as_node(x, op, where, i) for i, x in enumerate(inputs))
     _check_arity(opdef, ins, where, name)
+    in_shapes = [i.shape for i in ins]
     try:
         attrs = opdef.check_attrs(dict(attrs or {}))
-        in_shapes = [i.shape for i in ins]
         shape = opdef.infer_shape(in_shapes, attrs)
         dtype = opdef.infer_dtype([i.dtype for i in ins], attrs)
         params = tuple(opdef.params(in_shapes, attrs))
