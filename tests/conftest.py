@@ -1,4 +1,5 @@
 import os
+import sys
 
 import numpy as np
 import pytest
@@ -12,3 +13,5 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 @pytest.fixture
 def rng():
     return np.random.default_rng(1234)
+
+sys.path.insert(0, os.path.dirname(__file__))  # tests/strategies.py for every test module
