@@ -10,7 +10,9 @@ PyTorch::
 """
 from __future__ import annotations
 
+from . import dora, lora
 from . import ops as _ops  # noqa: F401  (registers the ops)
+from .adapters import adapter_state, attach_adapters, merge_adapters
 from .compiler import build, predict
 from .custom import register_function
 from .errors import GraphDSLError
@@ -51,7 +53,8 @@ from .transforms import freeze, map_nodes, rewrite_nodes
 __version__ = "0.1.0"
 
 __all__ = [
-    "GraphDSLError", "ModelState", "Node", "OPS", "activation", "add", "build",
+    "GraphDSLError", "ModelState", "Node", "OPS", "activation", "adapter_state", "add",
+    "attach_adapters", "build", "dora", "lora", "merge_adapters",
     "concatenate", "constant", "container", "dense", "dropout", "elu", "embedding",
     "flatten", "freeze", "gelu", "get_inputs", "get_op_counts", "get_output_shape",
     "get_parameters", "input", "layer", "layer_norm", "leaky_relu", "log_softmax",

@@ -1,0 +1,135 @@
+"""NumPy kernels of the adapter ops ``dora`` and ``lora`` (merged into the NumPy
+backend's KERNELS at import).
+
+Inference (``ctx.training`` False) uses the merged kernel ``W`` (DoRA: ``(K + s*A@B) *
+(m/c)``; LoRA: ``K + s*A@B``), so an adapted layer costs one dense matmul. ``W`` is
+cached in ``ctx.cache`` keyed on the identity of the arrays it came from (K, bias, A, B,
+m); a value replaced in ``state.data`` is a cache miss. To make in-place edits of those
+arrays impossible (they would otherwise serve stale weights), the cached source arrays
+are made read-only (``arr.flags.writeable = False``); to change a weight in place
+afterwards, replace the array instead (``state.data[l][p] = new``) or use
+``state.deepcopy()``. Views of writable arrays are not cached (recomputed each call).
+
+Training (``ctx.training`` True) computes the unmerged form with the factored column
+norm and PEFT's dropout formula, and returns ``(y, {"key": new_key})`` (``(y, {})``
+when there is no dropout).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from graphdsl.adapters._math import (
+    dora_column_norm,
+    dora_merged_kernel,
+    lora_merged_kernel,
+)
+
+from .base import KernelContext
+
+
+def _apply_activation(y: np.ndarray, name: str | None) -> np.ndarray:
+    from .numpy_backend import apply_activation  # the backend imports this module
+
+    return apply_activation(y, name)
+
+
+def _lockable(a: np.ndarray) -> bool:
+    """Whether ``a``'s memory can be made immutable through every reference."""
+    if a.flags.owndata:
+        return True
+    if a.flags.writeable:
+        return False  # a writable view: its base could still be edited
+    b = a.base
+    while isinstance(b, np.ndarray):
+        if b.flags.writeable:
+            return False
+        if b.flags.owndata:
+            return True
+        b = b.base
+    return isinstance(b, bytes)  # an immutable buffer (e.g. np.frombuffer(bytes))
+
+
+def cached_merge(ctx: KernelContext, sources: tuple, make: Callable[[], np.ndarray]
+                 ) -> np.ndarray:
+    """``make()`` cached on the identity of ``sources``; sources are locked read-only."""
+    hit = ctx.cache.get("merged")
+    if hit is not None:
+        srcs, W = hit
+        if all(a is b for a, b in zip(srcs, sources)) and not any(
+                a.flags.writeable for a in sources if a is not None):
+            return W
+    W = make()
+    arrs = [a for a in sources if a is not None]
+    if all(_lockable(a) for a in arrs):
+        for a in arrs:
+            a.flags.writeable = False
+        ctx.cache["merged"] = (sources, W)
+    else:
+        ctx.cache.pop("merged", None)
+    return W
+
+
+def _dropped(x: np.ndarray, rate: float, key: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Inverted dropout of ``x`` (same mask rule as the ``dropout`` op) and the new key."""
+    rng = np.random.default_rng(int(key))
+    keep = rng.random(x.shape, dtype=np.float32) >= rate
+    xd = np.where(keep, x / np.asarray(1.0 - rate, x.dtype), np.zeros((), x.dtype))
+    return xd, np.asarray(rng.integers(0, 2**63 - 1), dtype=np.uint64)
+
+
+def _base(p: Mapping[str, np.ndarray]) -> np.ndarray:
+    return p["kernel"] if "kernel" in p else p["base_weight"]
+
+
+def _finish(y: np.ndarray, b: np.ndarray | None, a: Mapping) -> np.ndarray:
+    if b is not None:
+        y += b
+    return _apply_activation(y, a["activation"])
+
+
+def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
+    """x (..., in) -> (..., units). See graphdsl.adapters.ops for the math."""
+    x = ins[0]
+    K, b, A, B, m = _base(p), p.get("bias"), p["A"], p["B"], p["magnitude"]
+    s = a["scale"]
+    if not ctx.training:
+        W = cached_merge(ctx, (K, b, A, B, m),
+                         lambda: dora_merged_kernel(K, A, B, m, s, a["eps"]))
+        return _finish(x @ W, b, a)
+    r = m / dora_column_norm(K, A, B, s, a["eps"])  # c: a constant (no autograd here)
+    sd = np.asarray(s, x.dtype)
+    if a["dropout"] == 0.0:
+        y = x @ K
+        y += sd * ((x @ A) @ B)
+        y *= r
+        return _finish(y, b, a), {}
+    xd, key = _dropped(x, a["dropout"], p["key"])
+    y = x @ K
+    y += (r - 1) * (xd @ K)
+    y += (r * sd) * ((xd @ A) @ B)
+    return _finish(y, b, a), {"key": key}
+
+
+def _lora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
+    """x (..., in) -> (..., units): x @ K + b + s * (dropout(x) @ A) @ B, then act."""
+    x = ins[0]
+    K, b, A, B = _base(p), p.get("bias"), p["A"], p["B"]
+    s = a["scale"]
+    if not ctx.training:
+        W = cached_merge(ctx, (K, b, A, B), lambda: lora_merged_kernel(K, A, B, s))
+        return _finish(x @ W, b, a)
+    sd = np.asarray(s, x.dtype)
+    if a["dropout"] == 0.0:
+        y = x @ K
+        y += sd * ((x @ A) @ B)
+        return _finish(y, b, a), {}
+    xd, key = _dropped(x, a["dropout"], p["key"])
+    y = x @ K
+    y += sd * ((xd @ A) @ B)
+    return _finish(y, b, a), {"key": key}
+
+
+KERNELS: dict[str, Callable] = {"dora": _dora, "lora": _lora}

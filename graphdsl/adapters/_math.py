@@ -1,0 +1,110 @@
+"""DoRA / LoRA arithmetic in NumPy, shared by the op specs (magnitude init), the NumPy
+kernels and ``merge_adapters``.
+
+Layout (Axon): kernel ``K [in, out]``, ``A [in, r]``, ``B [r, out]``, magnitude
+``m [out]``, scale ``s``. The DoRA column norm is taken per output unit (column of K).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..errors import GraphDSLError, RuleError
+
+
+def lora_scale(alpha: float, rank: int, rslora: bool) -> float:
+    """``alpha / rank``, or rsLoRA's ``alpha / sqrt(rank)``."""
+    return float(alpha) / (math.sqrt(rank) if rslora else rank)
+
+
+def lora_uniform(shape: tuple, dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
+    """PEFT's default for A (``kaiming_uniform_(a=sqrt(5))`` on ``[r, in]``):
+    ``U(-1/sqrt(in), 1/sqrt(in))`` for ``A [in, r]``."""
+    bound = 1.0 / math.sqrt(max(1, shape[0]))
+    return rng.uniform(-bound, bound, shape).astype(dtype)
+
+
+def _colsum_prod(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``sum(a * b, axis=0)`` without the ``a * b`` temporary."""
+    return np.einsum("ij,ij->j", a, b)
+
+
+def column_norm_sq_factored(K: np.ndarray, A: np.ndarray, B: np.ndarray, s: float
+                            ) -> tuple[np.ndarray, np.ndarray]:
+    """``c^2 [out]`` with ``c_j = ||K[:, j] + s*(A@B)[:, j]||`` in factored form:
+
+    ``c^2 = colsum(K*K) + 2s*colsum((A.T@K)*B) + s^2*colsum(B*((A.T@A)@B))``.
+
+    Transient memory is O(r*out) (no ``[in, out]`` temporary). Returns ``(c2, noise)``
+    where ``noise`` is the size of the summed terms, used to tell a column whose norm
+    cancels to round-off from a genuine one.
+    """
+    kk = _colsum_prod(K, K)
+    cross = _colsum_prod(A.T @ K, B)
+    bb = _colsum_prod(B, (A.T @ A) @ B)
+    c2 = kk + (2.0 * s) * cross + (s * s) * bb
+    return c2, kk + (s * s) * bb
+
+
+def finish_norm(c2: np.ndarray, noise: np.ndarray | None, eps: float | None) -> np.ndarray:
+    """``c = sqrt(max(c2, 0))``; a zero (or round-off-level) column raises a RuleError
+    naming the columns unless ``eps`` is given, in which case ``c = max(c, eps)``."""
+    c2 = np.maximum(c2, 0, out=c2) if c2.flags.writeable else np.maximum(c2, 0)
+    if not np.all(np.isfinite(c2)):
+        bad = np.flatnonzero(~np.isfinite(c2))
+        raise RuleError(
+            f"the DoRA column norm ||K + s*A@B|| is not finite for output unit(s) "
+            f"{_list(bad)}: the weights hold NaN or infinity",
+            "check the kernel, A, B and magnitude for NaN/inf (e.g. a diverged update)",
+            GraphDSLError)
+    if noise is None:
+        zero = c2 <= 0
+    else:
+        zero = c2 <= (8 * np.finfo(c2.dtype).eps) * noise
+    c = np.sqrt(c2, out=c2)
+    if eps is not None:
+        return np.maximum(c, np.asarray(eps, c.dtype), out=c)
+    if zero.any():
+        cols = np.flatnonzero(zero)
+        raise RuleError(
+            f"{len(cols)} output unit(s) {_list(cols)} have a zero-norm column "
+            f"||K[:, j] + s*(A@B)[:, j]|| (of {c.shape[0]}); DoRA divides by this norm, "
+            "so the output would be NaN",
+            "pass eps=1e-6 (or similar) to dora_layer / wrap / adapt to clamp the norm "
+            "(c = max(c, eps)), or give those units a nonzero kernel column",
+            GraphDSLError)
+    return c
+
+
+def _list(idx: np.ndarray) -> str:
+    shown = ", ".join(str(int(i)) for i in idx[:10])
+    return f"[{shown}{', ...' if len(idx) > 10 else ''}]"
+
+
+def dora_column_norm(K: np.ndarray, A: np.ndarray, B: np.ndarray, s: float,
+                     eps: float | None = None) -> np.ndarray:
+    """``c [out]``: the factored column norm of ``K + s*A@B`` (see module docstring)."""
+    c2, noise = column_norm_sq_factored(K, A, B, s)
+    return finish_norm(c2, noise, eps)
+
+
+def lora_merged_kernel(K: np.ndarray, A: np.ndarray, B: np.ndarray, s: float) -> np.ndarray:
+    """``K + s*A@B`` (a new ``[in, out]`` array in K's dtype)."""
+    W = A @ B
+    W *= np.asarray(s, W.dtype)
+    W += K
+    return W
+
+
+def dora_merged_kernel(K: np.ndarray, A: np.ndarray, B: np.ndarray, m: np.ndarray, s: float,
+                       eps: float | None = None) -> np.ndarray:
+    """``(K + s*A@B) * (m / c)``, the plain dense kernel equal to a DoRA layer.
+
+    ``c`` is computed from the materialized matrix (it exists anyway here), which is
+    the most accurate form; a zero column raises like :func:`finish_norm`.
+    """
+    W = lora_merged_kernel(K, A, B, s)
+    c = finish_norm(_colsum_prod(W, W), None, eps)
+    W *= m / c
+    return W

@@ -1,0 +1,351 @@
+"""Graph-wide adapters: ``adapt`` (PEFT's ``get_peft_model``), ``merge_adapters``
+(``merge_and_unload``), and adapter-only state extraction / re-attachment."""
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+
+from ..errors import AttributeError_, GraphDSLError, RuleError, StateError, fmt_shape
+from ..graph import Graph, analyze
+from ..node import Node, caller_location, make_node, rebuild
+from ..state import ModelState
+from ._math import dora_merged_kernel, lora_merged_kernel
+from .ops import ADAPTER_OPS
+
+Targets = str | Iterable[str] | Callable[[Node], bool]
+
+
+def _pin(n: Node, ins: list[Node], name: str, **changes: Any) -> Node:
+    """``n`` on new inputs with its resolved name made explicit, so that state keys stay
+    stable when other layers of the graph are replaced."""
+    if n.name is None:
+        changes["name"] = name
+    return rebuild(n, ins, **changes)
+
+
+def _dense_names(g: Graph) -> list[str]:
+    return [g.name(n) for n in g.order if n.op == "dense"]
+
+
+def adapt(op: str, model: Node, targets: Targets, opts: dict[str, Any],
+          modules_to_save: str | Iterable[str] | None = None, where: str | None = None
+          ) -> Node:
+    """Rewrite every dense layer matched by ``targets`` into ``op`` wrapping it (named
+    ``"{layer}_{op}"``); freeze every other layer's parameters except ``modules_to_save``.
+    """
+    where = where or caller_location()
+    g = analyze(model)
+    dense = _dense_names(g)
+    match = _matcher(op, targets, g, dense, where)
+    saved = _saved(op, modules_to_save, g, where)
+    taken = set(g.names.values())
+    new: dict[int, Node] = {}
+    adapted: list[str] = []
+    for n in g.order:
+        ins = [new[i.id] for i in n.inputs]
+        name = g.name(n)
+        if n.op == "dense":
+            pinned = _pin(n, ins, name)
+            if match(pinned):
+                if name in saved:
+                    raise GraphDSLError(
+                        f"layer {name!r} is both a target and in modules_to_save",
+                        layer=name, op="dense", where=where,
+                        fix="a targeted layer's kernel stays frozen under its adapter; "
+                            "remove it from targets or from modules_to_save")
+                new_name = f"{name}_{op}"
+                if new_name in taken:
+                    raise GraphDSLError(
+                        f"cannot name the adapter of {name!r} {new_name!r}: the model "
+                        "already has a layer of that name", layer=new_name, op=op,
+                        where=where, fix=f"rename that layer, or leave {name!r} out of "
+                                         "targets")
+                a = n.attrs
+                attrs = dict(opts, units=a["units"], base=name, use_bias=a["use_bias"],
+                             activation=a["activation"],
+                             kernel_initializer=a["kernel_initializer"],
+                             bias_initializer=a["bias_initializer"])
+                new[n.id] = make_node(op, [ins[0]], attrs, new_name, where=n.where)
+                adapted.append(name)
+                continue
+            new[n.id] = _pin(n, ins, name, frozen=name not in saved)
+        elif n.params and n.op not in ADAPTER_OPS:
+            new[n.id] = _pin(n, ins, name, frozen=name not in saved)
+        else:
+            new[n.id] = _pin(n, ins, name)
+    if not adapted:
+        raise GraphDSLError(
+            f"{op}.adapt: targets={_show(targets)} match no dense layer", op=op, where=where,
+            fix=f"dense layers in this model: {dense}" if dense else
+                "this model has no dense layer to adapt")
+    return new[model.id]
+
+
+def _show(targets: Any) -> str:
+    return getattr(targets, "__name__", None) or repr(targets)
+
+
+def _matcher(op: str, targets: Any, g: Graph, dense: list[str], where: str
+             ) -> Callable[[Node], bool]:
+    if isinstance(targets, str):
+        try:
+            rx = re.compile(targets)
+        except re.error as e:
+            raise AttributeError_(f"targets {targets!r} is not a valid regular expression: "
+                                  f"{e}", op=op, where=where,
+                                  fix="pass a regex (full match on the layer name), a list "
+                                      "of names or a predicate on a node") from None
+        return lambda n: rx.fullmatch(n.name) is not None
+    if callable(targets):
+        def pred(n: Node) -> bool:
+            try:
+                return bool(targets(n))
+            except GraphDSLError:
+                raise
+            except Exception as e:
+                raise GraphDSLError(
+                    f"the targets predicate failed on layer {n.name!r}: "
+                    f"{type(e).__name__}: {e}", layer=n.name, op="dense", where=where,
+                    fix="the predicate receives a dense node (n.name, n.attrs['units'], "
+                        "n.shape) and returns True to adapt it") from None
+        return pred
+    if isinstance(targets, Iterable):
+        names = list(targets)
+        if not all(isinstance(t, str) for t in names):
+            raise AttributeError_(f"targets must be names (str), got {names!r}", op=op,
+                                  where=where, fix=f"dense layers in this model: {dense}")
+        by_name = {g.name(n): n for n in g.order}
+        for t in names:
+            if t not in by_name:
+                raise GraphDSLError(f"{op}.adapt: target {t!r} is not a layer of this model",
+                                    op=op, where=where,
+                                    fix=f"dense layers in this model: {dense}")
+            if by_name[t].op != "dense":
+                raise GraphDSLError(
+                    f"{op}.adapt: target {t!r} is a {by_name[t].op} layer, not dense",
+                    layer=t, op=by_name[t].op, where=by_name[t].where,
+                    fix=f"adapters wrap dense layers; dense layers in this model: {dense}")
+        wanted = set(names)
+        return lambda n: n.name in wanted
+    raise AttributeError_(f"targets must be a regex, a list of names or a predicate, got "
+                          f"{type(targets).__name__}", op=op, where=where,
+                          fix=f"e.g. targets=r'attn_.*'; dense layers: {dense}")
+
+
+def _saved(op: str, modules: Any, g: Graph, where: str) -> set[str]:
+    if modules is None:
+        return set()
+    names = [modules] if isinstance(modules, str) else list(modules)
+    with_params = [g.name(n) for n in g.order if n.params]
+    for m in names:
+        if m not in with_params:
+            raise GraphDSLError(
+                f"modules_to_save names {m!r}, which is not a layer with parameters in "
+                "this model", op=op, where=where,
+                fix=f"layers with parameters: {with_params}")
+    return set(names)
+
+
+# -- merge ------------------------------------------------------------------------------
+def _get(state: ModelState, owner: str, pname: str, shape: tuple, layer: str, n: Node
+         ) -> np.ndarray:
+    try:
+        arr = state.data[owner][pname]
+    except KeyError:
+        raise StateError(f"the state has no {owner}.{pname} (shape {fmt_shape(shape)})",
+                         layer=layer, op=n.op, where=n.where,
+                         fix="pass the state this model was trained with (from init_fn "
+                             "and predict/training)") from None
+    arr = np.asarray(arr)
+    if arr.shape != tuple(shape):
+        raise StateError(f"state value {owner}.{pname} has shape {fmt_shape(arr.shape)}, "
+                         f"the layer needs {fmt_shape(shape)}", layer=layer, op=n.op,
+                         where=n.where, shapes={"expected": shape, "given": arr.shape},
+                         fix="pass the state that belongs to this model")
+    return arr
+
+
+def _adapter_arrays(g: Graph, n: Node, state: ModelState) -> dict[str, np.ndarray]:
+    name = g.name(n)
+    return {spec.name: _get(state, *g.param_ref(n, spec), spec.shape, name, n)
+            for spec in n.params if spec.kind == "param"}
+
+
+def merged_kernel(n: Node, p: dict[str, np.ndarray], layer: str) -> np.ndarray:
+    """The dense kernel equal to adapter node ``n`` with parameters ``p`` (computed in
+    float64, returned in the base kernel's dtype)."""
+    a = n.attrs
+    K = p["kernel"] if "kernel" in p else p["base_weight"]
+    f64 = [np.asarray(p[k], np.float64) for k in ("A", "B")]
+    K64 = np.asarray(K, np.float64)
+    try:
+        if n.op == "dora":
+            W = dora_merged_kernel(K64, *f64, np.asarray(p["magnitude"], np.float64),
+                                   a["scale"], a["eps"])
+        else:
+            W = lora_merged_kernel(K64, *f64, a["scale"])
+    except RuleError as e:
+        raise e.cls(e.what, layer=layer, op=n.op, where=n.where, fix=e.fix) from None
+    return W.astype(K.dtype if K.dtype.kind == "f" else np.float32)
+
+
+def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
+    """Fold every dora/lora layer into a plain dense layer: ``K' = (K + s*A@B) * (m/c)``
+    (DoRA) or ``K + s*A@B`` (LoRA), bias unchanged, activation kept.
+
+    A wrapped layer becomes a dense named like the layer it wrapped (its ``base``); a
+    standalone adapter keeps its own name. Returns ``(model, state)`` whose outputs
+    equal the adapted model's; the input ``state`` is not modified.
+    """
+    where = caller_location()
+    if not isinstance(state, ModelState):
+        raise StateError(f"merge_adapters needs a ModelState, got {type(state).__name__}",
+                         where=where, fix="pass the state returned by init_fn / training")
+    g = analyze(model)
+    adapters = [n for n in g.order if n.op in ADAPTER_OPS]
+    if not adapters:
+        raise GraphDSLError("merge_adapters: the model has no dora or lora layer", where=where,
+                            fix="adapt it first (dora.adapt / lora.adapt / dora.wrap)")
+    node_names = set(g.names.values())
+    data = {k: dict(v) for k, v in state.data.items()}
+    frozen = set(state.frozen)
+    names = {k: list(v) for k, v in state.state.items()}
+    merged_into: dict[str, str] = {}
+    new: dict[int, Node] = {}
+    for n in g.order:
+        ins = [new[i.id] for i in n.inputs]
+        name = g.name(n)
+        if n.op not in ADAPTER_OPS:
+            new[n.id] = _pin(n, ins, name)
+            continue
+        a = n.attrs
+        target = a["base"] or name
+        if a["base"] is not None and a["base"] in node_names:
+            raise GraphDSLError(
+                f"cannot merge {name!r} into dense {target!r}: layer {target!r} is also "
+                "used directly in this model (it shares the kernel)", layer=name, op=n.op,
+                where=n.where, fix="merge a model where only the adapter reads that kernel")
+        if target in merged_into:
+            raise GraphDSLError(
+                f"cannot merge {name!r}: {merged_into[target]!r} already wraps the same "
+                f"dense layer {target!r}", layer=name, op=n.op, where=n.where,
+                fix="give each adapter its own base layer before merging")
+        merged_into[target] = name
+        p = _adapter_arrays(g, n, state)
+        kernel = merged_kernel(n, p, name)
+        entry = {"kernel": kernel}
+        if a["use_bias"]:
+            entry["bias"] = p["bias"]
+        if a["base"] is None:
+            if (name, "base_weight") in frozen:
+                frozen.add((name, "kernel"))
+        else:
+            data.pop(name, None)
+        data[target] = entry
+        frozen = {(lay, q) for lay, q in frozen
+                  if lay != name or (lay == target and q in entry)}
+        names.pop(name, None)
+        new[n.id] = make_node("dense", [ins[0]], {
+            "units": a["units"], "activation": a["activation"], "use_bias": a["use_bias"],
+            "kernel_initializer": a["kernel_initializer"],
+            "bias_initializer": a["bias_initializer"]}, target, frozen=True, where=n.where)
+    return new[model.id], ModelState(data, frozen, names)
+
+
+# -- adapter-only state -------------------------------------------------------------------
+def adapter_state(model: Node, state: ModelState, modules_to_save: Iterable[str] = ()
+                  ) -> ModelState:
+    """Only the adapter parameters (``A``, ``B``, ``magnitude``, the dropout ``key``) of
+    every dora/lora layer, plus the layers named in ``modules_to_save``, with their
+    frozen flags: a small state to save beside a shared base model."""
+    where = caller_location()
+    g = analyze(model)
+    adapters = [n for n in g.order if n.op in ADAPTER_OPS]
+    if not adapters:
+        raise GraphDSLError("adapter_state: the model has no dora or lora layer", where=where,
+                            fix="pass the adapted model (dora.adapt / lora.adapt / wrap)")
+    data: dict[str, dict[str, np.ndarray]] = {}
+    for n in adapters:
+        name = g.name(n)
+        for spec in n.params:
+            if spec.owner is None and spec.name not in ("base_weight", "bias"):
+                data.setdefault(name, {})[spec.name] = _get(state, name, spec.name,
+                                                            spec.shape, name, n)
+    layers = {g.name(n): n for n in g.order if n.params}
+    for m in [modules_to_save] if isinstance(modules_to_save, str) else modules_to_save:
+        if m not in layers:
+            raise GraphDSLError(f"modules_to_save names {m!r}, which is not a layer with "
+                                "parameters in this model", where=where,
+                                fix=f"layers with parameters: {sorted(layers)}")
+        if m not in state.data:
+            raise StateError(f"the state has no values for layer {m!r}", layer=m,
+                             op=layers[m].op, where=layers[m].where,
+                             fix="pass the state that belongs to this model")
+        data[m] = dict(state.data[m])
+    frozen = {(lay, q) for lay, q in state.frozen if q in data.get(lay, ())}
+    names = {lay: [q for q in v if q in data.get(lay, ())] for lay, v in state.state.items()
+             if lay in data}
+    return ModelState(data, frozen, {k: v for k, v in names.items() if v})
+
+
+def attach_adapters(model: Node, base_state: ModelState, adapters: ModelState,
+                    seed: int = 0) -> ModelState:
+    """``base_state`` (e.g. the pretrained, un-adapted model's state) plus an
+    ``adapter_state`` -> a complete state for the adapted ``model``, validated against
+    it: unknown entries, wrong shapes and missing parameters are errors. Values in
+    ``adapters`` win over ``base_state``; frozen flags come from the state that supplied
+    each value, plus every parameter the model marks frozen. Missing state entries
+    (dropout keys) are created from ``seed``."""
+    from ..compiler import init_state, make_plan
+
+    where = caller_location()
+    for what, st in (("base_state", base_state), ("adapter state", adapters)):
+        if not isinstance(st, ModelState):
+            raise StateError(f"attach_adapters: {what} must be a ModelState, got "
+                             f"{type(st).__name__}", where=where,
+                             fix="pass ModelState objects (from init_fn or adapter_state)")
+    g = analyze(model)
+    data = {k: dict(v) for k, v in base_state.data.items()}
+    frozen = set(base_state.frozen)
+    names = {k: list(v) for k, v in base_state.state.items()}
+    for layer, params in adapters.data.items():
+        for q, arr in params.items():
+            data.setdefault(layer, {})[q] = arr
+            frozen.discard((layer, q))
+            if q in adapters.state.get(layer, ()):
+                names.setdefault(layer, [])
+                if q not in names[layer]:
+                    names[layer].append(q)
+    frozen |= set(adapters.frozen)
+    for layer, params in data.items():
+        for q, arr in params.items():
+            src = "adapter state" if q in adapters.data.get(layer, ()) else "base_state"
+            spec = g.params.get((layer, q))
+            if spec is None:
+                known = sorted({k[0] for k in g.params})
+                raise StateError(f"attach_adapters: the {src} has {layer}.{q}, which this "
+                                 "model does not use", where=where,
+                                 fix=f"check that the adapter was made for this model; "
+                                     f"layers with parameters: {known}")
+            shp = tuple(np.shape(arr))
+            if shp != tuple(spec.shape):
+                raise StateError(f"attach_adapters: {layer}.{q} in the {src} has shape "
+                                 f"{fmt_shape(shp)}, the model needs {fmt_shape(spec.shape)}",
+                                 layer=layer, where=where,
+                                 shapes={"expected": spec.shape, "given": shp},
+                                 fix="use an adapter made with the same rank and targets")
+    missing = [f"{lay}.{q}" for (lay, q), spec in g.params.items()
+               if spec.kind == "param" and q not in data.get(lay, ())]
+    if missing:
+        raise StateError(f"attach_adapters: no value for {missing}", where=where,
+                         fix="the base state must hold every base layer and the adapter "
+                             "state every adapter (save it with gd.adapter_state)")
+    f64 = any(getattr(a, "dtype", None) == np.float64 for v in data.values()
+              for a in v.values())
+    plan = make_plan(model, "inference", "float64" if f64 else "float32")
+    out = init_state(plan, None, ModelState(data, frozen, names), seed)
+    out.frozen = {(lay, q) for lay, q in out.frozen if q in out.data.get(lay, ())}
+    return out

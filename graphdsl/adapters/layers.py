@@ -1,0 +1,126 @@
+"""Constructors shared by ``graphdsl.dora`` and ``graphdsl.lora``: a standalone adapter
+layer, ``build``, and ``wrap`` around an existing dense layer."""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import AttributeError_, GraphDSLError, ShapeError, fmt_shape
+from ..node import Node, make_node
+from ..ops.core import input as _input
+from ..shapes import is_int
+
+DEFAULTS = {"rank": 8, "alpha": 16.0}
+
+
+def options(op: str, rank: Any, alpha: Any, dropout: Any, rslora: Any,
+            detach_norm: Any = True, eps: Any = None, A_initializer: Any = None,
+            B_initializer: Any = "zeros") -> dict[str, Any]:
+    """The adapter attributes common to every constructor (checked by the op)."""
+    a = {"rank": rank, "alpha": alpha, "dropout": dropout, "rslora": rslora,
+         "A_initializer": A_initializer, "B_initializer": B_initializer}
+    if op == "dora":
+        a["detach_norm"] = detach_norm
+        a["eps"] = eps
+    return a
+
+
+def _node_arg(x: Any, what: str, op: str, name: str | None, where: str) -> Node:
+    if not isinstance(x, Node):
+        raise GraphDSLError(f"{what} must be a graph node, got {type(x).__name__}",
+                            layer=name, op=op, where=where,
+                            fix="pass a node such as gd.input('x', (None, 16)) or a layer "
+                                "output")
+    return x
+
+
+def _check_size(value: Any, what: str, op: str, name: str | None, where: str) -> int:
+    if not is_int(value) or int(value) <= 0:
+        raise AttributeError_(f"{what} must be a positive integer, got {value!r}",
+                              layer=name, op=op, where=where, fix=f"pass {what}=<int >= 1>")
+    return int(value)
+
+
+def adapter_layer(op: str, x: Any, input_size: Any, output_size: Any, name: str | None,
+                  opts: dict[str, Any], where: str, use_bias: bool = False,
+                  activation: str | None = None,
+                  kernel_initializer: Any = "glorot_uniform") -> Node:
+    """A standalone adapter owning its frozen ``base_weight [in, out]``."""
+    x = _node_arg(x, "input", op, name, where)
+    n_in = _check_size(input_size, "input_size", op, name, where)
+    n_out = _check_size(output_size, "output_size", op, name, where)
+    if x.shape is not None and len(x.shape) >= 1 and x.shape[-1] not in (None, n_in):
+        raise ShapeError(
+            f"input_size={n_in} but the input's last axis has size {x.shape[-1]}",
+            layer=name, op=op, where=where, shapes={"input": x.shape},
+            fix=f"pass input_size={x.shape[-1]}, or feed an input of shape (..., {n_in})")
+    attrs = dict(opts, units=n_out, base=None, use_bias=use_bias, activation=activation,
+                 kernel_initializer=kernel_initializer)
+    return make_node(op, [x], attrs, name, where=where)
+
+
+def build(op: str, input_size: Any, output_size: Any, name: str, opts: dict[str, Any],
+          where: str, use_bias: bool = False) -> Node:
+    """Input ``"input"`` of shape ``(None, input_size)`` -> the adapter layer."""
+    n_in = _check_size(input_size, "input_size", op, name, where)
+    x = _input("input", (None, n_in))
+    return adapter_layer(op, x, n_in, output_size, name, opts, where, use_bias=use_bias)
+
+
+def wrap(op: str, x: Any, original: Any, name: str | None, output_size: Any,
+         opts: dict[str, Any], where: str) -> Node:
+    """``op`` applied to ``x`` with the frozen kernel/bias of the dense layer ``original``
+    (shared through the ParamSpec owner, so ``state.data[original.name]`` holds them)."""
+    x = _node_arg(x, "input", op, name, where)
+    if not isinstance(original, Node):
+        raise GraphDSLError(
+            f"original must be the dense layer to wrap, got {type(original).__name__}",
+            layer=name, op=op, where=where,
+            fix="pass the node returned by gd.dense(x, units, name='...')")
+    if original.op != "dense":
+        extra = (" (it is already an adapter; wrap the dense layer it came from)"
+                 if original.op in ("dora", "lora") else "")
+        raise GraphDSLError(
+            f"{op}.wrap needs a dense layer, got a {original.op} layer "
+            f"{original.label!r} defined at {original.where}{extra}",
+            layer=name, op=op, where=where,
+            fix="pass the node returned by gd.dense(...) itself (a fused activation="
+                " is kept); to adapt a standalone projection use "
+                f"{op}.{op}_layer(x, input_size, output_size)")
+    if original.name is None:
+        raise GraphDSLError(
+            f"the dense layer to wrap (defined at {original.where}) has no explicit name; "
+            f"the adapter reads its kernel from state.data[<its name>], so the name must "
+            "be stable", layer=name, op=op, where=where,
+            fix="name it: gd.dense(x, units, name='attn'), or use "
+                f"{op}.adapt(model, targets=...) which names layers for you")
+    units = original.attrs["units"]
+    if output_size is not None:
+        out = _check_size(output_size, "output_size", op, name, where)
+        if out != units:
+            raise ShapeError(
+                f"output_size={out} but the wrapped dense {original.name!r} has {units} "
+                "units", layer=name, op=op, where=where,
+                shapes={"original": original.shape},
+                fix=f"pass output_size={units}, or leave it out (it is inferred)")
+    n_in = original.params[0].shape[0]
+    if x.shape is None or len(x.shape) < 1 or x.shape[-1] not in (None, n_in):
+        raise ShapeError(
+            f"the input has shape {fmt_shape(x.shape)} but the wrapped dense "
+            f"{original.name!r} has a kernel of shape {fmt_shape(original.params[0].shape)}",
+            layer=name, op=op, where=where,
+            shapes={"input": x.shape, "kernel": original.params[0].shape},
+            fix=f"pass the input the dense layer was applied to (last axis {n_in})")
+    a = original.attrs
+    attrs = dict(opts, units=units, base=original.name, use_bias=a["use_bias"],
+                 activation=a["activation"], kernel_initializer=a["kernel_initializer"],
+                 bias_initializer=a["bias_initializer"])
+    return make_node(op, [x], attrs, name if name is not None else f"{original.name}_{op}",
+                     where=where)
+
+
+def output_size(op: str, value: Any, where: str) -> int:
+    """Edifice's ``output_size(opts)``: the ``output_size`` option, checked."""
+    if value is None:
+        raise AttributeError_(f"{op}.output_size needs output_size=", op=op, where=where,
+                              fix=f"call {op}.output_size(output_size=768)")
+    return _check_size(value, "output_size", op, None, where)

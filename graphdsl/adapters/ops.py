@@ -1,0 +1,146 @@
+"""The two adapter ops, ``dora`` and ``lora`` (category ``"adapter"``).
+
+One input ``x (..., in)`` (any rank >= 1, last axis known) -> ``(..., units)``.
+
+Attributes: ``units``, ``rank``, ``alpha``, ``rslora``, ``scale`` (derived: alpha/rank,
+or alpha/sqrt(rank) with rslora), ``dropout`` (PEFT's lora_dropout, train mode only),
+``activation`` (applied last, kept from a wrapped dense), ``base`` (name of the layer
+owning ``kernel``/``bias`` when wrapping; None: the layer owns ``base_weight``),
+``use_bias``, ``kernel_initializer``/``bias_initializer`` (used only when the base
+weights are created), ``A_initializer`` (None: PEFT's U(-1/sqrt(in), 1/sqrt(in))),
+``B_initializer`` (default zeros); DoRA adds ``detach_norm`` (no gradient through the
+column norm, paper sec. 4.3) and ``eps`` (None: a zero-norm column is an error; a float
+clamps the norm, ``c = max(c, eps)``).
+
+Parameters in this order: ``kernel [in, out]`` (owner=base, frozen) or ``base_weight
+[in, out]`` (own, frozen); ``bias [out]`` (same owner, frozen) when ``use_bias``;
+``A [in, rank]``; ``B [rank, out]``; DoRA: ``magnitude [out]`` (initialized to the
+column norms of the kernel the layer really has); state ``key`` when ``dropout > 0``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+from ..errors import AttributeError_, RuleError
+from ..initializers import check_initializer
+from ..node import _NAME_RE
+from ..ops._attrs import boolean, number, positive_int
+from ..ops.nn import _activation_name
+from ..registry import DerivedInit, OpDef, ParamSpec, register_op
+from ..shapes import check_rank
+from ._math import dora_column_norm, lora_scale, lora_uniform
+
+ADAPTER_OPS = ("dora", "lora")
+
+_COMMON = ("units", "rank", "alpha", "rslora", "scale", "dropout", "activation", "base",
+           "use_bias", "kernel_initializer", "bias_initializer", "A_initializer",
+           "B_initializer")
+_KNOWN = {"lora": set(_COMMON), "dora": set(_COMMON) | {"detach_norm", "eps"}}
+
+
+def _check(op: str):
+    def check(a: dict) -> dict:
+        unknown = set(a) - _KNOWN[op]
+        if unknown:
+            raise RuleError(f"{op} has no option(s) {sorted(unknown)}",
+                            f"{op} takes {sorted(_KNOWN[op] - {'scale'})}", AttributeError_)
+        out: dict[str, Any] = {}
+        out["units"] = positive_int(a.get("units"), "units (output_size)")
+        out["rank"] = positive_int(a.get("rank", 8), "rank")
+        alpha = number(a.get("alpha", 16.0), "alpha", 0.0)
+        if alpha <= 0:
+            raise RuleError(f"alpha must be > 0, got {alpha}", "pass alpha=16.0 (the default) "
+                            "or another positive number", AttributeError_)
+        out["alpha"] = alpha
+        out["rslora"] = boolean(a.get("rslora", False), "rslora")
+        out["scale"] = lora_scale(alpha, out["rank"], out["rslora"])  # always re-derived
+        out["dropout"] = number(a.get("dropout", 0.0), "dropout", 0.0, 1.0, hi_open=True)
+        act = a.get("activation")
+        out["activation"] = None if act is None else _activation_name(act)
+        base = a.get("base")
+        if base is not None and not (isinstance(base, str) and _NAME_RE.match(base)):
+            raise RuleError(f"base must be the name of the wrapped layer, got {base!r}",
+                            "wrap a dense layer that has an explicit name=", AttributeError_)
+        out["base"] = base
+        out["use_bias"] = boolean(a.get("use_bias", base is not None), "use_bias")
+        out["kernel_initializer"] = check_initializer(
+            a.get("kernel_initializer", "glorot_uniform"), "kernel_initializer")
+        out["bias_initializer"] = check_initializer(a.get("bias_initializer", "zeros"),
+                                                    "bias_initializer")
+        ai = a.get("A_initializer")
+        out["A_initializer"] = None if ai is None else check_initializer(ai, "A_initializer")
+        out["B_initializer"] = check_initializer(a.get("B_initializer", "zeros"),
+                                                 "B_initializer")
+        if op == "dora":
+            out["detach_norm"] = boolean(a.get("detach_norm", True), "detach_norm")
+            eps = a.get("eps")
+            if eps is not None:
+                eps = number(eps, "eps", 0.0)
+                if eps <= 0:
+                    raise RuleError(f"eps must be > 0 or None, got {eps}",
+                                    "pass eps=1e-6, or eps=None to make a zero-norm column "
+                                    "an error", AttributeError_)
+            out["eps"] = eps
+        return out
+
+    return check
+
+
+def _in_dim(s: tuple) -> int:
+    check_rank(s, 1, "an adapter (dora/lora)",
+               "pass a tensor with a feature axis, e.g. shape (None, 16)")
+    if s[-1] is None:
+        raise RuleError(f"an adapter needs a known last (feature) axis, got {s}",
+                        "give the input a fixed feature size, e.g. gd.input('x', (None, 16))")
+    return s[-1]
+
+
+def _shape(s: list, a: Mapping) -> tuple:
+    _in_dim(s[0])
+    return tuple(s[0][:-1]) + (a["units"],)
+
+
+def _init_magnitude(scale: float, eps: float | None, p: Mapping[str, Any]):
+    """m_j = ||K[:, j] + s*(A@B)[:, j]|| from the kernel the layer has at init (same
+    arithmetic as the kernels, so a fresh or pretrained layer starts with m/c == 1)."""
+    K = p["kernel"] if "kernel" in p else p["base_weight"]
+    return dora_column_norm(K, p["A"], p["B"], scale, eps)
+
+
+def _params(op: str):
+    def params(s: list, a: Mapping) -> list[ParamSpec]:
+        n_in, out, r, base = _in_dim(s[0]), a["units"], a["rank"], a["base"]
+        kname = "base_weight" if base is None else "kernel"
+        specs = [ParamSpec(kname, (n_in, out), a["kernel_initializer"], False, owner=base)]
+        if a["use_bias"]:
+            specs.append(ParamSpec("bias", (out,), a["bias_initializer"], False, owner=base))
+        specs.append(ParamSpec("A", (n_in, r), a["A_initializer"] or lora_uniform))
+        specs.append(ParamSpec("B", (r, out), a["B_initializer"]))
+        if op == "dora":
+            specs.append(ParamSpec("magnitude", (out,), DerivedInit(
+                partial(_init_magnitude, a["scale"], a["eps"]), "dora_magnitude")))
+        if a["dropout"] > 0:
+            specs.append(ParamSpec("key", (), "rng_key", False, kind="state", dtype="uint64"))
+        return specs
+
+    return params
+
+
+register_op(OpDef(
+    "dora", _shape, params=_params("dora"), check_attrs=_check("dora"), stochastic=True,
+    category="adapter",
+    doc="DoRA (Liu et al. 2024): y = act((m / c) * (x @ K + s * (x @ A) @ B) + b), "
+        "c_j = ||K[:, j] + s * (A @ B)[:, j]|| (column norm, treated as a constant in "
+        "training). K [in, out] frozen (kernel of `base`, or own base_weight), A [in, r], "
+        "B [r, out], magnitude m [out]; (..., in) -> (..., units).",
+))
+
+register_op(OpDef(
+    "lora", _shape, params=_params("lora"), check_attrs=_check("lora"), stochastic=True,
+    category="adapter",
+    doc="LoRA (Hu et al. 2021): y = act(x @ K + b + s * (dropout(x) @ A) @ B). "
+        "K [in, out] frozen (kernel of `base`, or own base_weight), A [in, r], "
+        "B [r, out]; (..., in) -> (..., units).",
+))
