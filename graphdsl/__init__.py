@@ -10,7 +10,11 @@ PyTorch::
 """
 from __future__ import annotations
 
-from . import dora, lora
+from . import (  # noqa: F401  (gd.display.as_table, as_graph, to_dot, render)
+    display,
+    dora,
+    lora,
+)
 from . import ops as _ops  # noqa: F401  (registers the ops)
 from .adapters import adapter_state, attach_adapters, merge_adapters
 from .compiler import build, predict
@@ -18,6 +22,7 @@ from .custom import register_function
 from .errors import GraphDSLError
 from .graph import get_inputs, get_op_counts, get_output_shape, get_parameters, topo_order
 from .node import Node
+from .nx import to_networkx
 from .ops.core import constant, container, input, layer, param
 from .ops.nn import (
     activation,
@@ -60,5 +65,5 @@ __all__ = [
     "get_parameters", "input", "layer", "layer_norm", "leaky_relu", "log_softmax",
     "map_nodes", "matmul", "multiply", "param", "predict", "register_function", "relu",
     "reshape", "rewrite_nodes", "sigmoid", "silu", "softmax", "softplus", "subtract",
-    "tanh", "topo_order", "transpose",
+    "tanh", "to_networkx", "topo_order", "transpose",
 ]

@@ -1,0 +1,565 @@
+"""Inspecting a model before running it: Axon's table, Mermaid, Graphviz DOT, rendering.
+
+Every view is built from one analysis of the graph (:class:`ModelView`): the
+topological order, the resolved layer names, the shapes (symbolic, or concrete for
+given input shapes) and the merged parameter table, in which a parameter shared by
+several layers appears once, under its owner. Nothing here recurses over the graph,
+so a 5k-layer chain displays like a 3-layer one.
+
+    print(gd.display.as_table(model, {"x": (1, 784)}))   # Axon's table + counts
+    print(gd.display.as_graph(model))                    # Mermaid flowchart text
+    gd.display.to_dot(model)                             # Graphviz DOT text
+    gd.display.render(model, "model.svg")                # needs Graphviz's `dot`
+"""
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import GraphDSLError, fmt_shape
+from .graph import Graph, analyze, infer_shapes, normalize_input_shapes, output_structure
+from .node import Node
+from .registry import OPS, DerivedInit, ParamSpec
+from .state import ModelState
+
+__all__ = ["ModelView", "ParamInfo", "as_graph", "as_table", "render", "to_dot"]
+
+# Parameter names an adapter op reads that belong to the base layer, not to the adapter
+# (adapter contract: ``kernel``/``bias`` shared from the wrapped dense, or the adapter's
+# own frozen ``base_weight``). Everything else an adapter owns (A, B, magnitude) counts
+# as an adapter parameter.
+BASE_PARAM_NAMES = frozenset({"kernel", "bias", "base_weight"})
+
+# Nx-style type names, as Axon prints them (f32[16][32]).
+_DTYPE_SHORT = {
+    "float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64",
+    "int8": "s8", "int16": "s16", "int32": "s32", "int64": "s64",
+    "uint8": "u8", "uint16": "u16", "uint32": "u32", "uint64": "u64", "bool": "u8",
+}
+
+
+# -- the shared analysis ---------------------------------------------------------------
+@dataclass(frozen=True)
+class ParamInfo:
+    """One parameter (or state entry) of the model, counted once.
+
+    ``owner``/``name``: where ``state.data[owner][name]`` lives; ``size`` is None when
+    the shape has an unknown dimension; ``status`` is "trainable", "frozen" or "state";
+    ``users``: layers that read it; ``adapter``: owned by an adapter layer and not a
+    base weight.
+    """
+
+    owner: str
+    name: str
+    shape: tuple
+    dtype: str
+    size: int | None
+    nbytes: int | None
+    status: str
+    users: tuple[str, ...]
+    adapter: bool
+    initializer: str
+
+    @property
+    def shared(self) -> bool:
+        return len(set(self.users)) > 1
+
+    @property
+    def trainable(self) -> bool:
+        return self.status == "trainable"
+
+
+class ModelView:
+    """Everything the views need, computed once: ``graph`` (the analysis), ``shapes``
+    ``{node id: shape}`` (concrete when ``inputs`` are given), ``params``
+    ``{(owner, param): ParamInfo}`` and per-node helpers.
+
+    ``inputs``: ``{input name: shape}`` (or arrays), or a bare shape for a 1-input model.
+    ``state``: a ModelState whose frozen flags and array sizes override the graph's.
+    """
+
+    def __init__(self, model: Node, inputs: Any = None, state: ModelState | None = None,
+                 dtype: str = "float32") -> None:
+        if state is not None and not isinstance(state, ModelState):
+            raise GraphDSLError(f"state must be a ModelState, got {type(state).__name__}",
+                                fix="pass the ModelState returned by init_fn, or omit state=")
+        self.model = model
+        self.graph: Graph = analyze(model)
+        g = self.graph
+        if inputs is None:
+            self.shapes: dict[int, Any] = {n.id: n.shape for n in g.order}
+        else:
+            self.shapes = infer_shapes(g, normalize_input_shapes(g, inputs))
+        for n in g.order:  # containers: the structure of their elements' shapes
+            if n.op == "container":
+                self.shapes[n.id] = output_structure(n, self.shapes)
+        self.by_name: dict[str, Node] = {g.names[n.id]: n for n in g.order}
+        self.index: dict[int, int] = {n.id: i for i, n in enumerate(g.order)}
+        self.params: dict[tuple[str, str], ParamInfo] = {}
+        for key, spec in g.params.items():
+            self.params[key] = self._info(key, spec, state, dtype)
+
+    # -- classification ---------------------------------------------------------------------
+    def _info(self, key: tuple[str, str], spec: ParamSpec, state: ModelState | None,
+              dtype: str) -> ParamInfo:
+        owner, pname = key
+        arr = None
+        if state is not None:
+            arr = state.data.get(owner, {}).get(pname)
+        shape = tuple(spec.shape)
+        dt = spec.dtype or dtype
+        if arr is not None:
+            a = np.asarray(arr)
+            shape, dt = tuple(a.shape), str(a.dtype)
+        size = _size(shape)
+        nbytes = None if size is None else size * _itemsize(dt)
+        if spec.kind == "state" or (state is not None and state.is_state(owner, pname)):
+            status = "state"
+        elif state is not None and arr is not None:
+            status = "frozen" if state.is_frozen(owner, pname) else "trainable"
+        else:
+            status = "trainable" if spec.trainable else "frozen"
+        owner_node = self.by_name.get(owner)
+        adapter = (owner_node is not None and is_adapter(owner_node)
+                   and pname not in BASE_PARAM_NAMES and status != "state")
+        return ParamInfo(owner, pname, shape, dt, size, nbytes, status,
+                         tuple(self.graph.param_users.get(key, ())), adapter,
+                         _init_label(spec.initializer))
+
+    def name(self, node: Node) -> str:
+        return self.graph.names[node.id]
+
+    def node_params(self, node: Node) -> list[tuple[ParamSpec, ParamInfo]]:
+        """The parameters ``node`` reads, in its own order, with their merged info."""
+        return [(spec, self.params[self.graph.param_ref(node, spec)]) for spec in node.params]
+
+    def own_params(self, node: Node) -> list[ParamInfo]:
+        """Parameters stored under this node's name (each counted once, here)."""
+        me = self.name(node)
+        return [info for _, info in self.node_params(node) if info.owner == me]
+
+    def is_frozen_layer(self, node: Node) -> bool:
+        """A layer whose parameters are all frozen (a muted base layer)."""
+        ps = [info for _, info in self.node_params(node) if info.status != "state"]
+        return bool(ps) and all(p.status == "frozen" for p in ps)
+
+    def totals(self) -> dict[str, tuple[int, int, bool]]:
+        """``{"total"|"trainable"|"frozen"|"adapter"|"state": (count, bytes, partial)}``;
+        ``partial`` is True when some parameter has an unknown size (not counted)."""
+        out = {k: [0, 0, False] for k in ("total", "trainable", "frozen", "adapter", "state")}
+        for info in self.params.values():
+            groups = ["state"] if info.status == "state" else ["total", info.status]
+            if info.adapter:
+                groups.append("adapter")
+            for k in groups:
+                if info.size is None:
+                    out[k][2] = True
+                else:
+                    out[k][0] += info.size
+                    out[k][1] += info.nbytes or 0
+        return {k: (v[0], v[1], v[2]) for k, v in out.items()}
+
+
+def is_adapter(node: Node) -> bool:
+    """True for layers whose op is registered with ``category="adapter"`` (dora, lora)."""
+    opdef = OPS.get(node.op)
+    return opdef is not None and opdef.category == "adapter"
+
+
+def _size(shape: tuple) -> int | None:
+    if any(d is None for d in shape):
+        return None
+    return math.prod(int(d) for d in shape)
+
+
+def _itemsize(dtype: str) -> int:
+    if dtype == "bfloat16":
+        return 2
+    try:
+        return int(np.dtype(dtype).itemsize)
+    except TypeError:
+        return 4
+
+
+def _init_label(init: Any) -> str:
+    if isinstance(init, str):
+        return init
+    if isinstance(init, DerivedInit):
+        return init.label
+    return getattr(init, "__name__", type(init).__name__)
+
+
+# -- formatting helpers ---------------------------------------------------------------------
+def type_shape(shape: tuple, dtype: str) -> str:
+    """Axon's parameter notation: ``(16, 32), float32`` -> ``f32[16][32]``; a scalar is
+    ``f32[]``; an unknown size prints as ``[?]``."""
+    dims = "".join(f"[{'?' if d is None else d}]" for d in shape) or "[]"
+    return _DTYPE_SHORT.get(dtype, dtype) + dims
+
+
+def shape_str(shape: Any, dtype: str = "float32") -> str:
+    """``(None, 16)``; the dtype is appended when it is not float32 (``(None, 8) int64``)."""
+    s = fmt_shape(shape)
+    return s if dtype == "float32" or shape is None or isinstance(shape, dict) else f"{s} {dtype}"
+
+
+def _count(n: int) -> str:
+    return f"{n:,}"
+
+
+def readable_bytes(n: int) -> str:
+    """``1628200`` -> ``"1.63 MB"`` (decimal units, like Axon's kilobytes/megabytes)."""
+    for unit, k in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= k:
+            return f"{n / k:.2f} {unit}"
+    return f"{n} B"
+
+
+def fmt_value(v: Any, limit: int = 48) -> str:
+    """A short, one-line rendering of an option value."""
+    if isinstance(v, np.ndarray):
+        s = "array " + type_shape(v.shape, str(v.dtype))
+    elif isinstance(v, str):
+        s = repr(v)
+    elif isinstance(v, (bool, int, float)) or v is None:
+        s = repr(v)
+    elif isinstance(v, DerivedInit):
+        s = v.label
+    elif callable(v):
+        s = getattr(v, "__qualname__", None) or getattr(v, "__name__", None) or type(v).__name__
+    elif isinstance(v, Mapping):
+        s = "{" + ", ".join(f"{k}: {fmt_value(x, limit)}" for k, x in v.items()) + "}"
+    elif isinstance(v, (tuple, list)):
+        s = fmt_shape(tuple(v)) if all(x is None or isinstance(x, int) for x in v) else \
+            "(" + ", ".join(fmt_value(x, limit) for x in v) + ")"
+    else:
+        s = repr(v)
+    s = " ".join(s.split())  # one line
+    return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+def options(node: Node) -> list[str]:
+    """``key: value`` lines for a layer's options (the input's shape and a custom layer's
+    function object are shown elsewhere or by name)."""
+    lines = []
+    for k, v in node.attrs.items():
+        if node.op == "input" and k == "shape":
+            continue
+        if node.op == "layer" and k in ("fn_name", "output_shape"):
+            continue
+        if node.op == "layer" and k == "fn":
+            lines.append(f"fn: {node.attrs.get('fn_name') or fmt_value(v)}")
+            continue
+        if node.op == "layer" and k == "opts" and isinstance(v, Mapping):
+            lines.extend(f"{ok}: {fmt_value(ov)}" for ok, ov in v.items())
+            continue
+        lines.append(f"{k}: {fmt_value(v)}")
+    if node.frozen:
+        lines.append("frozen: True")
+    return lines
+
+
+def param_line(view: ModelView, node: Node, spec: ParamSpec, info: ParamInfo) -> str:
+    """``kernel: f32[784][512] (trainable)``; a parameter owned by another layer shows as
+    ``owner.param``; ``shared`` marks a parameter read by several layers."""
+    label = spec.name if info.owner == view.name(node) else f"{info.owner}.{info.name}"
+    marks = [info.status]
+    if info.shared:
+        marks.append("shared")
+    if info.adapter:
+        marks.append("adapter")
+    return f"{label}: {type_shape(info.shape, info.dtype)} ({', '.join(marks)})"
+
+
+# -- as_table ------------------------------------------------------------------------------
+def as_table(model: Node, inputs: Any = None, *, state: ModelState | None = None,
+             title: str = "Model") -> str:
+    """Axon's ``Axon.Display.as_table``: one row per layer in topological order.
+
+    Columns: Layer (``name ( op )``), Input Shape (``parent: shape`` per input), Output
+    Shape, Options and Parameters (``kernel: f32[784][512] (trainable)``). Shapes are
+    concrete for ``inputs`` (``{name: shape}``, or a bare shape for a 1-input model) and
+    symbolic (None = any size) otherwise. The footer counts Total, Trainable, Frozen and
+    Adapter parameters with their bytes (float32 = 4 bytes each); a parameter shared by
+    several layers is counted once. ``state``: take frozen flags and sizes from a
+    ModelState instead of the graph.
+    """
+    view = ModelView(model, inputs, state)
+    g = view.graph
+    header = ["Layer", "Input Shape", "Output Shape", "Options", "Parameters"]
+    rows: list[list[list[str]]] = []
+    for n in g.order:
+        ins = [f"{g.names[p.id]}: {shape_str(view.shapes[p.id], p.dtype)}" for p in n.inputs]
+        rows.append([
+            [f"{g.names[n.id]} ( {n.op} )"],
+            ins,
+            [shape_str(view.shapes[n.id], n.dtype)],
+            options(n),
+            [param_line(view, n, s, i) for s, i in view.node_params(n)],
+        ])
+    return _box_table(title, header, rows) + _footer(view)
+
+
+def _box_table(title: str, header: list[str], rows: list[list[list[str]]]) -> str:
+    """A TableRex-like box table; cells are lists of lines."""
+    widths = [len(h) for h in header]
+    for row in rows:
+        for j, cell in enumerate(row):
+            widths[j] = max([widths[j]] + [len(line) for line in cell])
+    inner = sum(widths) + 3 * len(widths) - 1
+    if len(title) > inner:  # never cut the title: widen the last column
+        widths[-1] += len(title) - inner
+        inner = len(title)
+    sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
+    dsep = "+" + "+".join("=" * (w + 2) for w in widths) + "+"
+
+    def line(cells: list[str]) -> str:
+        return "|" + "|".join(f" {c:<{w}} " for c, w in zip(cells, widths)) + "|"
+
+    out = ["+" + "-" * inner + "+", "|" + title.center(inner) + "|", dsep, line(header), dsep]
+    for row in rows:
+        height = max(1, max(len(c) for c in row))
+        for k in range(height):
+            out.append(line([c[k] if k < len(c) else "" for c in row]))
+        out.append(sep)
+    return "\n".join(out) + "\n"
+
+
+def _footer(view: ModelView) -> str:
+    t = view.totals()
+    labels = [("total", "Total parameters"), ("trainable", "Trainable parameters"),
+              ("frozen", "Frozen parameters"), ("adapter", "Adapter parameters")]
+    if t["state"][0] or t["state"][2]:
+        labels.append(("state", "State entries"))
+    lines = []
+    for key, label in labels:
+        n, b, partial = t[key]
+        more = " + parameters of unknown size" if partial else ""
+        lines.append(f"{label + ':':<22}{_count(n):>14}  "
+                     f"({_count(b)} bytes, {readable_bytes(b)}){more}")
+    return "\n".join(lines) + "\n"
+
+
+# -- as_graph (Mermaid) ----------------------------------------------------------------------
+_DIRECTIONS = {"TD": "TD", "TB": "TB", "BT": "BT", "LR": "LR", "RL": "RL",
+               "top_down": "TD", "left_right": "LR"}
+
+
+def _direction(direction: str) -> str:
+    if direction not in _DIRECTIONS:
+        raise GraphDSLError(f"unknown direction {direction!r}",
+                            fix="use 'TD' (top-down), 'LR' (left-right), 'BT' or 'RL'")
+    return _DIRECTIONS[direction]
+
+
+def mermaid_escape(text: str) -> str:
+    """Make text safe inside a double-quoted Mermaid label (entity codes)."""
+    text = text.replace("#", "#35;").replace('"', "#quot;")
+    text = text.replace("<", "#lt;").replace(">", "#gt;")
+    return " ".join(text.splitlines()) if "\n" in text or "\r" in text else text
+
+
+_MERMAID_STYLES = {
+    "adapter": "fill:#fde68a,stroke:#b45309,stroke-width:2px",
+    "frozen": "fill:#e5e7eb,stroke:#9ca3af,color:#6b7280",
+}
+
+
+def as_graph(model: Node, direction: str = "TD", *, inputs: Any = None,
+             state: ModelState | None = None) -> str:
+    """Mermaid flowchart text in Axon's style: one ``name (op) shape`` box per layer,
+    inputs as parallelograms, an edge per input (in input order). Adapter layers get
+    the ``adapter`` class, layers whose parameters are all frozen the ``frozen`` class.
+
+    ``direction``: "TD" (default), "LR", "BT", "RL" (or Axon's "top_down"/"left_right").
+    ``inputs``: concrete input shapes, as for :func:`as_table`.
+    """
+    d = _direction(direction)
+    view = ModelView(model, inputs, state)
+    g = view.graph
+    lines = [f"graph {d};"]
+    classes: dict[str, list[str]] = {"adapter": [], "frozen": []}
+    for i, n in enumerate(g.order):
+        nid = f"n{i}"
+        label = mermaid_escape(f"{g.names[n.id]} ({n.op}) {shape_str(view.shapes[n.id], n.dtype)}")
+        if n.op == "input":
+            lines.append(f'{nid}[/"{label}"/];')
+        elif n.op in ("constant", "param"):
+            lines.append(f'{nid}[("{label}")];')
+        elif n.op == "container":
+            lines.append(f'{nid}{{{{"{label}"}}}};')
+        else:
+            lines.append(f'{nid}["{label}"];')
+        if is_adapter(n):
+            classes["adapter"].append(nid)
+        elif view.is_frozen_layer(n):
+            classes["frozen"].append(nid)
+    for n in g.order:
+        for p in n.inputs:
+            lines.append(f"n{view.index[p.id]} --> n{view.index[n.id]};")
+    for cls, ids in classes.items():
+        if ids:
+            lines.append(f"classDef {cls} {_MERMAID_STYLES[cls]};")
+            lines.append(f"class {','.join(ids)} {cls};")
+    return "\n".join(lines) + "\n"
+
+
+# -- to_dot (Graphviz) ----------------------------------------------------------------------
+def dot_quote(text: str) -> str:
+    """A DOT double-quoted string: backslashes and quotes escaped, newlines as ``\\n``
+    (Graphviz's centred line break)."""
+    text = text.replace("\\", "\\\\").replace('"', '\\"')
+    return '"' + text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\\n") + '"'
+
+
+_DOT_STYLE = {
+    "input": 'shape=parallelogram, fillcolor="#dbeafe", color="#1d4ed8"',
+    "data": 'shape=cylinder, fillcolor="#ecfccb", color="#4d7c0f"',
+    "container": 'shape=hexagon, fillcolor="#f3e8ff", color="#7e22ce"',
+    "adapter": 'fillcolor="#fde68a", color="#b45309", penwidth=2',
+    "frozen": 'fillcolor="#e5e7eb", color="#9ca3af", fontcolor="#6b7280"',
+    "layer": 'fillcolor="#ffffff", color="#374151"',
+}
+
+
+def _dot_kind(view: ModelView, n: Node) -> str:
+    if n.op == "input":
+        return "input"
+    if n.op in ("constant", "param") and not view.is_frozen_layer(n):
+        return "data"
+    if n.op == "container":
+        return "container"
+    if is_adapter(n):
+        return "adapter"
+    if view.is_frozen_layer(n):
+        return "frozen"
+    return "layer"
+
+
+def _dot_label(view: ModelView, n: Node) -> str:
+    lines = [f"{view.name(n)} ({n.op})", shape_str(view.shapes[n.id], n.dtype)]
+    own = [p for p in view.own_params(n) if p.status != "state"]
+    if own:
+        known = [p.size for p in own if p.size is not None]
+        count = _count(sum(known)) + ("+?" if len(known) < len(own) else "")
+        frozen = sum(p.size or 0 for p in own if p.status == "frozen")
+        adapter = sum(p.size or 0 for p in own if p.adapter)
+        extra = []
+        if frozen:
+            extra.append(f"{_count(frozen)} frozen")
+        if adapter:
+            extra.append(f"{_count(adapter)} adapter")
+        lines.append(f"{count} params" + (f" ({', '.join(extra)})" if extra else ""))
+    me = view.name(n)
+    borrowed = [f"{i.owner}.{i.name}" for _, i in view.node_params(n) if i.owner != me]
+    if borrowed:
+        lines.append("uses " + ", ".join(borrowed))
+    return "\n".join(lines)
+
+
+def _short_where(where: str) -> str:
+    """``/long/path/model.py:12`` -> ``model.py:12`` (no local paths in drawings)."""
+    file, sep, line = where.rpartition(":")
+    return os.path.basename(file) + sep + line if sep else where
+
+
+def to_dot(model: Node, *, inputs: Any = None, state: ModelState | None = None,
+           direction: str = "TB", title: str | None = None) -> str:
+    """Graphviz DOT text: one box per layer with ``name (op)``, its output shape and its
+    parameter count; inputs are parallelograms, adapters orange, layers whose parameters
+    are all frozen grey, constants/params cylinders. Edges into a multi-input layer are
+    labelled with the input position; a dashed edge goes from a layer to another layer
+    reading its parameters (an adapter sharing a base kernel).
+    """
+    d = {"TD": "TB"}.get(_direction(direction), _direction(direction))
+    view = ModelView(model, inputs, state)
+    g = view.graph
+    t = view.totals()
+    caption = title if title is not None else (
+        f"{_count(t['total'][0])} parameters ({_count(t['trainable'][0])} trainable, "
+        f"{_count(t['frozen'][0])} frozen, {_count(t['adapter'][0])} adapter)")
+    out = [
+        "digraph model {",
+        f"  graph [rankdir={d}, fontname=\"Helvetica\", fontsize=11, "
+        f"label={dot_quote(caption)}, labelloc=b];",
+        '  node [shape=box, style="rounded,filled", fontname="Helvetica", fontsize=10];',
+        '  edge [fontname="Helvetica", fontsize=9, color="#4b5563"];',
+    ]
+    for i, n in enumerate(g.order):
+        style = _DOT_STYLE[_dot_kind(view, n)]
+        out.append(f"  n{i} [label={dot_quote(_dot_label(view, n))}, "
+                   f"tooltip={dot_quote(_short_where(n.where))}, {style}];")
+    for n in g.order:
+        me = view.index[n.id]
+        multi = len(n.inputs) > 1
+        keys = n.attrs.get("keys") if n.op == "container" else None
+        for k, p in enumerate(n.inputs):
+            label = keys[k] if keys is not None else str(k)
+            attr = f" [label={dot_quote(label)}]" if multi or keys is not None else ""
+            out.append(f"  n{view.index[p.id]} -> n{me}{attr};")
+        owners = []
+        for _, info in view.node_params(n):
+            o = view.by_name.get(info.owner)
+            if o is not None and o is not n and o.id not in owners:
+                owners.append(o.id)
+        for oid in owners:
+            out.append(f"  n{view.index[oid]} -> n{me} [style=dashed, color=\"#b45309\", "
+                       f"arrowhead=empty, label=\"shares\"];")
+    out.append("}")
+    return "\n".join(out) + "\n"
+
+
+# -- render -------------------------------------------------------------------------------
+_FORMATS = ("svg", "png", "pdf")
+
+
+def graphviz_binary() -> str | None:
+    """Path of Graphviz's ``dot`` program, or None when Graphviz is not installed."""
+    return shutil.which("dot")
+
+
+def render(model: Node, path: str | os.PathLike, *, inputs: Any = None,
+           state: ModelState | None = None, direction: str = "TB",
+           format: str | None = None, timeout: float = 120.0) -> str:
+    """Draw the model to ``path`` (``.svg``, ``.png`` or ``.pdf``) through Graphviz's
+    ``dot`` program; ``.dot``/``.gv`` writes the DOT text itself. Returns the path.
+
+    Raises GraphDSLError when Graphviz is not installed (with the install command) or
+    when ``dot`` fails.
+    """
+    path = os.fspath(path)
+    ext = (format or os.path.splitext(path)[1].lstrip(".")).lower()
+    text = to_dot(model, inputs=inputs, state=state, direction=direction)
+    if ext in ("dot", "gv"):
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+        return path
+    if ext not in _FORMATS:
+        raise GraphDSLError(f"cannot render to {path!r}: unknown format {ext!r}",
+                            fix="use a path ending in .svg, .png, .pdf (or .dot for text)")
+    exe = graphviz_binary()
+    if exe is None:
+        raise GraphDSLError(
+            "rendering needs Graphviz's `dot` program, which is not installed (not on PATH)",
+            fix="install Graphviz: `apt-get install graphviz` (Debian/Ubuntu), "
+                "`brew install graphviz` (macOS) or `conda install graphviz`; "
+                "`pip install graphviz` alone is not enough, it calls the same program. "
+                "Or write the text with gd.display.to_dot(model) / render(model, 'm.dot')")
+    try:
+        proc = subprocess.run([exe, f"-T{ext}", "-o", path], input=text.encode("utf-8"),
+                              capture_output=True, timeout=timeout, check=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise GraphDSLError(f"running Graphviz ({exe}) failed: {e}",
+                            fix="check the Graphviz installation") from None
+    if proc.returncode != 0:
+        err = proc.stderr.decode("utf-8", "replace").strip()
+        raise GraphDSLError(f"Graphviz could not render {path!r}: {err}",
+                            fix="check that the folder exists and is writable")
+    return path
