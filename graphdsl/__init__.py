@@ -21,6 +21,7 @@ from .compiler import build, predict
 from .custom import register_function
 from .errors import GraphDSLError
 from .graph import get_inputs, get_op_counts, get_output_shape, get_parameters, topo_order
+from .io import load, load_adapters, save, save_adapters
 from .node import Node
 from .nx import to_networkx
 from .ops.core import constant, container, input, layer, param
@@ -52,6 +53,7 @@ from .ops.tensor import (
     transpose,
 )
 from .registry import OPS
+from .serialization import from_json, to_json
 from .state import ModelState
 from .transforms import freeze, map_nodes, rewrite_nodes
 
@@ -66,4 +68,5 @@ __all__ = [
     "map_nodes", "matmul", "multiply", "param", "predict", "register_function", "relu",
     "reshape", "rewrite_nodes", "sigmoid", "silu", "softmax", "softplus", "subtract",
     "tanh", "to_networkx", "topo_order", "transpose",
+    "from_json", "load", "load_adapters", "save", "save_adapters", "to_json",
 ]
