@@ -447,21 +447,31 @@ def _dot_label(view: ModelView, n: Node) -> str:
     lines = [f"{view.name(n)} ({n.op})", shape_str(view.shapes[n.id], n.dtype)]
     own = [p for p in view.own_params(n) if p.status != "state"]
     if own:
-        known = [p.size for p in own if p.size is not None]
-        count = _count(sum(known)) + ("+?" if len(known) < len(own) else "")
-        frozen = sum(p.size or 0 for p in own if p.status == "frozen")
-        adapter = sum(p.size or 0 for p in own if p.adapter)
-        extra = []
-        if frozen:
-            extra.append(f"{_count(frozen)} frozen")
-        if adapter:
-            extra.append(f"{_count(adapter)} adapter")
-        lines.append(f"{count} params" + (f" ({', '.join(extra)})" if extra else ""))
+        lines.append(_params_summary(own, "params"))
     me = view.name(n)
-    borrowed = [f"{i.owner}.{i.name}" for _, i in view.node_params(n) if i.owner != me]
+    borrowed = [i for _, i in view.node_params(n) if i.owner != me and i.status != "state"]
     if borrowed:
-        lines.append("uses " + ", ".join(borrowed))
+        names = ", ".join(f"{i.owner}.{i.name}" for i in borrowed)
+        lines.append(f"uses {names}")
+        lines.append(_params_summary(borrowed, "shared"))
     return "\n".join(lines)
+
+
+def _params_summary(ps: list[ParamInfo], what: str) -> str:
+    """``"401,920 params"``, ``"264 params (frozen)"``, ``"416 params (adapter)"``,
+    ``"1,000 params (200 frozen)"``; ``+?`` when a size is unknown."""
+    known = [p.size for p in ps if p.size is not None]
+    count = _count(sum(known)) + ("+?" if len(known) < len(ps) else "")
+    frozen = sum(p.size or 0 for p in ps if p.status == "frozen")
+    adapter = sum(p.size or 0 for p in ps if p.adapter)
+    total = sum(known)
+    extra = []
+    for n, label in ((frozen, "frozen"), (adapter, "adapter")):
+        if n and n == total and len(known) == len(ps):
+            extra.append(label)
+        elif n:
+            extra.append(f"{_count(n)} {label}")
+    return f"{count} {what}" + (f" ({', '.join(extra)})" if extra else "")
 
 
 def _short_where(where: str) -> str:
