@@ -515,13 +515,26 @@ def random_models(draw):
     outs = [o for o in extra if o is not pool[-1]] + [pool[-1]]
     shape = draw(st.sampled_from(["node", "tuple", "dict"]))
     if shape == "node" or len(outs) == 1:
-        return outs[-1]
-    if shape == "tuple":
-        return gd.container(outs)
-    return gd.container({f"out{i}": o for i, o in enumerate(outs)})
+        model = outs[-1]
+    elif shape == "tuple":
+        model = gd.container(outs)
+    else:
+        model = gd.container({f"out{i}": o for i, o in enumerate(outs)})
+    # sometimes freeze some layers, or put DoRA/LoRA adapters on some dense layers
+    how = draw(st.sampled_from(["plain", "freeze", "dora", "lora"]))
+    if how == "freeze":
+        model = gd.freeze(model, lambda n: n.op in ("dense", "layer_norm"))
+    elif how in ("dora", "lora"):
+        g = gd.graph.analyze(model)
+        dense = [g.names[n.id] for n in g.order if n.op == "dense"]
+        if dense:
+            chosen = draw(st.lists(st.sampled_from(dense), min_size=1, unique=True))
+            mod = gd.dora if how == "dora" else gd.lora
+            model = mod.adapt(model, targets=chosen, rank=draw(st.integers(1, 3)))
+    return model
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(random_models(), st.integers(1, 3))
 def test_every_view_on_random_graphs(model, batch):
     g = gd.graph.analyze(model)
@@ -534,7 +547,11 @@ def test_every_view_on_random_graphs(model, batch):
             assert f"| {name} ( " in t
         specs = [s for layer in gd.get_parameters(model).values() for s in layer.values()
                  if s.kind == "param"]
-        assert footer(t)["Total"][0] == sum(math.prod(s.shape) for s in specs)
+        f = footer(t)
+        assert f["Total"][0] == sum(math.prod(s.shape) for s in specs)
+        assert f["Total"] == tuple(a + b for a, b in zip(f["Trainable"], f["Frozen"]))
+        adapter_ops = sum(1 for n in g.order if gd.OPS[n.op].category == "adapter")
+        assert (f["Adapter"][0] > 0) == (adapter_ops > 0)
         m = display.as_graph(model, inputs=inputs)
         assert m.count(" --> ") == n_edges
         assert len(m.splitlines()) - 1 - n_edges - 2 * sum(
