@@ -78,7 +78,7 @@ def adapt(op: str, model: Node, targets: Targets, opts: dict[str, Any],
             new[n.id] = _pin(n, ins, name)
     if not adapted:
         raise GraphDSLError(
-            f"{op}.adapt: targets={_show(targets)} match no dense layer", op=op, where=where,
+            f"{op}.adapt: targets={_show(targets)} match no dense layer", where=where,
             fix=f"dense layers in this model: {dense}" if dense else
                 "this model has no dense layer to adapt")
     return new[model.id]
@@ -94,8 +94,8 @@ def _matcher(op: str, targets: Any, g: Graph, dense: list[str], where: str
         try:
             rx = re.compile(targets)
         except re.error as e:
-            raise AttributeError_(f"targets {targets!r} is not a valid regular expression: "
-                                  f"{e}", op=op, where=where,
+            raise AttributeError_(f"{op}.adapt: targets {targets!r} is not a valid regex: "
+                                  f"{e}", where=where,
                                   fix="pass a regex (full match on the layer name), a list "
                                       "of names or a predicate on a node") from None
         return lambda n: rx.fullmatch(n.name) is not None
@@ -115,13 +115,13 @@ def _matcher(op: str, targets: Any, g: Graph, dense: list[str], where: str
     if isinstance(targets, Iterable):
         names = list(targets)
         if not all(isinstance(t, str) for t in names):
-            raise AttributeError_(f"targets must be names (str), got {names!r}", op=op,
+            raise AttributeError_(f"{op}.adapt: targets must be names (str), got {names!r}",
                                   where=where, fix=f"dense layers in this model: {dense}")
         by_name = {g.name(n): n for n in g.order}
         for t in names:
             if t not in by_name:
                 raise GraphDSLError(f"{op}.adapt: target {t!r} is not a layer of this model",
-                                    op=op, where=where,
+                                    where=where,
                                     fix=f"dense layers in this model: {dense}")
             if by_name[t].op != "dense":
                 raise GraphDSLError(
@@ -130,8 +130,8 @@ def _matcher(op: str, targets: Any, g: Graph, dense: list[str], where: str
                     fix=f"adapters wrap dense layers; dense layers in this model: {dense}")
         wanted = set(names)
         return lambda n: n.name in wanted
-    raise AttributeError_(f"targets must be a regex, a list of names or a predicate, got "
-                          f"{type(targets).__name__}", op=op, where=where,
+    raise AttributeError_(f"{op}.adapt: targets must be a regex, a list of names or a "
+                          f"predicate, got {type(targets).__name__}", where=where,
                           fix=f"e.g. targets=r'attn_.*'; dense layers: {dense}")
 
 
@@ -143,8 +143,8 @@ def _saved(op: str, modules: Any, g: Graph, where: str) -> set[str]:
     for m in names:
         if m not in with_params:
             raise GraphDSLError(
-                f"modules_to_save names {m!r}, which is not a layer with parameters in "
-                "this model", op=op, where=where,
+                f"{op}.adapt: modules_to_save names {m!r}, which is not a layer with "
+                "parameters in this model", where=where,
                 fix=f"layers with parameters: {with_params}")
     return set(names)
 
