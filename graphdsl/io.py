@@ -175,6 +175,12 @@ def _read_members(fh: Any, wanted: tuple[str, ...], lim: LoadLimits, bad: Any,
             if name.endswith((".pkl", ".pickle")) or name.endswith("/data.pkl"):
                 raise bad(f"the archive holds a pickle ({name!r}); graphdsl never unpickles",
                           "this looks like a PyTorch checkpoint; convert it to a ModelState")
+            if name not in wanted and name == ADAPTERS_JSON:
+                raise bad("this is an adapter file (gd.save_adapters), not a model file",
+                          "load it with gd.load_adapters(path, adapted_model, base_state)")
+            if name not in wanted and name in (MODEL_JSON, STATE_JSON):
+                raise bad(f"this is a model file (gd.save), not an {what}",
+                          "load it with gd.load(path)")
             if name not in wanted:
                 raise bad(f"unexpected archive member {name!r}",
                           f"a {what} holds exactly {list(wanted)}")
@@ -305,8 +311,7 @@ def state_tensors(g: Graph, state: ModelState, want: Expected) -> dict[str, np.n
     if not isinstance(state, ModelState):
         raise StateError(f"expected a ModelState, got {type(state).__name__}",
                          fix="pass the state returned by init_fn (or gd.load)")
-    have = {(layer, p): a for layer, ps in state.data.items() for p, a in ps.items()
-            if (layer, p) in want}
+    have = {(layer, p): a for layer, ps in state.data.items() for p, a in ps.items()}
     _check_keys(have, want, "the state", StateError,
                 "initialize the state with init_fn(template, state) first")
     out = {}

@@ -446,8 +446,9 @@ def from_json(text: str | bytes | Mapping[str, Any], source: str = "model JSON")
     if isinstance(doc, Mapping):
         doc = dict(doc)
     check_structure(doc, source)
-    validate_schema(doc, source)
-    return _build(doc, source)
+    model = _build(doc, source)  # precise messages first
+    validate_schema(doc, source)  # then the shipped schema, as a final gate
+    return model
 
 
 def _build(doc: dict[str, Any], source: str) -> Node:
@@ -491,7 +492,8 @@ def _build(doc: dict[str, Any], source: str) -> Node:
             raise SerializationError(f"{source}: 'outputs' names {o!r}, which is not defined",
                                      fix=f"use one of: {', '.join(known[:40])}")
     order = _topo(entries, out_names, source)
-    unused = [n for n in entries if n not in order]
+    reached = set(order)
+    unused = [n for n in entries if n not in reached]
     if unused:
         raise SerializationError(
             f"{source}: node(s) {unused[:10]} do not feed the outputs",

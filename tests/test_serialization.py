@@ -1,0 +1,403 @@
+"""JSON model definitions: round trips for every registered op, hand-written files,
+the schema, and every malformed-definition error."""
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from strategies import graphs
+
+import graphdsl as gd
+from graphdsl import dora, lora
+from graphdsl.errors import SerializationError
+from graphdsl.graph import analyze
+from graphdsl.serialization import FORMAT_VERSION, schema
+
+
+@gd.register_function("ser_scaled_tanh")
+def scaled_tanh(x, *, xp, k=1.0):
+    return xp.tanh(x) * k
+
+
+@gd.register_function("ser_pair_sum")
+def pair_sum(a, b, *, xp):
+    return a + 2 * b
+
+
+@gd.register_function("ser_init_halves")
+def init_halves(shape, dtype, rng):
+    return np.full(shape, 0.5, dtype)
+
+
+def _x(d=6, name="x"):
+    return gd.input(name, (None, d))
+
+
+def _on(f, d=6):
+    return f(_x(d))
+
+
+# op -> a model using that op (and its non-default attributes where it has some)
+CASES = {
+    "input": lambda: gd.input("x", (None, 3, 4), dtype="float64"),
+    "constant": lambda: gd.add(_x(4), gd.constant(np.arange(4, dtype=np.float32) / 3)),
+    "param": lambda: gd.matmul(_x(4), gd.param("w", (4, 2), initializer="he_normal",
+                                                trainable=False)),
+    "layer": lambda: gd.layer(scaled_tanh, _x(), name="custom", k=2.5),
+    "container": lambda: _on(lambda x: gd.container({"a": gd.relu(x), "b": gd.tanh(x)})),
+    "dense": lambda: gd.dense(_x(), 3, activation="gelu", use_bias=False,
+                              kernel_initializer="he_uniform", name="fc"),
+    "relu": lambda: gd.relu(_x()),
+    "gelu": lambda: gd.gelu(_x(), approximate=True),
+    "sigmoid": lambda: gd.sigmoid(_x()),
+    "tanh": lambda: gd.tanh(_x()),
+    "softmax": lambda: gd.softmax(gd.reshape(_x(), (None, 2, 3)), axis=1),
+    "log_softmax": lambda: gd.log_softmax(_x(), axis=-1),
+    "silu": lambda: gd.silu(_x()),
+    "elu": lambda: gd.elu(_x(), alpha=0.7),
+    "leaky_relu": lambda: gd.leaky_relu(_x(), alpha=0.2),
+    "softplus": lambda: gd.softplus(_x()),
+    "dropout": lambda: gd.dropout(gd.dense(_x(), 4), 0.25),
+    "layer_norm": lambda: gd.layer_norm(_x(), epsilon=1e-3, center=False),
+    "embedding": lambda: gd.embedding(gd.input("ids", (None, 5), dtype="int64"), 11, 4),
+    "add": lambda: _on(lambda x: gd.add([x, gd.dense(x, 6), gd.relu(x)])),
+    "subtract": lambda: _on(lambda x: gd.subtract(x, gd.dense(x, 6))),
+    "multiply": lambda: _on(lambda x: gd.multiply(x, gd.sigmoid(x))),
+    "concatenate": lambda: gd.concatenate([_x(), _x(3, "y")], axis=-1),
+    "reshape": lambda: gd.reshape(_x(), (None, 3, -1)),
+    "flatten": lambda: gd.flatten(gd.reshape(_x(), (None, 2, 3))),
+    "transpose": lambda: gd.transpose(gd.reshape(_x(), (None, 2, 3)), (0, 2, 1)),
+    "matmul": lambda: gd.matmul(gd.reshape(_x(), (None, 2, 3)),
+                                gd.reshape(_x(6, "y"), (None, 3, 2))),
+    "dora": lambda: _on(lambda x: dora.wrap(x, gd.dense(x, 5, activation="relu", name="attn"),
+                                            rank=2, alpha=4.0, name="dora_attn", dropout=0.1)),
+    "lora": lambda: lora.lora_layer(_x(), 6, 4, rank=3, alpha=6.0, name="lo", rslora=True),
+}
+
+EXTRA = {  # more shapes of the same ops
+    "dora_layer_eps": lambda: dora.dora_layer(_x(), 6, 3, rank=2, eps=1e-6, use_bias=True,
+                                              activation="tanh", name="dl"),
+    "dora_adapt": lambda: dora.adapt(gd.dense(gd.dense(_x(), 4, name="attn_q"), 2, name="out"),
+                                     targets=r"attn_.*", rank=2),
+    "lora_wrap": lambda: _on(lambda x: lora.wrap(x, gd.dense(x, 4, name="v"), rank=2,
+                                                 name="lv")),
+    "frozen": lambda: gd.freeze(gd.dense(gd.dense(_x(), 4, name="a"), 2, name="b"),
+                                lambda n: n.name == "a"),
+    "two_layers_two_inputs": lambda: gd.layer(pair_sum, [_x(), _x(6, "z")], name="pair"),
+    "callable_init": lambda: gd.dense(_x(), 3, kernel_initializer=init_halves),
+    "int_constant": lambda: gd.add(gd.input("i", (None, 3), dtype="int64"),
+                                   gd.constant(np.array([1, 2, 3]))),
+    "nested_container": lambda: _on(lambda x: gd.container(
+        [gd.relu(x), gd.container({"t": gd.tanh(x)})])),
+    "shared_input_diamond": lambda: (lambda x: gd.add(gd.relu(x), gd.tanh(x)))(_x()),
+}
+
+
+def test_every_registered_op_has_a_round_trip_case():
+    missing = sorted(set(gd.OPS) - set(CASES))
+    assert not missing, f"add a serialization case for: {missing}"
+
+
+def _inputs(model, rng, batch=3):
+    out = {}
+    for name, shp in gd.get_inputs(model).items():
+        concrete = tuple(batch if d is None else d for d in shp)
+        node = next(n for n in analyze(model).input_nodes if n.name == name)
+        if node.attrs["dtype"].startswith("int"):
+            out[name] = rng.integers(0, 5, concrete).astype(node.attrs["dtype"])
+        else:
+            out[name] = rng.standard_normal(concrete).astype(node.attrs["dtype"])
+    return out
+
+
+def _param_table(model):
+    return {k: (v.shape, v.trainable, v.owner, v.kind, v.dtype)
+            for k, v in analyze(model).params.items()}
+
+
+def _assert_same_outputs(a, b):
+    if isinstance(a, dict):
+        assert a.keys() == b.keys()
+        for k in a:
+            _assert_same_outputs(a[k], b[k])
+    elif isinstance(a, tuple):
+        assert isinstance(b, tuple) and len(a) == len(b)
+        for x, y in zip(a, b):
+            _assert_same_outputs(x, y)
+    else:
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def check_round_trip(model, rng):
+    text = gd.to_json(model)
+    back = gd.from_json(text)
+    assert gd.to_json(back) == text  # identical
+    assert gd.get_output_shape(back) == gd.get_output_shape(model)
+    assert gd.get_inputs(back) == gd.get_inputs(model)
+    assert _param_table(back) == _param_table(model)
+    assert gd.get_op_counts(back) == gd.get_op_counts(model)
+    g1, g2 = analyze(model), analyze(back)
+    assert [g1.name(n) for n in g1.order] == [g2.name(n) for n in g2.order]
+    assert [n.frozen for n in g1.order] == [n.frozen for n in g2.order]
+    # same seed -> same weights (same names, same specs); same state -> same predictions
+    s1 = gd.build(model, seed=3)[0]()
+    s2 = gd.build(back, seed=3)[0]()
+    assert s1 == s2
+    if gd.get_inputs(model):
+        xs = _inputs(model, rng)
+        arg = xs if len(xs) != 1 else next(iter(xs.values()))
+        _assert_same_outputs(gd.predict(model, s1, arg), gd.predict(back, s1, arg))
+    return text, back
+
+
+@pytest.mark.parametrize("op", sorted(CASES))
+def test_round_trip_every_op(op, rng):
+    model = CASES[op]()
+    assert op in gd.get_op_counts(model)
+    check_round_trip(model, rng)
+
+
+@pytest.mark.parametrize("case", sorted(EXTRA))
+def test_round_trip_more_graphs(case, rng):
+    check_round_trip(EXTRA[case](), rng)
+
+
+def test_default_names_become_explicit_and_tuples_come_back_as_tuples():
+    model = gd.transpose(gd.reshape(gd.dense(_x(), 6), (None, 2, 3)), (0, 2, 1))
+    doc = json.loads(gd.to_json(model))
+    assert [n["name"] for n in doc["nodes"]] == ["dense_0", "reshape_0", "transpose_0"]
+    back = gd.from_json(gd.to_json(model))
+    assert back.name == "transpose_0"
+    assert back.attrs["axes"] == (0, 2, 1) and isinstance(back.attrs["axes"], tuple)
+    assert back.inputs[0].attrs["shape"] == (None, 2, 3)
+    assert back.shape == model.shape == (None, 3, 2)
+
+
+def test_constant_array_keeps_dtype_shape_and_exact_values():
+    vals = np.random.default_rng(0).standard_normal((2, 3)).astype(np.float32)
+    model = gd.add(gd.input("x", (None, 2, 3)), gd.constant(vals, name="c"))
+    doc = json.loads(gd.to_json(model))
+    arr = doc["nodes"][0]["attrs"]["value"]["$array"]
+    assert arr["dtype"] == "float32" and arr["shape"] == [2, 3]
+    back = gd.from_json(gd.to_json(model))
+    c = back.inputs[1].attrs["value"]
+    assert c.dtype == np.float32 and c.shape == (2, 3)
+    np.testing.assert_array_equal(c, vals)  # float32 -> JSON -> float32 is exact
+
+
+def test_compact_form_round_trips_to_the_same_model():
+    model = CASES["dora"]()
+    compact = gd.to_json(model, compact=True)
+    assert "\n" not in compact
+    assert gd.to_json(gd.from_json(compact)) == gd.to_json(model)
+
+
+def test_every_output_validates_against_the_shipped_schema():
+    jsonschema = pytest.importorskip("jsonschema")
+    sch = schema()
+    jsonschema.Draft202012Validator.check_schema(sch)
+    for make in list(CASES.values()) + list(EXTRA.values()):
+        jsonschema.validate(json.loads(gd.to_json(make())), sch)
+
+
+# -- hand-written definitions ----------------------------------------------------------------
+def _doc(nodes, outputs="out", inputs=None):
+    return {"format_version": 1,
+            "inputs": inputs if inputs is not None else [{"name": "x", "shape": [None, 4]}],
+            "nodes": nodes, "outputs": outputs}
+
+
+def test_hand_written_defaults_any_order_and_container_outputs(rng):
+    doc = _doc([
+        {"op": "softmax", "name": "probs", "inputs": ["out"]},
+        {"op": "dense", "name": "out", "inputs": ["h"], "attrs": {"units": 3}},
+        {"op": "dense", "name": "h", "inputs": ["x"], "attrs": {"units": 5,
+                                                              "activation": "tanh"}},
+    ], outputs={"probs": "probs", "logits": "out"})
+    model = gd.from_json(json.dumps(doc))
+    assert model.op == "container" and model.attrs["keys"] == ("probs", "logits")
+    assert gd.get_output_shape(model, {"x": (2, 4)}) == {"probs": (2, 3), "logits": (2, 3)}
+    # the reference: the same model built in Python
+    x = gd.input("x", (None, 4))
+    h = gd.dense(x, 5, activation="tanh", name="h")
+    out = gd.dense(h, 3, name="out")
+    ref = gd.container({"probs": gd.softmax(out, name="probs"), "logits": out})
+    assert gd.to_json(model) == gd.to_json(ref)
+    listed = gd.from_json(json.dumps({**doc, "outputs": ["out", "probs"]}))
+    assert isinstance(gd.get_output_shape(listed), tuple)
+
+
+def test_examples_mlp_json_is_a_64_32_10_mlp(rng):
+    import pathlib
+
+    path = pathlib.Path(__file__).parent.parent / "examples" / "mlp.json"
+    model = gd.from_json(path.read_text())
+    assert gd.get_inputs(model) == {"x": (None, 64)}
+    assert gd.get_output_shape(model, {"x": (7, 64)}) == (7, 10)
+    state = gd.build(model, seed=0)[0]()
+    assert state.data["fc1"]["kernel"].shape == (64, 32)
+    assert state.data["fc2"]["kernel"].shape == (32, 10)
+    x = rng.standard_normal((5, 64)).astype(np.float32)
+    y = gd.predict(model, state, x)
+    # independent reference in NumPy
+    h = np.maximum(x @ state.data["fc1"]["kernel"] + state.data["fc1"]["bias"], 0)
+    z = h @ state.data["fc2"]["kernel"] + state.data["fc2"]["bias"]
+    ref = z - np.log(np.exp(z - z.max(1, keepdims=True)).sum(1, keepdims=True)) - z.max(
+        1, keepdims=True)
+    np.testing.assert_allclose(y, ref, rtol=1e-5, atol=1e-5)
+
+
+# -- custom functions ------------------------------------------------------------------------------
+def test_unregistered_custom_layer_fails_at_save_time():
+    model = gd.layer(lambda x, xp: xp.sin(x), _x(), name="sine")
+    with pytest.raises(SerializationError, match="not registered.*") as e:
+        gd.to_json(model)
+    assert "sine" in str(e.value) and "register_function" in str(e.value)
+
+
+def test_unregistered_initializer_fails_at_save_time():
+    model = gd.dense(_x(), 3, kernel_initializer=lambda s, d, r: np.zeros(s, d), name="d")
+    with pytest.raises(SerializationError, match="kernel_initializer.*not registered"):
+        gd.to_json(model)
+
+
+def test_function_missing_at_load_time_is_a_clear_error():
+    text = gd.to_json(CASES["layer"]()).replace("ser_scaled_tanh", "nobody_registered_this")
+    with pytest.raises(SerializationError, match="nobody_registered_this.*not registered"):
+        gd.from_json(text)
+
+
+def test_custom_layer_without_output_shape_is_probed():
+    doc = _doc([{"op": "layer", "name": "out", "inputs": ["x"],
+                 "attrs": {"fn": "ser_scaled_tanh", "opts": {"k": 3.0}}}])
+    model = gd.from_json(json.dumps(doc))
+    assert model.shape == (None, 4) and model.attrs["opts"] == {"k": 3.0}
+
+
+# -- malformed definitions ----------------------------------------------------------------
+BAD = {
+    "unknown op": (_doc([{"op": "conv9d", "name": "out", "inputs": ["x"]}]),
+                   "unknown op 'conv9d'"),
+    "cycle": (_doc([{"op": "relu", "name": "a", "inputs": ["out"]},
+                    {"op": "add", "name": "out", "inputs": ["x", "a"]}]), "cycle"),
+    "self loop": (_doc([{"op": "relu", "name": "out", "inputs": ["out"]}]), "cycle"),
+    "dangling": (_doc([{"op": "relu", "name": "out", "inputs": ["ghost"]}]),
+                 "reads 'ghost', which is not defined"),
+    "dangling output": (_doc([{"op": "relu", "name": "a", "inputs": ["x"]}], outputs="zz"),
+                        "'outputs' names 'zz'"),
+    "duplicate name": (_doc([{"op": "relu", "name": "out", "inputs": ["x"]},
+                             {"op": "tanh", "name": "out", "inputs": ["x"]}]),
+                       "used twice"),
+    "duplicate input name": (_doc([{"op": "relu", "name": "x", "inputs": ["x"]}],
+                                  outputs="x"), "used twice"),
+    "unused node": (_doc([{"op": "relu", "name": "out", "inputs": ["x"]},
+                          {"op": "tanh", "name": "dead", "inputs": ["x"]}]),
+                    "do not feed the outputs"),
+    "unknown attr": (_doc([{"op": "dropout", "name": "out", "inputs": ["x"],
+                            "attrs": {"rate": 0.1, "rat": 0.2}}]), "unknown attribute"),
+    "shape mismatch": (_doc([{"op": "dense", "name": "out", "inputs": ["x"],
+                              "attrs": {"units": 3}, "shape": [None, 4]}]),
+                       "declares shape"),
+    "input as node": (_doc([{"op": "input", "name": "out", "inputs": []}]), "op 'input'"),
+    "bad reserved key": (_doc([{"op": "relu", "name": "out", "inputs": ["x"],
+                                "attrs": {"q": {"$eval": "1"}}}]), "reserved"),
+    "bad array": (_doc([{"op": "constant", "name": "c", "attrs": {"value": {"$array": {
+        "dtype": "float32", "shape": [3], "data": [1.0, 2.0]}}}},
+        {"op": "add", "name": "out", "inputs": ["x", "c"]}]), "does not match its shape"),
+    "bad array dtype": (_doc([{"op": "constant", "name": "out", "attrs": {"value": {
+        "$array": {"dtype": "object", "shape": [1], "data": [1]}}}}], inputs=[]), "dtype"),
+    "int array float data": (_doc([{"op": "constant", "name": "out", "attrs": {"value": {
+        "$array": {"dtype": "int64", "shape": [1], "data": [1.5]}}}}], inputs=[]),
+        "does not fit"),
+    "wrong version": ({**_doc([]), "format_version": 2}, "format_version 2"),
+    "no version": ({k: v for k, v in _doc([]).items() if k != "format_version"},
+                   "format_version"),
+    "top-level typo": ({**_doc([{"op": "relu", "name": "out", "inputs": ["x"]}]),
+                        "nodez": []}, "unknown top-level key"),
+    "not an object": ([1, 2, 3], "not an object"),
+    "node not an object": (_doc(["relu"]), "nodes\\[0\\] is not an object"),
+    "empty outputs": (_doc([], outputs=[]), "'outputs'"),
+    "bad input shape": (_doc([], inputs=[{"name": "x", "shape": "big"}], outputs="x"),
+                        "shape"),
+    "wrong format": ({**_doc([]), "format": "keras"}, "'format' is 'keras'"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD))
+def test_malformed_definition_is_a_serialization_error(case):
+    doc, msg = BAD[case]
+    with pytest.raises(SerializationError, match=msg):
+        gd.from_json(json.dumps(doc))
+
+
+@pytest.mark.parametrize("case", ["unknown op", "cycle", "dangling", "unknown attr",
+                                  "bad array", "top-level typo"])
+def test_structural_checks_hold_without_jsonschema(case, monkeypatch):
+    import graphdsl.serialization as ser
+
+    monkeypatch.setitem(sys.modules, "jsonschema", None)  # import fails
+    monkeypatch.setattr(ser, "_VALIDATOR", None)
+    doc, msg = BAD[case]
+    with pytest.raises(SerializationError, match=msg):
+        gd.from_json(json.dumps(doc))
+
+
+def test_bad_attribute_value_is_the_usual_attribute_error():
+    doc = _doc([{"op": "dense", "name": "out", "inputs": ["x"], "attrs": {"units": -3}}])
+    with pytest.raises(gd.GraphDSLError, match="units") as e:
+        gd.from_json(json.dumps(doc))
+    assert "node 'out'" in str(e.value)  # where: the node in the file
+
+
+def test_bad_shapes_are_the_usual_shape_error():
+    doc = _doc([{"op": "reshape", "name": "out", "inputs": ["x"],
+                 "attrs": {"shape": [None, 3]}}])
+    with pytest.raises(gd.GraphDSLError, match="cannot reshape"):
+        gd.from_json(json.dumps(doc))
+
+
+@pytest.mark.parametrize("text,msg", [
+    ("", "not valid JSON"),
+    ("{", "not valid JSON"),
+    ('{"format_version": 1, "format_version": 1}', "twice"),
+    ('{"format_version": NaN}', "NaN"),
+    ("[" * 100_000 + "]" * 100_000, "parsed|not an object|JSON"),
+    (b"\xff\xfe{}", "UTF-8"),
+    (12, "must be a str"),
+])
+def test_unparseable_text_is_a_serialization_error(text, msg):
+    with pytest.raises(SerializationError, match=msg):
+        gd.from_json(text)
+
+
+def test_json_cannot_hold_infinite_attributes():
+    # an infinite value inside a custom layer's opts is caught at save time
+    m = gd.layer(scaled_tanh, _x(), name="t", output_shape=(None, 6), k=float("inf"))
+    with pytest.raises(SerializationError, match="JSON cannot hold"):
+        gd.to_json(m)
+
+
+def test_format_version_constant():
+    assert json.loads(gd.to_json(_x()))["format_version"] == FORMAT_VERSION == 1
+
+
+# -- random graphs ------------------------------------------------------------------------------
+@settings(max_examples=30, deadline=None)
+@given(graphs(), st.booleans(), st.integers(0, 2**16))
+def test_random_graphs_round_trip(g, freeze_some, seed):
+    model, shapes, nodes = g
+    if freeze_some:
+        model = gd.freeze(model, lambda n: n.op == "dense")
+    text = gd.to_json(model)
+    back = gd.from_json(text)
+    assert gd.to_json(back) == text
+    assert gd.get_output_shape(back, shapes) == gd.get_output_shape(model, shapes)
+    state = gd.build(model, seed=seed)[0]()
+    assert gd.build(back, seed=seed)[0]() == state
+    rng = np.random.default_rng(seed)
+    xs = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    _assert_same_outputs(gd.predict(model, state, xs), gd.predict(back, state, xs))
