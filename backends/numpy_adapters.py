@@ -11,8 +11,9 @@ afterwards, replace the array instead (``state.data[l][p] = new``) or use
 ``state.deepcopy()``. Views of writable arrays are not cached (recomputed each call).
 
 Training (``ctx.training`` True) computes the unmerged form with the factored column
-norm and PEFT's dropout formula, and returns ``(y, {"key": new_key})`` (``(y, {})``
-when there is no dropout).
+norm (``x @ K`` and ``A.T @ K`` in one matmul; ``colsum(K*K)`` of the frozen kernel
+cached like the merged kernel) and PEFT's dropout formula, and returns
+``(y, {"key": new_key})`` (``(y, {})`` when there is no dropout).
 """
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from typing import Any
 import numpy as np
 
 from graphdsl.adapters._math import (
-    dora_column_norm,
+    column_norm_sq_parts,
     dora_merged_kernel,
+    finish_norm,
     lora_merged_kernel,
 )
 
@@ -31,6 +33,8 @@ from .base import KernelContext
 
 
 def _apply_activation(y: np.ndarray, name: str | None) -> np.ndarray:
+    if name is None:
+        return y
     from .numpy_backend import apply_activation  # the backend imports this module
 
     return apply_activation(y, name)
@@ -52,23 +56,26 @@ def _lockable(a: np.ndarray) -> bool:
     return isinstance(b, bytes)  # an immutable buffer (e.g. np.frombuffer(bytes))
 
 
-def cached_merge(ctx: KernelContext, sources: tuple, make: Callable[[], np.ndarray]
-                 ) -> np.ndarray:
-    """``make()`` cached on the identity of ``sources``; sources are locked read-only."""
-    hit = ctx.cache.get("merged")
+def cached_merge(ctx: KernelContext, sources: tuple, make: Callable[[], np.ndarray],
+                 slot: str = "merged") -> np.ndarray:
+    """``make()`` cached in ``ctx.cache[slot]`` on the identity of ``sources``; the
+    sources are locked read-only (see the module docstring)."""
+    hit = ctx.cache.get(slot)
     if hit is not None:
         srcs, W = hit
-        if all(a is b for a, b in zip(srcs, sources)) and not any(
-                a.flags.writeable for a in sources if a is not None):
+        for a, b in zip(srcs, sources):
+            if a is not b or (b is not None and b.flags.writeable):
+                break
+        else:
             return W
     W = make()
     arrs = [a for a in sources if a is not None]
     if all(_lockable(a) for a in arrs):
         for a in arrs:
             a.flags.writeable = False
-        ctx.cache["merged"] = (sources, W)
+        ctx.cache[slot] = (sources, W)
     else:
-        ctx.cache.pop("merged", None)
+        ctx.cache.pop(slot, None)
     return W
 
 
@@ -99,18 +106,32 @@ def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
         W = cached_merge(ctx, (K, b, A, B, m),
                          lambda: dora_merged_kernel(K, A, B, m, s, a["eps"]))
         return _finish(x @ W, b, a)
-    r = m / dora_column_norm(K, A, B, s, a["eps"])  # c: a constant (no autograd here)
     sd = np.asarray(s, x.dtype)
+    lead, n_in, rank = x.shape[:-1], x.shape[-1], A.shape[1]
+    x2 = x.reshape(-1, n_in)
+    rows = x2.shape[0]
     if a["dropout"] == 0.0:
-        y = x @ K
-        y += sd * ((x @ A) @ B)
+        xd, key, parts = None, None, [x2, A.T]
+    else:
+        xd, key = _dropped(x, a["dropout"], p["key"])
+        parts = [x2, xd.reshape(-1, n_in), A.T]
+    # one matmul gives x @ K (and xd @ K) and A.T @ K: a thin A.T @ K alone runs slowly
+    prod = np.concatenate(parts) @ K
+    kk = cached_merge(ctx, (K,), lambda: _colsum_sq(K), "kk")  # K is frozen
+    c2, noise = column_norm_sq_parts(kk, prod[-rank:], A, B, s)
+    r = m / finish_norm(c2, noise, a["eps"])  # c is a constant (no autograd here)
+    y = prod[:rows]
+    if xd is None:
+        y += sd * ((x2 @ A) @ B)
         y *= r
-        return _finish(y, b, a), {}
-    xd, key = _dropped(x, a["dropout"], p["key"])
-    y = x @ K
-    y += (r - 1) * (xd @ K)
-    y += (r * sd) * ((xd @ A) @ B)
-    return _finish(y, b, a), {"key": key}
+        return _finish(y.reshape(*lead, -1), b, a), {}
+    y += (r - 1) * prod[rows:2 * rows]
+    y += (r * sd) * ((xd.reshape(-1, n_in) @ A) @ B)
+    return _finish(y.reshape(*lead, -1), b, a), {"key": key}
+
+
+def _colsum_sq(K: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->j", K, K)
 
 
 def _lora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:

@@ -199,15 +199,16 @@ def test_writable_view_is_not_cached():
     np.testing.assert_allclose(predict_fn(st, x), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_dropout_train_formula_with_same_mask():
+@pytest.mark.parametrize("xshape", [(50, 12), (5, 10, 12)])
+def test_dropout_train_formula_with_same_mask(xshape):
     rng = np.random.default_rng(9)
     P = random_params(rng, 12, 7, 4)
-    _, _, y = wrapped_model(dropout=0.3)
+    _, _, y = wrapped_model(dropout=0.3, shape=(None,) * (len(xshape) - 1) + (12,))
     init_fn, predict_fn = gd.build(y, mode="train", dtype="float64")
     st = init_fn(None, state_for(P))
     assert st.state == {"attn_dora": ["key"]}
     key = st.data["attn_dora"]["key"]
-    x = rng.standard_normal((50, 12))
+    x = rng.standard_normal(xshape)
     out = predict_fn(st, x)
     # reference: the mask rule of the dropout op, PEFT's formula
     g = np.random.default_rng(int(key))

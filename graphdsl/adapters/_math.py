@@ -40,8 +40,14 @@ def column_norm_sq_factored(K: np.ndarray, A: np.ndarray, B: np.ndarray, s: floa
     where ``noise`` is the size of the summed terms, used to tell a column whose norm
     cancels to round-off from a genuine one.
     """
-    kk = _colsum_prod(K, K)
-    cross = _colsum_prod(A.T @ K, B)
+    return column_norm_sq_parts(_colsum_prod(K, K), A.T @ K, A, B, s)
+
+
+def column_norm_sq_parts(kk: np.ndarray, AtK: np.ndarray, A: np.ndarray, B: np.ndarray,
+                         s: float) -> tuple[np.ndarray, np.ndarray]:
+    """The factored ``c^2`` from ``kk = colsum(K*K) [out]`` and ``AtK = A.T @ K [r, out]``
+    (which a kernel may have computed together with ``x @ K``)."""
+    cross = _colsum_prod(AtK, B)
     bb = _colsum_prod(B, (A.T @ A) @ B)
     c2 = kk + (2.0 * s) * cross + (s * s) * bb
     return c2, kk + (s * s) * bb
