@@ -55,6 +55,7 @@ from .ops.tensor import (
 from .registry import OPS
 from .serialization import from_json, to_json
 from .state import ModelState
+from .torch_interop import from_torch, loraplus_param_groups, to_torch  # torch imported lazily
 from .transforms import freeze, map_nodes, rewrite_nodes
 
 __version__ = "0.1.0"
@@ -68,5 +69,6 @@ __all__ = [
     "map_nodes", "matmul", "multiply", "param", "predict", "register_function", "relu",
     "reshape", "rewrite_nodes", "sigmoid", "silu", "softmax", "softplus", "subtract",
     "tanh", "to_networkx", "topo_order", "transpose",
+    "from_torch", "loraplus_param_groups", "to_torch",
     "from_json", "load", "load_adapters", "save", "save_adapters", "to_json",
 ]

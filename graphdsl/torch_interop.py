@@ -1,0 +1,406 @@
+"""Lower a graphdsl model to a real ``torch.nn.Module`` and read it back.
+
+``to_torch(model, state)`` registers every parameter up front (state_dict keys
+``"<layer>.<param>"``, e.g. ``"fc1.kernel"``, in the model's parameter order) and
+generates a straight-line ``forward`` that calls the torch backend's kernels, so
+``torch.compile(module, fullgraph=True)``, ``copy.deepcopy``,
+``DistributedDataParallel`` and ``.to("cuda")`` all work. ``from_torch(module)`` gives
+back a :class:`ModelState` (frozen = ``requires_grad`` is False).
+
+torch is imported lazily: ``import graphdsl`` never imports it.
+"""
+from __future__ import annotations
+
+import linecache
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .compiler import make_plan
+from .errors import BackendError, GraphDSLError, InputError, StateError, fmt_shape
+from .graph import check_input_names, infer_shapes
+from .node import Node
+from .registry import OPS
+from .state import ModelState
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+_DTYPES = {"float32": "float32", "float64": "float64"}
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError:
+        raise BackendError("PyTorch is not installed",
+                           fix="pip install 'graphdsl[torch]'") from None
+    return torch
+
+
+def _dtype_name(dtype: Any) -> str:
+    torch = _torch()
+    if dtype is None:
+        return "float32"
+    if isinstance(dtype, torch.dtype):
+        name = str(dtype).removeprefix("torch.")
+    else:
+        name = str(np.dtype(dtype)) if not isinstance(dtype, str) else dtype
+    if name not in _DTYPES:
+        raise GraphDSLError(f"unsupported module dtype {dtype!r}",
+                            fix="use dtype=None (float32), 'float32' or 'float64'")
+    return name
+
+
+class _Meta:
+    """What the module needs besides tensors: the model, its plan, the parameter table.
+    Immutable and shared by copies (deepcopy returns it as is)."""
+
+    def __init__(self, model: Node, plan: Any, entries: list, input_names: list[str],
+                 input_nodes: list[Node], dtype: Any) -> None:
+        self.model, self.plan, self.entries = model, plan, entries
+        self.input_names, self.input_nodes, self.dtype = input_names, input_nodes, dtype
+        self.seen: dict[tuple, None] = {}
+
+    def __deepcopy__(self, memo: dict) -> _Meta:
+        return self
+
+    def __reduce__(self):  # pragma: no cover - modules are saved through state_dict
+        raise GraphDSLError("a graphdsl torch module cannot be pickled whole",
+                            fix="save module.state_dict() (or gd.from_torch(module) + "
+                                "gd.save) and rebuild with gd.to_torch")
+
+
+def _module_base():
+    torch = _torch()
+
+    class GraphModule(torch.nn.Module):
+        """A graphdsl model lowered to torch. ``forward`` is generated straight-line code
+        (see ``.code``); inputs positionally in ``gd.get_inputs`` order or by name;
+        returns a tensor, or a tuple/dict for a container output."""
+
+        code: str = ""
+
+        def extra_repr(self) -> str:
+            m = self._graphdsl
+            return f"inputs={m.input_names}, layers={len(m.plan.steps)}"
+
+    return GraphModule
+
+
+_BASE: Any = None
+
+
+def _check_state(plan: Any, state: ModelState) -> None:
+    g = plan.graph
+    if not isinstance(state, ModelState):
+        raise StateError(f"to_torch needs a ModelState, got {type(state).__name__}",
+                         fix="create one with init_fn(template) from gd.build(model)")
+    for layer, params in state.data.items():
+        for p in params:
+            if (layer, p) not in g.params:
+                known = sorted({k[0] for k in g.params})
+                raise StateError(f"the state has {layer}.{p}, which this model does not use",
+                                 fix=f"pass the state built for this model; layers with "
+                                     f"parameters: {known}")
+    for (owner, name), spec in g.params.items():
+        users = g.param_users[(owner, name)]
+        node = next(n for n in g.order if g.name(n) == users[0])
+        if owner not in state.data or name not in state.data[owner]:
+            raise StateError(f"the state has no {owner}.{name} (shape "
+                             f"{fmt_shape(spec.shape)})", layer=users[0], op=node.op,
+                             where=node.where,
+                             fix="initialize it with init_fn(template, state)")
+        shp = tuple(getattr(state.data[owner][name], "shape", ()))
+        if shp != tuple(spec.shape):
+            raise StateError(f"state value {owner}.{name} has shape {fmt_shape(shp)}, the "
+                             f"layer needs {fmt_shape(spec.shape)}", layer=users[0],
+                             op=node.op, where=node.where,
+                             shapes={"expected": spec.shape, "given": shp},
+                             fix="pass the state built for this model")
+
+
+def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = None
+             ) -> torch.nn.Module:
+    """An ``nn.Module`` computing ``model`` with a copy of ``state``'s values.
+
+    Parameters are registered in the model's parameter order as ``<layer>.<param>``
+    (frozen ones with ``requires_grad=False``); state entries (dropout keys) are int64
+    buffers. ``train()``/``eval()`` switch dropout (torch's RNG). ``device``: "cpu",
+    "cuda", ...; ``dtype``: float32 (default) or float64. Training the module never
+    changes ``state``; read the values back with :func:`from_torch`.
+    """
+    global _BASE
+    torch = _torch()
+    from graphdsl.backends import torch_backend as tb
+
+    dev = tb.resolve_device(device)
+    dname = _dtype_name(dtype)
+    tdtype = getattr(torch, dname)
+    plan = make_plan(model, "train", dname)
+    _check_state(plan, state)
+    g = plan.graph
+    if _BASE is None:
+        _BASE = _module_base()
+
+    holders: dict[str, torch.nn.Module] = {}
+
+    def holder(layer: str) -> torch.nn.Module:
+        if layer not in holders:
+            holders[layer] = torch.nn.Module()
+        return holders[layer]
+
+    entries = []  # (owner, name, kind, uint64)
+    for (owner, name), spec in g.params.items():
+        value = np.asarray(state.data[owner][name])
+        h = holder(owner)
+        if spec.kind == "state":
+            u64 = value.dtype == np.uint64
+            t = torch.tensor(value.view(np.int64) if u64 else value, device=dev)
+            h.register_buffer(name, t, persistent=True)
+            entries.append((owner, name, "state", u64))
+        else:
+            t = torch.tensor(np.array(value, copy=True), device=dev)
+            if t.is_floating_point():
+                t = t.to(tdtype)
+            trainable = (owner, name) not in state.frozen and t.is_floating_point()
+            h.register_parameter(name, torch.nn.Parameter(t, requires_grad=trainable))
+            entries.append((owner, name, "param", False))
+    for step in plan.steps:  # constants travel with .to(device) but stay out of state_dict
+        if step.op == "constant":
+            v = torch.tensor(step.attrs["value"], device=dev)
+            holder(step.name).register_buffer("value", v.to(tdtype) if v.is_floating_point()
+                                              else v, persistent=False)
+
+    names = [name for name, _, _ in plan.inputs]
+    meta = _Meta(model, plan, entries, names, [n for _, _, n in plan.inputs], tdtype)
+    code, glb = _generate(plan, dname, tdtype)
+    cls = type(f"GraphModule_{_ident(g.name(model))}", (_BASE,),
+               {"forward": glb["forward"], "code": code,
+                "__module__": "graphdsl.torch_interop"})
+    mod = cls()
+    mod._graphdsl = meta
+    for layer, h in holders.items():  # direct insertion: any layer name is a valid key
+        mod._modules[layer] = h
+    return mod
+
+
+def _ident(s: str) -> str:
+    return "".join(ch if ch.isalnum() else "_" for ch in s)
+
+
+def _generate(plan: Any, dname: str, tdtype: Any) -> tuple[str, dict]:
+    """Source of ``forward`` (straight-line kernel calls) and its globals."""
+    from graphdsl.backends import torch_backend as tb
+
+    glb: dict[str, Any] = {"_bind": _bind, "_compiling": tb._compiling}
+    lines = ["def forward(self, *args, **kwargs):",
+             "    _m = self._modules",
+             "    _tr = self.training"]
+    in_vars = [f"v{slot}" for _, slot, _ in plan.inputs]
+    lines.append(f"    {', '.join(in_vars)}{',' if len(in_vars) == 1 else ''} = "
+                 "_bind(self, args, kwargs)")
+    for i, step in enumerate(plan.steps):
+        if step.op not in tb.KERNELS:
+            raise plan.step_error(step, f"the torch backend has no kernel for op {step.op!r}",
+                                  "register one with graphdsl.backends.torch_backend."
+                                  "register_kernel", cls=BackendError)
+        glb[f"_k{i}"] = tb.KERNELS[step.op]
+        glb[f"_a{i}"] = dict(step.attrs)
+        ctxs = tuple(tb.TorchContext(tr, tdtype, step.name, step.op, __import__("torch"),
+                                     where=step.node.where, module=True)
+                     for tr in (False, True))
+        for c in ctxs[1:]:
+            c.cache = ctxs[0].cache  # one cache per layer (e.g. colsum(K*K))
+        stochastic = OPS[step.op].stochastic
+        glb[f"_c{i}"] = ctxs if stochastic else ctxs[0]
+        ctx_expr = f"_c{i}[_tr]" if stochastic else f"_c{i}"
+        items = []
+        for ref in step.params:
+            coll = "_buffers" if ref.kind == "state" else "_parameters"
+            items.append(f"{ref.local!r}: _m[{ref.owner!r}].{coll}[{ref.name!r}]")
+        if step.op == "constant":
+            items.append(f"'value': _m[{step.name!r}]._buffers['value']")
+        ins = ", ".join(f"v{s}" for s in step.ins)
+        lines.append(f"    v{step.out} = _k{i}([{ins}], {{{', '.join(items)}}}, _a{i}, "
+                     f"{ctx_expr})  # {step.name} ({step.op})")
+        for f in step.free:
+            lines.append(f"    v{f} = None")
+    lines.append(f"    return v{plan.output}")
+    code = "\n".join(lines) + "\n"
+    fname = f"<graphdsl forward {id(plan)}>"
+    linecache.cache[fname] = (len(code), None, code.splitlines(True), fname)
+    exec(compile(code, fname, "exec"), glb)
+    return code, glb
+
+
+def _bind(self: Any, args: tuple, kwargs: dict) -> tuple:
+    """Inputs in get_inputs order from positional args, keywords or one dict; checked
+    (names, dtypes, devices, shapes) once per signature outside torch.compile."""
+    meta: _Meta = self._graphdsl
+    names = meta.input_names
+    if len(args) == 1 and not kwargs and isinstance(args[0], Mapping):
+        kwargs, args = dict(args[0]), ()
+    if kwargs or len(args) != len(names):
+        if args and kwargs:
+            if len(args) > len(names):
+                raise _too_many(meta, args)
+            kwargs = {**dict(zip(names, args)), **kwargs}
+        elif not kwargs:
+            raise _too_many(meta, args)
+        check_input_names(meta.plan.graph, kwargs)
+        args = tuple(kwargs[k] for k in names)
+    if meta.dtype is not None and not _compiling_now():
+        args = _check_inputs(self, meta, args)
+    return args
+
+
+def _compiling_now() -> bool:
+    from graphdsl.backends.torch_backend import _compiling
+
+    return _compiling()
+
+
+def _too_many(meta: _Meta, args: tuple) -> InputError:
+    return InputError(f"this model takes {len(meta.input_names)} input(s) "
+                      f"{meta.input_names}, got {len(args)} positional argument(s)",
+                      shapes=meta.plan.graph.inputs,
+                      fix="pass the inputs in gd.get_inputs(model) order, or by name")
+
+
+def _module_device_dtype(self: Any, meta: _Meta) -> tuple[Any, Any]:
+    for owner, name, kind, _ in meta.entries:
+        if kind == "param":
+            t = self._modules[owner]._parameters[name]
+            if t.is_floating_point():
+                return t.device, t.dtype
+    for h in self._modules.values():  # constants only
+        for b in h._buffers.values():
+            return b.device, meta.dtype
+    return None, meta.dtype
+
+
+def _check_inputs(self: Any, meta: _Meta, args: tuple) -> tuple:
+    torch = _torch()
+    dev, fdt = _module_device_dtype(self, meta)
+    out = []
+    for name, node, a in zip(meta.input_names, meta.input_nodes, args):
+        if not isinstance(a, torch.Tensor):
+            if isinstance(a, np.ndarray) and a.dtype.kind in "biuf":
+                a = torch.from_numpy(np.ascontiguousarray(a)).to(device=dev)
+                if a.is_floating_point():
+                    a = a.to(fdt)
+            else:
+                raise InputError(f"input {name!r} is a {type(a).__name__}, not a tensor",
+                                 layer=name, op="input", where=node.where,
+                                 shapes={"expected": node.shape},
+                                 fix=f"pass a tensor of shape {fmt_shape(node.shape)}")
+        want_int = node.dtype.startswith("int")
+        if want_int and (a.is_floating_point() or a.is_complex() or a.dtype == torch.bool):
+            raise InputError(f"input {name!r} holds token ids and needs an integer tensor, "
+                             f"got {a.dtype}", layer=name, op="input", where=node.where,
+                             fix="pass ids as int64 (ids.long())")
+        if not want_int and a.dtype != fdt:
+            raise InputError(f"input {name!r} has dtype {a.dtype}, the module computes in "
+                             f"{fdt}", layer=name, op="input", where=node.where,
+                             fix=f"convert it: x.to({fdt})")
+        if dev is not None and a.device != dev:
+            raise InputError(f"input {name!r} is on {a.device}, the module's parameters are "
+                             f"on {dev}", layer=name, op="input", where=node.where,
+                             fix=f"move it: x.to({str(dev)!r})")
+        out.append(a)
+    sig = tuple(tuple(a.shape) for a in out)
+    if sig not in meta.seen:
+        infer_shapes(meta.plan.graph, dict(zip(meta.input_names, sig)))
+        if len(meta.seen) > 64:
+            meta.seen.clear()
+        meta.seen[sig] = None
+    return tuple(out)
+
+
+def _unwrap(module: Any) -> Any:
+    seen = 0
+    while not hasattr(module, "_graphdsl") and seen < 8:
+        inner = getattr(module, "module", None) or getattr(module, "_orig_mod", None)
+        if inner is None:
+            break
+        module, seen = inner, seen + 1
+    if not hasattr(module, "_graphdsl"):
+        raise GraphDSLError(f"{type(module).__name__} is not a module made by gd.to_torch",
+                            fix="pass the module returned by gd.to_torch (DDP and "
+                                "torch.compile wrappers are fine)")
+    return module
+
+
+def from_torch(module: Any) -> ModelState:
+    """The module's current values as a NumPy :class:`ModelState` (copies).
+
+    Frozen flags: parameters with ``requires_grad=False``. Accepts the module from
+    :func:`to_torch`, or a DDP / ``torch.compile`` wrapper around it.
+    """
+    mod = _unwrap(module)
+    meta: _Meta = mod._graphdsl
+    data: dict[str, dict[str, np.ndarray]] = {}
+    frozen = set()
+    state_names: dict[str, list[str]] = {}
+    for owner, name, kind, u64 in meta.entries:
+        h = mod._modules[owner]
+        if kind == "state":
+            arr = h._buffers[name].detach().cpu().numpy().copy()
+            if u64:
+                arr = arr.view(np.uint64)
+            state_names.setdefault(owner, []).append(name)
+        else:
+            p = h._parameters[name]
+            arr = p.detach().cpu().numpy().copy()
+            if not p.requires_grad:
+                frozen.add((owner, name))
+        data.setdefault(owner, {})[name] = arr
+    return ModelState(data, frozen, state_names)
+
+
+def loraplus_param_groups(module: Any, lr: float, ratio: float = 16.0,
+                          weight_decay: float = 0.0) -> list[dict[str, Any]]:
+    """Optimizer param groups for LoRA+ (Hayou et al. 2024): the ``B`` matrices of
+    ``lora``/``dora`` layers at ``ratio * lr``, every other trainable parameter
+    (``A``, ``magnitude``, unfrozen base weights) at ``lr``. Frozen parameters are left
+    out. Use: ``torch.optim.AdamW(gd.loraplus_param_groups(module, 1e-4))``.
+    """
+    if not (isinstance(lr, (int, float)) and lr > 0):
+        raise GraphDSLError(f"lr must be a positive number, got {lr!r}", fix="e.g. lr=1e-4")
+    if not (isinstance(ratio, (int, float)) and ratio > 0):
+        raise GraphDSLError(f"ratio must be a positive number, got {ratio!r}",
+                            fix="LoRA+ recommends ratio=16")
+    mod = _unwrap(module)
+    meta: _Meta = mod._graphdsl
+    adapters = {s.name for s in meta.plan.steps if OPS[s.op].category == "adapter"
+                or s.op in ("lora", "dora")}
+    base, fast = [], []
+    for owner, name, kind, _ in meta.entries:
+        if kind != "param":
+            continue
+        p = mod._modules[owner]._parameters[name]
+        if not p.requires_grad:
+            continue
+        (fast if owner in adapters and name == "B" else base).append(p)
+    if not fast:
+        raise GraphDSLError("the module has no trainable LoRA/DoRA B matrices",
+                            fix="wrap layers with lora.adapt / dora.adapt before to_torch")
+    groups = [{"params": fast, "lr": lr * ratio, "weight_decay": weight_decay,
+               "name": "loraplus_B"}]
+    if base:
+        groups.insert(0, {"params": base, "lr": lr, "weight_decay": weight_decay,
+                          "name": "loraplus_A"})
+    return groups
+
+
+def module_parameters(module: Any) -> Iterable[tuple[str, str, Any]]:
+    """``(layer, param, Parameter)`` in registration order (state entries excluded)."""
+    mod = _unwrap(module)
+    for owner, name, kind, _ in mod._graphdsl.entries:
+        if kind == "param":
+            yield owner, name, mod._modules[owner]._parameters[name]
+
+
+__all__ = ["to_torch", "from_torch", "loraplus_param_groups", "module_parameters"]
