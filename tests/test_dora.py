@@ -3,9 +3,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import graphdsl as gd
 from graphdsl import dora
+from graphdsl.adapters._math import dora_column_norm
+from graphdsl.errors import RuleError
 
 
 def ref_dora(x, K, b, A, B, m, s, act=None):
@@ -318,3 +322,35 @@ def test_layer_and_build_errors():
         dora.output_size()
     with pytest.raises(gd.GraphDSLError, match="known last"):
         dora.dora_layer(gd.input("u", (None, None)), 3, 4)
+
+
+def test_train_mode_picks_up_a_replaced_kernel():
+    rng = np.random.default_rng(12)
+    P = random_params(rng, 12, 7, 4)
+    _, _, y = wrapped_model()
+    init_fn, train_fn = gd.build(y, mode="train", dtype="float64")
+    st = init_fn(None, state_for(P))
+    x = rng.standard_normal((3, 12))
+    train_fn(st, x)
+    K2 = P["K"] * 2 + 0.1
+    st.data["attn"]["kernel"] = K2
+    np.testing.assert_allclose(train_fn(st, x)["prediction"],
+                               ref_dora(x, K2, P["b"], P["A"], P["B"], P["m"], 2.0),
+                               rtol=1e-9, atol=1e-9)
+
+
+@settings(max_examples=30, deadline=None)
+@given(n_in=st.integers(1, 20), n_out=st.integers(1, 20), r=st.integers(1, 6),
+       s=st.floats(0.1, 10.0), seed=st.integers(0, 2**16))
+def test_factored_norm_equals_direct_norm(n_in, n_out, r, s, seed):
+    rng = np.random.default_rng(seed)
+    K = rng.standard_normal((n_in, n_out))
+    A = rng.standard_normal((n_in, r))
+    B = rng.standard_normal((r, n_out))
+    direct = np.linalg.norm(K + s * A @ B, axis=0)
+    try:
+        c = dora_column_norm(K, A, B, s)
+    except RuleError:  # only when a column cancels to round-off level
+        assert direct.min() < 1e-6 * (np.linalg.norm(K) + s * np.linalg.norm(A @ B))
+        return
+    np.testing.assert_allclose(c, direct, rtol=1e-7, atol=1e-10)
