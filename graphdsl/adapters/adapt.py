@@ -90,6 +90,8 @@ def _show(targets: Any) -> str:
 
 def _matcher(op: str, targets: Any, g: Graph, dense: list[str], where: str
              ) -> Callable[[Node], bool]:
+    if isinstance(targets, re.Pattern):
+        return lambda n: targets.fullmatch(n.name) is not None
     if isinstance(targets, str):
         try:
             rx = re.compile(targets)
