@@ -82,6 +82,15 @@ def _module_base():
 
         code: str = ""
 
+        def train(self, mode: bool = True) -> GraphModule:
+            """Like nn.Module.train; also works when a layer is named ``training``."""
+            if not isinstance(mode, bool):
+                raise ValueError("training mode is expected to be boolean")
+            object.__setattr__(self, "training", mode)
+            for child in self.children():
+                child.train(mode)
+            return self
+
         def extra_repr(self) -> str:
             m = self._graphdsl
             return f"inputs={m.input_names}, layers={len(m.plan.steps)}"
@@ -321,12 +330,12 @@ def _check_inputs(self: Any, meta: _Meta, args: tuple) -> tuple:
 
 def _unwrap(module: Any) -> Any:
     seen = 0
-    while not hasattr(module, "_graphdsl") and seen < 8:
+    while "_graphdsl" not in getattr(module, "__dict__", {}) and seen < 8:
         inner = getattr(module, "module", None) or getattr(module, "_orig_mod", None)
         if inner is None:
             break
         module, seen = inner, seen + 1
-    if not hasattr(module, "_graphdsl"):
+    if "_graphdsl" not in getattr(module, "__dict__", {}):
         raise GraphDSLError(f"{type(module).__name__} is not a module made by gd.to_torch",
                             fix="pass the module returned by gd.to_torch (DDP and "
                                 "torch.compile wrappers are fine)")
