@@ -1,5 +1,5 @@
-"""DoRA/LoRA training step in graphdsl's torch module vs Hugging Face PEFT, and module
-forward vs a hand-written nn.Module.
+"""DoRA/LoRA training step in graphdsl's torch module vs Hugging Face PEFT (run as a
+script, it also prints bench_torch_module's rows: module forward vs a hand-written one).
 
 A training step is forward + backward + SGD on a DoRA-wrapped 1024x1024 dense layer
 (frozen kernel and bias), r=16, batch 64, float32; all timed interleaved in one process
@@ -114,6 +114,11 @@ def run(quick: bool = False, device: str | None = None) -> list[Row]:
     torch.manual_seed(0)
     x = torch.randn(BATCH, IN, device=device)
     target = torch.randn(BATCH, OUT, device=device)
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        print("peft is not installed: no DoRA/LoRA rows (pip install peft)")
+        return []
     steps = {
         "graphdsl DoRA": _step_fn(*_ours("dora", device), x, target),
         "graphdsl LoRA": _step_fn(*_ours("lora", device), x, target),
@@ -134,10 +139,11 @@ def run(quick: bool = False, device: str | None = None) -> list[Row]:
         Row(f"DoRA train step peak memory ({device})", mem["graphdsl DoRA"] / 2**20,
             mem["PEFT DoRA"] / 2**20, "PEFT DoRA", 1.0, unit="MiB"),
     ]
-    from benchmarks.bench_torch_module import run as run_module
-
-    return rows + run_module(quick, device)
+    return rows
 
 
 if __name__ == "__main__":
-    print(table(run(quick="--quick" in sys.argv)))
+    from benchmarks.bench_torch_module import run as run_module
+
+    quick = "--quick" in sys.argv
+    print(table(run(quick) + run_module(quick)))
