@@ -11,6 +11,7 @@ torch is imported lazily: ``import graphdsl`` never imports it.
 """
 from __future__ import annotations
 
+import hashlib
 import linecache
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -238,7 +239,7 @@ def _generate(plan: Any, dname: str, tdtype: Any) -> tuple[str, dict]:
             lines.append(f"    v{f} = None")
     lines.append(f"    return v{plan.output}")
     code = "\n".join(lines) + "\n"
-    fname = f"<graphdsl forward {id(plan)}>"
+    fname = f"<graphdsl forward {hashlib.sha1(code.encode()).hexdigest()[:12]}>"
     linecache.cache[fname] = (len(code), None, code.splitlines(True), fname)
     exec(compile(code, fname, "exec"), glb)
     return code, glb

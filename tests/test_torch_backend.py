@@ -219,3 +219,22 @@ def test_functional_errors():
         gd.predict(e, st_e, np.array([1, 7]), backend="torch")
     with pytest.raises(gd.GraphDSLError, match="integer"):
         gd.predict(e, st_e, np.array([1.0, 2.0]), backend="torch")
+
+
+# -- random graphs: torch (functional and module) == NumPy ------------------------------
+from hypothesis import given, settings  # noqa: E402
+from strategies import graphs  # noqa: E402
+
+
+@settings(max_examples=25, deadline=None)
+@given(graphs())
+def test_random_graphs_match_numpy(case):
+    model, shapes, _ = case
+    rng = np.random.default_rng(0)
+    inputs = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
+    st = gd.build(model)[0](inputs)
+    ref = gd.predict(model, st, inputs)
+    _close(gd.predict(model, st, inputs, backend="torch"), ref)
+    m = gd.to_torch(model, st).eval()
+    with torch.no_grad():
+        _close(m(**{k: torch.from_numpy(v) for k, v in inputs.items()}), ref)
