@@ -353,7 +353,7 @@ def _parse_header(blob: bytes, source: str) -> dict[tuple[str, str], tuple[tuple
         if not isinstance(v, dict) or set(v) != {"dtype", "shape", "data_offsets"}:
             raise bad(f"tensor {key!r} needs exactly dtype, shape, data_offsets")
         dt, shape, offs = v["dtype"], v["shape"], v["data_offsets"]
-        if dt not in ST_DTYPES:
+        if not isinstance(dt, str) or dt not in ST_DTYPES:
             raise bad(f"tensor {key!r} has unsupported dtype {dt!r}")
         if not (isinstance(shape, list) and len(shape) <= 32 and all(
                 isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):

@@ -180,7 +180,8 @@ def _decode_array(spec: Any, ctx: str) -> np.ndarray:
     kind = np.dtype(dt).kind
     _check_nested(spec["data"], tuple(shape), kind, ctx)
     try:
-        arr = np.array(spec["data"], dtype=dt).reshape(shape)
+        with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+            arr = np.array(spec["data"], dtype=dt).reshape(shape)
     except (ValueError, OverflowError, TypeError) as e:
         raise SerializationError(f"{ctx}: array data does not fit dtype {dt} ({e})",
                                  fix="write values in the dtype's range") from None
@@ -565,6 +566,17 @@ def _make(e: dict[str, Any], ins: list[Node], where: str, source: str) -> Node:
             raise
         raise SerializationError(err.what, layer=name, op=op, where=where,
                                  fix=err.fix) from None
+    except GraphDSLError:
+        raise
+    except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError,
+            ZeroDivisionError, RecursionError) as err:
+        # attribute values of a type the op's checks do not expect (a file can hold any
+        # JSON value where Python code would pass an int or a str)
+        raise SerializationError(
+            f"{source}: node {name!r} (op {op}) has attribute values the op cannot use "
+            f"({type(err).__name__}: {str(err)[:200]})", layer=name, op=op, where=where,
+            fix=f"check the attribute types against the op's documentation: "
+                f"{OPS[op].doc[:160]}") from None
     dropped = [k for k in raw if k not in node.attrs and not (op == "layer")]
     if dropped:
         raise SerializationError(

@@ -324,6 +324,9 @@ BAD = {
     "bad input shape": (_doc([], inputs=[{"name": "x", "shape": "big"}], outputs="x"),
                         "shape"),
     "wrong format": ({**_doc([]), "format": "keras"}, "'format' is 'keras'"),
+    "attr of the wrong type": (_doc([{"op": "dense", "name": "out", "inputs": ["x"],
+                                      "attrs": {"units": 3, "activation": {"a": 1}}}]),
+                               "cannot use|activation"),
 }
 
 
