@@ -14,6 +14,7 @@ from typing import Any
 from .adapters import adapt as _adapt
 from .adapters import layers as _layers
 from .node import Node, caller_location
+from .torch_interop import loraplus_param_groups  # noqa: F401  (LoRA+, needs torch)
 
 OP = "lora"
 

@@ -299,7 +299,8 @@ def test_loraplus_param_groups():
     y = gd.dense(gd.dense(x, 6, name="a"), 3, name="b")
     y = lora.adapt(y, ["a", "b"], rank=2)
     m = gd.to_torch(y, _state(y))
-    groups = gd.loraplus_param_groups(m, 1e-3, ratio=8.0, weight_decay=0.01)
+    assert lora.loraplus_param_groups is gd.loraplus_param_groups
+    groups = lora.loraplus_param_groups(m, 1e-3, ratio=8.0, weight_decay=0.01)
     by_name = {g["name"]: g for g in groups}
     fast = {id(p) for p in by_name["loraplus_B"]["params"]}
     assert fast == {id(m.a_lora.B), id(m.b_lora.B)}
