@@ -64,7 +64,7 @@ def parse_json(text: str | bytes, what: str = "model JSON") -> Any:
     """Strict JSON: no NaN/Infinity, no duplicate keys; any failure is a SerializationError."""
     if isinstance(text, (bytes, bytearray)):
         try:
-            text = bytes(text).decode("utf-8")
+            text = bytes(text).decode("utf-8-sig")  # a BOM is fine
         except UnicodeDecodeError as e:
             raise SerializationError(f"{what} is not UTF-8 text ({e.reason} at byte "
                                      f"{e.start})", fix="save the file as UTF-8") from None

@@ -404,3 +404,9 @@ def test_random_graphs_round_trip(g, freeze_some, seed):
     rng = np.random.default_rng(seed)
     xs = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
     _assert_same_outputs(gd.predict(model, state, xs), gd.predict(back, state, xs))
+
+
+def test_bytes_with_a_utf8_bom_are_accepted():
+    model = CASES["dense"]()
+    text = gd.to_json(model)
+    assert gd.to_json(gd.from_json(b"\xef\xbb\xbf" + text.encode("utf-8"))) == text
