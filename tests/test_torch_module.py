@@ -190,6 +190,9 @@ def test_torch_compile_fullgraph_matches_eager():
         if p.requires_grad:
             np.testing.assert_allclose(p.grad.numpy(), g_eager[k].numpy(), **TOL)
     assert gd.from_torch(compiled) == gd.from_torch(m)
+    # train mode (LoRA dropout, torch RNG) traces without graph breaks too
+    m.train()
+    torch.compile(m, fullgraph=True, backend="aot_eager")(x).sum().backward()
 
 
 def test_inputs_by_position_name_dict_and_container_outputs():
