@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from graphdsl.compiler import Plan
-from graphdsl.errors import BackendError, GraphDSLError, InputError, RuleError
+from graphdsl.errors import BackendError, GraphDSLError, InputError
 from graphdsl.registry import OPS
 
 from .base import Backend, KernelContext
@@ -517,4 +517,4 @@ BACKEND = TorchBackend()
 
 __all__ = ["BACKEND", "KERNELS", "ACTIVATIONS", "TorchBackend", "TorchContext",
            "apply_activation", "dora_column_norm_sq", "register_kernel", "resolve_device",
-           "to_tensor", "RuleError"]
+           "to_tensor"]
