@@ -227,20 +227,22 @@ def _scale(a: Mapping) -> float:
 
 def _colsum_sq(K: torch.Tensor, ctx: KernelContext) -> tuple[torch.Tensor, torch.Tensor]:
     """``(colsum(K*K), 16*eps*colsum(K*K))`` [out]: the second is the zero-norm threshold.
-    For a frozen kernel in a module, cached on the tensor's identity and ``_version`` (any
-    in-place write, e.g. load_state_dict or an optimizer, bumps it)."""
+    For a frozen kernel in a module, cached on the tensor's identity, ``_version`` (bumped by
+    every tracked in-place write: load_state_dict, ``copy_`` under no_grad, optimizers) and
+    storage (``param.data = new``). Writes through ``param.data.copy_`` bypass torch's
+    version counter and are not seen; use ``with torch.no_grad(): param.copy_(new)``."""
     tiny = 16 * torch.finfo(K.dtype).eps
     if not getattr(ctx, "module", False) or K.requires_grad or _compiling():
         kk = (K * K).sum(0)
         return kk, kk.detach() * tiny
     hit = ctx.cache.get("kk")
-    if (hit is not None and hit[0]() is K and hit[1] == K._version
-            and hit[2].device == K.device and hit[2].dtype == K.dtype):
+    key = (K._version, K.data_ptr(), K.device, K.dtype)
+    if hit is not None and hit[0]() is K and hit[1] == key:
         return hit[2], hit[3]
     with torch.no_grad():
         kk = (K * K).sum(0)
     thr = kk * tiny
-    ctx.cache["kk"] = (weakref.ref(K), K._version, kk, thr)
+    ctx.cache["kk"] = (weakref.ref(K), key, kk, thr)
     return kk, thr
 
 

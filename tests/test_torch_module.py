@@ -295,6 +295,11 @@ def test_dora_kernel_cache_follows_in_place_updates():
     m.load_state_dict(gd.to_torch(model, st2).state_dict())
     np.testing.assert_allclose(m(x).detach().numpy(), gd.predict(model, st2, x.numpy()),
                                **TOL)
+    m.fc1.kernel.data = torch.tensor(st1.data["fc1"]["kernel"])  # new storage
+    m.load_state_dict({k: v for k, v in gd.to_torch(model, st1).state_dict().items()
+                       if k != "fc1.kernel"}, strict=False)
+    np.testing.assert_allclose(m(x).detach().numpy(), gd.predict(model, st1, x.numpy()),
+                               **TOL)
 
 
 def test_loraplus_param_groups():
