@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from .errors import GraphDSLError, NameError_, RuleError, ShapeError, fmt_shape
+from .errors import AttributeError_, GraphDSLError, NameError_, RuleError, ShapeError, fmt_shape
 from .registry import OpDef, ParamSpec, Shape, get_op
 
 _ids = itertools.count()
@@ -144,8 +144,13 @@ def make_node(
     ins = tuple(_as_node(x, op, where, i) for i, x in enumerate(inputs))
     _check_arity(opdef, ins, where, name)
     in_shapes = [i.shape for i in ins]
+    raw = dict(attrs or {})
     try:
-        attrs = opdef.check_attrs(dict(attrs or {}))
+        attrs = opdef.check_attrs(dict(raw))
+        unknown = sorted(set(raw) - set(attrs))
+        if unknown:
+            raise RuleError(f"{op} has no option(s) {unknown}",
+                            f"{op} takes {sorted(attrs) or 'no options'}", AttributeError_)
         shape = opdef.infer_shape(in_shapes, attrs)
         dtype = opdef.infer_dtype([i.dtype for i in ins], attrs)
         params = tuple(opdef.params(in_shapes, attrs))

@@ -53,7 +53,8 @@ class OpDef:
     name: str
     infer_shape: Callable[[Sequence[Shape], Mapping[str, Any]], Shape]
     params: Callable[[Sequence[Shape], Mapping[str, Any]], list[ParamSpec]] = _no_params
-    check_attrs: Callable[[dict[str, Any]], dict[str, Any]] = lambda a: a
+    # returns the checked attributes; keys it drops are reported as unknown options
+    check_attrs: Callable[[dict[str, Any]], dict[str, Any]] = lambda a: {}
     arity: Any = 1
     doc: str = ""
     infer_dtype: Callable[[Sequence[str], Mapping[str, Any]], str] = _same_dtype

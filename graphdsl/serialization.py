@@ -577,12 +577,6 @@ def _make(e: dict[str, Any], ins: list[Node], where: str, source: str) -> Node:
             f"({type(err).__name__}: {str(err)[:200]})", layer=name, op=op, where=where,
             fix=f"check the attribute types against the op's documentation: "
                 f"{OPS[op].doc[:160]}") from None
-    dropped = [k for k in raw if k not in node.attrs and not (op == "layer")]
-    if dropped:
-        raise SerializationError(
-            f"{source}: node {name!r} has unknown attribute(s) {dropped} for op {op}",
-            layer=name, op=op, where=where,
-            fix=f"{op} takes: {sorted(node.attrs) or 'no attributes'}")
     if "shape" in e and e["shape"] is not None and node.shape is not None:
         want = tuple(e["shape"])
         if want != tuple(node.shape):

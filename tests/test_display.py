@@ -250,7 +250,7 @@ def fake_adapter():
         return [ParamSpec("w", (s[0][-1], 3))]
 
     register_op(OpDef("_test_adapter", lambda s, a: s[0][:-1] + (a["units"],),
-                      params=params, category="adapter"))
+                      params=params, category="adapter", check_attrs=dict))
     register_op(OpDef("_test_lazy", lambda s, a: s[0][:-1] + (3,), params=lazy_params))
     try:
         yield

@@ -17,12 +17,11 @@ _DTYPES = ("float32", "float64", "int32", "int64")
 
 # -- input ------------------------------------------------------------------------------
 def _input_attrs(a: dict) -> dict:
-    a["shape"] = shape_tuple(a.get("shape"), "shape")
-    if a.get("dtype", "float32") not in _DTYPES:
-        raise RuleError(f"dtype must be one of {_DTYPES}, got {a.get('dtype')!r}",
+    dtype = a.get("dtype", "float32")
+    if not isinstance(dtype, str) or dtype not in _DTYPES:
+        raise RuleError(f"dtype must be one of {_DTYPES}, got {dtype!r}",
                         "pass dtype='float32' (or 'int64' for token ids)", AttributeError_)
-    a.setdefault("dtype", "float32")
-    return a
+    return {"shape": shape_tuple(a.get("shape"), "shape"), "dtype": dtype}
 
 
 register_op(OpDef(
@@ -54,8 +53,7 @@ def _const_attrs(a: dict) -> dict:
                         AttributeError_)
     arr = arr.astype(np.int64 if arr.dtype.kind in "iub" else np.float32, copy=True)
     arr.flags.writeable = False
-    a["value"] = arr
-    return a
+    return {"value": arr}
 
 
 register_op(OpDef(
@@ -73,12 +71,12 @@ def constant(value: Any, name: str | None = None) -> Node:
 
 # -- param --------------------------------------------------------------------------------
 def _param_attrs(a: dict) -> dict:
-    a["shape"] = shape_tuple(a.get("shape"), "shape", allow_none=False)
-    a["trainable"] = boolean(a.get("trainable", True), "trainable")
     from ..initializers import check_initializer
 
-    a["initializer"] = check_initializer(a.get("initializer", "glorot_uniform"), "initializer")
-    return a
+    return {"shape": shape_tuple(a.get("shape"), "shape", allow_none=False),
+            "trainable": boolean(a.get("trainable", True), "trainable"),
+            "initializer": check_initializer(a.get("initializer", "glorot_uniform"),
+                                             "initializer")}
 
 
 register_op(OpDef(
@@ -109,8 +107,11 @@ def _layer_shape(s: Sequence[tuple], a: Mapping[str, Any]) -> tuple:
     return a["output_shape"]
 
 
+_LAYER_ATTRS = ("fn", "fn_name", "opts", "output_shape")
+
 register_op(OpDef(
     "layer", _layer_shape, arity=(0, None),
+    check_attrs=lambda a: {k: a.get(k) for k in _LAYER_ATTRS},
     doc="A custom layer: fn(*arrays, xp=<backend array namespace>, **opts) -> array. "
         "It runs on every backend (xp is numpy or torch).",
 ))
@@ -165,6 +166,7 @@ def layer(fn: Callable[..., Any] | str, inputs: Node | Sequence[Node], *,
 # -- container -------------------------------------------------------------------------
 register_op(OpDef(
     "container", lambda s, a: None, arity=(1, None), category="container",
+    check_attrs=lambda a: {"keys": a.get("keys")},
     doc="Several outputs as a tuple (keys None) or a dict (keys: names).",
 ))
 

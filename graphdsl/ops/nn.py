@@ -19,7 +19,7 @@ ACTIVATIONS: dict[str, dict[str, Any]] = {
 
 
 def _activation_name(name: Any) -> str:
-    if name not in ACTIVATIONS:
+    if not isinstance(name, str) or name not in ACTIVATIONS:
         raise RuleError(f"unknown activation {name!r}",
                         f"use one of: {', '.join(ACTIVATIONS)}", AttributeError_)
     return name
@@ -27,16 +27,16 @@ def _activation_name(name: Any) -> str:
 
 # -- dense -----------------------------------------------------------------------------
 def _dense_attrs(a: dict) -> dict:
-    a["units"] = positive_int(a.get("units"), "units")
-    if a.get("activation") is not None:
-        a["activation"] = _activation_name(a["activation"])
-    a.setdefault("activation", None)
-    a["use_bias"] = boolean(a.get("use_bias", True), "use_bias")
-    a["kernel_initializer"] = check_initializer(a.get("kernel_initializer", "glorot_uniform"),
-                                                "kernel_initializer")
-    a["bias_initializer"] = check_initializer(a.get("bias_initializer", "zeros"),
-                                              "bias_initializer")
-    return a
+    act = a.get("activation")
+    return {
+        "units": positive_int(a.get("units"), "units"),
+        "activation": None if act is None else _activation_name(act),
+        "use_bias": boolean(a.get("use_bias", True), "use_bias"),
+        "kernel_initializer": check_initializer(a.get("kernel_initializer", "glorot_uniform"),
+                                                "kernel_initializer"),
+        "bias_initializer": check_initializer(a.get("bias_initializer", "zeros"),
+                                              "bias_initializer"),
+    }
 
 
 def _dense_in(s: tuple) -> int:
