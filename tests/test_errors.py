@@ -285,3 +285,18 @@ def test_kernel_failure_names_layer():
     with pytest.raises(gd.GraphDSLError) as e:
         pred(init(), np.zeros((5, 3)))
     assert "'picky'" in str(e.value) and "batch of five" in str(e.value)
+
+
+def test_unknown_or_unhashable_options():
+    x = gd.input("a", (None, 3))
+    with pytest.raises(AttributeError_) as e:
+        gd.activation(x, "relu", alpha=0.1)
+    check(e, AttributeError_, op="relu")
+    with pytest.raises(AttributeError_) as e:
+        gd.dense(x, 3, activation={}, name="fc")
+    check(e, AttributeError_, layer="fc", op="dense")
+    from graphdsl.node import make_node
+
+    with pytest.raises(AttributeError_) as e:
+        make_node("dense", [x], {"units": 3, "activatoin": "relu"}, "fc")
+    assert "activatoin" in check(e, AttributeError_, layer="fc", op="dense", where=False)
