@@ -128,18 +128,9 @@ def _dropout(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
 def _layer_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
     x = ins[0]
     ax = a["axis"] % x.dim()
-    if ax == x.dim() - 1:
-        return F.layer_norm(x, (x.shape[-1],), p.get("gamma"), p.get("beta"), a["epsilon"])
-    mean = x.mean(dim=ax, keepdim=True)
-    var = (x - mean).square().mean(dim=ax, keepdim=True)
-    y = (x - mean) / torch.sqrt(var + a["epsilon"])
-    bshape = [1] * x.dim()
-    bshape[ax] = x.shape[ax]
-    if "gamma" in p:
-        y = y * p["gamma"].reshape(bshape)
-    if "beta" in p:
-        y = y + p["beta"].reshape(bshape)
-    return y
+    y = F.layer_norm(x.movedim(ax, -1), (x.shape[ax],), p.get("gamma"), p.get("beta"),
+                     a["epsilon"])
+    return y.movedim(-1, ax)
 
 
 def _embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:

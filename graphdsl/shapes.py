@@ -69,6 +69,15 @@ def prod(dims: Sequence[int | None]) -> int | None:
     return math.prod(dims)
 
 
+def feature_dim(shape: Shape, what: str) -> int:
+    """The known size of the last (feature) axis that ``what`` (dense, an adapter) acts on."""
+    check_rank(shape, 1, what, "pass a tensor with a feature axis, e.g. shape (None, 16)")
+    if shape[-1] is None:
+        raise RuleError(f"{what} needs a known last (feature) axis, got {fmt_shape(shape)}",
+                        "give the input a fixed feature size, e.g. gd.input('x', (None, 16))")
+    return shape[-1]
+
+
 def check_rank(shape: Shape, lo: int, what: str, fix: str) -> None:
     if len(shape) < lo:
         raise RuleError(f"{what} needs an input of rank >= {lo}, got {fmt_shape(shape)}", fix)

@@ -18,12 +18,7 @@ def map_nodes(model: Node, fn: Callable[[Node], Node]) -> Node:
     new: dict[int, Node] = {}
     for n in topo_order(model):
         rebuilt = rebuild(n, [new[i.id] for i in n.inputs])
-        out = fn(rebuilt)
-        if not isinstance(out, Node):
-            raise GraphDSLError(
-                f"map_nodes function returned {type(out).__name__} for layer {n.label}",
-                layer=n.name, op=n.op, where=n.where, fix="return a graph node")
-        new[n.id] = out
+        new[n.id] = _node_or_error(fn(rebuilt), n, "map_nodes function")
     return new[model.id]
 
 
@@ -41,13 +36,15 @@ def rewrite_nodes(model: Node, fn: Callable[[Node], Rewriter | None]) -> Node:
         if rewriter is None:
             new[n.id] = rebuilt
             continue
-        out = rewriter(inputs, rebuilt)
-        if not isinstance(out, Node):
-            raise GraphDSLError(
-                f"rewriter returned {type(out).__name__} for layer {n.label}",
-                layer=n.name, op=n.op, where=n.where, fix="return a graph node")
-        new[n.id] = out
+        new[n.id] = _node_or_error(rewriter(inputs, rebuilt), n, "rewriter")
     return new[model.id]
+
+
+def _node_or_error(out: object, n: Node, what: str) -> Node:
+    if not isinstance(out, Node):
+        raise GraphDSLError(f"{what} returned {type(out).__name__} for layer {n.label}",
+                            layer=n.name, op=n.op, where=n.where, fix="return a graph node")
+    return out
 
 
 def freeze(model: Node, predicate: Callable[[Node], bool] | None = None) -> Node:

@@ -29,7 +29,7 @@ from ..node import _NAME_RE
 from ..ops._attrs import boolean, number, positive_int
 from ..ops.nn import _activation_name
 from ..registry import DerivedInit, OpDef, ParamSpec, register_op
-from ..shapes import check_rank
+from ..shapes import feature_dim
 from ._math import dora_column_norm, lora_scale, lora_uniform
 
 ADAPTER_OPS = ("dora", "lora")
@@ -89,12 +89,7 @@ def _check(op: str):
 
 
 def _in_dim(s: tuple) -> int:
-    check_rank(s, 1, "an adapter (dora/lora)",
-               "pass a tensor with a feature axis, e.g. shape (None, 16)")
-    if s[-1] is None:
-        raise RuleError(f"an adapter needs a known last (feature) axis, got {s}",
-                        "give the input a fixed feature size, e.g. gd.input('x', (None, 16))")
-    return s[-1]
+    return feature_dim(s, "an adapter (dora/lora)")
 
 
 def _shape(s: list, a: Mapping) -> tuple:

@@ -7,7 +7,7 @@ from ..errors import AttributeError_, RuleError
 from ..initializers import check_initializer
 from ..node import Node, caller_location, make_node
 from ..registry import OpDef, ParamSpec, register_op
-from ..shapes import check_rank, normalize_axis
+from ..shapes import check_rank, feature_dim, normalize_axis
 from ._attrs import boolean, number, positive_int
 
 # activation -> its options with defaults (axis counts the batch axis, like NumPy)
@@ -39,21 +39,13 @@ def _dense_attrs(a: dict) -> dict:
     }
 
 
-def _dense_in(s: tuple) -> int:
-    check_rank(s, 1, "dense", "pass a tensor with a feature axis, e.g. shape (None, 16)")
-    if s[-1] is None:
-        raise RuleError(f"dense needs a known last axis, got {s}",
-                        "give the input a fixed feature size, e.g. gd.input('x', (None, 16))")
-    return s[-1]
-
-
 def _dense_shape(s: list, a: dict) -> tuple:
-    _dense_in(s[0])
+    feature_dim(s[0], "dense")
     return s[0][:-1] + (a["units"],)
 
 
 def dense_params(s: list, a: dict) -> list[ParamSpec]:
-    n_in = _dense_in(s[0])
+    n_in = feature_dim(s[0], "dense")
     ps = [ParamSpec("kernel", (n_in, a["units"]), a["kernel_initializer"])]
     if a["use_bias"]:
         ps.append(ParamSpec("bias", (a["units"],), a["bias_initializer"]))
