@@ -96,7 +96,7 @@ class ModelView:
         if inputs is None:
             self.shapes: dict[int, Any] = {n.id: n.shape for n in g.order}
         else:
-            self.shapes = infer_shapes(g, normalize_input_shapes(g, inputs))
+            self.shapes = infer_shapes(g, normalize_input_shapes(g, inputs), probe=True)
         for n in g.order:  # containers: the structure of their elements' shapes
             if n.op == "container":
                 self.shapes[n.id] = output_structure(n, self.shapes)

@@ -188,8 +188,13 @@ def check_input_shape(g: Graph, node: Node, shape: tuple) -> None:
                 "(None = any size)")
 
 
-def infer_shapes(g: Graph, input_shapes: Mapping[str, tuple]) -> dict[int, Any]:
-    """Concrete shapes of every node for the given input shapes (checked)."""
+def infer_shapes(g: Graph, input_shapes: Mapping[str, tuple], probe: bool = False
+                 ) -> dict[int, Any]:
+    """Concrete shapes of every node for the given input shapes (checked).
+
+    A custom layer's sizes that depend on its inputs stay None unless ``probe`` is set,
+    which runs its function once on zeros of the concrete shapes (for display and
+    ``get_output_shape``; predict does not need it)."""
     shapes: dict[int, Any] = {}
     for n in g.order:
         if n.op == "input":
@@ -198,12 +203,28 @@ def infer_shapes(g: Graph, input_shapes: Mapping[str, tuple]) -> dict[int, Any]:
             shapes[n.id] = shp
             continue
         ins = [shapes[i.id] for i in n.inputs]
+        if probe and n.op == "layer" and None in (n.shape or ()):
+            shapes[n.id] = _probe_layer(g, n, ins)
+            continue
         try:
             shapes[n.id] = OPS[n.op].infer_shape(ins, n.attrs)
         except RuleError as e:
             raise g.error(n, e.what, e.fix, shapes={g.name(i): s for i, s in
                                                     zip(n.inputs, ins)}, cls=e.cls) from None
     return shapes
+
+
+def _probe_layer(g: Graph, n: Node, ins: list) -> Any:
+    from .ops.core import _probe
+
+    if any(s is None or None in s for s in ins):
+        return n.shape
+    try:
+        return _probe(n.attrs["fn"], ins, [i.dtype for i in n.inputs], n.attrs["opts"], 1)
+    except Exception as e:  # the user's function failed on these sizes
+        raise g.error(n, f"custom layer failed on inputs of shapes {ins} "
+                      f"({type(e).__name__}: {e})", "check the function for these sizes",
+                      shapes=ins) from None
 
 
 def get_output_shape(model: Node, inputs: Any = None) -> Any:
@@ -213,7 +234,7 @@ def get_output_shape(model: Node, inputs: Any = None) -> Any:
     g = analyze(model)
     if inputs is None:
         return g.output_shape
-    shapes = infer_shapes(g, normalize_input_shapes(g, inputs))
+    shapes = infer_shapes(g, normalize_input_shapes(g, inputs), probe=True)
     return output_structure(model, shapes)
 
 

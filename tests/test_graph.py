@@ -149,3 +149,14 @@ def test_intermediates_released_after_last_use():
     init, pred = gd.build(z)
     pred(init(), np.zeros((10, 1000), np.float32))
     assert alive_later == [False]  # spy's output was dropped before the last layer ran
+
+
+def test_custom_layer_concrete_shape_is_probed():
+    def repeat(x, xp):
+        return xp.concatenate([x, x], axis=0)  # the batch size doubles
+
+    y = gd.layer(repeat, gd.input("x", (None, 3)))
+    assert y.shape == (None, 3)
+    assert gd.get_output_shape(y, (4, 3)) == (8, 3)
+    init, pred = gd.build(y)
+    assert pred(init(), np.zeros((4, 3), np.float32)).shape == (8, 3)
