@@ -1,0 +1,40 @@
+"""The examples run end to end (the main one in its quick mode)."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(*args, timeout=300):
+    return subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def test_quickstart():
+    r = run("examples/quickstart.py")
+    assert r.returncode == 0, r.stderr
+    assert "output shape: (8, 4)" in r.stdout and "fix:" in r.stdout
+
+
+def test_dora_finetune_quick(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    pytest.importorskip("matplotlib")
+    pytest.importorskip("tqdm")
+    r = run("examples/dora_finetune.py", "--quick", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert set(res["results"]) == {"full", "lora", "dora"}
+    assert res["numpy_vs_torch_max_abs"] < 1e-4
+    # adapters train a small fraction of the parameters, full fine-tuning all of them
+    assert res["results"]["full"]["trainable_fraction"] == 1.0
+    assert res["results"]["dora"]["trainable_fraction"] < 0.15
+    # even the quick run learns the rotated task far above chance (10%)
+    assert min(r["accuracy"] for r in res["results"].values()) > 0.3
+    for name in ("summary.md", "model_dora.mmd", "loss_curves.png", "decomposition.png",
+                 "dora_merged.gdsl"):
+        assert (tmp_path / name).stat().st_size > 0
