@@ -7,15 +7,17 @@ stay the source of truth: this is a read-only copy for analysis and drawing
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import networkx as nx
 import numpy as np
 
 from .display import ModelView, fmt_value, is_adapter
 from .node import Node
 from .registry import OPS
 from .state import ModelState
+
+if TYPE_CHECKING:
+    import networkx as nx
 
 __all__ = ["to_networkx", "jsonable"]
 
@@ -70,6 +72,8 @@ def to_networkx(model: Node, inputs: Any = None, *,
     """
     view = ModelView(model, inputs, state)
     g = view.graph
+    import networkx as nx  # imported on use: `import graphdsl` stays light for NumPy users
+
     G = nx.DiGraph(name=g.names[model.id], inputs=dict(g.inputs),
                    output_shape=_shape(view.shapes[model.id]))
     for i, n in enumerate(g.order):
