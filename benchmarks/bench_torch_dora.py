@@ -127,7 +127,7 @@ def run(quick: bool = False, device: str | None = None) -> list[Row]:
     }
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     timed = {k: (lambda f=f: (f(), sync())) for k, f in steps.items()}
-    t = interleaved(timed, repeat=15 if quick else 60, warmup=3)
+    t = interleaved(timed, repeat=15 if quick else 200, warmup=5)
     mem = {k: peak_bytes(steps[k], device) for k in ("graphdsl DoRA", "PEFT DoRA")}
     rows = [
         Row(f"DoRA train step 1024x1024 r=16 b=64 ({device})", t["graphdsl DoRA"],
