@@ -31,6 +31,64 @@ class KernelContext:
     cache: dict = field(default_factory=dict)
 
 
+_EMPTY: Mapping[str, Any] = {}
+
+
+def plan_runner(plan: Any, kernels: Mapping[str, Kernel],
+                make_ctx: Callable[[Any], KernelContext],
+                fetch: Callable[[Any, Mapping], Mapping[str, Any]],
+                convert_input: Callable[[Any, bool, str, Any], Any]
+                ) -> Callable[[Any, list], tuple[Any, dict]]:
+    """The executor every backend shares: a flat loop of kernel calls over numbered slots.
+
+    ``fetch(step, state.data)`` returns the step's parameters by local name (checked and
+    converted for the backend); ``convert_input(array, is_int, name, node)`` one input.
+    Each intermediate is released after its last use; an exception inside a kernel comes
+    back as a GraphDSLError naming the layer.
+    """
+    from graphdsl.errors import BackendError
+    from graphdsl.registry import OPS
+
+    prog = []
+    for step in plan.steps:
+        if step.op not in kernels:
+            raise plan.step_error(step, f"this backend has no kernel for op {step.op!r}",
+                                  "register one with the backend's register_kernel",
+                                  cls=BackendError)
+        prog.append((kernels[step.op], step, step.ins, step.out, step.free, step.attrs,
+                     make_ctx(step), plan.training and OPS[step.op].stochastic))
+    inputs = [(slot, node.dtype.startswith("int"), name, node)
+              for name, slot, node in plan.inputs]
+    n_slots, out_slot = plan.n_slots, plan.output
+
+    def run(state: Any, arrays: list) -> tuple[Any, dict]:
+        slots: list[Any] = [None] * n_slots
+        for (slot, is_int, name, node), a in zip(inputs, arrays):
+            slots[slot] = convert_input(a, is_int, name, node)
+        data = state.data
+        updates: dict = {}
+        step = None
+        try:
+            for kern, step, ins, out, free, attrs, ctx, stateful in prog:
+                p = fetch(step, data) if step.params else _EMPTY
+                y = kern([slots[i] for i in ins], p, attrs, ctx)
+                if stateful:
+                    y, new = y
+                    for local, value in new.items():
+                        ref = next(r for r in step.params if r.local == local)
+                        updates[(ref.owner, ref.name)] = value
+                slots[out] = y
+                for f in free:
+                    slots[f] = None
+        except Exception as e:
+            if step is None:
+                raise
+            raise plan.kernel_failure(step, e, slots) from None
+        return slots[out_slot], updates
+
+    return run
+
+
 class Backend(ABC):
     """Base class: ``name``, ``kernels`` and ``compile``."""
 

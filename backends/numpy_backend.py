@@ -14,9 +14,8 @@ import numpy as np
 
 from graphdsl.compiler import Plan, _to_numpy
 from graphdsl.errors import InputError, RuleError
-from graphdsl.registry import OPS
 
-from .base import Backend, KernelContext
+from .base import Backend, KernelContext, plan_runner
 
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
 
@@ -188,22 +187,12 @@ class NumpyBackend(Backend):
         if options:
             raise RuleError(f"the numpy backend takes no options, got {sorted(options)}")
         dtype = np.dtype(plan.dtype)
-        training = plan.training
-        prog = []
-        for step in plan.steps:
-            ctx = KernelContext(training, dtype, step.name, step.op, np)
-            refs = tuple((r.local, r.owner, r.name, tuple(r.shape), np.dtype(r.dtype), r)
-                         for r in step.params)
-            stateful = training and OPS[step.op].stochastic
-            prog.append((KERNELS[step.op], step.ins, step.out, refs, step.attrs, ctx,
-                         step.free, stateful, step))
-        inputs = [(slot, node.dtype.startswith("int"), name, node)
-                  for name, slot, node in plan.inputs]
-        n_slots, out_slot = plan.n_slots, plan.output
+        refs = {step.out: tuple((r.local, r.owner, r.name, tuple(r.shape), np.dtype(r.dtype), r)
+                                for r in step.params) for step in plan.steps}
 
-        def fetch(step, refs, data):
+        def fetch(step, data):
             p = {}
-            for local, owner, pname, shape, dt, ref in refs:
+            for local, owner, pname, shape, dt, ref in refs[step.out]:
                 try:
                     arr = data[owner][pname]
                 except (KeyError, TypeError):
@@ -216,36 +205,14 @@ class NumpyBackend(Backend):
                 p[local] = arr
             return p
 
-        def run(state: Any, arrays: list) -> tuple[Any, dict]:
-            slots: list[Any] = [None] * n_slots
-            for (slot, is_int, name, node), a in zip(inputs, arrays):
-                slots[slot] = _convert_input(a, is_int, dtype, plan, name, node)
-            data = state.data
-            updates: dict = {}
-            step = None
-            try:
-                for kern, ins, out, refs, attrs, ctx, free, stateful, step in prog:
-                    p = fetch(step, refs, data) if refs else _NO_OPTS
-                    y = kern([slots[i] for i in ins], p, attrs, ctx)
-                    if stateful:
-                        y, new = y
-                        for local, value in new.items():
-                            ref = next(r for r in step.params if r.local == local)
-                            updates[(ref.owner, ref.name)] = value
-                    slots[out] = y
-                    for f in free:
-                        slots[f] = None
-            except Exception as e:
-                if step is None:
-                    raise
-                raise plan.kernel_failure(step, e, slots) from None
-            return slots[out_slot], updates
-
-        return run
+        return plan_runner(
+            plan, KERNELS,
+            lambda step: KernelContext(plan.training, dtype, step.name, step.op, np),
+            fetch, lambda a, is_int, name, node: _convert_input(a, is_int, dtype, name, node))
 
 
-def _convert_input(a: Any, is_int: bool, dtype: np.dtype, plan: Plan, name: str,
-                   node: Any) -> np.ndarray:
+def _convert_input(a: Any, is_int: bool, dtype: np.dtype, name: str, node: Any
+                   ) -> np.ndarray:
     if not isinstance(a, np.ndarray):
         a = _to_numpy(a)
     if is_int:

@@ -30,7 +30,7 @@ from graphdsl.compiler import Plan
 from graphdsl.errors import BackendError, GraphDSLError, InputError
 from graphdsl.registry import OPS
 
-from .base import Backend, KernelContext
+from .base import Backend, KernelContext, plan_runner
 
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -432,21 +432,6 @@ class TorchBackend(Backend):
                                fix="build(model, backend='torch', device='cuda')")
         dev = resolve_device(device)
         dtype = _TORCH_DTYPES[plan.dtype]
-        training = plan.training
-        prog = []
-        for step in plan.steps:
-            if step.op not in KERNELS:
-                raise plan.step_error(step, f"the torch backend has no kernel for op "
-                                      f"{step.op!r}", "register one with "
-                                      "graphdsl.backends.torch_backend.register_kernel",
-                                      cls=BackendError)
-            ctx = TorchContext(training, dtype, step.name, step.op, torch, where=step.node.where,
-                               device=dev)
-            stateful = training and OPS[step.op].stochastic
-            prog.append((KERNELS[step.op], step, dict(step.attrs), ctx, stateful))
-        inputs = [(slot, node.dtype.startswith("int"), name, node)
-                  for name, slot, node in plan.inputs]
-        n_slots, out_slot = plan.n_slots, plan.output
 
         def fetch(step, data):
             p = {}
@@ -463,32 +448,12 @@ class TorchBackend(Backend):
                     p[ref.local] = to_tensor(arr, dev, _TORCH_DTYPES.get(ref.dtype, dtype))
             return p
 
-        def run(state: Any, arrays: list) -> tuple[Any, dict]:
-            slots: list[Any] = [None] * n_slots
-            for (slot, is_int, name, node), a in zip(inputs, arrays):
-                slots[slot] = _convert_input(a, is_int, dtype, dev, name, node)
-            data = state.data
-            updates: dict = {}
-            step = None
-            try:
-                for kern, step, attrs, ctx, stateful in prog:
-                    p = fetch(step, data) if step.params else _NO_OPTS
-                    y = kern([slots[i] for i in step.ins], p, attrs, ctx)
-                    if stateful:
-                        y, new = y
-                        for local, value in new.items():
-                            ref = next(r for r in step.params if r.local == local)
-                            updates[(ref.owner, ref.name)] = value
-                    slots[step.out] = y
-                    for f in step.free:
-                        slots[f] = None
-            except Exception as e:
-                if step is None:
-                    raise
-                raise plan.kernel_failure(step, e, slots) from None
-            return slots[out_slot], updates
-
-        return run
+        return plan_runner(
+            plan, KERNELS,
+            lambda step: TorchContext(plan.training, dtype, step.name, step.op, torch,
+                                      where=step.node.where, device=dev),
+            fetch, lambda a, is_int, name, node: _convert_input(a, is_int, dtype, dev, name,
+                                                                 node))
 
 
 def _convert_input(a: Any, is_int: bool, dtype: torch.dtype, dev: torch.device, name: str,
