@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from graphdsl.adapters._math import (
+    colsum_prod,
     column_norm_sq_parts,
     dora_merged_kernel,
     finish_norm,
@@ -80,11 +81,9 @@ def cached_merge(ctx: KernelContext, sources: tuple, make: Callable[[], np.ndarr
 
 
 def _dropped(x: np.ndarray, rate: float, key: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Inverted dropout of ``x`` (same mask rule as the ``dropout`` op) and the new key."""
-    rng = np.random.default_rng(int(key))
-    keep = rng.random(x.shape, dtype=np.float32) >= rate
-    xd = np.where(keep, x / np.asarray(1.0 - rate, x.dtype), np.zeros((), x.dtype))
-    return xd, np.asarray(rng.integers(0, 2**63 - 1), dtype=np.uint64)
+    from .numpy_backend import inverted_dropout  # the backend imports this module
+
+    return inverted_dropout(x, rate, key)
 
 
 def _base(p: Mapping[str, np.ndarray]) -> np.ndarray:
@@ -117,7 +116,7 @@ def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
         parts = [x2, xd.reshape(-1, n_in), A.T]
     # one matmul gives x @ K (and xd @ K) and A.T @ K: a thin A.T @ K alone runs slowly
     prod = np.concatenate(parts) @ K
-    kk = cached_merge(ctx, (K,), lambda: _colsum_sq(K), "kk")  # K is frozen
+    kk = cached_merge(ctx, (K,), lambda: colsum_prod(K, K), "kk")  # K is frozen
     c2, noise = column_norm_sq_parts(kk, prod[-rank:], A, B, s)
     r = m / finish_norm(c2, noise, a["eps"])  # c is a constant (no autograd here)
     y = prod[:rows]
@@ -128,10 +127,6 @@ def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     y += (r - 1) * prod[rows:2 * rows]
     y += (r * sd) * ((xd.reshape(-1, n_in) @ A) @ B)
     return _finish(y.reshape(*lead, -1), b, a), {"key": key}
-
-
-def _colsum_sq(K: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->j", K, K)
 
 
 def _lora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:

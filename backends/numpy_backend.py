@@ -87,14 +87,22 @@ def _dense(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
     return apply_activation(y, a["activation"])
 
 
+def inverted_dropout(x: np.ndarray, rate: float, key: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` with a fraction ``rate`` zeroed and the rest scaled by 1/(1-rate), the mask
+    drawn from the layer's RNG ``key``; returns ``(y, new key)``. Shared by the dropout
+    op and the adapters' lora_dropout, so both use the same mask rule."""
+    rng = np.random.default_rng(int(key))
+    keep = rng.random(x.shape, dtype=np.float32) >= rate
+    y = np.where(keep, x / np.asarray(1.0 - rate, x.dtype), np.zeros((), x.dtype))
+    return y, np.asarray(rng.integers(0, 2**63 - 1), dtype=np.uint64)
+
+
 def _dropout(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     x = ins[0]
     if not ctx.training or a["rate"] == 0.0:
         return (x, {}) if ctx.training else x
-    rng = np.random.default_rng(int(p["key"]))
-    keep = rng.random(x.shape, dtype=np.float32) >= a["rate"]
-    y = np.where(keep, x / np.asarray(1.0 - a["rate"], x.dtype), np.zeros((), x.dtype))
-    return y, {"key": np.asarray(rng.integers(0, 2**63 - 1), dtype=np.uint64)}
+    y, key = inverted_dropout(x, a["rate"], p["key"])
+    return y, {"key": key}
 
 
 def _layer_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:

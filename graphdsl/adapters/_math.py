@@ -25,7 +25,7 @@ def lora_uniform(shape: tuple, dtype: np.dtype, rng: np.random.Generator) -> np.
     return rng.uniform(-bound, bound, shape).astype(dtype)
 
 
-def _colsum_prod(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def colsum_prod(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``sum(a * b, axis=0)`` without the ``a * b`` temporary."""
     return np.einsum("ij,ij->j", a, b)
 
@@ -40,15 +40,15 @@ def column_norm_sq_factored(K: np.ndarray, A: np.ndarray, B: np.ndarray, s: floa
     where ``noise`` is the size of the summed terms, used to tell a column whose norm
     cancels to round-off from a genuine one.
     """
-    return column_norm_sq_parts(_colsum_prod(K, K), A.T @ K, A, B, s)
+    return column_norm_sq_parts(colsum_prod(K, K), A.T @ K, A, B, s)
 
 
 def column_norm_sq_parts(kk: np.ndarray, AtK: np.ndarray, A: np.ndarray, B: np.ndarray,
                          s: float) -> tuple[np.ndarray, np.ndarray]:
     """The factored ``c^2`` from ``kk = colsum(K*K) [out]`` and ``AtK = A.T @ K [r, out]``
     (which a kernel may have computed together with ``x @ K``)."""
-    cross = _colsum_prod(AtK, B)
-    bb = _colsum_prod(B, (A.T @ A) @ B)
+    cross = colsum_prod(AtK, B)
+    bb = colsum_prod(B, (A.T @ A) @ B)
     c2 = kk + (2.0 * s) * cross + (s * s) * bb
     return c2, kk + (s * s) * bb
 
@@ -111,6 +111,6 @@ def dora_merged_kernel(K: np.ndarray, A: np.ndarray, B: np.ndarray, m: np.ndarra
     the most accurate form; a zero column raises like :func:`finish_norm`.
     """
     W = lora_merged_kernel(K, A, B, s)
-    c = finish_norm(_colsum_prod(W, W), None, eps)
+    c = finish_norm(colsum_prod(W, W), None, eps)
     W *= m / c
     return W
