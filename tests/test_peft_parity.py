@@ -103,14 +103,16 @@ def test_dora_magnitude_init_matches_peft():
     np.testing.assert_allclose(st.data["lin_dora"]["magnitude"], peft_m, rtol=1e-5, atol=1e-6)
 
 
-def test_dora_train_dropout_matches_peft_with_same_mask():
-    P = _params(3)
-    rate = 0.3
-    x = np.random.default_rng(4).standard_normal((6, N_IN)).astype(np.float32)
-    _, st, train_fn = _ours(dora, P, mode="train", dropout=rate)
-    keep = np.random.default_rng(int(st.data["lin_dora"]["key"])).random(
+@pytest.mark.parametrize("mod,seed,rate", [(dora, 3, 0.3), (lora, 8, 0.2)],
+                         ids=["dora", "lora"])
+def test_train_dropout_matches_peft_with_same_mask(mod, seed, rate):
+    P = _params(seed)
+    x = np.random.default_rng(seed + 1).standard_normal((6, N_IN)).astype(np.float32)
+    _, st, train_fn = _ours(mod, P, mode="train", dropout=rate)
+    layer_name = f"lin_{mod.__name__.rsplit('.', 1)[-1]}"
+    keep = np.random.default_rng(int(st.data[layer_name]["key"])).random(
         x.shape, dtype=np.float32) >= rate
-    pm, layer = _peft_model(P, use_dora=True, dropout=rate)
+    pm, layer = _peft_model(P, use_dora=mod is dora, dropout=rate)
     layer.lora_dropout["default"] = _FixedMask(keep, rate)
     pm.train()
     ref = pm(torch.from_numpy(x)).detach().numpy()
@@ -136,17 +138,3 @@ def test_lora_forward_matches_peft(rslora):
         ref = pm(torch.from_numpy(x)).numpy()
     _, st, predict_fn = _ours(lora, P, (None, 2, N_IN), rslora=rslora)
     np.testing.assert_allclose(predict_fn(st, x), ref, rtol=1e-5, atol=1e-5)
-
-
-def test_lora_train_dropout_matches_peft_with_same_mask():
-    P = _params(8)
-    rate = 0.2
-    x = np.random.default_rng(9).standard_normal((6, N_IN)).astype(np.float32)
-    _, st, train_fn = _ours(lora, P, mode="train", dropout=rate)
-    keep = np.random.default_rng(int(st.data["lin_lora"]["key"])).random(
-        x.shape, dtype=np.float32) >= rate
-    pm, layer = _peft_model(P, use_dora=False, dropout=rate)
-    layer.lora_dropout["default"] = _FixedMask(keep, rate)
-    pm.train()
-    ref = pm(torch.from_numpy(x)).detach().numpy()
-    np.testing.assert_allclose(train_fn(st, x)["prediction"], ref, rtol=1e-5, atol=1e-5)
