@@ -139,14 +139,7 @@ def init_state(plan: Plan, template: Any = None, initial_state: ModelState | Non
                          f"{type(initial_state).__name__}",
                          fix="wrap arrays as gd.ModelState({layer: {param: array}})")
     given = initial_state.data
-    for layer, params in given.items():
-        for p in params:
-            if (layer, p) not in g.params:
-                known = sorted({k[0] for k in g.params})
-                raise StateError(
-                    f"initial_state has {layer}.{p}, which this model does not use",
-                    fix=f"remove it, or check the layer names; layers with parameters: "
-                        f"{known}")
+    check_known_keys(g, given, "initial_state")
     data: dict[str, dict[str, np.ndarray]] = {}
     frozen = set(initial_state.frozen)
     state_names: dict[str, list[str]] = {}
@@ -174,6 +167,18 @@ def init_state(plan: Plan, template: Any = None, initial_state: ModelState | Non
             elif not merged.trainable:
                 frozen.add((owner, pname))
     return ModelState(data, frozen, state_names)
+
+
+def check_known_keys(g: Graph, data: Mapping, what: str) -> None:
+    """Every ``data[layer][param]`` must be a value the model reads."""
+    for layer, params in data.items():
+        for p in params:
+            if (layer, p) not in g.params:
+                known = sorted({k[0] for k in g.params})
+                raise StateError(
+                    f"{what} has {layer}.{p}, which this model does not use",
+                    fix=f"remove it, or pass the state built for this model; layers with "
+                        f"parameters: {known}")
 
 
 def _checked_value(g: Graph, n: Node, owner: str, pname: str, spec: ParamSpec, value: Any,
@@ -227,13 +232,16 @@ class InputChecker:
             if shp is None or not _numeric(a):
                 raise self._bad_value(name, node, a)
             sig.append(tuple(shp))
-        key = tuple(sig)
+        self.check_shapes(tuple(sig))
+        return arrays
+
+    def check_shapes(self, key: tuple) -> None:
+        """Full shape check of one input-shape signature (in input order), cached."""
         if key not in self.seen:
-            infer_shapes(self.plan.graph, dict(zip(names, key)))
+            infer_shapes(self.plan.graph, dict(zip(self.names, key)))
             self.seen[key] = None
             if len(self.seen) > 64:
                 self.seen.popitem(last=False)
-        return arrays
 
     def _bad_value(self, name: str, node: Node, a: Any) -> GraphDSLError:
         if a is None:

@@ -18,9 +18,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .compiler import make_plan
+from .compiler import InputChecker, check_known_keys, make_plan
 from .errors import BackendError, GraphDSLError, InputError, StateError, fmt_shape
-from .graph import check_input_names, infer_shapes
+from .graph import check_input_names
 from .node import Node
 from .registry import OPS
 from .state import ModelState
@@ -62,7 +62,7 @@ class _Meta:
                  input_nodes: list[Node], dtype: Any) -> None:
         self.model, self.plan, self.entries = model, plan, entries
         self.input_names, self.input_nodes, self.dtype = input_names, input_nodes, dtype
-        self.seen: dict[tuple, None] = {}
+        self.check = InputChecker(plan)
 
     def __deepcopy__(self, memo: dict) -> _Meta:
         return self
@@ -107,13 +107,7 @@ def _check_state(plan: Any, state: ModelState) -> None:
     if not isinstance(state, ModelState):
         raise StateError(f"to_torch needs a ModelState, got {type(state).__name__}",
                          fix="create one with init_fn(template) from gd.build(model)")
-    for layer, params in state.data.items():
-        for p in params:
-            if (layer, p) not in g.params:
-                known = sorted({k[0] for k in g.params})
-                raise StateError(f"the state has {layer}.{p}, which this model does not use",
-                                 fix=f"pass the state built for this model; layers with "
-                                     f"parameters: {known}")
+    check_known_keys(g, state.data, "the state")
     for (owner, name), spec in g.params.items():
         users = g.param_users[(owner, name)]
         node = next(n for n in g.order if g.name(n) == users[0])
@@ -320,12 +314,7 @@ def _check_inputs(self: Any, meta: _Meta, args: tuple) -> tuple:
                              f"on {dev}", layer=name, op="input", where=node.where,
                              fix=f"move it: x.to({str(dev)!r})")
         out.append(a)
-    sig = tuple(tuple(a.shape) for a in out)
-    if sig not in meta.seen:
-        infer_shapes(meta.plan.graph, dict(zip(meta.input_names, sig)))
-        if len(meta.seen) > 64:
-            meta.seen.clear()
-        meta.seen[sig] = None
+    meta.check.check_shapes(tuple(tuple(a.shape) for a in out))
     return tuple(out)
 
 
