@@ -69,20 +69,10 @@ class Plan:
                    fix=fix)
 
     def missing_param(self, step: Step, ref: ParamRef, data: Mapping) -> GraphDSLError:
-        have = sorted(data.get(ref.owner, {})) if ref.owner in data else None
-        return self.step_error(
-            step, f"the state has no {ref.owner}.{ref.name} (shape {fmt_shape(ref.shape)})",
-            "initialize the state with init_fn(template, state) so missing values are "
-            f"created (layer {ref.owner!r} has: {have})", cls=StateError)
+        return missing_value(step.name, step.node, ref.owner, ref.name, ref.shape, data)
 
     def bad_param(self, step: Step, ref: ParamRef, arr: Any) -> GraphDSLError:
-        shp = getattr(arr, "shape", None)
-        return self.step_error(
-            step, f"state value {ref.owner}.{ref.name} has shape {fmt_shape(shp)}, "
-            f"the layer needs {fmt_shape(ref.shape)}",
-            shapes={"expected": ref.shape, "given": shp},
-            fix="re-create it with init_fn, or load weights that match this model",
-            cls=StateError)
+        return misshaped_value(step.name, step.node, ref.owner, ref.name, ref.shape, arr)
 
     def kernel_failure(self, step: Step, exc: BaseException, slots: list) -> GraphDSLError:
         """Wrap an unexpected backend exception with the layer it happened in."""
@@ -93,6 +83,41 @@ class Plan:
         shapes = {f"input{i}": getattr(slots[s], "shape", None) for i, s in enumerate(step.ins)}
         return self.step_error(step, f"{step.op} failed: {type(exc).__name__}: {exc}",
                                "check the input shapes and the layer options", shapes=shapes)
+
+
+def missing_value(layer: str, node: Node, owner: str, pname: str, shape: tuple,
+                  data: Mapping) -> StateError:
+    """The error for ``data[owner][pname]`` missing, read by ``layer``."""
+    have = sorted(data[owner]) if isinstance(data, Mapping) and owner in data else None
+    return StateError(
+        f"the state has no {owner}.{pname} (shape {fmt_shape(shape)})", layer=layer,
+        op=node.op, where=node.where,
+        fix="initialize the state with init_fn(template, state) so missing values are "
+            f"created (layer {owner!r} has: {have})")
+
+
+def misshaped_value(layer: str, node: Node, owner: str, pname: str, shape: tuple,
+                    arr: Any) -> StateError:
+    """The error for ``data[owner][pname]`` whose shape is not the ``shape`` it needs."""
+    shp = getattr(arr, "shape", None)
+    return StateError(
+        f"state value {owner}.{pname} has shape {fmt_shape(shp)}, the layer needs "
+        f"{fmt_shape(shape)}", layer=layer, op=node.op, where=node.where,
+        shapes={"expected": shape, "given": shp},
+        fix="re-create it with init_fn, or load weights that match this model")
+
+
+def state_value(g: Graph, node: Node, spec: ParamSpec, data: Mapping) -> Any:
+    """``data[owner][param]`` for one of ``node``'s parameters, checked to exist and to
+    have the shape the node needs."""
+    owner, pname = g.param_ref(node, spec)
+    try:
+        arr = data[owner][pname]
+    except (KeyError, TypeError):
+        raise missing_value(g.name(node), node, owner, pname, spec.shape, data) from None
+    if tuple(getattr(arr, "shape", ())) != tuple(spec.shape):
+        raise misshaped_value(g.name(node), node, owner, pname, spec.shape, arr)
+    return arr
 
 
 def make_plan(model: Node, mode: str = "inference", dtype: str = "float32") -> Plan:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .compiler import InputChecker, check_known_keys, make_plan
+from .compiler import InputChecker, check_known_keys, make_plan, state_value
 from .errors import BackendError, GraphDSLError, InputError, StateError, fmt_shape
 from .graph import check_input_names
 from .node import Node
@@ -108,21 +108,9 @@ def _check_state(plan: Any, state: ModelState) -> None:
         raise StateError(f"to_torch needs a ModelState, got {type(state).__name__}",
                          fix="create one with init_fn(template) from gd.build(model)")
     check_known_keys(g, state.data, "the state")
-    for (owner, name), spec in g.params.items():
-        users = g.param_users[(owner, name)]
-        node = next(n for n in g.order if g.name(n) == users[0])
-        if owner not in state.data or name not in state.data[owner]:
-            raise StateError(f"the state has no {owner}.{name} (shape "
-                             f"{fmt_shape(spec.shape)})", layer=users[0], op=node.op,
-                             where=node.where,
-                             fix="initialize it with init_fn(template, state)")
-        shp = tuple(getattr(state.data[owner][name], "shape", ()))
-        if shp != tuple(spec.shape):
-            raise StateError(f"state value {owner}.{name} has shape {fmt_shape(shp)}, the "
-                             f"layer needs {fmt_shape(spec.shape)}", layer=users[0],
-                             op=node.op, where=node.where,
-                             shapes={"expected": spec.shape, "given": shp},
-                             fix="pass the state built for this model")
+    for node in g.order:
+        for spec in node.params:
+            state_value(g, node, spec, state.data)
 
 
 def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = None

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..compiler import state_value
 from ..errors import AttributeError_, GraphDSLError, RuleError, StateError, fmt_shape
 from ..graph import Graph, analyze
 from ..node import Node, caller_location, make_node, rebuild
@@ -152,27 +153,8 @@ def _saved(op: str, modules: Any, g: Graph, where: str) -> set[str]:
 
 
 # -- merge ------------------------------------------------------------------------------
-def _get(state: ModelState, owner: str, pname: str, shape: tuple, layer: str, n: Node
-         ) -> np.ndarray:
-    try:
-        arr = state.data[owner][pname]
-    except KeyError:
-        raise StateError(f"the state has no {owner}.{pname} (shape {fmt_shape(shape)})",
-                         layer=layer, op=n.op, where=n.where,
-                         fix="pass the state this model was trained with (from init_fn "
-                             "and predict/training)") from None
-    arr = np.asarray(arr)
-    if arr.shape != tuple(shape):
-        raise StateError(f"state value {owner}.{pname} has shape {fmt_shape(arr.shape)}, "
-                         f"the layer needs {fmt_shape(shape)}", layer=layer, op=n.op,
-                         where=n.where, shapes={"expected": shape, "given": arr.shape},
-                         fix="pass the state that belongs to this model")
-    return arr
-
-
 def _adapter_arrays(g: Graph, n: Node, state: ModelState) -> dict[str, np.ndarray]:
-    name = g.name(n)
-    return {spec.name: _get(state, *g.param_ref(n, spec), spec.shape, name, n)
+    return {spec.name: np.asarray(state_value(g, n, spec, state.data))
             for spec in n.params if spec.kind == "param"}
 
 
@@ -274,8 +256,8 @@ def adapter_state(model: Node, state: ModelState, modules_to_save: Iterable[str]
         name = g.name(n)
         for spec in n.params:
             if spec.owner is None and spec.name not in ("base_weight", "bias"):
-                data.setdefault(name, {})[spec.name] = _get(state, name, spec.name,
-                                                            spec.shape, name, n)
+                data.setdefault(name, {})[spec.name] = np.asarray(
+                    state_value(g, n, spec, state.data))
     layers = {g.name(n): n for n in g.order if n.params}
     for m in [modules_to_save] if isinstance(modules_to_save, str) else modules_to_save:
         if m not in layers:
