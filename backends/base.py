@@ -37,14 +37,15 @@ _EMPTY: Mapping[str, Any] = {}
 def plan_runner(plan: Any, kernels: Mapping[str, Kernel],
                 make_ctx: Callable[[Any], KernelContext],
                 fetch: Callable[[Any, Mapping], Mapping[str, Any]],
-                convert_input: Callable[[Any, bool, str, Any], Any]
-                ) -> Callable[[Any, list], tuple[Any, dict]]:
+                convert_input: Callable[[Any, bool, str, Any], Any],
+                copy: Callable[[Any], Any]) -> Callable[[Any, list], tuple[Any, dict]]:
     """The executor every backend shares: a flat loop of kernel calls over numbered slots.
 
     ``fetch(step, state.data)`` returns the step's parameters by local name (checked and
     converted for the backend); ``convert_input(array, is_int, name, node)`` one input.
     Each intermediate is released after its last use; an exception inside a kernel comes
-    back as a GraphDSLError naming the layer.
+    back as a GraphDSLError naming the layer. An output that may share the model's memory
+    (``plan.copy_out``) is returned as ``copy(array)``, so editing it changes nothing.
     """
     from graphdsl.errors import BackendError
     from graphdsl.registry import OPS
@@ -84,9 +85,22 @@ def plan_runner(plan: Any, kernels: Mapping[str, Kernel],
             if step is None:
                 raise
             raise plan.kernel_failure(step, e, slots) from None
-        return slots[out_slot], updates
+        out = slots[out_slot]
+        if copy_out:
+            out = copy_outputs(out, copy_out, copy)
+        return out, updates
 
+    copy_out = plan.copy_out if any(plan.copy_out) else None
     return run
+
+
+def copy_outputs(out: Any, flags: tuple[bool, ...], copy: Callable[[Any], Any]) -> Any:
+    """``out`` (an array, or a tuple/dict of them) with the flagged elements copied."""
+    if isinstance(out, dict):
+        return {k: copy(v) if f else v for (k, v), f in zip(out.items(), flags)}
+    if isinstance(out, tuple):
+        return tuple(copy(v) if f else v for v, f in zip(out, flags))
+    return copy(out)
 
 
 class Backend(ABC):

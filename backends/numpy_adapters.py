@@ -4,11 +4,8 @@ backend's KERNELS at import).
 Inference (``ctx.training`` False) uses the merged kernel ``W`` (DoRA: ``(K + s*A@B) *
 (m/c)``; LoRA: ``K + s*A@B``), so an adapted layer costs one dense matmul. ``W`` is
 cached in ``ctx.cache`` keyed on the identity of the arrays it came from (K, bias, A, B,
-m); a value replaced in ``state.data`` is a cache miss. To make in-place edits of those
-arrays impossible (they would otherwise serve stale weights), the cached source arrays
-are made read-only (``arr.flags.writeable = False``); to change a weight in place
-afterwards, replace the array instead (``state.data[l][p] = new``) or use
-``state.deepcopy()``. Views of writable arrays are not cached (recomputed each call).
+m). State values are immutable (graphdsl.state), so an unchanged identity means
+unchanged weights, and a value replaced in ``state.data`` is a cache miss.
 
 Training (``ctx.training`` True) computes the unmerged form with the factored column
 norm (``x @ K`` and ``A.T @ K`` in one matmul; ``colsum(K*K)`` of the frozen kernel
@@ -41,42 +38,15 @@ def _apply_activation(y: np.ndarray, name: str | None) -> np.ndarray:
     return apply_activation(y, name)
 
 
-def _lockable(a: np.ndarray) -> bool:
-    """Whether ``a``'s memory can be made immutable through every reference."""
-    if a.flags.owndata:
-        return True
-    if a.flags.writeable:
-        return False  # a writable view: its base could still be edited
-    b = a.base
-    while isinstance(b, np.ndarray):
-        if b.flags.writeable:
-            return False
-        if b.flags.owndata:
-            return True
-        b = b.base
-    return isinstance(b, bytes)  # an immutable buffer (e.g. np.frombuffer(bytes))
-
-
 def cached_merge(ctx: KernelContext, sources: tuple, make: Callable[[], np.ndarray],
                  slot: str = "merged") -> np.ndarray:
-    """``make()`` cached in ``ctx.cache[slot]`` on the identity of ``sources``; the
-    sources are locked read-only (see the module docstring)."""
+    """``make()`` cached in ``ctx.cache[slot]`` on the identity of ``sources`` (immutable
+    state values, see the module docstring)."""
     hit = ctx.cache.get(slot)
-    if hit is not None:
-        srcs, W = hit
-        for a, b in zip(srcs, sources):
-            if a is not b or (b is not None and b.flags.writeable):
-                break
-        else:
-            return W
+    if hit is not None and all(a is b for a, b in zip(hit[0], sources)):
+        return hit[1]
     W = make()
-    arrs = [a for a in sources if a is not None]
-    if all(_lockable(a) for a in arrs):
-        for a in arrs:
-            a.flags.writeable = False
-        ctx.cache[slot] = (sources, W)
-    else:
-        ctx.cache.pop(slot, None)
+    ctx.cache[slot] = (sources, W)
     return W
 
 

@@ -17,7 +17,7 @@ returns ``(tensor, {"key": new_key})`` like the NumPy backend.
 from __future__ import annotations
 
 import math
-import weakref
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -216,25 +216,17 @@ def _scale(a: Mapping) -> float:
     return a["alpha"] / (math.sqrt(r) if a.get("rslora") else r)
 
 
-def _colsum_sq(K: torch.Tensor, ctx: KernelContext) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(colsum(K*K), 16*eps*colsum(K*K))`` [out]: the second is the zero-norm threshold.
-    For a frozen kernel in a module, cached on the tensor's identity, ``_version`` (bumped by
-    every tracked in-place write: load_state_dict, ``copy_`` under no_grad, optimizers) and
-    storage (``param.data = new``). Writes through ``param.data.copy_`` bypass torch's
-    version counter and are not seen; use ``with torch.no_grad(): param.copy_(new)``."""
+def _colsum_sq(K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(colsum(K*K), 16*eps*colsum(K*K))`` [out] for K [in, out]: the second is the
+    zero-norm threshold. Computed every call: next to a training step it is cheap, and a
+    cache could not see every way a module's weight changes (``param.data.copy_``)."""
     tiny = 16 * torch.finfo(K.dtype).eps
-    if not getattr(ctx, "module", False) or K.requires_grad or _compiling():
-        kk = (K * K).sum(0)
-        return kk, kk.detach() * tiny
-    hit = ctx.cache.get("kk")
-    key = (K._version, K.data_ptr(), K.device, K.dtype)
-    if hit is not None and hit[0]() is K and hit[1] == key:
-        return hit[2], hit[3]
-    with torch.no_grad():
-        kk = (K * K).sum(0)
-    thr = kk * tiny
-    ctx.cache["kk"] = (weakref.ref(K), key, kk, thr)
-    return kk, thr
+    if K.requires_grad and torch.is_grad_enabled():
+        kk = torch.linalg.vector_norm(K, dim=0).square()  # a fused reduction: no K*K
+    else:
+        with torch.no_grad():
+            kk = torch.linalg.vector_norm(K, dim=0).square()
+    return kk, kk.detach() * tiny
 
 
 def dora_column_norm_sq(A: torch.Tensor, B: torch.Tensor, s: float, AtK: torch.Tensor,
@@ -316,7 +308,7 @@ def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
             big = torch.cat(rows + [At]) @ K
     xK, AtK = big[:n], big[-At.shape[0]:]
     xdK = big[n:2 * n] if dropping else xK
-    kk, thr = _colsum_sq(K, ctx)
+    kk, thr = _colsum_sq(K)
     if detach:
         with torch.no_grad():
             c2 = dora_column_norm_sq(A.detach(), B.detach(), s, AtK, kk)
@@ -432,20 +424,28 @@ class TorchBackend(Backend):
                                fix="build(model, backend='torch', device='cuda')")
         dev = resolve_device(device)
         dtype = _TORCH_DTYPES[plan.dtype]
+        # per parameter: (state value, its tensor). State values are immutable
+        # (graphdsl.state): a value seen before is converted once, not on every call.
+        memo: dict[int, list[tuple[Any, Any]]] = {
+            step.out: [(None, None)] * len(step.params) for step in plan.steps}
 
-        def fetch(step, data):
+        def fetch(step: Any, data: Mapping) -> dict[str, Any]:
             p = {}
-            for ref in step.params:
+            seen = memo[step.out]
+            for i, ref in enumerate(step.params):
                 try:
                     arr = data[ref.owner][ref.name]
                 except (KeyError, TypeError):
                     raise plan.missing_param(step, ref, data) from None
-                if tuple(getattr(arr, "shape", ())) != tuple(ref.shape):
-                    raise plan.bad_param(step, ref, arr)
-                if ref.kind == "state":
-                    p[ref.local] = arr  # RNG keys stay NumPy scalars
-                else:
-                    p[ref.local] = to_tensor(arr, dev, _TORCH_DTYPES.get(ref.dtype, dtype))
+                hit = seen[i]
+                if hit[0] is not arr:
+                    if tuple(arr.shape) != tuple(ref.shape):
+                        raise plan.bad_param(step, ref, arr)
+                    # RNG keys stay NumPy scalars
+                    conv = arr if ref.kind == "state" else state_tensor(
+                        arr, dev, _TORCH_DTYPES.get(ref.dtype, dtype))
+                    hit = seen[i] = (arr, conv)
+                p[ref.local] = hit[1]
             return p
 
         return plan_runner(
@@ -453,7 +453,22 @@ class TorchBackend(Backend):
             lambda step: TorchContext(plan.training, dtype, step.name, step.op, torch,
                                       where=step.node.where, device=dev),
             fetch, lambda a, is_int, name, node: _convert_input(a, is_int, dtype, dev, name,
-                                                                 node))
+                                                                 node),
+            lambda t: t.clone())
+
+
+def state_tensor(arr: np.ndarray, device: torch.device, dtype: Any) -> torch.Tensor:
+    """A tensor on ``device`` reading the immutable state array ``arr`` (any shape; no copy
+    on CPU when the dtype matches: kernels never write into parameters)."""
+    arr = arr.view(np.ndarray)
+    if arr.dtype == np.uint64:
+        arr = arr.view(np.int64)
+    with warnings.catch_warnings():  # read-only memory: torch warns that writes are UB
+        warnings.simplefilter("ignore", UserWarning)
+        t = torch.from_numpy(arr)
+    if t.is_floating_point():
+        return t.to(device=device, dtype=dtype)
+    return t.to(device=device)
 
 
 def _convert_input(a: Any, is_int: bool, dtype: torch.dtype, dev: torch.device, name: str,

@@ -58,6 +58,9 @@ class Plan:
     n_slots: int
     mode: str
     dtype: str
+    # which outputs may share the model's memory (a constant, a parameter, a view of
+    # one): backends return copies of those. One flag, or one per container element.
+    copy_out: tuple[bool, ...] = (False,)
 
     @property
     def training(self) -> bool:
@@ -145,7 +148,24 @@ def make_plan(model: Node, mode: str = "inference", dtype: str = "float32") -> P
         steps.append(Step(n, g.name(n), n.op, n.attrs, tuple(slot[x.id] for x in n.inputs),
                           slot[n.id], refs, tuple(frees.get(i, ()))))
     inputs = tuple((g.name(n), slot[n.id], n) for n in g.input_nodes)
-    return Plan(g, tuple(steps), inputs, slot[model.id], len(g.order), mode, dtype)
+    return Plan(g, tuple(steps), inputs, slot[model.id], len(g.order), mode, dtype,
+                output_aliases(g, model))
+
+
+def output_aliases(g: Graph, model: Node) -> tuple[bool, ...]:
+    """For the output (or each element of a container output): may it share memory with
+    the model's own arrays? Follows ops whose ``output_alias`` is "inputs" back to one
+    whose ``output_alias`` is "model" (constant, param)."""
+    from .registry import OPS
+
+    aliased: dict[int, bool] = {}
+    for n in g.order:
+        kind = OPS[n.op].output_alias
+        aliased[n.id] = kind == "model" or (
+            kind == "inputs" and any(aliased[i.id] for i in n.inputs))
+    if model.op == "container":
+        return tuple(aliased[i.id] for i in model.inputs)
+    return (aliased[model.id],)
 
 
 # -- init ------------------------------------------------------------------------------------

@@ -82,6 +82,11 @@ class StateError(GraphDSLError):
     """A ModelState does not fit the model (missing, unknown or mis-shaped values)."""
 
 
+class ImmutableStateError(StateError, ValueError):
+    """An in-place write into a ModelState value (values are immutable; store a new one).
+    Also a ValueError, the exception NumPy raises for a write into read-only memory."""
+
+
 class BackendError(GraphDSLError):
     """An unknown or unavailable backend, or a backend-specific failure."""
 

@@ -1,17 +1,192 @@
-"""ModelState: parameters and state of a model, as plain NumPy arrays.
+"""ModelState: the parameters and state entries of a model, as immutable NumPy arrays.
 
-``data[layer][param]`` is an ordinary mutable mapping: a value replaced between calls
-is what the next call uses. Frozen flags live beside the data; non-trainable state
-entries (e.g. a dropout RNG key) are listed in ``state`` and never count as parameters.
+Values are immutable, as in Axon: storing an array in a ``ModelState`` (constructor,
+``state.data[layer][param] = value``, ``state.data[layer] = {...}``, ``update``) copies
+it into read-only memory that nobody else can write, so a backend may cache anything it
+derives from a value on the value's identity (a merged adapter kernel, a converted
+tensor) and never serve stale weights. To change a weight, store a new array; an
+in-place write (``arr[...] = v``, ``arr += 1``) raises a :class:`StateError` that says so.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
+from .errors import ImmutableStateError, StateError
+
 Predicate = Callable[[str, str], bool]
+
+_IMMUTABLE_FIX = ("state values are immutable; store a new array instead, e.g. "
+                  "state.data[layer][param] = state.data[layer][param] + 1 "
+                  "(or work on a copy: arr.copy())")
+
+
+class StateArray(np.ndarray):
+    """A read-only ``np.ndarray`` whose memory belongs to a :class:`ModelState`.
+
+    It behaves as any array in expressions (results are plain, writable arrays); views of
+    it (``a[0]``, ``a.reshape(-1)``, ``a.T``) are read-only too, and any in-place write
+    raises a :class:`StateError` explaining how to replace the value. Shape: any.
+    """
+
+    def __array_wrap__(self, obj: np.ndarray, context: Any = None,
+                       return_scalar: bool = False) -> Any:
+        if return_scalar:
+            return obj[()]
+        return obj if type(obj) is np.ndarray else obj.view(np.ndarray)
+
+    def _refuse(self) -> None:
+        raise ImmutableStateError("cannot write into a ModelState value in place",
+                         fix=_IMMUTABLE_FIX)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if not self.flags.writeable:
+            self._refuse()
+        super().__setitem__(key, value)
+
+    def fill(self, value: Any) -> None:
+        if not self.flags.writeable:
+            self._refuse()
+        super().fill(value)
+
+
+def _inplace(name: str) -> Callable:
+    base = getattr(np.ndarray, name)
+
+    def op(self: StateArray, other: Any) -> Any:
+        if not self.flags.writeable:
+            self._refuse()
+        return base(self, other)
+
+    op.__name__ = name
+    return op
+
+
+for _name in ("__iadd__", "__isub__", "__imul__", "__imatmul__", "__itruediv__",
+              "__ifloordiv__", "__imod__", "__ipow__", "__ilshift__", "__irshift__",
+              "__iand__", "__ixor__", "__ior__"):
+    setattr(StateArray, _name, _inplace(_name))
+
+
+def _immutable_memory(a: np.ndarray) -> bool:
+    """Whether ``a``'s memory can be written through no reference at all: read-only,
+    and every array in its base chain read-only down to an immutable ``bytes``."""
+    while isinstance(a, np.ndarray):
+        if a.flags.writeable or a.flags.owndata:
+            return False
+        a = a.base
+    return isinstance(a, bytes)
+
+
+def _numeric(value: Any, where: str) -> np.ndarray:
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
+        t = value.detach().cpu()
+        if str(t.dtype) in ("torch.bfloat16", "torch.float8_e4m3fn", "torch.float8_e5m2"):
+            t = t.float()
+        value = t.numpy()
+    arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+    if arr.dtype.kind not in "biuf":
+        raise StateError(f"state value {where} has dtype {arr.dtype}; values must be real "
+                         "numbers (bool, int or float)",
+                         fix="pass a real numeric array (e.g. arr.real.astype(np.float32))")
+    if not arr.dtype.isnative:
+        arr = arr.astype(arr.dtype.newbyteorder("="))
+    return arr
+
+
+def seal(value: Any, where: str = "value") -> StateArray:
+    """``value`` (array, number, tensor) as a :class:`StateArray`: no copy when it is one
+    already or its memory is immutable (e.g. read from a file), one copy otherwise.
+    Non-numeric values (object, complex, strings) raise a StateError. Shape: unchanged."""
+    if type(value) is StateArray and not value.flags.writeable:
+        return value
+    arr = _numeric(value, where)
+    if not _immutable_memory(arr):
+        buf = np.ascontiguousarray(arr).tobytes()
+        arr = np.frombuffer(buf, dtype=arr.dtype).reshape(arr.shape)
+    return arr.view(StateArray)
+
+
+class LayerValues(dict):
+    """``{param: StateArray}`` of one layer; every stored value is sealed."""
+
+    def __init__(self, layer: str = "", values: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        self.layer = layer
+        if values:
+            self.update(values)
+
+    def __setitem__(self, key: str, value: Any) -> None:
+        super().__setitem__(key, seal(value, f"{self.layer}.{key}"))
+
+    def update(self, other: Any = (), **kw: Any) -> None:  # type: ignore[override]
+        items = other.items() if isinstance(other, Mapping) else other
+        for k, v in items:
+            self[k] = v
+        for k, v in kw.items():
+            self[k] = v
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def __ior__(self, other: Any) -> LayerValues:
+        self.update(other)
+        return self
+
+    def copy(self) -> LayerValues:
+        out = LayerValues(self.layer)
+        dict.update(out, self)  # already sealed
+        return out
+
+    def __reduce__(self) -> Any:
+        return (LayerValues, (self.layer, dict(self)))
+
+
+class StateData(dict):
+    """``{layer: LayerValues}``: assigning a mapping to a layer seals its values."""
+
+    def __init__(self, values: Mapping[str, Mapping[str, Any]] | None = None) -> None:
+        super().__init__()
+        if values:
+            self.update(values)
+
+    def __setitem__(self, layer: str, values: Mapping[str, Any]) -> None:
+        if not isinstance(values, LayerValues) or values.layer != layer:
+            if not isinstance(values, Mapping):
+                raise StateError(f"state.data[{layer!r}] must be a mapping "
+                                 f"{{param: array}}, got {type(values).__name__}",
+                                 fix="assign a dict, e.g. {'kernel': k, 'bias': b}")
+            values = LayerValues(layer, values)
+        super().__setitem__(layer, values)
+
+    def update(self, other: Any = (), **kw: Any) -> None:  # type: ignore[override]
+        items = other.items() if isinstance(other, Mapping) else other
+        for k, v in items:
+            self[k] = v
+        for k, v in kw.items():
+            self[k] = v
+
+    def setdefault(self, layer: str, default: Any = None) -> Any:
+        if layer not in self:
+            self[layer] = {} if default is None else default
+        return self[layer]
+
+    def __ior__(self, other: Any) -> StateData:
+        self.update(other)
+        return self
+
+    def copy(self) -> StateData:
+        out = StateData()
+        for layer, values in self.items():
+            dict.__setitem__(out, layer, values.copy())
+        return out
+
+    def __reduce__(self) -> Any:
+        return (StateData, ({k: dict(v) for k, v in self.items()},))
 
 
 def _predicate(pred: Predicate | Iterable[str] | str | None) -> Predicate:
@@ -26,16 +201,34 @@ def _predicate(pred: Predicate | Iterable[str] | str | None) -> Predicate:
 class ModelState:
     """Parameters (``data``), frozen flags and state-entry names of a model.
 
-    ``data``: ``{layer: {param: np.ndarray}}``; ``frozen``: set of ``(layer, param)``;
-    ``state``: ``{layer: [entry names]}`` of non-parameter entries.
+    ``data``: ``{layer: {param: StateArray}}`` (immutable arrays, see the module
+    docstring); ``frozen``: set of ``(layer, param)``; ``entries``: ``{layer: [names]}``
+    of non-parameter state entries (a dropout RNG key, batch-norm statistics).
     """
 
-    def __init__(self, data: dict[str, dict[str, np.ndarray]] | None = None,
+    def __init__(self, data: Mapping[str, Mapping[str, Any]] | None = None,
                  frozen: Iterable[tuple[str, str]] = (),
-                 state: dict[str, list[str]] | None = None) -> None:
-        self.data: dict[str, dict[str, np.ndarray]] = data if data is not None else {}
-        self.frozen: set[tuple[str, str]] = set(frozen)
-        self.state: dict[str, list[str]] = state if state is not None else {}
+                 entries: Mapping[str, Iterable[str]] | None = None) -> None:
+        if data is not None and not isinstance(data, Mapping):
+            raise StateError(f"ModelState data must be a mapping {{layer: {{param: array}}}}, "
+                             f"got {type(data).__name__}",
+                             fix="e.g. gd.ModelState({'fc1': {'kernel': k, 'bias': b}})")
+        self.data = data  # type: ignore[assignment]
+        self.frozen: set[tuple[str, str]] = {tuple(x) for x in frozen}  # type: ignore[misc]
+        self.entries: dict[str, list[str]] = {k: list(v) for k, v in (entries or {}).items()}
+
+    @property
+    def data(self) -> StateData:
+        return self._data
+
+    @data.setter
+    def data(self, values: Mapping[str, Mapping[str, Any]] | None) -> None:
+        self._data = values if isinstance(values, StateData) else StateData(values)
+
+    @property
+    def state(self) -> dict[str, list[str]]:
+        """Deprecated alias of :attr:`entries`."""
+        return self.entries
 
     @classmethod
     def empty(cls) -> ModelState:
@@ -43,25 +236,27 @@ class ModelState:
         return cls()
 
     def copy(self) -> ModelState:
-        """New dicts, same arrays."""
-        return ModelState({k: dict(v) for k, v in self.data.items()}, self.frozen,
-                          {k: list(v) for k, v in self.state.items()})
+        """New dicts, the same (immutable) arrays."""
+        return ModelState(self._data.copy(), self.frozen, self.entries)
 
     def deepcopy(self) -> ModelState:
-        """New dicts and copied arrays."""
+        """New dicts and new arrays (equal values)."""
         return ModelState({k: {p: np.array(a, copy=True) for p, a in v.items()}
-                           for k, v in self.data.items()}, self.frozen,
-                          {k: list(v) for k, v in self.state.items()})
+                           for k, v in self._data.items()}, self.frozen, self.entries)
+
+    def __deepcopy__(self, memo: dict) -> ModelState:
+        return self.deepcopy()
 
     # -- classification ---------------------------------------------------------------------
     def is_state(self, layer: str, param: str) -> bool:
-        return param in self.state.get(layer, ())
+        """Whether ``layer.param`` is a state entry (not a parameter)."""
+        return param in self.entries.get(layer, ())
 
     def is_frozen(self, layer: str, param: str) -> bool:
         return (layer, param) in self.frozen
 
     def _params(self):
-        for layer, params in self.data.items():
+        for layer, params in self._data.items():
             for p, arr in params.items():
                 if not self.is_state(layer, p):
                     yield layer, p, arr
@@ -102,39 +297,39 @@ class ModelState:
 
     def parameter_count(self) -> int:
         """Number of scalars in all parameters (state entries excluded)."""
-        return sum(int(np.size(a)) for _, _, a in self._params())
+        return sum(int(a.size) for _, _, a in self._params())
 
     def trainable_parameter_count(self) -> int:
-        return sum(int(np.size(a)) for v in self.trainable_parameters().values()
+        return sum(int(a.size) for v in self.trainable_parameters().values()
                    for a in v.values())
 
     def frozen_parameter_count(self) -> int:
-        return sum(int(np.size(a)) for v in self.frozen_parameters().values()
+        return sum(int(a.size) for v in self.frozen_parameters().values()
                    for a in v.values())
 
     def parameter_bytes(self) -> int:
-        return sum(int(np.asarray(a).nbytes) for _, _, a in self._params())
+        return sum(int(a.nbytes) for _, _, a in self._params())
 
     def __repr__(self) -> str:
-        return (f"ModelState(layers={len(self.data)}, parameters={self.parameter_count()}, "
+        return (f"ModelState(layers={len(self._data)}, parameters={self.parameter_count()}, "
                 f"trainable={self.trainable_parameter_count()}, "
                 f"frozen={self.frozen_parameter_count()})")
 
     def __eq__(self, other: Any) -> bool:
         if not isinstance(other, ModelState):
             return NotImplemented
-        if self.frozen != other.frozen or self.data.keys() != other.data.keys():
+        if self.frozen != other.frozen or self._data.keys() != other._data.keys():
             return False
-        norm = {k: sorted(v) for k, v in self.state.items() if v}
-        if norm != {k: sorted(v) for k, v in other.state.items() if v}:
+        norm = {k: sorted(v) for k, v in self.entries.items() if v}
+        if norm != {k: sorted(v) for k, v in other.entries.items() if v}:
             return False
-        for layer, params in self.data.items():
-            o = other.data[layer]
+        for layer, params in self._data.items():
+            o = other._data[layer]
             if params.keys() != o.keys():
                 return False
             for p, a in params.items():
                 b = o[p]
-                if np.asarray(a).dtype != np.asarray(b).dtype or not np.array_equal(a, b):
+                if a.dtype != b.dtype or not np.array_equal(a, b):
                     return False
         return True
 

@@ -145,7 +145,7 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
 
     entries = []  # (owner, name, kind, uint64)
     for (owner, name), spec in g.params.items():
-        value = np.asarray(state.data[owner][name])
+        value = state.data[owner][name].view(np.ndarray)
         h = holder(owner)
         if spec.kind == "state":
             u64 = value.dtype == np.uint64
@@ -153,7 +153,7 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
             h.register_buffer(name, t, persistent=True)
             entries.append((owner, name, "state", u64))
         else:
-            t = torch.tensor(np.array(value, copy=True), device=dev)
+            t = torch.tensor(value, device=dev)
             if t.is_floating_point():
                 t = t.to(tdtype)
             trainable = (owner, name) not in state.frozen and t.is_floating_point()
@@ -191,8 +191,8 @@ def _generate(plan: Any, dname: str, tdtype: Any) -> tuple[str, dict]:
              "    _m = self._modules",
              "    _tr = self.training"]
     in_vars = [f"v{slot}" for _, slot, _ in plan.inputs]
-    lines.append(f"    {', '.join(in_vars)}{',' if len(in_vars) == 1 else ''} = "
-                 "_bind(self, args, kwargs)")
+    targets = f"{', '.join(in_vars)}{',' if len(in_vars) == 1 else ''} = " if in_vars else ""
+    lines.append(f"    {targets}_bind(self, args, kwargs)")
     for i, step in enumerate(plan.steps):
         if step.op not in tb.KERNELS:
             raise plan.step_error(step, f"the torch backend has no kernel for op {step.op!r}",
@@ -219,7 +219,14 @@ def _generate(plan: Any, dname: str, tdtype: Any) -> tuple[str, dict]:
                      f"{ctx_expr})  # {step.name} ({step.op})")
         for f in step.free:
             lines.append(f"    v{f} = None")
-    lines.append(f"    return v{plan.output}")
+    if any(plan.copy_out):  # never hand out the module's own memory (a constant, ...)
+        from graphdsl.backends.base import copy_outputs
+
+        glb["_copy_outputs"], glb["_flags"] = copy_outputs, plan.copy_out
+        lines.append(f"    return _copy_outputs(v{plan.output}, _flags, torch.clone)")
+        glb["torch"] = __import__("torch")
+    else:
+        lines.append(f"    return v{plan.output}")
     code = "\n".join(lines) + "\n"
     fname = f"<graphdsl forward {hashlib.sha1(code.encode()).hexdigest()[:12]}>"
     linecache.cache[fname] = (len(code), None, code.splitlines(True), fname)
@@ -334,17 +341,17 @@ def from_torch(module: Any) -> ModelState:
     for owner, name, kind, u64 in meta.entries:
         h = mod._modules[owner]
         if kind == "state":
-            arr = h._buffers[name].detach().cpu().numpy().copy()
+            arr = h._buffers[name].detach().cpu().numpy()
             if u64:
                 arr = arr.view(np.uint64)
             state_names.setdefault(owner, []).append(name)
         else:
             p = h._parameters[name]
-            arr = p.detach().cpu().numpy().copy()
+            arr = p.detach().cpu().numpy()
             if not p.requires_grad:
                 frozen.add((owner, name))
         data.setdefault(owner, {})[name] = arr
-    return ModelState(data, frozen, state_names)
+    return ModelState(data, frozen, state_names)  # copies the arrays (immutable values)
 
 
 def loraplus_param_groups(module: Any, lr: float, ratio: float = 16.0,

@@ -143,7 +143,7 @@ def test_adapter_state_roundtrip():
     small = gd.adapter_state(adapted, trained, modules_to_save=["head"])
     assert set(small.data) == {"attn_q_dora", "attn_v_dora", "head"}
     assert set(small.data["attn_q_dora"]) == {"A", "B", "magnitude", "key"}
-    assert small.state == {"attn_q_dora": ["key"], "attn_v_dora": ["key"]}
+    assert small.entries == {"attn_q_dora": ["key"], "attn_v_dora": ["key"]}
     assert small.parameter_count() == trained.trainable_parameter_count()
     back = gd.attach_adapters(adapted, s0, small)
     assert back == trained

@@ -121,7 +121,7 @@ def test_dropout_inference_identity_and_train_mask(rng):
     assert not np.array_equal(r2["prediction"] != 0, kept)
     np.testing.assert_array_equal(pred(st, x)["prediction"], y)  # same state, same mask
     assert st.data["drop"]["key"] is not r1["state"].data["drop"]["key"]
-    assert "key" in st.state["drop"] and st.parameter_count() == 0
+    assert "key" in st.entries["drop"] and st.parameter_count() == 0
 
 
 def test_layer_norm(rng):

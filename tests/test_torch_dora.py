@@ -193,8 +193,10 @@ def test_detach_norm_false_gives_the_full_gradient():
 def test_zero_norm_column_is_an_error_and_eps_clamps():
     model = _graph(dora)
     st = _state(model)
-    st.data["fc"]["kernel"][:, 3] = 0.0
-    st.data["fc_ad"]["B"][:, 3] = 0.0
+    K, B = st.data["fc"]["kernel"].copy(), st.data["fc_ad"]["B"].copy()
+    K[:, 3] = 0.0
+    B[:, 3] = 0.0
+    st.data["fc"]["kernel"], st.data["fc_ad"]["B"] = K, B
     m = gd.to_torch(model, st)
     with pytest.raises(gd.GraphDSLError, match=r"zero-norm column.*\n.*fc_ad") as e:
         m(torch.randn(2, IN))

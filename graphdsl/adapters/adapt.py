@@ -196,7 +196,7 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
     node_names = set(g.names.values())
     data = {k: dict(v) for k, v in state.data.items()}
     frozen = set(state.frozen)
-    names = {k: list(v) for k, v in state.state.items()}
+    names = {k: list(v) for k, v in state.entries.items()}
     merged_into: dict[str, str] = {}
     new: dict[int, Node] = {}
     for n in g.order:
@@ -270,7 +270,7 @@ def adapter_state(model: Node, state: ModelState, modules_to_save: Iterable[str]
                              fix="pass the state that belongs to this model")
         data[m] = dict(state.data[m])
     frozen = {(lay, q) for lay, q in state.frozen if q in data.get(lay, ())}
-    names = {lay: [q for q in v if q in data.get(lay, ())] for lay, v in state.state.items()
+    names = {lay: [q for q in v if q in data.get(lay, ())] for lay, v in state.entries.items()
              if lay in data}
     return ModelState(data, frozen, {k: v for k, v in names.items() if v})
 
@@ -294,12 +294,12 @@ def attach_adapters(model: Node, base_state: ModelState, adapters: ModelState,
     g = analyze(model)
     data = {k: dict(v) for k, v in base_state.data.items()}
     frozen = set(base_state.frozen)
-    names = {k: list(v) for k, v in base_state.state.items()}
+    names = {k: list(v) for k, v in base_state.entries.items()}
     for layer, params in adapters.data.items():
         for q, arr in params.items():
             data.setdefault(layer, {})[q] = arr
             frozen.discard((layer, q))
-            if q in adapters.state.get(layer, ()):
+            if q in adapters.entries.get(layer, ()):
                 names.setdefault(layer, [])
                 if q not in names[layer]:
                     names[layer].append(q)

@@ -59,7 +59,7 @@ def _const_attrs(a: dict) -> dict:
 register_op(OpDef(
     "constant", lambda s, a: tuple(a["value"].shape), check_attrs=_const_attrs, arity=0,
     infer_dtype=lambda d, a: "int64" if a["value"].dtype.kind == "i" else "float32",
-    category="input",
+    category="input", output_alias="model",
     doc="A fixed array baked into the graph; shape is the array's shape (no batch axis).",
 ))
 
@@ -82,6 +82,7 @@ def _param_attrs(a: dict) -> dict:
 register_op(OpDef(
     "param", lambda s, a: a["shape"], check_attrs=_param_attrs, arity=0,
     params=lambda s, a: [ParamSpec("value", a["shape"], a["initializer"], a["trainable"])],
+    output_alias="model",
     doc="A trainable array for custom layers; state.data[name]['value'] has shape `shape`.",
 ))
 
@@ -110,7 +111,7 @@ def _layer_shape(s: Sequence[tuple], a: Mapping[str, Any]) -> tuple:
 _LAYER_ATTRS = ("fn", "fn_name", "opts", "output_shape")
 
 register_op(OpDef(
-    "layer", _layer_shape, arity=(0, None),
+    "layer", _layer_shape, arity=(0, None), output_alias="inputs",
     check_attrs=lambda a: {k: a.get(k) for k in _LAYER_ATTRS},
     doc="A custom layer: fn(*arrays, xp=<backend array namespace>, **opts) -> array. "
         "It runs on every backend (xp is numpy or torch).",
@@ -166,6 +167,7 @@ def layer(fn: Callable[..., Any] | str, inputs: Node | Sequence[Node], *,
 # -- container -------------------------------------------------------------------------
 register_op(OpDef(
     "container", lambda s, a: None, arity=(1, None), category="container",
+    output_alias="inputs",
     check_attrs=lambda a: {"keys": a.get("keys")},
     doc="Several outputs as a tuple (keys None) or a dict (keys: names).",
 ))

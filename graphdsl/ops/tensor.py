@@ -141,6 +141,7 @@ def _reshape_shape(s: list, a: dict) -> tuple:
 
 register_op(OpDef(
     "reshape", _reshape_shape, check_attrs=_reshape_attrs, infer_dtype=_first_dtype,
+    output_alias="inputs",
     doc="Reshape to `shape` (counts the batch axis): None keeps the input's size at "
         "that axis, -1 infers one size. (None, 4, 4) -> (None, 16) via shape=(None, 16).",
 ))
@@ -159,7 +160,7 @@ def _flatten_shape(s: list, a: dict) -> tuple:
 
 
 register_op(OpDef(
-    "flatten", _flatten_shape, infer_dtype=_first_dtype,
+    "flatten", _flatten_shape, infer_dtype=_first_dtype, output_alias="inputs",
     doc="(N, d1, d2, ...) -> (N, d1*d2*...).",
 ))
 
@@ -197,6 +198,7 @@ def _transpose_attrs(a: dict) -> dict:
 
 register_op(OpDef(
     "transpose", _transpose_shape, check_attrs=_transpose_attrs, infer_dtype=_first_dtype,
+    output_alias="inputs",
     doc="Permute axes like numpy.transpose (axes count the batch axis; None reverses).",
 ))
 
