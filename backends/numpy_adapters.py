@@ -93,10 +93,10 @@ def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     if xd is None:
         y += sd * ((x2 @ A) @ B)
         y *= r
-        return _finish(y.reshape(*lead, -1), b, a), {}
+        return _finish(y.reshape(*lead, K.shape[1]), b, a), {}
     y += (r - 1) * prod[rows:2 * rows]
     y += (r * sd) * ((xd.reshape(-1, n_in) @ A) @ B)
-    return _finish(y.reshape(*lead, -1), b, a), {"key": key}
+    return _finish(y.reshape(*lead, K.shape[1]), b, a), {"key": key}
 
 
 def _lora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:

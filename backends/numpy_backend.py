@@ -12,8 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from graphdsl.compiler import Plan, _to_numpy
-from graphdsl.errors import InputError, RuleError
+from graphdsl.arrays import as_numpy
+from graphdsl.compiler import Plan
+from graphdsl.errors import BackendError, InputError, RuleError
+from graphdsl.shapes import reshape_target
 
 from .base import Backend, KernelContext, plan_runner
 
@@ -159,7 +161,7 @@ def _embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndar
 
 def _reshape(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
     x = ins[0]
-    return x.reshape(tuple(x.shape[i] if d is None else d for i, d in enumerate(a["shape"])))
+    return x.reshape(reshape_target(tuple(x.shape), a["shape"]))
 
 
 def _constant(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
@@ -221,7 +223,9 @@ class NumpyBackend(Backend):
 
     def compile(self, plan: Plan, **options: Any) -> Callable:
         if options:
-            raise RuleError(f"the numpy backend takes no options, got {sorted(options)}")
+            raise BackendError(f"the numpy backend takes no options, got {sorted(options)}",
+                               fix="drop them, or build(model, backend='torch', "
+                                   "device='cuda') to run on a GPU")
         dtype = np.dtype(plan.dtype)
         refs = {step.out: tuple((i, r.local, r.owner, r.name, tuple(r.shape),
                                  np.dtype(r.dtype), r) for i, r in enumerate(step.params))
@@ -259,8 +263,8 @@ class NumpyBackend(Backend):
 
 def _convert_input(a: Any, is_int: bool, dtype: np.dtype, name: str, node: Any
                    ) -> np.ndarray:
-    if not isinstance(a, np.ndarray):
-        a = _to_numpy(a)
+    if type(a) is not np.ndarray or not a.dtype.isnative:
+        a = as_numpy(a)
     if is_int:
         if a.dtype.kind not in "iu":
             raise InputError(f"input {name!r} holds token ids and needs an integer array, "

@@ -26,9 +26,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from graphdsl.arrays import as_numpy
 from graphdsl.compiler import Plan
 from graphdsl.errors import BackendError, GraphDSLError, InputError
 from graphdsl.registry import OPS
+from graphdsl.shapes import reshape_target
 
 from .base import Backend, KernelContext, plan_runner
 
@@ -146,7 +148,7 @@ def _embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.T
 
 def _reshape(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
     x = ins[0]
-    return x.reshape(tuple(x.shape[i] if d is None else d for i, d in enumerate(a["shape"])))
+    return x.reshape(reshape_target(tuple(x.shape), a["shape"]))
 
 
 def _transpose(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
@@ -325,7 +327,7 @@ def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
         y = torch.addcmul(b, h, scale)
     else:
         y = h * scale
-    y = apply_activation(y.reshape(*lead, -1), a.get("activation"))
+    y = apply_activation(y.reshape(*lead, K.shape[1]), a.get("activation"))
     return _ret(y, ctx, updates)
 
 
@@ -342,7 +344,7 @@ def _lora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     if ctx.training and rate > 0.0:
         xd, updates = _drop(x2, rate, p, ctx)
     y = torch.addmm(_linear(x2, K, b), xd @ A, B, alpha=s)
-    y = apply_activation(y.reshape(*lead, -1), a.get("activation"))
+    y = apply_activation(y.reshape(*lead, K.shape[1]), a.get("activation"))
     return _ret(y, ctx, updates)
 
 
@@ -402,7 +404,7 @@ def to_tensor(a: Any, device: torch.device | None = None, dtype: Any = None) -> 
     if isinstance(a, torch.Tensor):
         t = a
     else:
-        arr = np.asarray(a)
+        arr = as_numpy(a)
         if arr.dtype == np.uint64:
             arr = arr.view(np.int64)
         if arr.flags.writeable and arr.flags.c_contiguous and arr.dtype.isnative:

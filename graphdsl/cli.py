@@ -8,17 +8,25 @@
     graphdsl merge FILE -o merged.gdsl
 
 FILE is a saved model (``gd.save``, a zip) or a JSON definition (``gd.to_json``); a JSON
-model gets fresh weights from ``--seed`` (default 0). Errors are one line on stderr and
+model gets fresh weights from ``--seed`` (default 0) for predict and merge (summary and
+graph create no weights). ``-o -`` writes to stdout (bytes for .gdsl, .npy, .npz, svg);
+any other output is written atomically (temp file + rename) and may not be one of the
+input files. Errors are one line on stderr and
 a non-zero exit status (1: a problem with the input; 2: bad command line; 3: a bug —
 set GRAPHDSL_DEBUG=1 to see its traceback).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import os
+import signal
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+import tempfile
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, BinaryIO, NoReturn
 
 import numpy as np
 
@@ -42,16 +50,71 @@ def one_line(e: BaseException) -> str:
     return "; ".join(parts) or type(e).__name__
 
 
+# -- files in and out ------------------------------------------------------------------------
+MODEL_FILES = "a saved model (.gdsl) or a JSON definition (.json)"
+
+
+def check_input_file(path: str, what: str, expect: str) -> None:
+    """Refuse an input that is missing, a directory, not a regular file or empty, saying
+    which (``what`` prefixes the message, ``expect`` names the file wanted)."""
+    if not os.path.exists(path):
+        raise GraphDSLError(f"{what}no such file: {path}", fix="check the path")
+    if os.path.isdir(path):
+        raise GraphDSLError(f"{what}{path} is a directory, not a file",
+                            fix=f"pass {expect} (a file inside it?)")
+    if not os.path.isfile(path):
+        raise GraphDSLError(f"{what}{path} is not a regular file (a device, pipe or socket)",
+                            fix=f"pass {expect}")
+    if os.path.getsize(path) == 0:
+        raise GraphDSLError(f"{what}{path} is empty (0 bytes)", fix=f"pass {expect}")
+
+
+def _same_file(a: str, b: str) -> bool:
+    """Whether paths ``a`` and ``b`` name one file (also through symlinks and hard links)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return os.path.realpath(a) == os.path.realpath(b)
+
+
+def refuse_overwriting_inputs(output: str | None, inputs: Sequence[str]) -> None:
+    """An error when ``-o output`` is one of the ``inputs``: writing it would destroy it."""
+    if not output or output == "-":
+        return
+    for path in inputs:
+        if _same_file(output, path):
+            raise GraphDSLError(f"-o {output} is the input file {path}; writing the output "
+                                "there would destroy the input",
+                                fix="pass another output path (or -o - for stdout)")
+
+
+def write_output(path: str, write: Callable[[BinaryIO], None], example: str,
+                 note: str = "") -> None:
+    """Write the bytes ``write(fh)`` produces to ``path`` atomically (an existing file is
+    replaced only once everything is written), or to stdout for ``-o -``."""
+    from .io import atomic_writer
+
+    if path == "-":
+        buf = io.BytesIO()
+        write(buf)
+        sys.stdout.flush()
+        sys.stdout.buffer.write(buf.getvalue())
+        sys.stdout.buffer.flush()
+        return
+    with atomic_writer(path, "-o", example) as fh:
+        write(fh)
+    print(f"wrote {path}{note}")
+
+
 # -- loading FILE ------------------------------------------------------------------------
-def load_any(path: str, seed: int = 0) -> tuple[Node, ModelState, str]:
+def load_any(path: str, seed: int = 0, weights: bool = True
+             ) -> tuple[Node, ModelState | None, str]:
     """``(model, state, kind)`` from a saved model (kind "model") or a JSON definition
-    (kind "json", weights initialized from ``seed``)."""
-    from .compiler import build
+    (kind "json", weights initialized from ``seed``; state None when not ``weights``)."""
     from .io import load, sniff
     from .serialization import from_json
 
-    if not os.path.isfile(path):
-        raise GraphDSLError(f"no such file: {path}", fix="check the path")
+    check_input_file(path, "", MODEL_FILES)
     with open(path, "rb") as f:
         head = f.read(16)
     kind = sniff(head)
@@ -62,18 +125,28 @@ def load_any(path: str, seed: int = 0) -> tuple[Node, ModelState, str]:
             raise GraphDSLError(f"{path} is larger than 64 MiB",
                                 fix="a JSON definition holds no weights; check the file")
         model = from_json(text, source=os.path.basename(path))
-        state = build(model, seed=seed)[0]()
-        return model, state, "json"
+        return model, (_init_weights(model, seed, path) if weights else None), "json"
     model, state = load(path)
     return model, state, "model"
+
+
+def _init_weights(model: Node, seed: int, path: str) -> ModelState:
+    from .compiler import build
+
+    try:
+        return build(model, seed=seed)[0]()
+    except MemoryError:
+        raise GraphDSLError(f"not enough memory to create the weights of {path}",
+                            fix=f"check the layer sizes (graphdsl summary {path} shows the "
+                                "parameter counts without creating weights)") from None
 
 
 # -- subcommands ---------------------------------------------------------------------------
 def _summary(args: argparse.Namespace) -> None:
     from . import display
 
-    model, state, kind = load_any(args.file, args.seed)
-    src = "saved model" if kind == "model" else f"JSON definition, weights from seed {args.seed}"
+    model, state, kind = load_any(args.file, weights=False)
+    src = "saved model" if kind == "model" else "JSON definition, no weights created"
     print(f"{args.file} ({src})")
     print(display.as_table(model, state=state))
 
@@ -81,26 +154,39 @@ def _summary(args: argparse.Namespace) -> None:
 def _graph(args: argparse.Namespace) -> None:
     from . import display
 
-    model, state, _ = load_any(args.file, args.seed)
+    refuse_overwriting_inputs(args.output, [args.file])
+    model, state, _ = load_any(args.file, weights=False)
     if args.format == "svg":
         if not args.output:
-            raise GraphDSLError("--format svg needs -o OUT (an .svg path)",
+            raise GraphDSLError("--format svg needs -o OUT (an .svg path, or - for stdout)",
                                 fix="add -o model.svg")
-        display.render(model, args.output, state=state, format="svg")
-        print(f"wrote {args.output}")
+        svg = _svg(model, state)
+        write_output(args.output, lambda fh: fh.write(svg), "model.svg")
         return
     text = (display.as_graph(model, state=state) if args.format == "mermaid"
             else display.to_dot(model, state=state))
-    _write_text(args.output, text)
-
-
-def _write_text(path: str | None, text: str) -> None:
-    if not path or path == "-":
-        sys.stdout.write(text if text.endswith("\n") else text + "\n")
+    text = text if text.endswith("\n") else text + "\n"
+    if not args.output:
+        sys.stdout.write(text)
         return
-    with open(path, "w", encoding="utf-8") as f:
-        f.write(text)
-    print(f"wrote {path}")
+    data = text.encode("utf-8")
+    write_output(args.output, lambda fh: fh.write(data), f"model.{args.format}")
+
+
+def _svg(model: Node, state: ModelState | None) -> bytes:
+    """The model drawn by Graphviz as SVG bytes (rendered in a private temp folder)."""
+    from . import display
+
+    with tempfile.TemporaryDirectory(prefix="graphdsl-") as folder:
+        out = os.path.join(folder, "model.svg")
+        display.render(model, out, state=state, format="svg")
+        with open(out, "rb") as f:
+            return f.read()
+
+
+def _input_paths(specs: Sequence[str]) -> list[str]:
+    """The file paths of ``--input NAME=FILE`` / ``--input FILE`` specs."""
+    return [path if eq else spec for spec in specs for _, eq, path in [spec.partition("=")]]
 
 
 def _parse_inputs(specs: Sequence[str], names: list[str]) -> dict[str, str]:
@@ -126,8 +212,7 @@ def _parse_inputs(specs: Sequence[str], names: list[str]) -> dict[str, str]:
 
 
 def _read_npy(path: str, name: str, dtype: str) -> np.ndarray:
-    if not os.path.isfile(path):
-        raise GraphDSLError(f"input {name!r}: no such file: {path}", fix="check the path")
+    check_input_file(path, f"input {name!r}: ", "an array saved with numpy.save (.npy)")
     try:
         arr = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as e:
@@ -146,51 +231,64 @@ def _read_npy(path: str, name: str, dtype: str) -> np.ndarray:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .compiler import _to_numpy, build
+    from .arrays import as_numpy
+    from .compiler import build
     from .graph import analyze
 
-    model, state, _ = load_any(args.file, args.seed)
+    refuse_overwriting_inputs(args.output, [args.file, *_input_paths(args.input or [])])
+    model, state, _ = load_any(args.file, weights=False)
     g = analyze(model)
     names = list(g.inputs)
     paths = _parse_inputs(args.input or [], names)
     dtypes = {g.name(n): n.attrs["dtype"] for n in g.input_nodes}
     arrays = {k: _read_npy(paths[k], k, dtypes[k]) for k in names}
+    state = state if state is not None else _init_weights(model, args.seed, args.file)
     predict_fn = build(model, backend=args.backend)[1]
     out = predict_fn(state, arrays if len(names) != 1 else arrays[names[0]])
     if isinstance(out, dict):
-        result = {str(k): np.asarray(_to_numpy(v)) for k, v in out.items()}
+        result = {str(k): np.asarray(as_numpy(v)) for k, v in out.items()}
     elif isinstance(out, tuple):
-        result = {f"output_{i}": np.asarray(_to_numpy(v)) for i, v in enumerate(out)}
+        result = {f"output_{i}": np.asarray(as_numpy(v)) for i, v in enumerate(out)}
     else:
-        result = np.asarray(_to_numpy(out))
+        result = np.asarray(as_numpy(out))
     if not args.output:
         items = result.items() if isinstance(result, dict) else [("output", result)]
         with np.printoptions(threshold=200, edgeitems=3, precision=6):
             for k, v in items:
                 print(f"{k}: {v.dtype}{list(v.shape)}\n{v}")
         return
+    _write_prediction(args.output, result)
+
+
+def _write_prediction(path: str, result: np.ndarray | dict[str, np.ndarray]) -> None:
+    """One array as .npy, several as .npz (``-o -``: the same bytes on stdout)."""
     if isinstance(result, dict):
-        if not args.output.endswith(".npz"):
+        if path != "-" and not path.endswith(".npz"):
             raise GraphDSLError(
                 f"the model has several outputs {list(result)}; they go to an .npz archive",
                 fix="pass -o out.npz")
-        np.savez(args.output, **result)
-    else:
-        if not args.output.endswith(".npy"):
-            raise GraphDSLError(f"-o {args.output}: the output is one array, written as .npy",
-                                fix="pass -o out.npy")
-        np.save(args.output, result)
-    print(f"wrote {args.output}")
+        write_output(path, lambda fh: np.savez(fh, **result), "out.npz")
+        return
+    if path != "-" and not path.endswith(".npy"):
+        raise GraphDSLError(f"-o {path}: the output is one array, written as .npy",
+                            fix="pass -o out.npy")
+    write_output(path, lambda fh: np.save(fh, result, allow_pickle=False), "out.npy")
 
 
 def _merge(args: argparse.Namespace) -> None:
     from .adapters import merge_adapters
-    from .io import save
+    from .io import adapter_layers, write_model
 
-    model, state, _ = load_any(args.file, args.seed)
+    refuse_overwriting_inputs(args.output, [args.file])
+    model, state, _ = load_any(args.file, weights=False)
+    if not adapter_layers(model)[1]:
+        raise GraphDSLError(f"{args.file} has no dora or lora layers to merge",
+                            fix="merge folds the adapters of a model made with dora.adapt "
+                                "or lora.adapt; a plain model needs no merging")
+    state = state if state is not None else _init_weights(model, args.seed, args.file)
     merged, mstate = merge_adapters(model, state)
-    save(args.output, merged, mstate)
-    print(f"wrote {args.output} ({mstate.parameter_count()} parameters, adapters merged)")
+    write_output(args.output, lambda fh: write_model(fh, merged, mstate), "merged.gdsl",
+                 f" ({mstate.parameter_count()} parameters, adapters merged)")
 
 
 # -- parser --------------------------------------------------------------------------------
@@ -205,7 +303,8 @@ def make_parser() -> argparse.ArgumentParser:
         sp.add_argument("file", metavar="FILE", help="a saved model (.gdsl) or a JSON "
                         "definition (.json)")
         sp.add_argument("--seed", type=int, default=0,
-                        help="seed for the weights of a JSON definition (default 0)")
+                        help="seed for the weights of a JSON definition (predict, merge; "
+                             "default 0)")
 
     s = sub.add_parser("summary", help="print the layer table and parameter counts")
     common(s)
@@ -214,7 +313,8 @@ def make_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("graph", help="draw the graph as Mermaid, DOT or SVG")
     common(s)
     s.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid")
-    s.add_argument("-o", "--output", help="output file (default: stdout; required for svg)")
+    s.add_argument("-o", "--output", help="output file, - for stdout (default: stdout; "
+                   "required for svg)")
     s.set_defaults(func=_graph)
 
     s = sub.add_parser("predict", help="run the model on .npy inputs")
@@ -222,13 +322,14 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--input", action="append", metavar="NAME=FILE.npy",
                    help="an input array (repeat per input; NAME= optional for one input)")
     s.add_argument("-o", "--output", help="write the prediction (.npy; .npz for several "
-                   "outputs); default: print it")
+                   "outputs; - for those bytes on stdout); default: print it")
     s.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
     s.set_defaults(func=_predict)
 
     s = sub.add_parser("merge", help="fold DoRA/LoRA adapters into plain dense layers")
     common(s)
-    s.add_argument("-o", "--output", required=True, help="the merged model file (.gdsl)")
+    s.add_argument("-o", "--output", required=True, help="the merged model file (.gdsl), "
+                   "- for stdout")
     s.set_defaults(func=_merge)
     return p
 
@@ -239,13 +340,50 @@ def _version() -> str:
     return __version__
 
 
+class _Terminated(BaseException):
+    """SIGTERM, raised so that cleanup (a half-written output's temp file) still runs."""
+
+
+def _raise_terminated(signum: int, frame: Any) -> None:
+    raise _Terminated()
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    """Within the block, SIGTERM raises _Terminated (main thread only; restored after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _message(e: GraphDSLError) -> str:
+    """``e`` in one line, without a "defined at" that names this command's own entry
+    point (nodes made here have no location in the user's code)."""
+    from .node import caller_location
+
+    if e.where and e.where.rpartition(":")[0] == caller_location().rpartition(":")[0]:
+        e = GraphDSLError(e.what, layer=e.layer, op=e.op, shapes=e.shapes, fix=e.fix)
+    return one_line(e)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the CLI; returns the exit status (0 ok, 1 user error, 2 usage, 3 internal)."""
+    """Run the CLI; returns the exit status (0 ok, 1 user error, 2 usage, 3 internal,
+    130 interrupted, 143 terminated)."""
     args = make_parser().parse_args(argv)
+    with _sigterm_raises():
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         args.func(args)
     except GraphDSLError as e:
-        print(f"{PROG}: error: {one_line(e)}", file=sys.stderr)
+        print(f"{PROG}: error: {_message(e)}", file=sys.stderr)
         return 1
     except OSError as e:
         print(f"{PROG}: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "),
@@ -254,6 +392,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{PROG}: interrupted", file=sys.stderr)
         return 130
+    except _Terminated:
+        print(f"{PROG}: terminated", file=sys.stderr)
+        return 143
     except Exception as e:  # a bug: still one line unless asked for the traceback
         if os.environ.get("GRAPHDSL_DEBUG"):
             raise

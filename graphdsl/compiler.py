@@ -12,11 +12,13 @@ from typing import Any
 
 import numpy as np
 
+from .arrays import as_numpy
 from .errors import GraphDSLError, InputError, RuleError, StateError, fmt_shape
 from .graph import Graph, analyze, check_input_names, infer_shapes
 from .initializers import initialize
 from .node import Node
 from .registry import ParamSpec
+from .shapes import is_int
 from .state import ModelState
 
 MODES = ("inference", "train")
@@ -204,6 +206,11 @@ def init_state(plan: Plan, template: Any = None, initial_state: ModelState | Non
                                      local)
                 except RuleError as e:
                     raise g.error(n, e.what, e.fix, cls=e.cls) from None
+                except MemoryError:
+                    nbytes = np.dtype(dt).itemsize * float(np.prod(spec.shape, dtype=float))
+                    raise g.error(n, f"not enough memory to create {owner}.{pname} of shape "
+                                  f"{fmt_shape(spec.shape)} ({nbytes:.3g} bytes)",
+                                  "check the layer sizes", cls=StateError) from None
             data.setdefault(owner, {})[pname] = arr
             local[spec.name] = arr
             merged = g.params[(owner, pname)]
@@ -228,7 +235,7 @@ def check_known_keys(g: Graph, data: Mapping, what: str) -> None:
 
 def _checked_value(g: Graph, n: Node, owner: str, pname: str, spec: ParamSpec, value: Any,
                    dt: str) -> np.ndarray:
-    arr = value if isinstance(value, np.ndarray) else _to_numpy(value)
+    arr = as_numpy(value)
     if arr.dtype.kind not in "biuf":
         raise g.error(n, f"{owner}.{pname} has non-numeric dtype {arr.dtype}",
                       "pass a numeric array", cls=StateError)
@@ -241,12 +248,6 @@ def _checked_value(g: Graph, n: Node, owner: str, pname: str, spec: ParamSpec, v
         raise g.error(n, f"initial_state value {owner}.{pname} holds NaN or infinity",
                       "pass finite values", cls=StateError)
     return arr if arr.dtype == np.dtype(dt) else arr.astype(dt)
-
-
-def _to_numpy(value: Any) -> np.ndarray:
-    if hasattr(value, "detach"):  # a torch tensor
-        value = value.detach().cpu().numpy()
-    return np.asarray(value)
 
 
 # -- predict -----------------------------------------------------------------------------------
@@ -319,6 +320,10 @@ def build(model: Node, backend: str = "numpy", mode: str = "inference", seed: in
     """
     from graphdsl.backends import get_backend
 
+    if not is_int(seed) or int(seed) < 0:
+        raise GraphDSLError(f"seed must be a non-negative integer, got {seed!r}",
+                            fix="pass seed=0 (or any int >= 0)")
+    seed = int(seed)
     be = get_backend(backend)
     plan = make_plan(model, mode, dtype)
     executable = be.compile(plan, **backend_options)

@@ -12,6 +12,7 @@ from typing import Any
 from .errors import GraphDSLError, InputError, NameError_, RuleError, ShapeError, fmt_shape
 from .node import Node
 from .registry import OPS, ParamSpec
+from .shapes import is_int
 
 
 def topo_order(output: Node | Iterable[Node]) -> list[Node]:
@@ -156,15 +157,29 @@ def get_inputs(model: Node) -> dict[str, tuple]:
 def normalize_input_shapes(g: Graph, inputs: Any) -> dict[str, tuple]:
     """Accept ``{name: shape or array}``, or a bare shape / array for a 1-input model."""
     if isinstance(inputs, Mapping):
-        out = {k: tuple(getattr(v, "shape", v)) for k, v in inputs.items()}
+        given = dict(inputs)
     elif len(g.inputs) == 1 and inputs is not None:
-        out = {next(iter(g.inputs)): tuple(getattr(inputs, "shape", inputs))}
+        given = {next(iter(g.inputs)): inputs}
     else:
         raise InputError(
             f"this model has {len(g.inputs)} inputs {list(g.inputs)}; pass a dict",
             shapes=g.inputs, fix="pass {name: shape} for every input")
+    out = {k: _template_shape(g, k, v) for k, v in given.items()}
     check_input_names(g, out)
     return out
+
+
+def _template_shape(g: Graph, name: Any, value: Any) -> tuple:
+    """The shape of one template entry: an array's shape, or a tuple of sizes/None."""
+    shape = getattr(value, "shape", value)
+    if isinstance(shape, (tuple, list)) and all(
+            d is None or (is_int(d) and int(d) >= 0) for d in shape):
+        return tuple(None if d is None else int(d) for d in shape)
+    want = g.inputs.get(name) if isinstance(name, str) else None
+    raise InputError(f"the template for input {name!r} is {value!r}, not an array or a "
+                     "shape", layer=name if isinstance(name, str) else None, op="input",
+                     shapes={"expected": want} if want is not None else None,
+                     fix=f"pass an array or a shape tuple such as {fmt_shape(want or (1,))}")
 
 
 def check_input_names(g: Graph, given: Mapping[str, Any]) -> None:

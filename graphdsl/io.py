@@ -18,12 +18,14 @@ GraphDSLError) whose message says what is wrong.
 """
 from __future__ import annotations
 
+import contextlib
 import os
-import tempfile
+import secrets
+import stat
 import zipfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -230,27 +232,119 @@ def _bounded_read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, bad: Any) -> bytes
     return b"".join(chunks)
 
 
-def _write_archive(path: str | os.PathLike, members: Mapping[str, tuple[bytes, int]]) -> str:
-    """Write ``{name: (bytes, compression)}`` atomically (temp file + rename)."""
-    p = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(p))
-    if not os.path.isdir(folder):
-        raise SerializationError(f"cannot save to {p}: the folder {folder} does not exist",
-                                 fix="create the folder first")
-    fd, tmp = tempfile.mkstemp(prefix=".graphdsl-", suffix=".tmp", dir=folder)
+# -- writing files atomically ------------------------------------------------------------------
+def need_path(path: Any, what: str) -> str:
+    """``os.fspath(path)`` as a str, or a SerializationError naming ``what`` when ``path``
+    is None, empty or not a path at all."""
+    fix = "pass a file path such as 'model.gdsl'"
+    if path is None:
+        raise SerializationError(f"{what} needs a file path, got None", fix=fix)
     try:
-        with os.fdopen(fd, "wb") as fh, zipfile.ZipFile(fh, "w") as zf:
-            for name, (blob, method) in members.items():
-                info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
-                info.compress_type = method
-                info.external_attr = 0o644 << 16
-                zf.writestr(info, blob)
-        os.replace(tmp, p)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+        p = os.fspath(path)
+    except TypeError:
+        raise SerializationError(f"{what} needs a file path (str or os.PathLike), got "
+                                 f"{type(path).__name__}", fix=fix) from None
+    p = os.fsdecode(p)
+    if not p:
+        raise SerializationError(f"{what} needs a file path, got an empty string", fix=fix)
     return p
+
+
+def _write_target(p: str, example: str) -> str:
+    """The file a write to ``p`` replaces: the file a symlink points to (the link stays),
+    else ``p`` itself. A directory or a missing folder is a SerializationError."""
+    target = os.path.realpath(p) if os.path.islink(p) else p
+    if os.path.isdir(target):
+        raise SerializationError(f"cannot write {p}: it is a directory",
+                                 fix=f"pass the path of a file, e.g. {os.path.join(p, example)}")
+    folder = os.path.dirname(os.path.abspath(target))
+    if not os.path.isdir(folder):
+        raise SerializationError(f"cannot write {p}: the folder {folder} does not exist",
+                                 fix="create the folder first")
+    return target
+
+
+def _existing_mode(target: str) -> int | None:
+    """The permission bits of ``target``, or None when there is no such file yet."""
+    try:
+        return stat.S_IMODE(os.stat(target).st_mode)
+    except FileNotFoundError:
+        return None
+
+
+def _open_temp(folder: str) -> tuple[int, str]:
+    """A new hidden temp file in ``folder``; mode 0o666 less the umask, as open() gives."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    for _ in range(100):
+        tmp = os.path.join(folder, f".graphdsl-{secrets.token_hex(8)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"no free temp file name in {folder}")  # pragma: no cover
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Any, what: str = "gd.save", example: str = "model.gdsl"
+                  ) -> Iterator[BinaryIO]:
+    """Open ``path`` for writing through a temp file in the same folder, renamed over it
+    (``os.replace``) when the block ends without error; on any error, KeyboardInterrupt
+    included, the temp file is removed and ``path`` is untouched.
+
+    An existing file keeps its permission bits, a new one gets 0o666 less the umask; a
+    symlink keeps pointing where it did (the file it points to is replaced). ``what`` and
+    ``example`` (a file name) word the errors for a bad path.
+    """
+    target = _write_target(need_path(path, what), example)
+    mode = _existing_mode(target)
+    tmp: str | None = None
+    try:
+        fd, tmp = _open_temp(os.path.dirname(os.path.abspath(target)))
+        with os.fdopen(fd, "wb") as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
+        tmp = None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+
+def _zip_to(fh: BinaryIO, members: Mapping[str, tuple[bytes, int]]) -> None:
+    """Write ``{name: (bytes, compression)}`` as a zip with fixed timestamps to ``fh``."""
+    with zipfile.ZipFile(fh, "w") as zf:
+        for name, (blob, method) in members.items():
+            info = zipfile.ZipInfo(name, date_time=_ZIP_TIME)
+            info.compress_type = method
+            info.external_attr = 0o644 << 16
+            zf.writestr(info, blob)
+
+
+def _write_archive(path: Any, members: Mapping[str, tuple[bytes, int]],
+                   what: str = "gd.save") -> str:
+    """Write ``{name: (bytes, compression)}`` atomically (:func:`atomic_writer`)."""
+    p = need_path(path, what)
+    with atomic_writer(p, what) as fh:
+        _zip_to(fh, members)
+    return p
+
+
+def _check_model(model: Any, what: str) -> None:
+    if not isinstance(model, Node):
+        raise GraphDSLError(f"{what}: the model must be a graph node (a layer's output), got "
+                            f"{type(model).__name__}",
+                            fix=f"call {what}(path, model, state) with the model's output node")
+
+
+def _check_state(state: Any, what: str) -> None:
+    if not isinstance(state, ModelState):
+        raise StateError(f"{what}: the state must be a ModelState, got {type(state).__name__}",
+                         fix=f"call {what}(path, model, state) with the state from init_fn "
+                             "(or gd.load)")
 
 
 # -- weights -----------------------------------------------------------------------------------
@@ -457,22 +551,37 @@ def _read_flags(doc: Any, g: Graph, keys: Iterable[tuple[str, str]], source: str
     return frozen, {k: list(v) for k, v in want.items()}
 
 
-def save(path: str | os.PathLike, model: Node, state: ModelState) -> str:
-    """Write ``model`` and ``state`` to one file (a zip: model.json, weights.safetensors,
-    state.json). Everything is checked before anything is written: an unregistered custom
-    function, or a state that misses, adds or mis-shapes a parameter, is an error. The
-    file is written atomically (a temp file renamed into place). Returns the path."""
+def _model_members(model: Node, state: ModelState) -> dict[str, tuple[bytes, int]]:
+    """The checked members of a model file: ``{name: (bytes, compression)}``."""
+    _check_model(model, "gd.save")
+    _check_state(state, "gd.save")
     text = to_json(model)
     g = analyze(model)
     want = expected_tensors(g)
     tensors = state_tensors(g, state, want)
     flags = _flags_doc(g, state, want)
     blob = _safetensors().save(tensors, metadata={"format": "graphdsl.weights"})
-    return _write_archive(path, {
+    return {
         MODEL_JSON: (text.encode("utf-8"), zipfile.ZIP_DEFLATED),
         WEIGHTS: (blob, zipfile.ZIP_STORED),
         STATE_JSON: (format_document(flags).encode("utf-8"), zipfile.ZIP_DEFLATED),
-    })
+    }
+
+
+def save(path: str | os.PathLike, model: Node, state: ModelState) -> str:
+    """Write ``model`` and ``state`` to one file (a zip: model.json, weights.safetensors,
+    state.json). Everything is checked before anything is written: an unregistered custom
+    function, or a state that misses, adds or mis-shapes a parameter, is an error. The
+    file is written atomically (a temp file renamed into place; removed on any error); an
+    existing file keeps its permissions, a symlink keeps pointing to the file it names.
+    Returns the path."""
+    p = need_path(path, "gd.save")
+    return _write_archive(p, _model_members(model, state), "gd.save")
+
+
+def write_model(fh: BinaryIO, model: Node, state: ModelState) -> None:
+    """Write the bytes :func:`save` would write to an open binary file (e.g. a stream)."""
+    _zip_to(fh, _model_members(model, state))
 
 
 def load(path: str | os.PathLike, *, limits: LoadLimits | None = None
@@ -483,6 +592,7 @@ def load(path: str | os.PathLike, *, limits: LoadLimits | None = None
     traversal names, a wrong format_version, an unknown op, a cycle, a dangling reference,
     weights that do not fit the graph) is a GraphDSLError saying what is wrong.
     """
+    path = need_path(path, "gd.load")
     label = _label(path)
     members = read_archive(path, MODEL_MEMBERS, limits)
     model = from_json(members[MODEL_JSON], f"{label}:{MODEL_JSON}")
@@ -532,6 +642,9 @@ def save_adapters(path: str | os.PathLike, model: Node, state: ModelState,
     layers is an error. Returns the path."""
     from .adapters import adapter_state
 
+    p = need_path(path, "gd.save_adapters")
+    _check_model(model, "gd.save_adapters")
+    _check_state(state, "gd.save_adapters")
     g, nodes = adapter_layers(model)
     if not nodes:
         raise GraphDSLError("the model has no adapter layers (dora/lora) to save",
@@ -546,10 +659,10 @@ def save_adapters(path: str | os.PathLike, model: Node, state: ModelState,
            "adapters": _adapter_doc(g, nodes), "modules_to_save": sorted(mods),
            "frozen": [list(k) for k in sorted(ad.frozen) if k in want]}
     blob = _safetensors().save(tensors, metadata={"format": "graphdsl.adapters"})
-    return _write_archive(path, {
+    return _write_archive(p, {
         ADAPTERS_JSON: (format_document(doc).encode("utf-8"), zipfile.ZIP_DEFLATED),
         WEIGHTS: (blob, zipfile.ZIP_STORED),
-    })
+    }, "gd.save_adapters")
 
 
 def load_adapters(path: str | os.PathLike, model: Node, base_state: ModelState, *,
@@ -562,6 +675,8 @@ def load_adapters(path: str | os.PathLike, model: Node, base_state: ModelState, 
     """
     from .adapters import attach_adapters
 
+    path = need_path(path, "gd.load_adapters")
+    _check_model(model, "gd.load_adapters")
     label = _label(path)
     if not isinstance(base_state, ModelState):
         raise StateError(f"base_state must be a ModelState, got {type(base_state).__name__}",

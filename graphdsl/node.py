@@ -18,7 +18,7 @@ from .errors import AttributeError_, GraphDSLError, NameError_, RuleError, Shape
 from .registry import OpDef, ParamSpec, Shape, get_op
 
 _ids = itertools.count()
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # always used with fullmatch
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 _BACKENDS_DIR = os.path.join(os.path.dirname(_PKG_DIR), "backends")
 
@@ -99,7 +99,7 @@ class Node:
 
 
 def validate_name(name: Any, op: str, where: str, what: str = "layer name") -> str:
-    if not isinstance(name, str) or not _NAME_RE.match(name):
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
         raise NameError_(
             f"invalid {what} {name!r}: names are identifiers (letters, digits, '_', "
             f"no dots, not starting with a digit)",

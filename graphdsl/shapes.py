@@ -62,6 +62,43 @@ def broadcast(shapes: Sequence[Shape]) -> Shape:
     return tuple(out)
 
 
+def reshape_target(src: Shape, tgt: Shape) -> Shape:
+    """The shape ``reshape`` gives an input of shape ``src`` (symbolic or concrete) for the
+    target ``tgt``: None keeps the input's size at that axis, one -1 takes the remaining
+    size (computed from the axes not kept, so an empty batch is no ambiguity)."""
+    out = []
+    for i, d in enumerate(tgt):
+        if d is None:
+            if i >= len(src):
+                raise RuleError(
+                    f"shape {fmt_shape(tgt)} keeps axis {i} (None) but the input "
+                    f"{fmt_shape(src)} has rank {len(src)}",
+                    "None in the target keeps the input's size at the same axis; "
+                    "use it only for axes the input has")
+            out.append(src[i])
+        else:
+            out.append(d)
+    kept = [i for i, d in enumerate(tgt) if d is None]
+    total = prod([d for i, d in enumerate(src) if i not in kept])
+    known = prod([d for i, d in enumerate(out) if i not in kept and d != -1])
+    if -1 in out:
+        k = out.index(-1)
+        if total is None:
+            out[k] = None
+        elif known == 0 or total % known:
+            raise RuleError(f"cannot reshape {fmt_shape(src)} into {fmt_shape(tgt)}",
+                            "make the sizes multiply to the same total")
+        else:
+            out[k] = total // known
+    elif total is not None and known != total:
+        raise RuleError(
+            f"cannot reshape {fmt_shape(src)} into {fmt_shape(tgt)}: "
+            f"{total} elements vs {known}",
+            "make the sizes multiply to the same total (None keeps an input axis, "
+            "-1 infers one size)")
+    return tuple(out)
+
+
 def prod(dims: Sequence[int | None]) -> int | None:
     """Product of sizes, None if any is unknown."""
     if any(d is None for d in dims):

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from .arrays import as_numpy
 from .errors import ImmutableStateError, StateError
 
 Predicate = Callable[[str, str], bool]
@@ -81,18 +82,15 @@ def _immutable_memory(a: np.ndarray) -> bool:
 
 
 def _numeric(value: Any, where: str) -> np.ndarray:
-    if hasattr(value, "detach") and hasattr(value, "cpu"):  # a torch tensor
-        t = value.detach().cpu()
-        if str(t.dtype) in ("torch.bfloat16", "torch.float8_e4m3fn", "torch.float8_e5m2"):
-            t = t.float()
-        value = t.numpy()
-    arr = value if isinstance(value, np.ndarray) else np.asarray(value)
+    try:
+        arr = as_numpy(value)
+    except (TypeError, ValueError) as e:
+        raise StateError(f"state value {where} is not an array ({type(value).__name__}: {e})",
+                         fix="pass a NumPy array (or a tensor, list or number)") from None
     if arr.dtype.kind not in "biuf":
         raise StateError(f"state value {where} has dtype {arr.dtype}; values must be real "
                          "numbers (bool, int or float)",
                          fix="pass a real numeric array (e.g. arr.real.astype(np.float32))")
-    if not arr.dtype.isnative:
-        arr = arr.astype(arr.dtype.newbyteorder("="))
     return arr
 
 

@@ -89,7 +89,7 @@ def test_file_layout_and_frozen_flags(saved):
     np.testing.assert_array_equal(w["attn.kernel"], state.data["attn"]["kernel"])
     _, s2 = gd.load(path)
     assert s2.frozen == {("attn", "kernel"), ("attn", "bias")}
-    assert s2.state == {"dropout_0": ["key"]}
+    assert s2.entries == {"dropout_0": ["key"]}
 
 
 def test_float64_state_round_trips(tmp_path):

@@ -6,11 +6,13 @@ from typing import Any
 from ..errors import AttributeError_, RuleError
 from ..shapes import is_int
 
+MAX_SIZE = 2**31 - 1  # a layer size beyond this is a mistake, not a model
+
 
 def positive_int(value: Any, what: str) -> int:
-    if not is_int(value) or int(value) <= 0:
-        raise RuleError(f"{what} must be a positive integer, got {value!r}",
-                        f"pass {what}=<int >= 1>", AttributeError_)
+    if not is_int(value) or not 0 < int(value) <= MAX_SIZE:
+        raise RuleError(f"{what} must be a positive integer up to {MAX_SIZE:,}, got "
+                        f"{value!r}", f"pass {what}=<int >= 1>", AttributeError_)
     return int(value)
 
 

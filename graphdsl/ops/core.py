@@ -165,10 +165,30 @@ def layer(fn: Callable[..., Any] | str, inputs: Node | Sequence[Node], *,
 
 
 # -- container -------------------------------------------------------------------------
+def _container_attrs(a: dict) -> dict:
+    keys = a.get("keys")
+    if keys is None:
+        return {"keys": None}
+    if not isinstance(keys, (tuple, list)) or not all(isinstance(k, str) for k in keys):
+        raise RuleError(f"container keys must be a list of strings, got {keys!r}",
+                        "pass a dict {name: node} (or keys=None for a tuple)",
+                        AttributeError_)
+    if len(set(keys)) != len(keys):
+        raise RuleError(f"container keys {list(keys)} repeat a key",
+                        "give each output its own key", AttributeError_)
+    return {"keys": tuple(keys)}
+
+
+def _container_shape(s: list, a: dict) -> None:
+    if a["keys"] is not None and len(a["keys"]) != len(s):
+        raise RuleError(f"container has {len(s)} outputs but {len(a['keys'])} keys "
+                        f"{list(a['keys'])}", "give one key per output", AttributeError_)
+    return None
+
+
 register_op(OpDef(
-    "container", lambda s, a: None, arity=(1, None), category="container",
-    output_alias="inputs",
-    check_attrs=lambda a: {"keys": a.get("keys")},
+    "container", _container_shape, arity=(1, None), category="container",
+    output_alias="inputs", check_attrs=_container_attrs,
     doc="Several outputs as a tuple (keys None) or a dict (keys: names).",
 ))
 

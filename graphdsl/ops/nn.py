@@ -238,8 +238,17 @@ def _emb_attrs(a: dict) -> dict:
                                                     "kernel_initializer")}
 
 
+def _emb_dtype(d: list, a: dict) -> str:
+    if d[0] not in ("int32", "int64"):
+        raise RuleError(f"embedding needs integer ids, but its input has dtype {d[0]}",
+                        "declare the input with dtype='int64', e.g. gd.input('ids', "
+                        "(None, 8), dtype='int64')", AttributeError_)
+    return "float32"
+
+
 register_op(OpDef(
     "embedding", lambda s, a: tuple(s[0]) + (a["embedding_size"],), check_attrs=_emb_attrs,
+    infer_dtype=_emb_dtype,
     params=lambda s, a: [ParamSpec("kernel", (a["vocab_size"], a["embedding_size"]),
                                    a["kernel_initializer"])],
     doc="Looks up integer ids in kernel [vocab_size, embedding_size]: "
@@ -250,14 +259,7 @@ register_op(OpDef(
 def embedding(x: Node, vocab_size: int, embedding_size: int,
               kernel_initializer: Any = "uniform", name: str | None = None) -> Node:
     """Integer ids ``(...)`` -> vectors ``(..., embedding_size)``; x must be an int input."""
-    where = caller_location()
-    if isinstance(x, Node) and x.dtype not in ("int32", "int64"):
-        raise AttributeError_(
-            f"embedding needs integer ids, but its input has dtype {x.dtype}",
-            layer=name, op="embedding", where=where, shapes=[x.shape],
-            fix="declare the input with dtype='int64', e.g. gd.input('ids', (None, 8), "
-                "dtype='int64')")
     return make_node("embedding", [x], {"vocab_size": vocab_size,
                                         "embedding_size": embedding_size,
                                         "kernel_initializer": kernel_initializer},
-                     name, where=where)
+                     name, where=caller_location())

@@ -10,7 +10,7 @@ from typing import Any
 from ..errors import AttributeError_, RuleError, fmt_shape
 from ..node import Node, caller_location, make_node
 from ..registry import OpDef, register_op
-from ..shapes import broadcast, is_int, merge_dim, normalize_axis, prod
+from ..shapes import broadcast, is_int, merge_dim, normalize_axis, prod, reshape_target
 from ._attrs import shape_tuple
 
 
@@ -104,39 +104,7 @@ def _reshape_attrs(a: dict) -> dict:
 
 
 def _reshape_shape(s: list, a: dict) -> tuple:
-    src, tgt = s[0], a["shape"]
-    out = []
-    for i, d in enumerate(tgt):
-        if d is None:
-            if i >= len(src):
-                raise RuleError(
-                    f"shape {fmt_shape(tgt)} keeps axis {i} (None) but the input "
-                    f"{fmt_shape(src)} has rank {len(src)}",
-                    "None in the target keeps the input's size at the same axis; "
-                    "use it only for axes the input has")
-            out.append(src[i])
-        else:
-            out.append(d)
-    kept = [i for i, d in enumerate(tgt) if d is None]
-    rest_src = [d for i, d in enumerate(src) if i not in kept]
-    total = prod(rest_src)
-    known = prod([d for i, d in enumerate(out) if i not in kept and d != -1])
-    if -1 in out:
-        k = out.index(-1)
-        if total is None:
-            out[k] = None
-        elif known == 0 or total % known:
-            raise RuleError(f"cannot reshape {fmt_shape(src)} into {fmt_shape(tgt)}",
-                            "make the sizes multiply to the same total")
-        else:
-            out[k] = total // known
-    elif total is not None and known != total:
-        raise RuleError(
-            f"cannot reshape {fmt_shape(src)} into {fmt_shape(tgt)}: "
-            f"{total} elements vs {known}",
-            "make the sizes multiply to the same total (None keeps an input axis, "
-            "-1 infers one size)")
-    return tuple(out)
+    return reshape_target(s[0], a["shape"])
 
 
 register_op(OpDef(
