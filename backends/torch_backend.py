@@ -224,11 +224,22 @@ def _colsum_sq(K: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     cache could not see every way a module's weight changes (``param.data.copy_``)."""
     tiny = 16 * torch.finfo(K.dtype).eps
     if K.requires_grad and torch.is_grad_enabled():
-        kk = torch.linalg.vector_norm(K, dim=0).square()  # a fused reduction: no K*K
+        kk = _colsum_squares(K)
     else:
         with torch.no_grad():
-            kk = torch.linalg.vector_norm(K, dim=0).square()
+            kk = _colsum_squares(K)
     return kk, kk.detach() * tiny
+
+
+def _colsum_squares(K: torch.Tensor) -> torch.Tensor:
+    """``colsum(K*K) [out]`` for K [in, out], in 8 row blocks: the transient is in*out/8,
+    and it runs at the speed of ``(K*K).sum(0)`` (``vector_norm(K, dim=0)`` reduces across
+    rows, strided, ~13x slower on a CPU)."""
+    blocks = K.split(max(1, -(-K.shape[0] // 8)))
+    kk = blocks[0].square().sum(0)
+    for blk in blocks[1:]:
+        kk = kk + blk.square().sum(0)
+    return kk
 
 
 def dora_column_norm_sq(A: torch.Tensor, B: torch.Tensor, s: float, AtK: torch.Tensor,

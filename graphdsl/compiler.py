@@ -85,7 +85,8 @@ class Plan:
             return exc
         if isinstance(exc, RuleError):
             return self.step_error(step, exc.what, exc.fix, cls=exc.cls)
-        shapes = {f"input{i}": getattr(slots[s], "shape", None) for i, s in enumerate(step.ins)}
+        shapes = ({f"input{i}": getattr(slots[s], "shape", None) for i, s in enumerate(step.ins)}
+                  if slots else None)
         return self.step_error(step, f"{step.op} failed: {type(exc).__name__}: {exc}",
                                "check the input shapes and the layer options", shapes=shapes)
 

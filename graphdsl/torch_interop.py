@@ -83,6 +83,16 @@ def _module_base():
 
         code: str = ""
 
+        def forward(self, *args: Any, **kwargs: Any) -> Any:
+            if _compiling_now():  # traced as straight-line code
+                return self._graph_forward(*args, **kwargs)
+            try:
+                return self._graph_forward(*args, **kwargs)
+            except GraphDSLError:
+                raise
+            except Exception as e:  # a kernel failed: name the layer it failed in
+                raise _locate(self, e) from e
+
         def train(self, mode: bool = True) -> GraphModule:
             """Like nn.Module.train; also works when a layer is named ``training``."""
             if not isinstance(mode, bool):
@@ -169,7 +179,7 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
     meta = _Meta(model, plan, entries, names, [n for _, _, n in plan.inputs], tdtype)
     code, glb = _generate(plan, dname, tdtype)
     cls = type(f"GraphModule_{_ident(g.name(model))}", (_BASE,),
-               {"forward": glb["forward"], "code": code,
+               {"_graph_forward": glb["forward"], "code": code,
                 "__module__": "graphdsl.torch_interop"})
     mod = cls()
     mod._graphdsl = meta
@@ -232,6 +242,23 @@ def _generate(plan: Any, dname: str, tdtype: Any) -> tuple[str, dict]:
     linecache.cache[fname] = (len(code), None, code.splitlines(True), fname)
     exec(compile(code, fname, "exec"), glb)
     return code, glb
+
+
+def _locate(module: Any, exc: Exception) -> GraphDSLError:
+    """The GraphDSLError for an exception raised by the generated forward: the failing
+    line of ``module.code`` names its step."""
+    plan = module._graphdsl.plan
+    lineno, tb = None, exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.startswith("<graphdsl forward"):
+            lineno = tb.tb_lineno
+        tb = tb.tb_next
+    line = module.code.splitlines()[lineno - 1] if lineno else ""
+    for step in plan.steps:
+        if line.endswith(f"# {step.name} ({step.op})"):
+            return plan.kernel_failure(step, exc, [])
+    return GraphDSLError(f"the module's forward failed: {type(exc).__name__}: {exc}",
+                         fix="check the inputs' shapes and dtypes")
 
 
 def _bind(self: Any, args: tuple, kwargs: dict) -> tuple:

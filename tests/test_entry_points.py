@@ -50,6 +50,20 @@ def test_reshape_with_minus_one_on_an_empty_batch(backend):
     assert tuple(m(torch.zeros(0, 2, 3)).shape) == (0, 6)
 
 
+def test_an_unexpected_kernel_failure_in_a_module_names_the_layer():
+    def picky(x, xp):
+        if x.shape[0] == 5:
+            raise RuntimeError("five is right out")
+        return x * 2
+
+    model = gd.layer(picky, [gd.input("x", (None, 3))], name="picky_layer")
+    m = gd.to_torch(model, gd.ModelState())
+    with pytest.raises(gd.GraphDSLError, match=r"five is right out\n.*picky_layer") as e:
+        m(torch.zeros(5, 3))
+    assert isinstance(e.value.__cause__, RuntimeError)
+    assert tuple(m(torch.zeros(4, 3)).shape) == (4, 3)
+
+
 def test_a_module_kernel_failure_names_the_layer():
     model = gd.embedding(gd.input("ids", (None,), dtype="int64"), 5, 3, name="emb")
     m = gd.to_torch(model, gd.build(model)[0]())
