@@ -6,7 +6,6 @@ pulls in torch. Third parties may add one with :func:`register_backend`.
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 from graphdsl.errors import BackendError
 
@@ -62,6 +61,3 @@ def known_backends() -> list[str]:
 __all__ = ["Backend", "KernelContext", "get_backend", "register_backend",
            "available_backends", "known_backends"]
 
-
-def __getattr__(name: str) -> Any:  # graphdsl.backends.numpy_backend etc. stay importable
-    raise AttributeError(name)

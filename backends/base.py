@@ -15,6 +15,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from graphdsl.errors import BackendError
+from graphdsl.registry import OPS
+
 Kernel = Callable[[list, Mapping[str, Any], Mapping[str, Any], "KernelContext"], Any]
 
 
@@ -46,10 +49,12 @@ def plan_runner(plan: Any, kernels: Mapping[str, Kernel],
     Each intermediate is released after its last use; an exception inside a kernel comes
     back as a GraphDSLError naming the layer. An output that may share the model's memory
     (``plan.copy_out``) is returned as ``copy(array)``, so editing it changes nothing.
-    """
-    from graphdsl.errors import BackendError
-    from graphdsl.registry import OPS
 
+    Returns ``run(state, arrays)``: ``arrays`` one per model input in ``plan.inputs``
+    order, each of the shape that input declares (None axes any size); it returns
+    ``(output, updates)``, the output of the model's output shape (a tuple or dict for a
+    container) and ``{(layer, entry): new value}`` of state entries (train mode).
+    """
     prog = []
     for step in plan.steps:
         if step.op not in kernels:

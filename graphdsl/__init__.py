@@ -21,7 +21,7 @@ from .compiler import build, predict
 from .custom import register_function
 from .errors import GraphDSLError
 from .graph import get_inputs, get_op_counts, get_output_shape, get_parameters, topo_order
-from .io import load, load_adapters, save, save_adapters
+from .io import from_json, load, load_adapters, save, save_adapters, to_json
 from .node import Node
 from .nx import to_networkx
 from .ops.core import constant, container, input, layer, param
@@ -53,7 +53,6 @@ from .ops.tensor import (
     transpose,
 )
 from .registry import OPS
-from .serialization import from_json, to_json
 from .state import ModelState
 from .torch_interop import from_torch, loraplus_param_groups, to_torch  # torch imported lazily
 from .transforms import freeze, map_nodes, rewrite_nodes

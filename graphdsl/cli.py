@@ -111,8 +111,7 @@ def load_any(path: str, seed: int = 0, weights: bool = True
              ) -> tuple[Node, ModelState | None, str]:
     """``(model, state, kind)`` from a saved model (kind "model") or a JSON definition
     (kind "json", weights initialized from ``seed``; state None when not ``weights``)."""
-    from .io import load, sniff
-    from .serialization import from_json
+    from .io import from_json, load, sniff
 
     check_input_file(path, "", MODEL_FILES)
     with open(path, "rb") as f:

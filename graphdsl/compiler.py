@@ -14,10 +14,19 @@ import numpy as np
 
 from .arrays import as_numpy
 from .errors import GraphDSLError, InputError, RuleError, StateError, fmt_shape
-from .graph import Graph, analyze, check_input_names, infer_shapes
+from .graph import (
+    Graph,
+    analyze,
+    check_input_names,
+    check_known_keys,
+    infer_shapes,
+    misshaped_value,
+    missing_value,
+    normalize_input_shapes,
+)
 from .initializers import initialize
 from .node import Node
-from .registry import ParamSpec
+from .registry import OPS, ParamSpec
 from .shapes import is_int
 from .state import ModelState
 
@@ -91,41 +100,6 @@ class Plan:
                                "check the input shapes and the layer options", shapes=shapes)
 
 
-def missing_value(layer: str, node: Node, owner: str, pname: str, shape: tuple,
-                  data: Mapping) -> StateError:
-    """The error for ``data[owner][pname]`` missing, read by ``layer``."""
-    have = sorted(data[owner]) if isinstance(data, Mapping) and owner in data else None
-    return StateError(
-        f"the state has no {owner}.{pname} (shape {fmt_shape(shape)})", layer=layer,
-        op=node.op, where=node.where,
-        fix="initialize the state with init_fn(template, state) so missing values are "
-            f"created (layer {owner!r} has: {have})")
-
-
-def misshaped_value(layer: str, node: Node, owner: str, pname: str, shape: tuple,
-                    arr: Any) -> StateError:
-    """The error for ``data[owner][pname]`` whose shape is not the ``shape`` it needs."""
-    shp = getattr(arr, "shape", None)
-    return StateError(
-        f"state value {owner}.{pname} has shape {fmt_shape(shp)}, the layer needs "
-        f"{fmt_shape(shape)}", layer=layer, op=node.op, where=node.where,
-        shapes={"expected": shape, "given": shp},
-        fix="re-create it with init_fn, or load weights that match this model")
-
-
-def state_value(g: Graph, node: Node, spec: ParamSpec, data: Mapping) -> Any:
-    """``data[owner][param]`` for one of ``node``'s parameters, checked to exist and to
-    have the shape the node needs."""
-    owner, pname = g.param_ref(node, spec)
-    try:
-        arr = data[owner][pname]
-    except (KeyError, TypeError):
-        raise missing_value(g.name(node), node, owner, pname, spec.shape, data) from None
-    if tuple(getattr(arr, "shape", ())) != tuple(spec.shape):
-        raise misshaped_value(g.name(node), node, owner, pname, spec.shape, arr)
-    return arr
-
-
 def make_plan(model: Node, mode: str = "inference", dtype: str = "float32") -> Plan:
     """Validate the graph and lay it out as a flat list of steps."""
     if mode not in MODES:
@@ -159,8 +133,6 @@ def output_aliases(g: Graph, model: Node) -> tuple[bool, ...]:
     """For the output (or each element of a container output): may it share memory with
     the model's own arrays? Follows ops whose ``output_alias`` is "inputs" back to one
     whose ``output_alias`` is "model" (constant, param)."""
-    from .registry import OPS
-
     aliased: dict[int, bool] = {}
     for n in g.order:
         kind = OPS[n.op].output_alias
@@ -174,11 +146,12 @@ def output_aliases(g: Graph, model: Node) -> tuple[bool, ...]:
 # -- init ------------------------------------------------------------------------------------
 def init_state(plan: Plan, template: Any = None, initial_state: ModelState | None = None,
                seed: int = 0) -> ModelState:
-    """Create the missing values of ``initial_state`` (kept as given otherwise)."""
+    """A ModelState with every value ``plan`` reads: those in ``initial_state`` kept (each
+    checked to have the shape the parameter spec states, e.g. ``kernel [in, out]``), the
+    missing ones created from ``seed``. ``template``: input arrays or shapes checked
+    against the model (``{name: (batch, ...)}``, or one array for a 1-input model)."""
     g = plan.graph
     if template is not None:
-        from .graph import normalize_input_shapes
-
         infer_shapes(g, normalize_input_shapes(g, template))
     if initial_state is None:
         initial_state = ModelState.empty()
@@ -220,18 +193,6 @@ def init_state(plan: Plan, template: Any = None, initial_state: ModelState | Non
             elif not merged.trainable:
                 frozen.add((owner, pname))
     return ModelState(data, frozen, state_names)
-
-
-def check_known_keys(g: Graph, data: Mapping, what: str) -> None:
-    """Every ``data[layer][param]`` must be a value the model reads."""
-    for layer, params in data.items():
-        for p in params:
-            if (layer, p) not in g.params:
-                known = sorted({k[0] for k in g.params})
-                raise StateError(
-                    f"{what} has {layer}.{p}, which this model does not use",
-                    fix=f"remove it, or pass the state built for this model; layers with "
-                        f"parameters: {known}")
 
 
 def _checked_value(g: Graph, n: Node, owner: str, pname: str, spec: ParamSpec, value: Any,

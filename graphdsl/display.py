@@ -23,19 +23,14 @@ from typing import Any
 
 import numpy as np
 
+from .adapters.contract import is_adapter, owns
 from .errors import GraphDSLError, fmt_shape
 from .graph import Graph, analyze, infer_shapes, normalize_input_shapes, output_structure
 from .node import Node
-from .registry import OPS, DerivedInit, ParamSpec
+from .registry import DerivedInit, ParamSpec
 from .state import ModelState
 
 __all__ = ["ModelView", "ParamInfo", "as_graph", "as_table", "render", "to_dot"]
-
-# Parameter names an adapter op reads that belong to the base layer, not to the adapter
-# (adapter contract: ``kernel``/``bias`` shared from the wrapped dense, or the adapter's
-# own frozen ``base_weight``). Everything else an adapter owns (A, B, magnitude) counts
-# as an adapter parameter.
-BASE_PARAM_NAMES = frozenset({"kernel", "bias", "base_weight"})
 
 # Nx-style type names, as Axon prints them (f32[16][32]).
 _DTYPE_SHORT = {
@@ -127,8 +122,7 @@ class ModelView:
         else:
             status = "trainable" if spec.trainable else "frozen"
         owner_node = self.by_name.get(owner)
-        adapter = (owner_node is not None and is_adapter(owner_node)
-                   and pname not in BASE_PARAM_NAMES and status != "state")
+        adapter = owner_node is not None and owns(owner_node, spec) and status != "state"
         return ParamInfo(owner, pname, shape, dt, size, nbytes, status,
                          tuple(self.graph.param_users.get(key, ())), adapter,
                          _init_label(spec.initializer))
@@ -165,12 +159,6 @@ class ModelView:
                     out[k][0] += info.size
                     out[k][1] += info.nbytes or 0
         return {k: (v[0], v[1], v[2]) for k, v in out.items()}
-
-
-def is_adapter(node: Node) -> bool:
-    """True for layers whose op is registered with ``category="adapter"`` (dora, lora)."""
-    opdef = OPS.get(node.op)
-    return opdef is not None and opdef.category == "adapter"
 
 
 def _size(shape: tuple) -> int | None:

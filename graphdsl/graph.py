@@ -5,42 +5,22 @@ compiler, the display and the transforms need.
 """
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
-from .errors import GraphDSLError, InputError, NameError_, RuleError, ShapeError, fmt_shape
-from .node import Node
+from .errors import (
+    GraphDSLError,
+    InputError,
+    NameError_,
+    RuleError,
+    ShapeError,
+    StateError,
+    fmt_shape,
+)
+from .node import Node, output_structure, topo_order
 from .registry import OPS, ParamSpec
 from .shapes import is_int
-
-
-def topo_order(output: Node | Iterable[Node]) -> list[Node]:
-    """Nodes reachable from ``output`` (a node or several), parents before children,
-    inputs visited in order. Iterative depth-first post-order."""
-    roots = [output] if isinstance(output, Node) else list(output)
-    order: list[Node] = []
-    seen: set[int] = set()
-    for root in roots:
-        if not isinstance(root, Node):
-            raise GraphDSLError(f"expected a graph node, got {type(root).__name__}",
-                                fix="pass the model's output node")
-        if root.id in seen:
-            continue
-        stack: list[tuple[Node, int]] = [(root, 0)]
-        seen.add(root.id)
-        while stack:
-            node, i = stack[-1]
-            if i < len(node.inputs):
-                stack[-1] = (node, i + 1)
-                child = node.inputs[i]
-                if child.id not in seen:
-                    seen.add(child.id)
-                    stack.append((child, 0))
-            else:
-                stack.pop()
-                order.append(node)
-    return order
 
 
 @dataclass
@@ -69,15 +49,6 @@ class Graph:
 
     def param_ref(self, node: Node, spec: ParamSpec) -> tuple[str, str]:
         return (spec.owner or self.names[node.id], spec.name)
-
-
-def output_structure(output: Node, values: Mapping[int, Any]) -> Any:
-    """The value of ``output`` with containers expanded into tuples/dicts."""
-    if output.op != "container":
-        return values[output.id]
-    items = [output_structure(x, values) for x in output.inputs]
-    keys = output.attrs["keys"]
-    return dict(zip(keys, items)) if keys is not None else tuple(items)
 
 
 def resolve_names(order: list[Node]) -> dict[int, str]:
@@ -218,8 +189,8 @@ def infer_shapes(g: Graph, input_shapes: Mapping[str, tuple], probe: bool = Fals
             shapes[n.id] = shp
             continue
         ins = [shapes[i.id] for i in n.inputs]
-        if probe and n.op == "layer" and None in (n.shape or ()):
-            shapes[n.id] = _probe_layer(g, n, ins)
+        if probe and OPS[n.op].probe is not None and None in (n.shape or ()):
+            shapes[n.id] = _probe(g, n, ins)
             continue
         try:
             shapes[n.id] = OPS[n.op].infer_shape(ins, n.attrs)
@@ -229,13 +200,12 @@ def infer_shapes(g: Graph, input_shapes: Mapping[str, tuple], probe: bool = Fals
     return shapes
 
 
-def _probe_layer(g: Graph, n: Node, ins: list) -> Any:
-    from .ops.core import _probe
-
+def _probe(g: Graph, n: Node, ins: list) -> Any:
+    """The concrete output shape of ``n`` (an op with a ``probe``) for input shapes ``ins``."""
     if any(s is None or None in s for s in ins):
         return n.shape
     try:
-        return _probe(n.attrs["fn"], ins, [i.dtype for i in n.inputs], n.attrs["opts"], 1)
+        return OPS[n.op].probe(ins, [i.dtype for i in n.inputs], n.attrs)
     except Exception as e:  # the user's function failed on these sizes
         raise g.error(n, f"custom layer failed on inputs of shapes {ins} "
                       f"({type(e).__name__}: {e})", "check the function for these sizes",
@@ -268,3 +238,51 @@ def get_op_counts(model: Node) -> dict[str, int]:
     for n in topo_order(model):
         counts[n.op] = counts.get(n.op, 0) + 1
     return counts
+
+
+# -- reading a model's values from a state ({layer: {param: array}}) ----------------------
+def missing_value(layer: str, node: Node, owner: str, pname: str, shape: tuple,
+                  data: Mapping) -> StateError:
+    """The error for ``data[owner][pname]`` missing, read by ``layer``."""
+    have = sorted(data[owner]) if isinstance(data, Mapping) and owner in data else None
+    return StateError(
+        f"the state has no {owner}.{pname} (shape {fmt_shape(shape)})", layer=layer,
+        op=node.op, where=node.where,
+        fix="initialize the state with init_fn(template, state) so missing values are "
+            f"created (layer {owner!r} has: {have})")
+
+
+def misshaped_value(layer: str, node: Node, owner: str, pname: str, shape: tuple,
+                    arr: Any) -> StateError:
+    """The error for ``data[owner][pname]`` whose shape is not the ``shape`` it needs."""
+    shp = getattr(arr, "shape", None)
+    return StateError(
+        f"state value {owner}.{pname} has shape {fmt_shape(shp)}, the layer needs "
+        f"{fmt_shape(shape)}", layer=layer, op=node.op, where=node.where,
+        shapes={"expected": shape, "given": shp},
+        fix="re-create it with init_fn, or load weights that match this model")
+
+
+def state_value(g: Graph, node: Node, spec: ParamSpec, data: Mapping) -> Any:
+    """``data[owner][param]`` for one of ``node``'s parameters, checked to exist and to
+    have the shape the node needs."""
+    owner, pname = g.param_ref(node, spec)
+    try:
+        arr = data[owner][pname]
+    except (KeyError, TypeError):
+        raise missing_value(g.name(node), node, owner, pname, spec.shape, data) from None
+    if tuple(getattr(arr, "shape", ())) != tuple(spec.shape):
+        raise misshaped_value(g.name(node), node, owner, pname, spec.shape, arr)
+    return arr
+
+
+def check_known_keys(g: Graph, data: Mapping, what: str) -> None:
+    """Every ``data[layer][param]`` must be a value the model reads."""
+    for layer, params in data.items():
+        for p in params:
+            if (layer, p) not in g.params:
+                known = sorted({k[0] for k in g.params})
+                raise StateError(
+                    f"{what} has {layer}.{p}, which this model does not use",
+                    fix=f"remove it, or pass the state built for this model; layers with "
+                        f"parameters: {known}")

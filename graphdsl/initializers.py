@@ -77,7 +77,10 @@ def param_rng(seed: int, layer: str, param: str) -> np.random.Generator:
 
 def initialize(init: Any, shape: tuple, dtype: Any, seed: int, layer: str, param: str,
                derived_from: dict[str, np.ndarray] | None = None) -> np.ndarray:
-    """Create one array. ``derived_from`` feeds a DerivedInit (e.g. DoRA's magnitude)."""
+    """One new array of ``shape`` and ``dtype`` from initializer ``init``, drawn from
+    ``seed`` and ``"layer.param"``. ``derived_from`` (``{local name: array}`` of the
+    layer's parameters made before it) feeds a DerivedInit, e.g. DoRA's magnitude
+    ``[out]`` from the kernel ``[in, out]``."""
     if isinstance(init, DerivedInit):
         return np.asarray(init.fn(derived_from or {}), dtype=dtype).reshape(shape)
     fn = INITIALIZERS[init] if isinstance(init, str) else init

@@ -9,8 +9,8 @@ import itertools
 import os
 import re
 import sys
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -54,37 +54,25 @@ class Node:
     frozen: bool = False
     id: int = field(default_factory=lambda: next(_ids))
 
-    # -- Axon-style sugar ------------------------------------------------------------
+    # -- Axon-style sugar: x + y, x - y, x * y, x @ y (the registry's ops) --------------
     def __add__(self, other: Node) -> Node:
-        from .ops.tensor import add
-
-        return add(self, other)
+        return make_node("add", [self, other], where=caller_location())
 
     def __sub__(self, other: Node) -> Node:
-        from .ops.tensor import subtract
-
-        return subtract(self, other)
+        return make_node("subtract", [self, other], where=caller_location())
 
     def __mul__(self, other: Node) -> Node:
-        from .ops.tensor import multiply
-
-        return multiply(self, other)
+        return make_node("multiply", [self, other], where=caller_location())
 
     def __matmul__(self, other: Node) -> Node:
-        from .ops.tensor import matmul
-
-        return matmul(self, other)
+        return make_node("matmul", [self, other], where=caller_location())
 
     def __repr__(self) -> str:
-        from .graph import analyze
-
-        g = analyze(self)
-        ins = ", ".join(f"{n}: {fmt_shape(s)}" for n, s in g.inputs.items())
-        label = self.name or self.op
-        return (
-            f"#Node<{label} inputs: {{{ins}}} outputs: {fmt_shape(g.output_shape)} "
-            f"nodes: {len(g.order)}>"
-        )
+        order = topo_order(self)
+        ins = ", ".join(f"{n.name}: {fmt_shape(n.shape)}" for n in order if n.op == "input")
+        shape = output_structure(self, {n.id: n.shape for n in order})
+        return (f"#Node<{self.name or self.op} inputs: {{{ins}}} outputs: "
+                f"{fmt_shape(shape)} nodes: {len(order)}>")
 
     @property
     def label(self) -> str:
@@ -98,8 +86,14 @@ class Node:
                    shapes=shapes, fix=fix)
 
 
+def is_valid_name(name: Any) -> bool:
+    """Whether ``name`` is a valid layer name (the one rule every module uses)."""
+    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
+
+
 def validate_name(name: Any, op: str, where: str, what: str = "layer name") -> str:
-    if not isinstance(name, str) or not _NAME_RE.fullmatch(name):
+    """``name`` itself, or a NameError_ saying what a valid name looks like."""
+    if not is_valid_name(name):
         raise NameError_(
             f"invalid {what} {name!r}: names are identifiers (letters, digits, '_', "
             f"no dots, not starting with a digit)",
@@ -166,8 +160,6 @@ def make_node(
 
 
 def _freeze_spec(p: ParamSpec) -> ParamSpec:
-    from dataclasses import replace
-
     return replace(p, trainable=False) if p.kind == "param" else p
 
 
@@ -193,3 +185,41 @@ def rebuild(node: Node, inputs: Sequence[Node], **changes: Any) -> Node:
         node.op, inputs, dict(changes.get("attrs", node.attrs)), changes.get("name", node.name),
         frozen=changes.get("frozen", node.frozen), where=node.where,
     )
+
+
+# -- the graph walk (every module walks a model through these) -----------------------------
+def topo_order(output: Node | Iterable[Node]) -> list[Node]:
+    """Nodes reachable from ``output`` (a node or several), parents before children,
+    inputs visited in order. Iterative depth-first post-order."""
+    roots = [output] if isinstance(output, Node) else list(output)
+    order: list[Node] = []
+    seen: set[int] = set()
+    for root in roots:
+        if not isinstance(root, Node):
+            raise GraphDSLError(f"expected a graph node, got {type(root).__name__}",
+                                fix="pass the model's output node")
+        if root.id in seen:
+            continue
+        stack: list[tuple[Node, int]] = [(root, 0)]
+        seen.add(root.id)
+        while stack:
+            node, i = stack[-1]
+            if i < len(node.inputs):
+                stack[-1] = (node, i + 1)
+                child = node.inputs[i]
+                if child.id not in seen:
+                    seen.add(child.id)
+                    stack.append((child, 0))
+            else:
+                stack.pop()
+                order.append(node)
+    return order
+
+
+def output_structure(output: Node, values: Mapping[int, Any]) -> Any:
+    """The value of ``output`` with containers expanded into tuples/dicts."""
+    if output.op != "container":
+        return values[output.id]
+    items = [output_structure(x, values) for x in output.inputs]
+    keys = output.attrs["keys"]
+    return dict(zip(keys, items)) if keys is not None else tuple(items)

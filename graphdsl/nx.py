@@ -11,7 +11,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .display import ModelView, fmt_value, is_adapter
+from .adapters.contract import is_adapter
+from .display import ModelView, fmt_value
 from .node import Node
 from .registry import OPS
 from .state import ModelState

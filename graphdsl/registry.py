@@ -9,6 +9,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import GraphDSLError
+
 Shape = tuple  # tuple[int | None, ...]
 
 
@@ -63,6 +65,9 @@ class OpDef:
     # may the output share memory with: "none" (always a new array), "inputs" (an input
     # or a view of one: reshape, dropout, ...), "model" (the model's own memory: constant)
     output_alias: str = "none"
+    # concrete output shape by running the op (a custom layer) when its rule leaves sizes
+    # unknown: probe(in_shapes, in_dtypes, attrs) -> shape; None: the rule is exact
+    probe: Callable[[Sequence[Shape], Sequence[str], Mapping[str, Any]], Shape] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -78,8 +83,7 @@ def register_op(opdef: OpDef) -> OpDef:
 
 
 def get_op(name: str) -> OpDef:
-    from .errors import GraphDSLError
-
+    """The registry entry of op ``name``; an unknown name lists the known ones."""
     try:
         return OPS[name]
     except KeyError:

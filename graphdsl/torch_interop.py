@@ -18,9 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .compiler import InputChecker, check_known_keys, make_plan, state_value
+from .adapters.contract import is_adapter
+from .backends.base import copy_outputs
+from .compiler import InputChecker, make_plan
 from .errors import BackendError, GraphDSLError, InputError, StateError, fmt_shape
-from .graph import check_input_names
+from .graph import check_input_names, check_known_keys, state_value
 from .node import Node
 from .registry import OPS
 from .state import ModelState
@@ -54,7 +56,7 @@ def _dtype_name(dtype: Any) -> str:
     return name
 
 
-class _Meta:
+class ModuleInfo:
     """What the module needs besides tensors: the model, its plan, the parameter table.
     Immutable and shared by copies (deepcopy returns it as is)."""
 
@@ -64,7 +66,7 @@ class _Meta:
         self.input_names, self.input_nodes, self.dtype = input_names, input_nodes, dtype
         self.check = InputChecker(plan)
 
-    def __deepcopy__(self, memo: dict) -> _Meta:
+    def __deepcopy__(self, memo: dict) -> ModuleInfo:
         return self
 
     def __reduce__(self):  # pragma: no cover - modules are saved through state_dict
@@ -176,7 +178,7 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
                                               else v, persistent=False)
 
     names = [name for name, _, _ in plan.inputs]
-    meta = _Meta(model, plan, entries, names, [n for _, _, n in plan.inputs], tdtype)
+    meta = ModuleInfo(model, plan, entries, names, [n for _, _, n in plan.inputs], tdtype)
     code, glb = _generate(plan, dname, tdtype)
     cls = type(f"GraphModule_{_ident(g.name(model))}", (_BASE,),
                {"_graph_forward": glb["forward"], "code": code,
@@ -196,7 +198,7 @@ def _generate(plan: Any, dname: str, tdtype: Any) -> tuple[str, dict]:
     """Source of ``forward`` (straight-line kernel calls) and its globals."""
     from graphdsl.backends import torch_backend as tb
 
-    glb: dict[str, Any] = {"_bind": _bind, "_compiling": tb._compiling}
+    glb: dict[str, Any] = {"_bind": _bind, "_compiling": tb.compiling}
     lines = ["def forward(self, *args, **kwargs):",
              "    _m = self._modules",
              "    _tr = self.training"]
@@ -230,8 +232,6 @@ def _generate(plan: Any, dname: str, tdtype: Any) -> tuple[str, dict]:
         for f in step.free:
             lines.append(f"    v{f} = None")
     if any(plan.copy_out):  # never hand out the module's own memory (a constant, ...)
-        from graphdsl.backends.base import copy_outputs
-
         glb["_copy_outputs"], glb["_flags"] = copy_outputs, plan.copy_out
         lines.append(f"    return _copy_outputs(v{plan.output}, _flags, torch.clone)")
         glb["torch"] = __import__("torch")
@@ -264,7 +264,7 @@ def _locate(module: Any, exc: Exception) -> GraphDSLError:
 def _bind(self: Any, args: tuple, kwargs: dict) -> tuple:
     """Inputs in get_inputs order from positional args, keywords or one dict; checked
     (names, dtypes, devices, shapes) once per signature outside torch.compile."""
-    meta: _Meta = self._graphdsl
+    meta: ModuleInfo = self._graphdsl
     names = meta.input_names
     if len(args) == 1 and not kwargs and isinstance(args[0], Mapping):
         kwargs, args = dict(args[0]), ()
@@ -283,19 +283,17 @@ def _bind(self: Any, args: tuple, kwargs: dict) -> tuple:
 
 
 def _compiling_now() -> bool:
-    from graphdsl.backends.torch_backend import _compiling
-
-    return _compiling()
+    return _torch().compiler.is_compiling()
 
 
-def _too_many(meta: _Meta, args: tuple) -> InputError:
+def _too_many(meta: ModuleInfo, args: tuple) -> InputError:
     return InputError(f"this model takes {len(meta.input_names)} input(s) "
                       f"{meta.input_names}, got {len(args)} positional argument(s)",
                       shapes=meta.plan.graph.inputs,
                       fix="pass the inputs in gd.get_inputs(model) order, or by name")
 
 
-def _module_device_dtype(self: Any, meta: _Meta) -> tuple[Any, Any]:
+def _module_device_dtype(self: Any, meta: ModuleInfo) -> tuple[Any, Any]:
     for owner, name, kind, _ in meta.entries:
         if kind == "param":
             t = self._modules[owner]._parameters[name]
@@ -307,7 +305,7 @@ def _module_device_dtype(self: Any, meta: _Meta) -> tuple[Any, Any]:
     return None, meta.dtype
 
 
-def _check_inputs(self: Any, meta: _Meta, args: tuple) -> tuple:
+def _check_inputs(self: Any, meta: ModuleInfo, args: tuple) -> tuple:
     torch = _torch()
     dev, fdt = _module_device_dtype(self, meta)
     out = []
@@ -361,7 +359,7 @@ def from_torch(module: Any) -> ModelState:
     :func:`to_torch`, or a DDP / ``torch.compile`` wrapper around it.
     """
     mod = _unwrap(module)
-    meta: _Meta = mod._graphdsl
+    meta: ModuleInfo = mod._graphdsl
     data: dict[str, dict[str, np.ndarray]] = {}
     frozen = set()
     state_names: dict[str, list[str]] = {}
@@ -394,9 +392,8 @@ def loraplus_param_groups(module: Any, lr: float, ratio: float = 16.0,
         raise GraphDSLError(f"ratio must be a positive number, got {ratio!r}",
                             fix="LoRA+ recommends ratio=16")
     mod = _unwrap(module)
-    meta: _Meta = mod._graphdsl
-    adapters = {s.name for s in meta.plan.steps if OPS[s.op].category == "adapter"
-                or s.op in ("lora", "dora")}
+    meta: ModuleInfo = mod._graphdsl
+    adapters = {s.name for s in meta.plan.steps if is_adapter(s.op)}
     base, fast = [], []
     for owner, name, kind, _ in meta.entries:
         if kind != "param":

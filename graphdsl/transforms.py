@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from .errors import GraphDSLError
-from .graph import topo_order
-from .node import Node, rebuild
+from .node import Node, rebuild, topo_order
 
 Rewriter = Callable[[list[Node], Node], Node]
 

@@ -157,7 +157,7 @@ def test_a_failed_output_leaves_the_old_file_and_no_temp(files, monkeypatch, cap
         fh.write(b"half of it")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr("graphdsl.io._zip_to", boom)
+    monkeypatch.setattr("graphdsl.io.model_file.zip_to", boom)
     assert cli.main(["merge", str(files / "a.gdsl"), "-o", str(files / "old.gdsl")]) == 130
     monkeypatch.setattr(np, "save", boom)
     assert cli.main(["predict", str(files / "a.gdsl"), "--input", str(files / "x.npy"),
@@ -173,16 +173,16 @@ def test_sigterm_during_an_output_removes_the_temp_file(files):
     (files / "old.gdsl").write_bytes(b"old contents")
     code = textwrap.dedent("""
         import os, signal, sys, time
-        import graphdsl.io
+        import graphdsl.io.model_file
         from graphdsl import cli
-        real = graphdsl.io._zip_to
+        real = graphdsl.io.model_file.zip_to
         def slow(fh, members):
             fh.write(b"partial")
             fh.flush()
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(30)
             real(fh, members)
-        graphdsl.io._zip_to = slow
+        graphdsl.io.model_file.zip_to = slow
         sys.exit(cli.main(["merge", "a.gdsl", "-o", "old.gdsl"]))
     """)
     p = subprocess.run([sys.executable, "-c", code], cwd=files, capture_output=True,

@@ -12,6 +12,11 @@ import numpy as np
 
 from ..errors import GraphDSLError, RuleError
 
+#: the zero-norm rule, one for every backend: column j counts as zero when
+#: ``c_j^2 <= ZERO_NORM_ULPS * eps(dtype) * (colsum(K*K) + s^2 * colsum((A@B)^2))_j``,
+#: i.e. when the norm cancels to round-off of the terms it is summed from
+ZERO_NORM_ULPS = 16
+
 
 def lora_scale(alpha: float, rank: int, rslora: bool) -> float:
     """``alpha / rank``, or rsLoRA's ``alpha / sqrt(rank)``."""
@@ -53,9 +58,10 @@ def column_norm_sq_parts(kk: np.ndarray, AtK: np.ndarray, A: np.ndarray, B: np.n
     return c2, kk + (s * s) * bb
 
 
-def finish_norm(c2: np.ndarray, noise: np.ndarray | None, eps: float | None) -> np.ndarray:
-    """``c = sqrt(max(c2, 0))``; a zero (or round-off-level) column raises a RuleError
-    naming the columns unless ``eps`` is given, in which case ``c = max(c, eps)``."""
+def finish_norm(c2: np.ndarray, noise: np.ndarray, eps: float | None) -> np.ndarray:
+    """``c [out] = sqrt(max(c2, 0))`` from ``c2 [out]``; a zero column (by the rule of
+    :data:`ZERO_NORM_ULPS`, ``noise [out]`` being the summed terms' scale) raises a
+    RuleError naming the columns unless ``eps`` is given: then ``c = max(c, eps)``."""
     c2 = np.maximum(c2, 0, out=c2) if c2.flags.writeable else np.maximum(c2, 0)
     if not np.all(np.isfinite(c2)):
         bad = np.flatnonzero(~np.isfinite(c2))
@@ -64,10 +70,7 @@ def finish_norm(c2: np.ndarray, noise: np.ndarray | None, eps: float | None) -> 
             f"{_list(bad)}: the weights hold NaN or infinity",
             "check the kernel, A, B and magnitude for NaN/inf (e.g. a diverged update)",
             GraphDSLError)
-    if noise is None:
-        zero = c2 <= 0
-    else:
-        zero = c2 <= (8 * np.finfo(c2.dtype).eps) * noise
+    zero = c2 <= (ZERO_NORM_ULPS * np.finfo(c2.dtype).eps) * noise
     c = np.sqrt(c2, out=c2)
     if eps is not None:
         return np.maximum(c, np.asarray(eps, c.dtype), out=c)
@@ -111,6 +114,17 @@ def dora_merged_kernel(K: np.ndarray, A: np.ndarray, B: np.ndarray, m: np.ndarra
     the most accurate form; a zero column raises like :func:`finish_norm`.
     """
     W = lora_merged_kernel(K, A, B, s)
-    c = finish_norm(colsum_prod(W, W), None, eps)
+    noise = colsum_prod(K, K) + (s * s) * colsum_prod(B, (A.T @ A) @ B)
+    c = finish_norm(colsum_prod(W, W), noise, eps)
     W *= m / c
     return W
+
+
+def dora_merge(K: np.ndarray, p: dict, a: dict) -> np.ndarray:
+    """The DoRA op's ``merge`` (adapter contract): ``(K + s*A@B) * (m / c)`` [in, out]."""
+    return dora_merged_kernel(K, p["A"], p["B"], p["magnitude"], a["scale"], a["eps"])
+
+
+def lora_merge(K: np.ndarray, p: dict, a: dict) -> np.ndarray:
+    """The LoRA op's ``merge`` (adapter contract): ``K + s*A@B`` [in, out]."""
+    return lora_merged_kernel(K, p["A"], p["B"], a["scale"])

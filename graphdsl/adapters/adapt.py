@@ -8,18 +8,17 @@ from typing import Any
 
 import numpy as np
 
-from ..compiler import state_value
+from ..compiler import init_state, make_plan
 from ..errors import AttributeError_, GraphDSLError, RuleError, StateError, fmt_shape
-from ..graph import Graph, analyze
+from ..graph import Graph, analyze, state_value
 from ..node import Node, caller_location, make_node, rebuild
 from ..state import ModelState
-from ._math import dora_merged_kernel, lora_merged_kernel
-from .ops import ADAPTER_OPS
+from .contract import base_kernel, dense_options, is_adapter, merged_kernel, owns, wrap_options
 
 Targets = str | Iterable[str] | Callable[[Node], bool]
 
 
-def _pin(n: Node, ins: list[Node], name: str, **changes: Any) -> Node:
+def _keep_name(n: Node, ins: list[Node], name: str, **changes: Any) -> Node:
     """``n`` on new inputs with its resolved name made explicit, so that state keys stay
     stable when other layers of the graph are replaced."""
     if n.name is None:
@@ -41,7 +40,7 @@ def adapt(op: str, model: Node, targets: Targets, opts: dict[str, Any],
     g = analyze(model)
     dense = _dense_names(g)
     match = _matcher(op, targets, g, dense, where)
-    saved = _saved(op, modules_to_save, g, where)
+    saved = _modules_to_save(op, modules_to_save, g, where)
     taken = set(g.names.values())
     new: dict[int, Node] = {}
     adapted: list[str] = []
@@ -49,7 +48,7 @@ def adapt(op: str, model: Node, targets: Targets, opts: dict[str, Any],
         ins = [new[i.id] for i in n.inputs]
         name = g.name(n)
         if n.op == "dense":
-            pinned = _pin(n, ins, name)
+            pinned = _keep_name(n, ins, name)
             if match(pinned):
                 if name in saved:
                     raise GraphDSLError(
@@ -64,19 +63,15 @@ def adapt(op: str, model: Node, targets: Targets, opts: dict[str, Any],
                         "already has a layer of that name", layer=new_name, op=op,
                         where=where, fix=f"rename that layer, or leave {name!r} out of "
                                          "targets")
-                a = n.attrs
-                attrs = dict(opts, units=a["units"], base=name, use_bias=a["use_bias"],
-                             activation=a["activation"],
-                             kernel_initializer=a["kernel_initializer"],
-                             bias_initializer=a["bias_initializer"])
-                new[n.id] = make_node(op, [ins[0]], attrs, new_name, where=n.where)
+                new[n.id] = make_node(op, [ins[0]], wrap_options(pinned, opts), new_name,
+                                      where=n.where)
                 adapted.append(name)
                 continue
-            new[n.id] = _pin(n, ins, name, frozen=name not in saved)
-        elif n.params and n.op not in ADAPTER_OPS:
-            new[n.id] = _pin(n, ins, name, frozen=name not in saved)
+            new[n.id] = _keep_name(n, ins, name, frozen=name not in saved)
+        elif n.params and not is_adapter(n):
+            new[n.id] = _keep_name(n, ins, name, frozen=name not in saved)
         else:
-            new[n.id] = _pin(n, ins, name)
+            new[n.id] = _keep_name(n, ins, name)
     if not adapted:
         raise GraphDSLError(
             f"{op}.adapt: targets={_show(targets)} match no dense layer", where=where,
@@ -138,7 +133,7 @@ def _matcher(op: str, targets: Any, g: Graph, dense: list[str], where: str
                           fix=f"e.g. targets=r'attn_.*'; dense layers: {dense}")
 
 
-def _saved(op: str, modules: Any, g: Graph, where: str) -> set[str]:
+def _modules_to_save(op: str, modules: Any, g: Graph, where: str) -> set[str]:
     if modules is None:
         return set()
     names = [modules] if isinstance(modules, str) else list(modules)
@@ -158,19 +153,13 @@ def _adapter_arrays(g: Graph, n: Node, state: ModelState) -> dict[str, np.ndarra
             for spec in n.params if spec.kind == "param"}
 
 
-def merged_kernel(n: Node, p: dict[str, np.ndarray], layer: str) -> np.ndarray:
-    """The dense kernel equal to adapter node ``n`` with parameters ``p`` (computed in
-    float64, returned in the base kernel's dtype)."""
-    a = n.attrs
-    K = p["kernel"] if "kernel" in p else p["base_weight"]
-    f64 = [np.asarray(p[k], np.float64) for k in ("A", "B")]
-    K64 = np.asarray(K, np.float64)
+def _merged_kernel(n: Node, p: dict[str, np.ndarray], layer: str) -> np.ndarray:
+    """The dense kernel ``[in, out]`` equal to adapter node ``n`` with parameters ``p``
+    (computed in float64, returned in the base kernel's dtype)."""
+    K = base_kernel(p)
+    p64 = {k: np.asarray(v, np.float64) for k, v in p.items()}
     try:
-        if n.op == "dora":
-            W = dora_merged_kernel(K64, *f64, np.asarray(p["magnitude"], np.float64),
-                                   a["scale"], a["eps"])
-        else:
-            W = lora_merged_kernel(K64, *f64, a["scale"])
+        W = merged_kernel(n.op, p64, n.attrs)
     except RuleError as e:
         raise e.cls(e.what, layer=layer, op=n.op, where=n.where, fix=e.fix) from None
     return W.astype(K.dtype if K.dtype.kind == "f" else np.float32)
@@ -189,7 +178,7 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
         raise StateError(f"merge_adapters needs a ModelState, got {type(state).__name__}",
                          where=where, fix="pass the state returned by init_fn / training")
     g = analyze(model)
-    adapters = [n for n in g.order if n.op in ADAPTER_OPS]
+    adapters = [n for n in g.order if is_adapter(n)]
     if not adapters:
         raise GraphDSLError("merge_adapters: the model has no dora or lora layer", where=where,
                             fix="adapt it first (dora.adapt / lora.adapt / dora.wrap)")
@@ -202,8 +191,8 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
     for n in g.order:
         ins = [new[i.id] for i in n.inputs]
         name = g.name(n)
-        if n.op not in ADAPTER_OPS:
-            new[n.id] = _pin(n, ins, name)
+        if not is_adapter(n):
+            new[n.id] = _keep_name(n, ins, name)
             continue
         a = n.attrs
         target = a["base"] or name
@@ -219,7 +208,7 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
                 fix="give each adapter its own base layer before merging")
         merged_into[target] = name
         p = _adapter_arrays(g, n, state)
-        kernel = merged_kernel(n, p, name)
+        kernel = _merged_kernel(n, p, name)
         entry = {"kernel": kernel}
         if a["use_bias"]:
             entry["bias"] = p["bias"]
@@ -232,10 +221,8 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
         frozen = {(lay, q) for lay, q in frozen
                   if lay != name or (lay == target and q in entry)}
         names.pop(name, None)
-        new[n.id] = make_node("dense", [ins[0]], {
-            "units": a["units"], "activation": a["activation"], "use_bias": a["use_bias"],
-            "kernel_initializer": a["kernel_initializer"],
-            "bias_initializer": a["bias_initializer"]}, target, frozen=True, where=n.where)
+        new[n.id] = make_node("dense", [ins[0]], dense_options(n), target, frozen=True,
+                              where=n.where)
     return new[model.id], ModelState(data, frozen, names)
 
 
@@ -247,7 +234,7 @@ def adapter_state(model: Node, state: ModelState, modules_to_save: Iterable[str]
     frozen flags: a small state to save beside a shared base model."""
     where = caller_location()
     g = analyze(model)
-    adapters = [n for n in g.order if n.op in ADAPTER_OPS]
+    adapters = [n for n in g.order if is_adapter(n)]
     if not adapters:
         raise GraphDSLError("adapter_state: the model has no dora or lora layer", where=where,
                             fix="pass the adapted model (dora.adapt / lora.adapt / wrap)")
@@ -255,7 +242,7 @@ def adapter_state(model: Node, state: ModelState, modules_to_save: Iterable[str]
     for n in adapters:
         name = g.name(n)
         for spec in n.params:
-            if spec.owner is None and spec.name not in ("base_weight", "bias"):
+            if owns(n, spec):
                 data.setdefault(name, {})[spec.name] = np.asarray(
                     state_value(g, n, spec, state.data))
     layers = {g.name(n): n for n in g.order if n.params}
@@ -283,8 +270,6 @@ def attach_adapters(model: Node, base_state: ModelState, adapters: ModelState,
     ``adapters`` win over ``base_state``; frozen flags come from the state that supplied
     each value, plus every parameter the model marks frozen. Missing state entries
     (dropout keys) are created from ``seed``."""
-    from ..compiler import init_state, make_plan
-
     where = caller_location()
     for what, st in (("base_state", base_state), ("adapter state", adapters)):
         if not isinstance(st, ModelState):

@@ -8,6 +8,7 @@ from ..errors import AttributeError_, GraphDSLError, ShapeError, fmt_shape
 from ..node import Node, make_node
 from ..ops.core import input as _input
 from ..shapes import is_int
+from .contract import is_adapter, wrap_options
 
 DEFAULTS = {"rank": 8, "alpha": 16.0}
 
@@ -78,7 +79,7 @@ def wrap(op: str, x: Any, original: Any, name: str | None, output_size: Any,
             fix="pass the node returned by gd.dense(x, units, name='...')")
     if original.op != "dense":
         extra = (" (it is already an adapter; wrap the dense layer it came from)"
-                 if original.op in ("dora", "lora") else "")
+                 if is_adapter(original) else "")
         raise GraphDSLError(
             f"{op}.wrap needs a dense layer, got a {original.op} layer "
             f"{original.label!r} defined at {original.where}{extra}",
@@ -110,12 +111,8 @@ def wrap(op: str, x: Any, original: Any, name: str | None, output_size: Any,
             layer=name, op=op, where=where,
             shapes={"input": x.shape, "kernel": original.params[0].shape},
             fix=f"pass the input the dense layer was applied to (last axis {n_in})")
-    a = original.attrs
-    attrs = dict(opts, units=units, base=original.name, use_bias=a["use_bias"],
-                 activation=a["activation"], kernel_initializer=a["kernel_initializer"],
-                 bias_initializer=a["bias_initializer"])
-    return make_node(op, [x], attrs, name if name is not None else f"{original.name}_{op}",
-                     where=where)
+    return make_node(op, [x], wrap_options(original, opts),
+                     name if name is not None else f"{original.name}_{op}", where=where)
 
 
 def output_size(op: str, value: Any, where: str) -> int:

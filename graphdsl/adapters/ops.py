@@ -25,14 +25,13 @@ from typing import Any
 
 from ..errors import AttributeError_, RuleError
 from ..initializers import check_initializer
-from ..node import _NAME_RE
+from ..node import is_valid_name
 from ..ops._attrs import boolean, number, positive_int
-from ..ops.nn import _activation_name
+from ..ops.nn import activation_name
 from ..registry import DerivedInit, OpDef, ParamSpec, register_op
 from ..shapes import feature_dim
-from ._math import dora_column_norm, lora_scale, lora_uniform
-
-ADAPTER_OPS = ("dora", "lora")
+from ._math import dora_column_norm, dora_merge, lora_merge, lora_scale, lora_uniform
+from .contract import base_kernel
 
 _COMMON = ("units", "rank", "alpha", "rslora", "scale", "dropout", "activation", "base",
            "use_bias", "kernel_initializer", "bias_initializer", "A_initializer",
@@ -58,9 +57,9 @@ def _check(op: str):
         out["scale"] = lora_scale(alpha, out["rank"], out["rslora"])  # always re-derived
         out["dropout"] = number(a.get("dropout", 0.0), "dropout", 0.0, 1.0, hi_open=True)
         act = a.get("activation")
-        out["activation"] = None if act is None else _activation_name(act)
+        out["activation"] = None if act is None else activation_name(act)
         base = a.get("base")
-        if base is not None and not (isinstance(base, str) and _NAME_RE.match(base)):
+        if base is not None and not is_valid_name(base):
             raise RuleError(f"base must be the name of the wrapped layer, got {base!r}",
                             "wrap a dense layer that has an explicit name=", AttributeError_)
         out["base"] = base
@@ -100,8 +99,7 @@ def _shape(s: list, a: Mapping) -> tuple:
 def _init_magnitude(scale: float, eps: float | None, p: Mapping[str, Any]):
     """m_j = ||K[:, j] + s*(A@B)[:, j]|| from the kernel the layer has at init (same
     arithmetic as the kernels, so a fresh or pretrained layer starts with m/c == 1)."""
-    K = p["kernel"] if "kernel" in p else p["base_weight"]
-    return dora_column_norm(K, p["A"], p["B"], scale, eps)
+    return dora_column_norm(base_kernel(p), p["A"], p["B"], scale, eps)
 
 
 def _params(op: str):
@@ -125,7 +123,7 @@ def _params(op: str):
 
 register_op(OpDef(
     "dora", _shape, params=_params("dora"), check_attrs=_check("dora"), stochastic=True,
-    category="adapter",
+    category="adapter", extra={"merge": dora_merge},
     doc="DoRA (Liu et al. 2024): y = act((m / c) * (x @ K + s * (x @ A) @ B) + b), "
         "c_j = ||K[:, j] + s * (A @ B)[:, j]|| (column norm, treated as a constant in "
         "training). K [in, out] frozen (kernel of `base`, or own base_weight), A [in, r], "
@@ -134,7 +132,7 @@ register_op(OpDef(
 
 register_op(OpDef(
     "lora", _shape, params=_params("lora"), check_attrs=_check("lora"), stochastic=True,
-    category="adapter",
+    category="adapter", extra={"merge": lora_merge},
     doc="LoRA (Hu et al. 2021): y = act(x @ K + b + s * (dropout(x) @ A) @ B). "
         "K [in, out] frozen (kernel of `base`, or own base_weight), A [in, r], "
         "B [r, out]; (..., in) -> (..., units).",

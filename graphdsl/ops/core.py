@@ -110,8 +110,14 @@ def _layer_shape(s: Sequence[tuple], a: Mapping[str, Any]) -> tuple:
 
 _LAYER_ATTRS = ("fn", "fn_name", "opts", "output_shape")
 
+def _probe_layer(in_shapes: Sequence[tuple], in_dtypes: Sequence[str],
+                 a: Mapping[str, Any]) -> tuple:
+    """The output shape of the custom function run on zeros of these (concrete) shapes."""
+    return _probe(a["fn"], in_shapes, in_dtypes, a["opts"], 1)
+
+
 register_op(OpDef(
-    "layer", _layer_shape, arity=(0, None), output_alias="inputs",
+    "layer", _layer_shape, arity=(0, None), output_alias="inputs", probe=_probe_layer,
     check_attrs=lambda a: {k: a.get(k) for k in _LAYER_ATTRS},
     doc="A custom layer: fn(*arrays, xp=<backend array namespace>, **opts) -> array. "
         "It runs on every backend (xp is numpy or torch).",

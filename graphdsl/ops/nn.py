@@ -18,7 +18,8 @@ ACTIVATIONS: dict[str, dict[str, Any]] = {
 }
 
 
-def _activation_name(name: Any) -> str:
+def activation_name(name: Any) -> str:
+    """``name`` if it names an activation op (relu, gelu, ...), else a RuleError."""
     if not isinstance(name, str) or name not in ACTIVATIONS:
         raise RuleError(f"unknown activation {name!r}",
                         f"use one of: {', '.join(ACTIVATIONS)}", AttributeError_)
@@ -30,7 +31,7 @@ def _dense_attrs(a: dict) -> dict:
     act = a.get("activation")
     return {
         "units": positive_int(a.get("units"), "units"),
-        "activation": None if act is None else _activation_name(act),
+        "activation": None if act is None else activation_name(act),
         "use_bias": boolean(a.get("use_bias", True), "use_bias"),
         "kernel_initializer": check_initializer(a.get("kernel_initializer", "glorot_uniform"),
                                                 "kernel_initializer"),
@@ -112,7 +113,7 @@ def activation(x: Node, fn: str, name: str | None = None, **opts: Any) -> Node:
     """Apply activation ``fn`` (one of ACTIVATIONS) with its options; shape unchanged."""
     where = caller_location()
     try:
-        _activation_name(fn)
+        activation_name(fn)
     except RuleError as e:
         raise AttributeError_(e.what, layer=name, op="activation", where=where,
                               fix=e.fix) from None

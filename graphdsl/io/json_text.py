@@ -1,36 +1,30 @@
-"""Declarative JSON model definitions: ``to_json(model) -> str`` and ``from_json(text) -> Node``.
-
-The format (documented in ``docs/format.md``, schema in ``graphdsl/schema/
-model.schema.json``) lists the inputs, every other node (op, resolved name, parent
-names, attributes, frozen flag, output shape) in topological order, and the outputs::
-
-    {"format": "graphdsl.model", "format_version": 1,
-     "inputs": [{"name": "x", "shape": [null, 64], "dtype": "float32"}],
-     "nodes": [{"op": "dense", "name": "fc1", "inputs": ["x"],
-                "attrs": {"units": 32, "activation": "relu", ...}, "shape": [null, 32]}],
-     "outputs": "fc1"}
-
-Loading never imports or executes anything named in the file: functions (custom layers,
-callable initializers) are looked up by name in :mod:`graphdsl.custom`. Every node is
-rebuilt through :func:`graphdsl.node.make_node`, so every attribute and shape check runs.
+"""The JSON text of a model definition (``to_json(model) -> str``, ``from_json(text) ->
+Node``; layout in ``docs/format.md``, published as ``graphdsl/schema/model.schema.json``),
+with the strict JSON parsing and canonical formatting every graphdsl document uses. Loading
+checks the layout by hand (:func:`check_structure`), never imports or executes anything
+named in the file (functions are looked up in :mod:`graphdsl.custom`) and rebuilds every
+node through :func:`graphdsl.node.make_node`, so every attribute and shape check runs.
 """
 from __future__ import annotations
 
 import json
 import math
 from collections.abc import Callable, Mapping
+from importlib import resources
 from typing import Any
 
 import numpy as np
 
-from .custom import FUNCTIONS, function_name
-from .errors import GraphDSLError, SerializationError, fmt_shape
-from .graph import analyze
-from .node import Node, make_node
-from .registry import OPS, DerivedInit
+from ..custom import FUNCTIONS, function_name
+from ..errors import GraphDSLError, RuleError, SerializationError, fmt_shape
+from ..graph import analyze
+from ..node import Node, make_node
+from ..ops._attrs import shape_tuple
+from ..ops.core import layer as custom_layer
+from ..registry import OPS, DerivedInit
+from .document import FORMAT_VERSION, check_version
 
 FORMAT = "graphdsl.model"
-FORMAT_VERSION = 1
 
 #: dtypes an inline ``{"$array": ...}`` attribute may have
 ARRAY_DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
@@ -317,8 +311,9 @@ def _shape_ok(s: Any, allow_none: bool = True) -> bool:
 
 
 def check_structure(doc: Any, source: str = "model JSON") -> None:
-    """Check the document's layout (keys, types) with precise messages. It mirrors the JSON
-    Schema, so a missing ``jsonschema`` package leaves no hole."""
+    """Check the document's layout (keys, types, the format version) with precise messages:
+    the one layout check at load time. It enforces what the published JSON Schema
+    (:func:`schema`) describes, without needing the ``jsonschema`` package."""
     def bad(what: str, fix: str) -> SerializationError:
         return SerializationError(f"{source}: {what}", fix=fix)
 
@@ -391,47 +386,12 @@ def check_structure(doc: Any, source: str = "model JSON") -> None:
                   "{key: name}", 'write "outputs": "fc2"')
 
 
-def check_version(doc: Mapping[str, Any], source: str = "model JSON") -> None:
-    v = doc.get("format_version")
-    if v is None:
-        raise SerializationError(f"{source} has no 'format_version'",
-                                 fix=f"add \"format_version\": {FORMAT_VERSION}")
-    if v != FORMAT_VERSION or isinstance(v, bool):
-        raise SerializationError(
-            f"{source} has format_version {v!r}; this graphdsl reads version "
-            f"{FORMAT_VERSION}",
-            fix="save the file again with this version of graphdsl, or upgrade graphdsl")
-
-
-_VALIDATOR: Any = None
-
-
 def schema() -> dict[str, Any]:
-    """The JSON Schema of the model format (``graphdsl/schema/model.schema.json``)."""
-    from importlib import resources
-
+    """The JSON Schema of the model format (``graphdsl/schema/model.schema.json``), the
+    published description of the layout :func:`check_structure` enforces (a test validates
+    every :func:`to_json` output against it, so the two cannot drift)."""
     text = resources.files("graphdsl").joinpath("schema/model.schema.json").read_text("utf-8")
     return json.loads(text)
-
-
-def validate_schema(doc: Any, source: str = "model JSON") -> None:
-    """Validate against the JSON Schema when ``jsonschema`` is installed (a no-op otherwise;
-    :func:`check_structure` always runs)."""
-    global _VALIDATOR
-    try:
-        import jsonschema
-    except ImportError:  # optional extra: graphdsl[schema]
-        return
-    if _VALIDATOR is None:
-        sch = schema()
-        cls = jsonschema.validators.validator_for(sch)
-        _VALIDATOR = cls(sch)
-    err = jsonschema.exceptions.best_match(_VALIDATOR.iter_errors(doc))
-    if err is not None:
-        path = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in err.absolute_path)
-        raise SerializationError(
-            f"{source} does not match the model schema at {path.lstrip('.') or 'top level'}: "
-            f"{err.message[:300]}", fix="see docs/format.md for the layout")
 
 
 # -- from_json ---------------------------------------------------------------------------------
@@ -447,9 +407,7 @@ def from_json(text: str | bytes | Mapping[str, Any], source: str = "model JSON")
     if isinstance(doc, Mapping):
         doc = dict(doc)
     check_structure(doc, source)
-    model = _build(doc, source)  # precise messages first
-    validate_schema(doc, source)  # then the shipped schema, as a final gate
-    return model
+    return _build(doc, source)
 
 
 def _build(doc: dict[str, Any], source: str) -> Node:
@@ -604,15 +562,10 @@ def _make_layer(raw: dict, ins: list[Node], name: str, where: str, ctx: str,
                                  fix='write "opts": {} or {"k": 1.0}')
     out_shape = raw.get("output_shape")
     if out_shape is None:
-        from .ops.core import layer
-
-        probe = layer(fn_ref, ins, name=name, **opts)  # infers output_shape by probing
+        probe = custom_layer(fn_ref, ins, name=name, **opts)  # infers output_shape by probing
         return make_node("layer", ins, dict(probe.attrs), name, frozen=frozen, where=where)
     attrs = {"fn": fn, "fn_name": fn_ref, "opts": opts,
              "output_shape": decode_value(out_shape, f"{ctx} 'output_shape'")}
-    from .errors import RuleError
-    from .ops._attrs import shape_tuple
-
     try:
         attrs["output_shape"] = shape_tuple(attrs["output_shape"], "output_shape")
     except RuleError as e:

@@ -1,5 +1,4 @@
-"""NumPy kernels of the adapter ops ``dora`` and ``lora`` (merged into the NumPy
-backend's KERNELS at import).
+"""NumPy kernels of the adapter ops ``dora`` and ``lora``.
 
 Inference (``ctx.training`` False) uses the merged kernel ``W`` (DoRA: ``(K + s*A@B) *
 (m/c)``; LoRA: ``K + s*A@B``), so an adapted layer costs one dense matmul. ``W`` is
@@ -22,20 +21,12 @@ import numpy as np
 from graphdsl.adapters._math import (
     colsum_prod,
     column_norm_sq_parts,
-    dora_merged_kernel,
     finish_norm,
-    lora_merged_kernel,
 )
+from graphdsl.adapters.contract import base_kernel, merged_kernel
 
-from .base import KernelContext
-
-
-def _apply_activation(y: np.ndarray, name: str | None) -> np.ndarray:
-    if name is None:
-        return y
-    from .numpy_backend import apply_activation  # the backend imports this module
-
-    return apply_activation(y, name)
+from ..base import KernelContext
+from .kernels import apply_activation, inverted_dropout
 
 
 def cached_merge(ctx: KernelContext, sources: tuple, make: Callable[[], np.ndarray],
@@ -50,30 +41,20 @@ def cached_merge(ctx: KernelContext, sources: tuple, make: Callable[[], np.ndarr
     return W
 
 
-def _dropped(x: np.ndarray, rate: float, key: Any) -> tuple[np.ndarray, np.ndarray]:
-    from .numpy_backend import inverted_dropout  # the backend imports this module
-
-    return inverted_dropout(x, rate, key)
-
-
-def _base(p: Mapping[str, np.ndarray]) -> np.ndarray:
-    return p["kernel"] if "kernel" in p else p["base_weight"]
-
-
 def _finish(y: np.ndarray, b: np.ndarray | None, a: Mapping) -> np.ndarray:
     if b is not None:
         y += b
-    return _apply_activation(y, a["activation"])
+    return apply_activation(y, a["activation"])
 
 
 def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     """x (..., in) -> (..., units). See graphdsl.adapters.ops for the math."""
     x = ins[0]
-    K, b, A, B, m = _base(p), p.get("bias"), p["A"], p["B"], p["magnitude"]
+    K, b, A, B, m = base_kernel(p), p.get("bias"), p["A"], p["B"], p["magnitude"]
     s = a["scale"]
     if not ctx.training:
         W = cached_merge(ctx, (K, b, A, B, m),
-                         lambda: dora_merged_kernel(K, A, B, m, s, a["eps"]))
+                         lambda: merged_kernel("dora", p, a))
         return _finish(x @ W, b, a)
     sd = np.asarray(s, x.dtype)
     lead, n_in, rank = x.shape[:-1], x.shape[-1], A.shape[1]
@@ -82,7 +63,7 @@ def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     if a["dropout"] == 0.0:
         xd, key, parts = None, None, [x2, A.T]
     else:
-        xd, key = _dropped(x, a["dropout"], p["key"])
+        xd, key = inverted_dropout(x, a["dropout"], p["key"])
         parts = [x2, xd.reshape(-1, n_in), A.T]
     # one matmul gives x @ K (and xd @ K) and A.T @ K: a thin A.T @ K alone runs slowly
     prod = np.concatenate(parts) @ K
@@ -102,17 +83,17 @@ def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
 def _lora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     """x (..., in) -> (..., units): x @ K + b + s * (dropout(x) @ A) @ B, then act."""
     x = ins[0]
-    K, b, A, B = _base(p), p.get("bias"), p["A"], p["B"]
+    K, b, A, B = base_kernel(p), p.get("bias"), p["A"], p["B"]
     s = a["scale"]
     if not ctx.training:
-        W = cached_merge(ctx, (K, b, A, B), lambda: lora_merged_kernel(K, A, B, s))
+        W = cached_merge(ctx, (K, b, A, B), lambda: merged_kernel("lora", p, a))
         return _finish(x @ W, b, a)
     sd = np.asarray(s, x.dtype)
     if a["dropout"] == 0.0:
         y = x @ K
         y += sd * ((x @ A) @ B)
         return _finish(y, b, a), {}
-    xd, key = _dropped(x, a["dropout"], p["key"])
+    xd, key = inverted_dropout(x, a["dropout"], p["key"])
     y = x @ K
     y += sd * ((xd @ A) @ B)
     return _finish(y, b, a), {"key": key}

@@ -1,7 +1,5 @@
-"""NumPy backend: embedded inference (and forward passes in train mode), no heavy deps.
-
-``compile`` lays the plan out as a flat list of kernel calls over numbered slots: no
-graph walking per call, each intermediate released after its last use.
+"""The NumPy backend's kernels of the core ops (``KERNELS``), keyed by op name; the
+adapter ops' kernels are in :mod:`.adapters`. Shapes as the ops' registry entries state.
 """
 from __future__ import annotations
 
@@ -12,12 +10,10 @@ from typing import Any
 
 import numpy as np
 
-from graphdsl.arrays import as_numpy
-from graphdsl.compiler import Plan
-from graphdsl.errors import BackendError, InputError, RuleError
-from graphdsl.shapes import reshape_target
+from graphdsl.errors import InputError, RuleError
 
-from .base import Backend, KernelContext, plan_runner
+from .. import shared
+from ..base import KernelContext
 
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
 
@@ -102,7 +98,8 @@ def _as_float(y: np.ndarray, ctx: KernelContext) -> np.ndarray:
 
 
 def apply_activation(y: np.ndarray, name: str | None) -> np.ndarray:
-    """Dense's fused activation, in place where it can be."""
+    """``y`` (any shape) through the fused activation ``name`` of dense or an adapter (None:
+    the identity), in place where it can be; same shape and dtype."""
     if name is None:
         return y
     if name == "relu":
@@ -118,9 +115,10 @@ def _dense(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
 
 
 def inverted_dropout(x: np.ndarray, rate: float, key: Any) -> tuple[np.ndarray, np.ndarray]:
-    """``x`` with a fraction ``rate`` zeroed and the rest scaled by 1/(1-rate), the mask
-    drawn from the layer's RNG ``key``; returns ``(y, new key)``. Shared by the dropout
-    op and the adapters' lora_dropout, so both use the same mask rule."""
+    """``x`` (any shape) with a fraction ``rate`` zeroed and the rest scaled by
+    1/(1-rate), the mask drawn from the layer's RNG ``key`` (a uint64 scalar); returns
+    ``(y, new key)``, y of x's shape and dtype. Shared by the dropout op and the adapters'
+    lora_dropout, so both use the same mask rule."""
     rng = np.random.default_rng(int(key))
     keep = rng.random(x.shape, dtype=np.float32) >= rate
     y = np.where(keep, x / np.asarray(1.0 - rate, x.dtype), np.zeros((), x.dtype))
@@ -159,11 +157,6 @@ def _embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndar
     return np.take(p["kernel"], ids, axis=0)
 
 
-def _reshape(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
-    x = ins[0]
-    return x.reshape(reshape_target(tuple(x.shape), a["shape"]))
-
-
 def _constant(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
     v = a["value"]
     if v.dtype.kind != "f":
@@ -177,24 +170,13 @@ def _custom(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray
     return _as_float(np.asarray(a["fn"](*ins, xp=np, **a["opts"])), ctx)
 
 
-def _container(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
-    return dict(zip(a["keys"], ins)) if a["keys"] is not None else tuple(ins)
-
-
-def _act_kernel(op: str):
-    fn = ACTIVATIONS[op]
-    return lambda ins, p, a, ctx: fn(ins[0], a)
-
-
 def _reduce_kernel(ufunc: np.ufunc):
     return lambda ins, p, a, ctx: _as_float(reduce(ufunc, ins), ctx)
 
 
 KERNELS: dict[str, Callable] = {
     "constant": _constant,
-    "param": lambda ins, p, a, ctx: p["value"],
     "layer": _custom,
-    "container": _container,
     "dense": _dense,
     "dropout": _dropout,
     "layer_norm": _layer_norm,
@@ -203,91 +185,10 @@ KERNELS: dict[str, Callable] = {
     "subtract": _reduce_kernel(np.subtract),
     "multiply": _reduce_kernel(np.multiply),
     "concatenate": lambda ins, p, a, ctx: _as_float(np.concatenate(ins, axis=a["axis"]), ctx),
-    "reshape": _reshape,
-    "flatten": lambda ins, p, a, ctx: ins[0].reshape(
-        ins[0].shape[0], math.prod(ins[0].shape[1:])),
     "transpose": lambda ins, p, a, ctx: np.transpose(ins[0], a["axes"]),
     "matmul": lambda ins, p, a, ctx: _as_float(np.matmul(ins[0], ins[1]), ctx),
-    **{op: _act_kernel(op) for op in ACTIVATIONS},
+    **shared.KERNELS,
+    **shared.activation_kernels(ACTIVATIONS),
 }
 
 
-def register_kernel(op: str, kernel: Callable) -> None:
-    """Add the NumPy kernel of an op defined outside the core (e.g. adapters)."""
-    KERNELS[op] = kernel
-
-
-class NumpyBackend(Backend):
-    name = "numpy"
-    kernels = KERNELS
-
-    def compile(self, plan: Plan, **options: Any) -> Callable:
-        if options:
-            raise BackendError(f"the numpy backend takes no options, got {sorted(options)}",
-                               fix="drop them, or build(model, backend='torch', "
-                                   "device='cuda') to run on a GPU")
-        dtype = np.dtype(plan.dtype)
-        refs = {step.out: tuple((i, r.local, r.owner, r.name, tuple(r.shape),
-                                 np.dtype(r.dtype), r) for i, r in enumerate(step.params))
-                for step in plan.steps}
-        # per parameter: (state value, the array kernels get). State values are immutable
-        # (graphdsl.state), so a value seen before needs no check and no conversion, and
-        # kernels may cache what they derive from it on its identity.
-        memo: dict[int, list[tuple[Any, np.ndarray]]] = {
-            step.out: [(None, None)] * len(step.params) for step in plan.steps}
-
-        def fetch(step: Any, data: Mapping) -> dict[str, np.ndarray]:
-            p = {}
-            seen = memo[step.out]
-            for i, local, owner, pname, shape, dt, ref in refs[step.out]:
-                try:
-                    arr = data[owner][pname]
-                except (KeyError, TypeError):
-                    raise plan.missing_param(step, ref, data) from None
-                hit = seen[i]
-                if hit[0] is not arr:
-                    if arr.shape != shape:
-                        raise plan.bad_param(step, ref, arr)
-                    conv = arr.astype(dt) if arr.dtype != dt else arr.view(np.ndarray)
-                    conv.flags.writeable = False
-                    hit = seen[i] = (arr, conv)
-                p[local] = hit[1]
-            return p
-
-        return plan_runner(
-            plan, KERNELS,
-            lambda step: KernelContext(plan.training, dtype, step.name, step.op, np),
-            fetch, lambda a, is_int, name, node: _convert_input(a, is_int, dtype, name, node),
-            lambda a: np.array(a, copy=True))
-
-
-def _convert_input(a: Any, is_int: bool, dtype: np.dtype, name: str, node: Any
-                   ) -> np.ndarray:
-    if type(a) is not np.ndarray or not a.dtype.isnative:
-        a = as_numpy(a)
-    if is_int:
-        if a.dtype.kind not in "iu":
-            raise InputError(f"input {name!r} holds token ids and needs an integer array, "
-                             f"got dtype {a.dtype}", layer=name, op="input", where=node.where,
-                             fix="pass ids as np.int64 (e.g. ids.astype(np.int64))")
-        return a
-    return a if a.dtype == dtype else a.astype(dtype)
-
-
-BACKEND = NumpyBackend()
-
-
-def _load_extensions() -> None:
-    """Kernels of ops defined outside the core op modules (adapters) join the table."""
-    import importlib
-
-    try:
-        numpy_adapters = importlib.import_module(f"{__package__}.numpy_adapters")
-    except ModuleNotFoundError as e:  # before the adapters module exists
-        if e.name != f"{__package__}.numpy_adapters":
-            raise
-        return
-    KERNELS.update(numpy_adapters.KERNELS)
-
-
-_load_extensions()

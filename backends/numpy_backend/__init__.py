@@ -1,0 +1,93 @@
+"""NumPy backend: embedded inference (and forward passes in train mode), no heavy deps.
+
+``compile`` lays the plan out as a flat list of kernel calls over numbered slots (the
+executor every backend shares, :func:`..base.plan_runner`): no graph walking per call,
+each intermediate released after its last use. Kernels: :mod:`.kernels` (core ops) and
+:mod:`.adapters` (dora, lora).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from graphdsl.arrays import as_numpy
+from graphdsl.errors import BackendError, InputError
+
+from ..base import Backend, KernelContext, plan_runner
+from . import adapters, kernels
+from .kernels import ACTIVATIONS, apply_activation, inverted_dropout
+
+if TYPE_CHECKING:  # pragma: no cover
+    from graphdsl.compiler import Plan
+
+KERNELS: dict[str, Callable] = {**kernels.KERNELS, **adapters.KERNELS}
+
+
+def register_kernel(op: str, kernel: Callable) -> None:
+    """Add the NumPy kernel of an op defined outside the core (e.g. adapters)."""
+    KERNELS[op] = kernel
+
+
+class NumpyBackend(Backend):
+    name = "numpy"
+    kernels = KERNELS
+
+    def compile(self, plan: Plan, **options: Any) -> Callable:
+        if options:
+            raise BackendError(f"the numpy backend takes no options, got {sorted(options)}",
+                               fix="drop them, or build(model, backend='torch', "
+                                   "device='cuda') to run on a GPU")
+        dtype = np.dtype(plan.dtype)
+        refs = {step.out: tuple((i, r.local, r.owner, r.name, tuple(r.shape),
+                                 np.dtype(r.dtype), r) for i, r in enumerate(step.params))
+                for step in plan.steps}
+        # per parameter: (state value, the array kernels get). State values are immutable
+        # (graphdsl.state), so a value seen before needs no check and no conversion, and
+        # kernels may cache what they derive from it on its identity.
+        memo: dict[int, list[tuple[Any, np.ndarray]]] = {
+            step.out: [(None, None)] * len(step.params) for step in plan.steps}
+
+        def fetch(step: Any, data: Mapping) -> dict[str, np.ndarray]:
+            p = {}
+            seen = memo[step.out]
+            for i, local, owner, pname, shape, dt, ref in refs[step.out]:
+                try:
+                    arr = data[owner][pname]
+                except (KeyError, TypeError):
+                    raise plan.missing_param(step, ref, data) from None
+                hit = seen[i]
+                if hit[0] is not arr:
+                    if arr.shape != shape:
+                        raise plan.bad_param(step, ref, arr)
+                    conv = arr.astype(dt) if arr.dtype != dt else arr.view(np.ndarray)
+                    conv.flags.writeable = False
+                    hit = seen[i] = (arr, conv)
+                p[local] = hit[1]
+            return p
+
+        return plan_runner(
+            plan, KERNELS,
+            lambda step: KernelContext(plan.training, dtype, step.name, step.op, np),
+            fetch, lambda a, is_int, name, node: _convert_input(a, is_int, dtype, name, node),
+            lambda a: np.array(a, copy=True))
+
+
+def _convert_input(a: Any, is_int: bool, dtype: np.dtype, name: str, node: Any
+                   ) -> np.ndarray:
+    if type(a) is not np.ndarray or not a.dtype.isnative:
+        a = as_numpy(a)
+    if is_int:
+        if a.dtype.kind not in "iu":
+            raise InputError(f"input {name!r} holds token ids and needs an integer array, "
+                             f"got dtype {a.dtype}", layer=name, op="input", where=node.where,
+                             fix="pass ids as np.int64 (e.g. ids.astype(np.int64))")
+        return a
+    return a if a.dtype == dtype else a.astype(dtype)
+
+
+BACKEND = NumpyBackend()
+
+__all__ = ["ACTIVATIONS", "BACKEND", "KERNELS", "NumpyBackend", "apply_activation",
+           "inverted_dropout", "register_kernel"]

@@ -1,0 +1,160 @@
+"""PyTorch backend: the same kernels as NumPy's, on tensors, for training and GPUs.
+
+Two ways to run a plan:
+
+* ``build(model, backend="torch")`` -> ``(init_fn, predict_fn)``: a flat list of kernel
+  calls over numbered slots, like the NumPy backend. Parameters come from the NumPy
+  ``ModelState`` (converted once per value); inputs may be NumPy arrays or tensors;
+  outputs are tensors. Option: ``device=`` ("cpu", "cuda", ...).
+* :func:`graphdsl.to_torch` lowers the plan to an ``nn.Module`` whose forward is
+  generated straight-line code calling these kernels (see ``graphdsl/torch_interop.py``).
+
+Kernels: :mod:`.kernels` (core ops) and :mod:`.adapters` (dora, lora).
+"""
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from graphdsl.arrays import as_numpy
+from graphdsl.errors import BackendError, InputError
+
+from ..base import Backend, plan_runner
+from . import adapters, kernels
+from .adapters import dora_column_norm_sq
+from .kernels import ACTIVATIONS, TorchContext, apply_activation, compiling
+
+if TYPE_CHECKING:  # pragma: no cover
+    from graphdsl.compiler import Plan
+
+_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+KERNELS: dict[str, Callable] = {**kernels.KERNELS, **adapters.KERNELS}
+
+
+def register_kernel(op: str, kernel: Callable) -> None:
+    """Add the torch kernel of an op defined outside the core."""
+    KERNELS[op] = kernel
+
+
+# -- conversions -------------------------------------------------------------------------------
+def resolve_device(device: Any) -> torch.device:
+    """``torch.device`` for ``device`` (None = cpu); unknown or unavailable -> BackendError."""
+    if device is None:
+        return torch.device("cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError) as e:
+        raise BackendError(f"unknown torch device {device!r} ({e})",
+                           fix="use 'cpu', 'cuda', 'cuda:0', ...") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BackendError(f"device {device!r} requested but CUDA is not available",
+                           fix="use device='cpu', or install a CUDA build of torch")
+    try:
+        torch.empty(0, device=dev)
+    except Exception as e:  # e.g. cuda:7 on a 1-GPU machine, mps without support
+        raise BackendError(f"torch device {device!r} is not usable here "
+                           f"({type(e).__name__}: {e})",
+                           fix="pick an available device (torch.cuda.device_count())") from None
+    return dev
+
+
+def to_tensor(a: Any, device: torch.device | None = None, dtype: Any = None) -> torch.Tensor:
+    """A NumPy array, array-like or tensor ``a`` (any shape) as a tensor of the same shape
+    on ``device`` with ``dtype`` (None: unchanged); zero-copy for a writable, contiguous,
+    native-order array on the CPU."""
+    if isinstance(a, torch.Tensor):
+        t = a
+    else:
+        arr = as_numpy(a)
+        if arr.dtype == np.uint64:
+            arr = arr.view(np.int64)
+        if arr.flags.writeable and arr.flags.c_contiguous and arr.dtype.isnative:
+            t = torch.from_numpy(arr)
+        else:
+            t = torch.tensor(arr)
+    if (device is not None and t.device != device) or (dtype is not None and t.dtype != dtype):
+        t = t.to(device=device, dtype=dtype)
+    return t
+
+
+class TorchBackend(Backend):
+    name = "torch"
+    kernels = KERNELS
+
+    def compile(self, plan: Plan, device: Any = None, **options: Any) -> Callable:
+        if options:
+            raise BackendError(f"the torch backend takes only device=, got {sorted(options)}",
+                               fix="build(model, backend='torch', device='cuda')")
+        dev = resolve_device(device)
+        dtype = _TORCH_DTYPES[plan.dtype]
+        # per parameter: (state value, its tensor). State values are immutable
+        # (graphdsl.state): a value seen before is converted once, not on every call.
+        memo: dict[int, list[tuple[Any, Any]]] = {
+            step.out: [(None, None)] * len(step.params) for step in plan.steps}
+
+        def fetch(step: Any, data: Mapping) -> dict[str, Any]:
+            p = {}
+            seen = memo[step.out]
+            for i, ref in enumerate(step.params):
+                try:
+                    arr = data[ref.owner][ref.name]
+                except (KeyError, TypeError):
+                    raise plan.missing_param(step, ref, data) from None
+                hit = seen[i]
+                if hit[0] is not arr:
+                    if tuple(arr.shape) != tuple(ref.shape):
+                        raise plan.bad_param(step, ref, arr)
+                    # RNG keys stay NumPy scalars
+                    conv = arr if ref.kind == "state" else state_tensor(
+                        arr, dev, _TORCH_DTYPES.get(ref.dtype, dtype))
+                    hit = seen[i] = (arr, conv)
+                p[ref.local] = hit[1]
+            return p
+
+        return plan_runner(
+            plan, KERNELS,
+            lambda step: TorchContext(plan.training, dtype, step.name, step.op, torch,
+                                      where=step.node.where, device=dev),
+            fetch, lambda a, is_int, name, node: _convert_input(a, is_int, dtype, dev, name,
+                                                                 node),
+            lambda t: t.clone())
+
+
+def state_tensor(arr: np.ndarray, device: torch.device, dtype: Any) -> torch.Tensor:
+    """A tensor on ``device`` reading the immutable state array ``arr`` (any shape; no copy
+    on CPU when the dtype matches: kernels never write into parameters)."""
+    arr = arr.view(np.ndarray)
+    if arr.dtype == np.uint64:
+        arr = arr.view(np.int64)
+    with warnings.catch_warnings():  # read-only memory: torch warns that writes are UB
+        warnings.simplefilter("ignore", UserWarning)
+        t = torch.from_numpy(arr)
+    if t.is_floating_point():
+        return t.to(device=device, dtype=dtype)
+    return t.to(device=device)
+
+
+def _convert_input(a: Any, is_int: bool, dtype: torch.dtype, dev: torch.device, name: str,
+                   node: Any) -> torch.Tensor:
+    t = to_tensor(a)
+    if is_int:
+        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
+            raise InputError(f"input {name!r} holds token ids and needs an integer array, "
+                             f"got dtype {t.dtype}", layer=name, op="input", where=node.where,
+                             fix="pass ids as int64 (e.g. ids.long())")
+        return t.to(dev) if t.device != dev else t
+    if t.is_complex():
+        raise InputError(f"input {name!r} is complex ({t.dtype})", layer=name, op="input",
+                         where=node.where, fix="pass a real-valued array")
+    return t.to(device=dev, dtype=dtype) if (t.device != dev or t.dtype != dtype) else t
+
+
+BACKEND = TorchBackend()
+
+__all__ = ["BACKEND", "KERNELS", "ACTIVATIONS", "TorchBackend", "TorchContext",
+           "apply_activation", "compiling", "dora_column_norm_sq", "register_kernel",
+           "resolve_device", "state_tensor", "to_tensor"]

@@ -1,0 +1,159 @@
+"""PyTorch kernels of the adapter ops ``dora`` and ``lora`` (PEFT's math in Axon's
+layout: K [in, out], A [in, r], B [r, out], magnitude [out]); x (..., in) -> (..., out).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from graphdsl.adapters._math import ZERO_NORM_ULPS
+from graphdsl.adapters.contract import base_kernel
+from graphdsl.registry import OPS
+
+from ..base import KernelContext
+from .kernels import apply_activation, compiling, drop, fail, linear
+
+
+def _colsum_sq(K: torch.Tensor) -> torch.Tensor:
+    """``colsum(K*K) [out]`` for K [in, out]. Computed every call: next to a training step
+    it is cheap, and a cache could not see every way a module's weight changes
+    (``param.data.copy_`` bypasses torch's version counter)."""
+    if K.requires_grad and torch.is_grad_enabled():
+        return _colsum_squares(K)
+    with torch.no_grad():
+        return _colsum_squares(K)
+
+
+def _colsum_squares(K: torch.Tensor) -> torch.Tensor:
+    """``colsum(K*K) [out]`` for K [in, out], in 8 row blocks: the transient is in*out/8,
+    and it runs at the speed of ``(K*K).sum(0)`` (``vector_norm(K, dim=0)`` reduces across
+    rows, strided, ~13x slower on a CPU)."""
+    blocks = K.split(max(1, -(-K.shape[0] // 8)))
+    kk = blocks[0].square().sum(0)
+    for blk in blocks[1:]:
+        kk = kk + blk.square().sum(0)
+    return kk
+
+
+def dora_column_norm_sq(A: torch.Tensor, B: torch.Tensor, s: float, AtK: torch.Tensor,
+                        kk: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(c^2, noise)`` [out] with ``c_j = ||K[:, j] + s*(A@B)[:, j]||`` in factored form
+    (no [in, out] temporary): ``c^2 = colsum(K*K) + 2s*colsum((A.T@K)*B) +
+    s^2*colsum(B*((A.T@A)@B))``; ``noise = colsum(K*K) + s^2*colsum(B*((A.T@A)@B))`` is
+    the scale of the summed terms (the zero-norm rule, graphdsl.adapters._math).
+    A [in,r], B [r,out], AtK = A.T@K [r,out], kk = colsum(K*K) [out]."""
+    bb = (B * ((A.t() @ A) @ B)).sum(0)
+    c2 = kk + (2.0 * s) * (B * AtK).sum(0) + (s * s) * bb
+    return c2, (kk + (s * s) * bb).detach()
+
+
+def _finish_norm(c2: torch.Tensor, noise: torch.Tensor, eps: float | None,
+                 ctx: KernelContext) -> torch.Tensor:
+    """``c [out] = sqrt(max(c2, 0))``, clamped to ``eps`` when given (``c = max(c, eps)``,
+    as the NumPy kernels); otherwise a zero column (the rule of ZERO_NORM_ULPS: ``c2 <=
+    16*eps(dtype)*noise``) or a non-finite one is a GraphDSLError (checked eagerly,
+    skipped inside torch.compile)."""
+    thr = noise * (ZERO_NORM_ULPS * torch.finfo(c2.dtype).eps)
+    c = torch.sqrt(c2.clamp_min(0.0))
+    if eps is not None:
+        return c.clamp_min(eps)
+    if not compiling() and not bool((c2 > thr).all()):
+        bad = ~torch.isfinite(c2)
+        if bool(bad.any()):
+            cols = torch.nonzero(bad).flatten()[:10].tolist()
+            raise fail(ctx, f"the DoRA column norm ||K + s*A@B|| is not finite for "
+                        f"output unit(s) {cols}: the weights hold NaN or infinity",
+                        "check the kernel, A, B and magnitude for NaN/inf (e.g. a "
+                        "diverged update; lower the learning rate)")
+        cols = torch.nonzero(c2 <= thr).flatten()[:10].tolist()
+        raise fail(ctx, f"output unit(s) {cols} have a zero-norm column "
+                    f"||K[:, j] + s*(A@B)[:, j]||; DoRA divides by this norm, so the "
+                    "output would be NaN",
+                    "pass eps=1e-6 to dora_layer / wrap / adapt to clamp the norm "
+                    "(c = max(c, eps)), or give those units a nonzero kernel column")
+    return c
+
+
+def _adapter_params(p: Mapping) -> tuple:
+    return base_kernel(p), p.get("bias"), p["A"], p["B"]
+
+
+def _with_updates(y: torch.Tensor, ctx: KernelContext, updates: dict) -> Any:
+    if ctx.training and not ctx.module and OPS[ctx.op].stochastic:
+        return y, updates
+    return y
+
+
+def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
+    """DoRA: ``y = (m/c) * (x@K + s*(x@A)@B) + b``, c the column norm of K + s*A@B
+    (detached unless ``detach_norm=False``); with dropout in training, PEFT's form
+    ``y = x@K + b + (m/c - 1)*(xd@K) + (m/c)*s*(xd@A)@B``. x (..., in) -> (..., out)."""
+    x = ins[0]
+    K, b, A, B = _adapter_params(p)
+    m = p["magnitude"]
+    s = a["scale"]
+    n_in = K.shape[0]
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, n_in)
+    n = x2.shape[0]
+    detach = a.get("detach_norm", True)
+    rate = a.get("dropout", 0.0) or 0.0
+    updates: dict = {}
+    dropping = ctx.training and rate > 0.0
+    if dropping:
+        xd, updates = drop(x2, rate, p, ctx)
+        rows = [x2, xd]
+    else:
+        xd, rows = x2, [x2]
+    At = A.detach().t() if detach else A.t()
+    needs_graph = torch.is_grad_enabled() and (
+        K.requires_grad or x2.requires_grad or (not detach and A.requires_grad))
+    # one BLAS call for x@K (and xd@K) and A.T@K: the thin A.T@K alone runs at half speed
+    if needs_graph:
+        big = torch.cat(rows + [At]) @ K
+    else:
+        with torch.no_grad():
+            big = torch.cat(rows + [At]) @ K
+    xK, AtK = big[:n], big[-At.shape[0]:]
+    xdK = big[n:2 * n] if dropping else xK
+    kk = _colsum_sq(K)
+    if detach:
+        with torch.no_grad():
+            c2, noise = dora_column_norm_sq(A.detach(), B.detach(), s, AtK, kk)
+    else:
+        c2, noise = dora_column_norm_sq(A, B, s, AtK, kk)
+    c = _finish_norm(c2, noise, a.get("eps"), ctx)
+    scale = m / c
+    h = torch.addmm(xdK, xd @ A, B, alpha=s)
+    if dropping:
+        y = torch.addcmul(xK - xdK, h, scale)
+        if b is not None:
+            y = y + b
+    elif b is not None:
+        y = torch.addcmul(b, h, scale)
+    else:
+        y = h * scale
+    y = apply_activation(y.reshape(*lead, K.shape[1]), a.get("activation"))
+    return _with_updates(y, ctx, updates)
+
+
+def _lora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
+    """LoRA: ``y = x@K + b + s*(dropout(x)@A)@B``; x (..., in) -> (..., out)."""
+    x = ins[0]
+    K, b, A, B = _adapter_params(p)
+    s = a["scale"]
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, K.shape[0])
+    rate = a.get("dropout", 0.0) or 0.0
+    updates: dict = {}
+    xd = x2
+    if ctx.training and rate > 0.0:
+        xd, updates = drop(x2, rate, p, ctx)
+    y = torch.addmm(linear(x2, K, b), xd @ A, B, alpha=s)
+    y = apply_activation(y.reshape(*lead, K.shape[1]), a.get("activation"))
+    return _with_updates(y, ctx, updates)
+
+
+KERNELS: dict[str, Callable] = {"dora": _dora, "lora": _lora}

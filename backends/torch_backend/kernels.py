@@ -1,0 +1,214 @@
+"""The PyTorch backend's kernels of the core ops (``KERNELS``), on tensors, plus what the
+adapter kernels (:mod:`.adapters`) share with them: the context, activations, dropout.
+
+The backend itself (``compile``, conversions) is in the package's ``__init__``.
+
+Two ways to run a plan:
+
+* ``build(model, backend="torch")`` -> ``(init_fn, predict_fn)``: a flat list of kernel
+  calls over numbered slots, like the NumPy backend. Parameters come from the NumPy
+  ``ModelState`` (zero-copy where possible); inputs may be NumPy arrays or tensors;
+  outputs are tensors. Option: ``device=`` ("cpu", "cuda", ...).
+* :func:`graphdsl.to_torch` lowers the plan to an ``nn.Module`` whose forward is
+  generated straight-line code calling these kernels (see ``graphdsl/torch_interop.py``).
+
+A kernel is ``kernel(inputs, params, attrs, ctx) -> tensor``. In a module
+(``ctx.module``) stochastic kernels use torch's RNG and return only the tensor; in
+``build(..., mode="train")`` dropout draws from the layer's ``key`` state entry and
+returns ``(tensor, {"key": new_key})`` like the NumPy backend.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from graphdsl.errors import GraphDSLError, InputError
+
+from .. import shared
+from ..base import KernelContext
+
+_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+@dataclass
+class TorchContext(KernelContext):
+    """KernelContext plus what torch kernels need: where the layer was defined (for
+    errors), the device (functional path), and whether it runs inside an nn.Module."""
+
+    where: str | None = None
+    device: Any = None
+    module: bool = False
+
+
+def compiling() -> bool:
+    """Whether torch.compile (dynamo) is tracing the current call."""
+    return torch.compiler.is_compiling()
+
+
+def fail(ctx: KernelContext, what: str, fix: str, cls: type[GraphDSLError] = GraphDSLError,
+          shapes: Any = None) -> GraphDSLError:
+    return cls(what, layer=ctx.name, op=ctx.op, where=getattr(ctx, "where", None),
+               shapes=shapes, fix=fix)
+
+
+# -- activations ---------------------------------------------------------------------------
+ACTIVATIONS: dict[str, Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor]] = {
+    "relu": lambda x, a: F.relu(x),
+    "gelu": lambda x, a: F.gelu(x, approximate="tanh" if a.get("approximate") else "none"),
+    "sigmoid": lambda x, a: torch.sigmoid(x),
+    "tanh": lambda x, a: torch.tanh(x),
+    "softmax": lambda x, a: torch.softmax(x, dim=a.get("axis", -1)),
+    "log_softmax": lambda x, a: torch.log_softmax(x, dim=a.get("axis", -1)),
+    "silu": lambda x, a: F.silu(x),
+    "elu": lambda x, a: F.elu(x, alpha=a.get("alpha", 1.0)),
+    "leaky_relu": lambda x, a: F.leaky_relu(x, negative_slope=a.get("alpha", 0.01)),
+    "softplus": lambda x, a: F.softplus(x),
+}
+_NO_OPTS: Mapping[str, Any] = {}
+
+
+def apply_activation(y: torch.Tensor, name: str | None) -> torch.Tensor:
+    """``y`` (any shape) through the fused activation ``name`` of dense or an adapter (None:
+    the identity); same shape and dtype."""
+    if name is None:
+        return y
+    return ACTIVATIONS[name](y, _NO_OPTS)
+
+
+def _as_float(y: torch.Tensor, ctx: KernelContext) -> torch.Tensor:
+    return y.to(ctx.dtype) if y.is_floating_point() and y.dtype != ctx.dtype else y
+
+
+def linear(x: torch.Tensor, K: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``x @ K + b`` for x (..., in), K [in, out]: one BLAS call (addmm) for 2-D x."""
+    if x.dim() == 2:
+        return torch.addmm(b, x, K) if b is not None else x @ K
+    return F.linear(x, K.t(), b)
+
+
+# -- core kernels ----------------------------------------------------------------------------
+def _dense(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
+    return apply_activation(linear(ins[0], p["kernel"], p.get("bias")), a["activation"])
+
+
+def _seeded_mask(shape: tuple, rate: float, key: Any, device: Any
+                 ) -> tuple[torch.Tensor, np.ndarray]:
+    """Keep-mask drawn from the layer's uint64 key (functional path), and the next key."""
+    g = torch.Generator(device="cpu")
+    g.manual_seed(int(key) & (2**63 - 1))
+    keep = torch.rand(shape, generator=g) >= rate
+    new = np.asarray(int(torch.randint(0, 2**62, (), generator=g)), dtype=np.uint64)
+    return keep.to(device), new
+
+
+def drop(x: torch.Tensor, rate: float, p: Mapping, ctx: KernelContext
+          ) -> tuple[torch.Tensor, dict]:
+    """Inverted dropout: torch's RNG in a module, the layer's key state entry otherwise
+    (returns the updates for the state)."""
+    if ctx.module or "key" not in p:
+        return F.dropout(x, rate, True), {}
+    keep, new = _seeded_mask(tuple(x.shape), rate, p["key"], x.device)
+    return torch.where(keep, x / (1.0 - rate), torch.zeros((), dtype=x.dtype,
+                                                             device=x.device)), {"key": new}
+
+
+def _dropout(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
+    x = ins[0]
+    if not ctx.training:
+        return x
+    if a["rate"] == 0.0:
+        return x if ctx.module else (x, {})
+    y, new = drop(x, a["rate"], p, ctx)
+    return y if ctx.module else (y, new)
+
+
+def _layer_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
+    x = ins[0]
+    ax = a["axis"] % x.dim()
+    y = F.layer_norm(x.movedim(ax, -1), (x.shape[ax],), p.get("gamma"), p.get("beta"),
+                     a["epsilon"])
+    return y.movedim(-1, ax)
+
+
+def _embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
+    ids = ins[0]
+    if not compiling() and ids.numel():
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= a["vocab_size"]:
+            raise fail(ctx, f"token ids must lie in [0, {a['vocab_size']}), got values in "
+                        f"[{lo}, {hi}]", "check the tokenizer, or raise vocab_size",
+                        InputError, shapes=[tuple(ids.shape)])
+    return F.embedding(ids, p["kernel"])
+
+
+def _transpose(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
+    x = ins[0]
+    axes = a["axes"] if a["axes"] is not None else tuple(range(x.dim() - 1, -1, -1))
+    return x.permute(*axes)
+
+
+def _matmul(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
+    x, y = ins
+    if x.dtype != y.dtype:
+        x, y = x.to(ctx.dtype), y.to(ctx.dtype)
+    return torch.matmul(x, y)
+
+
+def _constant(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
+    if "value" in p:  # a module registers the constant as a (non-persistent) buffer
+        return p["value"]
+    dev = getattr(ctx, "device", None)
+    hit = ctx.cache.get("value")
+    if hit is None or hit.device != torch.device(dev or "cpu"):
+        v = a["value"]
+        t = torch.tensor(v, device=dev)
+        hit = ctx.cache["value"] = t.to(ctx.dtype) if t.is_floating_point() else t
+    return hit
+
+
+def _custom(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
+    y = a["fn"](*ins, xp=torch, **a["opts"])
+    if not isinstance(y, torch.Tensor):
+        dev = ins[0].device if ins else getattr(ctx, "device", None)
+        y = torch.as_tensor(np.asarray(y) if not isinstance(y, (int, float)) else y,
+                            device=dev)
+    return _as_float(y, ctx)
+
+
+def _variadic(fn: Callable) -> Callable:
+    def kernel(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
+        y = ins[0]
+        for t in ins[1:]:
+            y = fn(y, t)
+        return _as_float(y, ctx)
+
+    return kernel
+
+
+def _concatenate(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
+    if any(t.is_floating_point() for t in ins):
+        ins = [t.to(ctx.dtype) for t in ins]
+    return torch.cat(ins, dim=a["axis"])
+
+
+KERNELS: dict[str, Callable] = {
+    "constant": _constant,
+    "layer": _custom,
+    "dense": _dense,
+    "dropout": _dropout,
+    "layer_norm": _layer_norm,
+    "embedding": _embedding,
+    "add": _variadic(torch.add),
+    "subtract": _variadic(torch.sub),
+    "multiply": _variadic(torch.mul),
+    "concatenate": _concatenate,
+    "transpose": _transpose,
+    "matmul": _matmul,
+    **shared.KERNELS,
+    **shared.activation_kernels(ACTIVATIONS),
+}

@@ -1,0 +1,89 @@
+"""Rules shared by graphdsl's three JSON documents (the model definition ``model.json``, a
+model file's ``state.json``, an adapter file's ``adapters.json``): the one format version
+and its check, the frozen-flag list, the list of non-parameter state entries, and the
+checks on the ``model`` and ``state`` arguments of the writers.
+"""
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable, Mapping
+from typing import Any
+
+from ..errors import GraphDSLError, SerializationError, StateError
+from ..graph import Graph
+from ..node import Node
+from ..state import ModelState
+
+#: the version every graphdsl document carries (``"format_version": 1``)
+FORMAT_VERSION = 1
+
+Key = tuple[str, str]  # (layer, param)
+
+
+def check_version(doc: Mapping[str, Any], source: str,
+                  fix: str = "save the file again with this version of graphdsl, or "
+                             "upgrade graphdsl") -> None:
+    """Check a document's ``format_version``: missing, a bool or any value but
+    :data:`FORMAT_VERSION` is a SerializationError naming ``source``; ``fix`` words the
+    remedy (e.g. which function writes the file again)."""
+    v = doc.get("format_version")
+    if v is None:
+        raise SerializationError(f"{source} has no 'format_version'",
+                                 fix=f"add \"format_version\": {FORMAT_VERSION}")
+    if v != FORMAT_VERSION or isinstance(v, bool):
+        raise SerializationError(
+            f"{source} has format_version {v!r}; this graphdsl reads version "
+            f"{FORMAT_VERSION}", fix=fix)
+
+
+def read_frozen(value: Any, allowed: Collection[Key], source: str, allowed_what: str,
+                fix: str) -> set[Key]:
+    """The ``"frozen"`` list of a document as a set of ``(layer, param)``.
+
+    ``value`` must be a list of ``[layer, param]`` string pairs, each in ``allowed``;
+    otherwise a SerializationError ``"{source}: 'frozen' ..."`` that names the pairs that are
+    not ``allowed_what`` (e.g. "parameters of the model").
+    """
+    if not isinstance(value, list) or not all(
+            isinstance(x, list) and len(x) == 2 and all(isinstance(s, str) for s in x)
+            for x in value):
+        raise SerializationError(f"{source}: 'frozen' must be a list of [layer, param] pairs",
+                                 fix=fix)
+    frozen = {(a, b) for a, b in value}
+    wrong = sorted(k for k in frozen if k not in allowed)
+    if wrong:
+        raise SerializationError(f"{source}: 'frozen' names {['.'.join(k) for k in wrong[:10]]}"
+                                 f", which are not {allowed_what}", fix=fix)
+    return frozen
+
+
+def frozen_list(frozen: Iterable[Key], keys: Collection[Key]) -> list[list[str]]:
+    """The ``"frozen"`` list a document stores: the sorted ``[layer, param]`` pairs of
+    ``frozen`` that are among ``keys`` (the values the file holds)."""
+    return [list(k) for k in sorted(frozen) if k in keys]
+
+
+def state_entries(g: Graph, keys: Iterable[Key]) -> dict[str, list[str]]:
+    """``{layer: [entry, ...]}``: the non-parameter state entries (ParamSpec kind
+    ``"state"``, e.g. a dropout ``key``) among ``keys``, in the graph's order."""
+    keys = set(keys)
+    out: dict[str, list[str]] = {}
+    for (layer, p), spec in g.params.items():
+        if (layer, p) in keys and spec.kind == "state":
+            out.setdefault(layer, []).append(p)
+    return out
+
+
+def check_model_arg(model: Any, what: str) -> None:
+    """``model`` must be a Node (the model's output), else a GraphDSLError for ``what``."""
+    if not isinstance(model, Node):
+        raise GraphDSLError(f"{what}: the model must be a graph node (a layer's output), got "
+                            f"{type(model).__name__}",
+                            fix=f"call {what}(path, model, state) with the model's output node")
+
+
+def check_state_arg(state: Any, what: str) -> None:
+    """``state`` must be a ModelState, else a StateError for ``what``."""
+    if not isinstance(state, ModelState):
+        raise StateError(f"{what}: the state must be a ModelState, got {type(state).__name__}",
+                         fix=f"call {what}(path, model, state) with the state from init_fn "
+                             "(or gd.load)")

@@ -1,0 +1,200 @@
+"""Weights as safetensors bytes (the format of Hugging Face and PEFT), keyed
+``"layer.param"``: writing checks a state against the tensors the graph reads; reading
+validates the header itself (length, JSON, names, dtypes, shapes, contiguous offsets) and
+compares names, shapes and dtypes with the graph before the safetensors library decodes
+the bytes.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import numpy as np
+
+from ..errors import GraphDSLError, SerializationError, StateError, fmt_shape
+from ..graph import Graph
+from ..state import ModelState
+from .json_text import parse_json
+
+# safetensors dtype code <-> NumPy dtype
+ST_DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16",
+             "U32": "uint32", "I32": "int32", "U64": "uint64", "I64": "int64",
+             "F16": "float16", "F32": "float32", "F64": "float64"}
+_FLOAT_DTYPES = ("float32", "float64")  # compute dtypes a parameter without a fixed dtype may have
+
+
+def _safetensors() -> Any:
+    try:
+        import safetensors.numpy as stnp
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise GraphDSLError("saving and loading model files needs the safetensors package",
+                            fix="pip install 'graphdsl[io]' (or pip install safetensors)"
+                            ) from None
+    return stnp
+
+
+Expected = dict[tuple[str, str], tuple[tuple, tuple[str, ...]]]
+
+
+def expected_tensors(g: Graph, keys: Iterable[tuple[str, str]] | None = None) -> Expected:
+    """``{(layer, param): (shape, allowed dtypes)}`` the graph reads (or only ``keys``)."""
+    sel = set(keys) if keys is not None else None
+    out: Expected = {}
+    for key, spec in g.params.items():
+        if sel is None or key in sel:
+            out[key] = (tuple(spec.shape), (spec.dtype,) if spec.dtype else _FLOAT_DTYPES)
+    return out
+
+
+def _check_keys(have: Iterable[tuple[str, str]], want: Expected, source: str,
+                cls: type[GraphDSLError], fix_missing: str) -> None:
+    have = set(have)
+    missing = sorted(k for k in want if k not in have)
+    extra = sorted(k for k in have if k not in want)
+    if missing:
+        names = ", ".join(f"{a}.{b}" for a, b in missing[:10])
+        raise cls(f"{source} lacks {len(missing)} value(s) the model needs: {names}",
+                  fix=fix_missing)
+    if extra:
+        names = ", ".join(f"{a}.{b}" for a, b in extra[:10])
+        raise cls(f"{source} has {len(extra)} value(s) the model does not use: {names}",
+                  fix="the file and the model disagree; save them together with gd.save")
+
+
+def _check_array(key: tuple[str, str], shape: tuple, dtype: str, want: Expected, source: str,
+                 cls: type[GraphDSLError]) -> None:
+    wshape, wdtypes = want[key]
+    if tuple(shape) != wshape:
+        raise cls(f"{source}: {key[0]}.{key[1]} has shape {fmt_shape(tuple(shape))}, the "
+                  f"model needs {fmt_shape(wshape)}", layer=key[0],
+                  shapes={"expected": wshape, "given": tuple(shape)},
+                  fix="the weights do not belong to this model")
+    if dtype not in wdtypes:
+        raise cls(f"{source}: {key[0]}.{key[1]} has dtype {dtype}, the model needs "
+                  f"{' or '.join(wdtypes)}", layer=key[0],
+                  fix="convert the array (e.g. arr.astype('float32')) before saving")
+
+
+def state_tensors(g: Graph, state: ModelState, want: Expected) -> dict[str, np.ndarray]:
+    """The arrays of ``state`` the file will hold, checked against the graph.
+
+    ``want`` (from :func:`expected_tensors`) names every ``(layer, param)`` with its shape and
+    allowed dtypes; ``state.data`` must hold exactly those (a missing, extra, mis-shaped or
+    mis-typed value is a StateError). Returns ``{"layer.param": array}``: NumPy arrays
+    (torch tensors are copied to the CPU), C-contiguous, of exactly the shapes in ``want``
+    (a dense kernel ``[in, out]``, a bias ``[out]``, a dropout key ``[]``).
+    """
+    if not isinstance(state, ModelState):
+        raise StateError(f"expected a ModelState, got {type(state).__name__}",
+                         fix="pass the state returned by init_fn (or gd.load)")
+    have = {(layer, p): a for layer, ps in state.data.items() for p, a in ps.items()}
+    _check_keys(have, want, "the state", StateError,
+                "initialize the state with init_fn(template, state) first")
+    out = {}
+    for key, a in have.items():
+        if hasattr(a, "detach"):
+            a = a.detach().cpu().numpy()
+        arr = np.asarray(a)
+        if not arr.flags.c_contiguous:
+            arr = arr.copy(order="C")  # (np.ascontiguousarray would make 0-d arrays 1-d)
+        _check_array(key, arr.shape, arr.dtype.name, want, "the state", StateError)
+        out[f"{key[0]}.{key[1]}"] = arr
+    return out
+
+
+def _parse_header(blob: bytes, source: str) -> dict[tuple[str, str], tuple[tuple, str]]:
+    """Validate a safetensors header ourselves before the library sees the bytes."""
+    def bad(msg: str) -> SerializationError:
+        return SerializationError(f"{source}: {msg}", fix="the weights are damaged; save the "
+                                  "model again")
+
+    if len(blob) < 8:
+        raise bad("the weights are truncated (no safetensors header)")
+    n = int.from_bytes(blob[:8], "little")
+    if n < 2 or n > min(100 << 20, len(blob) - 8):
+        raise bad(f"the safetensors header length {n} does not fit the {len(blob)}-byte data")
+    header = parse_json(blob[8:8 + n], f"{source} header")
+    if not isinstance(header, dict):
+        raise bad("the safetensors header is not a JSON object")
+    data_len = len(blob) - 8 - n
+    spans, out = [], {}
+    for key, v in header.items():
+        if key == "__metadata__":
+            if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
+                raise bad("__metadata__ must map strings to strings")
+            continue
+        layer, dot, param = key.partition(".")
+        if not (layer and dot and param):
+            raise bad(f"tensor name {key!r} is not 'layer.param'")
+        if not isinstance(v, dict) or set(v) != {"dtype", "shape", "data_offsets"}:
+            raise bad(f"tensor {key!r} needs exactly dtype, shape, data_offsets")
+        dt, shape, offs = v["dtype"], v["shape"], v["data_offsets"]
+        if not isinstance(dt, str) or dt not in ST_DTYPES:
+            raise bad(f"tensor {key!r} has unsupported dtype {dt!r}")
+        if not (isinstance(shape, list) and len(shape) <= 32 and all(
+                isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
+            raise bad(f"tensor {key!r} has an invalid shape {shape!r}")
+        if not (isinstance(offs, list) and len(offs) == 2 and all(
+                isinstance(o, int) and not isinstance(o, bool) for o in offs)
+                and 0 <= offs[0] <= offs[1] <= data_len):
+            raise bad(f"tensor {key!r} has invalid data offsets {offs!r}")
+        nbytes = int(np.prod(shape, dtype=object) if shape else 1) * np.dtype(
+            ST_DTYPES[dt]).itemsize
+        if offs[1] - offs[0] != nbytes:
+            raise bad(f"tensor {key!r} spans {offs[1] - offs[0]} bytes, its shape and dtype "
+                      f"need {nbytes}")
+        spans.append((offs[0], offs[1], key))
+        out[(layer, param)] = (tuple(shape), ST_DTYPES[dt])
+    pos = 0
+    for b, e, key in sorted(spans):
+        if b != pos:
+            raise bad(f"tensor {key!r} overlaps another or leaves a gap in the data")
+        pos = e
+    if pos != data_len:
+        raise bad(f"the data holds {data_len - pos} bytes no tensor uses")
+    return out
+
+
+def read_weights(blob: bytes, want: Expected, source: str) -> dict[tuple[str, str], np.ndarray]:
+    """Decode safetensors bytes, checking names, shapes and dtypes against ``want``.
+
+    Returns ``{(layer, param): array}``, one NumPy array per key of ``want``, each of the
+    shape and one of the dtypes ``want`` gives. Any mismatch or damage is a
+    SerializationError prefixed with ``source``.
+    """
+    header = _parse_header(blob, source)
+    _check_keys(header, want, source, SerializationError,
+                "the weights do not belong to this model; save model and state together")
+    for key, (shape, dt) in header.items():
+        _check_array(key, shape, dt, want, source, SerializationError)
+    stnp = _safetensors()
+    try:
+        arrays = stnp.load(blob)
+    except BaseException as e:  # includes pyo3's PanicException
+        if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+            raise
+        raise SerializationError(f"{source}: the weights could not be decoded "
+                                 f"({type(e).__name__}: {str(e)[:200]})",
+                                 fix="the file is damaged; save the model again") from None
+    out = {}
+    for name, arr in arrays.items():
+        layer, _, param = name.partition(".")
+        out[(layer, param)] = arr
+    return out
+
+
+
+def encode_weights(tensors: dict[str, np.ndarray], kind: str) -> bytes:
+    """safetensors bytes of ``{"layer.param": array}`` (arrays of any shape, C-contiguous,
+    as :func:`state_tensors` gives), with ``{"format": kind}`` as metadata."""
+    return _safetensors().save(tensors, metadata={"format": kind})
+
+
+def by_layer(arrays: Mapping[tuple[str, str], np.ndarray], keys: Iterable[tuple[str, str]]
+             ) -> dict[str, dict[str, np.ndarray]]:
+    """``{layer: {param: array}}`` of ``arrays`` (keyed ``(layer, param)``, as
+    :func:`read_weights` returns them), in the order of ``keys``; arrays keep their shapes."""
+    data: dict[str, dict[str, np.ndarray]] = {}
+    for layer, p in keys:
+        data.setdefault(layer, {})[p] = arrays[(layer, p)]
+    return data

@@ -1,0 +1,129 @@
+"""Structure checks run by CI (``python tools/check_structure.py``):
+
+1. no import circle among the library's modules (``graphdsl/`` and ``backends/``, which is
+   installed as ``graphdsl.backends``): every ``import``/``from`` statement counts, at
+   module level or inside a function, except those under ``if TYPE_CHECKING:``;
+2. no module imports a private name (``_x``) from another module;
+3. the library's line count, which must stay under :data:`LINE_BUDGET`.
+
+Exit status 1 when a check fails. It reads the source with ``ast`` and imports nothing.
+"""
+from __future__ import annotations
+
+import ast
+import os
+import sys
+
+import networkx as nx
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGES = {"graphdsl": "graphdsl", "backends": "graphdsl.backends"}  # folder -> module
+#: physical lines of library code (graphdsl/ + backends/); room for the transformer, conv,
+#: Hugging Face and ONNX families still to come
+LINE_BUDGET = 14_000
+
+
+def modules() -> dict[str, str]:
+    """``{module name: file path}`` of every library module."""
+    out = {}
+    for folder, prefix in PACKAGES.items():
+        base = os.path.join(ROOT, folder)
+        for dirpath, _, files in os.walk(base):
+            for f in sorted(files):
+                if not f.endswith(".py"):
+                    continue
+                rel = os.path.relpath(os.path.join(dirpath, f), base)[:-3].split(os.sep)
+                if rel[-1] == "__init__":
+                    rel = rel[:-1]
+                out[".".join([prefix, *rel])] = os.path.join(dirpath, f)
+    return out
+
+
+def _is_package(name: str, path: str) -> bool:
+    return path.endswith("__init__.py")
+
+
+def _resolve(mod: str, path: str, node: ast.ImportFrom | ast.Import, known: set[str]
+             ) -> list[tuple[str, list[str]]]:
+    """``[(target module, imported names)]`` of one import statement, library only."""
+    if isinstance(node, ast.Import):
+        return [(a.name, []) for a in node.names if a.name in known]
+    if node.level:
+        pkg = mod if _is_package(mod, path) else mod.rsplit(".", 1)[0]
+        for _ in range(node.level - 1):
+            pkg = pkg.rsplit(".", 1)[0]
+        base = f"{pkg}.{node.module}" if node.module else pkg
+    else:
+        base = node.module or ""
+    if base not in known:
+        return []
+    out = []
+    for a in node.names:
+        sub = f"{base}.{a.name}"
+        out.append((sub, []) if sub in known else (base, [a.name]))
+    return out
+
+
+def _type_checking_blocks(tree: ast.AST) -> set[int]:
+    ids = set()
+    for n in ast.walk(tree):
+        if isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test):
+            for m in ast.walk(n):
+                ids.add(id(m))
+    return ids
+
+
+def import_graph() -> tuple[nx.DiGraph, list[str]]:
+    """The import graph and the list of private-name imports across modules."""
+    mods = modules()
+    known = set(mods)
+    g = nx.DiGraph()
+    g.add_nodes_from(known)
+    private = []
+    for mod, path in mods.items():
+        with open(path, encoding="utf-8") as f:
+            tree = ast.parse(f.read(), path)
+        skip = _type_checking_blocks(tree)
+        for node in ast.walk(tree):
+            if not isinstance(node, (ast.Import, ast.ImportFrom)) or id(node) in skip:
+                continue
+            for target, names in _resolve(mod, path, node, known):
+                if target != mod:
+                    g.add_edge(mod, target, line=node.lineno)
+                for n in names:
+                    if n.startswith("_") and not n.startswith("__"):
+                        private.append(f"{os.path.relpath(path, ROOT)}:{node.lineno}: "
+                                       f"imports private {n} from {target}")
+    return g, private
+
+
+def line_count() -> int:
+    total = 0
+    for path in modules().values():
+        with open(path, encoding="utf-8") as f:
+            total += sum(1 for _ in f)
+    return total
+
+
+def main() -> int:
+    g, private = import_graph()
+    ok = True
+    cycles = [sorted(c) for c in nx.strongly_connected_components(g) if len(c) > 1]
+    for c in cycles:
+        ok = False
+        print(f"import circle: {' <-> '.join(c)}")
+    for p in private:
+        ok = False
+        print(p)
+    n = line_count()
+    print(f"library: {len(g)} modules, {g.number_of_edges()} imports, {n} lines "
+          f"(budget {LINE_BUDGET})")
+    if n > LINE_BUDGET:
+        ok = False
+        print(f"over the line budget by {n - LINE_BUDGET} lines")
+    print("structure: ok" if ok else "structure: FAILED")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
