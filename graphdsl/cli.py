@@ -30,8 +30,14 @@ from typing import Any, BinaryIO, NoReturn
 
 import numpy as np
 
+from . import __version__, display
+from .adapters import merge_adapters
+from .arrays import as_numpy
+from .compiler import build
 from .errors import GraphDSLError
-from .node import Node
+from .graph import analyze
+from .io import adapter_layers, atomic_writer, from_json, load, sniff, write_model
+from .node import Node, caller_location
 from .state import ModelState
 
 PROG = "graphdsl"
@@ -39,7 +45,6 @@ PROG = "graphdsl"
 
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors (no usage dump) and exit status 2."""
-
     def error(self, message: str) -> NoReturn:
         self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
@@ -92,7 +97,6 @@ def write_output(path: str, write: Callable[[BinaryIO], None], example: str,
                  note: str = "") -> None:
     """Write the bytes ``write(fh)`` produces to ``path`` atomically (an existing file is
     replaced only once everything is written), or to stdout for ``-o -``."""
-    from .io import atomic_writer
 
     if path == "-":
         buf = io.BytesIO()
@@ -111,7 +115,6 @@ def load_any(path: str, seed: int = 0, weights: bool = True
              ) -> tuple[Node, ModelState | None, str]:
     """``(model, state, kind)`` from a saved model (kind "model") or a JSON definition
     (kind "json", weights initialized from ``seed``; state None when not ``weights``)."""
-    from .io import from_json, load, sniff
 
     check_input_file(path, "", MODEL_FILES)
     with open(path, "rb") as f:
@@ -130,7 +133,6 @@ def load_any(path: str, seed: int = 0, weights: bool = True
 
 
 def _init_weights(model: Node, seed: int, path: str) -> ModelState:
-    from .compiler import build
 
     try:
         return build(model, seed=seed)[0]()
@@ -142,7 +144,6 @@ def _init_weights(model: Node, seed: int, path: str) -> ModelState:
 
 # -- subcommands ---------------------------------------------------------------------------
 def _summary(args: argparse.Namespace) -> None:
-    from . import display
 
     model, state, kind = load_any(args.file, weights=False)
     src = "saved model" if kind == "model" else "JSON definition, no weights created"
@@ -151,7 +152,6 @@ def _summary(args: argparse.Namespace) -> None:
 
 
 def _graph(args: argparse.Namespace) -> None:
-    from . import display
 
     refuse_overwriting_inputs(args.output, [args.file])
     model, state, _ = load_any(args.file, weights=False)
@@ -174,8 +174,6 @@ def _graph(args: argparse.Namespace) -> None:
 
 def _svg(model: Node, state: ModelState | None) -> bytes:
     """The model drawn by Graphviz as SVG bytes (rendered in a private temp folder)."""
-    from . import display
-
     with tempfile.TemporaryDirectory(prefix="graphdsl-") as folder:
         out = os.path.join(folder, "model.svg")
         display.render(model, out, state=state, format="svg")
@@ -230,9 +228,6 @@ def _read_npy(path: str, name: str, dtype: str) -> np.ndarray:
 
 
 def _predict(args: argparse.Namespace) -> None:
-    from .arrays import as_numpy
-    from .compiler import build
-    from .graph import analyze
 
     refuse_overwriting_inputs(args.output, [args.file, *_input_paths(args.input or [])])
     model, state, _ = load_any(args.file, weights=False)
@@ -275,8 +270,6 @@ def _write_prediction(path: str, result: np.ndarray | dict[str, np.ndarray]) -> 
 
 
 def _merge(args: argparse.Namespace) -> None:
-    from .adapters import merge_adapters
-    from .io import adapter_layers, write_model
 
     refuse_overwriting_inputs(args.output, [args.file])
     model, state, _ = load_any(args.file, weights=False)
@@ -334,7 +327,6 @@ def make_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from . import __version__
 
     return __version__
 
@@ -363,7 +355,6 @@ def _sigterm_raises() -> Iterator[None]:
 def _message(e: GraphDSLError) -> str:
     """``e`` in one line, without a "defined at" that names this command's own entry
     point (nodes made here have no location in the user's code)."""
-    from .node import caller_location
 
     if e.where and e.where.rpartition(":")[0] == caller_location().rpartition(":")[0]:
         e = GraphDSLError(e.what, layer=e.layer, op=e.op, shapes=e.shapes, fix=e.fix)

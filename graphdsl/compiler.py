@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from .arrays import as_numpy
+from .backends import get_backend
 from .errors import GraphDSLError, InputError, RuleError, StateError, fmt_shape
 from .graph import (
     Graph,
@@ -280,8 +281,6 @@ def build(model: Node, backend: str = "numpy", mode: str = "inference", seed: in
     array for a 1-input model, else ``{name: array}``; in ``mode="train"`` it returns
     ``{"prediction": ..., "state": ModelState}`` with dropout active.
     """
-    from graphdsl.backends import get_backend
-
     if not is_int(seed) or int(seed) < 0:
         raise GraphDSLError(f"seed must be a non-negative integer, got {seed!r}",
                             fix="pass seed=0 (or any int >= 0)")

@@ -240,12 +240,12 @@ def options(node: Node) -> list[str]:
     for k, v in node.attrs.items():
         if node.op == "input" and k == "shape":
             continue
-        if node.op == "layer" and k in ("fn_name", "output_shape"):
+        if node.op == "custom" and k in ("fn_name", "output_shape"):
             continue
-        if node.op == "layer" and k == "fn":
+        if node.op == "custom" and k == "fn":
             lines.append(f"fn: {node.attrs.get('fn_name') or fmt_value(v)}")
             continue
-        if node.op == "layer" and k == "opts" and isinstance(v, Mapping):
+        if node.op == "custom" and k == "opts" and isinstance(v, Mapping):
             lines.extend(f"{ok}: {fmt_value(ov)}" for ok, ov in v.items())
             continue
         lines.append(f"{k}: {fmt_value(v)}")

@@ -66,12 +66,17 @@ class ShapeError(GraphDSLError):
     """Shapes of a layer's inputs do not fit its op."""
 
 
-class AttributeError_(GraphDSLError):
+class OptionError(GraphDSLError):
     """A layer option (units, rate, axis, activation, ...) is invalid."""
 
 
-class NameError_(GraphDSLError):
+class LayerNameError(GraphDSLError):
     """A layer name is malformed or used twice."""
+
+
+# the names these had in 0.1 (they read like Python's built-in exceptions)
+AttributeError_ = OptionError
+NameError_ = LayerNameError
 
 
 class InputError(GraphDSLError):

@@ -12,7 +12,7 @@ from typing import Any
 from .errors import (
     GraphDSLError,
     InputError,
-    NameError_,
+    LayerNameError,
     RuleError,
     ShapeError,
     StateError,
@@ -60,7 +60,7 @@ def resolve_names(order: list[Node]) -> dict[int, str]:
         if n.name is not None:
             if n.name in owner:
                 first = owner[n.name]
-                raise NameError_(
+                raise LayerNameError(
                     f"layer name {n.name!r} is used twice (also by a {first.op} layer "
                     f"defined at {first.where})", layer=n.name, op=n.op, where=n.where,
                     fix="give each layer a unique name=")

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import AttributeError_, RuleError
+from .errors import OptionError, RuleError
 from .registry import DerivedInit
 
 Initializer = Callable[[tuple, np.dtype, np.random.Generator], np.ndarray]
@@ -66,7 +66,7 @@ def check_initializer(init: Any, what: str) -> Any:
         return init
     raise RuleError(f"unknown {what} {init!r}",
                     f"use one of {sorted(k for k in INITIALIZERS if k != 'rng_key')} "
-                    "or a callable (shape, dtype, rng) -> array", AttributeError_)
+                    "or a callable (shape, dtype, rng) -> array", OptionError)
 
 
 def param_rng(seed: int, layer: str, param: str) -> np.random.Generator:

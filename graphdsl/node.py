@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
-from .errors import AttributeError_, GraphDSLError, NameError_, RuleError, ShapeError, fmt_shape
+from .errors import GraphDSLError, LayerNameError, OptionError, RuleError, ShapeError, fmt_shape
 from .registry import OpDef, ParamSpec, Shape, get_op
 
 _ids = itertools.count()
@@ -92,9 +92,9 @@ def is_valid_name(name: Any) -> bool:
 
 
 def validate_name(name: Any, op: str, where: str, what: str = "layer name") -> str:
-    """``name`` itself, or a NameError_ saying what a valid name looks like."""
+    """``name`` itself, or a LayerNameError saying what a valid name looks like."""
     if not is_valid_name(name):
-        raise NameError_(
+        raise LayerNameError(
             f"invalid {what} {name!r}: names are identifiers (letters, digits, '_', "
             f"no dots, not starting with a digit)",
             op=op, where=where,
@@ -144,7 +144,7 @@ def make_node(
         unknown = sorted(set(raw) - set(attrs))
         if unknown:
             raise RuleError(f"{op} has no option(s) {unknown}",
-                            f"{op} takes {sorted(attrs) or 'no options'}", AttributeError_)
+                            f"{op} takes {sorted(attrs) or 'no options'}", OptionError)
         shape = opdef.infer_shape(in_shapes, attrs)
         dtype = opdef.infer_dtype([i.dtype for i in ins], attrs)
         params = tuple(opdef.params(in_shapes, attrs))

@@ -17,7 +17,7 @@ import pytest
 
 import graphdsl as gd
 from graphdsl import dora
-from graphdsl.errors import AttributeError_, GraphDSLError
+from graphdsl.errors import GraphDSLError, OptionError
 
 pytest.importorskip("safetensors")
 
@@ -289,7 +289,7 @@ def test_every_graphdsl_error_exits_1_without_a_bogus_location(monkeypatch, caps
 
     def fail(*a, **k):
         # the location a layer made by the command itself gets: this test's own frame
-        raise AttributeError_("units must be at most 2**31", layer="fc1", op="dense",
+        raise OptionError("units must be at most 2**31", layer="fc1", op="dense",
                               where=f"{__file__}:1", fix="use fewer units")
 
     monkeypatch.setattr(cli, "load_any", fail)
@@ -297,4 +297,4 @@ def test_every_graphdsl_error_exits_1_without_a_bogus_location(monkeypatch, caps
     err = capsys.readouterr().err
     assert err.strip() == ("graphdsl: error: units must be at most 2**31; in layer 'fc1' "
                            "(op dense); fix: use fewer units")
-    assert issubclass(AttributeError_, GraphDSLError)
+    assert issubclass(OptionError, GraphDSLError)

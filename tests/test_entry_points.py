@@ -167,3 +167,20 @@ def test_regex_targets_full_match_the_layer_name(adapter):
     assert ops.get("attn_q_" + adapter.__name__.rsplit(".", 1)[-1]) == adapter.__name__.rsplit(
         ".", 1)[-1]
     assert not any(k.startswith("cross_attn_q_proj_") for k in ops)
+
+
+def test_a_file_from_before_the_custom_op_rename_still_loads():
+    @gd.register_function("entry_points_double")
+    def double(x, xp):
+        return x * 2
+
+    model = gd.layer(double, gd.input("x", (None, 3)), name="twice")
+    doc = json.loads(gd.to_json(model))
+    assert doc["nodes"][-1]["op"] == "custom"
+    doc["nodes"][-1]["op"] = "layer"  # what graphdsl 0.1 wrote
+    old = gd.from_json(json.dumps(doc))
+    assert old.op == "custom"
+    np.testing.assert_array_equal(gd.predict(old, gd.ModelState(), np.ones((2, 3))),
+                                  np.full((2, 3), 2.0))
+    from graphdsl.errors import AttributeError_, LayerNameError, NameError_, OptionError
+    assert AttributeError_ is OptionError and NameError_ is LayerNameError

@@ -14,7 +14,7 @@ from strategies import graphs
 
 import graphdsl as gd
 from graphdsl import dora, lora
-from graphdsl.errors import AttributeError_, SerializationError
+from graphdsl.errors import OptionError, SerializationError
 from graphdsl.graph import analyze
 from graphdsl.io import FORMAT_VERSION, schema
 
@@ -48,7 +48,7 @@ CASES = {
     "constant": lambda: gd.add(_x(4), gd.constant(np.arange(4, dtype=np.float32) / 3)),
     "param": lambda: gd.matmul(_x(4), gd.param("w", (4, 2), initializer="he_normal",
                                                 trainable=False)),
-    "layer": lambda: gd.layer(scaled_tanh, _x(), name="custom", k=2.5),
+    "custom": lambda: gd.layer(scaled_tanh, _x(), name="custom", k=2.5),
     "container": lambda: _on(lambda x: gd.container({"a": gd.relu(x), "b": gd.tanh(x)})),
     "dense": lambda: gd.dense(_x(), 3, activation="gelu", use_bias=False,
                               kernel_initializer="he_uniform", name="fc"),
@@ -279,7 +279,7 @@ def test_unregistered_initializer_fails_at_save_time():
 
 
 def test_function_missing_at_load_time_is_a_clear_error():
-    text = gd.to_json(CASES["layer"]()).replace("ser_scaled_tanh", "nobody_registered_this")
+    text = gd.to_json(CASES["custom"]()).replace("ser_scaled_tanh", "nobody_registered_this")
     with pytest.raises(SerializationError, match="nobody_registered_this.*not registered"):
         gd.from_json(text)
 
@@ -360,7 +360,7 @@ def test_structural_checks_hold_without_jsonschema(case, monkeypatch):
 ])
 def test_unknown_or_mistyped_attribute_is_the_usual_attribute_error(attrs, msg):
     doc = _doc([{"op": "dense", "name": "out", "inputs": ["x"], "attrs": attrs}])
-    with pytest.raises(AttributeError_, match=msg) as e:
+    with pytest.raises(OptionError, match=msg) as e:
         gd.from_json(json.dumps(doc))
     assert "node 'out'" in str(e.value) and "fix:" in str(e.value)
 

@@ -50,7 +50,7 @@ CASES = {
                         lambda: {"x": _f(3, 6)}),
     "param": _simple(lambda: gd.multiply(_x(), gd.param("p", (6,), "normal")),
                      lambda: {"x": _f(3, 6)}),
-    "layer": _simple(lambda: gd.layer(_custom_fn, [_x(), _x(name="z")], k=2.0),
+    "custom": _simple(lambda: gd.layer(_custom_fn, [_x(), _x(name="z")], k=2.0),
                      lambda: {"x": _f(3, 6), "z": _f(3, 6)}),
     "container": _simple(lambda: (lambda x: gd.container({
         "a": gd.relu(x), "b": gd.container([gd.tanh(x), x])}))(_x()),

@@ -176,7 +176,7 @@ def _reduce_kernel(ufunc: np.ufunc):
 
 KERNELS: dict[str, Callable] = {
     "constant": _constant,
-    "layer": _custom,
+    "custom": _custom,
     "dense": _dense,
     "dropout": _dropout,
     "layer_norm": _layer_norm,

@@ -198,7 +198,7 @@ def _concatenate(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch
 
 KERNELS: dict[str, Callable] = {
     "constant": _constant,
-    "layer": _custom,
+    "custom": _custom,
     "dense": _dense,
     "dropout": _dropout,
     "layer_norm": _layer_norm,

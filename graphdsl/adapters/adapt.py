@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from ..compiler import init_state, make_plan
-from ..errors import AttributeError_, GraphDSLError, RuleError, StateError, fmt_shape
+from ..errors import GraphDSLError, OptionError, RuleError, StateError, fmt_shape
 from ..graph import Graph, analyze, state_value
 from ..node import Node, caller_location, make_node, rebuild
 from ..state import ModelState
@@ -92,7 +92,7 @@ def _matcher(op: str, targets: Any, g: Graph, dense: list[str], where: str
         try:
             rx = re.compile(targets)
         except re.error as e:
-            raise AttributeError_(f"{op}.adapt: targets {targets!r} is not a valid regex: "
+            raise OptionError(f"{op}.adapt: targets {targets!r} is not a valid regex: "
                                   f"{e}", where=where,
                                   fix="pass a regex (full match on the layer name), a list "
                                       "of names or a predicate on a node") from None
@@ -113,7 +113,7 @@ def _matcher(op: str, targets: Any, g: Graph, dense: list[str], where: str
     if isinstance(targets, Iterable):
         names = list(targets)
         if not all(isinstance(t, str) for t in names):
-            raise AttributeError_(f"{op}.adapt: targets must be names (str), got {names!r}",
+            raise OptionError(f"{op}.adapt: targets must be names (str), got {names!r}",
                                   where=where, fix=f"dense layers in this model: {dense}")
         by_name = {g.name(n): n for n in g.order}
         for t in names:
@@ -128,7 +128,7 @@ def _matcher(op: str, targets: Any, g: Graph, dense: list[str], where: str
                     fix=f"adapters wrap dense layers; dense layers in this model: {dense}")
         wanted = set(names)
         return lambda n: n.name in wanted
-    raise AttributeError_(f"{op}.adapt: targets must be a regex, a list of names or a "
+    raise OptionError(f"{op}.adapt: targets must be a regex, a list of names or a "
                           f"predicate, got {type(targets).__name__}", where=where,
                           fix=f"e.g. targets=r'attn_.*'; dense layers: {dense}")
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import AttributeError_, GraphDSLError, ShapeError, fmt_shape
+from ..errors import GraphDSLError, OptionError, ShapeError, fmt_shape
 from ..node import Node, make_node
 from ..ops.core import input as _input
 from ..shapes import is_int
@@ -36,7 +36,7 @@ def _node_arg(x: Any, what: str, op: str, name: str | None, where: str) -> Node:
 
 def _check_size(value: Any, what: str, op: str, name: str | None, where: str) -> int:
     if not is_int(value) or int(value) <= 0:
-        raise AttributeError_(f"{what} must be a positive integer, got {value!r}",
+        raise OptionError(f"{what} must be a positive integer, got {value!r}",
                               layer=name, op=op, where=where, fix=f"pass {what}=<int >= 1>")
     return int(value)
 
@@ -118,6 +118,6 @@ def wrap(op: str, x: Any, original: Any, name: str | None, output_size: Any,
 def output_size(op: str, value: Any, where: str) -> int:
     """Edifice's ``output_size(opts)``: the ``output_size`` option, checked."""
     if value is None:
-        raise AttributeError_(f"{op}.output_size needs output_size=", op=op, where=where,
+        raise OptionError(f"{op}.output_size needs output_size=", op=op, where=where,
                               fix=f"call {op}.output_size(output_size=768)")
     return _check_size(value, "output_size", op, None, where)

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
-from ..errors import AttributeError_, RuleError
+from ..errors import OptionError, RuleError
 from ..initializers import check_initializer
 from ..node import is_valid_name
 from ..ops._attrs import boolean, number, positive_int
@@ -44,14 +44,14 @@ def _check(op: str):
         unknown = set(a) - _KNOWN[op]
         if unknown:
             raise RuleError(f"{op} has no option(s) {sorted(unknown)}",
-                            f"{op} takes {sorted(_KNOWN[op] - {'scale'})}", AttributeError_)
+                            f"{op} takes {sorted(_KNOWN[op] - {'scale'})}", OptionError)
         out: dict[str, Any] = {}
         out["units"] = positive_int(a.get("units"), "units (output_size)")
         out["rank"] = positive_int(a.get("rank", 8), "rank")
         alpha = number(a.get("alpha", 16.0), "alpha", 0.0)
         if alpha <= 0:
             raise RuleError(f"alpha must be > 0, got {alpha}", "pass alpha=16.0 (the default) "
-                            "or another positive number", AttributeError_)
+                            "or another positive number", OptionError)
         out["alpha"] = alpha
         out["rslora"] = boolean(a.get("rslora", False), "rslora")
         out["scale"] = lora_scale(alpha, out["rank"], out["rslora"])  # always re-derived
@@ -61,7 +61,7 @@ def _check(op: str):
         base = a.get("base")
         if base is not None and not is_valid_name(base):
             raise RuleError(f"base must be the name of the wrapped layer, got {base!r}",
-                            "wrap a dense layer that has an explicit name=", AttributeError_)
+                            "wrap a dense layer that has an explicit name=", OptionError)
         out["base"] = base
         out["use_bias"] = boolean(a.get("use_bias", base is not None), "use_bias")
         out["kernel_initializer"] = check_initializer(
@@ -80,7 +80,7 @@ def _check(op: str):
                 if eps <= 0:
                     raise RuleError(f"eps must be > 0 or None, got {eps}",
                                     "pass eps=1e-6, or eps=None to make a zero-norm column "
-                                    "an error", AttributeError_)
+                                    "an error", OptionError)
             out["eps"] = eps
         return out
 

@@ -32,6 +32,8 @@ ARRAY_DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "u
 _INPUT_DTYPES = ("float32", "float64", "int32", "int64")
 _MAX_DEPTH = 32  # nesting of attribute values (lists in lists ...)
 _MAX_NODES = 1_000_000
+#: op names in earlier files -> today's (the custom-layer op was called "layer")
+RENAMED_OPS = {"layer": "custom"}
 
 _TOP_KEYS = ("format", "format_version", "inputs", "nodes", "outputs")
 _INPUT_KEYS = ("name", "shape", "dtype")
@@ -237,7 +239,7 @@ def model_to_dict(model: Node) -> dict[str, Any]:
                            "dtype": n.attrs["dtype"]})
             continue
         ctx = f"layer {name!r} (op {n.op}) attribute"
-        if n.op == "layer":
+        if n.op == "custom":
             fn = n.attrs["fn"]
             fname = function_name(fn)
             if fname is None:
@@ -425,6 +427,8 @@ def _build(doc: dict[str, Any], source: str) -> Node:
     for e in doc["inputs"]:
         add(e["name"], e, "input")
     for e in doc["nodes"]:
+        if e["op"] in RENAMED_OPS:  # files written before the op was renamed
+            e["op"] = RENAMED_OPS[e["op"]]
         if e["op"] == "input":
             raise SerializationError(f"{source}: node {e['name']!r} has op 'input'",
                                      layer=e["name"], op="input",
@@ -514,7 +518,7 @@ def _make(e: dict[str, Any], ins: list[Node], where: str, source: str) -> Node:
     ctx = f"{source}: node {name!r} (op {op}) attribute"
     raw = e.get("attrs", {})
     try:
-        if op == "layer":
+        if op == "custom":
             node = _make_layer(raw, ins, name, where, ctx, e.get("frozen", False))
         else:
             attrs = {k: decode_value(v, f"{ctx} {k!r}") for k, v in raw.items()}
@@ -563,12 +567,12 @@ def _make_layer(raw: dict, ins: list[Node], name: str, where: str, ctx: str,
     out_shape = raw.get("output_shape")
     if out_shape is None:
         probe = custom_layer(fn_ref, ins, name=name, **opts)  # infers output_shape by probing
-        return make_node("layer", ins, dict(probe.attrs), name, frozen=frozen, where=where)
+        return make_node("custom", ins, dict(probe.attrs), name, frozen=frozen, where=where)
     attrs = {"fn": fn, "fn_name": fn_ref, "opts": opts,
              "output_shape": decode_value(out_shape, f"{ctx} 'output_shape'")}
     try:
         attrs["output_shape"] = shape_tuple(attrs["output_shape"], "output_shape")
     except RuleError as e:
-        raise SerializationError(e.what, layer=name, op="layer", where=where,
+        raise SerializationError(e.what, layer=name, op="custom", where=where,
                                  fix=e.fix) from None
-    return make_node("layer", ins, attrs, name, frozen=frozen, where=where)
+    return make_node("custom", ins, attrs, name, frozen=frozen, where=where)

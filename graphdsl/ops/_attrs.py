@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import AttributeError_, RuleError
+from ..errors import OptionError, RuleError
 from ..shapes import is_int
 
 MAX_SIZE = 2**31 - 1  # a layer size beyond this is a mistake, not a model
@@ -12,7 +12,7 @@ MAX_SIZE = 2**31 - 1  # a layer size beyond this is a mistake, not a model
 def positive_int(value: Any, what: str) -> int:
     if not is_int(value) or not 0 < int(value) <= MAX_SIZE:
         raise RuleError(f"{what} must be a positive integer up to {MAX_SIZE:,}, got "
-                        f"{value!r}", f"pass {what}=<int >= 1>", AttributeError_)
+                        f"{value!r}", f"pass {what}=<int >= 1>", OptionError)
     return int(value)
 
 
@@ -26,14 +26,14 @@ def number(value: Any, what: str, lo: float | None = None, hi: float | None = No
     if not ok:
         rng = f"[{lo}, {hi}{')' if hi_open else ']'}"
         raise RuleError(f"{what} must be a number in {rng}, got {value!r}",
-                        f"pass {what} within {rng}", AttributeError_)
+                        f"pass {what} within {rng}", OptionError)
     return value
 
 
 def boolean(value: Any, what: str) -> bool:
     if not isinstance(value, bool):
         raise RuleError(f"{what} must be True or False, got {value!r}",
-                        f"pass {what}=True or {what}=False", AttributeError_)
+                        f"pass {what}=True or {what}=False", OptionError)
     return value
 
 
@@ -41,7 +41,7 @@ def shape_tuple(value: Any, what: str, allow_none: bool = True, allow_minus1: bo
                 ) -> tuple:
     if not isinstance(value, (tuple, list)):
         raise RuleError(f"{what} must be a tuple, got {value!r}",
-                        f"pass {what} as a tuple such as (None, 16)", AttributeError_)
+                        f"pass {what} as a tuple such as (None, 16)", OptionError)
     out = []
     for d in value:
         if d is None and allow_none:
@@ -52,5 +52,5 @@ def shape_tuple(value: Any, what: str, allow_none: bool = True, allow_minus1: bo
             raise RuleError(
                 f"{what} {tuple(value)!r} has an invalid size {d!r}",
                 f"use positive ints{', -1' if allow_minus1 else ''}"
-                f"{' or None (any size)' if allow_none else ''}", AttributeError_)
+                f"{' or None (any size)' if allow_none else ''}", OptionError)
     return tuple(out)

@@ -7,7 +7,8 @@ from typing import Any
 import numpy as np
 
 from ..custom import function_name, lookup_function
-from ..errors import AttributeError_, GraphDSLError, RuleError
+from ..errors import GraphDSLError, OptionError, RuleError
+from ..initializers import check_initializer
 from ..node import Node, caller_location, make_node, validate_name
 from ..registry import OpDef, ParamSpec, register_op
 from ._attrs import boolean, shape_tuple
@@ -20,7 +21,7 @@ def _input_attrs(a: dict) -> dict:
     dtype = a.get("dtype", "float32")
     if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise RuleError(f"dtype must be one of {_DTYPES}, got {dtype!r}",
-                        "pass dtype='float32' (or 'int64' for token ids)", AttributeError_)
+                        "pass dtype='float32' (or 'int64' for token ids)", OptionError)
     return {"shape": shape_tuple(a.get("shape"), "shape"), "dtype": dtype}
 
 
@@ -47,10 +48,10 @@ def _const_attrs(a: dict) -> dict:
     arr = np.asarray(v)
     if arr.dtype.kind not in "iuf" and arr.dtype.kind != "b":
         raise RuleError(f"constant must be numeric, got dtype {arr.dtype}",
-                        "pass a NumPy array or number", AttributeError_)
+                        "pass a NumPy array or number", OptionError)
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise RuleError("constant holds NaN or infinity", "pass finite values",
-                        AttributeError_)
+                        OptionError)
     arr = arr.astype(np.int64 if arr.dtype.kind in "iub" else np.float32, copy=True)
     arr.flags.writeable = False
     return {"value": arr}
@@ -71,8 +72,6 @@ def constant(value: Any, name: str | None = None) -> Node:
 
 # -- param --------------------------------------------------------------------------------
 def _param_attrs(a: dict) -> dict:
-    from ..initializers import check_initializer
-
     return {"shape": shape_tuple(a.get("shape"), "shape", allow_none=False),
             "trainable": boolean(a.get("trainable", True), "trainable"),
             "initializer": check_initializer(a.get("initializer", "glorot_uniform"),
@@ -117,7 +116,7 @@ def _probe_layer(in_shapes: Sequence[tuple], in_dtypes: Sequence[str],
 
 
 register_op(OpDef(
-    "layer", _layer_shape, arity=(0, None), output_alias="inputs", probe=_probe_layer,
+    "custom", _layer_shape, arity=(0, None), output_alias="inputs", probe=_probe_layer,
     check_attrs=lambda a: {k: a.get(k) for k in _LAYER_ATTRS},
     doc="A custom layer: fn(*arrays, xp=<backend array namespace>, **opts) -> array. "
         "It runs on every backend (xp is numpy or torch).",
@@ -140,7 +139,7 @@ def layer(fn: Callable[..., Any] | str, inputs: Node | Sequence[Node], *,
     elif callable(fn):
         fn_name = function_name(fn)
     else:
-        raise GraphDSLError(f"layer needs a function, got {type(fn).__name__}", op="layer",
+        raise GraphDSLError(f"layer needs a function, got {type(fn).__name__}", op="custom",
                             layer=name, where=where, fix="pass a callable or a registered name")
     ins = [inputs] if isinstance(inputs, Node) else list(inputs)
     nodes = [x for x in ins if isinstance(x, Node)]
@@ -152,13 +151,13 @@ def layer(fn: Callable[..., Any] | str, inputs: Node | Sequence[Node], *,
         except Exception as e:  # the user's function failed on probe data
             raise GraphDSLError(
                 f"could not infer the output shape of custom layer by running it on zeros "
-                f"({type(e).__name__}: {e})", layer=name, op="layer", where=where,
+                f"({type(e).__name__}: {e})", layer=name, op="custom", where=where,
                 shapes=[x.shape for x in nodes],
                 fix="check the function, or pass output_shape=(None, ...) explicitly",
             ) from None
         if len(a) != len(b):
             raise GraphDSLError("custom layer output rank depends on the input sizes",
-                                layer=name, op="layer", where=where,
+                                layer=name, op="custom", where=where,
                                 fix="pass output_shape explicitly")
         output_shape = tuple(x if x == y else None for x, y in zip(a, b))
     attrs = {"fn": fn, "fn_name": fn_name, "opts": dict(opts),
@@ -166,8 +165,8 @@ def layer(fn: Callable[..., Any] | str, inputs: Node | Sequence[Node], *,
     try:
         attrs["output_shape"] = shape_tuple(attrs["output_shape"], "output_shape")
     except RuleError as e:
-        raise GraphDSLError(e.what, layer=name, op="layer", where=where, fix=e.fix) from None
-    return make_node("layer", ins, attrs, name, where=where)
+        raise GraphDSLError(e.what, layer=name, op="custom", where=where, fix=e.fix) from None
+    return make_node("custom", ins, attrs, name, where=where)
 
 
 # -- container -------------------------------------------------------------------------
@@ -178,17 +177,17 @@ def _container_attrs(a: dict) -> dict:
     if not isinstance(keys, (tuple, list)) or not all(isinstance(k, str) for k in keys):
         raise RuleError(f"container keys must be a list of strings, got {keys!r}",
                         "pass a dict {name: node} (or keys=None for a tuple)",
-                        AttributeError_)
+                        OptionError)
     if len(set(keys)) != len(keys):
         raise RuleError(f"container keys {list(keys)} repeat a key",
-                        "give each output its own key", AttributeError_)
+                        "give each output its own key", OptionError)
     return {"keys": tuple(keys)}
 
 
 def _container_shape(s: list, a: dict) -> None:
     if a["keys"] is not None and len(a["keys"]) != len(s):
         raise RuleError(f"container has {len(s)} outputs but {len(a['keys'])} keys "
-                        f"{list(a['keys'])}", "give one key per output", AttributeError_)
+                        f"{list(a['keys'])}", "give one key per output", OptionError)
     return None
 
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..errors import AttributeError_, RuleError
+from ..errors import OptionError, RuleError
 from ..initializers import check_initializer
 from ..node import Node, caller_location, make_node
 from ..registry import OpDef, ParamSpec, register_op
@@ -22,7 +22,7 @@ def activation_name(name: Any) -> str:
     """``name`` if it names an activation op (relu, gelu, ...), else a RuleError."""
     if not isinstance(name, str) or name not in ACTIVATIONS:
         raise RuleError(f"unknown activation {name!r}",
-                        f"use one of: {', '.join(ACTIVATIONS)}", AttributeError_)
+                        f"use one of: {', '.join(ACTIVATIONS)}", OptionError)
     return name
 
 
@@ -81,7 +81,7 @@ def _act_attrs(op: str):
         unknown = set(a) - set(defaults)
         if unknown:
             raise RuleError(f"{op} has no option(s) {sorted(unknown)}",
-                            f"{op} takes {sorted(defaults) or 'no options'}", AttributeError_)
+                            f"{op} takes {sorted(defaults) or 'no options'}", OptionError)
         out = dict(defaults, **a)
         if "alpha" in out:
             out["alpha"] = number(out["alpha"], "alpha", 0.0)
@@ -115,7 +115,7 @@ def activation(x: Node, fn: str, name: str | None = None, **opts: Any) -> Node:
     try:
         activation_name(fn)
     except RuleError as e:
-        raise AttributeError_(e.what, layer=name, op="activation", where=where,
+        raise OptionError(e.what, layer=name, op="activation", where=where,
                               fix=e.fix) from None
     return make_node(fn, [x], opts, name, where=where)
 
@@ -243,7 +243,7 @@ def _emb_dtype(d: list, a: dict) -> str:
     if d[0] not in ("int32", "int64"):
         raise RuleError(f"embedding needs integer ids, but its input has dtype {d[0]}",
                         "declare the input with dtype='int64', e.g. gd.input('ids', "
-                        "(None, 8), dtype='int64')", AttributeError_)
+                        "(None, 8), dtype='int64')", OptionError)
     return "float32"
 
 

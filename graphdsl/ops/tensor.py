@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import AttributeError_, RuleError, fmt_shape
+from ..errors import OptionError, RuleError, fmt_shape
 from ..node import Node, caller_location, make_node
 from ..registry import OpDef, register_op
 from ..shapes import broadcast, is_int, merge_dim, normalize_axis, prod, reshape_target
@@ -99,7 +99,7 @@ def _reshape_attrs(a: dict) -> dict:
     shp = shape_tuple(a.get("shape"), "shape", allow_none=True, allow_minus1=True)
     if sum(1 for d in shp if d == -1) > 1:
         raise RuleError(f"shape {shp} has more than one -1", "use -1 at most once",
-                        AttributeError_)
+                        OptionError)
     return {"shape": shp}
 
 
@@ -146,11 +146,11 @@ def _transpose_shape(s: list, a: dict) -> tuple:
     if len(axes) != rank:
         raise RuleError(f"axes {axes} do not fit a rank-{rank} input",
                         f"give a permutation of all {rank} axes (batch axis included)",
-                        AttributeError_)
+                        OptionError)
     norm = [normalize_axis(x, rank, "axes entry") for x in axes]
     if sorted(norm) != list(range(rank)):
         raise RuleError(f"axes {axes} is not a permutation", "list each axis exactly once",
-                        AttributeError_)
+                        OptionError)
     return tuple(s[0][i] for i in norm)
 
 
@@ -159,7 +159,7 @@ def _transpose_attrs(a: dict) -> dict:
     if axes is not None:
         if not isinstance(axes, (list, tuple)) or not all(is_int(x) for x in axes):
             raise RuleError(f"axes must be a tuple of ints, got {axes!r}",
-                            "pass e.g. axes=(0, 2, 1)", AttributeError_)
+                            "pass e.g. axes=(0, 2, 1)", OptionError)
         axes = tuple(int(x) for x in axes)
     return {"axes": axes}
 
