@@ -107,7 +107,31 @@ def seal(value: Any, where: str = "value") -> StateArray:
     return arr.view(StateArray)
 
 
-class LayerValues(dict):
+class _StoringDict(dict):
+    """A dict whose every way of storing (``d[k] = v``, ``update``, ``setdefault``,
+    ``|=``) goes through ``__setitem__``, which subclasses use to convert the value."""
+
+    def update(self, other: Any = (), **kw: Any) -> None:  # type: ignore[override]
+        items = other.items() if isinstance(other, Mapping) else other
+        for k, v in items:
+            self[k] = v
+        for k, v in kw.items():
+            self[k] = v
+
+    def setdefault(self, key: str, default: Any = None) -> Any:
+        if key not in self:
+            self[key] = self._default() if default is None else default
+        return self[key]
+
+    def _default(self) -> Any:
+        return None
+
+    def __ior__(self, other: Any) -> _StoringDict:
+        self.update(other)
+        return self
+
+
+class LayerValues(_StoringDict):
     """``{param: StateArray}`` of one layer; every stored value is sealed."""
 
     def __init__(self, layer: str = "", values: Mapping[str, Any] | None = None) -> None:
@@ -119,22 +143,6 @@ class LayerValues(dict):
     def __setitem__(self, key: str, value: Any) -> None:
         super().__setitem__(key, seal(value, f"{self.layer}.{key}"))
 
-    def update(self, other: Any = (), **kw: Any) -> None:  # type: ignore[override]
-        items = other.items() if isinstance(other, Mapping) else other
-        for k, v in items:
-            self[k] = v
-        for k, v in kw.items():
-            self[k] = v
-
-    def setdefault(self, key: str, default: Any = None) -> Any:
-        if key not in self:
-            self[key] = default
-        return self[key]
-
-    def __ior__(self, other: Any) -> LayerValues:
-        self.update(other)
-        return self
-
     def copy(self) -> LayerValues:
         out = LayerValues(self.layer)
         dict.update(out, self)  # already sealed
@@ -144,7 +152,7 @@ class LayerValues(dict):
         return (LayerValues, (self.layer, dict(self)))
 
 
-class StateData(dict):
+class StateData(_StoringDict):
     """``{layer: LayerValues}``: assigning a mapping to a layer seals its values."""
 
     def __init__(self, values: Mapping[str, Mapping[str, Any]] | None = None) -> None:
@@ -161,21 +169,8 @@ class StateData(dict):
             values = LayerValues(layer, values)
         super().__setitem__(layer, values)
 
-    def update(self, other: Any = (), **kw: Any) -> None:  # type: ignore[override]
-        items = other.items() if isinstance(other, Mapping) else other
-        for k, v in items:
-            self[k] = v
-        for k, v in kw.items():
-            self[k] = v
-
-    def setdefault(self, layer: str, default: Any = None) -> Any:
-        if layer not in self:
-            self[layer] = {} if default is None else default
-        return self[layer]
-
-    def __ior__(self, other: Any) -> StateData:
-        self.update(other)
-        return self
+    def _default(self) -> Any:
+        return {}
 
     def copy(self) -> StateData:
         out = StateData()
@@ -278,7 +273,8 @@ class ModelState:
 
     # -- views and counts --------------------------------------------------------------------
     def trainable_parameters(self) -> dict[str, dict[str, np.ndarray]]:
-        """``{layer: {param: array}}`` of parameters that are not frozen."""
+        """``{layer: {param: array}}`` of parameters that are not frozen (each array of
+        the shape its layer declares, e.g. ``kernel [in, out]``)."""
         out: dict[str, dict[str, np.ndarray]] = {}
         for layer, p, arr in self._params():
             if not self.is_frozen(layer, p):
@@ -286,7 +282,8 @@ class ModelState:
         return out
 
     def frozen_parameters(self) -> dict[str, dict[str, np.ndarray]]:
-        """``{layer: {param: array}}`` of frozen parameters."""
+        """``{layer: {param: array}}`` of frozen parameters (shapes as the layers
+        declare them)."""
         out: dict[str, dict[str, np.ndarray]] = {}
         for layer, p, arr in self._params():
             if self.is_frozen(layer, p):

@@ -108,8 +108,8 @@ def _seeded_mask(shape: tuple, rate: float, key: Any, device: Any
 
 def drop(x: torch.Tensor, rate: float, p: Mapping, ctx: KernelContext
           ) -> tuple[torch.Tensor, dict]:
-    """Inverted dropout: torch's RNG in a module, the layer's key state entry otherwise
-    (returns the updates for the state)."""
+    """Inverted dropout of ``x`` (any shape; same shape back): torch's RNG in a module,
+    the layer's key state entry otherwise; returns ``(y, {state entry: new value})``."""
     if ctx.module or "key" not in p:
         return F.dropout(x, rate, True), {}
     keep, new = _seeded_mask(tuple(x.shape), rate, p["key"], x.device)

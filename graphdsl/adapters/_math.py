@@ -31,7 +31,7 @@ def lora_uniform(shape: tuple, dtype: np.dtype, rng: np.random.Generator) -> np.
 
 
 def colsum_prod(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``sum(a * b, axis=0)`` without the ``a * b`` temporary."""
+    """``sum(a * b, axis=0) [n]`` for a, b ``[m, n]``, without the ``a * b`` temporary."""
     return np.einsum("ij,ij->j", a, b)
 
 
@@ -108,7 +108,8 @@ def lora_merged_kernel(K: np.ndarray, A: np.ndarray, B: np.ndarray, s: float) ->
 
 def dora_merged_kernel(K: np.ndarray, A: np.ndarray, B: np.ndarray, m: np.ndarray, s: float,
                        eps: float | None = None) -> np.ndarray:
-    """``(K + s*A@B) * (m / c)``, the plain dense kernel equal to a DoRA layer.
+    """``(K + s*A@B) * (m / c)`` ``[in, out]``, the plain dense kernel equal to a DoRA
+    layer (K [in, out], A [in, r], B [r, out], m [out]).
 
     ``c`` is computed from the materialized matrix (it exists anyway here), which is
     the most accurate form; a zero column raises like :func:`finish_norm`.

@@ -339,13 +339,16 @@ def check_structure(doc: Any, source: str = "model JSON") -> None:
         raise bad("'nodes' must be a list", 'write "nodes": [{"op": ..., "name": ...}, ...]')
     if len(doc["inputs"]) + len(doc["nodes"]) > _MAX_NODES:
         raise bad("too many nodes", f"at most {_MAX_NODES} nodes")
+    def entry(where: str, e: Any, keys: tuple[str, ...], example: str) -> None:
+        if not isinstance(e, dict):
+            raise bad(f"{where} is not an object", f"write {example}")
+        extra = [k for k in e if k not in keys]
+        if extra:
+            raise bad(f"{where} has unknown key(s) {extra}", f"use only {list(keys)}")
+
     for i, e in enumerate(doc["inputs"]):
         where = f"inputs[{i}]"
-        if not isinstance(e, dict):
-            raise bad(f"{where} is not an object", 'write {"name": "x", "shape": [null, 16]}')
-        extra = [k for k in e if k not in _INPUT_KEYS]
-        if extra:
-            raise bad(f"{where} has unknown key(s) {extra}", f"use only {list(_INPUT_KEYS)}")
+        entry(where, e, _INPUT_KEYS, '{"name": "x", "shape": [null, 16]}')
         if not _is_name(e.get("name")):
             raise bad(f"{where} needs a 'name' string", 'add "name": "x"')
         if not _shape_ok(e.get("shape")):
@@ -356,11 +359,7 @@ def check_structure(doc: Any, source: str = "model JSON") -> None:
                       f"use one of {_INPUT_DTYPES}")
     for i, e in enumerate(doc["nodes"]):
         where = f"nodes[{i}]"
-        if not isinstance(e, dict):
-            raise bad(f"{where} is not an object", 'write {"op": "dense", "name": "fc1", ...}')
-        extra = [k for k in e if k not in _NODE_KEYS]
-        if extra:
-            raise bad(f"{where} has unknown key(s) {extra}", f"use only {list(_NODE_KEYS)}")
+        entry(where, e, _NODE_KEYS, '{"op": "dense", "name": "fc1", ...}')
         if not isinstance(e.get("op"), str):
             raise bad(f"{where} needs an 'op' string", 'add "op": "dense"')
         if not _is_name(e.get("name")):
