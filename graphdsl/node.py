@@ -18,7 +18,10 @@ from .errors import GraphDSLError, LayerNameError, OptionError, RuleError, Shape
 from .registry import OpDef, ParamSpec, Shape, get_op
 
 _ids = itertools.count()
-_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # always used with fullmatch
+# a layer name: segments of letters, digits and '_' joined by dots, the first not starting
+# with a digit ("fc1", "model.layers.0.self_attn.q_proj"); an input name: one identifier
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*")  # used with fullmatch
+_INPUT_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 _BACKENDS_DIR = os.path.join(os.path.dirname(_PKG_DIR), "backends")
 
@@ -86,19 +89,26 @@ class Node:
                    shapes=shapes, fix=fix)
 
 
-def is_valid_name(name: Any) -> bool:
-    """Whether ``name`` is a valid layer name (the one rule every module uses)."""
-    return isinstance(name, str) and _NAME_RE.fullmatch(name) is not None
+def is_valid_name(name: Any, input_name: bool = False) -> bool:
+    """Whether ``name`` is a valid layer name (or, with ``input_name``, a valid input
+    name): the one rule every module uses."""
+    rule = _INPUT_NAME_RE if input_name else _NAME_RE
+    return isinstance(name, str) and rule.fullmatch(name) is not None
 
 
 def validate_name(name: Any, op: str, where: str, what: str = "layer name") -> str:
     """``name`` itself, or a LayerNameError saying what a valid name looks like."""
+    if what == "input name" and not is_valid_name(name, input_name=True):
+        raise LayerNameError(
+            f"invalid input name {name!r}: input names are identifiers (letters, digits, "
+            "'_', not starting with a digit, no dots): they become keyword arguments",
+            op=op, where=where, fix="pass a name like gd.input(\"input_ids\", ...)")
     if not is_valid_name(name):
         raise LayerNameError(
-            f"invalid {what} {name!r}: names are identifiers (letters, digits, '_', "
-            f"no dots, not starting with a digit)",
+            f"invalid {what} {name!r}: a name is one or more segments of letters, digits "
+            "and '_' joined by dots, the first not starting with a digit",
             op=op, where=where,
-            fix="pass a name like name=\"encoder_fc1\"",
+            fix="pass a name like name=\"encoder_fc1\" or \"model.layers.0.mlp.up_proj\"",
         )
     return name
 
@@ -134,7 +144,7 @@ def make_node(
     where = where or caller_location()
     opdef: OpDef = get_op(op)
     if name is not None:
-        validate_name(name, op, where)
+        validate_name(name, op, where, "input name" if op == "input" else "layer name")
     ins = tuple(_as_node(x, op, where, i) for i, x in enumerate(inputs))
     _check_arity(opdef, ins, where, name)
     in_shapes = [i.shape for i in ins]

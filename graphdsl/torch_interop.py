@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import linecache
 from collections.abc import Iterable, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -148,12 +149,8 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
     if _BASE is None:
         _BASE = _module_base()
 
-    holders: dict[str, torch.nn.Module] = {}
-
-    def holder(layer: str) -> torch.nn.Module:
-        if layer not in holders:
-            holders[layer] = torch.nn.Module()
-        return holders[layer]
+    root = torch.nn.Module()  # submodules along the dots of the layer names
+    holder = partial(_holder, root, create=True)
 
     entries = []  # (owner, name, kind, uint64)
     for (owner, name), spec in g.params.items():
@@ -162,20 +159,20 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
         if spec.kind == "state":
             u64 = value.dtype == np.uint64
             t = torch.tensor(value.view(np.int64) if u64 else value, device=dev)
-            h.register_buffer(name, t, persistent=True)
+            _register(h, owner, name, t, "buffer")
             entries.append((owner, name, "state", u64))
         else:
             t = torch.tensor(value, device=dev)
             if t.is_floating_point():
                 t = t.to(tdtype)
             trainable = (owner, name) not in state.frozen and t.is_floating_point()
-            h.register_parameter(name, torch.nn.Parameter(t, requires_grad=trainable))
+            _register(h, owner, name, torch.nn.Parameter(t, requires_grad=trainable), "param")
             entries.append((owner, name, "param", False))
     for step in plan.steps:  # constants travel with .to(device) but stay out of state_dict
         if step.op == "constant":
             v = torch.tensor(step.attrs["value"], device=dev)
-            holder(step.name).register_buffer("value", v.to(tdtype) if v.is_floating_point()
-                                              else v, persistent=False)
+            _register(holder(step.name), step.name, "value",
+                      v.to(tdtype) if v.is_floating_point() else v, "constant")
 
     names = [name for name, _, _ in plan.inputs]
     meta = ModuleInfo(model, plan, entries, names, [n for _, _, n in plan.inputs], tdtype)
@@ -185,9 +182,42 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
                 "__module__": "graphdsl.torch_interop"})
     mod = cls()
     mod._graphdsl = meta
-    for layer, h in holders.items():  # direct insertion: any layer name is a valid key
-        mod._modules[layer] = h
+    mod._modules.update(root._modules)  # direct insertion: any segment is a valid key
     return mod
+
+
+def _holder(root: Any, layer: str, create: bool = False) -> Any:
+    """The submodule of ``root`` at the dotted path ``layer`` (created on the way when
+    ``create``), which holds that layer's parameters and buffers."""
+    node = root
+    for seg in layer.split("."):
+        child = node._modules.get(seg)
+        if child is None:
+            if not create:
+                raise KeyError(layer)
+            if seg in node._parameters or seg in node._buffers:
+                raise _clash(layer, seg)
+            child = node._modules[seg] = type(root)()
+        node = child
+    return node
+
+
+def _register(h: Any, layer: str, name: str, value: Any, kind: str) -> None:
+    """Register ``value`` on holder ``h`` as a parameter ("param"), a state buffer
+    ("buffer", in state_dict) or a constant ("constant", not in state_dict)."""
+    if name in h._modules:
+        raise _clash(f"{layer}.{name}", name)
+    if kind == "param":
+        h.register_parameter(name, value)
+    else:
+        h.register_buffer(name, value, persistent=kind == "buffer")
+
+
+def _clash(path: str, seg: str) -> GraphDSLError:
+    return GraphDSLError(f"to_torch: {path!r} is both a parameter and a layer path "
+                         f"({seg!r}): the module tree along the dots cannot hold both",
+                         layer=path, fix="rename one of the layers so that no layer name "
+                                         "continues another layer's parameter name")
 
 
 def _ident(s: str) -> str:
@@ -205,6 +235,13 @@ def _generate(plan: Any, dname: str, tdtype: Any) -> tuple[str, dict]:
     in_vars = [f"v{slot}" for _, slot, _ in plan.inputs]
     targets = f"{', '.join(in_vars)}{',' if len(in_vars) == 1 else ''} = " if in_vars else ""
     lines.append(f"    {targets}_bind(self, args, kwargs)")
+    owners = {ref.owner for step in plan.steps for ref in step.params}
+    owners |= {step.name for step in plan.steps if step.op == "constant"}
+    local = {}
+    for j, owner in enumerate(sorted(owners)):  # each holder looked up once per call
+        local[owner] = f"_h{j}"
+        path = "".join(f"._modules[{seg!r}]" for seg in owner.split(".")[1:])
+        lines.append(f"    _h{j} = _m[{owner.split('.')[0]!r}]{path}  # {owner}")
     for i, step in enumerate(plan.steps):
         if step.op not in tb.KERNELS:
             raise plan.step_error(step, f"the torch backend has no kernel for op {step.op!r}",
@@ -223,9 +260,9 @@ def _generate(plan: Any, dname: str, tdtype: Any) -> tuple[str, dict]:
         items = []
         for ref in step.params:
             coll = "_buffers" if ref.kind == "state" else "_parameters"
-            items.append(f"{ref.local!r}: _m[{ref.owner!r}].{coll}[{ref.name!r}]")
+            items.append(f"{ref.local!r}: {local[ref.owner]}.{coll}[{ref.name!r}]")
         if step.op == "constant":
-            items.append(f"'value': _m[{step.name!r}]._buffers['value']")
+            items.append(f"'value': {local[step.name]}._buffers['value']")
         ins = ", ".join(f"v{s}" for s in step.ins)
         lines.append(f"    v{step.out} = _k{i}([{ins}], {{{', '.join(items)}}}, _a{i}, "
                      f"{ctx_expr})  # {step.name} ({step.op})")
@@ -296,12 +333,11 @@ def _too_many(meta: ModuleInfo, args: tuple) -> InputError:
 def _module_device_dtype(self: Any, meta: ModuleInfo) -> tuple[Any, Any]:
     for owner, name, kind, _ in meta.entries:
         if kind == "param":
-            t = self._modules[owner]._parameters[name]
+            t = _holder(self, owner)._parameters[name]
             if t.is_floating_point():
                 return t.device, t.dtype
-    for h in self._modules.values():  # constants only
-        for b in h._buffers.values():
-            return b.device, meta.dtype
+    for b in self.buffers():  # constants only
+        return b.device, meta.dtype
     return None, meta.dtype
 
 
@@ -364,7 +400,7 @@ def from_torch(module: Any) -> ModelState:
     frozen = set()
     state_names: dict[str, list[str]] = {}
     for owner, name, kind, u64 in meta.entries:
-        h = mod._modules[owner]
+        h = _holder(mod, owner)
         if kind == "state":
             arr = h._buffers[name].detach().cpu().numpy()
             if u64:
@@ -398,7 +434,7 @@ def loraplus_param_groups(module: Any, lr: float, ratio: float = 16.0,
     for owner, name, kind, _ in meta.entries:
         if kind != "param":
             continue
-        p = mod._modules[owner]._parameters[name]
+        p = _holder(mod, owner)._parameters[name]
         if not p.requires_grad:
             continue
         (fast if owner in adapters and name == "B" else base).append(p)
@@ -418,7 +454,7 @@ def module_parameters(module: Any) -> Iterable[tuple[str, str, Any]]:
     mod = _unwrap(module)
     for owner, name, kind, _ in mod._graphdsl.entries:
         if kind == "param":
-            yield owner, name, mod._modules[owner]._parameters[name]
+            yield owner, name, _holder(mod, owner)._parameters[name]
 
 
 __all__ = ["to_torch", "from_torch", "loraplus_param_groups", "module_parameters"]

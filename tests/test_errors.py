@@ -180,7 +180,7 @@ def test_bad_reshape():
         gd.reshape(gd.input("a", (None, 6)), (None, -1, -1))
 
 
-@pytest.mark.parametrize("name", ["fc.1", "1fc", "", "a b", 3, "x-y"])
+@pytest.mark.parametrize("name", ["fc.", "1fc", "", "a b", 3, "x-y", "a..b"])
 def test_bad_names(name):
     with pytest.raises(LayerNameError) as e:
         gd.dense(gd.input("a", (None, 3)), 2, name=name)

@@ -117,20 +117,26 @@ def _matcher(op: str, targets: Any, g: Graph, dense: list[str], where: str
                                   where=where, fix=f"dense layers in this model: {dense}")
         by_name = {g.name(n): n for n in g.order}
         for t in names:
-            if t not in by_name:
-                raise GraphDSLError(f"{op}.adapt: target {t!r} is not a layer of this model",
-                                    where=where,
-                                    fix=f"dense layers in this model: {dense}")
-            if by_name[t].op != "dense":
+            if t in by_name and by_name[t].op != "dense":
                 raise GraphDSLError(
                     f"{op}.adapt: target {t!r} is a {by_name[t].op} layer, not dense",
                     layer=t, op=by_name[t].op, where=by_name[t].where,
                     fix=f"adapters wrap dense layers; dense layers in this model: {dense}")
-        wanted = set(names)
-        return lambda n: n.name in wanted
+            if not any(_list_match(t, d) for d in dense):
+                raise GraphDSLError(f"{op}.adapt: target {t!r} matches no dense layer of "
+                                    "this model (a name matches itself and every layer "
+                                    f"ending in '.{t}')", where=where,
+                                    fix=f"dense layers in this model: {dense}")
+        return lambda n: any(_list_match(t, n.name) for t in names)
     raise OptionError(f"{op}.adapt: targets must be a regex, a list of names or a "
                           f"predicate, got {type(targets).__name__}", where=where,
                           fix=f"e.g. targets=r'attn_.*'; dense layers: {dense}")
+
+
+def _list_match(entry: str, name: str) -> bool:
+    """PEFT's target_modules rule for a list entry: the layer named exactly ``entry``,
+    or any layer whose name ends in ``"." + entry`` (``"q_proj"`` adapts every block)."""
+    return name == entry or name.endswith("." + entry)
 
 
 def _modules_to_save(op: str, modules: Any, g: Graph, where: str) -> set[str]:

@@ -123,7 +123,7 @@ def _parse_header(blob: bytes, source: str) -> dict[tuple[str, str], tuple[tuple
             if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
                 raise bad("__metadata__ must map strings to strings")
             continue
-        layer, dot, param = key.partition(".")
+        layer, dot, param = key.rpartition(".")  # layer names may hold dots, params not
         if not (layer and dot and param):
             raise bad(f"tensor name {key!r} is not 'layer.param'")
         if not isinstance(v, dict) or set(v) != {"dtype", "shape", "data_offsets"}:
@@ -178,7 +178,7 @@ def read_weights(blob: bytes, want: Expected, source: str) -> dict[tuple[str, st
                                  fix="the file is damaged; save the model again") from None
     out = {}
     for name, arr in arrays.items():
-        layer, _, param = name.partition(".")
+        layer, _, param = name.rpartition(".")
         out[(layer, param)] = arr
     return out
 
