@@ -70,7 +70,7 @@ def plan_runner(plan: Any, kernels: Mapping[str, Kernel],
     def run(state: Any, arrays: list) -> tuple[Any, dict]:
         slots: list[Any] = [None] * n_slots
         for (slot, is_int, name, node), a in zip(inputs, arrays):
-            slots[slot] = convert_input(a, is_int, name, node)
+            slots[slot] = None if a is None else convert_input(a, is_int, name, node)
         data = state.data
         updates: dict = {}
         step = None

@@ -36,6 +36,67 @@ def param(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     return p["value"]
 
 
+def optional(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
+    """The optional input's value when given (not None), else its default's."""
+    return ins[0] if ins[0] is not None else ins[1]
+
+
+def full_like(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
+    """x's shape filled with ``value``: int dtypes as named, floats in the compute dtype."""
+    x, name = ins[0], a["dtype"]
+    if name is None:
+        name = str(x.dtype).removeprefix("torch.")
+    dt = ctx.dtype if name.startswith("float") else getattr(ctx.xp, name)
+    return ctx.xp.full_like(x, a["value"], dtype=dt)
+
+
+def slice_axis(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
+    """x[start:stop] along ``attrs["axis"]`` (a view), the other axes unchanged."""
+    x = ins[0]
+    lead = (slice(None),) * (a["axis"] % x.ndim)
+    return x[lead + (slice(a["start"], a["stop"]),)]
+
+
+# -- attention and rotary helpers: the parts both backends write the same way ---------------
+def grouped_queries(q: Any, kv_heads: int) -> Any:
+    """q [b, heads, n, d] -> [b, kv_heads, (heads // kv_heads) * n, d]: the queries that share
+    a key/value head (consecutive heads, as transformers' repeat_kv) in one matrix, so the
+    scores are one batched matmul against k [b, kv_heads, m, d] without repeating k."""
+    b, h, n, d = q.shape
+    return q.reshape(b, kv_heads, (h // kv_heads) * n, d)
+
+
+def attention_keep(ins: list, a: Mapping, arange: Callable[[int], Any]) -> Any:
+    """The keep-mask of attention's scores [b, heads, n, m] (None: keep all), broadcastable:
+    the mask input's nonzeros, and with ``causal`` query i sees key j iff j <= i + m - n and
+    (with ``window``) i + m - n - j < window (transformers' sliding_window_overlay).
+    ``arange(k)`` is the backend's 0..k-1 on the inputs' device."""
+    n, m = ins[0].shape[2], ins[1].shape[2]
+    keep = ins[3] != 0 if len(ins) > 3 else None
+    if a["causal"]:
+        i = arange(n).reshape(n, 1) + (m - n)
+        j = arange(m).reshape(1, m)
+        vis = j <= i
+        if a["window"] is not None:
+            vis = vis & (i - j < a["window"])
+        keep = vis if keep is None else keep & vis
+    return keep
+
+
+def rotate(x: Any, cos: Any, sin: Any, cat: Callable) -> Any:
+    """LLaMA's rotary embedding of x [b, heads, s, d] given cos/sin [b, s, d/2] of the angles
+    (in x's dtype): x * cos + rotate_half(x) * sin with cos/sin repeated to d, as
+    transformers' ``cat((freqs, freqs))``. ``cat`` is the backend's concatenate."""
+    c, s = cat((cos, cos), -1)[:, None], cat((sin, sin), -1)[:, None]
+    h = x.shape[-1] // 2
+    return x * c + cat((-x[..., h:], x[..., :h]), -1) * s
+
+
+def along(v: Any, x: Any, axis: int) -> Any:
+    """A vector ``v`` of x's size on ``axis`` reshaped to broadcast along that axis of x."""
+    return v.reshape([x.shape[axis] if i == axis else 1 for i in range(x.ndim)])
+
+
 def activation_kernels(table: Mapping[str, Callable[[Any, Mapping[str, Any]], Any]]
                        ) -> dict[str, Callable]:
     """``{op: kernel}`` for a backend's activation table ``{op: fn(x, attrs)}``."""
@@ -46,4 +107,5 @@ def activation_kernels(table: Mapping[str, Callable[[Any, Mapping[str, Any]], An
 
 
 KERNELS: dict[str, Callable] = {"container": container, "reshape": reshape,
-                                "flatten": flatten, "param": param}
+                                "flatten": flatten, "param": param, "optional": optional,
+                                "full_like": full_like, "slice": slice_axis}

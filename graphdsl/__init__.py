@@ -24,7 +24,7 @@ from .graph import get_inputs, get_op_counts, get_output_shape, get_parameters, 
 from .io import from_json, load, load_adapters, save, save_adapters, to_json
 from .node import Node
 from .nx import to_networkx
-from .ops.core import constant, container, input, layer, param
+from .ops.core import constant, container, full_like, input, layer, optional, param
 from .ops.nn import (
     activation,
     dense,
@@ -52,6 +52,15 @@ from .ops.tensor import (
     subtract,
     transpose,
 )
+from .ops.transformer import (
+    attention,
+    positions,
+    rms_norm,
+    rotary_embedding,
+    slice,
+    split,
+    tied_dense,
+)
 from .registry import OPS
 from .state import ModelState
 from .torch_interop import from_torch, loraplus_param_groups, to_torch  # torch imported lazily
@@ -63,11 +72,13 @@ __all__ = [
     "GraphDSLError", "ModelState", "Node", "OPS", "activation", "adapter_state", "add",
     "attach_adapters", "build", "dora", "lora", "merge_adapters",
     "concatenate", "constant", "container", "dense", "dropout", "elu", "embedding",
-    "flatten", "freeze", "gelu", "get_inputs", "get_op_counts", "get_output_shape",
+    "flatten", "freeze", "full_like", "optional", "gelu", "get_inputs", "get_op_counts",
+    "get_output_shape",
     "get_parameters", "input", "layer", "layer_norm", "leaky_relu", "log_softmax",
     "map_nodes", "matmul", "multiply", "param", "predict", "register_function", "relu",
     "reshape", "rewrite_nodes", "sigmoid", "silu", "softmax", "softplus", "subtract",
     "tanh", "to_networkx", "topo_order", "transpose",
     "from_torch", "loraplus_param_groups", "to_torch",
     "from_json", "load", "load_adapters", "save", "save_adapters", "to_json",
+    "attention", "positions", "rms_norm", "rotary_embedding", "slice", "split", "tied_dense",
 ]

@@ -220,23 +220,29 @@ class InputChecker:
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.names = [name for name, _, _ in plan.inputs]
+        self.optional = plan.graph.optional
+        self.required = [k for k in self.names if k not in self.optional]
         self.seen: OrderedDict[tuple, None] = OrderedDict()
 
     def __call__(self, inputs: Any) -> list[Any]:
+        """The input arrays in plan order (None for an optional input left out)."""
         names = self.names
         if isinstance(inputs, Mapping):
             if len(inputs) != len(names) or any(k not in inputs for k in names):
                 check_input_names(self.plan.graph, inputs)
-            arrays = [inputs[k] for k in names]
-        elif len(names) == 1:
-            arrays = [inputs]
+            arrays = [inputs.get(k) for k in names]
+        elif len(self.required) == 1:
+            arrays = [inputs if k == self.required[0] else None for k in names]
         else:
             raise InputError(
                 f"this model has {len(names)} inputs {names}; a bare array is ambiguous",
                 shapes=self.plan.graph.inputs,
                 fix="pass a dict {name: array} with one entry per input")
-        sig = []
+        sig: list[tuple | None] = []
         for (name, _, node), a in zip(self.plan.inputs, arrays):
+            if a is None and name in self.optional:
+                sig.append(None)
+                continue
             shp = getattr(a, "shape", None)
             if shp is None or not _numeric(a):
                 raise self._bad_value(name, node, a)
@@ -247,7 +253,8 @@ class InputChecker:
     def check_shapes(self, key: tuple) -> None:
         """Full shape check of one input-shape signature (in input order), cached."""
         if key not in self.seen:
-            infer_shapes(self.plan.graph, dict(zip(self.names, key)))
+            infer_shapes(self.plan.graph, {k: s for k, s in zip(self.names, key)
+                                           if s is not None})
             self.seen[key] = None
             if len(self.seen) > 64:
                 self.seen.popitem(last=False)

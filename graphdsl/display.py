@@ -240,6 +240,9 @@ def options(node: Node) -> list[str]:
     for k, v in node.attrs.items():
         if node.op == "input" and k == "shape":
             continue
+        if node.op == "input" and k == "meta":
+            lines.append(f"meta: {len(v)} entries")
+            continue
         if node.op == "custom" and k in ("fn_name", "output_shape"):
             continue
         if node.op == "custom" and k == "fn":

@@ -34,6 +34,8 @@ class Graph:
     input_nodes: list[Node]
     params: dict[tuple[str, str], ParamSpec]  # (owner layer, param) -> merged spec
     param_users: dict[tuple[str, str], list[str]]
+    # inputs the model runs without: every use is the first input of an `optional` node
+    optional: frozenset[str] = frozenset()
 
     @property
     def output_shape(self) -> Any:
@@ -96,7 +98,6 @@ def analyze(model: Node) -> Graph:
                              layer=names[n.id], op=n.op, where=n.where,
                              fix="use its elements as inputs instead")
         if n.op == "input":
-            inputs[names[n.id]] = n.shape
             input_nodes.append(n)
         for spec in n.params:
             key = (spec.owner or names[n.id], spec.name)
@@ -112,7 +113,23 @@ def analyze(model: Node) -> Graph:
             elif prev.trainable and not spec.trainable:
                 params[key] = replace(prev, trainable=False)
             users.setdefault(key, []).append(names[n.id])
-    return Graph(model, order, names, inputs, input_nodes, params, users)
+    # inputs in the order they were declared (node ids grow with creation), which is the
+    # order a module takes them positionally: input_ids, attention_mask, ... as declared
+    input_nodes.sort(key=lambda n: n.id)
+    inputs = {names[n.id]: n.shape for n in input_nodes}
+    return Graph(model, order, names, inputs, input_nodes, params, users,
+                 _optional_inputs(order, names))
+
+
+def _optional_inputs(order: list[Node], names: dict[int, str]) -> frozenset[str]:
+    """Names of the inputs used only as the first input of ``optional`` nodes."""
+    only_optional: dict[int, bool] = {}  # input id -> every use so far is optional
+    for n in order:
+        for i, x in enumerate(n.inputs):
+            if x.op == "input":
+                only_optional[x.id] = only_optional.get(x.id, True) and (
+                    n.op == "optional" and i == 0)
+    return frozenset(names[n.id] for n in order if only_optional.get(n.id))
 
 
 def _only_in_containers(n: Node, order: list[Node]) -> bool:
@@ -127,10 +144,11 @@ def get_inputs(model: Node) -> dict[str, tuple]:
 
 def normalize_input_shapes(g: Graph, inputs: Any) -> dict[str, tuple]:
     """Accept ``{name: shape or array}``, or a bare shape / array for a 1-input model."""
+    required = [k for k in g.inputs if k not in g.optional]
     if isinstance(inputs, Mapping):
-        given = dict(inputs)
-    elif len(g.inputs) == 1 and inputs is not None:
-        given = {next(iter(g.inputs)): inputs}
+        given = {k: v for k, v in inputs.items() if v is not None or k not in g.optional}
+    elif len(required) == 1 and inputs is not None:
+        given = {required[0]: inputs}
     else:
         raise InputError(
             f"this model has {len(g.inputs)} inputs {list(g.inputs)}; pass a dict",
@@ -154,12 +172,14 @@ def _template_shape(g: Graph, name: Any, value: Any) -> tuple:
 
 
 def check_input_names(g: Graph, given: Mapping[str, Any]) -> None:
-    missing = [k for k in g.inputs if k not in given]
+    """Every required input given, nothing else (optional inputs may be left out)."""
+    missing = [k for k in g.inputs if k not in given and k not in g.optional]
     extra = [k for k in given if k not in g.inputs]
     if missing or extra:
         raise InputError(
             f"inputs do not match the model: missing {missing}, unexpected {extra}",
-            shapes=g.inputs, fix=f"pass exactly these inputs: {list(g.inputs)}")
+            shapes=g.inputs, fix=f"pass these inputs: {list(g.inputs)}"
+                                 + (f" ({sorted(g.optional)} optional)" if g.optional else ""))
 
 
 def check_input_shape(g: Graph, node: Node, shape: tuple) -> None:
@@ -184,7 +204,11 @@ def infer_shapes(g: Graph, input_shapes: Mapping[str, tuple], probe: bool = Fals
     shapes: dict[int, Any] = {}
     for n in g.order:
         if n.op == "input":
-            shp = tuple(input_shapes[g.name(n)])
+            given = input_shapes.get(g.name(n))
+            if given is None and g.name(n) in g.optional:  # left out: its default runs
+                shapes[n.id] = n.shape
+                continue
+            shp = tuple(given)
             check_input_shape(g, n, shp)
             shapes[n.id] = shp
             continue

@@ -306,14 +306,11 @@ def _bind(self: Any, args: tuple, kwargs: dict) -> tuple:
     if len(args) == 1 and not kwargs and isinstance(args[0], Mapping):
         kwargs, args = dict(args[0]), ()
     if kwargs or len(args) != len(names):
-        if args and kwargs:
-            if len(args) > len(names):
-                raise _too_many(meta, args)
-            kwargs = {**dict(zip(names, args)), **kwargs}
-        elif not kwargs:
+        if len(args) > len(names):
             raise _too_many(meta, args)
+        kwargs = {**dict(zip(names, args)), **kwargs}  # fewer: optional ones left out
         check_input_names(meta.plan.graph, kwargs)
-        args = tuple(kwargs[k] for k in names)
+        args = tuple(kwargs.get(k) for k in names)
     if meta.dtype is not None and not _compiling_now():
         args = _check_inputs(self, meta, args)
     return args
@@ -346,6 +343,9 @@ def _check_inputs(self: Any, meta: ModuleInfo, args: tuple) -> tuple:
     dev, fdt = _module_device_dtype(self, meta)
     out = []
     for name, node, a in zip(meta.input_names, meta.input_nodes, args):
+        if a is None and name in meta.plan.graph.optional:
+            out.append(None)
+            continue
         if not isinstance(a, torch.Tensor):
             if isinstance(a, np.ndarray) and a.dtype.kind in "biuf":
                 a = torch.from_numpy(np.ascontiguousarray(a)).to(device=dev)
@@ -370,7 +370,7 @@ def _check_inputs(self: Any, meta: ModuleInfo, args: tuple) -> tuple:
                              f"on {dev}", layer=name, op="input", where=node.where,
                              fix=f"move it: x.to({str(dev)!r})")
         out.append(a)
-    meta.check.check_shapes(tuple(tuple(a.shape) for a in out))
+    meta.check.check_shapes(tuple(None if a is None else tuple(a.shape) for a in out))
     return tuple(out)
 
 

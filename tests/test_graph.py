@@ -51,7 +51,7 @@ def test_get_parameters_and_op_counts():
 def test_multiple_inputs_in_order():
     a, b = gd.input("a", (None, 2)), gd.input("b", (None, 3))
     y = gd.concatenate([gd.dense(b, 2), a])
-    assert list(gd.get_inputs(y)) == ["b", "a"]
+    assert list(gd.get_inputs(y)) == ["a", "b"]  # declaration order
     assert gd.get_output_shape(y, {"a": (5, 2), "b": (5, 3)}) == (5, 4)
 
 

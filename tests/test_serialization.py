@@ -49,6 +49,10 @@ CASES = {
     "param": lambda: gd.matmul(_x(4), gd.param("w", (4, 2), initializer="he_normal",
                                                 trainable=False)),
     "custom": lambda: gd.layer(scaled_tanh, _x(), name="custom", k=2.5),
+    "optional": lambda: (lambda x: gd.add(x, gd.optional(_x(name="bias"), gd.full_like(
+        x, 0.5))))(_x()),
+    "full_like": lambda: gd.full_like(gd.input("ids", (None, 5), dtype="int64"), 1,
+                                      dtype="float32"),
     "container": lambda: _on(lambda x: gd.container({"a": gd.relu(x), "b": gd.tanh(x)})),
     "dense": lambda: gd.dense(_x(), 3, activation="gelu", use_bias=False,
                               kernel_initializer="he_uniform", name="fc"),
@@ -78,6 +82,31 @@ CASES = {
                                             rank=2, alpha=4.0, name="dora_attn", dropout=0.1)),
     "lora": lambda: lora.lora_layer(_x(), 6, 4, rank=3, alpha=6.0, name="lo", rslora=True),
 }
+
+
+def _tied_model():
+    emb = gd.embedding(gd.input("ids", (None, 5), dtype="int64"), 11, 4, name="embed.tokens")
+    return gd.tied_dense(emb, emb, use_bias=True, name="lm_head")
+
+
+def _heads(x, n):  # (None, seq, n*4) -> (None, n, seq, 4)
+    return gd.transpose(gd.reshape(x, (None, -1, n, 4)), (0, 2, 1, 3))
+
+
+CASES.update({  # the transformer ops
+    "attention": lambda: (lambda q, kv: gd.attention(
+        _heads(q, 4), _heads(kv, 2), _heads(kv, 2), causal=True, window=3, scale=0.4,
+        mask=gd.reshape(gd.input("am", (None, 3), dtype="int64"), (None, 1, 1, -1))))(
+            gd.input("q", (None, 3, 16)), gd.input("kv", (None, 3, 8))),
+    "rms_norm": lambda: gd.rms_norm(_x(), epsilon=1e-5, name="norm"),
+    "rotary_embedding": lambda: gd.rotary_embedding(
+        _heads(gd.input("x", (None, 3, 8)), 2),
+        gd.positions(gd.input("ids", (None, 3), dtype="int64")), theta=5e5),
+    "slice": lambda: _on(lambda x: gd.container([*gd.split(x, 3, name="parts"),
+                                                 gd.slice(x, -2, None)])),
+    "positions": lambda: gd.positions(gd.input("ids", (None, 5), dtype="int64"), offset=3),
+    "tied_dense": _tied_model,
+})
 
 EXTRA = {  # more shapes of the same ops
     "dora_layer_eps": lambda: dora.dora_layer(_x(), 6, 3, rank=2, eps=1e-6, use_bias=True,

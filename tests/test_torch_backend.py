@@ -52,6 +52,15 @@ CASES = {
                      lambda: {"x": _f(3, 6)}),
     "custom": _simple(lambda: gd.layer(_custom_fn, [_x(), _x(name="z")], k=2.0),
                      lambda: {"x": _f(3, 6), "z": _f(3, 6)}),
+    # the optional input left out (its default runs) and given
+    "optional": _simple(lambda: (lambda x: gd.container([
+        gd.add(x, gd.optional(_x(name="bias"), gd.full_like(x, 0.5))),
+        gd.optional(_x(name="scale"), gd.full_like(x, 2.0))]))(_x()),
+        lambda: {"x": _f(3, 6), "scale": _f(3, 6)}),
+    "full_like": _simple(lambda: (lambda ids: gd.container([
+        gd.full_like(ids, 1), gd.full_like(ids, -1.5, dtype="float32")]))(
+            gd.input("ids", (None, 5), dtype="int64")),
+        lambda: {"ids": R.integers(0, 11, (3, 5))}),
     "container": _simple(lambda: (lambda x: gd.container({
         "a": gd.relu(x), "b": gd.container([gd.tanh(x), x])}))(_x()),
                          lambda: {"x": _f(3, 6)}),
@@ -90,6 +99,48 @@ for _act, _opts in [("relu", {}), ("gelu", {}), ("sigmoid", {}), ("tanh", {}),
     CASES[_act] = (lambda a=_act, o=_opts: (
         gd.activation(_x((None, 4, 6)), a, **o), {"x": _f(3, 4, 6) * 4}, None))
 CASES["gelu_tanh"] = lambda: (gd.gelu(_x(), approximate=True), {"x": _f(3, 6) * 3}, None)
+
+
+# the transformer ops (graphdsl/ops/transformer.py)
+def _attention_case():
+    q, k, v = _x((None, 4, 5, 8), "q"), _x((None, 2, 7, 8), "k"), _x((None, 2, 7, 8), "v")
+    am = gd.input("am", (None, 7), dtype="int64")
+    mask = gd.reshape(am, (None, 1, 1, -1))
+    return gd.container([gd.attention(q, k, v, mask=mask, causal=True, window=3),
+                         gd.attention(q, k, v, scale=0.2)])
+
+
+def _tied_case():
+    emb = gd.embedding(gd.input("ids", (None, 5), dtype="int64"), 11, 6, name="emb",
+                       kernel_initializer="normal")
+    y = gd.tied_dense(gd.tanh(emb), emb, use_bias=True, name="head")
+
+    def tweak(st):
+        st.data["head"]["bias"] = _f(11)
+    return y, {"ids": R.integers(0, 11, (3, 5))}, tweak
+
+
+def _rms_tweak(st):
+    st.data["rms"]["gamma"] = _f(6)
+
+
+CASES.update({
+    "attention": _simple(_attention_case, lambda: {
+        "q": _f(3, 4, 5, 8), "k": _f(3, 2, 7, 8), "v": _f(3, 2, 7, 8),
+        "am": np.array([[1] * 7, [0, 0] + [1] * 5, [1] * 4 + [0] * 3])}),
+    "rms_norm": lambda: (gd.rms_norm(_x((None, 4, 6)), epsilon=1e-5, name="rms"),
+                         {"x": _f(3, 4, 6) * 2 + 1}, _rms_tweak),
+    "rotary_embedding": _simple(lambda: gd.rotary_embedding(
+        _x((None, 2, 5, 8)), gd.input("pos", (None, 5), dtype="int64"), theta=500.0),
+        lambda: {"x": _f(3, 2, 5, 8), "pos": R.integers(0, 100, (3, 5))}),
+    "slice": _simple(lambda: (lambda x: gd.container([
+        *gd.split(x, [2, 4], name="sp"), gd.slice(x, -3, None, axis=1)]))(_x((None, 4, 6))),
+        lambda: {"x": _f(3, 4, 6)}),
+    "positions": _simple(lambda: gd.positions(gd.input("ids", (None, 5), dtype="int64"),
+                                              offset=2),
+                         lambda: {"ids": R.integers(0, 11, (3, 5))}),
+    "tied_dense": _tied_case,
+})
 
 
 def _np(y):
@@ -140,7 +191,8 @@ def test_every_op_matches_numpy(op):
     # the lowered module, in eval mode, inputs positionally and by name
     m = gd.to_torch(model, st).eval()
     with torch.no_grad():
-        ordered = [torch.from_numpy(inputs[k]) for k in gd.get_inputs(model)]
+        ordered = [torch.from_numpy(inputs[k]) if k in inputs else None  # optional: left out
+                   for k in gd.get_inputs(model)]
         _close(m(*ordered), ref)
         _close(m(**{k: torch.from_numpy(v) for k, v in inputs.items()}), ref)
 

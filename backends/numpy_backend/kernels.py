@@ -170,6 +170,56 @@ def _custom(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray
     return _as_float(np.asarray(a["fn"](*ins, xp=np, **a["opts"])), ctx)
 
 
+# -- transformer ops ----------------------------------------------------------------------------
+def _attention(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
+    q, k, v = ins[:3]
+    b, h, n, d = q.shape
+    kv, m = k.shape[1], k.shape[2]
+    s = np.matmul(shared.grouped_queries(q, kv), np.swapaxes(k, -1, -2))  # [b, kv, rep*n, m]
+    s *= a["scale"] if a["scale"] is not None else d ** -0.5
+    s = s.reshape(b, h, n, m)
+    keep = shared.attention_keep(ins, a, np.arange)
+    if keep is not None:
+        np.copyto(s, np.finfo(s.dtype).min, where=~keep)
+    s -= s.max(axis=-1, keepdims=True)
+    np.exp(s, out=s)
+    s /= s.sum(axis=-1, keepdims=True)
+    return np.matmul(s.reshape(b, kv, (h // kv) * n, m), v).reshape(b, h, n, d)
+
+
+def _rms_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
+    x = ins[0]
+    ax = a["axis"] % x.ndim
+    ms = np.square(x).mean(axis=ax, keepdims=True)
+    ms += a["epsilon"]
+    return shared.along(p["gamma"], x, ax) * (x * (1.0 / np.sqrt(ms)))
+
+
+def _rotary_embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
+    x, pos = ins
+    d = x.shape[-1]
+    inv = ctx.cache.get(d)
+    if inv is None:  # transformers' default rope init, in float32
+        inv = ctx.cache[d] = 1.0 / (a["theta"] ** (np.arange(0, d, 2, dtype=np.float32) / d))
+    ang = pos[..., None].astype(np.float32) * inv
+    return shared.rotate(x, np.cos(ang).astype(x.dtype, copy=False),
+                         np.sin(ang).astype(x.dtype, copy=False), np.concatenate)
+
+
+def _positions(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
+    x = ins[0]
+    ax = a["axis"] % x.ndim
+    r = np.arange(a["offset"], a["offset"] + x.shape[ax], dtype=np.int64)
+    return np.broadcast_to(r, x.shape[:ax + 1]).copy()
+
+
+def _tied_dense(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
+    y = ins[0] @ p["kernel"].T
+    if "bias" in p:
+        y += p["bias"]
+    return y
+
+
 def _reduce_kernel(ufunc: np.ufunc):
     return lambda ins, p, a, ctx: _as_float(reduce(ufunc, ins), ctx)
 
@@ -187,6 +237,11 @@ KERNELS: dict[str, Callable] = {
     "concatenate": lambda ins, p, a, ctx: _as_float(np.concatenate(ins, axis=a["axis"]), ctx),
     "transpose": lambda ins, p, a, ctx: np.transpose(ins[0], a["axes"]),
     "matmul": lambda ins, p, a, ctx: _as_float(np.matmul(ins[0], ins[1]), ctx),
+    "attention": _attention,
+    "rms_norm": _rms_norm,
+    "rotary_embedding": _rotary_embedding,
+    "positions": _positions,
+    "tied_dense": _tied_dense,
     **shared.KERNELS,
     **shared.activation_kernels(ACTIVATIONS),
 }

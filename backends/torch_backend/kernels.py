@@ -196,6 +196,43 @@ def _concatenate(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch
     return torch.cat(ins, dim=a["axis"])
 
 
+# -- transformer ops ----------------------------------------------------------------------------
+def _attention(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
+    q, k, v = ins[:3]
+    b, h, n, d = q.shape
+    kv, m = k.shape[1], k.shape[2]
+    s = torch.matmul(shared.grouped_queries(q, kv), k.transpose(-1, -2))  # [b, kv, rep*n, m]
+    s = (s * (a["scale"] if a["scale"] is not None else d ** -0.5)).reshape(b, h, n, m)
+    keep = shared.attention_keep(ins, a, lambda size: torch.arange(size, device=q.device))
+    if keep is not None:
+        s = s.masked_fill(~keep, torch.finfo(s.dtype).min)
+    w = torch.softmax(s, -1, dtype=torch.promote_types(s.dtype, torch.float32)).to(q.dtype)
+    return torch.matmul(w.reshape(b, kv, (h // kv) * n, m), v).reshape(b, h, n, d)
+
+
+def _rms_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
+    x = ins[0]
+    ax = a["axis"] % x.dim()
+    y = x * torch.rsqrt(x.pow(2).mean(ax, keepdim=True) + a["epsilon"])
+    return shared.along(p["gamma"], x, ax) * y
+
+
+def _rotary_embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
+    x, pos = ins
+    d = x.shape[-1]
+    steps = torch.arange(0, d, 2, dtype=torch.float32, device=x.device)
+    inv = 1.0 / (a["theta"] ** (steps / d))  # transformers' default rope init, in float32
+    ang = pos[..., None].float() * inv
+    return shared.rotate(x, ang.cos().to(x.dtype), ang.sin().to(x.dtype), torch.cat)
+
+
+def _positions(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
+    x = ins[0]
+    ax = a["axis"] % x.dim()
+    r = torch.arange(a["offset"], a["offset"] + x.shape[ax], device=x.device)
+    return r.expand(x.shape[:ax + 1]).contiguous()  # writable, like the NumPy kernel's
+
+
 KERNELS: dict[str, Callable] = {
     "constant": _constant,
     "custom": _custom,
@@ -209,6 +246,11 @@ KERNELS: dict[str, Callable] = {
     "concatenate": _concatenate,
     "transpose": _transpose,
     "matmul": _matmul,
+    "attention": _attention,
+    "rms_norm": _rms_norm,
+    "rotary_embedding": _rotary_embedding,
+    "positions": _positions,
+    "tied_dense": lambda ins, p, a, ctx: F.linear(ins[0], p["kernel"], p.get("bias")),
     **shared.KERNELS,
     **shared.activation_kernels(ACTIVATIONS),
 }

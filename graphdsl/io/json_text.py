@@ -36,7 +36,7 @@ _MAX_NODES = 1_000_000
 RENAMED_OPS = {"layer": "custom"}
 
 _TOP_KEYS = ("format", "format_version", "inputs", "nodes", "outputs")
-_INPUT_KEYS = ("name", "shape", "dtype")
+_INPUT_KEYS = ("name", "shape", "dtype", "meta")
 _NODE_KEYS = ("op", "name", "inputs", "attrs", "frozen", "shape")
 
 
@@ -237,6 +237,8 @@ def model_to_dict(model: Node) -> dict[str, Any]:
         if n.op == "input":
             inputs.append({"name": name, "shape": _shape_json(n.attrs["shape"]),
                            "dtype": n.attrs["dtype"]})
+            if "meta" in n.attrs:
+                inputs[-1]["meta"] = encode_value(n.attrs["meta"], f"input {name!r} meta")
             continue
         ctx = f"layer {name!r} (op {n.op}) attribute"
         if n.op == "custom":
@@ -465,9 +467,10 @@ def _build(doc: dict[str, Any], source: str) -> Node:
         e = entries[name]
         where = f"{source}: {'input' if kinds[name] == 'input' else 'node'} {name!r}"
         if kinds[name] == "input":
-            built[name] = make_node("input", [], {"shape": tuple(e["shape"]),
-                                                  "dtype": e.get("dtype", "float32")},
-                                    name, where=where)
+            attrs = {"shape": tuple(e["shape"]), "dtype": e.get("dtype", "float32")}
+            if "meta" in e:
+                attrs["meta"] = decode_value(e["meta"], f"{where} meta")
+            built[name] = make_node("input", [], attrs, name, where=where)
         else:
             built[name] = _make(e, [built[p] for p in e.get("inputs", [])], where, source)
     if isinstance(outs, str):

@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
 
 from ..custom import function_name, lookup_function
-from ..errors import GraphDSLError, OptionError, RuleError
+from ..errors import GraphDSLError, OptionError, RuleError, fmt_shape
 from ..initializers import check_initializer
 from ..node import Node, caller_location, make_node, validate_name
 from ..registry import OpDef, ParamSpec, register_op
@@ -22,7 +23,14 @@ def _input_attrs(a: dict) -> dict:
     if not isinstance(dtype, str) or dtype not in _DTYPES:
         raise RuleError(f"dtype must be one of {_DTYPES}, got {dtype!r}",
                         "pass dtype='float32' (or 'int64' for token ids)", OptionError)
-    return {"shape": shape_tuple(a.get("shape"), "shape"), "dtype": dtype}
+    meta = a.get("meta")
+    if meta is not None and not isinstance(meta, Mapping):
+        raise RuleError(f"meta must be a mapping, got {type(meta).__name__}",
+                        "pass a dict of JSON values (e.g. a Hugging Face config)", OptionError)
+    out = {"shape": shape_tuple(a.get("shape"), "shape"), "dtype": dtype}
+    if meta is not None:
+        out["meta"] = MappingProxyType(dict(meta))
+    return out
 
 
 register_op(OpDef(
@@ -32,14 +40,20 @@ register_op(OpDef(
 ))
 
 
-def input(name: str, shape: Sequence[int | None], dtype: str = "float32") -> Node:
+def input(name: str, shape: Sequence[int | None], dtype: str = "float32",
+          meta: Mapping[str, Any] | None = None) -> Node:
     """A model input ``name`` of shape ``shape`` (None = any size), e.g. ``(None, 16)``.
 
-    Use ``dtype="int64"`` for token ids feeding an embedding.
+    Use ``dtype="int64"`` for token ids feeding an embedding. ``meta``: JSON values kept
+    with the model (saved in its JSON; e.g. the Hugging Face config of a model from
+    ``graphdsl.models``), never used in computing.
     """
     where = caller_location()
     validate_name(name, "input", where, "input name")
-    return make_node("input", [], {"shape": shape, "dtype": dtype}, name, where=where)
+    attrs: dict[str, Any] = {"shape": shape, "dtype": dtype}
+    if meta is not None:
+        attrs["meta"] = meta
+    return make_node("input", [], attrs, name, where=where)
 
 
 # -- constant ---------------------------------------------------------------------------
@@ -209,3 +223,66 @@ def container(outputs: Sequence[Node] | Mapping[str, Node], name: str | None = N
         return make_node("container", list(outputs.values()), {"keys": keys}, name,
                          where=where)
     return make_node("container", list(outputs), {"keys": None}, name, where=where)
+
+
+# -- optional inputs and their defaults -------------------------------------------------------
+def _optional_shape(s: list, a: dict) -> tuple:
+    given, default = s
+    if len(given) != len(default) or any(
+            x is not None and y is not None and x != y for x, y in zip(given, default)):
+        raise RuleError(f"the default {fmt_shape(default)} does not fit the optional input "
+                        f"{fmt_shape(given)}", "give the default the input's shape")
+    return tuple(y if x is None else x for x, y in zip(given, default))
+
+
+def _optional_dtype(d: list, a: dict) -> str:
+    if d[0] != d[1]:
+        raise RuleError(f"the default has dtype {d[1]}, the optional input {d[0]}",
+                        "give the default the input's dtype", OptionError)
+    return d[0]
+
+
+register_op(OpDef(
+    "optional", _optional_shape, arity=2, infer_dtype=_optional_dtype, output_alias="inputs",
+    doc="An optional input (Axon.optional) with a default: the input's value when predict "
+        "gets it, else the default subgraph's; shape and dtype those of the input.",
+))
+
+
+def optional(x: Node, default: Node, name: str | None = None) -> Node:
+    """Make input ``x`` optional: a model can run without it, and then ``default`` (a
+    subgraph of the other inputs, e.g. ``gd.full_like(input_ids, 1)``) takes its place.
+    ``x`` must be a ``gd.input``; ``default`` has its shape and dtype."""
+    where = caller_location()
+    if isinstance(x, Node) and x.op != "input":
+        raise GraphDSLError(f"optional wraps a model input, got a {x.op} layer",
+                            layer=name, op="optional", where=where,
+                            fix="pass gd.input(...) itself")
+    return make_node("optional", [x, default], {}, name, where=where)
+
+
+def _full_attrs(a: dict) -> dict:
+    v, dt = a.get("value"), a.get("dtype")
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or v != v or v in (
+            float("inf"), float("-inf")):
+        raise RuleError(f"value must be a finite number, got {v!r}", "pass e.g. value=1",
+                        OptionError)
+    if dt not in (None, "float32", "float64", "int32", "int64"):
+        raise RuleError(f"unsupported dtype {dt!r}", "use float32, int64 or None (x's)",
+                        OptionError)
+    return {"value": v, "dtype": dt}
+
+
+register_op(OpDef(
+    "full_like", lambda s, a: tuple(s[0]), check_attrs=_full_attrs,
+    infer_dtype=lambda d, a: a["dtype"] or d[0],
+    doc="An array of x's shape filled with `value` (dtype: x's unless given); e.g. the "
+        "default all-ones attention_mask of the input ids.",
+))
+
+
+def full_like(x: Node, value: float, dtype: str | None = None, name: str | None = None
+              ) -> Node:
+    """An array of ``x``'s shape filled with ``value`` (``dtype``: x's unless given)."""
+    return make_node("full_like", [x], {"value": value, "dtype": dtype}, name,
+                     where=caller_location())

@@ -1,0 +1,56 @@
+"""BERT as an encoder: ``input_ids [batch, seq]`` (+ optional ``attention_mask``,
+``token_type_ids``, ``position_ids``) -> ``last_hidden_state [batch, seq, hidden]`` (and
+``pooler_output [batch, hidden]`` with the pooling layer). Layer names are the Hugging
+Face module paths of ``BertModel``."""
+from __future__ import annotations
+
+from typing import Any
+
+import graphdsl as gd
+
+from ..node import Node
+from .common import activate, heads, merge_heads, padding_mask, token_inputs
+from .config import Config
+
+
+def bert(config: Any, add_pooling_layer: bool = False) -> Node:
+    """``BertModel`` from a Hugging Face config: word + position + token-type embeddings,
+    post-norm encoder blocks with erf GELU. With ``add_pooling_layer`` the output is a
+    container ``{"last_hidden_state", "pooler_output"}``, else ``last_hidden_state``."""
+    c = Config(config, "bert")
+    vocab, hidden = c.get("vocab_size"), c.get("hidden_size")
+    n_layers, n_heads = c.get("num_hidden_layers"), c.get("num_attention_heads")
+    inter, n_pos = c.get("intermediate_size"), c.get("max_position_embeddings")
+    n_types = c.get("type_vocab_size", 2)
+    eps = c.get("layer_norm_eps", 1e-12, (int, float))
+    act = c.activation("hidden_act", "gelu")
+    kind = c.data.get("position_embedding_type", "absolute")
+    if kind != "absolute":
+        raise c.unsupported("position_embedding_type", kind, "absolute positions")
+    if hidden % n_heads:
+        raise c.unsupported("num_attention_heads", n_heads, f"a divisor of {hidden}")
+    head_dim = hidden // n_heads
+
+    ins = token_inputs(c, token_types=True)
+    mask = padding_mask(ins["attention_mask"])
+    e = (gd.embedding(ins["input_ids"], vocab, hidden, name="embeddings.word_embeddings")
+         + gd.embedding(ins["position_ids"], n_pos, hidden,
+                        name="embeddings.position_embeddings")
+         + gd.embedding(ins["token_type_ids"], n_types, hidden,
+                        name="embeddings.token_type_embeddings"))
+    h = gd.layer_norm(e, epsilon=eps, name="embeddings.LayerNorm")
+    for i in range(n_layers):
+        p = f"encoder.layer.{i}"
+        q, k, v = (heads(gd.dense(h, hidden, name=f"{p}.attention.self.{t}"), n_heads,
+                         head_dim) for t in ("query", "key", "value"))
+        a = merge_heads(gd.attention(q, k, v, mask=mask))
+        h = gd.layer_norm(gd.dense(a, hidden, name=f"{p}.attention.output.dense") + h,
+                          epsilon=eps, name=f"{p}.attention.output.LayerNorm")
+        f = activate(gd.dense(h, inter, name=f"{p}.intermediate.dense"), act)
+        h = gd.layer_norm(gd.dense(f, hidden, name=f"{p}.output.dense") + h, epsilon=eps,
+                          name=f"{p}.output.LayerNorm")
+    if not add_pooling_layer:
+        return h
+    first = gd.reshape(gd.slice(h, 0, 1, axis=1), (None, hidden))
+    pooled = gd.dense(first, hidden, activation="tanh", name="pooler.dense")
+    return gd.container({"last_hidden_state": h, "pooler_output": pooled})

@@ -1,0 +1,49 @@
+"""GPT-2 as a causal LM: ``input_ids [batch, seq]`` (+ optional ``attention_mask``,
+``position_ids``) -> ``logits [batch, seq, vocab]``. Layer names are the Hugging Face
+module paths; the Conv1D weights ``[in, out]`` are the dense kernels as they are."""
+from __future__ import annotations
+
+from typing import Any
+
+import graphdsl as gd
+
+from ..node import Node
+from .common import activate, heads, merge_heads, padding_mask, token_inputs
+from .config import Config
+
+
+def gpt2(config: Any) -> Node:
+    """``GPT2LMHeadModel`` from a Hugging Face config: learned positions, pre-norm blocks
+    with the fused ``c_attn`` split into q/k/v, ``gelu_new`` MLP, ``lm_head`` tied to
+    ``transformer.wte`` (unless ``tie_word_embeddings`` is false)."""
+    c = Config(config, "gpt2")
+    vocab, n_pos = c.get("vocab_size"), c.get("n_positions")
+    width, n_layers, n_heads = c.get("n_embd"), c.get("n_layer"), c.get("n_head")
+    inner = c.data.get("n_inner") or 4 * width
+    eps = c.get("layer_norm_epsilon", 1e-5, (int, float))
+    act = c.activation("activation_function", "gelu_new")
+    if width % n_heads:
+        raise c.unsupported("n_head", n_heads, f"a divisor of n_embd={width}")
+    head_dim = width // n_heads
+
+    ins = token_inputs(c)
+    mask = padding_mask(ins["attention_mask"])
+    wte = gd.embedding(ins["input_ids"], vocab, width, name="transformer.wte")
+    h = wte + gd.embedding(ins["position_ids"], n_pos, width, name="transformer.wpe")
+    for i in range(n_layers):
+        p = f"transformer.h.{i}"
+        x = gd.layer_norm(h, epsilon=eps, name=f"{p}.ln_1")
+        q, k, v = gd.split(gd.dense(x, 3 * width, name=f"{p}.attn.c_attn"), 3)
+        scale = head_dim ** -0.5 if c.data.get("scale_attn_weights", True) else 1.0
+        if c.data.get("scale_attn_by_inverse_layer_idx", False):
+            scale /= i + 1
+        a = gd.attention(heads(q, n_heads, head_dim), heads(k, n_heads, head_dim),
+                         heads(v, n_heads, head_dim), mask=mask, causal=True, scale=scale)
+        h = h + gd.dense(merge_heads(a), width, name=f"{p}.attn.c_proj")
+        x = gd.layer_norm(h, epsilon=eps, name=f"{p}.ln_2")
+        f = activate(gd.dense(x, inner, name=f"{p}.mlp.c_fc"), act)
+        h = h + gd.dense(f, width, name=f"{p}.mlp.c_proj")
+    h = gd.layer_norm(h, epsilon=eps, name="transformer.ln_f")
+    if c.data.get("tie_word_embeddings", True):
+        return gd.tied_dense(h, wte, name="lm_head")
+    return gd.dense(h, vocab, use_bias=False, name="lm_head")
