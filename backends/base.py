@@ -99,6 +99,40 @@ def plan_runner(plan: Any, kernels: Mapping[str, Kernel],
     return run
 
 
+def state_fetch(plan: Any, convert: Callable[[Any, Any], Any]
+                ) -> Callable[[Any, Mapping], dict[str, Any]]:
+    """The ``fetch(step, state.data)`` of :func:`plan_runner`: each step's parameters by
+    local name, as ``convert(value, ref)`` makes them for the backend.
+
+    State values are immutable (graphdsl.state), so a value seen before (same identity)
+    needs no check and no conversion: the converted value is kept per parameter, and
+    kernels may cache what they derive from it on its identity. A missing value or one
+    of the wrong shape is a StateError naming the layer.
+    """
+    refs = {step.out: tuple((i, r.local, r.owner, r.name, tuple(r.shape), r)
+                            for i, r in enumerate(step.params)) for step in plan.steps}
+    # per parameter: (state value, its converted value); one tuple store, thread-safe
+    memo = {step.out: [(None, None)] * len(step.params) for step in plan.steps}
+
+    def fetch(step: Any, data: Mapping) -> dict[str, Any]:
+        p = {}
+        seen = memo[step.out]
+        for i, local, owner, pname, shape, ref in refs[step.out]:
+            try:
+                arr = data[owner][pname]
+            except (KeyError, TypeError):
+                raise plan.missing_param(step, ref, data) from None
+            hit = seen[i]
+            if hit[0] is not arr:
+                if tuple(arr.shape) != shape:
+                    raise plan.bad_param(step, ref, arr)
+                hit = seen[i] = (arr, convert(arr, ref))
+            p[local] = hit[1]
+        return p
+
+    return fetch
+
+
 def copy_outputs(out: Any, flags: tuple[bool, ...], copy: Callable[[Any], Any]) -> Any:
     """``out`` (an array, or a tuple/dict of them) with the flagged elements copied."""
     if isinstance(out, dict):

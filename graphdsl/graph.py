@@ -88,7 +88,6 @@ def analyze(model: Node) -> Graph:
                                 "or gd.container([...]) for several outputs")
     order = topo_order(model)
     names = resolve_names(order)
-    inputs: dict[str, tuple] = {}
     input_nodes: list[Node] = []
     params: dict[tuple[str, str], ParamSpec] = {}
     users: dict[tuple[str, str], list[str]] = {}

@@ -7,7 +7,7 @@ each intermediate released after its last use. Kernels: :mod:`.kernels` (core op
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -15,7 +15,7 @@ import numpy as np
 from graphdsl.arrays import as_numpy
 from graphdsl.errors import BackendError, InputError
 
-from ..base import Backend, KernelContext, plan_runner
+from ..base import Backend, KernelContext, plan_runner, state_fetch
 from . import adapters, kernels
 from .kernels import ACTIVATIONS, apply_activation, inverted_dropout
 
@@ -40,38 +40,21 @@ class NumpyBackend(Backend):
                                fix="drop them, or build(model, backend='torch', "
                                    "device='cuda') to run on a GPU")
         dtype = np.dtype(plan.dtype)
-        refs = {step.out: tuple((i, r.local, r.owner, r.name, tuple(r.shape),
-                                 np.dtype(r.dtype), r) for i, r in enumerate(step.params))
-                for step in plan.steps}
-        # per parameter: (state value, the array kernels get). State values are immutable
-        # (graphdsl.state), so a value seen before needs no check and no conversion, and
-        # kernels may cache what they derive from it on its identity.
-        memo: dict[int, list[tuple[Any, np.ndarray]]] = {
-            step.out: [(None, None)] * len(step.params) for step in plan.steps}
-
-        def fetch(step: Any, data: Mapping) -> dict[str, np.ndarray]:
-            p = {}
-            seen = memo[step.out]
-            for i, local, owner, pname, shape, dt, ref in refs[step.out]:
-                try:
-                    arr = data[owner][pname]
-                except (KeyError, TypeError):
-                    raise plan.missing_param(step, ref, data) from None
-                hit = seen[i]
-                if hit[0] is not arr:
-                    if arr.shape != shape:
-                        raise plan.bad_param(step, ref, arr)
-                    conv = arr.astype(dt) if arr.dtype != dt else arr.view(np.ndarray)
-                    conv.flags.writeable = False
-                    hit = seen[i] = (arr, conv)
-                p[local] = hit[1]
-            return p
-
         return plan_runner(
             plan, KERNELS,
             lambda step: KernelContext(plan.training, dtype, step.name, step.op, np),
-            fetch, lambda a, is_int, name, node: _convert_input(a, is_int, dtype, name, node),
+            state_fetch(plan, _state_array),
+            lambda a, is_int, name, node: _convert_input(a, is_int, dtype, name, node),
             lambda a: np.array(a, copy=True))
+
+
+def _state_array(arr: Any, ref: Any) -> np.ndarray:
+    """A state value (any shape) as the read-only plain array kernels get, in the
+    parameter's dtype."""
+    dt = np.dtype(ref.dtype)
+    out = arr.astype(dt) if arr.dtype != dt else arr.view(np.ndarray)
+    out.flags.writeable = False
+    return out
 
 
 def _convert_input(a: Any, is_int: bool, dtype: np.dtype, name: str, node: Any

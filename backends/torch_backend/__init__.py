@@ -14,7 +14,7 @@ Kernels: :mod:`.kernels` (core ops) and :mod:`.adapters` (dora, lora).
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,7 +23,7 @@ import torch
 from graphdsl.arrays import as_numpy
 from graphdsl.errors import BackendError, InputError
 
-from ..base import Backend, plan_runner
+from ..base import Backend, plan_runner, state_fetch
 from . import adapters, kernels
 from .adapters import dora_column_norm_sq
 from .kernels import ACTIVATIONS, TorchContext, apply_activation, compiling
@@ -91,35 +91,17 @@ class TorchBackend(Backend):
                                fix="build(model, backend='torch', device='cuda')")
         dev = resolve_device(device)
         dtype = _TORCH_DTYPES[plan.dtype]
-        # per parameter: (state value, its tensor). State values are immutable
-        # (graphdsl.state): a value seen before is converted once, not on every call.
-        memo: dict[int, list[tuple[Any, Any]]] = {
-            step.out: [(None, None)] * len(step.params) for step in plan.steps}
-
-        def fetch(step: Any, data: Mapping) -> dict[str, Any]:
-            p = {}
-            seen = memo[step.out]
-            for i, ref in enumerate(step.params):
-                try:
-                    arr = data[ref.owner][ref.name]
-                except (KeyError, TypeError):
-                    raise plan.missing_param(step, ref, data) from None
-                hit = seen[i]
-                if hit[0] is not arr:
-                    if tuple(arr.shape) != tuple(ref.shape):
-                        raise plan.bad_param(step, ref, arr)
-                    # RNG keys stay NumPy scalars
-                    conv = arr if ref.kind == "state" else state_tensor(
-                        arr, dev, _TORCH_DTYPES.get(ref.dtype, dtype))
-                    hit = seen[i] = (arr, conv)
-                p[ref.local] = hit[1]
-            return p
+        def convert(arr: Any, ref: Any) -> Any:  # RNG keys stay NumPy scalars
+            if ref.kind == "state":
+                return arr
+            return state_tensor(arr, dev, _TORCH_DTYPES.get(ref.dtype, dtype))
 
         return plan_runner(
             plan, KERNELS,
             lambda step: TorchContext(plan.training, dtype, step.name, step.op, torch,
                                       where=step.node.where, device=dev),
-            fetch, lambda a, is_int, name, node: _convert_input(a, is_int, dtype, dev, name,
+            state_fetch(plan, convert),
+            lambda a, is_int, name, node: _convert_input(a, is_int, dtype, dev, name,
                                                                  node),
             lambda t: t.clone())
 
