@@ -13,7 +13,7 @@ import numpy as np
 
 from .. import models
 from ..errors import GraphDSLError, StateError
-from ..graph import analyze
+from ..graph import Graph, analyze
 from ..io.archive import atomic_writer
 from ..node import Node
 from ..state import ModelState
@@ -38,9 +38,8 @@ def _architecture(config: Mapping[str, Any]) -> str:
     return known[0]
 
 
-def _key_map(model: Node, conv1d: bool) -> dict[tuple[str, str], tuple[str, bool]]:
+def _key_map(g: Graph, conv1d: bool) -> dict[tuple[str, str], tuple[str, bool]]:
     """``{(layer, param): (hf key, transpose)}`` of every parameter the model owns."""
-    g = analyze(model)
     op_of = {g.name(n): n.op for n in g.order}
     out = {}
     for (layer, param), spec in g.params.items():
@@ -73,7 +72,8 @@ def state_from_tensors(model: Node, tensors: Mapping[str, np.ndarray], conv1d: b
                        source: str) -> ModelState:
     """The model's ModelState from Hugging Face tensors ``{key: array}``; every key and
     shape is checked, and a missing or extra key is a StateError naming it."""
-    keys = _key_map(model, conv1d)
+    g = analyze(model)
+    keys = _key_map(g, conv1d)
     wanted = {hf for hf, _ in keys.values()}
     tied = [k for k in ("lm_head.weight",) if k in tensors and k not in wanted]
     extra = sorted(k for k in tensors if k not in wanted and k not in tied
@@ -83,7 +83,6 @@ def state_from_tensors(model: Node, tensors: Mapping[str, np.ndarray], conv1d: b
         raise StateError(f"{source}: the checkpoint does not fit the model: missing "
                          f"{missing[:10]}, unexpected {extra[:10]}",
                          fix="check that config.json and the weights belong together")
-    g = analyze(model)
     data: dict[str, dict[str, np.ndarray]] = {}
     for (layer, param), (hf, transpose) in keys.items():
         arr = np.asarray(tensors[hf])
@@ -150,7 +149,7 @@ def save_pretrained(folder: str, model: Node, state: ModelState) -> str:
     _, conv1d = ARCHITECTURES[_architecture(config)]
     os.makedirs(folder, exist_ok=True)
     tensors = {}
-    for (layer, param), (hf, transpose) in _key_map(model, conv1d).items():
+    for (layer, param), (hf, transpose) in _key_map(analyze(model), conv1d).items():
         arr = np.asarray(state.data[layer][param])
         tensors[hf] = np.ascontiguousarray(arr.T if transpose else arr)
     with atomic_writer(os.path.join(folder, "model.safetensors"), "save_pretrained",
