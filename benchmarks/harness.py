@@ -90,3 +90,38 @@ def machine() -> str:
 
     return (f"{platform.processor() or platform.machine()}, {platform.system()} "
             f"{platform.release()}, Python {platform.python_version()}, NumPy {np.__version__}")
+
+
+def peak_rss_growth(fn: Callable[[], object]) -> float:
+    """Bytes the resident set grows to above its level just before ``fn()`` (Linux).
+
+    Resets the kernel's high-water mark (``/proc/self/clear_refs``), so it sees every
+    allocator (NumPy, torch, OpenBLAS) alike. Run it in a fresh process started with
+    ``MALLOC_MMAP_THRESHOLD_`` fixed (see :func:`in_child`), so large freed blocks leave
+    the resident set instead of hiding the next call's growth.
+    """
+    import re
+
+    def status(key: str) -> int:
+        with open("/proc/self/status") as f:
+            return int(re.search(key + r":\s+(\d+)", f.read()).group(1)) * 1024
+
+    gc.collect()
+    before = status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    fn()
+    return float(status("VmHWM") - before)
+
+
+def in_child(module: str, *args: str) -> str:
+    """stdout of ``python -m module *args`` in a fresh process with a fixed mmap threshold
+    (glibc then returns every block over 128 KiB to the system when it is freed)."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="131072", MALLOC_TRIM_THRESHOLD_="131072")
+    out = subprocess.run([sys.executable, "-m", module, *args], env=env, check=True,
+                         capture_output=True, text=True)
+    return out.stdout.strip()
