@@ -209,3 +209,38 @@ def test_zero_norm_column_is_an_error_and_eps_clamps():
     y = gd.to_torch(clamped, st)(x)
     assert torch.isfinite(y).all()
     np.testing.assert_allclose(y.detach().numpy(), gd.predict(clamped, st, x.numpy()), **TOL)
+
+
+@pytest.mark.parametrize("use_bias", [True, False])
+def test_fused_dora_gradients_for_every_input(use_bias):
+    """The fused DoRA node's hand-written backward against autograd through the
+    materialized weight with the norm detached: gradients of x (3-D), the base kernel and
+    bias (made trainable), A, B and magnitude; an activation after it."""
+    x = gd.input("x", (None, 3, IN))
+    base = gd.dense(x, OUT, name="fc", use_bias=use_bias, activation="tanh")
+    model = dora.wrap(x, base, rank=R, alpha=6.0, name="fc_ad")
+    st = _state(model)
+    m = gd.to_torch(model, st)
+    for p in m.parameters():
+        p.requires_grad_(True)
+    xt = torch.randn(4, 3, IN, dtype=torch.float32, requires_grad=True)
+    y = m(xt)
+    ref = {k: torch.tensor(v, requires_grad=True) for k, v in
+           {**st.data["fc"], **st.data["fc_ad"]}.items() if k != "key"}
+    x2 = xt.detach().clone().requires_grad_(True)
+    s = 6.0 / R
+    W = ref["kernel"] + s * ref["A"] @ ref["B"]
+    y_ref = x2 @ (W * (ref["magnitude"] / W.norm(dim=0).detach()))
+    y_ref = torch.tanh(y_ref + ref["bias"] if use_bias else y_ref)
+    np.testing.assert_allclose(y.detach().numpy(), y_ref.detach().numpy(), **TOL)
+    g = torch.randn_like(y)
+    (y * g).sum().backward()
+    (y_ref * g).sum().backward()
+    np.testing.assert_allclose(xt.grad.numpy(), x2.grad.numpy(), **TOL)
+    ours = {"kernel": m.fc.kernel, "A": m.fc_ad.A, "B": m.fc_ad.B,
+            "magnitude": m.fc_ad.magnitude}
+    if use_bias:
+        ours["bias"] = m.fc.bias
+    for k, p in ours.items():
+        np.testing.assert_allclose(p.grad.numpy(), ref[k].grad.numpy(), rtol=1e-4, atol=1e-5,
+                                   err_msg=k)
