@@ -201,6 +201,14 @@ def _attention(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.T
     q, k, v = ins[:3]
     b, h, n, d = q.shape
     kv, m = k.shape[1], k.shape[2]
+    if len(ins) > 3 and not compiling() and bool((ins[3] != 0).all()):
+        ins = ins[:3]  # a mask that keeps everything (transformers' default one): no mask
+    if len(ins) == 3 and (not a["causal"] or (n == m and (a["window"] or m) >= m)):
+        # no mask and a plain causal mask (or none): torch's fused kernel (flash attention
+        # on CPU and CUDA), with its GQA (query head i uses k/v head i // (h/kv), as
+        # transformers' repeat_kv); less time and memory than the scores matrix
+        return F.scaled_dot_product_attention(q, k, v, is_causal=a["causal"],
+                                              scale=a["scale"], enable_gqa=kv != h)
     s = torch.matmul(shared.grouped_queries(q, kv), k.transpose(-1, -2))  # [b, kv, rep*n, m]
     s = (s * (a["scale"] if a["scale"] is not None else d ** -0.5)).reshape(b, h, n, m)
     keep = shared.attention_keep(ins, a, lambda size: torch.arange(size, device=q.device))
