@@ -445,17 +445,23 @@ def from_torch(module: Any, state_dict: Mapping[str, Any] | None = None) -> Mode
     data: dict[str, dict[str, np.ndarray]] = {}
     frozen = set()
     state_names: dict[str, list[str]] = {}
-    for owner, name, kind, u64 in meta.entries:
-        h = _holder(mod, owner)
-        t = h._buffers[name] if kind == "state" else h._parameters[name]
+    tensors = [(_holder(mod, owner)._buffers if kind == "state" else
+                _holder(mod, owner)._parameters)[name] for owner, name, kind, _ in meta.entries]
+    for (owner, name, _, _), t in zip(meta.entries, tensors):
         v = t if state_dict is None else _from_dict(state_dict, owner, name, t)
-        if _sharded(v):
+        if _sharded(v):  # checked before any value is read
             raise StateError(f"{owner}.{name} is sharded (a DTensor, from FSDP's "
                              "fully_shard): this rank holds only part of it",
                              layer=owner, fix="gather a full state dict on every rank, "
                              "sd = get_model_state_dict(module, options=StateDictOptions("
                              "full_state_dict=True, cpu_offload=True)) (torch.distributed."
                              "checkpoint.state_dict), then gd.from_torch(module, sd)")
+    if state_dict is not None and len(state_dict) != len(meta.entries):
+        extra = sorted(set(state_dict) - {f"{o}.{n}" for o, n, _, _ in meta.entries})
+        raise StateError(f"the state_dict has keys the module does not: {extra[:8]}",
+                         fix="pass the state dict of this module (module.state_dict() keys)")
+    for (owner, name, kind, u64), t in zip(meta.entries, tensors):
+        v = t if state_dict is None else state_dict[f"{owner}.{name}"]
         arr = v.detach().cpu().numpy()
         if kind == "state":
             if u64:
@@ -464,10 +470,6 @@ def from_torch(module: Any, state_dict: Mapping[str, Any] | None = None) -> Mode
         elif not t.requires_grad:
             frozen.add((owner, name))
         data.setdefault(owner, {})[name] = arr
-    if state_dict is not None and len(state_dict) != len(meta.entries):
-        extra = sorted(set(state_dict) - {f"{o}.{n}" for o, n, _, _ in meta.entries})
-        raise StateError(f"the state_dict has keys the module does not: {extra[:8]}",
-                         fix="pass the state dict of this module (module.state_dict() keys)")
     return ModelState(data, frozen, state_names)  # copies the arrays (immutable values)
 
 
