@@ -61,7 +61,7 @@ def choose_blocks(plan: Plan, candidates: Iterable[str]) -> dict[str, tuple[int,
     for p in sorted(spans, key=lambda p: (p.count("."), spans[p][0], p)):
         lo, hi = spans[p]
         if any(not _under(o, p) for own in owners[lo:hi + 1] for o in own):
-            continue  # reads a parameter from outside itself (a shared weight)
+            continue  # its steps read a parameter from outside (interleaved, or shared)
         if all(_under(p, q) or hi < qlo or lo > qhi for q, (qlo, qhi) in chosen.items()):
             chosen[p] = (lo, hi)
     return chosen

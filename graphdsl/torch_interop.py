@@ -4,8 +4,11 @@
 ``"<layer>.<param>"``, e.g. ``"fc1.kernel"``, in the model's parameter order) and
 generates a straight-line ``forward`` that calls the torch backend's kernels, so
 ``torch.compile(module, fullgraph=True)``, ``copy.deepcopy``,
-``DistributedDataParallel`` and ``.to("cuda")`` all work. ``from_torch(module)`` gives
-back a :class:`ModelState` (frozen = ``requires_grad`` is False).
+``DistributedDataParallel`` and ``.to("cuda")`` all work; the steps of each block (a
+submodule grouping layers, e.g. ``model.layers.0``) run as a call of that submodule, so
+FSDP2's ``fully_shard`` per block works (:mod:`graphdsl.torch_blocks`).
+``from_torch(module)`` gives back a :class:`ModelState` (frozen = ``requires_grad`` is
+False).
 
 torch is imported lazily: ``import graphdsl`` never imports it.
 """
