@@ -4,8 +4,11 @@
 ``"<layer>.<param>"``, e.g. ``"fc1.kernel"``, in the model's parameter order) and
 generates a straight-line ``forward`` that calls the torch backend's kernels, so
 ``torch.compile(module, fullgraph=True)``, ``copy.deepcopy``,
-``DistributedDataParallel`` and ``.to("cuda")`` all work. ``from_torch(module)`` gives
-back a :class:`ModelState` (frozen = ``requires_grad`` is False).
+``DistributedDataParallel`` and ``.to("cuda")`` all work; the steps of each block (a
+submodule grouping layers, e.g. ``model.layers.0``) run as a call of that submodule, so
+FSDP2's ``fully_shard`` per block works (:mod:`graphdsl.torch_blocks`).
+``from_torch(module)`` gives back a :class:`ModelState` (frozen = ``requires_grad`` is
+False).
 
 torch is imported lazily: ``import graphdsl`` never imports it.
 """
@@ -19,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from . import torch_blocks as tblocks
 from .adapters.contract import is_adapter
 from .backends.base import copy_outputs
 from .compiler import InputChecker, make_plan
@@ -62,8 +66,9 @@ class ModuleInfo:
     Immutable and shared by copies (deepcopy returns it as is)."""
 
     def __init__(self, model: Node, plan: Any, entries: list, input_names: list[str],
-                 input_nodes: list[Node], dtype: Any) -> None:
+                 input_nodes: list[Node], dtype: Any, blocks: tuple[str, ...] = ()) -> None:
         self.model, self.plan, self.entries = model, plan, entries
+        self.blocks = blocks  # submodules that run as calls (torch_blocks)
         self.input_names, self.input_nodes, self.dtype = input_names, input_nodes, dtype
         self.check = InputChecker(plan)
 
@@ -175,15 +180,27 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
                       v.to(tdtype) if v.is_floating_point() else v, "constant")
 
     names = [name for name, _, _ in plan.inputs]
-    meta = ModuleInfo(model, plan, entries, names, [n for _, _, n in plan.inputs], tdtype)
-    code, glb = _generate(plan, dname, tdtype)
+    blocks = tblocks.choose_blocks(plan, _groups(root))
+    meta = ModuleInfo(model, plan, entries, names, [n for _, _, n in plan.inputs], tdtype,
+                      tuple(blocks))
+    code, glb, block_fns = _generate(plan, tdtype, blocks)
     cls = type(f"GraphModule_{_ident(g.name(model))}", (_BASE,),
                {"_graph_forward": glb["forward"], "code": code,
                 "__module__": "graphdsl.torch_interop"})
     mod = cls()
     mod._graphdsl = meta
     mod._modules.update(root._modules)  # direct insertion: any segment is a valid key
+    for path, fn in block_fns.items():  # a holder becomes callable: hooks (FSDP) fire
+        _holder(mod, path).__class__ = type("GraphBlock", (torch.nn.Module,),
+                                            {"forward": fn, "__module__": __name__})
+    if block_fns:
+        tblocks.quiet_view_warning()
     return mod
+
+
+def _groups(root: Any) -> list[str]:
+    """Paths of the holders that group layers (have child holders)."""
+    return [name for name, m in root.named_modules() if name and m._modules]
 
 
 def _holder(root: Any, layer: str, create: bool = False) -> Any:
@@ -224,24 +241,14 @@ def _ident(s: str) -> str:
     return "".join(ch if ch.isalnum() else "_" for ch in s)
 
 
-def _generate(plan: Any, dname: str, tdtype: Any) -> tuple[str, dict]:
-    """Source of ``forward`` (straight-line kernel calls) and its globals."""
+def _generate(plan: Any, tdtype: Any, blocks: dict[str, tuple[int, int]]
+              ) -> tuple[str, dict, dict[str, Any]]:
+    """Source of ``forward`` (straight-line kernel calls, each block's steps as a call of
+    that block: see :mod:`graphdsl.torch_blocks`), its globals and ``{block path: forward
+    function}``."""
     from graphdsl.backends import torch_backend as tb
 
     glb: dict[str, Any] = {"_bind": _bind, "_compiling": tb.compiling}
-    lines = ["def forward(self, *args, **kwargs):",
-             "    _m = self._modules",
-             "    _tr = self.training"]
-    in_vars = [f"v{slot}" for _, slot, _ in plan.inputs]
-    targets = f"{', '.join(in_vars)}{',' if len(in_vars) == 1 else ''} = " if in_vars else ""
-    lines.append(f"    {targets}_bind(self, args, kwargs)")
-    owners = {ref.owner for step in plan.steps for ref in step.params}
-    owners |= {step.name for step in plan.steps if step.op == "constant"}
-    local = {}
-    for j, owner in enumerate(sorted(owners)):  # each holder looked up once per call
-        local[owner] = f"_h{j}"
-        path = "".join(f"._modules[{seg!r}]" for seg in owner.split(".")[1:])
-        lines.append(f"    _h{j} = _m[{owner.split('.')[0]!r}]{path}  # {owner}")
     for i, step in enumerate(plan.steps):
         if step.op not in tb.KERNELS:
             raise plan.step_error(step, f"the torch backend has no kernel for op {step.op!r}",
@@ -254,31 +261,47 @@ def _generate(plan: Any, dname: str, tdtype: Any) -> tuple[str, dict]:
                      for tr in (False, True))
         for c in ctxs[1:]:
             c.cache = ctxs[0].cache  # one cache per layer (e.g. colsum(K*K))
-        stochastic = OPS[step.op].stochastic
-        glb[f"_c{i}"] = ctxs if stochastic else ctxs[0]
-        ctx_expr = f"_c{i}[_tr]" if stochastic else f"_c{i}"
+        glb[f"_c{i}"] = ctxs if OPS[step.op].stochastic else ctxs[0]
+
+    def step_line(i: int, local: dict[str, str]) -> str:
+        step = plan.steps[i]
         items = []
         for ref in step.params:
             coll = "_buffers" if ref.kind == "state" else "_parameters"
             items.append(f"{ref.local!r}: {local[ref.owner]}.{coll}[{ref.name!r}]")
         if step.op == "constant":
             items.append(f"'value': {local[step.name]}._buffers['value']")
+        ctx_expr = f"_c{i}[_tr]" if OPS[step.op].stochastic else f"_c{i}"
         ins = ", ".join(f"v{s}" for s in step.ins)
-        lines.append(f"    v{step.out} = _k{i}([{ins}], {{{', '.join(items)}}}, _a{i}, "
-                     f"{ctx_expr})  # {step.name} ({step.op})")
-        for f in step.free:
-            lines.append(f"    v{f} = None")
+        return (f"    v{step.out} = _k{i}([{ins}], {{{', '.join(items)}}}, _a{i}, "
+                f"{ctx_expr})  # {step.name} ({step.op})")
+
+    root = tblocks.layout(plan, blocks)
+    in_vars = [f"v{slot}" for _, slot, _ in plan.inputs]
+    targets = f"{', '.join(in_vars)}{',' if len(in_vars) == 1 else ''} = " if in_vars else ""
+    lines = ["def forward(self, *args, **kwargs):",
+             "    _tr = self.training",
+             f"    {targets}_bind(self, args, kwargs)",
+             *tblocks.body_lines(plan, root, step_line)]
     if any(plan.copy_out):  # never hand out the module's own memory (a constant, ...)
         glb["_copy_outputs"], glb["_flags"] = copy_outputs, plan.copy_out
         lines.append(f"    return _copy_outputs(v{plan.output}, _flags, torch.clone)")
         glb["torch"] = __import__("torch")
     else:
         lines.append(f"    return v{plan.output}")
+    funcs = tblocks.block_funcs(root)
+    for j, f in enumerate(funcs):
+        outs = ", ".join(f"v{x}" for x in f.outs) if f.outs else "None"
+        lines += ["", "", f"def block{j}(self{''.join(f', v{x}' for x in f.ins)}):"
+                          f"  # {f.path}",
+                  "    _tr = self.training",
+                  *tblocks.body_lines(plan, f, step_line),
+                  f"    return {outs}"]
     code = "\n".join(lines) + "\n"
     fname = f"<graphdsl forward {hashlib.sha1(code.encode()).hexdigest()[:12]}>"
     linecache.cache[fname] = (len(code), None, code.splitlines(True), fname)
     exec(compile(code, fname, "exec"), glb)
-    return code, glb
+    return code, glb, {f.path: glb[f"block{j}"] for j, f in enumerate(funcs)}
 
 
 def _locate(module: Any, exc: Exception) -> GraphDSLError:
@@ -293,9 +316,32 @@ def _locate(module: Any, exc: Exception) -> GraphDSLError:
     line = module.code.splitlines()[lineno - 1] if lineno else ""
     for step in plan.steps:
         if line.endswith(f"# {step.name} ({step.op})"):
+            for ref in step.params:
+                if _sharded(_holder(module, ref.owner)._parameters.get(ref.name)):
+                    return _unsharded_use(module, step, ref.owner)
             return plan.kernel_failure(step, exc, [])
     return GraphDSLError(f"the module's forward failed: {type(exc).__name__}: {exc}",
                          fix="check the inputs' shapes and dtypes")
+
+
+def _sharded(t: Any) -> bool:
+    """Is ``t`` a DTensor (a parameter sharded by FSDP's ``fully_shard``)?"""
+    torch = _torch()
+    if t is None or not torch.distributed.is_available():
+        return False
+    from torch.distributed.tensor import DTensor
+    return isinstance(t, DTensor)
+
+
+def _unsharded_use(module: Any, step: Any, owner: str) -> GraphDSLError:
+    blocks = module._graphdsl.blocks
+    shown = ", ".join(blocks[:6]) + (", ..." if len(blocks) > 6 else "")
+    return module._graphdsl.plan.step_error(
+        step, f"layer {step.name!r} ran with the parameters of {owner!r} still sharded: "
+              "fully_shard was applied to a submodule that the forward does not call, so "
+              "its parameters are never gathered",
+        f"apply fully_shard to the module's blocks (the submodules it calls: "
+        f"{shown or 'none in this model'}) and to the module itself")
 
 
 def _bind(self: Any, args: tuple, kwargs: dict) -> tuple:
@@ -388,31 +434,60 @@ def _unwrap(module: Any) -> Any:
     return module
 
 
-def from_torch(module: Any) -> ModelState:
+def from_torch(module: Any, state_dict: Mapping[str, Any] | None = None) -> ModelState:
     """The module's current values as a NumPy :class:`ModelState` (copies).
 
     Frozen flags: parameters with ``requires_grad=False``. Accepts the module from
-    :func:`to_torch`, or a DDP / ``torch.compile`` wrapper around it.
+    :func:`to_torch`, or a DDP / ``torch.compile`` / FSDP wrapper around it. ``state_dict``
+    (keys as in ``module.state_dict()``) gives the values to read instead of the module's
+    own tensors: for a module sharded with ``fully_shard``, gather one on every rank with
+    ``get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))``.
     """
     mod = _unwrap(module)
     meta: ModuleInfo = mod._graphdsl
     data: dict[str, dict[str, np.ndarray]] = {}
     frozen = set()
     state_names: dict[str, list[str]] = {}
-    for owner, name, kind, u64 in meta.entries:
-        h = _holder(mod, owner)
+    tensors = [(_holder(mod, owner)._buffers if kind == "state" else
+                _holder(mod, owner)._parameters)[name] for owner, name, kind, _ in meta.entries]
+    for (owner, name, _, _), t in zip(meta.entries, tensors):
+        v = t if state_dict is None else _from_dict(state_dict, owner, name, t)
+        if _sharded(v):  # checked before any value is read
+            raise StateError(f"{owner}.{name} is sharded (a DTensor, from FSDP's "
+                             "fully_shard): this rank holds only part of it",
+                             layer=owner, fix="gather a full state dict on every rank, "
+                             "sd = get_model_state_dict(module, options=StateDictOptions("
+                             "full_state_dict=True, cpu_offload=True)) (torch.distributed."
+                             "checkpoint.state_dict), then gd.from_torch(module, sd)")
+    if state_dict is not None and len(state_dict) != len(meta.entries):
+        extra = sorted(set(state_dict) - {f"{o}.{n}" for o, n, _, _ in meta.entries})
+        raise StateError(f"the state_dict has keys the module does not: {extra[:8]}",
+                         fix="pass the state dict of this module (module.state_dict() keys)")
+    for (owner, name, kind, u64), t in zip(meta.entries, tensors):
+        v = t if state_dict is None else state_dict[f"{owner}.{name}"]
+        arr = v.detach().cpu().numpy()
         if kind == "state":
-            arr = h._buffers[name].detach().cpu().numpy()
             if u64:
                 arr = arr.view(np.uint64)
             state_names.setdefault(owner, []).append(name)
-        else:
-            p = h._parameters[name]
-            arr = p.detach().cpu().numpy()
-            if not p.requires_grad:
-                frozen.add((owner, name))
+        elif not t.requires_grad:
+            frozen.add((owner, name))
         data.setdefault(owner, {})[name] = arr
     return ModelState(data, frozen, state_names)  # copies the arrays (immutable values)
+
+
+def _from_dict(sd: Mapping[str, Any], owner: str, name: str, t: Any) -> Any:
+    key = f"{owner}.{name}"
+    v = sd.get(key)
+    torch = _torch()
+    if not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(t.shape):
+        got = "missing" if v is None else (f"shape {tuple(v.shape)}" if isinstance(
+            v, torch.Tensor) else f"a {type(v).__name__}")
+        raise StateError(f"state_dict[{key!r}] is {got}; the module's {key} is a tensor of "
+                         f"shape {tuple(t.shape)}", layer=owner,
+                         fix="pass the full state dict of this module (module.state_dict() "
+                             "keys and shapes)")
+    return v
 
 
 def loraplus_param_groups(module: Any, lr: float, ratio: float = 16.0,

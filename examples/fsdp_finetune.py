@@ -1,0 +1,136 @@
+"""Fine-tune a DoRA-adapted LLaMA with PyTorch FSDP2, sharded per decoder block.
+
+A tiny LLaMA (``graphdsl.models.llama``) gets DoRA adapters on ``q_proj``, ``v_proj`` and
+``down_proj`` (base weights frozen). Under torchrun, ``fully_shard`` is applied to each
+decoder block ``model.layers.N`` and then to the whole module, as one does with a
+transformers model: each process keeps 1/world of every parameter and trains on its shard
+of the batch; FSDP gathers a block's weights for that block's forward and backward and
+averages the gradients, so the result equals full-batch training in one process. At the
+end the full state is gathered to rank 0, which saves the adapters. CPU + gloo by
+default, one GPU per process + nccl when CUDA is available.
+
+    torchrun --nproc_per_node=2 examples/fsdp_finetune.py [--steps 20] [--out adapters.gdsl]
+    python examples/fsdp_finetune.py            # the same training, one process, no FSDP
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import graphdsl as gd
+from graphdsl import dora, models
+
+CONFIG = {"model_type": "llama", "vocab_size": 64, "hidden_size": 32,
+          "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+          "intermediate_size": 64, "rms_norm_eps": 1e-6, "tie_word_embeddings": False}
+N, SEQ = 8, 16  # sequences in the (global) batch, tokens per sequence
+
+
+def make_model() -> gd.Node:
+    """The tiny LLaMA with DoRA (rank 4) on q_proj, v_proj and down_proj of every block."""
+    return dora.adapt(models.llama(CONFIG), ["q_proj", "v_proj", "down_proj"], rank=4,
+                      alpha=8.0)
+
+
+def make_data(n: int = N, seed: int = 0) -> np.ndarray:
+    """Token ids (n, SEQ), int64: arithmetic sequences mod the vocabulary (learnable)."""
+    rng = np.random.default_rng(seed)
+    start = rng.integers(0, CONFIG["vocab_size"], (n, 1))
+    stride = rng.integers(1, 4, (n, 1))
+    return ((start + stride * np.arange(SEQ)) % CONFIG["vocab_size"]).astype(np.int64)
+
+
+def initial_state(model: gd.Node, seed: int = 0) -> gd.ModelState:
+    """The same weights on every rank: graphdsl initializes from the seed in NumPy."""
+    return gd.build(model, seed=seed)[0]({"input_ids": np.zeros((1, SEQ), np.int64)})
+
+
+def next_token_loss(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of predicting token t+1 from tokens <= t."""
+    vocab = logits.shape[-1]
+    return torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, vocab),
+                                             ids[:, 1:].reshape(-1))
+
+
+def shard(module: torch.nn.Module) -> None:
+    """FSDP2 per decoder block, then the root (embeddings, final norm, lm_head)."""
+    from torch.distributed.fsdp import fully_shard
+
+    for i in range(CONFIG["num_hidden_layers"]):
+        fully_shard(module.get_submodule(f"model.layers.{i}"))
+    fully_shard(module)
+
+
+def train(model: gd.Node, state: gd.ModelState, ids: np.ndarray, steps: int, lr: float,
+          device: str = "cpu", fsdp: bool = False, log: bool = False) -> gd.ModelState | None:
+    """``steps`` SGD steps of next-token loss on ``ids``; returns the trained state. With
+    ``fsdp=True`` (process group initialized, ``ids`` this rank's shard) the module is
+    sharded per block and the state is gathered to rank 0: other ranks return None."""
+    module = gd.to_torch(model, state, device=device)
+    if fsdp:
+        shard(module)
+        held = sum(p.to_local().numel() for p in module.parameters())
+        total = sum(p.numel() for p in module.parameters())
+        print(f"rank {dist.get_rank()} holds {held} of {total} parameter values", flush=True)
+    opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=lr)
+    xb = torch.from_numpy(ids).to(device)
+    for step in range(steps):
+        opt.zero_grad(set_to_none=True)
+        loss = next_token_loss(module(xb), xb)
+        loss.backward()
+        opt.step()
+        if log and (step % 5 == 0 or step == steps - 1):
+            print(f"step {step:3d}  loss {loss.item():.5f}", flush=True)
+    if not fsdp:
+        return gd.from_torch(module)
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    # a collective: every rank takes part; rank 0 receives the full tensors, on the CPU
+    full = get_model_state_dict(module, options=StateDictOptions(full_state_dict=True,
+                                                                 cpu_offload=True))
+    return gd.from_torch(module, full) if dist.get_rank() == 0 else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--lr", type=float, default=0.5)
+    ap.add_argument("--out", default=None, help="save the trained adapters from rank 0")
+    args = ap.parse_args(argv)
+
+    distributed = "WORLD_SIZE" in os.environ
+    rank, world, device = 0, 1, "cpu"
+    if distributed:
+        cuda = torch.cuda.is_available()
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        if cuda:
+            torch.cuda.set_device(local)
+            device = f"cuda:{local}"
+        dist.init_process_group("nccl" if cuda else "gloo")
+        rank, world = dist.get_rank(), dist.get_world_size()
+    model = make_model()
+    state = initial_state(model)
+    ids = make_data()
+    if N % world:
+        raise SystemExit(f"the batch of {N} does not split evenly over {world} processes")
+    part = ids[rank * N // world:(rank + 1) * N // world]
+    if rank == 0:
+        print(f"{world} process(es) on {device}; trainable "
+              f"{state.trainable_parameter_count()} of {state.parameter_count()} parameters")
+    trained = train(model, state, part, args.steps, args.lr, device, fsdp=distributed,
+                    log=rank == 0)
+    if rank == 0 and args.out:
+        gd.save_adapters(args.out, model, trained)
+        print(f"saved {args.out}")
+    if distributed:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
