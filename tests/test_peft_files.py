@@ -147,8 +147,9 @@ def _peft_trained(make, tmp_path, **cfg):
 
 LOAD_CASES = {
     "llama_dora_all7": (_llama, dict(target_modules=LLAMA_ALL, use_dora=True)),
-    "llama_lora_rslora_subset": (_llama, dict(target_modules=["k_proj", "down_proj"],
-                                              use_rslora=True, lora_dropout=0.1)),
+    "llama_lora_rslora_subset_norms": (_llama, dict(  # "norm": every *norm (a plain suffix)
+        target_modules=["k_proj", "down_proj"], use_rslora=True, lora_dropout=0.1,
+        modules_to_save=["norm"])),
     "llama_dora_regex_lm_head": (_llama, dict(
         target_modules=r".*layers\.1\.self_attn\.(q|v)_proj", use_dora=True,
         use_rslora=True, modules_to_save=["lm_head"], task_type="CAUSAL_LM")),
@@ -302,3 +303,73 @@ def test_save_peft_refuses_what_peft_cannot_hold(tmp_path):
     with pytest.raises(gd.GraphDSLError, match="no dora or lora"):
         hf.save_peft(str(tmp_path), model, st)
     assert not (tmp_path / "adapter_config.json").exists()
+
+
+# -- issue 13 point 1: adapt's targets follow PEFT's target_modules rule --------------------
+@pytest.mark.parametrize("targets", [
+    ["q_proj"],                                   # every layer ending in ".q_proj"
+    ["model.layers.1.self_attn.q_proj"],          # an exact full name
+    ["self_attn.v_proj", "xq_proj"],              # a suffix of several segments
+    ["q_proj", "layers.0.mlp.q_proj"],
+    r"model\.layers\.\d\.self_attn\.(q|v)_proj",  # a regex, full match
+    r".*\.0\..*_proj",
+])
+@pytest.mark.parametrize("mod", [dora, lora])
+def test_adapt_selects_the_layers_peft_selects(targets, mod):
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    names = [f"model.layers.{i}.{blk}.{p}" for i in range(2) for blk in ("self_attn", "mlp")
+             for p in ("q_proj", "v_proj", "xq_proj")]
+    h = gd.input("x", (None, 4))
+    for name in names:
+        h = gd.dense(h, 4, name=name)
+    adapted = mod.adapt(h, targets, rank=2)
+    ours = sorted(n.name[:-5] for n in gd.topo_order(adapted) if n.op == mod.OP)
+    cfg = peft.LoraConfig(target_modules=targets)
+    theirs = sorted(n for n in names if check_target_module_exists(cfg, n))
+    assert ours == theirs and ours
+
+
+def test_adapt_targets_never_match_part_of_a_segment_or_of_a_name():
+    h = gd.input("x", (None, 4))
+    for name in ("model.q_proj_extra", "model.xq_proj"):
+        h = gd.dense(h, 4, name=name)
+    for bad in (["q_proj"], ["proj"], "q_proj", r"model\.q_proj"):  # list: segment; regex: full
+        with pytest.raises(gd.GraphDSLError, match="match no dense layer|matches no dense"):
+            lora.adapt(h, bad, rank=2)
+
+
+def test_save_peft_with_dora_eps_only_while_the_clamp_is_inactive(tmp_path):
+    model, st = hf.from_transformers(_base(_llama))
+    adapted = dora.adapt(model, ["o_proj"], rank=2, eps=1e-6)
+    st = gd.build(adapted)[0](initial_state=st)
+    hf.save_peft(str(tmp_path / "ok"), adapted, st)  # every norm is far above eps
+    data = {k: dict(v) for k, v in st.data.items()}
+    k = data["model.layers.0.self_attn.o_proj"]["kernel"].copy()
+    k[:, 3] = 0.0  # a zero column (B = 0): graphdsl clamps its norm, PEFT would not
+    data["model.layers.0.self_attn.o_proj"]["kernel"] = k
+    with pytest.raises(gd.GraphDSLError, match=r"output unit\(s\) \[3\].*eps"):
+        hf.save_peft(str(tmp_path / "bad"), adapted, gd.ModelState(data, st.frozen,
+                                                                    st.entries))
+
+
+def test_load_peft_reads_float16_and_refuses_bfloat16(peft_dir, tmp_path):
+    from safetensors.numpy import load_file
+    from safetensors.torch import save_file
+
+    src, (model, st) = peft_dir
+    t = load_file(str(src / "adapter_model.safetensors"))
+    adapted, ref = hf.load_peft(str(src), model, st)
+    for dtype, ok in ((torch.float16, True), (torch.bfloat16, False)):
+        d = tmp_path / str(dtype)
+        d.mkdir()
+        (d / "adapter_config.json").write_text((src / "adapter_config.json").read_text())
+        save_file({k: torch.from_numpy(v).to(dtype) for k, v in t.items()},
+                  str(d / "adapter_model.safetensors"))
+        if ok:
+            _, st16 = hf.load_peft(str(d), model, st)
+            np.testing.assert_allclose(gd.predict(adapted, st16, IDS),
+                                       gd.predict(adapted, ref, IDS), rtol=1e-2, atol=1e-2)
+        else:
+            with pytest.raises(gd.GraphDSLError, match="adapter_model.safetensors"):
+                hf.load_peft(str(d), model, st)
