@@ -28,10 +28,14 @@ def _llama(tie=False):
         attn_implementation="eager"))
 
 
-def _gpt2():
+def _gpt2(tie=True):
     return transformers.GPT2LMHeadModel(transformers.GPT2Config(
-        vocab_size=11, n_positions=8, n_embd=16, n_layer=2, n_head=4,
+        vocab_size=11, n_positions=8, n_embd=16, n_layer=2, n_head=4, tie_word_embeddings=tie,
         attn_implementation="eager", bos_token_id=0, eos_token_id=0))
+
+
+def _gpt2_untied():  # its lm_head is a Linear beside the Conv1D blocks
+    return _gpt2(tie=False)
 
 
 def _bert():
@@ -81,6 +85,7 @@ SAVE_CASES = {
                                ["model.norm"]),
     "gpt2_dora_conv1d": (_gpt2, dora, ["c_attn", "c_proj", "c_fc"], {}, ["transformer.ln_f"]),
     "gpt2_lora_c_attn": (_gpt2, lora, ["c_attn"], {"rslora": True}, None),
+    "gpt2_untied_lora_lm_head": (_gpt2_untied, lora, ["c_fc"], {}, ["lm_head"]),
     "bert_dora": (_bert, dora, ["query", "value", "dense"], {}, None),
 }
 
@@ -101,7 +106,7 @@ def test_save_peft_loads_in_peft_with_the_same_output(case, tmp_path):
     hf.save_peft(str(tmp_path / "ad"), adapted, st)
     cfg = json.loads((tmp_path / "ad" / "adapter_config.json").read_text())
     assert cfg["use_dora"] == (mod is dora) and cfg["r"] == 4
-    assert cfg["fan_in_fan_out"] == (make is _gpt2)
+    assert cfg["fan_in_fan_out"] == (make in (_gpt2, _gpt2_untied))
     pm = peft.PeftModel.from_pretrained(_base(make), str(tmp_path / "ad")).eval()
     n_adapted = sum(1 for n, _ in pm.named_modules() if n.endswith(".lora_A"))
     assert n_adapted == sum(1 for n in analyze(adapted).order
@@ -157,6 +162,8 @@ LOAD_CASES = {
                                              use_dora=True, fan_in_fan_out=True)),
     "gpt2_lora_mlp_c_proj": (_gpt2, dict(target_modules=["mlp.c_proj"], fan_in_fan_out=True,
                                          modules_to_save=["ln_f"])),
+    "gpt2_untied_dora_lm_head": (_gpt2_untied, dict(target_modules=["c_attn"], use_dora=True,
+                                                    modules_to_save=["lm_head"])),
     "bert_lora": (_bert, dict(target_modules=["key", "output.dense"],
                               task_type="FEATURE_EXTRACTION")),
 }
@@ -302,6 +309,10 @@ def test_save_peft_refuses_what_peft_cannot_hold(tmp_path):
         hf.save_peft(str(tmp_path), ranks, gd.build(ranks)[0](initial_state=st))
     with pytest.raises(gd.GraphDSLError, match="no dora or lora"):
         hf.save_peft(str(tmp_path), model, st)
+    tied, tst = hf.from_transformers(_base(lambda: _llama(tie=True)))
+    head = lora.adapt(tied, ["q_proj"], rank=4, modules_to_save=["lm_head"])
+    with pytest.raises(gd.GraphDSLError, match="'lm_head'.*tied"):
+        hf.save_peft(str(tmp_path), head, gd.build(head)[0](initial_state=tst))
     assert not (tmp_path / "adapter_config.json").exists()
 
 

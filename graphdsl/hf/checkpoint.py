@@ -40,12 +40,14 @@ def architecture(config: Mapping[str, Any]) -> str:
 
 
 def hf_key(op: str | None, layer: str, param: str, conv1d: bool) -> tuple[str, bool]:
-    """``(hf key, transpose)`` of parameter ``param`` of ``layer`` (an ``op`` layer)."""
+    """``(hf key, transpose)`` of parameter ``param`` of ``layer`` (an ``op`` layer).
+    ``conv1d``: the model's blocks are GPT-2 Conv1D (its ``lm_head`` is still a Linear)."""
     if param not in _HF_PARAM:
         raise GraphDSLError(f"{layer}.{param} has no Hugging Face name",
                             fix="merge adapters first (gd.merge_adapters), or save them as "
                                 "PEFT adapter files (graphdsl.hf.save_peft)")
-    return f"{layer}.{_HF_PARAM[param]}", op == "dense" and param == "kernel" and not conv1d
+    linear = not conv1d or layer == "lm_head"
+    return f"{layer}.{_HF_PARAM[param]}", op == "dense" and param == "kernel" and linear
 
 
 def key_map(g: Graph, conv1d: bool) -> dict[tuple[str, str], tuple[str, bool]]:

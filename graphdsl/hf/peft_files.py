@@ -74,16 +74,14 @@ def save_peft(folder: str, adapted: Node, state: ModelState) -> str:
                 tensors[f"{PREFIX}{n.attrs['base']}.{suffix}"] = arr.T if transpose else arr
         if n.op == "dora" and n.attrs["eps"] is not None:
             _check_eps(g, n, state)
-    own = _own_params(g)
-    saved = [g.name(n) for n in g.order
-             if n.params and not is_adapter(n) and not n.frozen and g.name(n) in own]
-    for layer in saved:
-        node = next(n for n in g.order if g.name(n) == layer)
-        for param in own[layer]:
-            key, transpose = hf_key(node.op, layer, param, conv1d)
-            arr = np.asarray(state_value(g, node, next(s for s in node.params
-                                                       if s.name == param), state.data))
-            tensors[PREFIX + key] = arr.T if transpose else arr
+    saved = _saved_layers(g)
+    for node in saved:
+        layer = g.name(node)
+        for spec in node.params:
+            if spec.kind == "param":
+                key, transpose = hf_key(node.op, layer, spec.name, conv1d)
+                arr = np.asarray(state_value(g, node, spec, state.data))
+                tensors[PREFIX + key] = arr.T if transpose else arr
     a = first.attrs
     layers = [g.name(n) for n in g.order if n.params]
     config = write_config({
@@ -91,9 +89,23 @@ def save_peft(folder: str, adapted: Node, state: ModelState) -> str:
         "lora_dropout": a["dropout"], "use_rslora": a["rslora"],
         "use_dora": first.op == "dora", "fan_in_fan_out": conv1d,
         "target_modules": short_targets([n.attrs["base"] for n in adapters], layers),
-        "modules_to_save": saved or None})
+        "modules_to_save": [g.name(n) for n in saved] or None})
     _write(folder, tensors, config)
     return folder
+
+
+def _saved_layers(g: Graph) -> list[Node]:
+    """The trainable non-adapter layers (``modules_to_save`` of ``adapt``)."""
+    out = [n for n in g.order if n.params and not is_adapter(n) and not n.frozen]
+    for n in out:
+        tied = [s.owner for s in n.params if s.owner is not None]
+        if tied:
+            raise GraphDSLError(
+                f"save_peft: {g.name(n)!r} is trainable (modules_to_save) but its weights "
+                f"belong to {tied[0]!r} (tied); PEFT saves a module's own weights",
+                layer=g.name(n), op=n.op, where=n.where,
+                fix=f"put {tied[0]!r} in modules_to_save instead, or untie the weights")
+    return out
 
 
 def _check_peft_compatible(g: Graph, n: Node, first: Node) -> None:
