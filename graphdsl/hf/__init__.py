@@ -1,8 +1,11 @@
 """The Hugging Face bridge: transformers models and ``save_pretrained`` directories in and
-out, for the families of :mod:`graphdsl.models`. Reading a checkpoint needs only NumPy
-and safetensors (neither torch nor transformers is imported)."""
+out, for the families of :mod:`graphdsl.models`, and PEFT LoRA/DoRA adapter directories
+(``save_peft`` / ``load_peft``). Reading a checkpoint or an adapter needs only NumPy and
+safetensors (neither torch, transformers nor peft is imported)."""
 from __future__ import annotations
 
 from .checkpoint import from_pretrained, from_transformers, save_pretrained
+from .peft_files import load_peft, save_peft
 
-__all__ = ["from_pretrained", "from_transformers", "save_pretrained"]
+__all__ = ["from_pretrained", "from_transformers", "load_peft", "save_peft",
+           "save_pretrained"]

@@ -29,7 +29,8 @@ _IGNORED = re.compile(r"(transformer\.h\.\d+\.attn\.(masked_)?bias|embeddings\.p
 _HF_PARAM = {"kernel": "weight", "gamma": "weight", "beta": "bias", "bias": "bias"}
 
 
-def _architecture(config: Mapping[str, Any]) -> str:
+def architecture(config: Mapping[str, Any]) -> str:
+    """The first architecture of ``config`` that graphdsl.hf knows (else an error)."""
     archs = config.get("architectures") or []
     known = [a for a in archs if a in ARCHITECTURES]
     if not known:
@@ -38,23 +39,26 @@ def _architecture(config: Mapping[str, Any]) -> str:
     return known[0]
 
 
-def _key_map(g: Graph, conv1d: bool) -> dict[tuple[str, str], tuple[str, bool]]:
+def hf_key(op: str | None, layer: str, param: str, conv1d: bool) -> tuple[str, bool]:
+    """``(hf key, transpose)`` of parameter ``param`` of ``layer`` (an ``op`` layer).
+    ``conv1d``: the model's blocks are GPT-2 Conv1D (its ``lm_head`` is still a Linear)."""
+    if param not in _HF_PARAM:
+        raise GraphDSLError(f"{layer}.{param} has no Hugging Face name",
+                            fix="merge adapters first (gd.merge_adapters), or save them as "
+                                "PEFT adapter files (graphdsl.hf.save_peft)")
+    linear = not conv1d or layer == "lm_head"
+    return f"{layer}.{_HF_PARAM[param]}", op == "dense" and param == "kernel" and linear
+
+
+def key_map(g: Graph, conv1d: bool) -> dict[tuple[str, str], tuple[str, bool]]:
     """``{(layer, param): (hf key, transpose)}`` of every parameter the model owns."""
     op_of = {g.name(n): n.op for n in g.order}
-    out = {}
-    for (layer, param), spec in g.params.items():
-        if spec.kind != "param":
-            continue
-        if param not in _HF_PARAM:
-            raise GraphDSLError(f"{layer}.{param} has no Hugging Face name",
-                                fix="merge adapters first (gd.merge_adapters); PEFT adapter "
-                                    "files are a separate format")
-        transpose = op_of.get(layer) == "dense" and param == "kernel" and not conv1d
-        out[(layer, param)] = (f"{layer}.{_HF_PARAM[param]}", transpose)
-    return out
+    return {(layer, param): hf_key(op_of.get(layer), layer, param, conv1d)
+            for (layer, param), spec in g.params.items() if spec.kind == "param"}
 
 
-def _config_of(model: Node) -> dict[str, Any]:
+def config_of(model: Node) -> dict[str, Any]:
+    """The Hugging Face config a model built by graphdsl.models / graphdsl.hf carries."""
     ids = next((n for n in analyze(model).input_nodes if n.name == "input_ids"), None)
     meta = dict(ids.attrs.get("meta") or {}) if ids is not None else {}
     if "hf_config" not in meta:
@@ -64,7 +68,7 @@ def _config_of(model: Node) -> dict[str, Any]:
 
 
 def _build(config: dict[str, Any]) -> tuple[Node, bool]:
-    make, conv1d = ARCHITECTURES[_architecture(config)]
+    make, conv1d = ARCHITECTURES[architecture(config)]
     return make(config), conv1d
 
 
@@ -73,7 +77,7 @@ def state_from_tensors(model: Node, tensors: Mapping[str, np.ndarray], conv1d: b
     """The model's ModelState from Hugging Face tensors ``{key: array}``; every key and
     shape is checked, and a missing or extra key is a StateError naming it."""
     g = analyze(model)
-    keys = _key_map(g, conv1d)
+    keys = key_map(g, conv1d)
     wanted = {hf for hf, _ in keys.values()}
     tied = [k for k in ("lm_head.weight",) if k in tensors and k not in wanted]
     extra = sorted(k for k in tensors if k not in wanted and k not in tied
@@ -106,8 +110,6 @@ def from_transformers(hf_model: Any) -> tuple[Node, ModelState]:
 
 
 def _read_safetensors(folder: str) -> dict[str, np.ndarray]:
-    from safetensors.numpy import load_file  # NumPy only: no torch
-
     index = os.path.join(folder, "model.safetensors.index.json")
     if os.path.isfile(index):
         with open(index, encoding="utf-8") as f:
@@ -119,12 +121,19 @@ def _read_safetensors(folder: str) -> dict[str, np.ndarray]:
                             fix="save the model with safe_serialization (the default)")
     tensors: dict[str, np.ndarray] = {}
     for name in files:
-        try:
-            tensors.update(load_file(os.path.join(folder, name)))
-        except Exception as e:  # a damaged file or a dtype NumPy lacks (bfloat16)
-            raise GraphDSLError(f"cannot read {name}: {type(e).__name__}: {e}",
-                                fix="save the checkpoint in float32") from None
+        tensors.update(read_safetensors_file(os.path.join(folder, name)))
     return tensors
+
+
+def read_safetensors_file(path: str) -> dict[str, np.ndarray]:
+    """``{key: array}`` of one ``.safetensors`` file, read with NumPy only (no torch)."""
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(path)
+    except Exception as e:  # a damaged file or a dtype NumPy lacks (bfloat16)
+        raise GraphDSLError(f"cannot read {os.path.basename(path)}: {type(e).__name__}: {e}",
+                            fix="save the weights in float32 (or float16)") from None
 
 
 def from_pretrained(folder: str) -> tuple[Node, ModelState]:
@@ -145,11 +154,11 @@ def save_pretrained(folder: str, model: Node, state: ModelState) -> str:
     loads (the model's own config; adapters must be merged first)."""
     from safetensors.numpy import save
 
-    config = _config_of(model)
-    _, conv1d = ARCHITECTURES[_architecture(config)]
+    config = config_of(model)
+    _, conv1d = ARCHITECTURES[architecture(config)]
     os.makedirs(folder, exist_ok=True)
     tensors = {}
-    for (layer, param), (hf, transpose) in _key_map(analyze(model), conv1d).items():
+    for (layer, param), (hf, transpose) in key_map(analyze(model), conv1d).items():
         arr = np.asarray(state.data[layer][param])
         tensors[hf] = np.ascontiguousarray(arr.T if transpose else arr)
     with atomic_writer(os.path.join(folder, "model.safetensors"), "save_pretrained",

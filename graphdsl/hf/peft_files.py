@@ -1,0 +1,283 @@
+"""Hugging Face PEFT adapter directories (``adapter_config.json`` +
+``adapter_model.safetensors``) in and out of graphdsl's DoRA / LoRA adapters.
+
+Keys (as PEFT writes them): ``base_model.model.<layer>.lora_A.weight [r, in]`` = our
+``A [in, r]`` transposed, ``.lora_B.weight [out, r]`` = ``B [r, out]`` transposed,
+``.lora_magnitude_vector [out]`` = DoRA's ``magnitude``, and each ``modules_to_save``
+layer's own parameters under their transformers names (``<layer>.weight``, ...). GPT-2's
+Conv1D layers use the same layout (PEFT's ``fan_in_fan_out``; the DoRA norm is still per
+output unit). Reading needs only NumPy and safetensors.
+"""
+from __future__ import annotations
+
+import os
+import re
+from typing import Any
+
+import numpy as np
+
+from .. import dora, lora
+from ..adapters import attach_adapters
+from ..adapters.contract import is_adapter, owns
+from ..errors import GraphDSLError, StateError
+from ..graph import Graph, analyze, state_value
+from ..io.archive import atomic_writer
+from ..node import Node, caller_location
+from ..state import ModelState
+from .checkpoint import ARCHITECTURES, architecture, config_of, hf_key, read_safetensors_file
+from .peft_config import CONFIG_FILE, is_saved, is_target, read_config, short_targets, write_config
+
+WEIGHTS_FILE = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+#: our adapter parameter -> (PEFT key suffix, stored transposed)
+_PEFT_PARAM = {"A": ("lora_A.weight", True), "B": ("lora_B.weight", True),
+               "magnitude": ("lora_magnitude_vector", False)}
+_TASK = {"BertModel": "FEATURE_EXTRACTION"}  # every other architecture is a causal LM
+
+
+def _own_params(g: Graph) -> dict[str, list[str]]:
+    """``{layer: [param, ...]}`` of the weights each layer holds itself (not tied)."""
+    out: dict[str, list[str]] = {}
+    for (layer, param), spec in g.params.items():
+        if spec.kind == "param":
+            out.setdefault(layer, []).append(param)
+    return out
+
+
+# -- save -------------------------------------------------------------------------------
+def save_peft(folder: str, adapted: Node, state: ModelState) -> str:
+    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` for a model adapted
+    with ``dora.adapt`` / ``lora.adapt`` (built by graphdsl.models or graphdsl.hf), which
+    ``peft.PeftModel.from_pretrained(base_model, folder)`` loads. The adapters' ``A``,
+    ``B`` (and DoRA ``magnitude``) are saved, plus every trainable non-adapter layer
+    (``modules_to_save``). Every adapter must share one op, rank, alpha, rslora and
+    dropout (a PEFT config holds one of each). Returns ``folder``."""
+    where = caller_location()
+    if not isinstance(state, ModelState):
+        raise StateError(f"save_peft needs a ModelState, got {type(state).__name__}",
+                         where=where, fix="pass the state of the adapted model")
+    g = analyze(adapted)
+    arch = architecture(config_of(adapted))
+    conv1d = ARCHITECTURES[arch][1]
+    adapters = [n for n in g.order if is_adapter(n)]
+    if not adapters:
+        raise GraphDSLError("save_peft: the model has no dora or lora layer", where=where,
+                            fix="adapt it first (dora.adapt / lora.adapt)")
+    first = adapters[0]
+    tensors: dict[str, np.ndarray] = {}
+    for n in adapters:
+        _check_peft_compatible(g, n, first)
+        for spec in n.params:
+            if owns(n, spec) and spec.name in _PEFT_PARAM:
+                suffix, transpose = _PEFT_PARAM[spec.name]
+                arr = np.asarray(state_value(g, n, spec, state.data))
+                tensors[f"{PREFIX}{n.attrs['base']}.{suffix}"] = arr.T if transpose else arr
+        if n.op == "dora" and n.attrs["eps"] is not None:
+            _check_eps(g, n, state)
+    saved = _saved_layers(g)
+    for node in saved:
+        layer = g.name(node)
+        for spec in node.params:
+            if spec.kind == "param":
+                key, transpose = hf_key(node.op, layer, spec.name, conv1d)
+                arr = np.asarray(state_value(g, node, spec, state.data))
+                tensors[PREFIX + key] = arr.T if transpose else arr
+    a = first.attrs
+    layers = [g.name(n) for n in g.order if n.params]
+    config = write_config({
+        "task_type": _TASK.get(arch, "CAUSAL_LM"), "r": a["rank"], "lora_alpha": a["alpha"],
+        "lora_dropout": a["dropout"], "use_rslora": a["rslora"],
+        "use_dora": first.op == "dora", "fan_in_fan_out": conv1d,
+        "target_modules": short_targets([n.attrs["base"] for n in adapters], layers),
+        "modules_to_save": [g.name(n) for n in saved] or None})
+    _write(folder, tensors, config)
+    return folder
+
+
+def _saved_layers(g: Graph) -> list[Node]:
+    """The trainable non-adapter layers (``modules_to_save`` of ``adapt``)."""
+    out = [n for n in g.order if n.params and not is_adapter(n) and not n.frozen]
+    for n in out:
+        tied = [s.owner for s in n.params if s.owner is not None]
+        if tied:
+            raise GraphDSLError(
+                f"save_peft: {g.name(n)!r} is trainable (modules_to_save) but its weights "
+                f"belong to {tied[0]!r} (tied); PEFT saves a module's own weights",
+                layer=g.name(n), op=n.op, where=n.where,
+                fix=f"put {tied[0]!r} in modules_to_save instead, or untie the weights")
+    return out
+
+
+def _check_peft_compatible(g: Graph, n: Node, first: Node) -> None:
+    name = g.name(n)
+    if n.attrs["base"] is None:
+        raise GraphDSLError(f"save_peft: {name!r} is a standalone adapter (it owns its "
+                            "base_weight); PEFT adapts layers of the transformers model",
+                            layer=name, op=n.op, where=n.where,
+                            fix="adapt the model's dense layers with dora.adapt/lora.adapt")
+    diff = [k for k in ("rank", "alpha", "rslora", "dropout")
+            if n.op != first.op or n.attrs[k] != first.attrs[k]]
+    if n.op != first.op or diff:
+        raise GraphDSLError(
+            f"save_peft: {name!r} ({n.op}, rank={n.attrs['rank']}, alpha="
+            f"{n.attrs['alpha']}) differs from {g.name(first)!r} ({first.op}, rank="
+            f"{first.attrs['rank']}, alpha={first.attrs['alpha']}) in "
+            f"{diff or ['op']}; a PEFT adapter file has one op and one of each",
+            layer=name, op=n.op, where=n.where,
+            fix="adapt every layer with the same options, or save them as separate "
+                "adapters")
+
+
+def _check_eps(g: Graph, n: Node, state: ModelState) -> None:
+    """PEFT divides by the DoRA column norm unclamped: refuse a layer whose ``eps``
+    clamp is active, since PEFT would compute something else."""
+    p = {s.name: np.asarray(state_value(g, n, s, state.data), np.float64)
+         for s in n.params if s.kind == "param"}
+    K = p.get("kernel", p.get("base_weight"))
+    W = K + n.attrs["scale"] * (p["A"] @ p["B"])
+    c = np.sqrt(np.einsum("ij,ij->j", W, W))
+    low = np.flatnonzero(c < n.attrs["eps"])
+    if low.size:
+        raise GraphDSLError(
+            f"save_peft: DoRA column norm(s) of output unit(s) {low[:10].tolist()} are "
+            f"below eps={n.attrs['eps']}, so graphdsl clamps them; PEFT does not clamp and "
+            "would compute a different output", layer=g.name(n), op=n.op, where=n.where,
+            fix="give those units a nonzero kernel column")
+
+
+def _write(folder: str, tensors: dict[str, np.ndarray], config: bytes) -> None:
+    from safetensors.numpy import save
+
+    os.makedirs(folder, exist_ok=True)
+    data = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
+    with atomic_writer(os.path.join(folder, WEIGHTS_FILE), "save_peft", WEIGHTS_FILE) as fh:
+        fh.write(save(data, metadata={"format": "pt"}))
+    with atomic_writer(os.path.join(folder, CONFIG_FILE), "save_peft", CONFIG_FILE) as fh:
+        fh.write(config)
+
+
+# -- load -------------------------------------------------------------------------------
+def load_peft(folder: str, model: Node, state: ModelState) -> tuple[Node, ModelState]:
+    """``(adapted, state)``: the base ``model`` (from graphdsl.hf / graphdsl.models) with
+    the PEFT LoRA or DoRA adapter in ``folder`` applied as ``dora.adapt`` /
+    ``lora.adapt`` would (``use_rslora``, ``lora_dropout``, any targets, and
+    ``modules_to_save``, whose saved weights replace the base ones). Every key and shape
+    is checked; a config field graphdsl does not implement is an error. Imports neither
+    torch nor peft."""
+    where = caller_location()
+    cfg = read_config(folder)
+    g = analyze(model)
+    if any(is_adapter(n) for n in g.order):
+        raise GraphDSLError("load_peft: the model already has adapters", where=where,
+                            fix="pass the base model (from graphdsl.hf.from_pretrained)")
+    conv1d = ARCHITECTURES[architecture(config_of(model))][1]
+    own = _own_params(g)
+    saved = _resolve_saved(folder, cfg["modules_to_save"], g, own)
+    targets = _resolve_targets(folder, cfg, g, saved)
+    expect = _expected_keys(cfg, g, targets, saved, own, conv1d)
+    tensors = _read_weights(folder)
+    missing = sorted(k for k in expect if k not in tensors)
+    extra = sorted(k for k in tensors if k not in expect)
+    if missing or extra:
+        raise StateError(f"{os.path.join(folder, WEIGHTS_FILE)} does not fit "
+                         f"{CONFIG_FILE} and the model: missing {missing[:10]}, "
+                         f"unexpected {extra[:10]}", where=where,
+                         fix="check that the adapter was trained on this model and that "
+                             "its config and weights belong together")
+    data: dict[str, dict[str, np.ndarray]] = {}
+    for key, (layer, param, shape, transpose) in expect.items():
+        arr = np.asarray(tensors[key])
+        if tuple(arr.shape) != shape:
+            raise StateError(f"{os.path.join(folder, WEIGHTS_FILE)}: {key} has shape "
+                             f"{tuple(arr.shape)}, the model with r={cfg['r']} needs {shape}",
+                             layer=layer, where=where,
+                             fix="check that the adapter belongs to this model and config")
+        arr = arr.T if transpose else arr
+        data.setdefault(layer, {})[param] = arr.astype(np.float32, copy=False)
+    make = dora if cfg["use_dora"] else lora
+    adapted = make.adapt(model, targets, cfg["r"], cfg["lora_alpha"],
+                         dropout=cfg["lora_dropout"], rslora=cfg["use_rslora"],
+                         modules_to_save=saved or None)
+    return adapted, attach_adapters(adapted, state, ModelState(data))
+
+
+def _resolve_saved(folder: str, entries: list[str] | None, g: Graph,
+                   own: dict[str, list[str]]) -> list[str]:
+    layers = [g.name(n) for n in g.order if n.params]
+    out = []
+    for m in entries or ():
+        hits = [lay for lay in layers if is_saved([m], lay)]
+        tied = [lay for lay in hits if lay not in own]
+        if tied:
+            raise GraphDSLError(f"{os.path.join(folder, CONFIG_FILE)}: modules_to_save "
+                                f"entry {m!r} matches {tied}, whose weights are tied to "
+                                "another layer; graphdsl does not untie them",
+                                fix="use a model with untied weights (tie_word_embeddings="
+                                    "false) or an adapter without that entry")
+        if not hits:
+            raise GraphDSLError(f"{os.path.join(folder, CONFIG_FILE)}: modules_to_save "
+                                f"entry {m!r} matches no layer with parameters",
+                                fix=f"layers with parameters: {layers}")
+        out += [h for h in hits if h not in out]
+    return out
+
+
+def _resolve_targets(folder: str, cfg: dict[str, Any], g: Graph, saved: list[str]
+                     ) -> list[str]:
+    """The full names of the layers PEFT adapted, in graph order."""
+    tm = cfg["target_modules"]
+    layers = {g.name(n): n for n in g.order if n.params}
+    excluded = {lay for lay in layers for m in saved
+                if re.match(rf"(^|.*\.){re.escape(m)}($|\..*)", lay)}
+    entries = [tm] if isinstance(tm, str) else tm
+    for entry in entries:
+        if not any(is_target(entry if isinstance(tm, str) else [entry], lay)
+                   for lay in layers):
+            raise GraphDSLError(f"{os.path.join(folder, CONFIG_FILE)}: target_modules "
+                                f"entry {entry!r} matches no layer of this model",
+                                fix=f"layers with parameters: {sorted(layers)}")
+    out = [lay for lay in layers if is_target(tm, lay) and lay not in excluded]
+    for lay in out:
+        if layers[lay].op != "dense":
+            raise GraphDSLError(f"{os.path.join(folder, CONFIG_FILE)}: target_modules "
+                                f"{tm!r} adapts {lay!r}, a {layers[lay].op} layer; graphdsl "
+                                "reads adapters on dense (Linear / Conv1D) layers only",
+                                layer=lay, op=layers[lay].op,
+                                fix="use an adapter that targets only linear layers")
+    if not out:
+        raise GraphDSLError(f"{os.path.join(folder, CONFIG_FILE)}: target_modules {tm!r} "
+                            "select no layer (all are in modules_to_save)",
+                            fix="check target_modules")
+    return out
+
+
+def _expected_keys(cfg: dict[str, Any], g: Graph, targets: list[str], saved: list[str],
+                   own: dict[str, list[str]], conv1d: bool
+                   ) -> dict[str, tuple[str, str, tuple[int, ...], bool]]:
+    """``{file key: (layer, param, shape in the file, transposed)}``."""
+    r, op = cfg["r"], "dora" if cfg["use_dora"] else "lora"
+    out = {}
+    for t in targets:
+        n_in, n_out = g.params[(t, "kernel")].shape
+        shapes = {"A": (r, n_in), "B": (n_out, r), "magnitude": (n_out,)}
+        for param, (suffix, transpose) in _PEFT_PARAM.items():
+            if param != "magnitude" or op == "dora":
+                out[f"{PREFIX}{t}.{suffix}"] = (f"{t}_{op}", param, shapes[param], transpose)
+    op_of = {g.name(n): n.op for n in g.order}
+    for layer in saved:
+        for param in own[layer]:
+            key, transpose = hf_key(op_of[layer], layer, param, conv1d)
+            shape = tuple(g.params[(layer, param)].shape)
+            out[PREFIX + key] = (layer, param, shape[::-1] if transpose else shape, transpose)
+    return out
+
+
+def _read_weights(folder: str) -> dict[str, np.ndarray]:
+    path = os.path.join(folder, WEIGHTS_FILE)
+    if not os.path.isfile(path):
+        bin_ = os.path.isfile(os.path.join(folder, "adapter_model.bin"))
+        raise GraphDSLError(f"{folder} has no {WEIGHTS_FILE}" + (
+            " (only adapter_model.bin, a pickle graphdsl does not read)" if bin_ else ""),
+                            fix="save the adapter with safe_serialization=True (the "
+                                "default)")
+    return read_safetensors_file(path)
