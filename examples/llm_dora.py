@@ -1,0 +1,301 @@
+"""DoRA on a small language model, offline, end to end with the Hugging Face tools.
+
+    python examples/llm_dora.py [--out examples/out/llm] [--quick]
+
+1. Pretrain a small LLaMA (graphdsl's ``models.llama``, trained through ``gd.to_torch``)
+   on the Python reference manual that ships with Python (``pydoc_data.topics``), with
+   byte-level tokens.
+2. Shift the domain: the docstrings of 20 standard-library modules (held-out part of
+   Python's own text), split into train and validation.
+3. Fine-tune three ways: full fine-tuning, LoRA and DoRA (rank 8 on all seven
+   projections); report validation loss and perplexity before and after.
+4. Save the DoRA adapter with ``hf.save_peft`` and the base with ``hf.save_pretrained``;
+   load both into transformers + PEFT and show identical logits and the same greedy
+   continuation.
+5. Merge, ``hf.save_pretrained`` the merged model, read it back with
+   ``hf.from_pretrained`` (NumPy only) and generate greedily with the NumPy backend.
+6. The paper's weight-decomposition analysis (Liu et al. 2024, sec. 3.2) on the q/v
+   projections: magnitude vs direction change across checkpoints for each method.
+Writes the loss plot, the decomposition plot and ``results.json`` to the output folder.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import os
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from dora_finetune import decomposition  # (dM, dD) per [in, out] kernel, the paper's sec. 3.2
+from tqdm import tqdm
+
+import graphdsl as gd
+from graphdsl import dora, hf, lora, models
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+RANK, ALPHA = 8, 16.0
+DOMAIN_MODULES = ("collections", "itertools", "functools", "pathlib", "json", "re", "os",
+                  "string", "textwrap", "argparse", "datetime", "random", "statistics",
+                  "heapq", "bisect", "contextlib", "dataclasses", "enum", "typing", "shutil")
+PROMPT = "Return a new list"
+
+
+def config(quick: bool) -> dict:
+    """A Hugging Face LlamaConfig as a dict (byte-level vocabulary)."""
+    size = (dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2) if quick else
+            dict(hidden_size=128, intermediate_size=344, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2))
+    return {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 256,
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "hidden_act": "silu",
+            "max_position_embeddings": 512, "tie_word_embeddings": False,
+            "torch_dtype": "float32", **size}
+
+
+# -- data --------------------------------------------------------------------------------
+def reference_manual() -> bytes:
+    from pydoc_data.topics import topics
+
+    return "\n\n".join(topics[k] for k in sorted(topics)).encode("utf-8")
+
+
+def docstrings() -> bytes:
+    parts = []
+    for name in DOMAIN_MODULES:
+        mod = importlib.import_module(name)
+        for attr, obj in sorted(vars(mod).items()):
+            if attr.startswith("_") or getattr(obj, "__module__", None) != name:
+                continue
+            if inspect.isfunction(obj) or inspect.isclass(obj):
+                doc = inspect.getdoc(obj)
+                if doc:
+                    parts.append(f"{name}.{attr}\n{doc}")
+    return "\n\n".join(parts).encode("utf-8")
+
+
+def split(data: bytes, frac: float = 0.9) -> tuple[np.ndarray, np.ndarray]:
+    ids = np.frombuffer(data, np.uint8).astype(np.int64)
+    n = int(frac * len(ids))
+    return ids[:n], ids[n:]
+
+
+def batches(ids: np.ndarray, seq: int, batch: int, rng: np.random.Generator):
+    while True:
+        starts = rng.integers(0, len(ids) - seq - 1, batch)
+        yield np.stack([ids[s:s + seq + 1] for s in starts])
+
+
+def lm_loss(module: torch.nn.Module, chunk: np.ndarray) -> torch.Tensor:
+    """Next-byte cross-entropy of a [batch, seq+1] chunk."""
+    t = torch.from_numpy(chunk)
+    logits = module(t[:, :-1])
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), t[:, 1:].reshape(-1))
+
+
+def evaluate(module: torch.nn.Module, ids: np.ndarray, seq: int, n: int = 8) -> float:
+    """Mean validation loss over ``n`` fixed windows (nats per byte)."""
+    starts = np.linspace(0, len(ids) - seq - 2, n).astype(int)
+    chunk = np.stack([ids[s:s + seq + 1] for s in starts])
+    with torch.no_grad():
+        return float(lm_loss(module, chunk))
+
+
+def train(module: torch.nn.Module, ids: np.ndarray, steps: int, lr: float, seq: int,
+          batch: int, desc: str, on_step=None, seed: int = 0) -> list[float]:
+    """AdamW on the trainable parameters (cosine schedule); the per-step losses."""
+    torch.manual_seed(seed)
+    params = [p for p in module.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, lr, total_steps=steps, pct_start=0.1)
+    data = batches(ids, seq, batch, np.random.default_rng(seed))
+    losses = []
+    module.train()
+    bar = tqdm(range(steps), desc=desc, unit="step")
+    for step in bar:
+        loss = lm_loss(module, next(data))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        if on_step is not None:
+            on_step(step)
+    module.eval()
+    return losses
+
+
+# -- the paper's weight decomposition (sec. 3.2): dora_finetune.decomposition ------------------
+def qv_kernels(model: gd.Node, state: gd.ModelState) -> dict[str, np.ndarray]:
+    """The effective [in, out] kernels of every q/v projection (adapters merged in)."""
+    ops = gd.get_op_counts(model)
+    if ops.get("dora") or ops.get("lora"):
+        _, state = gd.merge_adapters(model, state)
+    return {k: np.asarray(v["kernel"], np.float64) for k, v in state.data.items()
+            if k.endswith(("q_proj", "v_proj"))}
+
+
+# -- serving -----------------------------------------------------------------------------------
+def greedy_numpy(model: gd.Node, state: gd.ModelState, prompt: bytes, n: int) -> bytes:
+    """Greedy decoding with the NumPy backend (the whole prefix each step)."""
+    _, predict = gd.build(model)
+    ids = list(prompt)
+    for _ in range(n):
+        logits = predict(state, {"input_ids": np.asarray([ids], np.int64)})
+        ids.append(int(logits[0, -1].argmax()))
+    return bytes(ids)
+
+
+def peft_roundtrip(out: str, cfg: dict, model: gd.Node, base: gd.ModelState,
+                   adapted: gd.Node, tuned: gd.ModelState, prompt: bytes, n: int) -> dict:
+    """Base to transformers, the DoRA adapter to PEFT; compare logits and greedy text."""
+    import transformers
+    from peft import PeftModel
+
+    hf.save_pretrained(os.path.join(out, "base"), model, base)
+    hf.save_peft(os.path.join(out, "dora_adapter"), adapted, tuned)
+    ref = transformers.LlamaForCausalLM.from_pretrained(os.path.join(out, "base"))
+    peft_model = PeftModel.from_pretrained(ref, os.path.join(out, "dora_adapter")).eval()
+    ids = np.frombuffer(prompt, np.uint8).astype(np.int64)[None]
+    with torch.no_grad():
+        theirs = peft_model(input_ids=torch.from_numpy(ids)).logits.numpy()
+        gen = peft_model.generate(input_ids=torch.from_numpy(ids), max_new_tokens=n,
+                                  do_sample=False, attention_mask=torch.ones_like(
+                                      torch.from_numpy(ids)))
+    ours = gd.predict(adapted, tuned, {"input_ids": ids})
+    return {"max_abs_logit_diff": float(np.abs(ours - theirs).max()),
+            "peft_greedy": bytes(gen[0].tolist()).decode("utf-8", "replace")}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out", "llm"))
+    ap.add_argument("--quick", action="store_true", help="a tiny model, a few steps")
+    args = ap.parse_args()
+    os.makedirs(args.out, exist_ok=True)
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    t0 = time.perf_counter()
+    q = args.quick
+    seq, batch = (32, 8) if q else (128, 16)
+    pre_steps, ft_steps, n_gen = (30, 12, 16) if q else (900, 150, 48)
+    cfg = config(q)
+    pre_train, pre_val = split(reference_manual())
+    dom_train, dom_val = split(docstrings())
+
+    # -- 1. pretrain ---------------------------------------------------------------------
+    model = models.llama(cfg)
+    module = gd.to_torch(model, gd.build(model, seed=0)[0]())
+    pre_losses = train(module, pre_train, pre_steps, 3e-3, seq, batch, "pretrain")
+    base = gd.from_torch(module)
+    before = {"reference_val": evaluate(module, pre_val, seq),
+              "docstrings_val": evaluate(module, dom_val, seq)}
+
+    # -- 2-3. fine-tune three ways on the docstrings ----------------------------------------
+    W0 = qv_kernels(model, base)
+    methods = {"full": model,
+               "lora": lora.adapt(model, targets=TARGETS, rank=RANK, alpha=ALPHA),
+               "dora": dora.adapt(model, targets=TARGETS, rank=RANK, alpha=ALPHA)}
+    curves, after, decomp, states, fractions = {}, {}, {}, {}, {}
+    every = max(1, ft_steps // 6)
+    for name, m in methods.items():
+        mod = gd.to_torch(m, gd.build(m, seed=1)[0](None, base.copy()))
+        points: list[dict] = []
+
+        def checkpoint(step, m=m, mod=mod, points=points):
+            if (step + 1) % every == 0:
+                ks = qv_kernels(m, gd.from_torch(mod))
+                points.append({k: decomposition(ks[k], W0[k]) for k in ks})
+
+        lr = 3e-4 if name == "full" else 3e-3
+        curves[name] = train(mod, dom_train, ft_steps, lr, seq, batch, f"fine-tune {name}",
+                             on_step=checkpoint, seed=2)
+        after[name] = {"docstrings_val": evaluate(mod, dom_val, seq),
+                       "reference_val": evaluate(mod, pre_val, seq)}
+        decomp[name], states[name] = points, gd.from_torch(mod)
+        n_train = sum(p.numel() for p in mod.parameters() if p.requires_grad)
+        fractions[name] = n_train / sum(p.numel() for p in mod.parameters())
+
+    # -- 4. PEFT round trip of the DoRA adapter ----------------------------------------------
+    prompt = PROMPT.encode()
+    rt = peft_roundtrip(args.out, cfg, model, base, methods["dora"], states["dora"], prompt,
+                        n_gen)
+
+    # -- 5. merge, save for transformers, read back with NumPy only, generate ---------------
+    merged, merged_state = gd.merge_adapters(methods["dora"], states["dora"])
+    hf.save_pretrained(os.path.join(args.out, "merged"), merged, merged_state)
+    served, served_state = hf.from_pretrained(os.path.join(args.out, "merged"))
+    text = greedy_numpy(served, served_state, prompt, n_gen).decode("utf-8", "replace")
+    assert rt["max_abs_logit_diff"] < 1e-4, rt
+    assert text == rt["peft_greedy"], (text, rt["peft_greedy"])
+
+    # -- 6. decomposition: correlation of dD and dM over (layer, checkpoint) points ----------
+    corr = {}
+    for name, points in decomp.items():
+        dm = [p[k][0] for p in points for k in p]
+        dd = [p[k][1] for p in points for k in p]
+        corr[name] = float(np.corrcoef(dd, dm)[0, 1]) if len(dm) > 2 else float("nan")
+
+    results = {"config": cfg, "before": before, "after": after, "trainable_fraction": fractions,
+               "peft": rt, "numpy_greedy": text, "decomposition_corr": corr,
+               "decomposition": decomp, "seconds": time.perf_counter() - t0}
+    with open(os.path.join(args.out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    plots(args.out, pre_losses, curves, decomp, corr)
+    report(results)
+
+
+def plots(out, pre_losses, curves, decomp, corr) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def smooth(v, k=10):
+        k = min(k, len(v))
+        return np.convolve(v, np.ones(k) / k, mode="valid")
+
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    a.plot(smooth(pre_losses))
+    a.set(title="pretraining (reference manual)", xlabel="step", ylabel="loss (nats/byte)")
+    for name, losses in curves.items():
+        b.plot(smooth(losses), label=name)
+    b.set(title="fine-tuning (stdlib docstrings)", xlabel="step", ylabel="loss (nats/byte)")
+    b.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "llm_loss.png"), dpi=120)
+    plt.close(fig)
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
+    for ax, (name, points) in zip(axes, decomp.items()):
+        dd = [p[k][1] for p in points for k in p]
+        dm = [p[k][0] for p in points for k in p]
+        ax.scatter(dd, dm, c=np.repeat(np.arange(len(points)), len(points[0]) if points else 0))
+        ax.set(title=f"{name}: r = {corr[name]:+.2f}", xlabel="ΔD (1 - cos)", ylabel="ΔM")
+    fig.suptitle("q/v projections: magnitude vs direction change (colour = checkpoint)")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out, "llm_decomposition.png"), dpi=120)
+    plt.close(fig)
+
+
+def report(r: dict) -> None:
+    b = r["before"]
+    print(f"\npretrained: val loss {b['reference_val']:.3f} on the reference manual, "
+          f"{b['docstrings_val']:.3f} on the docstrings (perplexity "
+          f"{np.exp(b['docstrings_val']):.2f})")
+    print("method  trainable  docstrings val loss (ppl)  reference val loss  corr(ΔD, ΔM)")
+    for name, a in r["after"].items():
+        print(f"{name:<6}  {r['trainable_fraction'][name]:>8.2%}  "
+              f"{a['docstrings_val']:>12.3f} ({np.exp(a['docstrings_val']):.2f})"
+              f"{a['reference_val']:>18.3f}  {r['decomposition_corr'][name]:+.2f}")
+    print("paper, LLaMA-scale: FT -0.62, DoRA -0.31, LoRA +0.83")
+    print(f"PEFT vs graphdsl, DoRA adapter: max |logit difference| "
+          f"{r['peft']['max_abs_logit_diff']:.2e}; same greedy continuation")
+    print(f"merged model, NumPy backend, greedy: {r['numpy_greedy']!r}")
+    print(f"({r['seconds']:.0f} s in all)")
+
+
+if __name__ == "__main__":
+    main()
