@@ -19,6 +19,7 @@ from test_torch_backend import CASES, _custom_fn  # noqa: E402  (the parity op l
 
 import graphdsl as gd  # noqa: E402
 from graphdsl import dora, lora, models  # noqa: E402
+from graphdsl.cli import main  # noqa: E402
 from graphdsl.compiler import make_plan  # noqa: E402
 from graphdsl.graph import analyze  # noqa: E402
 
@@ -243,3 +244,53 @@ def test_import_graphdsl_does_not_import_onnx():
            "'onnxruntime' not in sys.modules; print('ok')"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+def _cli(*args):
+    env = {**__import__("os").environ, "PYTHONWARNINGS": "ignore"}
+    return subprocess.run([sys.executable, "-m", "graphdsl", *map(str, args)],
+                          capture_output=True, text=True, env=env, timeout=120)
+
+
+def test_cli_export_of_a_saved_adapted_model(tmp_path):
+    x = gd.input("x", (None, 8))
+    model = lora.adapt(gd.dense(gd.dense(x, 6, activation="relu", name="attn_q"), 3,
+                                name="head"), targets=["attn_q"], rank=2)
+    st = gd.build(model, seed=4)[0]()
+    _train_adapters(st)
+    src = gd.save(tmp_path / "adapted.gdsl", model, st)
+    out = tmp_path / "model.onnx"
+    p = _cli("export", src, "-o", out)
+    assert p.returncode == 0, p.stderr
+    assert "opset 13" in p.stdout and "outputs head" in p.stdout
+    proto = onnx.load(str(out))
+    onnx.checker.check_model(proto, full_check=True)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    feed = R.normal(size=(3, 8)).astype(np.float32)
+    np.testing.assert_allclose(sess.run(None, {"x": feed})[0], gd.predict(model, st, feed),
+                               **TOL)
+    assert main(["export", str(src), "-o", str(tmp_path / "m20.onnx"), "--opset", "20"]) == 0
+    assert onnx.load(str(tmp_path / "m20.onnx")).opset_import[0].version == 20
+
+
+def test_cli_export_of_a_transformer_keeps_the_optional_inputs_asked(tmp_path, capsys):
+    src = tmp_path / "llama.json"
+    src.write_text(gd.to_json(_family("llama")))
+    out = tmp_path / "llama.onnx"
+    assert main(["export", str(src), "-o", str(out), "--optional-inputs",
+                 "attention_mask"]) == 0
+    assert [i.name for i in onnx.load(str(out)).graph.input] == ["input_ids",
+                                                                 "attention_mask"]
+    assert "outputs lm_head" in capsys.readouterr().out
+
+
+def test_cli_export_errors_are_one_line(tmp_path, capsys):
+    src = tmp_path / "m.json"
+    src.write_text(gd.to_json(gd.dense(gd.input("x", (None, 4)), 2, name="fc")))
+    for args, pattern in [(["--opset", "9"], "needs opset >= 13"),
+                          (["--optional-inputs", "mask"], "not optional inputs"),
+                          ([], "destroy the input")]:
+        target = src if not args else tmp_path / "m.onnx"
+        assert main(["export", str(src), "-o", str(target), *args]) == 1
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and pattern in err, err

@@ -184,13 +184,19 @@ def to_onnx(model: Node, state: ModelState, path: str | os.PathLike | None = Non
     proto = helper.make_model(graph, opset_imports=ops, producer_name="graphdsl")
     proto.ir_version = helper.find_min_ir_version_for(ops)
     if path is not None:
-        _save(proto, os.fspath(path))
+        save_model(proto, os.fspath(path))
     return proto
 
 
-def _save(proto: onnx.ModelProto, path: str) -> None:
-    size = sum(len(t.raw_data) for t in proto.graph.initializer)
-    if size > _LARGE:  # protobuf's 2 GB limit; saving moves the data, so save a copy
+def is_large(proto: onnx.ModelProto) -> bool:
+    """Whether the weights are too large for one protobuf (2 GB): saved beside the file."""
+    return sum(len(t.raw_data) for t in proto.graph.initializer) > _LARGE
+
+
+def save_model(proto: onnx.ModelProto, path: str) -> None:
+    """Write ``proto`` to ``path``; weights over ~1.8 GB (:func:`is_large`) go to
+    ``path + ".data"`` beside it."""
+    if is_large(proto):  # saving moves the data out of the proto, so save a copy
         copy = onnx.ModelProto()
         copy.CopyFrom(proto)
         onnx.save_model(copy, path, save_as_external_data=True,
@@ -199,4 +205,4 @@ def _save(proto: onnx.ModelProto, path: str) -> None:
         onnx.save_model(proto, path)
 
 
-__all__ = ["RULES", "choose_opset", "output_names", "to_onnx"]
+__all__ = ["RULES", "choose_opset", "output_names", "is_large", "save_model", "to_onnx"]
