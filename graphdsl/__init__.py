@@ -18,7 +18,7 @@ from . import (  # noqa: F401  (gd.display.as_table, as_graph, to_dot, render)
 from . import ops as _ops  # noqa: F401  (registers the ops)
 from .adapters import adapter_state, attach_adapters, merge_adapters
 from .compiler import build, predict
-from .custom import register_function
+from .custom import register_function, register_onnx_rule
 from .errors import GraphDSLError
 from .graph import get_inputs, get_op_counts, get_output_shape, get_parameters, topo_order
 from .io import from_json, load, load_adapters, save, save_adapters, to_json
@@ -66,6 +66,20 @@ from .state import ModelState
 from .torch_interop import from_torch, loraplus_param_groups, to_torch  # torch imported lazily
 from .transforms import freeze, map_nodes, rewrite_nodes
 
+
+def to_onnx(model: Node, state: ModelState, path: str | None = None, opset: int | None = None,
+            **options: object) -> object:
+    """Export ``model`` and ``state`` as an ``onnx.ModelProto`` (written to ``path`` if
+    given); see :func:`graphdsl.backends.onnx_backend.to_onnx`. Needs the ``onnx`` extra
+    (``pip install 'graphdsl[onnx]'``), imported only when called."""
+    try:
+        from .backends.onnx_backend import to_onnx as export
+    except ImportError as e:
+        raise GraphDSLError(f"ONNX export needs the onnx package ({e})", op="to_onnx",
+                            fix="pip install 'graphdsl[onnx]'") from None
+    return export(model, state, path, opset, **options)
+
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -80,5 +94,6 @@ __all__ = [
     "tanh", "to_networkx", "topo_order", "transpose",
     "from_torch", "loraplus_param_groups", "to_torch",
     "from_json", "load", "load_adapters", "save", "save_adapters", "to_json",
+    "register_onnx_rule", "to_onnx",
     "attention", "positions", "rms_norm", "rotary_embedding", "slice", "split", "tied_dense",
 ]

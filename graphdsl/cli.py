@@ -6,6 +6,7 @@
     graphdsl graph FILE --format mermaid|dot|svg [-o OUT]
     graphdsl predict FILE --input x=data.npy [-o out.npy] [--backend numpy|torch]
     graphdsl merge FILE -o merged.gdsl
+    graphdsl export FILE -o model.onnx [--opset N] [--optional-inputs all|NAME,...]
 
 FILE is a saved model (``gd.save``, a zip) or a JSON definition (``gd.to_json``); a JSON
 model gets fresh weights from ``--seed`` (default 0) for predict and merge (summary and
@@ -283,6 +284,28 @@ def _merge(args: argparse.Namespace) -> None:
                  f" ({mstate.parameter_count()} parameters, adapters merged)")
 
 
+def _export(args: argparse.Namespace) -> None:
+    refuse_overwriting_inputs(args.output, [args.file])
+    model, state, _ = load_any(args.file, args.seed)
+    opt = args.optional_inputs
+    kept = True if opt == "all" else [n for n in (opt or "").split(",") if n]
+    try:
+        from .backends.onnx_backend import is_large, save_model, to_onnx
+    except ImportError as e:
+        raise GraphDSLError(f"export needs the onnx package ({e})",
+                            fix="pip install 'graphdsl[onnx]'") from None
+    proto = to_onnx(model, state, opset=args.opset, optional_inputs=kept)
+    note = (f" (opset {proto.opset_import[0].version}, inputs "
+            f"{', '.join(i.name for i in proto.graph.input)}; outputs "
+            f"{', '.join(o.name for o in proto.graph.output)})")
+    if args.output != "-" and is_large(proto):  # over protobuf's 2 GB: a side file
+        save_model(proto, args.output)
+        print(f"wrote {args.output} and {args.output}.data{note}")
+        return
+    write_output(args.output, lambda fh: fh.write(proto.SerializeToString()), "model.onnx",
+                 note)
+
+
 # -- parser --------------------------------------------------------------------------------
 def make_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Inspect, run and merge graphdsl models. FILE is a "
@@ -323,6 +346,16 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="the merged model file (.gdsl), "
                    "- for stdout")
     s.set_defaults(func=_merge)
+
+    s = sub.add_parser("export", help="write an ONNX model (ONNX Runtime, serving stacks)")
+    common(s)
+    s.add_argument("-o", "--output", required=True, help="the ONNX file, - for stdout")
+    s.add_argument("--opset", type=int, default=None,
+                   help="ONNX opset (default: the lowest that covers the model's layers)")
+    s.add_argument("--optional-inputs", metavar="all|NAME,...",
+                   help="optional inputs (e.g. attention_mask) to export as graph inputs; "
+                        "default: none, their defaults are computed in the graph")
+    s.set_defaults(func=_export)
     return p
 
 

@@ -44,3 +44,46 @@ def lookup_function(name: str) -> Callable[..., Any]:
             fix="register it before loading: @graphdsl.register_function("
             f"{name!r}) on the function; registered: {sorted(FUNCTIONS) or 'none'}",
         ) from None
+
+
+# -- ONNX rules of custom layers (used by gd.to_onnx; nothing here imports onnx) -------------
+ONNX_RULES: dict[Callable[..., Any], tuple[Callable[..., str], int]] = {}
+
+
+def register_onnx_rule(fn: Callable[..., Any] | str, rule: Callable[..., str] | None = None,
+                       *, min_opset: int = 13):
+    """Give the custom-layer function ``fn`` (or its registered name) an ONNX rule, so
+    ``gd.to_onnx`` can export the ``gd.layer(fn, ...)`` layers. Usable as a decorator.
+
+    ``rule(b, *inputs, **opts) -> str``: ``inputs`` are the names of the layer's input
+    tensors, ``opts`` the layer's options; it adds ONNX nodes with ``b.op(op_type,
+    [inputs...], **attributes)`` (returns the output name), ``b.const(value)`` (a float32
+    constant) and ``b.ints([...])``, and returns the name of the output tensor.
+    ``min_opset``: the lowest ONNX opset the ONNX operators used need. Example::
+
+        @gd.register_onnx_rule(scaled_tanh)
+        def _(b, x, scale=1.0):
+            return b.op("Mul", [b.op("Tanh", [x]), b.const(scale)])
+    """
+    if isinstance(fn, str):
+        fn = lookup_function(fn)
+    if not callable(fn):
+        raise GraphDSLError(f"register_onnx_rule needs the custom layer's function, got "
+                            f"{type(fn).__name__}", fix="pass the function given to gd.layer")
+    if isinstance(min_opset, bool) or not isinstance(min_opset, int) or min_opset < 1:
+        raise GraphDSLError(f"min_opset must be a positive int, got {min_opset!r}",
+                            fix="pass e.g. min_opset=13")
+
+    def deco(r: Callable[..., str]) -> Callable[..., str]:
+        if not callable(r):
+            raise GraphDSLError(f"an ONNX rule must be callable, got {type(r).__name__}",
+                                fix="pass def rule(b, *inputs, **opts) -> str")
+        ONNX_RULES[fn] = (r, min_opset)
+        return r
+
+    return deco(rule) if rule is not None else deco
+
+
+def onnx_rule_for(fn: Callable[..., Any]) -> tuple[Callable[..., str], int] | None:
+    """``(rule, min_opset)`` registered for the custom-layer function ``fn``, or None."""
+    return ONNX_RULES.get(fn)

@@ -1,0 +1,208 @@
+"""ONNX export (``gd.to_onnx``): a graphdsl model and its state as an ``onnx.ModelProto``.
+
+Each layer is lowered by its op's rule in :mod:`.rules` (one table, like a backend's
+``KERNELS``) through a :class:`.builder.Builder`. Graph inputs keep graphdsl's names and
+dtypes (None axes are dynamic); weights are initializers named ``layer.param``; the
+outputs are the model's output, or one per container element (see
+:func:`output_names`). Adapters export merged (one dense kernel each). An optional
+input (``gd.optional``) is a graph input only when asked (``optional_inputs``); else
+its default subgraph is exported in its place.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import onnx
+from onnx import helper
+
+from graphdsl.compiler import make_plan
+from graphdsl.errors import GraphDSLError, OptionError
+from graphdsl.node import Node
+from graphdsl.state import ModelState
+
+from .builder import ELEM, Builder, prune
+from .rules import FLOOR, RULES, Layer, custom_min_opset
+
+_LARGE = 1_800_000_000  # bytes of weights beyond which a file keeps them in a side file
+
+
+def _step_min_opset(step: Any) -> int:
+    if step.op == "custom":
+        return max(FLOOR, custom_min_opset(step.attrs["fn"]))
+    return RULES[step.op].min_opset
+
+
+def choose_opset(plan: Any, opset: int | None) -> int:
+    """The export opset: ``opset`` checked against every layer's rule, or (None) the
+    lowest that covers them all."""
+    newest = onnx.defs.onnx_opset_version()
+    for step in plan.steps:
+        if step.op not in RULES:
+            raise plan.step_error(step, f"op {step.op!r} has no ONNX rule",
+                                  "add one to graphdsl.backends.onnx_backend.rules.RULES",
+                                  cls=GraphDSLError)
+    need = {s.name: _step_min_opset(s) for s in plan.steps}
+    if opset is None:
+        return max([FLOOR, *need.values()])
+    if isinstance(opset, bool) or not isinstance(opset, (int, np.integer)):
+        raise OptionError(f"opset must be an int, got {opset!r}", op="to_onnx",
+                          fix="pass e.g. opset=17, or opset=None for the lowest that works")
+    opset = int(opset)
+    if opset > newest:
+        raise OptionError(f"opset {opset} is newer than this onnx package knows ({newest})",
+                          op="to_onnx", fix=f"pass opset <= {newest}, or upgrade onnx")
+    for step in plan.steps:
+        if need[step.name] > opset:
+            raise plan.step_error(
+                step, f"ONNX opset {opset} is too low: layer {step.name!r} (op {step.op}) "
+                      f"needs opset >= {need[step.name]}",
+                f"pass opset >= {max(need.values())} (or opset=None)", cls=OptionError)
+    return opset
+
+
+def output_names(plan: Any) -> list[tuple[str, Node]]:
+    """``[(output name, node)]`` in the order ONNX Runtime returns them: the output
+    layer's name; for a container, each element named by its dict key or (tuple) its
+    layer name, nested elements prefixed with ``"parent."``; repeats get a suffix."""
+    g = plan.graph
+    out: list[tuple[str, Node]] = []
+
+    def walk(node: Node, label: str, prefix: str) -> None:
+        if node.op != "container":
+            out.append((prefix + label, node))
+            return
+        keys = node.attrs["keys"]
+        inner = prefix + label + "." if prefix or node is not g.output else ""
+        for i, x in enumerate(node.inputs):
+            walk(x, keys[i] if keys is not None else g.name(x), inner)
+
+    walk(g.output, g.name(g.output), "")
+    return out
+
+
+def _dims(shape: Sequence[Any], name: str) -> list[Any]:
+    return [f"{name}_dim{i}" if d is None else d for i, d in enumerate(shape)]
+
+
+def _kept_optional(g: Any, optional_inputs: bool | Sequence[str]) -> set[str]:
+    if optional_inputs is True:
+        return set(g.optional)
+    if optional_inputs is False or optional_inputs is None:
+        return set()
+    names = [optional_inputs] if isinstance(optional_inputs, str) else list(optional_inputs)
+    bad = sorted(set(names) - set(g.optional))
+    if bad:
+        raise OptionError(f"optional_inputs names {bad}, which are not optional inputs of "
+                          "this model", op="to_onnx",
+                          fix=f"use some of {sorted(g.optional) or 'none (the model has no '}"
+                              f"{'' if g.optional else 'optional inputs)'}")
+    return set(names)
+
+
+def _layer(plan: Any, step: Any, tensors: dict, data: Any, b: Builder,
+           weights: dict) -> Layer:
+    arrays = {}
+    for ref in step.params:
+        try:
+            arr = data[ref.owner][ref.name]
+        except (KeyError, TypeError):
+            raise plan.missing_param(step, ref, data) from None
+        if tuple(np.shape(arr)) != tuple(ref.shape):
+            raise plan.bad_param(step, ref, arr)
+        arrays[ref.local] = arr
+    owners = {r.local: (r.owner, r.name) for r in step.params}
+
+    def param(local: str) -> str:
+        key = owners[local]
+        if key not in weights:
+            weights[key] = b.weight(np.asarray(arrays[local]), f"{key[0]}.{key[1]}")
+        return weights[key]
+
+    ins = step.node.inputs
+    return Layer(step.name, step.op, step.node, [tensors[i] for i in step.ins],
+                 [x.shape for x in ins], [x.dtype for x in ins], step.attrs,
+                 step.node.shape, step.node.dtype, arrays, param)
+
+
+def to_onnx(model: Node, state: ModelState, path: str | os.PathLike | None = None,
+            opset: int | None = None, *, optional_inputs: bool | Sequence[str] = False
+            ) -> onnx.ModelProto:
+    """Export ``model`` with the weights of ``state`` as an ONNX model (float32).
+
+    Inputs keep their names, dtypes and shapes (each None axis dynamic); outputs are
+    named as :func:`output_names` says. ``opset`` None: the lowest opset that covers the
+    model's layers (13 unless a rule needs more); a lower one is an error naming the
+    layer. ``optional_inputs``: the optional inputs (``gd.optional``) to export as graph
+    inputs (True: all); the others are left out and their default subgraph is exported
+    (e.g. positions computed from ``input_ids``). ``path``: also write the file (weights
+    over ~1.8 GB go to ``path + ".data"`` beside it). Returns the ``ModelProto``.
+    """
+    if not isinstance(model, Node):
+        raise GraphDSLError(f"to_onnx needs a model (a graph node), got "
+                            f"{type(model).__name__}", op="to_onnx",
+                            fix="pass the output node of the model")
+    if not isinstance(state, ModelState):
+        raise GraphDSLError(f"to_onnx needs a ModelState, got {type(state).__name__}",
+                            op="to_onnx", fix="pass the state init_fn returned")
+    plan = make_plan(model)
+    opset = choose_opset(plan, opset)
+    g = plan.graph
+    kept = _kept_optional(g, optional_inputs)
+    outs = output_names(plan)
+    in_names = [name for name, _, _ in plan.inputs]
+    b = Builder(opset, reserved=in_names)
+    out_names = [b.fresh(name) for name, _ in outs]
+    tensors: dict[int, Any] = {}
+    graph_inputs = []
+    for name, slot, node in plan.inputs:
+        if name in g.optional and name not in kept:
+            tensors[slot] = None
+            continue
+        graph_inputs.append(helper.make_tensor_value_info(name, ELEM[node.dtype],
+                                                          _dims(node.shape, name)))
+        b.layer = name
+        tensors[slot] = RULES["input"].fn(b, Layer(name, "input", node, [name], [],
+                                                   [], node.attrs, node.shape, node.dtype))
+    weights: dict = {}
+    for step in plan.steps:
+        b.layer = step.name
+        layer = _layer(plan, step, tensors, state.data, b, weights)
+        tensors[step.out] = RULES[step.op].fn(b, layer)
+    slot_of = {n.id: s for n, s in ((n, i) for i, n in enumerate(g.order))}
+    graph_outputs = []
+    b.layer = "output"
+    for (_, node), oname in zip(outs, out_names):
+        b.op("Identity", [tensors[slot_of[node.id]]], [oname])
+        graph_outputs.append(helper.make_tensor_value_info(oname, ELEM[node.dtype],
+                                                           list(node.shape)))
+    nodes, inits = prune(b.nodes, b.initializers, out_names)
+    graph = helper.make_graph(nodes, "graphdsl", graph_inputs, graph_outputs, inits)
+    ops = [helper.make_opsetid("", opset)]
+    proto = helper.make_model(graph, opset_imports=ops, producer_name="graphdsl")
+    proto.ir_version = helper.find_min_ir_version_for(ops)
+    if path is not None:
+        save_model(proto, os.fspath(path))
+    return proto
+
+
+def is_large(proto: onnx.ModelProto) -> bool:
+    """Whether the weights are too large for one protobuf (2 GB): saved beside the file."""
+    return sum(len(t.raw_data) for t in proto.graph.initializer) > _LARGE
+
+
+def save_model(proto: onnx.ModelProto, path: str) -> None:
+    """Write ``proto`` to ``path``; weights over ~1.8 GB (:func:`is_large`) go to
+    ``path + ".data"`` beside it."""
+    if is_large(proto):  # saving moves the data out of the proto, so save a copy
+        copy = onnx.ModelProto()
+        copy.CopyFrom(proto)
+        onnx.save_model(copy, path, save_as_external_data=True,
+                        location=os.path.basename(path) + ".data")
+    else:
+        onnx.save_model(proto, path)
+
+
+__all__ = ["RULES", "choose_opset", "output_names", "is_large", "save_model", "to_onnx"]

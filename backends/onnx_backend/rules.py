@@ -1,0 +1,383 @@
+"""ONNX rules: one per registered op (``RULES``), the ONNX counterpart of a backend's
+kernel table.
+
+How a rule is written: ``RULES[op] = Rule(fn, min_opset)`` where ``fn(b, layer)`` emits
+ONNX nodes through the :class:`.builder.Builder` ``b`` and returns the name of the
+layer's output tensor (a list of names for a container). ``layer`` (:class:`Layer`)
+gives the input tensor names, their static graphdsl shapes and dtypes, the op's
+attributes, and ``layer.param(local)``: the initializer holding a parameter (created on
+first use, shared by layers that share the value, e.g. a tied embedding). ``min_opset``
+is the lowest ONNX opset whose operators the rule uses with the semantics it needs; a
+rule may use newer operators when the export's ``b.opset`` allows (LayerNormalization
+from 17, Gelu from 20) and decomposes otherwise. The export's default opset is the
+highest ``min_opset`` of the model's layers, at least :data:`FLOOR`.
+
+Example (a new element-wise op ``hardswish`` registered elsewhere)::
+
+    RULES["hardswish"] = Rule(lambda b, layer: b.op("HardSwish", layer.ins), 14)
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from onnx import TensorProto, helper
+
+from graphdsl.adapters.contract import adapter_ops, merged_kernel
+from graphdsl.custom import onnx_rule_for
+from graphdsl.errors import GraphDSLError, RuleError
+from graphdsl.node import Node
+
+from .builder import ELEM, Builder
+
+#: the lowest opset an export uses: Softmax over one axis, Squeeze/Unsqueeze/ReduceSum
+#: with axes as inputs, and the int64 Range/Slice forms all need 13
+FLOOR = 13
+
+
+@dataclass
+class Layer:
+    """One graphdsl layer as a rule sees it (shapes as graphdsl infers them: None = a
+    size known only at run time)."""
+
+    name: str
+    op: str
+    node: Node | None
+    ins: list[Any]  # input tensor names (None: an optional input left out)
+    in_shapes: list[Any]
+    in_dtypes: list[str]
+    attrs: Mapping[str, Any]
+    shape: Any
+    dtype: str
+    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)  # params by local name
+    param: Callable[[str], str] = lambda local: local  # local name -> initializer name
+
+
+@dataclass(frozen=True)
+class Rule:
+    fn: Callable[[Builder, Layer], Any]
+    min_opset: int = FLOOR
+
+
+def _float(t: str) -> str:
+    return "float32" if t.startswith("float") else t
+
+
+# -- activations -----------------------------------------------------------------------------
+def _gelu(b: Builder, x: str, a: Mapping[str, Any]) -> str:
+    approx = a.get("approximate", False)
+    if b.opset >= 20:
+        return b.op("Gelu", [x], approximate="tanh" if approx else "none")
+    if approx:  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        cube = b.op("Mul", [b.op("Mul", [x, x]), x])
+        inner = b.op("Add", [x, b.op("Mul", [cube, b.const(0.044715)])])
+        t = b.op("Tanh", [b.op("Mul", [inner, b.const(math.sqrt(2.0 / math.pi))])])
+    else:  # 0.5 x (1 + erf(x / sqrt 2))
+        t = b.op("Erf", [b.op("Mul", [x, b.const(1.0 / math.sqrt(2.0))])])
+    return b.op("Mul", [b.op("Mul", [x, b.const(0.5)]), b.op("Add", [t, b.const(1.0)])])
+
+
+ACTIVATIONS: dict[str, Callable[[Builder, str, Mapping[str, Any]], str]] = {
+    "relu": lambda b, x, a: b.op("Relu", [x]),
+    "gelu": _gelu,
+    "sigmoid": lambda b, x, a: b.op("Sigmoid", [x]),
+    "tanh": lambda b, x, a: b.op("Tanh", [x]),
+    "softmax": lambda b, x, a: b.op("Softmax", [x], axis=a.get("axis", -1)),
+    "log_softmax": lambda b, x, a: b.op("LogSoftmax", [x], axis=a.get("axis", -1)),
+    "silu": lambda b, x, a: b.op("Mul", [x, b.op("Sigmoid", [x])]),
+    "elu": lambda b, x, a: b.op("Elu", [x], alpha=a.get("alpha", 1.0)),
+    "leaky_relu": lambda b, x, a: b.op("LeakyRelu", [x], alpha=a.get("alpha", 0.01)),
+    "softplus": lambda b, x, a: b.op("Softplus", [x]),
+}
+
+
+def _activation(op: str) -> Rule:
+    return Rule(lambda b, layer: ACTIVATIONS[op](b, layer.ins[0], layer.attrs))
+
+
+def affine(b: Builder, x: str, kernel: str, bias: str | None, act: str | None) -> str:
+    """``act(x @ kernel + bias)`` on the last axis (dense, tied_dense, merged adapters)."""
+    y = b.op("MatMul", [x, kernel])
+    if bias is not None:
+        y = b.op("Add", [y, bias])
+    return y if act is None else ACTIVATIONS[act](b, y, {})
+
+
+def _dense(b: Builder, layer: Layer) -> str:
+    bias = layer.param("bias") if "bias" in layer.arrays else None
+    return affine(b, layer.ins[0], layer.param("kernel"), bias, layer.attrs["activation"])
+
+
+def _adapter(b: Builder, layer: Layer) -> str:
+    """A dora/lora layer exported merged: one dense kernel ``(K + s*A@B) * (m/c)``
+    (DoRA) or ``K + s*A@B`` (LoRA) computed at export time, bias unchanged."""
+    arrays = {k: np.asarray(v, np.float32) for k, v in layer.arrays.items()}
+    try:
+        W = merged_kernel(layer.op, arrays, layer.attrs)
+    except RuleError as e:  # a zero-norm DoRA column
+        raise GraphDSLError(e.what, layer=layer.name, op=layer.op, fix=e.fix,
+                            where=layer.node.where if layer.node else None) from None
+    kernel = b.weight(W, f"{layer.attrs['base'] or layer.name}.kernel")
+    bias = layer.param("bias") if "bias" in layer.arrays else None
+    return affine(b, layer.ins[0], kernel, bias, layer.attrs["activation"])
+
+
+def _along(b: Builder, v: str, rank: int, axis: int) -> str:
+    """A vector ``v`` reshaped to broadcast along ``axis`` of a rank-``rank`` tensor."""
+    if axis == rank - 1:
+        return v
+    return b.op("Reshape", [v, b.ints([-1] + [1] * (rank - 1 - axis))])
+
+
+def _layer_norm(b: Builder, layer: Layer) -> str:
+    x, rank = layer.ins[0], len(layer.shape)
+    ax, eps = layer.attrs["axis"] % rank, layer.attrs["epsilon"]
+    gamma = layer.param("gamma") if "gamma" in layer.arrays else None
+    beta = layer.param("beta") if "beta" in layer.arrays else None
+    if b.opset >= 17 and ax == rank - 1:
+        if gamma is None:
+            gamma = b.const(np.ones(layer.shape[ax], np.float32))
+        return b.op("LayerNormalization", [x, gamma] + ([beta] if beta else []),
+                    axis=-1, epsilon=eps)
+    xc = b.op("Sub", [x, b.reduce("ReduceMean", x, [ax])])
+    var = b.reduce("ReduceMean", b.op("Mul", [xc, xc]), [ax])
+    y = b.op("Div", [xc, b.op("Sqrt", [b.op("Add", [var, b.const(eps)])])])
+    if gamma is not None:
+        y = b.op("Mul", [y, _along(b, gamma, rank, ax)])
+    if beta is not None:
+        y = b.op("Add", [y, _along(b, beta, rank, ax)])
+    return y
+
+
+def _rms_norm(b: Builder, layer: Layer) -> str:
+    """gamma * (x * 1/sqrt(mean(x^2) + eps)), the NumPy kernel's order of operations
+    (RMSNormalization needs opset 23; this form runs everywhere)."""
+    x, rank = layer.ins[0], len(layer.shape)
+    ax = layer.attrs["axis"] % rank
+    ms = b.op("Add", [b.reduce("ReduceMean", b.op("Mul", [x, x]), [ax]),
+                      b.const(layer.attrs["epsilon"])])
+    y = b.op("Mul", [x, b.op("Reciprocal", [b.op("Sqrt", [ms])])])
+    return b.op("Mul", [_along(b, layer.param("gamma"), rank, ax), y])
+
+
+def _variadic(op_type: str) -> Rule:
+    def fn(b: Builder, layer: Layer) -> str:
+        xs = [b.cast(x, t, layer.dtype) for x, t in zip(layer.ins, layer.in_dtypes)]
+        y = xs[0]
+        for x in xs[1:]:
+            y = b.op(op_type, [y, x])
+        return y
+    return Rule(fn)
+
+
+def _concatenate(b: Builder, layer: Layer) -> str:
+    xs = [b.cast(x, t, layer.dtype) for x, t in zip(layer.ins, layer.in_dtypes)]
+    return b.op("Concat", xs, axis=layer.attrs["axis"])
+
+
+def _reshape(b: Builder, layer: Layer) -> str:
+    # graphdsl's None keeps the input's size at that axis: ONNX's 0 (allowzero=0)
+    target = [0 if d is None else d for d in layer.attrs["shape"]]
+    return b.op("Reshape", [layer.ins[0], b.ints(target)])
+
+
+def _transpose(b: Builder, layer: Layer) -> str:
+    rank = len(layer.in_shapes[0])
+    axes = layer.attrs["axes"]
+    perm = list(reversed(range(rank))) if axes is None else [a % rank for a in axes]
+    return b.op("Transpose", [layer.ins[0]], perm=perm)
+
+
+def _matmul(b: Builder, layer: Layer) -> str:
+    xs = [b.cast(x, t, "float32") for x, t in zip(layer.ins, layer.in_dtypes)]
+    return b.op("MatMul", xs)
+
+
+def _scalar(b: Builder, v: str) -> str:
+    return b.op("Reshape", [v, b.const(np.zeros(0, np.int64), "int64")])
+
+
+# -- transformer ops -----------------------------------------------------------------------------
+def _attention(b: Builder, layer: Layer) -> str:
+    """softmax(q k^T * scale, masked) v. Grouped-query k/v heads are never repeated: the
+    queries are viewed as [b, kv, heads/kv, n, d] against k/v [b, kv, 1, m, d]."""
+    q, k, v = layer.ins[:3]
+    qs, ks = layer.in_shapes[0], layer.in_shapes[1]
+    h, kvh, d = b.dim(q, 1, qs[1]), b.dim(k, 1, ks[1]), b.dim(q, 3, qs[3])
+    m = b.dim(k, 2, ks[2])
+    grouped = qs[1] is None or ks[1] is None or qs[1] != ks[1]
+    if grouped:
+        rep = b.op("Div", [h, kvh])
+        q = b.op("Reshape", [q, b.op("Concat", [b.ints([0]), kvh, rep, b.ints([-1]), d],
+                                     axis=0)])
+        k, v = b.unsqueeze(k, [2]), b.unsqueeze(v, [2])
+    perm = [0, 1, 2, 4, 3] if grouped else [0, 1, 3, 2]
+    s = b.op("MatMul", [q, b.op("Transpose", [k], perm=perm)])
+    scale = layer.attrs["scale"]
+    if scale is None and qs[3] is not None:
+        scale = qs[3] ** -0.5
+    sc = b.const(scale) if scale is not None else b.op("Reciprocal", [b.op(
+        "Sqrt", [b.op("Cast", [_scalar(b, d)], to=TensorProto.FLOAT)])])
+    s = b.op("Mul", [s, sc])
+    if grouped:
+        s = b.op("Reshape", [s, b.op("Concat", [b.ints([0]), h, b.ints([-1]), m], axis=0)])
+    keep = _keep_mask(b, layer, m)
+    if keep is not None:
+        low = b.const(np.finfo(np.float32).min)
+        s = b.op("Where", [keep, s, low])
+    p = b.op("Softmax", [s], axis=-1)
+    if grouped:
+        p = b.op("Reshape", [p, b.op("Concat", [b.ints([0]), kvh, rep, b.ints([-1]), m],
+                                     axis=0)])
+    y = b.op("MatMul", [p, v])
+    if grouped:
+        y = b.op("Reshape", [y, b.op("Concat", [b.ints([0]), h, b.ints([-1]), d], axis=0)])
+    return y
+
+
+def _keep_mask(b: Builder, layer: Layer, m: str) -> str | None:
+    """The boolean keep-mask (None: keep all) as the NumPy kernel's attention_keep."""
+    keep = None
+    if len(layer.ins) > 3:
+        mask, t = layer.ins[3], layer.in_dtypes[3]
+        zero = b.const(0, "int64") if t.startswith("int") else b.const(0.0)
+        mask = b.cast(mask, t, "int64" if t.startswith("int") else "float32")
+        keep = b.op("Not", [b.op("Equal", [mask, zero])])
+    if layer.attrs["causal"]:
+        n = _scalar(b, b.dim(layer.ins[0], 2, layer.in_shapes[0][2]))
+        ms = _scalar(b, m)
+        zero, one = b.const(0, "int64"), b.const(1, "int64")
+        i = b.op("Add", [b.op("Range", [zero, n, one]), b.op("Sub", [ms, n])])
+        i = b.unsqueeze(i, [1])
+        j = b.unsqueeze(b.op("Range", [zero, ms, one]), [0])
+        vis = b.op("LessOrEqual", [j, i])
+        if layer.attrs["window"] is not None:
+            near = b.op("Less", [b.op("Sub", [i, j]), b.const(layer.attrs["window"], "int64")])
+            vis = b.op("And", [vis, near])
+        keep = vis if keep is None else b.op("And", [keep, vis])
+    return keep
+
+
+def _rotary(b: Builder, layer: Layer) -> str:
+    x, pos = layer.ins
+    d_static = layer.in_shapes[0][3]
+    if d_static is not None:  # the NumPy kernel's float32 inverse frequencies, exactly
+        d = d_static
+        inv = b.const(1.0 / (layer.attrs["theta"] ** (np.arange(0, d, 2, dtype=np.float32)
+                                                      / d)))
+        half = b.ints([d // 2])
+    else:
+        d = b.dim(x, 3)
+        df = b.op("Cast", [_scalar(b, d)], to=TensorProto.FLOAT)
+        idx = b.op("Cast", [b.op("Range", [b.const(0, "int64"), _scalar(b, d),
+                                           b.const(2, "int64")])], to=TensorProto.FLOAT)
+        inv = b.op("Reciprocal", [b.op("Pow", [b.const(layer.attrs["theta"]),
+                                               b.op("Div", [idx, df])])])
+        half = b.op("Div", [d, b.ints([2])])
+    posf = b.op("Cast", [pos], to=TensorProto.FLOAT)
+    ang = b.op("Mul", [b.unsqueeze(posf, [-1]), inv])  # [batch, seq, d/2]
+
+    def full(t: str) -> str:  # [batch, 1, seq, d]
+        return b.unsqueeze(b.op("Concat", [t, t], axis=-1), [1])
+
+    cos, sin = full(b.op("Cos", [ang])), full(b.op("Sin", [ang]))
+    lo, hi = b.slice(x, 0, half, -1), b.slice(x, half, None, -1)
+    rot = b.op("Concat", [b.op("Neg", [hi]), lo], axis=-1)
+    return b.op("Add", [b.op("Mul", [x, cos]), b.op("Mul", [rot, sin])])
+
+
+def _positions(b: Builder, layer: Layer) -> str:
+    x = layer.ins[0]
+    rank = len(layer.in_shapes[0])
+    ax = layer.attrs["axis"] % rank
+    n = _scalar(b, b.dim(x, ax, layer.in_shapes[0][ax]))
+    off = layer.attrs["offset"]
+    r = b.op("Range", [b.const(off, "int64"), b.op("Add", [n, b.const(off, "int64")]),
+                       b.const(1, "int64")])
+    lead = b.slice(b.op("Shape", [x]), 0, ax + 1, 0)
+    return b.op("Expand", [r, lead])
+
+
+def _tied_dense(b: Builder, layer: Layer) -> str:
+    bias = layer.param("bias") if "bias" in layer.arrays else None
+    kt = b.op("Transpose", [layer.param("kernel")], perm=[1, 0])
+    return affine(b, layer.ins[0], kt, bias, None)
+
+
+# -- sources and plumbing ---------------------------------------------------------------------
+def _input(b: Builder, layer: Layer) -> str:
+    """A graph input: ints stay as declared; float64 inputs are computed in float32."""
+    return b.cast(layer.ins[0], layer.dtype, "float32") if layer.dtype == "float64" \
+        else layer.ins[0]
+
+
+def _full_like(b: Builder, layer: Layer) -> str:
+    t = _float(layer.dtype)
+    value = helper.make_tensor("value", ELEM[t], [1], [layer.attrs["value"]])
+    return b.op("ConstantOfShape", [b.op("Shape", [layer.ins[0]])], value=value)
+
+
+def _custom(b: Builder, layer: Layer) -> str:
+    a = layer.attrs
+    found = onnx_rule_for(a["fn"])
+    fn_name = a["fn_name"] or getattr(a["fn"], "__name__", "fn")
+    if found is None:
+        raise GraphDSLError(
+            f"custom layer {layer.name!r} (function {fn_name!r}) has no ONNX rule, so it "
+            "cannot be exported", layer=layer.name, op="custom",
+            where=layer.node.where if layer.node else None,
+            fix=f"register one before exporting: @gd.register_onnx_rule({fn_name}) on "
+                f"def rule(b, *inputs, **opts) returning b.op('OnnxOp', [...]) (see "
+                "gd.register_onnx_rule)")
+    out = found[0](b, *layer.ins, **a["opts"])
+    if not isinstance(out, str):
+        raise GraphDSLError(f"the ONNX rule of custom layer {layer.name!r} returned "
+                            f"{type(out).__name__}, not a tensor name", layer=layer.name,
+                            op="custom", fix="return the name b.op(...) gives")
+    return out
+
+
+def custom_min_opset(fn: Any) -> int:
+    """The ``min_opset`` a custom layer's registered rule declares (FLOOR if none)."""
+    found = onnx_rule_for(fn)
+    return FLOOR if found is None else found[1]
+
+
+RULES: dict[str, Rule] = {
+    "input": Rule(_input),
+    "constant": Rule(lambda b, layer: b.weight(layer.attrs["value"], layer.name)),
+    "param": Rule(lambda b, layer: layer.param("value")),
+    "custom": Rule(_custom),
+    "container": Rule(lambda b, layer: list(layer.ins)),
+    "optional": Rule(lambda b, layer: layer.ins[0] if layer.ins[0] is not None
+                     else layer.ins[1]),
+    "full_like": Rule(_full_like),
+    "dense": Rule(_dense),
+    "dropout": Rule(lambda b, layer: layer.ins[0]),  # inference: the identity
+    "layer_norm": Rule(_layer_norm),
+    "embedding": Rule(lambda b, layer: b.op("Gather", [layer.param("kernel"), layer.ins[0]],
+                                            axis=0)),
+    "add": _variadic("Add"),
+    "subtract": _variadic("Sub"),
+    "multiply": _variadic("Mul"),
+    "concatenate": Rule(_concatenate),
+    "reshape": Rule(_reshape),
+    "flatten": Rule(lambda b, layer: b.op("Flatten", [layer.ins[0]], axis=1)),
+    "transpose": Rule(_transpose),
+    "matmul": Rule(_matmul),
+    "attention": Rule(_attention),
+    "rms_norm": Rule(_rms_norm),
+    "rotary_embedding": Rule(_rotary),
+    "slice": Rule(lambda b, layer: b.slice(layer.ins[0], layer.attrs["start"],
+                                           layer.attrs["stop"], layer.attrs["axis"])),
+    "positions": Rule(_positions),
+    "tied_dense": Rule(_tied_dense),
+    **{op: _activation(op) for op in ACTIVATIONS},
+    **{op: Rule(_adapter) for op in adapter_ops()},  # dora, lora: exported merged
+}
+
+
+__all__ = ["ACTIVATIONS", "FLOOR", "Layer", "RULES", "Rule", "affine", "custom_min_opset"]
