@@ -15,6 +15,7 @@ from .. import models
 from ..errors import GraphDSLError, StateError
 from ..graph import Graph, analyze
 from ..io.archive import atomic_writer
+from ..io.weights import ST_DTYPES
 from ..node import Node
 from ..state import ModelState
 
@@ -126,14 +127,42 @@ def _read_safetensors(folder: str) -> dict[str, np.ndarray]:
 
 
 def read_safetensors_file(path: str) -> dict[str, np.ndarray]:
-    """``{key: array}`` of one ``.safetensors`` file, read with NumPy only (no torch)."""
+    """``{key: array}`` of one ``.safetensors`` file, read with NumPy only (no torch).
+    bfloat16 tensors (most published LLM checkpoints) are widened to float32 exactly,
+    whether or not a NumPy bfloat16 type (ml_dtypes) happens to be importable."""
     from safetensors.numpy import load_file
 
     try:
-        return load_file(path)
-    except Exception as e:  # a damaged file or a dtype NumPy lacks (bfloat16)
-        raise GraphDSLError(f"cannot read {os.path.basename(path)}: {type(e).__name__}: {e}",
-                            fix="save the weights in float32 (or float16)") from None
+        tensors = load_file(path)
+    except Exception as e:  # a damaged file, or bfloat16 that NumPy cannot represent
+        try:
+            return _read_widening_bf16(path)
+        except Exception:
+            raise GraphDSLError(f"cannot read {os.path.basename(path)}: "
+                                f"{type(e).__name__}: {e}",
+                                fix="the file is damaged; save the weights again") from None
+    return {k: v.astype(np.float32) if v.dtype.name == "bfloat16" else v
+            for k, v in tensors.items()}
+
+
+def _read_widening_bf16(path: str) -> dict[str, np.ndarray]:
+    """The safetensors layout read by hand (8-byte header length, JSON header, data), with
+    BF16 widened to float32: its 16 bits are the high half of a float32."""
+    with open(path, "rb") as fh:
+        blob = fh.read()
+    n = int.from_bytes(blob[:8], "little")
+    header, base, out = json.loads(blob[8:8 + n]), 8 + n, {}
+    for key, v in header.items():
+        if key == "__metadata__":
+            continue
+        lo, hi = v["data_offsets"]
+        raw = blob[base + lo:base + hi]
+        if v["dtype"] == "BF16":
+            arr = (np.frombuffer(raw, "<u2").astype("<u4") << 16).view("<f4")
+        else:
+            arr = np.frombuffer(raw, np.dtype(ST_DTYPES[v["dtype"]]).newbyteorder("<")).copy()
+        out[key] = arr.reshape(v["shape"])
+    return out
 
 
 def from_pretrained(folder: str) -> tuple[Node, ModelState]:
