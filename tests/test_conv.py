@@ -95,7 +95,7 @@ def test_conv2d_equals_torch_conv2d_and_dynamic_sizes(rng):
     K, b = st.data["c"]["kernel"], st.data["c"]["bias"]
     ref = F.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2),
                    torch.from_numpy(np.ascontiguousarray(K.transpose(3, 2, 0, 1))),
-                   torch.from_numpy(np.asarray(b)), stride=2, padding=1).permute(0, 2, 3, 1)
+                   torch.tensor(np.asarray(b)), stride=2, padding=1).permute(0, 2, 3, 1)
     for out in run_all(model, st, x):
         np.testing.assert_allclose(out, ref.numpy(), rtol=1e-4, atol=1e-5)
 
@@ -218,7 +218,7 @@ def test_conv_gradients_match_torch(rng):
     mod(x).square().sum().backward()
     W = torch.tensor(np.asarray(st.data["c"]["kernel"]).transpose(3, 2, 0, 1).copy(),
                      requires_grad=True)
-    F.conv2d(x.permute(0, 3, 1, 2), W, torch.from_numpy(np.asarray(st.data["c"]["bias"])),
+    F.conv2d(x.permute(0, 3, 1, 2), W, torch.tensor(np.asarray(st.data["c"]["bias"])),
              padding=1).square().sum().backward()
     np.testing.assert_allclose(mod.c.kernel.grad.numpy(),
                                W.grad.permute(2, 3, 1, 0).numpy(), rtol=1e-4, atol=1e-4)
