@@ -14,6 +14,7 @@ from . import (  # noqa: F401  (gd.display.as_table, as_graph, to_dot, render)
     display,
     dora,
     lora,
+    windows,
 )
 from . import ops as _ops  # noqa: F401  (registers the ops)
 from .adapters import adapter_state, attach_adapters, merge_adapters
@@ -24,6 +25,15 @@ from .graph import get_inputs, get_op_counts, get_output_shape, get_parameters, 
 from .io import from_json, load, load_adapters, save, save_adapters, to_json
 from .node import Node
 from .nx import to_networkx
+from .ops.conv import (
+    avg_pool,
+    batch_norm,
+    conv,
+    global_avg_pool,
+    global_max_pool,
+    group_norm,
+    max_pool,
+)
 from .ops.core import constant, container, full_like, input, layer, optional, param
 from .ops.nn import (
     activation,
@@ -84,6 +94,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GraphDSLError", "ModelState", "Node", "OPS", "activation", "adapter_state", "add",
+    "avg_pool", "batch_norm", "conv", "global_avg_pool", "global_max_pool", "group_norm",
+    "max_pool",
     "attach_adapters", "build", "dora", "lora", "merge_adapters",
     "concatenate", "constant", "container", "dense", "dropout", "elu", "embedding",
     "flatten", "freeze", "full_like", "optional", "gelu", "get_inputs", "get_op_counts",

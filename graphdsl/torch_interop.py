@@ -164,6 +164,8 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
         if spec.kind == "state":
             u64 = value.dtype == np.uint64
             t = torch.tensor(value.view(np.int64) if u64 else value, device=dev)
+            if t.is_floating_point():  # running statistics (batch_norm) in the module dtype
+                t = t.to(tdtype)
             _register(h, owner, name, t, "buffer")
             entries.append((owner, name, "state", u64))
         else:

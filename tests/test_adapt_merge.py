@@ -175,15 +175,15 @@ def test_attach_adapters_validates():
 
 def test_adapt_errors():
     base = transformer_block()
-    with pytest.raises(gd.GraphDSLError, match="match no dense layer") as e:
+    with pytest.raises(gd.GraphDSLError, match="match no adaptable layer") as e:
         dora.adapt(base, r"encoder_.*")
     assert "attn_q" in e.value.fix and "mlp_down" in e.value.fix
     assert "test_adapt_merge.py" in e.value.where
-    with pytest.raises(gd.GraphDSLError, match="match no dense layer"):
+    with pytest.raises(gd.GraphDSLError, match="match no adaptable layer"):
         dora.adapt(base, lambda n: False)
     with pytest.raises(gd.GraphDSLError, match="'ln' is a layer_norm layer, not dense"):
         dora.adapt(base, ["attn_q", "ln"])
-    with pytest.raises(gd.GraphDSLError, match="'attn_z' matches no dense layer") as e:
+    with pytest.raises(gd.GraphDSLError, match="'attn_z' matches no adaptable layer") as e:
         dora.adapt(base, ["attn_z"])
     assert "attn_q" in e.value.fix
     with pytest.raises(gd.GraphDSLError, match="not a valid regex"):

@@ -24,7 +24,8 @@ def test_every_adapter_op_declares_a_merge_and_the_contract_knows_it():
     node = dora.wrap(x, gd.dense(x, OUT, name="fc"), rank=R, name="ad")
     owned = sorted(s.name for s in node.params if contract.owns(node, s))
     assert owned == ["A", "B", "magnitude"]
-    assert contract.dense_options(node)["units"] == OUT
+    op, attrs = contract.base_options(node)
+    assert op == "dense" and attrs["units"] == OUT
 
 
 def _cancelling_state(model, gap):

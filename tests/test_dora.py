@@ -284,7 +284,8 @@ def test_wrap_errors():
     orig = gd.dense(x, 7, name="attn")
     with pytest.raises(gd.GraphDSLError, match="name it"):
         dora.wrap(x, gd.dense(x, 7))
-    with pytest.raises(gd.GraphDSLError, match="needs a dense layer, got a relu") as e:
+    with pytest.raises(gd.GraphDSLError,
+                       match="needs a dense, conv or embedding layer, got a relu") as e:
         dora.wrap(x, gd.relu(orig, name="r"))
     assert "gd.dense" in e.value.fix
     with pytest.raises(gd.GraphDSLError, match="already an adapter"):
@@ -294,7 +295,7 @@ def test_wrap_errors():
     assert "output_size=7" in e.value.fix and "test_dora.py" in e.value.where
     with pytest.raises(gd.GraphDSLError, match="kernel of shape"):
         dora.wrap(gd.input("z", (None, 5)), orig)
-    with pytest.raises(gd.GraphDSLError, match="original must be the dense layer"):
+    with pytest.raises(gd.GraphDSLError, match="original must be the layer to wrap"):
         dora.wrap(x, "attn")
     assert dora.wrap(x, orig, output_size=7).shape == (None, 7)
 

@@ -106,7 +106,7 @@ def test_a_list_target_matches_the_name_or_its_last_segments_like_peft():
     assert sorted(k for k, v in ops.items() if v == "dora") == [
         "model.layers.0.self_attn.q_proj_dora", "model.layers.1.self_attn.q_proj_dora",
         "model.layers.1.self_attn.v_proj_dora"]
-    with pytest.raises(gd.GraphDSLError, match="matches no dense layer"):
+    with pytest.raises(gd.GraphDSLError, match="matches no adaptable layer"):
         dora.adapt(h, targets=["k_proj"], rank=2)
-    with pytest.raises(gd.GraphDSLError, match="matches no dense layer"):
+    with pytest.raises(gd.GraphDSLError, match="matches no adaptable layer"):
         dora.adapt(h, targets=["proj"], rank=2)  # a partial segment is no match

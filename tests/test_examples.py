@@ -73,3 +73,21 @@ def test_llm_dora_quick(tmp_path):
     for name in ("llm_loss.png", "llm_decomposition.png", "dora_adapter/adapter_config.json",
                  "merged/config.json"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+def test_cnn_dora_quick(tmp_path):
+    pytest.importorskip("torch")
+    pytest.importorskip("sklearn")
+    r = run("examples/cnn_dora.py", "--quick", "--out", str(tmp_path))
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    # the merged model (plain convs + dense, no adapter left) served by NumPy equals torch
+    assert res["numpy_vs_torch_max_abs"] < 1e-4
+    assert "dora" not in res["merged_ops"] and res["merged_ops"]["conv"] == 3
+    assert res["merged_numpy_rotated"] == pytest.approx(res["dora_rotated"], abs=0.01)
+    # rotation breaks the pretrained net; DoRA recovers far above it with few parameters
+    assert res["pretrained_upright"] > 0.8 and res["pretrained_rotated"] < 0.5
+    assert res["dora_rotated"] > res["pretrained_rotated"] + 0.3
+    assert res["trainable_fraction"] < 0.2
+    for name in ("summary.md", "model_dora.mmd", "cnn_merged.gdsl"):
+        assert (tmp_path / name).stat().st_size > 0

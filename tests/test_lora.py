@@ -94,7 +94,7 @@ def test_surface_and_errors():
     assert gd.get_output_shape(y, (3, 8)) == (3, 5)
     with pytest.raises(gd.GraphDSLError, match="has no option"):
         make_node("lora", [x], {"units": 3, "eps": 1e-3}, "bad")  # eps is DoRA-only
-    with pytest.raises(gd.GraphDSLError, match="needs a dense layer"):
+    with pytest.raises(gd.GraphDSLError, match="needs a dense, conv or embedding layer"):
         lora.wrap(x, gd.tanh(x))
     with pytest.raises(gd.GraphDSLError, match="no explicit name"):
         lora.wrap(x, gd.dense(x, 3))

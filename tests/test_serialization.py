@@ -108,6 +108,22 @@ CASES.update({  # the transformer ops
     "tied_dense": _tied_model,
 })
 
+
+def _img(c=3):
+    return gd.input("img", (None, 6, 5, c))
+
+
+CASES.update({  # the convolutional ops
+    "conv": lambda: gd.conv(_img(4), 6, (3, 2), strides=(2, 1), padding=[(1, 1), (0, 1)],
+                            kernel_dilation=(1, 2), feature_group_size=2, activation="relu"),
+    "max_pool": lambda: gd.max_pool(_img(), 2, strides=1, padding="same"),
+    "avg_pool": lambda: gd.avg_pool(gd.input("img", (None, 3, 6, 5)), 2, channels="first"),
+    "global_avg_pool": lambda: gd.global_avg_pool(_img(), keep_axes=True),
+    "global_max_pool": lambda: gd.global_max_pool(_img()),
+    "batch_norm": lambda: gd.batch_norm(_img(), momentum=0.2, epsilon=1e-3, name="bn"),
+    "group_norm": lambda: gd.group_norm(_img(4), 2, name="gn"),
+})
+
 EXTRA = {  # more shapes of the same ops
     "dora_layer_eps": lambda: dora.dora_layer(_x(), 6, 3, rank=2, eps=1e-6, use_bias=True,
                                               activation="tanh", name="dl"),

@@ -143,6 +143,29 @@ CASES.update({
 })
 
 
+def _bn_tweak(st):
+    st.data["bn"].update(mean=_f(4), var=np.abs(_f(4)) + 0.5, gamma=_f(4), beta=_f(4))
+
+
+_IMG = (None, 7, 6, 4)
+CASES.update({  # the convolutional ops (their reference tests: tests/test_conv.py)
+    "conv": _simple(lambda: gd.conv(_x(_IMG), 6, 3, strides=(2, 1), padding="same",
+                                    feature_group_size=2, activation="relu"),
+                    lambda: {"x": _f(3, 7, 6, 4)}),
+    "max_pool": _simple(lambda: gd.max_pool(_x(_IMG), 3, strides=2, padding="same"),
+                        lambda: {"x": _f(3, 7, 6, 4)}),
+    "avg_pool": _simple(lambda: gd.avg_pool(_x(_IMG), 2, padding=[(1, 0), (0, 1)]),
+                        lambda: {"x": _f(3, 7, 6, 4)}),
+    "global_avg_pool": _simple(lambda: gd.global_avg_pool(_x(_IMG)),
+                               lambda: {"x": _f(3, 7, 6, 4)}),
+    "global_max_pool": _simple(lambda: gd.global_max_pool(_x(_IMG), keep_axes=True),
+                               lambda: {"x": _f(3, 7, 6, 4)}),
+    "batch_norm": lambda: (gd.batch_norm(_x(_IMG), name="bn"), {"x": _f(3, 7, 6, 4)},
+                           _bn_tweak),
+    "group_norm": _simple(lambda: gd.group_norm(_x(_IMG), 2), lambda: {"x": _f(3, 7, 6, 4)}),
+})
+
+
 def _np(y):
     if isinstance(y, dict):
         return {k: _np(v) for k, v in y.items()}

@@ -148,13 +148,18 @@ def _layer_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.nda
     return y
 
 
-def _embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
-    ids = ins[0]
-    if ids.size and (ids.min() < 0 or ids.max() >= a["vocab_size"]):
-        raise RuleError(f"token ids must lie in [0, {a['vocab_size']}), got values in "
+def embed(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """Rows of ``table [vocab, d]`` at integer ``ids (...)`` -> ``(..., d)``; an id outside
+    ``[0, vocab)`` is an InputError."""
+    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
+        raise RuleError(f"token ids must lie in [0, {table.shape[0]}), got values in "
                         f"[{ids.min()}, {ids.max()}]",
                         "check the tokenizer, or raise vocab_size", InputError)
-    return np.take(p["kernel"], ids, axis=0)
+    return np.take(table, ids, axis=0)
+
+
+def _embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
+    return embed(ins[0], p["kernel"])
 
 
 def _constant(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:

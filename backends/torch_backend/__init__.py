@@ -24,7 +24,7 @@ from graphdsl.arrays import as_numpy
 from graphdsl.errors import BackendError, InputError
 
 from ..base import Backend, plan_runner, state_fetch
-from . import adapters, kernels
+from . import adapters, conv, kernels
 from .adapters import dora_column_norm_sq
 from .kernels import ACTIVATIONS, TorchContext, apply_activation, compiling
 
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from graphdsl.compiler import Plan
 
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-KERNELS: dict[str, Callable] = {**kernels.KERNELS, **adapters.KERNELS}
+KERNELS: dict[str, Callable] = {**kernels.KERNELS, **conv.KERNELS, **adapters.KERNELS}
 
 
 def register_kernel(op: str, kernel: Callable) -> None:
@@ -92,7 +92,7 @@ class TorchBackend(Backend):
         dev = resolve_device(device)
         dtype = _TORCH_DTYPES[plan.dtype]
         def convert(arr: Any, ref: Any) -> Any:  # RNG keys stay NumPy scalars
-            if ref.kind == "state":
+            if ref.kind == "state" and ref.dtype == "uint64":
                 return arr
             return state_tensor(arr, dev, _TORCH_DTYPES.get(ref.dtype, dtype))
 

@@ -1,5 +1,7 @@
 """PyTorch kernels of the adapter ops ``dora`` and ``lora`` (PEFT's math in Axon's
 layout: K [in, out], A [in, r], B [r, out], magnitude [out]); x (..., in) -> (..., out).
+On conv and embedding layers (:func:`_conv_or_embedding`): PEFT's Conv/Embedding LoRA and
+DoRA, the norm taken on the flat kernel ``[fan_in, out]``.
 """
 from __future__ import annotations
 
@@ -7,12 +9,14 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from graphdsl.adapters._math import ZERO_NORM_ULPS
-from graphdsl.adapters.contract import base_kernel
+from graphdsl.adapters.contract import base_kernel, flat_A, flat_kernel, layer_of
 from graphdsl.registry import OPS
 
 from ..base import KernelContext
+from .conv import conv_first, from_first, to_first, torch_weight
 from .kernels import apply_activation, compiling, drop, fail, linear
 
 
@@ -129,6 +133,8 @@ def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     """DoRA: ``y = (m/c) * (x@K + s*(x@A)@B) + b``, c the column norm of K + s*A@B
     (detached unless ``detach_norm=False``); with dropout in training, PEFT's form
     ``y = x@K + b + (m/c - 1)*(xd@K) + (m/c)*s*(xd@A)@B``. x (..., in) -> (..., out)."""
+    if layer_of(a) != "dense":
+        return _conv_or_embedding(ins, p, a, ctx, p["magnitude"])
     x = ins[0]
     K, b, A, B = _adapter_params(p)
     m = p["magnitude"]
@@ -176,6 +182,8 @@ def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
 
 def _lora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     """LoRA: ``y = x@K + b + s*(dropout(x)@A)@B``; x (..., in) -> (..., out)."""
+    if layer_of(a) != "dense":
+        return _conv_or_embedding(ins, p, a, ctx, None)
     x = ins[0]
     K, b, A, B = _adapter_params(p)
     s = a["scale"]
@@ -188,6 +196,54 @@ def _lora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
         xd, updates = drop(x2, rate, p, ctx)
     y = torch.addmm(linear(x2, K, b), xd @ A, B, alpha=s)
     y = apply_activation(y.reshape(*lead, K.shape[1]), a.get("activation"))
+    return _with_updates(y, ctx, updates)
+
+
+def _norm_ratio(K: torch.Tensor, A: torch.Tensor, B: torch.Tensor, m: torch.Tensor,
+                a: Mapping, ctx: KernelContext) -> torch.Tensor:
+    """``m / c [out]`` with c the column norm of the flat ``K + s*A@B`` (factored: no
+    kernel-sized temporary beyond the flat view of K), detached unless ``detach_norm``
+    is False."""
+    K2, A2 = flat_kernel(K, a), flat_A(A)
+    detach = a.get("detach_norm", True)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
+        AtK = A2.t() @ K2
+        c2, noise = dora_column_norm_sq(A2, B, a["scale"], AtK, _colsum_sq(K2))
+        c = _finish_norm(c2, noise, a.get("eps"), ctx)
+    return m / c
+
+
+def _conv_or_embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
+                       m: torch.Tensor | None) -> Any:
+    """PEFT's LoRA (``m`` None) or DoRA on a conv or an embedding layer:
+    ``y = r * (base(x) + s * B(A(x))) + b`` with ``r = m/c`` (DoRA) or 1; with dropout in
+    training (conv only) ``base(x) + b + (r - 1) * base(xd) + r * s * B(A(xd))``."""
+    x = ins[0]
+    K, b, A, B = _adapter_params(p)
+    s = a["scale"]
+    r = None if m is None else _norm_ratio(K, A, B, m, a, ctx)
+    if layer_of(a) == "embedding":
+        y = F.embedding(x, K) + s * (F.embedding(x, A) @ B)
+        return _with_updates(y if r is None else y * r, ctx, {})
+    ch = a["channels"]
+    xf = to_first(x, ch)
+    updates: dict = {}
+    xd = xf
+    if ctx.training and a.get("dropout", 0.0) > 0.0:
+        xd, updates = drop(xf, a["dropout"], p, ctx)
+    base = conv_first(xf, torch_weight(K, ch), None, a)
+    h = conv_first(xd, torch_weight(A, "last"), None, a)  # A: a conv with the base window
+    low = (h.movedim(1, -1) @ B).movedim(-1, 1)  # B: a 1x1 conv
+    if r is None:
+        y = base + s * low
+    else:
+        rv = r.reshape(-1, *([1] * (base.dim() - 2)))
+        y = base * rv + (s * rv) * low
+        if xd is not xf:
+            y = y + (1 - rv) * (base - conv_first(xd, torch_weight(K, ch), None, a))
+    if b is not None:
+        y = y + b.reshape(-1, *([1] * (y.dim() - 2)))
+    y = from_first(apply_activation(y, a.get("activation")), ch)
     return _with_updates(y, ctx, updates)
 
 

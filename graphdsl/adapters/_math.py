@@ -25,8 +25,9 @@ def lora_scale(alpha: float, rank: int, rslora: bool) -> float:
 
 def lora_uniform(shape: tuple, dtype: np.dtype, rng: np.random.Generator) -> np.ndarray:
     """PEFT's default for A (``kaiming_uniform_(a=sqrt(5))`` on ``[r, in]``):
-    ``U(-1/sqrt(in), 1/sqrt(in))`` for ``A [in, r]``."""
-    bound = 1.0 / math.sqrt(max(1, shape[0]))
+    ``U(-1/sqrt(in), 1/sqrt(in))`` for ``A [in, r]`` (a conv's ``A [*k, in, r]``: fan-in
+    ``prod(k) * in``)."""
+    bound = 1.0 / math.sqrt(max(1, math.prod(shape[:-1])))
     return rng.uniform(-bound, bound, shape).astype(dtype)
 
 

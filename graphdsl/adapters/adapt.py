@@ -13,7 +13,15 @@ from ..errors import GraphDSLError, OptionError, RuleError, StateError, fmt_shap
 from ..graph import Graph, analyze, state_value
 from ..node import Node, caller_location, make_node, rebuild
 from ..state import ModelState
-from .contract import base_kernel, dense_options, is_adapter, merged_kernel, owns, wrap_options
+from .contract import (
+    ADAPTABLE,
+    base_kernel,
+    base_options,
+    is_adapter,
+    merged_kernel,
+    owns,
+    wrap_options,
+)
 
 Targets = str | Iterable[str] | Callable[[Node], bool]
 
@@ -27,15 +35,17 @@ def _keep_name(n: Node, ins: list[Node], name: str, **changes: Any) -> Node:
 
 
 def _dense_names(g: Graph) -> list[str]:
-    return [g.name(n) for n in g.order if n.op == "dense"]
+    """The names of the layers an adapter can wrap (dense, conv, embedding)."""
+    return [g.name(n) for n in g.order if n.op in ADAPTABLE]
 
 
 def adapt(op: str, model: Node, targets: Targets, opts: dict[str, Any],
           modules_to_save: str | Iterable[str] | None = None, where: str | None = None
           ) -> Node:
-    """Rewrite every dense layer matched by ``targets`` into ``op`` wrapping it (named
-    ``"{layer}_{op}"``); freeze every other layer's parameters except ``modules_to_save``.
-    """
+    """Rewrite every dense, conv or embedding layer matched by ``targets`` into ``op``
+    wrapping it (named ``"{layer}_{op}"``); freeze every other layer's parameters except
+    ``modules_to_save`` (state entries such as batch_norm's running statistics are never
+    trainable, so freezing leaves them alone)."""
     where = where or caller_location()
     g = analyze(model)
     dense = _dense_names(g)
@@ -47,7 +57,7 @@ def adapt(op: str, model: Node, targets: Targets, opts: dict[str, Any],
     for n in g.order:
         ins = [new[i.id] for i in n.inputs]
         name = g.name(n)
-        if n.op == "dense":
+        if n.op in ADAPTABLE:
             pinned = _keep_name(n, ins, name)
             if match(pinned):
                 if name in saved:
@@ -74,9 +84,9 @@ def adapt(op: str, model: Node, targets: Targets, opts: dict[str, Any],
             new[n.id] = _keep_name(n, ins, name)
     if not adapted:
         raise GraphDSLError(
-            f"{op}.adapt: targets={_show(targets)} match no dense layer", where=where,
-            fix=f"dense layers in this model: {dense}" if dense else
-                "this model has no dense layer to adapt")
+            f"{op}.adapt: targets={_show(targets)} match no adaptable layer", where=where,
+            fix=f"adaptable (dense, conv, embedding) layers in this model: {dense}" if dense
+                else "this model has no dense, conv or embedding layer to adapt")
     return new[model.id]
 
 
@@ -107,8 +117,8 @@ def _matcher(op: str, targets: Any, g: Graph, dense: list[str], where: str
                 raise GraphDSLError(
                     f"the targets predicate failed on layer {n.name!r}: "
                     f"{type(e).__name__}: {e}", layer=n.name, op="dense", where=where,
-                    fix="the predicate receives a dense node (n.name, n.attrs['units'], "
-                        "n.shape) and returns True to adapt it") from None
+                    fix="the predicate receives a dense, conv or embedding node (n.name, "
+                        "n.op, n.attrs, n.shape) and returns True to adapt it") from None
         return pred
     if isinstance(targets, Iterable):
         names = list(targets)
@@ -117,16 +127,17 @@ def _matcher(op: str, targets: Any, g: Graph, dense: list[str], where: str
                                   where=where, fix=f"dense layers in this model: {dense}")
         by_name = {g.name(n): n for n in g.order}
         for t in names:
-            if t in by_name and by_name[t].op != "dense":
+            if t in by_name and by_name[t].op not in ADAPTABLE:
                 raise GraphDSLError(
-                    f"{op}.adapt: target {t!r} is a {by_name[t].op} layer, not dense",
-                    layer=t, op=by_name[t].op, where=by_name[t].where,
-                    fix=f"adapters wrap dense layers; dense layers in this model: {dense}")
+                    f"{op}.adapt: target {t!r} is a {by_name[t].op} layer, not dense, conv "
+                    "or embedding", layer=t, op=by_name[t].op, where=by_name[t].where,
+                    fix=f"adapters wrap dense, conv and embedding layers; those in this "
+                        f"model: {dense}")
             if not any(_list_match(t, d) for d in dense):
-                raise GraphDSLError(f"{op}.adapt: target {t!r} matches no dense layer of "
+                raise GraphDSLError(f"{op}.adapt: target {t!r} matches no adaptable layer of "
                                     "this model (a name matches itself and every layer "
                                     f"ending in '.{t}')", where=where,
-                                    fix=f"dense layers in this model: {dense}")
+                                    fix=f"adaptable layers in this model: {dense}")
         return lambda n: any(_list_match(t, n.name) for t in names)
     raise OptionError(f"{op}.adapt: targets must be a regex, a list of names or a "
                           f"predicate, got {type(targets).__name__}", where=where,
@@ -172,10 +183,11 @@ def _merged_kernel(n: Node, p: dict[str, np.ndarray], layer: str) -> np.ndarray:
 
 
 def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
-    """Fold every dora/lora layer into a plain dense layer: ``K' = (K + s*A@B) * (m/c)``
-    (DoRA) or ``K + s*A@B`` (LoRA), bias unchanged, activation kept.
+    """Fold every dora/lora layer into a plain layer of the kind it adapts (dense, conv,
+    embedding): ``K' = (K + s*A@B) * (m/c)`` (DoRA) or ``K + s*A@B`` (LoRA) on the flat
+    kernel ``[fan_in, out]``, bias unchanged, activation kept.
 
-    A wrapped layer becomes a dense named like the layer it wrapped (its ``base``); a
+    A wrapped layer becomes a layer named like the one it wrapped (its ``base``); a
     standalone adapter keeps its own name. Returns ``(model, state)`` whose outputs
     equal the adapted model's; the input ``state`` is not modified.
     """
@@ -227,7 +239,8 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
         frozen = {(lay, q) for lay, q in frozen
                   if lay != name or (lay == target and q in entry)}
         names.pop(name, None)
-        new[n.id] = make_node("dense", [ins[0]], dense_options(n), target, frozen=True,
+        base_op, base_attrs = base_options(n)
+        new[n.id] = make_node(base_op, [ins[0]], base_attrs, target, frozen=True,
                               where=n.where)
     return new[model.id], ModelState(data, frozen, names)
 

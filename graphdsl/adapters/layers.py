@@ -8,7 +8,7 @@ from ..errors import GraphDSLError, OptionError, ShapeError, fmt_shape
 from ..node import Node, make_node
 from ..ops.core import input as _input
 from ..shapes import is_int
-from .contract import is_adapter, wrap_options
+from .contract import ADAPTABLE, is_adapter, wrap_options
 
 DEFAULTS = {"rank": 8, "alpha": 16.0}
 
@@ -69,19 +69,20 @@ def build(op: str, input_size: Any, output_size: Any, name: str, opts: dict[str,
 
 def wrap(op: str, x: Any, original: Any, name: str | None, output_size: Any,
          opts: dict[str, Any], where: str) -> Node:
-    """``op`` applied to ``x`` with the frozen kernel/bias of the dense layer ``original``
-    (shared through the ParamSpec owner, so ``state.data[original.name]`` holds them)."""
+    """``op`` applied to ``x`` with the frozen kernel/bias of the dense, conv or embedding
+    layer ``original`` (shared through the ParamSpec owner, so ``state.data[original.name]``
+    holds them)."""
     x = _node_arg(x, "input", op, name, where)
     if not isinstance(original, Node):
         raise GraphDSLError(
-            f"original must be the dense layer to wrap, got {type(original).__name__}",
+            f"original must be the layer to wrap, got {type(original).__name__}",
             layer=name, op=op, where=where,
             fix="pass the node returned by gd.dense(x, units, name='...')")
-    if original.op != "dense":
-        extra = (" (it is already an adapter; wrap the dense layer it came from)"
+    if original.op not in ADAPTABLE:
+        extra = (" (it is already an adapter; wrap the layer it came from)"
                  if is_adapter(original) else "")
         raise GraphDSLError(
-            f"{op}.wrap needs a dense layer, got a {original.op} layer "
+            f"{op}.wrap needs a dense, conv or embedding layer, got a {original.op} layer "
             f"{original.label!r} defined at {original.where}{extra}",
             layer=name, op=op, where=where,
             fix="pass the node returned by gd.dense(...) itself (a fused activation="
@@ -89,30 +90,38 @@ def wrap(op: str, x: Any, original: Any, name: str | None, output_size: Any,
                 f"{op}.{op}_layer(x, input_size, output_size)")
     if original.name is None:
         raise GraphDSLError(
-            f"the dense layer to wrap (defined at {original.where}) has no explicit name; "
+            f"the layer to wrap (defined at {original.where}) has no explicit name; "
             f"the adapter reads its kernel from state.data[<its name>], so the name must "
             "be stable", layer=name, op=op, where=where,
             fix="name it: gd.dense(x, units, name='attn'), or use "
                 f"{op}.adapt(model, targets=...) which names layers for you")
-    units = original.attrs["units"]
+    units = original.shape[-1 if original.attrs.get("channels", "last") == "last" else 1]
     if output_size is not None:
         out = _check_size(output_size, "output_size", op, name, where)
         if out != units:
             raise ShapeError(
-                f"output_size={out} but the wrapped dense {original.name!r} has {units} "
-                "units", layer=name, op=op, where=where,
+                f"output_size={out} but the wrapped {original.op} {original.name!r} has "
+                f"{units} outputs", layer=name, op=op, where=where,
                 shapes={"original": original.shape},
                 fix=f"pass output_size={units}, or leave it out (it is inferred)")
-    n_in = original.params[0].shape[0]
-    if x.shape is None or len(x.shape) < 1 or x.shape[-1] not in (None, n_in):
-        raise ShapeError(
-            f"the input has shape {fmt_shape(x.shape)} but the wrapped dense "
-            f"{original.name!r} has a kernel of shape {fmt_shape(original.params[0].shape)}",
-            layer=name, op=op, where=where,
-            shapes={"input": x.shape, "kernel": original.params[0].shape},
-            fix=f"pass the input the dense layer was applied to (last axis {n_in})")
-    return make_node(op, [x], wrap_options(original, opts),
+    kernel = original.params[0].shape
+    if original.op == "dense" and (x.shape is None or len(x.shape) < 1
+                                   or x.shape[-1] not in (None, kernel[0])):
+        raise _mismatch(op, name, where, x, original)
+    node = make_node(op, [x], wrap_options(original, opts),
                      name if name is not None else f"{original.name}_{op}", where=where)
+    if node.params[0].shape != kernel:
+        raise _mismatch(op, name, where, x, original)
+    return node
+
+
+def _mismatch(op: str, name: str | None, where: str, x: Node, original: Node) -> ShapeError:
+    kernel = original.params[0].shape
+    return ShapeError(
+        f"the input has shape {fmt_shape(x.shape)} but the wrapped {original.op} "
+        f"{original.name!r} has a kernel of shape {fmt_shape(kernel)}",
+        layer=name, op=op, where=where, shapes={"input": x.shape, "kernel": kernel},
+        fix=f"pass the input the {original.op} layer was applied to")
 
 
 def output_size(op: str, value: Any, where: str) -> int:

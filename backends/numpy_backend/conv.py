@@ -1,0 +1,199 @@
+"""NumPy kernels of the convolutional ops (conv, pooling, batch/group norm).
+
+Work happens channels-last (``[N, *spatial, C]``; channels-first inputs are viewed that
+way). conv is im2col: the windows of the padded input are gathered once with
+``sliding_window_view`` into ``[N * out_pixels, prod(kernel) * C]`` and multiplied by
+the kernel ``[prod(kernel) * C, filters]`` in one BLAS call (one batched call per group
+for grouped convs). Pooling loops over the kernel taps (never over output pixels).
+"""
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from graphdsl.errors import RuleError
+from graphdsl.windows import Window, kernel_hwio, window
+
+from ..base import KernelContext
+from .kernels import apply_activation
+
+
+def to_last(x: np.ndarray, channels: str) -> np.ndarray:
+    return x if channels == "last" else np.moveaxis(x, 1, -1)
+
+
+def from_last(y: np.ndarray, channels: str) -> np.ndarray:
+    return y if channels == "last" else np.moveaxis(y, -1, 1)
+
+
+def conv_window(x: np.ndarray, a: Mapping, kernel: Any) -> Window:
+    """The window of ``a`` over channels-last ``x`` [N, *spatial, C]."""
+    return window(x.shape[1:-1], kernel, a)
+
+
+def padded(x: np.ndarray, w: Window, fill: float) -> np.ndarray:
+    """Channels-last ``x`` with its spatial axes dilated and padded (``fill`` in the
+    padding, zeros between dilated elements); ``x`` itself when there is nothing to do."""
+    if all(d == 1 for d in w.input_dilation) and all(p == (0, 0) for p in w.pads):
+        return x
+    dil = [(n - 1) * d + 1 for n, d in zip(x.shape[1:-1], w.input_dilation)]
+    out = np.full((x.shape[0], *[m + lo + hi for m, (lo, hi) in zip(dil, w.pads)],
+                   x.shape[-1]), fill, x.dtype)
+    if any(d > 1 for d in w.input_dilation):
+        inner = tuple(slice(lo, lo + m) for m, (lo, _) in zip(dil, w.pads))
+        out[(slice(None), *inner, slice(None))] = 0
+    idx = tuple(slice(lo, lo + m, d) for m, (lo, _), d in zip(dil, w.pads, w.input_dilation))
+    out[(slice(None), *idx, slice(None))] = x
+    return out
+
+
+def windows_view(xp: np.ndarray, w: Window) -> np.ndarray:
+    """``[N, *out, *kernel, C]``: a strided view of the windows of padded ``xp``."""
+    n = len(w.kernel)
+    spans = [(k - 1) * d + 1 for k, d in zip(w.kernel, w.kernel_dilation)]
+    v = sliding_window_view(xp, spans, axis=tuple(range(1, n + 1)))  # [N, *full, C, *span]
+    v = v[(slice(None), *(slice(None, None, s) for s in w.strides), slice(None),
+           *(slice(None, None, d) for d in w.kernel_dilation))]
+    return np.moveaxis(v, n + 1, -1)
+
+
+def im2col(x: np.ndarray, w: Window) -> tuple[np.ndarray, tuple]:
+    """Channels-last ``x`` -> ``(cols [N * prod(out), prod(kernel) * C], out)``; the
+    column order is (kernel taps, channel), matching ``kernel.reshape(-1, filters)``."""
+    out = tuple(w.out)
+    if all(k == 1 for k in w.kernel) and w.trivial_dilation and all(
+            s == 1 for s in w.strides) and all(p == (0, 0) for p in w.pads):
+        return x.reshape(-1, x.shape[-1]), out  # 1x1 conv: the input is its own im2col
+    v = windows_view(padded(x, w, 0.0), w)
+    return v.reshape(-1, math.prod(w.kernel) * x.shape[-1]), out
+
+
+def conv_matmul(cols: np.ndarray, K: np.ndarray, groups: int) -> np.ndarray:
+    """``cols [M, taps * C] @ kernel`` for ``K [*kernel, C/groups, F]`` (HWIO), grouped:
+    group g's columns of channels ``g*C/G ...`` meet its filters ``g*F/G ...``. [M, F]."""
+    F = K.shape[-1]
+    if groups == 1:
+        return cols @ K.reshape(-1, F)
+    taps, cg = math.prod(K.shape[:-2]), K.shape[-2]
+    M = cols.shape[0]
+    cg_cols = cols.reshape(M, taps, groups, cg).transpose(2, 0, 1, 3).reshape(groups, M, -1)
+    kg = K.reshape(taps, cg, groups, F // groups).transpose(2, 0, 1, 3).reshape(
+        groups, taps * cg, F // groups)
+    return np.matmul(cg_cols, kg).transpose(1, 0, 2).reshape(M, F)
+
+
+def conv_forward(x: np.ndarray, K: np.ndarray, a: Mapping) -> np.ndarray:
+    """Conv without bias/activation: channels-last ``x`` -> ``[N, *out, F]`` (HWIO K)."""
+    w = conv_window(x, a, K.shape[:-2])
+    cols, out = im2col(x, w)
+    return conv_matmul(cols, K, a["feature_group_size"]).reshape(x.shape[0], *out, K.shape[-1])
+
+
+def _conv(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
+    x = to_last(ins[0], a["channels"])
+    y = conv_forward(x, kernel_hwio(p["kernel"], a["channels"]), a)
+    if "bias" in p:
+        y += p["bias"]
+    return from_last(apply_activation(y, a["activation"]), a["channels"])
+
+
+def _taps(xp: np.ndarray, w: Window) -> Any:
+    """Each kernel tap's strided view ``[N, *out, C]`` of padded ``xp``."""
+    for offs in itertools.product(*(range(k) for k in w.kernel)):
+        yield xp[(slice(None), *(slice(o * d, o * d + s * (n - 1) + 1, s) for o, d, s, n in
+                                 zip(offs, w.kernel_dilation, w.strides, w.out)), slice(None))]
+
+
+def _pool(reduce: Callable, mean: bool) -> Callable:
+    def kernel(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
+        x = to_last(ins[0], a["channels"])
+        w = conv_window(x, a, a["kernel_size"])
+        fill = 0.0 if mean else (-np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min)
+        taps = _taps(padded(x, w, fill), w)
+        acc = next(taps).copy()
+        for t in taps:
+            reduce(acc, t, out=acc)
+        if mean:
+            acc /= np.asarray(math.prod(w.kernel), acc.dtype)
+        return from_last(acc, a["channels"])
+
+    return kernel
+
+
+def _spatial_axes(x: np.ndarray, channels: str) -> tuple[int, ...]:
+    return tuple(range(1, x.ndim - 1)) if channels == "last" else tuple(range(2, x.ndim))
+
+
+def _global(fn: Callable) -> Callable:
+    def kernel(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
+        x = ins[0]
+        return fn(x, axis=_spatial_axes(x, a["channels"]), keepdims=a["keep_axes"])
+
+    return kernel
+
+
+def _along(v: np.ndarray, ndim: int, ax: int) -> np.ndarray:
+    return v.reshape([-1 if i == ax else 1 for i in range(ndim)])
+
+
+def batch_statistics(x: np.ndarray, ax: int, running_mean: Any, running_var: Any,
+                     momentum: float) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Batch mean and biased variance [C] of ``x`` over every axis but ``ax``, and the new
+    running values as torch computes them (unbiased variance): ``{"mean", "var"}``."""
+    axes = tuple(i for i in range(x.ndim) if i != ax)
+    n = x.size // x.shape[ax]
+    if n <= 1:
+        raise RuleError(f"batch_norm in training needs more than 1 value per channel, got "
+                        f"an input of shape {x.shape}",
+                        "train with a batch of 2 or more (or spatial axes), or use "
+                        "mode='inference'")
+    mean = x.mean(axis=axes, dtype=np.float64).astype(x.dtype)
+    var = np.square(x - _along(mean, x.ndim, ax)).mean(axis=axes, dtype=np.float64)
+    m = momentum
+    new = {"mean": ((1 - m) * running_mean + m * mean).astype(x.dtype),
+           "var": ((1 - m) * running_var + m * var * (n / (n - 1))).astype(x.dtype)}
+    return mean.astype(x.dtype), var.astype(x.dtype), new
+
+
+def _batch_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
+    x = ins[0]
+    ax = a["axis"] % x.ndim
+    if ctx.training:
+        mean, var, new = batch_statistics(x, ax, p["mean"], p["var"], a["momentum"])
+    else:
+        mean, var = p["mean"], p["var"]
+    scale = p["gamma"] / np.sqrt(var + np.asarray(a["epsilon"], x.dtype))
+    shift = p["beta"] - mean * scale
+    y = x * _along(scale, x.ndim, ax)
+    y += _along(shift, x.ndim, ax)
+    return (y, new) if ctx.training else y
+
+
+def _group_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
+    x = ins[0]
+    ax = a["axis"] % x.ndim
+    xm = np.moveaxis(x, ax, -1)
+    c, g = xm.shape[-1], a["num_groups"]
+    xg = xm.reshape(xm.shape[0], -1, g, c // g)
+    mean = xg.mean(axis=(1, 3), keepdims=True)
+    xc = xg - mean
+    var = np.square(xc).mean(axis=(1, 3), keepdims=True)
+    xc /= np.sqrt(var + np.asarray(a["epsilon"], x.dtype))
+    y = xc.reshape(xm.shape) * p["gamma"] + p["beta"]
+    return np.moveaxis(y, -1, ax)
+
+
+KERNELS: dict[str, Callable] = {
+    "conv": _conv,
+    "max_pool": _pool(np.maximum, False),
+    "avg_pool": _pool(np.add, True),
+    "global_avg_pool": _global(np.mean),
+    "global_max_pool": _global(np.max),
+    "batch_norm": _batch_norm,
+    "group_norm": _group_norm,
+}

@@ -1,0 +1,120 @@
+"""PyTorch kernels of the convolutional ops: ``torch.nn.functional`` conv / pooling /
+batch_norm / group_norm on channels-first views of the graph's tensors.
+
+Axon's options torch lacks are done around the call: input dilation (zeros between
+elements), asymmetric padding (``F.pad``), pooling padding (``-inf`` for max, zeros
+counted in the mean for avg: Axon's ``window_mean`` = torch's ``count_include_pad``).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from graphdsl.windows import Window, kernel_from_hwio, window
+
+from ..base import KernelContext
+from .kernels import apply_activation
+
+_CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+_MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
+_AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
+
+
+def to_first(x: torch.Tensor, channels: str) -> torch.Tensor:
+    return x.movedim(-1, 1) if channels == "last" else x
+
+
+def from_first(y: torch.Tensor, channels: str) -> torch.Tensor:
+    return y.movedim(1, -1) if channels == "last" else y
+
+
+def prepare(x: torch.Tensor, w: Window, fill: float, defer: bool = False
+            ) -> tuple[torch.Tensor, Any]:
+    """Channels-first ``x`` dilated and padded as ``w`` says; returns it and the padding
+    left for the torch op to do: with ``defer``, symmetric zero padding is left to it."""
+    if any(d > 1 for d in w.input_dilation):
+        sizes = [(n - 1) * d + 1 for n, d in zip(x.shape[2:], w.input_dilation)]
+        z = x.new_zeros((*x.shape[:2], *sizes))
+        z[(slice(None), slice(None), *(slice(None, None, d) for d in w.input_dilation))] = x
+        x = z
+    if defer and all(lo == hi for lo, hi in w.pads):
+        return x, tuple(lo for lo, _ in w.pads)
+    flat = [v for lo, hi in reversed(w.pads) for v in (lo, hi)]
+    if any(flat):
+        x = F.pad(x, flat, value=fill)
+    return x, 0
+
+
+def conv_first(x: torch.Tensor, W: torch.Tensor, b: torch.Tensor | None, a: Mapping
+               ) -> torch.Tensor:
+    """Axon's conv of channels-first ``x`` with torch-layout ``W [F, C/groups, *k]``."""
+    w = window(tuple(x.shape[2:]), tuple(W.shape[2:]), a)
+    xp, pad = prepare(x, w, 0.0, defer=True)
+    return _CONV[len(w.kernel)](xp, W, b, stride=w.strides, padding=pad,
+                                dilation=w.kernel_dilation, groups=a["feature_group_size"])
+
+
+def torch_weight(K: torch.Tensor, channels: str) -> torch.Tensor:
+    """The stored conv kernel in torch's ``[F, C/groups, *k]`` layout (a view)."""
+    return K if channels == "first" else kernel_from_hwio(K, "first")
+
+
+def _conv(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
+    ch = a["channels"]
+    y = conv_first(to_first(ins[0], ch), torch_weight(p["kernel"], ch), p.get("bias"), a)
+    return from_first(apply_activation(y, a["activation"]), ch)
+
+
+def _pool(table: dict, fill: float) -> Callable:
+    def kernel(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
+        x = to_first(ins[0], a["channels"])
+        w = window(tuple(x.shape[2:]), a["kernel_size"], a)
+        xp, _ = prepare(x, w, fill)
+        y = table[len(w.kernel)](xp, w.kernel, w.strides)
+        return from_first(y, a["channels"])
+
+    return kernel
+
+
+def _spatial(x: torch.Tensor, channels: str) -> tuple[int, ...]:
+    return tuple(range(1, x.dim() - 1)) if channels == "last" else tuple(range(2, x.dim()))
+
+
+def _batch_norm(ins: list, p: Mapping, a: Mapping, ctx: Any) -> Any:
+    """In a module the running buffers are updated in place by ``F.batch_norm`` (as
+    ``nn.BatchNorm`` does); on the functional path the new values are returned."""
+    x = ins[0]
+    ax = a["axis"] % x.dim()
+    xf = x.movedim(ax, 1)
+    rm, rv = p["mean"], p["var"]
+    functional = ctx.training and not ctx.module
+    if functional:  # never write into the ModelState's memory
+        rm, rv = rm.clone(), rv.clone()
+    y = F.batch_norm(xf, rm, rv, p["gamma"], p["beta"], ctx.training, a["momentum"],
+                     a["epsilon"]).movedim(1, ax)
+    if functional:
+        return y, {"mean": rm.detach().cpu().numpy(), "var": rv.detach().cpu().numpy()}
+    return y
+
+
+def _group_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
+    x = ins[0]
+    ax = a["axis"] % x.dim()
+    y = F.group_norm(x.movedim(ax, 1), a["num_groups"], p["gamma"], p["beta"], a["epsilon"])
+    return y.movedim(1, ax)
+
+
+KERNELS: dict[str, Callable] = {
+    "conv": _conv,
+    "max_pool": _pool(_MAX, float("-inf")),
+    "avg_pool": _pool(_AVG, 0.0),
+    "global_avg_pool": lambda ins, p, a, ctx: ins[0].mean(_spatial(ins[0], a["channels"]),
+                                                          keepdim=a["keep_axes"]),
+    "global_max_pool": lambda ins, p, a, ctx: ins[0].amax(_spatial(ins[0], a["channels"]),
+                                                          keepdim=a["keep_axes"]),
+    "batch_norm": _batch_norm,
+    "group_norm": _group_norm,
+}

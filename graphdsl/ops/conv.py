@@ -1,0 +1,282 @@
+"""Convolutional layers with Axon's names, options and layouts: conv, max_pool, avg_pool,
+global_avg_pool, global_max_pool, batch_norm, group_norm.
+
+Inputs are ``[batch, *spatial, channels]`` (``channels="last"``, Axon's default) or
+``[batch, channels, *spatial]`` (``channels="first"``), with 1 to 3 spatial axes. The
+window arithmetic (strides, padding, dilations) is :mod:`graphdsl.windows`.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import OptionError, RuleError, fmt_shape
+from ..initializers import check_initializer
+from ..node import Node, caller_location, make_node
+from ..registry import OpDef, ParamSpec, register_op
+from ..shapes import check_rank, normalize_axis
+from ..windows import (
+    channels_option,
+    expand,
+    join_channels,
+    padding_option,
+    spatial_option,
+    split_channels,
+    window,
+)
+from ._attrs import boolean, number, positive_int
+from .nn import activation_name
+
+#: the options of conv (all of them: an adapter wrapping a conv carries them)
+CONV_OPTIONS = ("filters", "kernel_size", "strides", "padding", "input_dilation",
+                "kernel_dilation", "feature_group_size", "channels", "activation",
+                "use_bias", "kernel_initializer", "bias_initializer")
+
+
+def conv_attrs(a: dict) -> dict:
+    """The checked options of a conv layer (also used by adapters wrapping one)."""
+    act = a.get("activation")
+    return {
+        "filters": positive_int(a.get("filters"), "filters"),
+        "kernel_size": spatial_option(a.get("kernel_size", 1), "kernel_size"),
+        "strides": spatial_option(a.get("strides", 1), "strides"),
+        "padding": padding_option(a.get("padding", "valid")),
+        "input_dilation": spatial_option(a.get("input_dilation", 1), "input_dilation"),
+        "kernel_dilation": spatial_option(a.get("kernel_dilation", 1), "kernel_dilation"),
+        "feature_group_size": positive_int(a.get("feature_group_size", 1),
+                                           "feature_group_size"),
+        "channels": channels_option(a.get("channels", "last")),
+        "activation": None if act is None else activation_name(act),
+        "use_bias": boolean(a.get("use_bias", True), "use_bias"),
+        "kernel_initializer": check_initializer(a.get("kernel_initializer", "glorot_uniform"),
+                                                "kernel_initializer"),
+        "bias_initializer": check_initializer(a.get("bias_initializer", "zeros"),
+                                              "bias_initializer"),
+    }
+
+
+def _conv_channels(s: tuple, a: dict) -> tuple[int, tuple, Any]:
+    c, spatial, batch = split_channels(s, a["channels"], "conv")
+    if len(spatial) > 3:
+        raise RuleError(f"conv supports 1 to 3 spatial axes, got {len(spatial)} "
+                        f"(input {fmt_shape(s)})", "reshape the input to rank 3, 4 or 5")
+    if c is None:
+        raise RuleError(f"conv needs a known channel axis, got {fmt_shape(s)}",
+                        "give the input a fixed channel count, e.g. (None, 28, 28, 1)")
+    g = a["feature_group_size"]
+    if c % g or a["filters"] % g:
+        raise RuleError(f"feature_group_size={g} must divide both the input channels ({c}) "
+                        f"and filters ({a['filters']})",
+                        "pick a group count that divides both (feature_group_size=channels "
+                        "with filters a multiple of it is a depthwise conv)", OptionError)
+    return c, spatial, batch
+
+
+def conv_shape(s: list, a: dict) -> tuple:
+    """Output shape of conv for input shape ``s[0]``."""
+    _, spatial, batch = _conv_channels(s[0], a)
+    w = window(spatial, a["kernel_size"], a, "the conv window")
+    return join_channels(batch, w.out, a["filters"], a["channels"])
+
+
+def conv_kernel_shape(in_shape: tuple, a: dict, filters: int | None = None) -> tuple:
+    """The kernel shape: ``[*kernel_size, in/groups, filters]`` (channels last) or
+    ``[filters, in/groups, *kernel_size]`` (first), for ``filters`` (default: the layer's)."""
+    c, spatial, _ = _conv_channels(in_shape, a)
+    k = expand(a["kernel_size"], len(spatial), "kernel_size")
+    f = a["filters"] if filters is None else filters
+    cg = c // a["feature_group_size"]
+    return (*k, cg, f) if a["channels"] == "last" else (f, cg, *k)
+
+
+def conv_params(s: list, a: dict) -> list[ParamSpec]:
+    ps = [ParamSpec("kernel", conv_kernel_shape(s[0], a), a["kernel_initializer"])]
+    if a["use_bias"]:
+        ps.append(ParamSpec("bias", (a["filters"],), a["bias_initializer"]))
+    return ps
+
+
+register_op(OpDef(
+    "conv", conv_shape, params=conv_params, check_attrs=conv_attrs,
+    doc="N-d convolution (1-3 spatial axes), Axon's options: kernel_size, strides, padding "
+        "('valid', 'same', [(lo, hi), ...]), input_dilation, kernel_dilation, "
+        "feature_group_size, channels ('last': [batch, *spatial, C]; 'first'), activation. "
+        "kernel [*kernel_size, C/groups, filters] (channels first: [filters, C/groups, "
+        "*kernel_size]), bias [filters].",
+))
+
+
+def conv(x: Node, filters: int, kernel_size: int | tuple = 1, strides: int | tuple = 1,
+         padding: Any = "valid", input_dilation: int | tuple = 1,
+         kernel_dilation: int | tuple = 1, feature_group_size: int = 1,
+         channels: str = "last", activation: str | None = None, use_bias: bool = True,
+         kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
+         name: str | None = None) -> Node:
+    """Convolution: ``[batch, *spatial, C] -> [batch, *spatial_out, filters]``.
+
+    Parameters ``kernel [*kernel_size, C/groups, filters]`` (``channels="first"``: Axon's
+    ``[filters, C/groups, *kernel_size]``) and ``bias [filters]``. A scalar option is
+    broadcast over the spatial axes.
+    """
+    return make_node("conv", [x], {
+        "filters": filters, "kernel_size": kernel_size, "strides": strides,
+        "padding": padding, "input_dilation": input_dilation,
+        "kernel_dilation": kernel_dilation, "feature_group_size": feature_group_size,
+        "channels": channels, "activation": activation, "use_bias": use_bias,
+        "kernel_initializer": kernel_initializer, "bias_initializer": bias_initializer,
+    }, name, where=caller_location())
+
+
+# -- pooling ---------------------------------------------------------------------------------
+def _pool_attrs(a: dict) -> dict:
+    st = a.get("strides")
+    return {"kernel_size": spatial_option(a.get("kernel_size", 1), "kernel_size"),
+            "strides": None if st is None else spatial_option(st, "strides"),
+            "padding": padding_option(a.get("padding", "valid")),
+            "channels": channels_option(a.get("channels", "last"))}
+
+
+def _pool_shape(op: str):
+    def rule(s: list, a: dict) -> tuple:
+        c, spatial, batch = split_channels(s[0], a["channels"], op)
+        w = window(spatial, a["kernel_size"], a, f"the {op} window")
+        return join_channels(batch, w.out, c, a["channels"])
+
+    return rule
+
+
+for _op, _how in (("max_pool", "maximum"), ("avg_pool", "mean (padding counts as zeros, "
+                                                          "Axon's window_mean)")):
+    register_op(OpDef(
+        _op, _pool_shape(_op), check_attrs=_pool_attrs,
+        doc=f"Window {_how} over the spatial axes: kernel_size, strides (default: "
+            "kernel_size), padding, channels; [batch, *spatial, C] -> [batch, *out, C]."))
+
+
+def max_pool(x: Node, kernel_size: int | tuple = 1, strides: int | tuple | None = None,
+             padding: Any = "valid", channels: str = "last", name: str | None = None) -> Node:
+    """Max over windows of ``kernel_size`` (strides default to the kernel size, as Axon);
+    padded positions never win. ``[batch, *spatial, C] -> [batch, *out, C]``."""
+    return make_node("max_pool", [x], {"kernel_size": kernel_size, "strides": strides,
+                                       "padding": padding, "channels": channels},
+                     name, where=caller_location())
+
+
+def avg_pool(x: Node, kernel_size: int | tuple = 1, strides: int | tuple | None = None,
+             padding: Any = "valid", channels: str = "last", name: str | None = None) -> Node:
+    """Mean over windows of ``kernel_size``; padded positions count as zeros (Axon's
+    ``window_mean``, torch's ``count_include_pad=True``). Shapes as :func:`max_pool`."""
+    return make_node("avg_pool", [x], {"kernel_size": kernel_size, "strides": strides,
+                                       "padding": padding, "channels": channels},
+                     name, where=caller_location())
+
+
+def _global_attrs(a: dict) -> dict:
+    return {"keep_axes": boolean(a.get("keep_axes", False), "keep_axes"),
+            "channels": channels_option(a.get("channels", "last"))}
+
+
+def _global_shape(op: str):
+    def rule(s: list, a: dict) -> tuple:
+        c, spatial, batch = split_channels(s[0], a["channels"], op)
+        if not a["keep_axes"]:
+            return (batch, c)
+        return join_channels(batch, (1,) * len(spatial), c, a["channels"])
+
+    return rule
+
+
+for _op in ("global_avg_pool", "global_max_pool"):
+    register_op(OpDef(
+        _op, _global_shape(_op), check_attrs=_global_attrs,
+        doc=f"{'Mean' if 'avg' in _op else 'Max'} over every spatial axis: [batch, *spatial, "
+            "C] -> [batch, C] (keep_axes=True: [batch, 1, ..., C]); channels as conv."))
+
+
+def global_avg_pool(x: Node, keep_axes: bool = False, channels: str = "last",
+                    name: str | None = None) -> Node:
+    """Mean over the spatial axes: ``[batch, *spatial, C] -> [batch, C]``."""
+    return make_node("global_avg_pool", [x], {"keep_axes": keep_axes, "channels": channels},
+                     name, where=caller_location())
+
+
+def global_max_pool(x: Node, keep_axes: bool = False, channels: str = "last",
+                    name: str | None = None) -> Node:
+    """Max over the spatial axes: ``[batch, *spatial, C] -> [batch, C]``."""
+    return make_node("global_max_pool", [x], {"keep_axes": keep_axes, "channels": channels},
+                     name, where=caller_location())
+
+
+# -- normalization -------------------------------------------------------------------------
+def _norm_dim(s: tuple, a: dict, op: str) -> int:
+    check_rank(s, 2, op, "pass a tensor [batch, ..., channels]")
+    ax = normalize_axis(a["axis"], len(s))
+    if ax == 0:
+        raise RuleError(f"{op} cannot normalize along the batch axis",
+                        "pass the channel axis, e.g. axis=-1 (channels last) or 1")
+    if s[ax] is None:
+        raise RuleError(f"{op} needs a known size on axis {a['axis']}, got {fmt_shape(s)}",
+                        "normalize over a fixed-size channel axis")
+    return s[ax]
+
+
+def _bn_attrs(a: dict) -> dict:
+    return {"axis": a.get("axis", -1),
+            "epsilon": number(a.get("epsilon", 1e-5), "epsilon", 0.0),
+            "momentum": number(a.get("momentum", 0.1), "momentum", 0.0, 1.0)}
+
+
+def _bn_params(s: list, a: dict) -> list[ParamSpec]:
+    c = _norm_dim(s[0], a, "batch_norm")
+    return [ParamSpec("gamma", (c,), "ones"), ParamSpec("beta", (c,), "zeros"),
+            ParamSpec("mean", (c,), "zeros", False, kind="state"),
+            ParamSpec("var", (c,), "ones", False, kind="state")]
+
+
+register_op(OpDef(
+    "batch_norm", lambda s, a: (_norm_dim(s[0], a, "batch_norm"), s[0])[1],
+    params=_bn_params, check_attrs=_bn_attrs, stochastic=True,
+    doc="(x - mean) / sqrt(var + epsilon) * gamma + beta per channel (`axis`). Inference: "
+        "the running mean/var (state); train: the batch's, and returns the new running "
+        "values as torch does (running = (1-momentum)*running + momentum*batch, unbiased "
+        "var). gamma, beta, mean, var: [channels]. Shape unchanged.",
+))
+
+
+def batch_norm(x: Node, axis: int = -1, epsilon: float = 1e-5, momentum: float = 0.1,
+               name: str | None = None) -> Node:
+    """Batch normalization over every axis but ``axis`` (the channels). Parameters
+    ``gamma``/``beta [C]``; state ``mean``/``var [C]`` (running statistics, torch's update
+    rule: ``running = (1 - momentum) * running + momentum * batch``)."""
+    return make_node("batch_norm", [x], {"axis": axis, "epsilon": epsilon,
+                                         "momentum": momentum}, name, where=caller_location())
+
+
+def _gn_attrs(a: dict) -> dict:
+    return {"num_groups": positive_int(a.get("num_groups"), "num_groups"),
+            "axis": a.get("axis", -1),
+            "epsilon": number(a.get("epsilon", 1e-5), "epsilon", 0.0)}
+
+
+def _gn_dim(s: tuple, a: dict) -> int:
+    c = _norm_dim(s, a, "group_norm")
+    if c % a["num_groups"]:
+        raise RuleError(f"num_groups={a['num_groups']} does not divide the {c} channels",
+                        f"pick a num_groups that divides {c}", OptionError)
+    return c
+
+
+register_op(OpDef(
+    "group_norm", lambda s, a: (_gn_dim(s[0], a), s[0])[1], check_attrs=_gn_attrs,
+    params=lambda s, a: [ParamSpec("gamma", (_gn_dim(s[0], a),), "ones"),
+                         ParamSpec("beta", (_gn_dim(s[0], a),), "zeros")],
+    doc="Per sample, normalizes each of num_groups channel groups over its channels and "
+        "the spatial axes, then * gamma + beta per channel. gamma, beta: [channels].",
+))
+
+
+def group_norm(x: Node, num_groups: int, axis: int = -1, epsilon: float = 1e-5,
+               name: str | None = None) -> Node:
+    """Group normalization (channels on ``axis``, split into ``num_groups``); parameters
+    ``gamma``/``beta [C]``. Shape unchanged."""
+    return make_node("group_norm", [x], {"num_groups": num_groups, "axis": axis,
+                                         "epsilon": epsilon}, name, where=caller_location())

@@ -1,0 +1,157 @@
+"""Window arithmetic of conv and pooling (Axon / XLA semantics), shared by the shape rules
+and every backend's kernels.
+
+Per spatial axis of size ``n``: the input is dilated (``input_dilation`` d_in: d_in - 1
+zeros between elements, size ``(n-1)*d_in + 1``), padded by ``(lo, hi)``, and a window of
+``k`` taps ``kernel_dilation`` apart (span ``(k-1)*d + 1``) slides with stride ``s``:
+``out = (dilated + lo + hi - span) // s + 1``. "same" is TensorFlow's / Axon's padding:
+total ``max((ceil(n/s)-1)*s + span - n, 0)``, the smaller half before.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import OptionError, RuleError
+from .shapes import is_int
+
+
+def spatial_option(value: Any, what: str, lo: int = 1) -> int | tuple[int, ...]:
+    """An int (broadcast over the spatial axes) or a tuple of ints, each >= ``lo``."""
+    vals = value if isinstance(value, (tuple, list)) else (value,)
+    if not vals or not all(is_int(v) and int(v) >= lo for v in vals):
+        raise RuleError(f"{what} must be an int >= {lo} or a tuple of them, got {value!r}",
+                        f"pass e.g. {what}=1 or {what}=(1, 1)", OptionError)
+    return tuple(int(v) for v in vals) if isinstance(value, (tuple, list)) else int(value)
+
+
+def padding_option(value: Any) -> str | tuple[tuple[int, int], ...]:
+    """"valid", "same", or explicit ``((lo, hi), ...)`` pairs (ints >= 0) per spatial axis."""
+    if value in ("valid", "same"):
+        return value
+    ok = isinstance(value, (tuple, list)) and len(value) > 0 and all(
+        isinstance(p, (tuple, list)) and len(p) == 2 and all(is_int(v) and int(v) >= 0
+                                                              for v in p) for p in value)
+    if not ok:
+        raise RuleError(f"padding must be 'valid', 'same' or a list of (lo, hi) pairs, got "
+                        f"{value!r}", "pass padding='same' or padding=[(1, 1), (1, 1)]",
+                        OptionError)
+    return tuple((int(lo), int(hi)) for lo, hi in value)
+
+
+def channels_option(value: Any) -> str:
+    if value not in ("last", "first"):
+        raise RuleError(f"channels must be 'last' or 'first', got {value!r}",
+                        "pass channels='last' ([batch, *spatial, channels]) or 'first'",
+                        OptionError)
+    return value
+
+
+def expand(value: int | tuple[int, ...], n: int, what: str) -> tuple[int, ...]:
+    """``value`` for each of ``n`` spatial axes (a scalar is broadcast)."""
+    if isinstance(value, int):
+        return (value,) * n
+    if len(value) != n:
+        raise RuleError(f"{what} {value} has {len(value)} entries for an input with {n} "
+                        "spatial axes", "pass one value per spatial axis, or one int",
+                        OptionError)
+    return value
+
+
+@dataclass(frozen=True)
+class Window:
+    """The resolved geometry of one conv / pool over concrete or unknown spatial sizes:
+    per axis ``kernel``, ``strides``, ``input_dilation``, ``kernel_dilation``, ``pads``
+    ``(lo, hi)`` and ``out`` (None where the input size is unknown)."""
+
+    kernel: tuple[int, ...]
+    strides: tuple[int, ...]
+    input_dilation: tuple[int, ...]
+    kernel_dilation: tuple[int, ...]
+    pads: tuple[tuple[int, int] | None, ...]
+    out: tuple[int | None, ...]
+
+    @property
+    def trivial_dilation(self) -> bool:
+        return all(d == 1 for d in self.input_dilation + self.kernel_dilation)
+
+
+def window(spatial: Sequence[int | None], kernel: Any, a: Mapping[str, Any],
+           what: str = "the window") -> Window:
+    """Resolve ``a``'s strides / padding / dilations for inputs of ``spatial`` sizes.
+    ``a["strides"]`` None means the kernel size (Axon's pooling default). A window larger
+    than the padded input is a RuleError."""
+    n = len(spatial)
+    k = expand(kernel, n, "kernel_size")
+    s = expand(a["strides"] if a.get("strides") is not None else k, n, "strides")
+    di = expand(a.get("input_dilation", 1), n, "input_dilation")
+    dk = expand(a.get("kernel_dilation", 1), n, "kernel_dilation")
+    pad = a.get("padding", "valid")
+    if isinstance(pad, tuple) and len(pad) != n:
+        raise RuleError(f"padding has {len(pad)} (lo, hi) pairs for an input with {n} "
+                        "spatial axes", "pass one (lo, hi) pair per spatial axis", OptionError)
+    pads: list[tuple[int, int] | None] = []
+    out: list[int | None] = []
+    for i, size in enumerate(spatial):
+        span = (k[i] - 1) * dk[i] + 1
+        if pad == "valid":
+            p: tuple[int, int] | None = (0, 0)
+        elif isinstance(pad, tuple):
+            p = pad[i]
+        elif size is None:
+            p = None
+        else:
+            m = (size - 1) * di[i] + 1
+            total = max((-(-m // s[i]) - 1) * s[i] + span - m, 0)
+            p = (total // 2, total - total // 2)
+        pads.append(p)
+        if size is None or p is None:
+            out.append(None)
+            continue
+        full = (size - 1) * di[i] + 1 + p[0] + p[1] if size > 0 else p[0] + p[1]
+        if full < span:
+            raise RuleError(
+                f"{what} (span {span} on spatial axis {i}) is larger than the padded input "
+                f"({full}: size {size}, padding {p})",
+                "use a smaller kernel_size / kernel_dilation, more padding, or "
+                "padding='same'")
+        out.append((full - span) // s[i] + 1)
+    return Window(k, s, di, dk, tuple(pads), tuple(out))
+
+
+def split_channels(shape: tuple, channels: str, what: str) -> tuple[int | None, tuple, Any]:
+    """``(channel count, spatial sizes, batch)`` of a ``[batch, *spatial, C]`` (channels
+    last) or ``[batch, C, *spatial]`` input; it needs at least one spatial axis."""
+    if len(shape) < 3:
+        raise RuleError(f"{what} needs an input [batch, *spatial, channels] with 1 to 3 "
+                        f"spatial axes, got rank {len(shape)}",
+                        "reshape the input to e.g. (None, 28, 28, 1) (channels last), or "
+                        "(None, 1, 28, 28) with channels='first'")
+    if channels == "last":
+        return shape[-1], tuple(shape[1:-1]), shape[0]
+    return shape[1], tuple(shape[2:]), shape[0]
+
+
+def join_channels(batch: Any, spatial: tuple, c: Any, channels: str) -> tuple:
+    return (batch, *spatial, c) if channels == "last" else (batch, c, *spatial)
+
+
+def kernel_hwio(K: Any, channels: str) -> Any:
+    """A conv kernel as ``[*kernel_size, in/groups, filters]``: as stored for channels
+    "last"; Axon's ``[filters, in/groups, *kernel_size]`` (channels "first") permuted (a
+    view). Works on NumPy arrays and torch tensors."""
+    if channels == "last":
+        return K
+    n = K.ndim
+    return K.permute(*range(2, n), 1, 0) if hasattr(K, "permute") else K.transpose(
+        *range(2, n), 1, 0)
+
+
+def kernel_from_hwio(W: Any, channels: str) -> Any:
+    """The inverse of :func:`kernel_hwio`."""
+    if channels == "last":
+        return W
+    n = W.ndim
+    order = (n - 1, n - 2, *range(n - 2))
+    return W.permute(*order) if hasattr(W, "permute") else W.transpose(*order)

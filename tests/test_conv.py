@@ -1,0 +1,264 @@
+"""Convolutional ops against independent references: a loop-per-pixel NumPy conv written
+from the XLA definition, torch.nn.functional, and torch.nn.BatchNorm / GroupNorm; on the
+NumPy backend, the torch backend and the to_torch module."""
+import itertools
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import graphdsl as gd
+
+
+def naive_conv(x, K, strides, pads, din, dk, groups):
+    """XLA's conv_general_dilated, one output pixel at a time: x [N, *S, C] channels last,
+    K [*k, C/groups, F]."""
+    n = x.ndim - 2
+    dil = [(s - 1) * d + 1 for s, d in zip(x.shape[1:-1], din)]
+    xd = np.zeros((x.shape[0], *dil, x.shape[-1]))
+    xd[(slice(None), *(slice(None, None, d) for d in din), slice(None))] = x
+    xp = np.pad(xd, [(0, 0), *pads, (0, 0)])
+    k = K.shape[:n]
+    cg, f = K.shape[-2], K.shape[-1]
+    fg = f // groups
+    out = [(xp.shape[1 + i] - ((k[i] - 1) * dk[i] + 1)) // strides[i] + 1 for i in range(n)]
+    y = np.zeros((x.shape[0], *out, f))
+    for pos in itertools.product(*(range(o) for o in out)):
+        for tap in itertools.product(*(range(kk) for kk in k)):
+            idx = tuple(p * s + t * d for p, s, t, d in zip(pos, strides, tap, dk))
+            v = xp[(slice(None), *idx, slice(None))]  # [N, C]
+            for g in range(groups):
+                y[(slice(None), *pos, slice(g * fg, (g + 1) * fg))] += (
+                    v[:, g * cg:(g + 1) * cg] @ K[tap][:, g * fg:(g + 1) * fg])
+    return y
+
+
+def run_all(model, st, x):
+    """Outputs of the NumPy backend, the torch backend and the to_torch module."""
+    outs = [gd.predict(model, st, x)]
+    outs.append(gd.predict(model, st, x, backend="torch").numpy())
+    mod = gd.to_torch(model, st).eval()
+    with torch.no_grad():
+        outs.append(mod(torch.from_numpy(x)).numpy())
+    return outs
+
+
+CASES = [  # spatial, kernel, strides, padding, input_dilation, kernel_dilation, groups
+    ((9,), 3, 1, "valid", 1, 1, 1),
+    ((10,), 4, 2, "same", 1, 2, 2),
+    ((7, 6), 3, 1, "same", 1, 1, 1),
+    ((8, 7), (3, 2), (2, 1), [(2, 0), (1, 3)], 1, (1, 2), 1),
+    ((5, 5), 3, 2, "same", 2, 1, 1),
+    ((6, 6), 3, 1, "valid", 1, 1, 4),  # depthwise: groups = channels
+    ((4, 5, 4), 2, (1, 2, 1), "same", 1, 1, 2),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(i) for i in range(len(CASES))])
+@pytest.mark.parametrize("channels", ["last", "first"])
+def test_conv_matches_reference(case, channels, rng):
+    spatial, k, s, pad, din, dk, g = case
+    n = len(spatial)
+    c, f = 4, 8
+    xl = rng.normal(size=(2, *spatial, c)).astype(np.float32)
+    inp = gd.input("x", (None, *spatial, c) if channels == "last" else (None, c, *spatial))
+    model = gd.conv(inp, f, kernel_size=k, strides=s, padding=pad, input_dilation=din,
+                    kernel_dilation=dk, feature_group_size=g, channels=channels,
+                    activation="relu", name="c")
+    st = gd.build(model)[0]()
+    K = np.asarray(st.data["c"]["kernel"])
+    b = rng.normal(size=f).astype(np.float32)
+    st.data["c"]["bias"] = b
+    hwio = K if channels == "last" else np.moveaxis(K, (0, 1), (-1, -2))
+    w = gd.windows.window(spatial, k, dict(strides=s, padding=gd.windows.padding_option(pad),
+                                           input_dilation=din,
+                                           kernel_dilation=dk))
+    expand = gd.windows.expand
+    ref = np.maximum(naive_conv(xl, hwio, expand(s, n, ""), w.pads, expand(din, n, ""),
+                                expand(dk, n, ""), g) + b, 0)
+    x = xl if channels == "last" else np.moveaxis(xl, -1, 1).copy()
+    if channels == "first":
+        ref = np.moveaxis(ref, -1, 1)
+    assert model.shape[1:] == ref.shape[1:]
+    for out in run_all(model, st, x):
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-4)
+
+
+def test_conv2d_equals_torch_conv2d_and_dynamic_sizes(rng):
+    x = rng.normal(size=(3, 11, 9, 5)).astype(np.float32)
+    model = gd.conv(gd.input("x", (None, None, None, 5)), 6, 3, strides=2, padding=[(1, 1),
+                    (1, 1)], name="c")
+    assert model.shape == (None, None, None, 6)
+    assert gd.get_output_shape(model, (3, 11, 9, 5)) == (3, 6, 5, 6)
+    st = gd.build(model)[0]()
+    K, b = st.data["c"]["kernel"], st.data["c"]["bias"]
+    ref = F.conv2d(torch.from_numpy(x).permute(0, 3, 1, 2),
+                   torch.from_numpy(np.ascontiguousarray(K.transpose(3, 2, 0, 1))),
+                   torch.tensor(np.asarray(b)), stride=2, padding=1).permute(0, 2, 3, 1)
+    for out in run_all(model, st, x):
+        np.testing.assert_allclose(out, ref.numpy(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("op", ["max_pool", "avg_pool"])
+@pytest.mark.parametrize("spatial,k,s,pad", [((9,), 3, None, "valid"), ((7, 6), 2, 1, "same"),
+                                             ((6, 7), 3, 2, [(1, 1), (0, 2)]),
+                                             ((4, 4, 5), 2, None, "valid")])
+def test_pools_match_torch(op, spatial, k, s, pad, rng):
+    n = len(spatial)
+    x = rng.normal(size=(2, *spatial, 3)).astype(np.float32)
+    fn = getattr(gd, op)
+    model = fn(gd.input("x", (None, *spatial, 3)), kernel_size=k, strides=s, padding=pad)
+    w = gd.windows.window(spatial, k, {"strides": s, "padding": gd.windows.padding_option(pad)})
+    flat = [v for lo, hi in reversed(w.pads) for v in (lo, hi)]
+    xt = torch.from_numpy(x).movedim(-1, 1)
+    if op == "max_pool":
+        ref = getattr(F, f"max_pool{n}d")(F.pad(xt, flat, value=-np.inf), w.kernel, w.strides)
+    else:  # Axon's window_mean: padding counts as zeros
+        ref = getattr(F, f"avg_pool{n}d")(F.pad(xt, flat), w.kernel, w.strides)
+    ref = ref.movedim(1, -1).numpy()
+    for out in run_all(model, gd.ModelState.empty(), x):
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+
+
+def test_pool_defaults_and_global_pools(rng):
+    x = rng.normal(size=(2, 6, 4, 3)).astype(np.float32)
+    inp = gd.input("x", (None, 6, 4, 3))
+    assert gd.max_pool(inp, 2).shape == (None, 3, 2, 3)  # strides default to kernel_size
+    for op, red in (("global_avg_pool", np.mean), ("global_max_pool", np.max)):
+        for keep in (False, True):
+            model = getattr(gd, op)(inp, keep_axes=keep)
+            ref = red(x, axis=(1, 2), keepdims=keep)
+            assert model.shape == ((None, 1, 1, 3) if keep else (None, 3))
+            for out in run_all(model, gd.ModelState.empty(), x):
+                np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
+    first = gd.global_avg_pool(gd.input("x", (None, 3, 6, 4)), channels="first")
+    xf = np.moveaxis(x, -1, 1).copy()
+    np.testing.assert_allclose(gd.predict(first, gd.ModelState.empty(), xf), x.mean((1, 2)),
+                               rtol=1e-5)
+
+
+def _bn_model(axis=-1):
+    return gd.batch_norm(gd.input("x", (None, 5, 4) if axis == -1 else (None, 4, 5)),
+                         axis=axis, momentum=0.3, epsilon=1e-3, name="bn")
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+def test_batch_norm_train_and_inference_match_torch(backend, rng):
+    model = _bn_model()
+    x = rng.normal(size=(6, 5, 4)).astype(np.float32) * 2 + 1
+    init, train = gd.build(model, backend=backend, mode="train")
+    st = init()
+    gamma, beta = rng.normal(size=4).astype(np.float32), rng.normal(size=4).astype(np.float32)
+    st.data["bn"].update(gamma=gamma, beta=beta)
+    ref = torch.nn.BatchNorm1d(4, eps=1e-3, momentum=0.3)
+    with torch.no_grad():
+        ref.weight.copy_(torch.from_numpy(gamma))
+        ref.bias.copy_(torch.from_numpy(beta))
+    xt = torch.from_numpy(x).permute(0, 2, 1)
+    for _ in range(2):  # two steps: the running values move as torch moves them
+        out = train(st, x)
+        y_ref = ref.train()(xt).permute(0, 2, 1).detach().numpy()
+        np.testing.assert_allclose(np.asarray(out["prediction"]), y_ref, rtol=1e-4,
+                                   atol=1e-5)
+        st = out["state"]
+        np.testing.assert_allclose(st.data["bn"]["mean"], ref.running_mean, rtol=1e-5)
+        np.testing.assert_allclose(st.data["bn"]["var"], ref.running_var, rtol=1e-5)
+    assert ("bn", "mean") not in {(k, p) for k, v in st.trainable_parameters().items()
+                                  for p in v}
+    y = gd.predict(model, st, x, backend=backend)
+    with torch.no_grad():
+        y_ref = ref.eval()(xt).permute(0, 2, 1).numpy()
+    np.testing.assert_allclose(np.asarray(y), y_ref, rtol=1e-4, atol=1e-5)
+
+
+def test_batch_norm_buffers_in_to_torch(rng):
+    model = _bn_model(axis=1)
+    st = gd.build(model)[0]()
+    mod = gd.to_torch(model, st)
+    assert not any("mean" in n or "var" in n for n, _ in mod.named_parameters())
+    assert {"bn.mean", "bn.var"} <= set(dict(mod.named_buffers()))
+    x = rng.normal(size=(6, 4, 5)).astype(np.float32) + 3
+    ref = torch.nn.BatchNorm1d(4, eps=1e-3, momentum=0.3)
+    mod.train()
+    y = mod(torch.from_numpy(x))
+    np.testing.assert_allclose(y.detach().numpy(), ref(torch.from_numpy(x)).detach().numpy(),
+                               rtol=1e-4, atol=1e-5)
+    back = gd.from_torch(mod)
+    np.testing.assert_allclose(back.data["bn"]["mean"], ref.running_mean, rtol=1e-6)
+    np.testing.assert_allclose(back.data["bn"]["var"], ref.running_var, rtol=1e-6)
+    assert np.all(st.data["bn"]["mean"] == 0)  # the source state is untouched
+    # the functional train step agrees with the module's step
+    got = gd.build(model, mode="train")[1](st, x)["state"]
+    np.testing.assert_allclose(got.data["bn"]["var"], back.data["bn"]["var"], rtol=1e-5)
+    mod64 = gd.to_torch(model, st, dtype="float64")
+    assert mod64.bn.mean.dtype == torch.float64
+
+
+@pytest.mark.parametrize("axis,shape", [(-1, (3, 5, 4, 6)), (1, (3, 6, 7))])
+def test_group_norm_matches_torch(axis, shape, rng):
+    x = rng.normal(size=shape).astype(np.float32)
+    model = gd.group_norm(gd.input("x", (None, *shape[1:])), 3, axis=axis, name="gn")
+    st = gd.build(model)[0]()
+    c = shape[axis]
+    gamma, beta = rng.normal(size=c).astype(np.float32), rng.normal(size=c).astype(np.float32)
+    st.data["gn"].update(gamma=gamma, beta=beta)
+    ref = F.group_norm(torch.from_numpy(x).movedim(axis, 1), 3, torch.from_numpy(gamma),
+                       torch.from_numpy(beta), 1e-5).movedim(1, axis).numpy()
+    for out in run_all(model, st, x):
+        np.testing.assert_allclose(out, ref, rtol=1e-4, atol=1e-5)
+
+
+def test_conv_gradients_match_torch(rng):
+    """The to_torch module's conv gradients equal torch's own conv2d."""
+    model = gd.conv(gd.input("x", (None, 6, 6, 3)), 4, 3, padding="same", name="c")
+    st = gd.build(model)[0]()
+    mod = gd.to_torch(model, st)
+    x = torch.from_numpy(rng.normal(size=(2, 6, 6, 3)).astype(np.float32))
+    mod(x).square().sum().backward()
+    W = torch.tensor(np.asarray(st.data["c"]["kernel"]).transpose(3, 2, 0, 1).copy(),
+                     requires_grad=True)
+    F.conv2d(x.permute(0, 3, 1, 2), W, torch.tensor(np.asarray(st.data["c"]["bias"])),
+             padding=1).square().sum().backward()
+    np.testing.assert_allclose(mod.c.kernel.grad.numpy(),
+                               W.grad.permute(2, 3, 1, 0).numpy(), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("make,msg", [
+    (lambda x: gd.conv(x, 6, 3, feature_group_size=4, name="bad"), "feature_group_size=4"),
+    (lambda x: gd.conv(x, 4, 9, name="bad"), "larger than the padded input"),
+    (lambda x: gd.max_pool(x, 9, name="bad"), "larger than the padded input"),
+    (lambda x: gd.conv(gd.input("v", (None, 6)), 4, 3, name="bad"), "spatial"),
+    (lambda x: gd.conv(x, 4, (3, 3, 3), name="bad"), "spatial axes"),
+    (lambda x: gd.conv(x, 4, 3, padding=[(1, 1)], name="bad"), "pairs"),
+    (lambda x: gd.conv(x, 4, 3, padding="full", name="bad"), "padding"),
+    (lambda x: gd.group_norm(x, 4, name="bad"), "num_groups=4"),
+    (lambda x: gd.batch_norm(x, axis=0, name="bad"), "batch axis"),
+])
+def test_bad_configurations_are_errors_naming_the_layer(make, msg):
+    x = gd.input("x", (None, 6, 6, 6))
+    with pytest.raises(gd.GraphDSLError) as e:
+        make(x)
+    assert msg in str(e.value) and "bad" in str(e.value)
+
+
+def test_batch_norm_single_value_in_training_is_an_error():
+    model = gd.batch_norm(gd.input("x", (None, 3)), name="bn")
+    for backend in ("numpy", "torch"):
+        init, train = gd.build(model, backend=backend, mode="train")
+        with pytest.raises(gd.GraphDSLError, match="bn"):
+            train(init(), np.ones((1, 3), np.float32))
+
+
+def test_cnn_json_roundtrip_and_table(rng):
+    x = gd.input("x", (None, 8, 8, 1))
+    h = gd.conv(x, 4, 3, padding=[(1, 1), (1, 1)], activation="relu", name="c1")
+    h = gd.batch_norm(h, name="bn")
+    h = gd.avg_pool(h, 2)
+    y = gd.dense(gd.global_max_pool(h), 3, name="out")
+    back = gd.from_json(gd.to_json(y))
+    st = gd.build(y)[0]()
+    xs = rng.normal(size=(2, 8, 8, 1)).astype(np.float32)
+    np.testing.assert_array_equal(gd.predict(back, st, xs), gd.predict(y, st, xs))
+    table = gd.display.as_table(y, {"x": (1, 8, 8, 1)})
+    assert "conv" in table and "batch_norm" in table and "(1, 8, 8, 4)" in table
