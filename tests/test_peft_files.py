@@ -346,7 +346,7 @@ def test_adapt_targets_never_match_part_of_a_segment_or_of_a_name():
     for name in ("model.q_proj_extra", "model.xq_proj"):
         h = gd.dense(h, 4, name=name)
     for bad in (["q_proj"], ["proj"], "q_proj", r"model\.q_proj"):  # list: segment; regex: full
-        with pytest.raises(gd.GraphDSLError, match="match no dense layer|matches no dense"):
+        with pytest.raises(gd.GraphDSLError, match="(match|matches) no adaptable"):
             lora.adapt(h, bad, rank=2)
 
 
@@ -398,3 +398,12 @@ def test_bfloat16_is_widened_exactly(tmp_path):
         np.testing.assert_array_equal(got["w"], x.float().numpy())
         assert got["w"].dtype == np.float32
         np.testing.assert_array_equal(got["i"], np.arange(4))
+
+
+def test_save_peft_refuses_an_adapter_on_an_embedding(tmp_path):
+    model, st = hf.from_transformers(_base(_llama))
+    adapted = dora.adapt(model, ["embed_tokens", "q_proj"], rank=2)
+    st = gd.build(adapted)[0](initial_state=st)
+    with pytest.raises(gd.GraphDSLError, match="model.embed_tokens.*embedding layer"):
+        hf.save_peft(str(tmp_path / "emb"), adapted, st)
+    assert not (tmp_path / "emb").exists()

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import dora, lora
 from ..adapters import attach_adapters
-from ..adapters.contract import is_adapter, owns
+from ..adapters.contract import is_adapter, layer_of, owns
 from ..errors import GraphDSLError, StateError
 from ..graph import Graph, analyze, state_value
 from ..io.archive import atomic_writer
@@ -115,6 +115,12 @@ def _check_peft_compatible(g: Graph, n: Node, first: Node) -> None:
                             "base_weight); PEFT adapts layers of the transformers model",
                             layer=name, op=n.op, where=n.where,
                             fix="adapt the model's dense layers with dora.adapt/lora.adapt")
+    if layer_of(n) != "dense":
+        raise GraphDSLError(f"save_peft: {name!r} adapts a {layer_of(n)} layer; graphdsl "
+                            "writes PEFT files for adapters on Linear/Conv1D layers only",
+                            layer=name, op=n.op, where=n.where,
+                            fix="save this adapter with gd.save_adapters, or adapt only the "
+                                "dense projections for PEFT")
     diff = [k for k in ("rank", "alpha", "rslora", "dropout")
             if n.op != first.op or n.attrs[k] != first.attrs[k]]
     if n.op != first.op or diff:
