@@ -4,7 +4,8 @@ Each layer is lowered by its op's rule in :mod:`.rules` (one table, like a backe
 ``KERNELS``) through a :class:`.builder.Builder`. Graph inputs keep graphdsl's names and
 dtypes (None axes are dynamic); weights are initializers named ``layer.param``; the
 outputs are the model's output, or one per container element (see
-:func:`output_names`). Adapters export merged (one dense kernel each). An optional
+:func:`output_names`). Adapters export merged (one kernel each: the dense, conv or
+embedding layer they adapt). An optional
 input (``gd.optional``) is a graph input only when asked (``optional_inputs``); else
 its default subgraph is exported in its place.
 """

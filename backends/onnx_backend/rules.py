@@ -18,92 +18,26 @@ Example (a new element-wise op ``hardswish`` registered elsewhere)::
 """
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from onnx import TensorProto, helper
 
-from graphdsl.adapters.contract import adapter_ops, merged_kernel
+from graphdsl.adapters.contract import adapter_ops, layer_of, merged_kernel
 from graphdsl.custom import onnx_rule_for
 from graphdsl.errors import GraphDSLError, RuleError
-from graphdsl.node import Node
 
 from .builder import ELEM, Builder
-
-#: the lowest opset an export uses: Softmax over one axis, Squeeze/Unsqueeze/ReduceSum
-#: with axes as inputs, and the int64 Range/Slice forms all need 13
-FLOOR = 13
-
-
-@dataclass
-class Layer:
-    """One graphdsl layer as a rule sees it (shapes as graphdsl infers them: None = a
-    size known only at run time)."""
-
-    name: str
-    op: str
-    node: Node | None
-    ins: list[Any]  # input tensor names (None: an optional input left out)
-    in_shapes: list[Any]
-    in_dtypes: list[str]
-    attrs: Mapping[str, Any]
-    shape: Any
-    dtype: str
-    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)  # params by local name
-    param: Callable[[str], str] = lambda local: local  # local name -> initializer name
-
-
-@dataclass(frozen=True)
-class Rule:
-    fn: Callable[[Builder, Layer], Any]
-    min_opset: int = FLOOR
+from .conv import CONV_RULES, conv_nd
+from .layer import ACTIVATIONS, FLOOR, Layer, Rule, affine, along
 
 
 def _float(t: str) -> str:
     return "float32" if t.startswith("float") else t
 
 
-# -- activations -----------------------------------------------------------------------------
-def _gelu(b: Builder, x: str, a: Mapping[str, Any]) -> str:
-    approx = a.get("approximate", False)
-    if b.opset >= 20:
-        return b.op("Gelu", [x], approximate="tanh" if approx else "none")
-    if approx:  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
-        cube = b.op("Mul", [b.op("Mul", [x, x]), x])
-        inner = b.op("Add", [x, b.op("Mul", [cube, b.const(0.044715)])])
-        t = b.op("Tanh", [b.op("Mul", [inner, b.const(math.sqrt(2.0 / math.pi))])])
-    else:  # 0.5 x (1 + erf(x / sqrt 2))
-        t = b.op("Erf", [b.op("Mul", [x, b.const(1.0 / math.sqrt(2.0))])])
-    return b.op("Mul", [b.op("Mul", [x, b.const(0.5)]), b.op("Add", [t, b.const(1.0)])])
-
-
-ACTIVATIONS: dict[str, Callable[[Builder, str, Mapping[str, Any]], str]] = {
-    "relu": lambda b, x, a: b.op("Relu", [x]),
-    "gelu": _gelu,
-    "sigmoid": lambda b, x, a: b.op("Sigmoid", [x]),
-    "tanh": lambda b, x, a: b.op("Tanh", [x]),
-    "softmax": lambda b, x, a: b.op("Softmax", [x], axis=a.get("axis", -1)),
-    "log_softmax": lambda b, x, a: b.op("LogSoftmax", [x], axis=a.get("axis", -1)),
-    "silu": lambda b, x, a: b.op("Mul", [x, b.op("Sigmoid", [x])]),
-    "elu": lambda b, x, a: b.op("Elu", [x], alpha=a.get("alpha", 1.0)),
-    "leaky_relu": lambda b, x, a: b.op("LeakyRelu", [x], alpha=a.get("alpha", 0.01)),
-    "softplus": lambda b, x, a: b.op("Softplus", [x]),
-}
-
-
 def _activation(op: str) -> Rule:
     return Rule(lambda b, layer: ACTIVATIONS[op](b, layer.ins[0], layer.attrs))
-
-
-def affine(b: Builder, x: str, kernel: str, bias: str | None, act: str | None) -> str:
-    """``act(x @ kernel + bias)`` on the last axis (dense, tied_dense, merged adapters)."""
-    y = b.op("MatMul", [x, kernel])
-    if bias is not None:
-        y = b.op("Add", [y, bias])
-    return y if act is None else ACTIVATIONS[act](b, y, {})
 
 
 def _dense(b: Builder, layer: Layer) -> str:
@@ -112,8 +46,9 @@ def _dense(b: Builder, layer: Layer) -> str:
 
 
 def _adapter(b: Builder, layer: Layer) -> str:
-    """A dora/lora layer exported merged: one dense kernel ``(K + s*A@B) * (m/c)``
-    (DoRA) or ``K + s*A@B`` (LoRA) computed at export time, bias unchanged."""
+    """A dora/lora layer exported merged: the plain layer it adapts (dense: MatMul, conv:
+    Conv, embedding: Gather) with one kernel ``(K + s*A@B) * (m/c)`` (DoRA) or ``K +
+    s*A@B`` (LoRA) computed at export time in the base kernel's layout, bias unchanged."""
     arrays = {k: np.asarray(v, np.float32) for k, v in layer.arrays.items()}
     try:
         W = merged_kernel(layer.op, arrays, layer.attrs)
@@ -121,15 +56,13 @@ def _adapter(b: Builder, layer: Layer) -> str:
         raise GraphDSLError(e.what, layer=layer.name, op=layer.op, fix=e.fix,
                             where=layer.node.where if layer.node else None) from None
     kernel = b.weight(W, f"{layer.attrs['base'] or layer.name}.kernel")
+    kind = layer_of(layer.attrs)
+    if kind == "embedding":
+        return b.op("Gather", [kernel, layer.ins[0]], axis=0)
     bias = layer.param("bias") if "bias" in layer.arrays else None
+    if kind == "conv":
+        return conv_nd(b, layer.ins[0], layer.in_shapes[0], layer.attrs, kernel, bias)
     return affine(b, layer.ins[0], kernel, bias, layer.attrs["activation"])
-
-
-def _along(b: Builder, v: str, rank: int, axis: int) -> str:
-    """A vector ``v`` reshaped to broadcast along ``axis`` of a rank-``rank`` tensor."""
-    if axis == rank - 1:
-        return v
-    return b.op("Reshape", [v, b.ints([-1] + [1] * (rank - 1 - axis))])
 
 
 def _layer_norm(b: Builder, layer: Layer) -> str:
@@ -146,9 +79,9 @@ def _layer_norm(b: Builder, layer: Layer) -> str:
     var = b.reduce("ReduceMean", b.op("Mul", [xc, xc]), [ax])
     y = b.op("Div", [xc, b.op("Sqrt", [b.op("Add", [var, b.const(eps)])])])
     if gamma is not None:
-        y = b.op("Mul", [y, _along(b, gamma, rank, ax)])
+        y = b.op("Mul", [y, along(b, gamma, rank, ax)])
     if beta is not None:
-        y = b.op("Add", [y, _along(b, beta, rank, ax)])
+        y = b.op("Add", [y, along(b, beta, rank, ax)])
     return y
 
 
@@ -160,7 +93,7 @@ def _rms_norm(b: Builder, layer: Layer) -> str:
     ms = b.op("Add", [b.reduce("ReduceMean", b.op("Mul", [x, x]), [ax]),
                       b.const(layer.attrs["epsilon"])])
     y = b.op("Mul", [x, b.op("Reciprocal", [b.op("Sqrt", [ms])])])
-    return b.op("Mul", [_along(b, layer.param("gamma"), rank, ax), y])
+    return b.op("Mul", [along(b, layer.param("gamma"), rank, ax), y])
 
 
 def _variadic(op_type: str) -> Rule:
@@ -375,6 +308,7 @@ RULES: dict[str, Rule] = {
                                            layer.attrs["stop"], layer.attrs["axis"])),
     "positions": Rule(_positions),
     "tied_dense": Rule(_tied_dense),
+    **CONV_RULES,  # conv, pools, batch_norm, group_norm
     **{op: _activation(op) for op in ACTIVATIONS},
     **{op: Rule(_adapter) for op in adapter_ops()},  # dora, lora: exported merged
 }

@@ -1,0 +1,199 @@
+"""ONNX rules of the convolutional ops (conv, max/avg pool, global pools, batch_norm,
+group_norm), and :func:`conv_nd`, which a merged conv adapter shares.
+
+ONNX's Conv / MaxPool / AveragePool are channels-first (``[N, C, *spatial]``, kernel
+``[F, C/groups, *k]``): a channels-last layer is transposed in and out, its HWIO kernel
+by a Transpose node on the initializer (ONNX Runtime folds it). The window is graphdsl's
+(:func:`graphdsl.windows.window`, as the NumPy kernels use it):
+
+- padding: the ``(lo, hi)`` pairs the window resolves from the static sizes (Conv's
+  ``pads``). "same" over a dynamic (None) size is computed in the graph from ``Shape``:
+  total ``max((ceil(n/s)-1)*s + span - n, 0)``, the smaller half before, applied with a
+  ``Pad`` node. ``auto_pad="SAME_UPPER"`` is not used: ONNX Runtime rejects it when a
+  window is narrower than its stride (a negative total), where TF/Axon pad nothing.
+- pools always pad with a ``Pad`` node (``-inf`` for max, zeros for avg, which the mean
+  then counts, as the NumPy kernel and Axon's ``window_mean`` do): ONNX Runtime's pools
+  reject pads as wide as the window, which graphdsl allows (such a max window is -inf).
+- input dilation (no ONNX operator has it): the zeros are inserted by a depthwise
+  ``ConvTranspose`` with stride ``d`` and a 1x1 kernel of ones (size ``(n-1)*d + 1``,
+  exact), then the conv runs on the dilated input as XLA's does.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from graphdsl.windows import Window, split_channels, window
+
+from .builder import Builder
+from .layer import ACTIVATIONS, Layer, Rule, along
+
+
+def to_first(b: Builder, x: str, rank: int, channels: str) -> str:
+    """``[N, *S, C]`` -> ``[N, C, *S]`` (channels "last"; "first" is as it is)."""
+    if channels == "first":
+        return x
+    return b.op("Transpose", [x], perm=[0, rank - 1, *range(1, rank - 1)])
+
+
+def from_first(b: Builder, y: str, rank: int, channels: str) -> str:
+    """The inverse of :func:`to_first`."""
+    if channels == "first":
+        return y
+    return b.op("Transpose", [y], perm=[0, *range(2, rank), 1])
+
+
+def _dilated(b: Builder, x: str, c: int, w: Window) -> str:
+    """Channels-first ``x`` with ``d - 1`` zeros between elements on each spatial axis."""
+    if all(d == 1 for d in w.input_dilation):
+        return x
+    n = len(w.kernel)
+    ones = b.const(np.ones((c, 1, *(1,) * n), np.float32))
+    return b.op("ConvTranspose", [x, ones], group=c, strides=list(w.input_dilation),
+                kernel_shape=[1] * n)
+
+
+def _same_pads(b: Builder, x: str, w: Window, rank: int) -> str:
+    """The Pad ``pads`` [2 * rank] of TF/Axon's "same" for channels-first ``x`` (already
+    input-dilated), from its run-time sizes."""
+    n = len(w.kernel)
+    spans = [(k - 1) * d + 1 for k, d in zip(w.kernel, w.kernel_dilation)]
+    size = b.slice(b.op("Shape", [x]), 2, rank, 0)
+    s = b.ints(w.strides)
+    out = b.op("Div", [b.op("Add", [size, b.ints([v - 1 for v in w.strides])]), s])
+    total = b.op("Sub", [b.op("Add", [b.op("Mul", [b.op("Sub", [out, b.ints([1] * n)]), s]),
+                                      b.ints(spans)]), size])
+    total = b.op("Max", [total, b.ints([0] * n)])
+    lo = b.op("Div", [total, b.ints([2] * n)])
+    return b.op("Concat", [b.ints([0, 0]), lo, b.ints([0, 0]), b.op("Sub", [total, lo])],
+                axis=0)
+
+
+def _padded(b: Builder, x: str, w: Window, rank: int, fill: float) -> str:
+    """Channels-first ``x`` padded as ``w`` says with ``fill`` (a Pad node, or ``x``)."""
+    if any(p is None for p in w.pads):
+        pads = _same_pads(b, x, w, rank)
+    elif any(lo or hi for lo, hi in w.pads):
+        pads = b.ints([0, 0, *(lo for lo, _ in w.pads), 0, 0, *(hi for _, hi in w.pads)])
+    else:
+        return x
+    return b.op("Pad", [x, pads, b.const(fill)], mode="constant")
+
+
+def conv_nd(b: Builder, x: str, in_shape: tuple, a: Mapping[str, Any], kernel: str,
+            bias: str | None) -> str:
+    """``activation(conv(x, kernel) + bias)`` for a conv layer's attributes ``a``:
+    ``x`` as graphdsl lays it out (``[N, *S, C]`` or channels first), ``kernel`` an
+    initializer in graphdsl's layout for ``a["channels"]``, ``bias [F]`` or None."""
+    ch, rank = a["channels"], len(in_shape)
+    c, spatial, _ = split_channels(in_shape, ch, "conv")
+    w = window(spatial, a["kernel_size"], a)
+    n = len(w.kernel)
+    xf = _dilated(b, to_first(b, x, rank, ch), c, w)
+    opts: dict[str, Any] = {}
+    if any(p is None for p in w.pads):
+        xf = _padded(b, xf, w, rank, 0.0)
+    elif any(lo or hi for lo, hi in w.pads):
+        opts["pads"] = [lo for lo, _ in w.pads] + [hi for _, hi in w.pads]
+    if ch == "last":  # HWIO [*k, C/g, F] -> [F, C/g, *k]
+        kernel = b.op("Transpose", [kernel], perm=[n + 1, n, *range(n)])
+    y = b.op("Conv", [xf, kernel] + ([bias] if bias else []), kernel_shape=list(w.kernel),
+             strides=list(w.strides), dilations=list(w.kernel_dilation),
+             group=a["feature_group_size"], **opts)
+    act = a["activation"]
+    if act is None:
+        return from_first(b, y, rank, ch)
+    # the NumPy kernel applies it channels last: a softmax runs over the channels
+    if ch == "last":
+        return ACTIVATIONS[act](b, from_first(b, y, rank, ch), {})
+    return ACTIVATIONS[act](b, y, {"axis": 1})
+
+
+def _conv(b: Builder, layer: Layer) -> str:
+    bias = layer.param("bias") if "bias" in layer.arrays else None
+    return conv_nd(b, layer.ins[0], layer.in_shapes[0], layer.attrs, layer.param("kernel"),
+                   bias)
+
+
+def _pool(op_type: str, fill: float) -> Rule:
+    def fn(b: Builder, layer: Layer) -> str:
+        a, shape = layer.attrs, layer.in_shapes[0]
+        rank = len(shape)
+        _, spatial, _ = split_channels(shape, a["channels"], layer.op)
+        w = window(spatial, a["kernel_size"], a)
+        x = b.cast(layer.ins[0], layer.in_dtypes[0], "float32")
+        xf = _padded(b, to_first(b, x, rank, a["channels"]), w, rank, fill)
+        y = b.op(op_type, [xf], kernel_shape=list(w.kernel), strides=list(w.strides))
+        if op_type == "MaxPool" and any(p is not None and max(p) >= k
+                                        for p, k in zip(w.pads, w.kernel)):
+            # a window wholly in the padding is -inf (NumPy, torch); ONNX Runtime's
+            # MaxPool starts from the lowest float and returns that instead
+            low = b.const(np.finfo(np.float32).min)
+            y = b.op("Where", [b.op("Equal", [y, low]), b.const(-np.inf), y])
+        return from_first(b, y, rank, a["channels"])
+
+    return Rule(fn)
+
+
+def _global(op_type: str) -> Rule:
+    def fn(b: Builder, layer: Layer) -> str:
+        rank = len(layer.in_shapes[0])
+        axes = range(1, rank - 1) if layer.attrs["channels"] == "last" else range(2, rank)
+        x = b.cast(layer.ins[0], layer.in_dtypes[0], "float32")
+        return b.reduce(op_type, x, list(axes), keepdims=int(layer.attrs["keep_axes"]))
+
+    return Rule(fn)
+
+
+def _batch_norm(b: Builder, layer: Layer) -> str:
+    """Inference: ``x * scale + shift`` with ``scale = gamma / sqrt(var + eps)``, ``shift =
+    beta - mean * scale`` from the running statistics (the NumPy kernel's order); the
+    four initializers keep their names, and ONNX Runtime folds scale and shift."""
+    x, rank = layer.ins[0], len(layer.shape)
+    ax = layer.attrs["axis"] % rank
+    var = b.op("Add", [layer.param("var"), b.const(layer.attrs["epsilon"])])
+    scale = b.op("Div", [layer.param("gamma"), b.op("Sqrt", [var])])
+    shift = b.op("Sub", [layer.param("beta"), b.op("Mul", [layer.param("mean"), scale])])
+    return b.op("Add", [b.op("Mul", [x, along(b, scale, rank, ax)]),
+                        along(b, shift, rank, ax)])
+
+
+def _group_norm(b: Builder, layer: Layer) -> str:
+    """Decomposed (opset 13; GroupNormalization-18 scales per group, 21 per channel): the
+    channels split into ``[..., groups, C/groups]``, mean and variance over each group's
+    channels and every spatial axis, then ``* gamma + beta`` per channel."""
+    x, rank = layer.ins[0], len(layer.shape)
+    ax = layer.attrs["axis"] % rank
+    c, g = layer.shape[ax], layer.attrs["num_groups"]
+    if ax not in (1, rank - 1):  # the channels last, and back at the end
+        perm = [i for i in range(rank) if i != ax] + [ax]
+        x = b.op("Transpose", [x], perm=perm)
+    last = ax != 1 or rank == 2
+    # channels last: [N, -1, g, C/g] over (1, 3); channel axis 1: [N, g, -1] over (2,)
+    target, axes = ([0, -1, g, c // g], [1, 3]) if last else ([0, g, -1], [2])
+    xg = b.op("Reshape", [x, b.ints(target)])
+    xc = b.op("Sub", [xg, b.reduce("ReduceMean", xg, axes)])
+    var = b.reduce("ReduceMean", b.op("Mul", [xc, xc]), axes)
+    y = b.op("Div", [xc, b.op("Sqrt", [b.op("Add", [var, b.const(layer.attrs["epsilon"])])])])
+    y = b.op("Reshape", [y, b.op("Shape", [x])])
+    ch_axis = rank - 1 if last else 1
+    y = b.op("Add", [b.op("Mul", [y, along(b, layer.param("gamma"), rank, ch_axis)]),
+                     along(b, layer.param("beta"), rank, ch_axis)])
+    if ax not in (1, rank - 1):
+        y = b.op("Transpose", [y], perm=[int(i) for i in np.argsort(perm)])
+    return y
+
+
+CONV_RULES: dict[str, Rule] = {
+    "conv": Rule(_conv),
+    "max_pool": _pool("MaxPool", -np.inf),
+    "avg_pool": _pool("AveragePool", 0.0),
+    "global_avg_pool": _global("ReduceMean"),
+    "global_max_pool": _global("ReduceMax"),
+    "batch_norm": Rule(_batch_norm),
+    "group_norm": Rule(_group_norm),
+}
+
+__all__ = ["CONV_RULES", "conv_nd", "from_first", "to_first"]

@@ -1,0 +1,89 @@
+"""What an ONNX rule works with: the :class:`Layer` it lowers, the :class:`Rule` record,
+and the lowerings several rule modules share (activations, ``affine``, ``along``).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from graphdsl.node import Node
+
+from .builder import Builder
+
+#: the lowest opset an export uses: Softmax over one axis, Squeeze/Unsqueeze/ReduceSum
+#: with axes as inputs, and the int64 Range/Slice forms all need 13
+FLOOR = 13
+
+
+@dataclass
+class Layer:
+    """One graphdsl layer as a rule sees it (shapes as graphdsl infers them: None = a
+    size known only at run time)."""
+
+    name: str
+    op: str
+    node: Node | None
+    ins: list[Any]  # input tensor names (None: an optional input left out)
+    in_shapes: list[Any]
+    in_dtypes: list[str]
+    attrs: Mapping[str, Any]
+    shape: Any
+    dtype: str
+    arrays: Mapping[str, np.ndarray] = field(default_factory=dict)  # params by local name
+    param: Callable[[str], str] = lambda local: local  # local name -> initializer name
+
+
+@dataclass(frozen=True)
+class Rule:
+    fn: Callable[[Builder, Layer], Any]
+    min_opset: int = FLOOR
+
+
+# -- activations -----------------------------------------------------------------------------
+def _gelu(b: Builder, x: str, a: Mapping[str, Any]) -> str:
+    approx = a.get("approximate", False)
+    if b.opset >= 20:
+        return b.op("Gelu", [x], approximate="tanh" if approx else "none")
+    if approx:  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+        cube = b.op("Mul", [b.op("Mul", [x, x]), x])
+        inner = b.op("Add", [x, b.op("Mul", [cube, b.const(0.044715)])])
+        t = b.op("Tanh", [b.op("Mul", [inner, b.const(math.sqrt(2.0 / math.pi))])])
+    else:  # 0.5 x (1 + erf(x / sqrt 2))
+        t = b.op("Erf", [b.op("Mul", [x, b.const(1.0 / math.sqrt(2.0))])])
+    return b.op("Mul", [b.op("Mul", [x, b.const(0.5)]), b.op("Add", [t, b.const(1.0)])])
+
+
+ACTIVATIONS: dict[str, Callable[[Builder, str, Mapping[str, Any]], str]] = {
+    "relu": lambda b, x, a: b.op("Relu", [x]),
+    "gelu": _gelu,
+    "sigmoid": lambda b, x, a: b.op("Sigmoid", [x]),
+    "tanh": lambda b, x, a: b.op("Tanh", [x]),
+    "softmax": lambda b, x, a: b.op("Softmax", [x], axis=a.get("axis", -1)),
+    "log_softmax": lambda b, x, a: b.op("LogSoftmax", [x], axis=a.get("axis", -1)),
+    "silu": lambda b, x, a: b.op("Mul", [x, b.op("Sigmoid", [x])]),
+    "elu": lambda b, x, a: b.op("Elu", [x], alpha=a.get("alpha", 1.0)),
+    "leaky_relu": lambda b, x, a: b.op("LeakyRelu", [x], alpha=a.get("alpha", 0.01)),
+    "softplus": lambda b, x, a: b.op("Softplus", [x]),
+}
+
+
+def affine(b: Builder, x: str, kernel: str, bias: str | None, act: str | None) -> str:
+    """``act(x @ kernel + bias)`` on the last axis (dense, tied_dense, merged adapters)."""
+    y = b.op("MatMul", [x, kernel])
+    if bias is not None:
+        y = b.op("Add", [y, bias])
+    return y if act is None else ACTIVATIONS[act](b, y, {})
+
+
+def along(b: Builder, v: str, rank: int, axis: int) -> str:
+    """A vector ``v`` reshaped to broadcast along ``axis`` of a rank-``rank`` tensor."""
+    if axis == rank - 1:
+        return v
+    return b.op("Reshape", [v, b.ints([-1] + [1] * (rank - 1 - axis))])
+
+
+__all__ = ["ACTIVATIONS", "FLOOR", "Layer", "Rule", "affine", "along"]
