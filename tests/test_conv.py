@@ -262,3 +262,44 @@ def test_cnn_json_roundtrip_and_table(rng):
     np.testing.assert_array_equal(gd.predict(back, st, xs), gd.predict(y, st, xs))
     table = gd.display.as_table(y, {"x": (1, 8, 8, 1)})
     assert "conv" in table and "batch_norm" in table and "(1, 8, 8, 4)" in table
+
+
+@pytest.mark.parametrize("channels", ["last", "first"])
+@pytest.mark.parametrize("adapter", [None, "dora"])
+def test_conv_activation_acts_on_the_output_in_its_own_layout(channels, adapter):
+    """Axon applies a conv's activation to the output as laid out: softmax on its last
+    axis (channels when channels="last", the last spatial axis when "first"). Every
+    backend, the module, merged adapters and ONNX agree with torch's conv + softmax."""
+    import torch.nn.functional as F
+
+    from graphdsl import dora
+
+    shape = (None, 6, 5, 3) if channels == "last" else (None, 3, 6, 5)
+    x = gd.input("x", shape)
+    model = gd.conv(x, 4, kernel_size=3, padding="same", channels=channels,
+                    activation="softmax", name="c")
+    if adapter:
+        model = dora.adapt(model, ["c"], rank=2)
+    xs = np.random.default_rng(0).standard_normal((2, *shape[1:])).astype(np.float32)
+    st = gd.build(model, seed=1)[0]({"x": xs})
+    if adapter:
+        st.data["c_dora"]["B"] = np.full(st.data["c_dora"]["B"].shape, 0.1, np.float32)
+    _, merged_st = gd.merge_adapters(model, st) if adapter else (model, st)
+    K = torch.tensor(merged_st.data["c"]["kernel"])
+    w = K if channels == "first" else K.permute(3, 2, 0, 1)
+    xt = torch.tensor(xs if channels == "first" else xs.transpose(0, 3, 1, 2))
+    pre = F.conv2d(xt, w, torch.tensor(merged_st.data["c"]["bias"]), padding=1)
+    if channels == "last":
+        pre = pre.permute(0, 2, 3, 1)
+    want = torch.softmax(pre, -1).numpy()
+    got = {"numpy": gd.predict(model, st, xs),
+           "numpy train": gd.predict(model, st, xs, mode="train")["prediction"],
+           "torch": gd.predict(model, st, xs, backend="torch"),
+           "module": gd.to_torch(model, st)(torch.tensor(xs)).detach().numpy()}
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    proto = gd.to_onnx(model, st)
+    sess = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    got["onnx"] = sess.run(None, {"x": xs})[0]
+    for k, v in got.items():
+        np.testing.assert_allclose(v, want, rtol=1e-5, atol=1e-5, err_msg=k)

@@ -45,10 +45,13 @@ def cached_merge(ctx: KernelContext, sources: tuple, make: Callable[[], np.ndarr
     return W
 
 
-def _finish(y: np.ndarray, b: np.ndarray | None, a: Mapping) -> np.ndarray:
+def _finish(y: np.ndarray, b: np.ndarray | None, a: Mapping,
+            back: Callable[[np.ndarray], np.ndarray] = lambda v: v) -> np.ndarray:
+    """Bias on the channels-last rows, ``back`` to the layer's layout, then the activation
+    (which sees the output in the layer's own layout: Axon's softmax axis)."""
     if b is not None:
         y += b
-    return apply_activation(y, a["activation"])
+    return apply_activation(back(y), a["activation"])
 
 
 def _plain(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, a: Mapping) -> np.ndarray:
@@ -61,7 +64,7 @@ def _plain(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, a: Mapping) -> np
         return _finish(x @ W, b, a)
     ch = a["channels"]
     y = conv_forward(to_last(x, ch), kernel_hwio(W, ch), a)
-    return from_last(_finish(y, b, a), ch)
+    return _finish(y, b, a, lambda v: from_last(v, ch))
 
 
 def _rows(x: np.ndarray, a: Mapping, p: Mapping) -> tuple:
@@ -132,7 +135,7 @@ def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     else:
         y += (r - 1) * prod[rows:2 * rows]
         y += (r * sd) * ((xd2 @ A2) @ B)
-    return back(_finish(y, b, a)), updates
+    return _finish(y, b, a, back), updates
 
 
 def _lora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
@@ -147,7 +150,7 @@ def _lora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     x2, xd2, updates, back = _rows(x, a, p)
     y = x2 @ flat_kernel(K, a)
     y += np.asarray(a["scale"], x.dtype) * (((x2 if xd2 is None else xd2) @ flat_A(A)) @ B)
-    return back(_finish(y, b, a)), updates
+    return _finish(y, b, a, back), updates
 
 
 KERNELS: dict[str, Callable] = {"dora": _dora, "lora": _lora}

@@ -99,7 +99,8 @@ def _conv(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
     y = conv_forward(x, kernel_hwio(p["kernel"], a["channels"]), a)
     if "bias" in p:
         y += p["bias"]
-    return from_last(apply_activation(y, a["activation"]), a["channels"])
+    # the activation sees the output in the layer's own layout (Axon: softmax on its last axis)
+    return apply_activation(from_last(y, a["channels"]), a["activation"])
 
 
 def _taps(xp: np.ndarray, w: Window) -> Any:

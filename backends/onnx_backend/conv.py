@@ -105,10 +105,8 @@ def conv_nd(b: Builder, x: str, in_shape: tuple, a: Mapping[str, Any], kernel: s
     act = a["activation"]
     if act is None:
         return from_first(b, y, rank, ch)
-    # the NumPy kernel applies it channels last: a softmax runs over the channels
-    if ch == "last":
-        return ACTIVATIONS[act](b, from_first(b, y, rank, ch), {})
-    return ACTIVATIONS[act](b, y, {"axis": 1})
+    # on the output in the layer's own layout, as the other backends (Axon's softmax axis)
+    return ACTIVATIONS[act](b, from_first(b, y, rank, ch), {})
 
 
 def _conv(b: Builder, layer: Layer) -> str:

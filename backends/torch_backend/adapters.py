@@ -249,7 +249,7 @@ def _conv_or_embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
             y = y + (1 - rv) * (base - conv_first(xd, torch_weight(K, ch), None, a))
     if b is not None:
         y = y + b.reshape(-1, *([1] * (y.dim() - 2)))
-    y = from_first(apply_activation(y, a.get("activation")), ch)
+    y = apply_activation(from_first(y, ch), a.get("activation"))
     return _with_updates(y, ctx, updates)
 
 

@@ -65,7 +65,8 @@ def torch_weight(K: torch.Tensor, channels: str) -> torch.Tensor:
 def _conv(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
     ch = a["channels"]
     y = conv_first(to_first(ins[0], ch), torch_weight(p["kernel"], ch), p.get("bias"), a)
-    return from_first(apply_activation(y, a["activation"]), ch)
+    # the activation sees the output in the layer's own layout (Axon: softmax on its last axis)
+    return apply_activation(from_first(y, ch), a["activation"])
 
 
 def _pool(table: dict, fill: float) -> Callable:
