@@ -123,14 +123,17 @@ class _DoRAFactored(torch.autograd.Function):
         x2, K, A, B, xA, h, scale, c = fctx.saved_tensors
         s = fctx.s
         need = fctx.needs_input_grad
-        gh = gy * scale
+        # one [n, out] buffer for gy*h (the magnitude's gradient) and then gh: every fresh
+        # buffer of that size costs page faults comparable to the small ops around it
+        gh = torch.mul(gy, h)
+        gm = gh.sum(0).div_(c) if need[5] else None
+        torch.mul(gy, scale, out=gh)
         g_xA = (gh @ B.t()).mul_(s) if need[0] or need[3] else None
-        gx = torch.addmm(gh @ K.t(), g_xA, A.t()) if need[0] else None
+        gx = (gh @ K.t()).addmm_(g_xA, A.t()) if need[0] else None
         gK = x2.t() @ gh if need[1] else None
         gb = gy.sum(0) if need[2] and fctx.has_bias else None
         gA = x2.t() @ g_xA if need[3] else None
         gB = (xA.t() @ gh).mul_(s) if need[4] else None
-        gm = (gy * h).sum(0).div_(c) if need[5] else None
         return gx, gK, gb, gA, gB, gm, None, None
 
 
