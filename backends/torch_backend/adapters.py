@@ -30,14 +30,15 @@ def _colsum_sq(K: torch.Tensor) -> torch.Tensor:
         return _colsum_squares(K)
 
 
-#: the transient of colsum(K*K) stays under this many elements, or under in*out/8
-_COLSUM_BLOCK = 1 << 20
+#: the transient of colsum(K*K) stays under this many elements (512 KiB in float32), or
+#: under in*out/8: a fresh multi-MiB buffer costs more in page faults than the squares
+_COLSUM_BLOCK = 1 << 17
 
 
 def _colsum_squares(K: torch.Tensor) -> torch.Tensor:
     """``colsum(K*K) [out]`` for K [in, out], in row blocks whose ``K*K`` transient is at
-    most max(2^20 elements, in*out/8): one block for projection-sized kernels (each block
-    costs a few kernel launches), 8 for big ones. It runs at the speed of ``(K*K).sum(0)``
+    most max(2^17 elements, in*out/8): at most 8 blocks (each costs a few kernel
+    launches). It runs at the speed of ``(K*K).sum(0)``
     (``vector_norm(K, dim=0)`` reduces across rows, strided, ~13x slower on a CPU)."""
     n_blocks = min(8, -(-K.numel() // _COLSUM_BLOCK))
     blocks = K.split(max(1, -(-K.shape[0] // max(1, n_blocks))))
