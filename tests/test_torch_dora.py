@@ -215,7 +215,8 @@ def test_zero_norm_column_is_an_error_and_eps_clamps():
 
 
 @pytest.mark.parametrize("use_bias", [True, False])
-def test_fused_dora_gradients_for_every_input(use_bias):
+@pytest.mark.parametrize("batch", [4, 100])  # 12 rows: one fused GEMM; 300: two
+def test_fused_dora_gradients_for_every_input(use_bias, batch):
     """The fused DoRA node's hand-written backward against autograd through the
     materialized weight with the norm detached: gradients of x (3-D), the base kernel and
     bias (made trainable), A, B and magnitude; an activation after it."""
@@ -226,7 +227,7 @@ def test_fused_dora_gradients_for_every_input(use_bias):
     m = gd.to_torch(model, st)
     for p in m.parameters():
         p.requires_grad_(True)
-    xt = torch.randn(4, 3, IN, dtype=torch.float32, requires_grad=True)
+    xt = torch.randn(batch, 3, IN, dtype=torch.float32, requires_grad=True)
     y = m(xt)
     ref = {k: torch.tensor(v, requires_grad=True) for k, v in
            {**st.data["fc"], **st.data["fc_ad"]}.items() if k != "key"}

@@ -33,6 +33,10 @@ def _colsum_sq(K: torch.Tensor) -> torch.Tensor:
 #: the transient of colsum(K*K) stays under this many elements (512 KiB in float32), or
 #: under in*out/8: a fresh multi-MiB buffer costs more in page faults than the squares
 _COLSUM_BLOCK = 1 << 17
+#: below this many rows x@K and A.T@K run as one GEMM of cat([x, A.T]); above it as two
+#: (measured, 2 threads: 1024x1024 at 64 rows 10% faster fused; the LLaMA step's
+#: 512-row x 512..1376 projections 5% faster as two)
+_FUSE_ROWS = 256
 
 
 def _colsum_squares(K: torch.Tensor) -> torch.Tensor:
@@ -101,15 +105,19 @@ class _DoRAFactored(torch.autograd.Function):
     """DoRA with a detached norm as one autograd node: ``y = (m/c) * (x@K + s*(x@A)@B) + b``
     and its hand-written backward, c treated as a constant (PEFT's and the paper's
     sec. 4.3 choice). Against the same ops recorded one by one it saves the autograd
-    bookkeeping of ~15 small nodes. ``x@K`` and ``A.T@K`` are two BLAS calls: fused as
-    ``cat([x, A.T]) @ K`` the 528-row GEMM ran 0.7 ms slower than the 512-row one plus the
-    thin one (512x1376, 2 threads). x2 [n, in], K [in, out], b [out] or None, A [in, r],
-    B [r, out], m [out] -> y [n, out]; ``finish(c2, noise) -> c`` applies the eps/zero-norm
-    rule."""
+    bookkeeping of ~15 small nodes. ``x@K`` and ``A.T@K`` are one GEMM of
+    ``cat([x, A.T])`` for few rows, two BLAS calls for many (``_FUSE_ROWS``).
+    x2 [n, in], K [in, out], b [out] or None, A [in, r], B [r, out], m [out] -> y [n, out];
+    ``finish(c2, noise) -> c`` applies the eps/zero-norm rule."""
 
     @staticmethod
     def forward(fctx, x2, K, b, A, B, m, s: float, finish: Callable):  # noqa: ANN001
-        h, AtK = x2 @ K, A.t() @ K
+        n = x2.shape[0]
+        if n < _FUSE_ROWS:  # few rows: A.T's r rows are a large share, one GEMM wins
+            big = torch.cat([x2, A.t()]) @ K
+            h, AtK = big[:n], big[n:]
+        else:
+            h, AtK = x2 @ K, A.t() @ K
         c = finish(*dora_column_norm_sq(A, B, s, AtK, _colsum_squares(K)))
         scale = m / c
         xA = x2 @ A
