@@ -87,6 +87,8 @@ SAVE_CASES = {
     "gpt2_lora_c_attn": (_gpt2, lora, ["c_attn"], {"rslora": True}, None),
     "gpt2_untied_lora_lm_head": (_gpt2_untied, lora, ["c_fc"], {}, ["lm_head"]),
     "bert_dora": (_bert, dora, ["query", "value", "dense"], {}, None),
+    "llama_dora_embedding": (_llama, dora, ["embed_tokens", "q_proj"], {}, None),
+    "gpt2_lora_embedding_tied": (_gpt2, lora, ["wte", "c_attn"], {}, None),
 }
 
 
@@ -166,6 +168,10 @@ LOAD_CASES = {
                                                     modules_to_save=["lm_head"])),
     "bert_lora": (_bert, dict(target_modules=["key", "output.dense"],
                               task_type="FEATURE_EXTRACTION")),
+    "llama_dora_embedding": (_llama, dict(target_modules=["embed_tokens", "v_proj"],
+                                          use_dora=True)),
+    "gpt2_lora_embedding_tied": (_gpt2, dict(target_modules=["wte", "c_fc"],
+                                             fan_in_fan_out=True)),
 }
 
 
@@ -252,7 +258,7 @@ Q0 = "base_model.model.model.layers.0.self_attn.q_proj"
     ({"task_type": "SEQ_CLS"}, ["task_type", "SEQ_CLS"]),
     ({"r": 0}, ["r=0"]),
     ({"target_modules": ["nope_proj"]}, ["nope_proj", "matches no layer"]),
-    ({"target_modules": ["embed_tokens"]}, ["embed_tokens", "embedding"]),
+    ({"target_modules": ["model.norm"]}, ["model.norm", "rms_norm"]),
     ({"modules_to_save": ["nope"]}, ["modules_to_save", "nope"]),
 ])
 def test_load_peft_refuses_what_it_does_not_implement(peft_dir, tmp_path, cfg, words):
@@ -400,10 +406,19 @@ def test_bfloat16_is_widened_exactly(tmp_path):
         np.testing.assert_array_equal(got["i"], np.arange(4))
 
 
-def test_save_peft_refuses_an_adapter_on_an_embedding(tmp_path):
-    model, st = hf.from_transformers(_base(_llama))
-    adapted = dora.adapt(model, ["embed_tokens", "q_proj"], rank=2)
-    st = gd.build(adapted)[0](initial_state=st)
-    with pytest.raises(gd.GraphDSLError, match="model.embed_tokens.*embedding layer"):
-        hf.save_peft(str(tmp_path / "emb"), adapted, st)
-    assert not (tmp_path / "emb").exists()
+def test_load_peft_takes_the_embedding_weight_peft_saved_beside_its_adapter(tmp_path):
+    """With an embedding in target_modules PEFT also saves the embedding's own weight
+    (``base_layer.weight``, it may have been resized or trained); PEFT loads it, so do we."""
+    from safetensors.numpy import load_file
+
+    base, _ = _peft_trained(_llama, tmp_path / "src", target_modules=["embed_tokens"],
+                            use_dora=True)
+    key = "base_model.model.model.embed_tokens.base_layer.weight"
+    w = load_file(str(tmp_path / "src" / "adapter_model.safetensors"))[key]
+    d = _edit(tmp_path / "src", tmp_path / "edited", add={key: w + 0.5})
+    ref = _out(peft.PeftModel.from_pretrained(_base(_llama), d).eval())
+    model, st = hf.from_transformers(base)
+    adapted, st2 = hf.load_peft(d, model, st)
+    np.testing.assert_allclose(st2.data["model.embed_tokens"]["kernel"], w + 0.5)
+    assert ("model.embed_tokens", "kernel") in st2.frozen
+    np.testing.assert_allclose(gd.predict(adapted, st2, IDS), ref, rtol=1e-4, atol=1e-4)

@@ -6,7 +6,10 @@ Keys (as PEFT writes them): ``base_model.model.<layer>.lora_A.weight [r, in]`` =
 ``.lora_magnitude_vector [out]`` = DoRA's ``magnitude``, and each ``modules_to_save``
 layer's own parameters under their transformers names (``<layer>.weight``, ...). GPT-2's
 Conv1D layers use the same layout (PEFT's ``fan_in_fan_out``; the DoRA norm is still per
-output unit). Reading needs only NumPy and safetensors.
+output unit). An adapted embedding's are ``.lora_embedding_A [r, vocab]`` and
+``.lora_embedding_B [dim, r]`` (no ``.weight``); PEFT also saves its own weight as
+``.base_layer.weight``, which loading takes when present. Reading needs only NumPy and
+safetensors.
 """
 from __future__ import annotations
 
@@ -29,9 +32,12 @@ from .peft_config import CONFIG_FILE, is_saved, is_target, read_config, short_ta
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."
-#: our adapter parameter -> (PEFT key suffix, stored transposed)
+#: our adapter parameter -> (PEFT key suffix, stored transposed), per adapted layer kind;
+#: PEFT's Embedding keeps A [r, vocab] and B [dim, r] as bare parameters
 _PEFT_PARAM = {"A": ("lora_A.weight", True), "B": ("lora_B.weight", True),
                "magnitude": ("lora_magnitude_vector", False)}
+_PEFT_KEYS = {"dense": _PEFT_PARAM, "embedding": {**_PEFT_PARAM, "A": ("lora_embedding_A", True),
+                                                   "B": ("lora_embedding_B", True)}}
 _TASK = {"BertModel": "FEATURE_EXTRACTION"}  # every other architecture is a causal LM
 
 
@@ -68,8 +74,9 @@ def save_peft(folder: str, adapted: Node, state: ModelState) -> str:
     for n in adapters:
         _check_peft_compatible(g, n, first)
         for spec in n.params:
-            if owns(n, spec) and spec.name in _PEFT_PARAM:
-                suffix, transpose = _PEFT_PARAM[spec.name]
+            keys = _PEFT_KEYS[layer_of(n)]
+            if owns(n, spec) and spec.name in keys:
+                suffix, transpose = keys[spec.name]
                 arr = np.asarray(state_value(g, n, spec, state.data))
                 tensors[f"{PREFIX}{n.attrs['base']}.{suffix}"] = arr.T if transpose else arr
         if n.op == "dora" and n.attrs["eps"] is not None:
@@ -115,12 +122,12 @@ def _check_peft_compatible(g: Graph, n: Node, first: Node) -> None:
                             "base_weight); PEFT adapts layers of the transformers model",
                             layer=name, op=n.op, where=n.where,
                             fix="adapt the model's dense layers with dora.adapt/lora.adapt")
-    if layer_of(n) != "dense":
+    if layer_of(n) not in _PEFT_KEYS:
         raise GraphDSLError(f"save_peft: {name!r} adapts a {layer_of(n)} layer; graphdsl "
-                            "writes PEFT files for adapters on Linear/Conv1D layers only",
-                            layer=name, op=n.op, where=n.where,
+                            "writes PEFT files for adapters on Linear/Conv1D and Embedding "
+                            "layers only", layer=name, op=n.op, where=n.where,
                             fix="save this adapter with gd.save_adapters, or adapt only the "
-                                "dense projections for PEFT")
+                                "dense and embedding layers for PEFT")
     diff = [k for k in ("rank", "alpha", "rslora", "dropout")
             if n.op != first.op or n.attrs[k] != first.attrs[k]]
     if n.op != first.op or diff:
@@ -182,6 +189,11 @@ def load_peft(folder: str, model: Node, state: ModelState) -> tuple[Node, ModelS
     targets = _resolve_targets(folder, cfg, g, saved)
     expect = _expected_keys(cfg, g, targets, saved, own, conv1d)
     tensors = _read_weights(folder)
+    ops = {g.name(n): n.op for n in g.order}
+    for t in targets:  # PEFT also saves an adapted embedding's own weight (it may be resized)
+        key = f"{PREFIX}{t}.base_layer.weight"
+        if key in tensors and ops[t] == "embedding":
+            expect[key] = (t, "kernel", tuple(g.params[(t, "kernel")].shape), False)
     missing = sorted(k for k in expect if k not in tensors)
     extra = sorted(k for k in tensors if k not in expect)
     if missing or extra:
@@ -244,12 +256,13 @@ def _resolve_targets(folder: str, cfg: dict[str, Any], g: Graph, saved: list[str
                                 fix=f"layers with parameters: {sorted(layers)}")
     out = [lay for lay in layers if is_target(tm, lay) and lay not in excluded]
     for lay in out:
-        if layers[lay].op != "dense":
+        if layers[lay].op not in _PEFT_KEYS:
             raise GraphDSLError(f"{os.path.join(folder, CONFIG_FILE)}: target_modules "
                                 f"{tm!r} adapts {lay!r}, a {layers[lay].op} layer; graphdsl "
-                                "reads adapters on dense (Linear / Conv1D) layers only",
+                                "reads adapters on Linear / Conv1D and Embedding layers only",
                                 layer=lay, op=layers[lay].op,
-                                fix="use an adapter that targets only linear layers")
+                                fix="use an adapter that targets only linear and embedding "
+                                    "layers")
     if not out:
         raise GraphDSLError(f"{os.path.join(folder, CONFIG_FILE)}: target_modules {tm!r} "
                             "select no layer (all are in modules_to_save)",
@@ -262,14 +275,14 @@ def _expected_keys(cfg: dict[str, Any], g: Graph, targets: list[str], saved: lis
                    ) -> dict[str, tuple[str, str, tuple[int, ...], bool]]:
     """``{file key: (layer, param, shape in the file, transposed)}``."""
     r, op = cfg["r"], "dora" if cfg["use_dora"] else "lora"
+    op_of = {g.name(n): n.op for n in g.order}
     out = {}
     for t in targets:
-        n_in, n_out = g.params[(t, "kernel")].shape
+        n_in, n_out = g.params[(t, "kernel")].shape  # an embedding's: [vocab, dim]
         shapes = {"A": (r, n_in), "B": (n_out, r), "magnitude": (n_out,)}
-        for param, (suffix, transpose) in _PEFT_PARAM.items():
+        for param, (suffix, transpose) in _PEFT_KEYS[op_of[t]].items():
             if param != "magnitude" or op == "dora":
                 out[f"{PREFIX}{t}.{suffix}"] = (f"{t}_{op}", param, shapes[param], transpose)
-    op_of = {g.name(n): n.op for n in g.order}
     for layer in saved:
         for param in own[layer]:
             key, transpose = hf_key(op_of[layer], layer, param, conv1d)
