@@ -24,7 +24,7 @@ from ..windows import (
     window,
 )
 from ._attrs import boolean, number, positive_int
-from .nn import activation_name
+from .nn import activation_name, kernel_and_bias
 
 #: the options of conv (all of them: an adapter wrapping a conv carries them)
 CONV_OPTIONS = ("filters", "kernel_size", "strides", "padding", "input_dilation",
@@ -89,10 +89,7 @@ def conv_kernel_shape(in_shape: tuple, a: dict, filters: int | None = None) -> t
 
 
 def conv_params(s: list, a: dict) -> list[ParamSpec]:
-    ps = [ParamSpec("kernel", conv_kernel_shape(s[0], a), a["kernel_initializer"])]
-    if a["use_bias"]:
-        ps.append(ParamSpec("bias", (a["filters"],), a["bias_initializer"]))
-    return ps
+    return kernel_and_bias(conv_kernel_shape(s[0], a), a["filters"], a)
 
 
 register_op(OpDef(

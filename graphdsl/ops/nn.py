@@ -45,12 +45,17 @@ def _dense_shape(s: list, a: dict) -> tuple:
     return s[0][:-1] + (a["units"],)
 
 
-def dense_params(s: list, a: dict) -> list[ParamSpec]:
-    n_in = feature_dim(s[0], "dense")
-    ps = [ParamSpec("kernel", (n_in, a["units"]), a["kernel_initializer"])]
+def kernel_and_bias(kernel_shape: tuple, n_out: int, a: dict) -> list[ParamSpec]:
+    """``kernel`` of ``kernel_shape`` and, with ``use_bias``, ``bias [n_out]``, from the
+    layer's ``kernel_initializer`` / ``bias_initializer`` (dense, conv)."""
+    ps = [ParamSpec("kernel", kernel_shape, a["kernel_initializer"])]
     if a["use_bias"]:
-        ps.append(ParamSpec("bias", (a["units"],), a["bias_initializer"]))
+        ps.append(ParamSpec("bias", (n_out,), a["bias_initializer"]))
     return ps
+
+
+def dense_params(s: list, a: dict) -> list[ParamSpec]:
+    return kernel_and_bias((feature_dim(s[0], "dense"), a["units"]), a["units"], a)
 
 
 register_op(OpDef(
