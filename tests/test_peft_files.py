@@ -393,17 +393,27 @@ def test_load_peft_reads_float16_and_bfloat16(peft_dir, tmp_path):
 
 
 def test_bfloat16_is_widened_exactly(tmp_path):
+    import subprocess
+    import sys
+
     from safetensors.torch import save_file
 
-    from graphdsl.hf.checkpoint import _read_widening_bf16, read_safetensors_file
+    from graphdsl.hf.checkpoint import read_safetensors_file
 
     x = torch.randn(5, 3).to(torch.bfloat16)
     save_file({"w": x, "i": torch.arange(4)}, str(tmp_path / "m.safetensors"))
-    for got in (read_safetensors_file(str(tmp_path / "m.safetensors")),
-                _read_widening_bf16(str(tmp_path / "m.safetensors"))):
-        np.testing.assert_array_equal(got["w"], x.float().numpy())
-        assert got["w"].dtype == np.float32
-        np.testing.assert_array_equal(got["i"], np.arange(4))
+    got = read_safetensors_file(str(tmp_path / "m.safetensors"))
+    np.testing.assert_array_equal(got["w"], x.float().numpy())
+    assert got["w"].dtype == np.float32
+    np.testing.assert_array_equal(got["i"], np.arange(4))
+    # the same with ml_dtypes imported first (safetensors then knows bfloat16 itself)
+    code = ("import ml_dtypes, numpy as np; from graphdsl.hf.checkpoint import "
+            f"read_safetensors_file as r; w = r({str(tmp_path / 'm.safetensors')!r})['w']; "
+            "assert w.dtype == np.float32, w.dtype; print(w.tolist())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if "No module named 'ml_dtypes'" not in out.stderr:
+        assert out.returncode == 0, out.stderr[-2000:]
+        assert out.stdout.strip() == str(x.float().numpy().tolist())
 
 
 def test_load_peft_takes_the_embedding_weight_peft_saved_beside_its_adapter(tmp_path):
@@ -422,3 +432,16 @@ def test_load_peft_takes_the_embedding_weight_peft_saved_beside_its_adapter(tmp_
     np.testing.assert_allclose(st2.data["model.embed_tokens"]["kernel"], w + 0.5)
     assert ("model.embed_tokens", "kernel") in st2.frozen
     np.testing.assert_allclose(gd.predict(adapted, st2, IDS), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_a_damaged_safetensors_file_is_an_error_naming_it(tmp_path):
+    from safetensors.torch import save_file
+
+    from graphdsl.hf.checkpoint import read_safetensors_file
+
+    for dtype in (torch.float32, torch.bfloat16):
+        path = tmp_path / f"{dtype}.safetensors"
+        save_file({"w": torch.ones(64, 8).to(dtype)}, str(path))
+        path.write_bytes(path.read_bytes()[:-40])  # truncated data
+        with pytest.raises(gd.GraphDSLError, match=rf"cannot read {path.name}"):
+            read_safetensors_file(str(path))

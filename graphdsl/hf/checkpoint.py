@@ -129,34 +129,34 @@ def _read_safetensors(folder: str) -> dict[str, np.ndarray]:
 def read_safetensors_file(path: str) -> dict[str, np.ndarray]:
     """``{key: array}`` of one ``.safetensors`` file, read with NumPy only (no torch).
     bfloat16 tensors (most published LLM checkpoints) are widened to float32 exactly,
-    whether or not a NumPy bfloat16 type (ml_dtypes) happens to be importable."""
+    whether or not a NumPy bfloat16 type (ml_dtypes) happens to be importable: a file
+    that holds any is read by hand, every other file by safetensors."""
     from safetensors.numpy import load_file
 
     try:
-        tensors = load_file(path)
-    except Exception as e:  # a damaged file, or bfloat16 that NumPy cannot represent
-        try:
-            return _read_widening_bf16(path)
-        except Exception:
-            raise GraphDSLError(f"cannot read {os.path.basename(path)}: "
-                                f"{type(e).__name__}: {e}",
-                                fix="the file is damaged; save the weights again") from None
-    return {k: v.astype(np.float32) if v.dtype.name == "bfloat16" else v
-            for k, v in tensors.items()}
+        with open(path, "rb") as fh:
+            blob = fh.read()
+        n = int.from_bytes(blob[:8], "little")
+        header = json.loads(blob[8:8 + n])
+        if any(isinstance(v, dict) and v.get("dtype") == "BF16" for v in header.values()):
+            return _widening_bf16(header, memoryview(blob)[8 + n:])
+        return load_file(path)
+    except Exception as e:  # a damaged file
+        raise GraphDSLError(f"cannot read {os.path.basename(path)}: {type(e).__name__}: {e}",
+                            fix="the file is damaged; save the weights again") from None
 
 
-def _read_widening_bf16(path: str) -> dict[str, np.ndarray]:
-    """The safetensors layout read by hand (8-byte header length, JSON header, data), with
-    BF16 widened to float32: its 16 bits are the high half of a float32."""
-    with open(path, "rb") as fh:
-        blob = fh.read()
-    n = int.from_bytes(blob[:8], "little")
-    header, base, out = json.loads(blob[8:8 + n]), 8 + n, {}
+def _widening_bf16(header: dict, data: memoryview) -> dict[str, np.ndarray]:
+    """The tensors of a safetensors ``header`` over its ``data`` bytes, with BF16 widened
+    to float32: its 16 bits are the high half of a float32."""
+    out = {}
     for key, v in header.items():
         if key == "__metadata__":
             continue
         lo, hi = v["data_offsets"]
-        raw = blob[base + lo:base + hi]
+        if not 0 <= lo <= hi <= len(data):
+            raise ValueError(f"tensor {key!r} has data offsets {[lo, hi]} outside the data")
+        raw = data[lo:hi]
         if v["dtype"] == "BF16":
             arr = (np.frombuffer(raw, "<u2").astype("<u4") << 16).view("<f4")
         else:
