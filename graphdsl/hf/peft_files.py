@@ -187,13 +187,9 @@ def load_peft(folder: str, model: Node, state: ModelState) -> tuple[Node, ModelS
     own = _own_params(g)
     saved = _resolve_saved(folder, cfg["modules_to_save"], g, own)
     targets = _resolve_targets(folder, cfg, g, saved)
-    expect = _expected_keys(cfg, g, targets, saved, own, conv1d)
+    expect, optional = _expected_keys(cfg, g, targets, saved, own, conv1d)
     tensors = _read_weights(folder)
-    ops = {g.name(n): n.op for n in g.order}
-    for t in targets:  # PEFT also saves an adapted embedding's own weight (it may be resized)
-        key = f"{PREFIX}{t}.base_layer.weight"
-        if key in tensors and ops[t] == "embedding":
-            expect[key] = (t, "kernel", tuple(g.params[(t, "kernel")].shape), False)
+    expect |= {k: v for k, v in optional.items() if k in tensors}
     missing = sorted(k for k in expect if k not in tensors)
     extra = sorted(k for k in tensors if k not in expect)
     if missing or extra:
@@ -271,24 +267,27 @@ def _resolve_targets(folder: str, cfg: dict[str, Any], g: Graph, saved: list[str
 
 
 def _expected_keys(cfg: dict[str, Any], g: Graph, targets: list[str], saved: list[str],
-                   own: dict[str, list[str]], conv1d: bool
-                   ) -> dict[str, tuple[str, str, tuple[int, ...], bool]]:
-    """``{file key: (layer, param, shape in the file, transposed)}``."""
+                   own: dict[str, list[str]], conv1d: bool) -> tuple[dict, dict]:
+    """``(required, optional)``, each ``{file key: (layer, param, shape in the file,
+    transposed)}``; optional: the weight PEFT saves beside an adapted embedding's adapter
+    (it may have been resized), taken when the file has it."""
     r, op = cfg["r"], "dora" if cfg["use_dora"] else "lora"
     op_of = {g.name(n): n.op for n in g.order}
-    out = {}
+    out, optional = {}, {}
     for t in targets:
         n_in, n_out = g.params[(t, "kernel")].shape  # an embedding's: [vocab, dim]
         shapes = {"A": (r, n_in), "B": (n_out, r), "magnitude": (n_out,)}
         for param, (suffix, transpose) in _PEFT_KEYS[op_of[t]].items():
             if param != "magnitude" or op == "dora":
                 out[f"{PREFIX}{t}.{suffix}"] = (f"{t}_{op}", param, shapes[param], transpose)
+        if op_of[t] == "embedding":
+            optional[f"{PREFIX}{t}.base_layer.weight"] = (t, "kernel", (n_in, n_out), False)
     for layer in saved:
         for param in own[layer]:
             key, transpose = hf_key(op_of[layer], layer, param, conv1d)
             shape = tuple(g.params[(layer, param)].shape)
             out[PREFIX + key] = (layer, param, shape[::-1] if transpose else shape, transpose)
-    return out
+    return out, optional
 
 
 def _read_weights(folder: str) -> dict[str, np.ndarray]:
