@@ -130,6 +130,11 @@ def train(module: torch.nn.Module, ids: np.ndarray, steps: int, lr: float, seq: 
 
 
 # -- the paper's weight decomposition (sec. 3.2): dora_finetune.decomposition ------------------
+def scatter_points(points: list[dict]) -> tuple[list[float], list[float]]:
+    """(dD, dM) over every (checkpoint, layer) point of one method."""
+    return [p[k][1] for p in points for k in p], [p[k][0] for p in points for k in p]
+
+
 def qv_kernels(model: gd.Node, state: gd.ModelState) -> dict[str, np.ndarray]:
     """The effective [in, out] kernels of every q/v projection (adapters merged in)."""
     ops = gd.get_op_counts(model)
@@ -150,7 +155,7 @@ def greedy_numpy(model: gd.Node, state: gd.ModelState, prompt: bytes, n: int) ->
     return bytes(ids)
 
 
-def peft_roundtrip(out: str, cfg: dict, model: gd.Node, base: gd.ModelState,
+def peft_roundtrip(out: str, model: gd.Node, base: gd.ModelState,
                    adapted: gd.Node, tuned: gd.ModelState, prompt: bytes, n: int) -> dict:
     """Base to transformers, the DoRA adapter to PEFT; compare logits and greedy text."""
     import transformers
@@ -161,11 +166,11 @@ def peft_roundtrip(out: str, cfg: dict, model: gd.Node, base: gd.ModelState,
     ref = transformers.LlamaForCausalLM.from_pretrained(os.path.join(out, "base"))
     peft_model = PeftModel.from_pretrained(ref, os.path.join(out, "dora_adapter")).eval()
     ids = np.frombuffer(prompt, np.uint8).astype(np.int64)[None]
+    t = torch.from_numpy(ids)
     with torch.no_grad():
-        theirs = peft_model(input_ids=torch.from_numpy(ids)).logits.numpy()
-        gen = peft_model.generate(input_ids=torch.from_numpy(ids), max_new_tokens=n,
-                                  do_sample=False, attention_mask=torch.ones_like(
-                                      torch.from_numpy(ids)))
+        theirs = peft_model(input_ids=t).logits.numpy()
+        gen = peft_model.generate(input_ids=t, attention_mask=torch.ones_like(t),
+                                  max_new_tokens=n, do_sample=False)
     ours = gd.predict(adapted, tuned, {"input_ids": ids})
     return {"max_abs_logit_diff": float(np.abs(ours - theirs).max()),
             "peft_greedy": bytes(gen[0].tolist()).decode("utf-8", "replace")}
@@ -221,8 +226,7 @@ def main() -> None:
 
     # -- 4. PEFT round trip of the DoRA adapter ----------------------------------------------
     prompt = PROMPT.encode()
-    rt = peft_roundtrip(args.out, cfg, model, base, methods["dora"], states["dora"], prompt,
-                        n_gen)
+    rt = peft_roundtrip(args.out, model, base, methods["dora"], states["dora"], prompt, n_gen)
 
     # -- 5. merge, save for transformers, read back with NumPy only, generate ---------------
     merged, merged_state = gd.merge_adapters(methods["dora"], states["dora"])
@@ -235,8 +239,7 @@ def main() -> None:
     # -- 6. decomposition: correlation of dD and dM over (layer, checkpoint) points ----------
     corr = {}
     for name, points in decomp.items():
-        dm = [p[k][0] for p in points for k in p]
-        dd = [p[k][1] for p in points for k in p]
+        dd, dm = scatter_points(points)
         corr[name] = float(np.corrcoef(dd, dm)[0, 1]) if len(dm) > 2 else float("nan")
 
     results = {"config": cfg, "before": before, "after": after, "trainable_fraction": fractions,
@@ -270,9 +273,8 @@ def plots(out, pre_losses, curves, decomp, corr) -> None:
     plt.close(fig)
     fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
     for ax, (name, points) in zip(axes, decomp.items()):
-        dd = [p[k][1] for p in points for k in p]
-        dm = [p[k][0] for p in points for k in p]
-        ax.scatter(dd, dm, c=np.repeat(np.arange(len(points)), len(points[0]) if points else 0))
+        colour = np.repeat(np.arange(len(points)), len(points[0]) if points else 0)
+        ax.scatter(*scatter_points(points), c=colour)
         ax.set(title=f"{name}: r = {corr[name]:+.2f}", xlabel="ΔD (1 - cos)", ylabel="ΔM")
     fig.suptitle("q/v projections: magnitude vs direction change (colour = checkpoint)")
     fig.tight_layout()
