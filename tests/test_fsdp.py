@@ -5,14 +5,9 @@ sharding gathers each block's parameters when it runs. Two gloo processes
 adapters as full-batch training in one process."""
 from __future__ import annotations
 
-import importlib.util
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from launch import load_example, torchrun_example
 
 import graphdsl as gd
 from graphdsl import hf, models
@@ -22,34 +17,21 @@ dist = pytest.importorskip("torch.distributed")
 needs_gloo = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
                                 reason="torch.distributed with gloo is not available")
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "fsdp_finetune.py"
 STEPS, LR = 6, 0.5
-
-
-def _example():
-    spec = importlib.util.spec_from_file_location("fsdp_finetune", EXAMPLE)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @needs_gloo
 def test_two_process_fsdp_per_block_matches_full_batch(tmp_path):
     out = tmp_path / "adapters.gdsl"
-    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE",
-                                                             "LOCAL_RANK", "MASTER_PORT")}
-    env["CUDA_VISIBLE_DEVICES"] = ""  # gloo on CPU even on a GPU machine
-    proc = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-         str(EXAMPLE), "--steps", str(STEPS), "--lr", str(LR), "--out", str(out)],
-        capture_output=True, text=True, timeout=240, env=env)
+    proc = torchrun_example("fsdp_finetune", "--steps", str(STEPS), "--lr", str(LR),
+                            "--out", str(out))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 process(es) on cpu" in proc.stdout
     for rank in (0, 1):  # really sharded: each rank holds half of every parameter
         assert f"rank {rank} holds 12256 of 24512 parameter values" in proc.stdout
     assert "returned a view tensor" not in proc.stderr
 
-    ex = _example()
+    ex = load_example("fsdp_finetune")
     model = ex.make_model()
     state = ex.initial_state(model)
     got = gd.load_adapters(out, model, state)

@@ -1,0 +1,32 @@
+"""Running the distributed examples from tests: import one as a module, or launch it with
+torchrun in 2 gloo/CPU processes."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def load_example(name: str) -> ModuleType:
+    """``examples/<name>.py`` imported as a module."""
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def torchrun_example(name: str, *args: str) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node=2 examples/<name>.py *args`` on CPU (gloo
+    even on a GPU machine), outside any distributed environment the tests run in."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE",
+                                                             "LOCAL_RANK", "MASTER_PORT")}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    return subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+         str(EXAMPLES / f"{name}.py"), *args], capture_output=True, text=True, timeout=240,
+        env=env)
