@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import OptionError, RuleError, fmt_shape
-from ..initializers import check_initializer
 from ..node import Node, caller_location, make_node
 from ..registry import OpDef, ParamSpec, register_op
 from ..shapes import check_rank, normalize_axis
@@ -24,7 +23,7 @@ from ..windows import (
     window,
 )
 from ._attrs import boolean, number, positive_int
-from .nn import activation_name, kernel_and_bias
+from .nn import activation_name, kernel_and_bias, kernel_options
 
 #: the options of conv (all of them: an adapter wrapping a conv carries them)
 CONV_OPTIONS = ("filters", "kernel_size", "strides", "padding", "input_dilation",
@@ -46,11 +45,7 @@ def conv_attrs(a: dict) -> dict:
                                            "feature_group_size"),
         "channels": channels_option(a.get("channels", "last")),
         "activation": None if act is None else activation_name(act),
-        "use_bias": boolean(a.get("use_bias", True), "use_bias"),
-        "kernel_initializer": check_initializer(a.get("kernel_initializer", "glorot_uniform"),
-                                                "kernel_initializer"),
-        "bias_initializer": check_initializer(a.get("bias_initializer", "zeros"),
-                                              "bias_initializer"),
+        **kernel_options(a),
     }
 
 

@@ -27,16 +27,24 @@ def activation_name(name: Any) -> str:
 
 
 # -- dense -----------------------------------------------------------------------------
-def _dense_attrs(a: dict) -> dict:
-    act = a.get("activation")
+def kernel_options(a: dict) -> dict:
+    """``use_bias`` and the kernel/bias initializers of a layer with a kernel (dense, conv),
+    checked, with Axon's defaults."""
     return {
-        "units": positive_int(a.get("units"), "units"),
-        "activation": None if act is None else activation_name(act),
         "use_bias": boolean(a.get("use_bias", True), "use_bias"),
         "kernel_initializer": check_initializer(a.get("kernel_initializer", "glorot_uniform"),
                                                 "kernel_initializer"),
         "bias_initializer": check_initializer(a.get("bias_initializer", "zeros"),
                                               "bias_initializer"),
+    }
+
+
+def _dense_attrs(a: dict) -> dict:
+    act = a.get("activation")
+    return {
+        "units": positive_int(a.get("units"), "units"),
+        "activation": None if act is None else activation_name(act),
+        **kernel_options(a),
     }
 
 
