@@ -9,7 +9,22 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
+import pytest
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def _gloo_available() -> bool:
+    try:
+        import torch.distributed as dist
+    except ImportError:
+        return False
+    return dist.is_available() and dist.is_gloo_available()
+
+
+#: skips a test where torch.distributed has no gloo backend
+needs_gloo = pytest.mark.skipif(not _gloo_available(),
+                                reason="torch.distributed with gloo is not available")
 
 
 def load_example(name: str) -> ModuleType:

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from launch import load_example, torchrun_example
+from launch import load_example, needs_gloo, torchrun_example
 
 torch = pytest.importorskip("torch")
-dist = pytest.importorskip("torch.distributed")
 
 STEPS, LR = 6, 0.1
 
 
-@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                    reason="torch.distributed with gloo is not available")
+@needs_gloo
 def test_two_process_ddp_matches_full_batch(tmp_path):
     out = tmp_path / "ddp.npz"
     proc = torchrun_example("ddp_finetune", "--steps", str(STEPS), "--lr", str(LR),

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from launch import load_example, torchrun_example
+from launch import load_example, needs_gloo, torchrun_example
 
 import graphdsl as gd
 from graphdsl import hf, models
 
 torch = pytest.importorskip("torch")
 dist = pytest.importorskip("torch.distributed")
-needs_gloo = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(),
-                                reason="torch.distributed with gloo is not available")
 
 STEPS, LR = 6, 0.5
 
@@ -103,8 +101,6 @@ def test_interleaved_groups_are_no_blocks():
 
 @pytest.fixture
 def one_process_group():
-    if not dist.is_available() or not dist.is_gloo_available():
-        pytest.skip("torch.distributed with gloo is not available")
     if dist.is_initialized():
         pytest.skip("a process group is already initialized")
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
@@ -114,6 +110,7 @@ def one_process_group():
         dist.destroy_process_group()
 
 
+@needs_gloo
 def test_sharded_module_reads_back_through_a_full_state_dict(one_process_group):
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
     from torch.distributed.fsdp import fully_shard
@@ -141,6 +138,7 @@ def test_sharded_module_reads_back_through_a_full_state_dict(one_process_group):
         gd.from_torch(module, {**full, "extra": torch.zeros(1)})
 
 
+@needs_gloo
 def test_sharding_a_submodule_the_forward_does_not_call_is_named(one_process_group):
     from torch.distributed.fsdp import fully_shard
 
