@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import numpy as np
 
 from benchmarks import bench_llama_dora as bench
-from benchmarks.harness import machine
+from benchmarks.harness import interleaved_samples, machine
 
 
 def _cached_norm_node():
@@ -32,6 +31,7 @@ def _cached_norm_node():
     class CachedNorm(adapters._DoRAFactored):
         @staticmethod
         def forward(fctx, x2, K, b, A, B, m, s, finish):  # noqa: ANN001
+            assert b is None  # LLaMA's projections have no bias
             c = norms.get(id(K))
             if c is None:
                 c = norms[id(K)] = finish(*adapters.dora_column_norm_sq(
@@ -91,18 +91,11 @@ def run(repeat: int, quick: bool = False) -> list[tuple[str, float, float]]:
         "PEFT DoRA": bench._step(lambda x: peft_dora(input_ids=x).logits,
                                  peft_dora.parameters(), ids),
     }
-    times: dict[str, list[float]] = {k: [] for k in steps}
     try:
         with threadpool_limits(bench.THREADS):
             # before any step the cached norm is the true one: the same logits
             assert torch.allclose(logits(shipped), logits(cached), atol=1e-5)
-            for f in steps.values():
-                f(), f()
-            for _ in range(repeat):
-                for k, f in steps.items():
-                    t0 = time.perf_counter()
-                    f()
-                    times[k].append(time.perf_counter() - t0)
+            times = interleaved_samples(steps, repeat, warmup=2)
     finally:
         adapters._DoRAFactored = shipped
     ref = times["PEFT DoRA"]

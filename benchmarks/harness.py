@@ -51,6 +51,14 @@ def median_time(fn: Callable[[], object], repeat: int = 50, warmup: int = 3,
 def interleaved(fns: dict[str, Callable[[], object]], repeat: int = 50, warmup: int = 3
                 ) -> dict[str, float]:
     """Medians of several functions timed in alternation (fair under machine noise)."""
+    return {k: statistics.median(v) for k, v in interleaved_samples(fns, repeat,
+                                                                     warmup).items()}
+
+
+def interleaved_samples(fns: dict[str, Callable[[], object]], repeat: int = 50,
+                        warmup: int = 3) -> dict[str, list[float]]:
+    """Every timing of several functions called in alternation, in call order: the i-th
+    of each list come from the same round."""
     for f in fns.values():
         for _ in range(warmup):
             f()
@@ -61,7 +69,7 @@ def interleaved(fns: dict[str, Callable[[], object]], repeat: int = 50, warmup: 
             t0 = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - t0)
-    return {k: statistics.median(v) for k, v in times.items()}
+    return times
 
 
 def fmt(seconds: float, unit: str = "s") -> str:
