@@ -260,6 +260,8 @@ Q0 = "base_model.model.model.layers.0.self_attn.q_proj"
     ({"target_modules": ["nope_proj"]}, ["nope_proj", "matches no layer"]),
     ({"target_modules": ["model.norm"]}, ["model.norm", "rms_norm"]),
     ({"modules_to_save": ["nope"]}, ["modules_to_save", "nope"]),
+    ({"target_modules": r".*(q_proj"}, ["adapter_config.json", "target_modules",
+                                        "not a valid regular expression", "regex"]),
 ])
 def test_load_peft_refuses_what_it_does_not_implement(peft_dir, tmp_path, cfg, words):
     src, (model, st) = peft_dir
@@ -345,6 +347,28 @@ def test_adapt_selects_the_layers_peft_selects(targets, mod):
     cfg = peft.LoraConfig(target_modules=targets)
     theirs = sorted(n for n in names if check_target_module_exists(cfg, n))
     assert ours == theirs and ours
+
+
+TARGET_NAMES = ["q_proj", "xq_proj", "model.q_proj", "model.xq_proj", "model.q_proj_x",
+                "model.layers.0.self_attn.q_proj", "model.layers.0.self_attn.xq_proj",
+                "model.layers.0.attn.q_proj", "lm_head", "model.lm_head.q_proj"]
+
+
+@pytest.mark.parametrize("spec", [
+    ["q_proj"], ["xq_proj"], ["proj"], ["self_attn.q_proj"], ["attn.q_proj"],
+    ["model.layers.0.self_attn.q_proj"], ["lm_head", "q_proj"], ["layers.0"],
+    r".*q_proj", r".*\.q_proj", r"q_proj", r"model\..*attn\.(x?q)_proj", r"lm_head|.*xq.*",
+])
+def test_is_target_agrees_with_peft_check_target_module_exists(spec):
+    """graphdsl.hf's target_modules rule (used by load_peft) against PEFT's own function,
+    on names where a suffix without the dot boundary would differ (xq_proj vs q_proj)."""
+    from peft.tuners.tuners_utils import check_target_module_exists
+
+    from graphdsl.hf.peft_config import is_target
+
+    cfg = peft.LoraConfig(target_modules=spec)
+    for name in TARGET_NAMES:
+        assert is_target(spec, name) == bool(check_target_module_exists(cfg, name)), name
 
 
 def test_adapt_targets_never_match_part_of_a_segment_or_of_a_name():

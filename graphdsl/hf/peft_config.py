@@ -100,6 +100,13 @@ def _check_values(folder: str, cfg: dict[str, Any]) -> None:
                                     and all(isinstance(t, str) for t in tm))):
         raise _fail(folder, f"target_modules={tm!r}: graphdsl needs a list of module names "
                     "or a regex", "re-save the adapter with target_modules")
+    if isinstance(tm, str):
+        try:
+            re.compile(tm)
+        except re.error as e:
+            raise _fail(folder, f"target_modules={tm!r} is not a valid regular expression "
+                        f"({e})", "write target_modules as a regex that matches whole module "
+                        r"names (e.g. '.*\\.(q|v)_proj') or as a list of names") from None
     mts = cfg["modules_to_save"]
     if mts is not None and not (isinstance(mts, list) and all(isinstance(m, str)
                                                                 for m in mts)):
