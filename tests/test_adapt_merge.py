@@ -148,8 +148,25 @@ def test_adapter_state_roundtrip():
     back = gd.attach_adapters(adapted, s0, small)
     assert back == trained
     np.testing.assert_array_equal(predict_fn(back, X), predict_fn(trained, X))
-    only = gd.adapter_state(adapted, trained)
-    assert "head" not in only.data
+    assert gd.adapter_state(adapted, trained) == small  # modules_to_save: never left out
+
+
+@pytest.mark.parametrize("mod", [dora, lora])
+def test_adapter_file_holds_the_trained_modules_to_save(mod, tmp_path):
+    """Issue 20 point 9: save_adapters keeps every layer adapt made trainable, so the
+    file loaded onto the base predicts as the trained model does."""
+    base = transformer_block()
+    s0 = gd.build(base, seed=5)[0](X)
+    adapted = mod.adapt(base, ["attn_q"], modules_to_save=["head", "ln"])
+    init_fn, predict_fn = gd.build(adapted)
+    trained = perturb(init_fn(X, s0), np.random.default_rng(6), ["attn_q_" + mod.OP])
+    for lay in ("head", "ln"):
+        trained.data[lay] = {k: v * 1.5 + 0.5 for k, v in trained.data[lay].items()}
+    path = gd.save_adapters(str(tmp_path / "a.gdz"), adapted, trained)
+    back = gd.load_adapters(path, adapted, s0)
+    assert back == trained
+    np.testing.assert_array_equal(predict_fn(back, X), predict_fn(trained, X))
+    assert not np.allclose(predict_fn(back, X), predict_fn(init_fn(X, s0), X), atol=1e-2)
 
 
 def test_attach_adapters_validates():

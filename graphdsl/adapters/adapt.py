@@ -246,11 +246,23 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
 
 
 # -- adapter-only state -------------------------------------------------------------------
+def trainable_layers(g: Graph) -> list[str]:
+    """The layers, other than adapters, whose parameters a trainable (not frozen) node
+    reads: after ``adapt``, its ``modules_to_save``."""
+    out: list[str] = []
+    for n in g.order:
+        if n.params and not n.frozen and not is_adapter(n):
+            out += [o for o in (g.param_ref(n, s)[0] for s in n.params if s.kind == "param")
+                    if o not in out]
+    return out
+
+
 def adapter_state(model: Node, state: ModelState, modules_to_save: Iterable[str] = ()
                   ) -> ModelState:
     """Only the adapter parameters (``A``, ``B``, ``magnitude``, the dropout ``key``) of
-    every dora/lora layer, plus the layers named in ``modules_to_save``, with their
-    frozen flags: a small state to save beside a shared base model."""
+    every dora/lora layer, plus every other layer ``adapt`` left trainable (its
+    ``modules_to_save``: nodes not frozen) and the layers named in ``modules_to_save``,
+    with their frozen flags: a small state to save beside a shared base model."""
     where = caller_location()
     g = analyze(model)
     adapters = [n for n in g.order if is_adapter(n)]
@@ -265,7 +277,8 @@ def adapter_state(model: Node, state: ModelState, modules_to_save: Iterable[str]
                 data.setdefault(name, {})[spec.name] = np.asarray(
                     state_value(g, n, spec, state.data))
     layers = {g.name(n): n for n in g.order if n.params}
-    for m in [modules_to_save] if isinstance(modules_to_save, str) else modules_to_save:
+    named = [modules_to_save] if isinstance(modules_to_save, str) else list(modules_to_save)
+    for m in named + [m for m in trainable_layers(g) if m not in named]:
         if m not in layers:
             raise GraphDSLError(f"modules_to_save names {m!r}, which is not a layer with "
                                 "parameters in this model", where=where,

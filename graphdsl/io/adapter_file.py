@@ -70,9 +70,10 @@ def _adapter_doc(g: Graph, nodes: list[Node]) -> list[dict[str, Any]]:
 def save_adapters(path: str | os.PathLike, model: Node, state: ModelState,
                   modules_to_save: Iterable[str] = ()) -> str:
     """Write only the adapter parameters of ``state`` (``gd.adapter_state``: A ``[in, r]``,
-    B ``[r, out]``, magnitude ``[out]``, dropout keys; plus the layers named in
-    ``modules_to_save``), with the adapter layers' ops and attributes and the frozen flags.
-    A model without adapter layers is an error. Returns the path."""
+    B ``[r, out]``, magnitude ``[out]``, dropout keys; plus every layer ``adapt`` left
+    trainable (its ``modules_to_save``) and the layers named in ``modules_to_save``), with
+    the adapter layers' ops and attributes and the frozen flags. A model without adapter
+    layers is an error. Returns the path."""
     p = need_path(path, "gd.save_adapters")
     check_model_arg(model, "gd.save_adapters")
     check_state_arg(state, "gd.save_adapters")
@@ -86,8 +87,10 @@ def save_adapters(path: str | os.PathLike, model: Node, state: ModelState,
     keys = [(layer, p) for layer, ps in ad.data.items() for p in ps]
     want = expected_tensors(g, keys)
     tensors = state_tensors(g, ad, want)
+    adapters = {g.name(n) for n in nodes}
     doc = {"format": "graphdsl.adapters", "format_version": FORMAT_VERSION,
-           "adapters": _adapter_doc(g, nodes), "modules_to_save": sorted(mods),
+           "adapters": _adapter_doc(g, nodes),
+           "modules_to_save": sorted(lay for lay in ad.data if lay not in adapters),
            "frozen": frozen_list(ad.frozen, want)}
     return write_archive(p, {
         ADAPTERS_JSON: (format_document(doc).encode("utf-8"), zipfile.ZIP_DEFLATED),
