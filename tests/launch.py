@@ -1,5 +1,5 @@
-"""Running the distributed examples from tests: import one as a module, or launch it with
-torchrun in 2 gloo/CPU processes."""
+"""Running the examples and the command from tests: import an example as a module, launch
+a distributed one with torchrun in 2 gloo/CPU processes, find the ``graphdsl`` script."""
 from __future__ import annotations
 
 import importlib.util
@@ -45,3 +45,11 @@ def torchrun_example(name: str, *args: str) -> subprocess.CompletedProcess:
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          str(EXAMPLES / f"{name}.py"), *args], capture_output=True, text=True, timeout=240,
         env=env)
+
+
+def console_script() -> str:
+    """The ``graphdsl`` script installed beside the running interpreter (not whatever PATH
+    finds, and never a skip: a missing script is a broken install)."""
+    path = os.path.join(os.path.dirname(sys.executable), "graphdsl")
+    assert os.path.isfile(path), f"{path} is missing; fix: pip install -e ."
+    return path

@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from launch import console_script
 
 import graphdsl as gd
 from graphdsl import dora
@@ -19,7 +20,7 @@ MLP = ROOT / "examples" / "mlp.json"
 
 
 def run(*args, cwd=None, script=False):
-    cmd = [shutil.which("graphdsl")] if script else [sys.executable, "-m", "graphdsl"]
+    cmd = [console_script()] if script else [sys.executable, "-m", "graphdsl"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     env.pop("GRAPHDSL_DEBUG", None)
     return subprocess.run(cmd + [str(a) for a in args], capture_output=True, text=True,
@@ -60,8 +61,6 @@ def test_summary_of_a_json_definition():
 
 
 def test_summary_of_a_saved_model_with_the_console_script(adapted_file):
-    if shutil.which("graphdsl") is None:
-        pytest.skip("the graphdsl console script is not installed (pip install -e .)")
     path, model, state = adapted_file
     p = run("summary", path, script=True)
     assert p.returncode == 0, p.stderr

@@ -14,6 +14,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from launch import console_script
 
 import graphdsl as gd
 from graphdsl import dora
@@ -27,7 +28,7 @@ MLP = ROOT / "examples" / "mlp.json"
 
 def run(*args, cwd=None, script=False):
     """The command's (returncode, stdout bytes, stderr text)."""
-    cmd = [shutil.which("graphdsl")] if script else [sys.executable, "-m", "graphdsl"]
+    cmd = [console_script()] if script else [sys.executable, "-m", "graphdsl"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     env.pop("GRAPHDSL_DEBUG", None)
     p = subprocess.run(cmd + [str(a) for a in args], capture_output=True, cwd=cwd, env=env,
@@ -276,8 +277,6 @@ def test_input_that_is_not_a_regular_file(files):
 
 @pytest.mark.parametrize("script", [False, True])
 def test_merge_of_a_plain_model(files, script):
-    if script and shutil.which("graphdsl") is None:
-        pytest.skip("the graphdsl console script is not installed (pip install -e .)")
     rc, _, err = run("merge", "plain.gdsl", "-o", "m.gdsl", cwd=files, script=script)
     assert_one_line_error(rc, err, r"plain\.gdsl has no dora or lora layers to merge; fix:")
     assert "defined at" not in err and "bin/graphdsl" not in err and "runpy" not in err
