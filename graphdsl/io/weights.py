@@ -6,8 +6,9 @@ the bytes.
 """
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -102,56 +103,80 @@ def state_tensors(g: Graph, state: ModelState, want: Expected) -> dict[str, np.n
     return out
 
 
-def _parse_header(blob: bytes, source: str) -> dict[tuple[str, str], tuple[tuple, str]]:
-    """Validate a safetensors header ourselves before the library sees the bytes."""
+#: bytes per element of every safetensors dtype code graphdsl can decode
+ST_ITEMSIZE = {**{code: np.dtype(name).itemsize for code, name in ST_DTYPES.items()}, "BF16": 2}
+Entry = tuple[str, tuple[int, ...], int, int]  # (dtype code, shape, begin, end) in the data
+
+
+def read_header(fh: BinaryIO, size: int, source: str, dtypes: Iterable[str] = ST_DTYPES
+                ) -> tuple[dict[str, Entry], int]:
+    """``({name: (dtype code, shape, begin, end)}, data start)`` of the safetensors file open
+    as ``fh`` (``size`` bytes), reading only its header; the offsets are relative to the
+    data start. Checked: the header's length, JSON and fields; each dtype one of ``dtypes``
+    (else "unsupported dtype"); each tensor's byte span equal to its shape times its
+    element size; spans contiguous, without overlap, covering the data exactly."""
     def bad(msg: str) -> SerializationError:
         return SerializationError(f"{source}: {msg}", fix="the weights are damaged; save the "
                                   "model again")
 
-    if len(blob) < 8:
+    dtypes = set(dtypes)
+    first = fh.read(8)
+    if len(first) < 8:
         raise bad("the weights are truncated (no safetensors header)")
-    n = int.from_bytes(blob[:8], "little")
-    if n < 2 or n > min(100 << 20, len(blob) - 8):
-        raise bad(f"the safetensors header length {n} does not fit the {len(blob)}-byte data")
-    header = parse_json(blob[8:8 + n], f"{source} header")
+    n = int.from_bytes(first, "little")
+    if n < 2 or n > min(100 << 20, size - 8):
+        raise bad(f"the safetensors header length {n} does not fit the {size}-byte data")
+    header = parse_json(fh.read(n), f"{source} header")
     if not isinstance(header, dict):
         raise bad("the safetensors header is not a JSON object")
-    data_len = len(blob) - 8 - n
-    spans, out = [], {}
+    data_len = size - 8 - n
+    out: dict[str, Entry] = {}
     for key, v in header.items():
         if key == "__metadata__":
             if not isinstance(v, dict) or not all(isinstance(x, str) for x in v.values()):
                 raise bad("__metadata__ must map strings to strings")
             continue
-        layer, dot, param = key.rpartition(".")  # layer names may hold dots, params not
-        if not (layer and dot and param):
-            raise bad(f"tensor name {key!r} is not 'layer.param'")
         if not isinstance(v, dict) or set(v) != {"dtype", "shape", "data_offsets"}:
             raise bad(f"tensor {key!r} needs exactly dtype, shape, data_offsets")
         dt, shape, offs = v["dtype"], v["shape"], v["data_offsets"]
-        if not isinstance(dt, str) or dt not in ST_DTYPES:
-            raise bad(f"tensor {key!r} has unsupported dtype {dt!r}")
+        if not isinstance(dt, str) or dt not in dtypes:
+            raise SerializationError(
+                f"{source}: tensor {key!r} has unsupported dtype {dt!r}",
+                fix=f"graphdsl reads {', '.join(sorted(dtypes))}; convert the weights "
+                    "(e.g. to float32 or bfloat16) and save them again")
         if not (isinstance(shape, list) and len(shape) <= 32 and all(
                 isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
             raise bad(f"tensor {key!r} has an invalid shape {shape!r}")
         if not (isinstance(offs, list) and len(offs) == 2 and all(
                 isinstance(o, int) and not isinstance(o, bool) for o in offs)
                 and 0 <= offs[0] <= offs[1] <= data_len):
-            raise bad(f"tensor {key!r} has invalid data offsets {offs!r}")
-        nbytes = int(np.prod(shape, dtype=object) if shape else 1) * np.dtype(
-            ST_DTYPES[dt]).itemsize
+            raise bad(f"tensor {key!r} has data offsets {offs!r} outside the "
+                      f"{data_len}-byte data")
+        nbytes = int(np.prod(shape, dtype=object) if shape else 1) * ST_ITEMSIZE[dt]
         if offs[1] - offs[0] != nbytes:
-            raise bad(f"tensor {key!r} spans {offs[1] - offs[0]} bytes, its shape and dtype "
-                      f"need {nbytes}")
-        spans.append((offs[0], offs[1], key))
-        out[(layer, param)] = (tuple(shape), ST_DTYPES[dt])
+            raise bad(f"tensor {key!r} spans {offs[1] - offs[0]} bytes, its shape "
+                      f"{fmt_shape(tuple(shape))} and dtype {dt} need {nbytes}")
+        out[key] = (dt, tuple(shape), offs[0], offs[1])
     pos = 0
-    for b, e, key in sorted(spans):
+    for _, _, b, e in sorted(out.values(), key=lambda t: (t[2], t[3])):
         if b != pos:
-            raise bad(f"tensor {key!r} overlaps another or leaves a gap in the data")
+            raise bad("the tensors' data overlap or leave a gap")
         pos = e
     if pos != data_len:
         raise bad(f"the data holds {data_len - pos} bytes no tensor uses")
+    return out, 8 + n
+
+
+def _parse_header(blob: bytes, source: str) -> dict[tuple[str, str], tuple[tuple, str]]:
+    """Validate a safetensors header ourselves before the library sees the bytes."""
+    entries, _ = read_header(io.BytesIO(blob), len(blob), source)
+    out = {}
+    for key, (dt, shape, _, _) in entries.items():
+        layer, dot, param = key.rpartition(".")  # layer names may hold dots, params not
+        if not (layer and dot and param):
+            raise SerializationError(f"{source}: tensor name {key!r} is not 'layer.param'",
+                                     fix="the weights are damaged; save the model again")
+        out[(layer, param)] = (shape, ST_DTYPES[dt])
     return out
 
 
