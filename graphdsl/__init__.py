@@ -17,7 +17,7 @@ from . import (  # noqa: F401  (gd.display.as_table, as_graph, to_dot, render)
     windows,
 )
 from . import ops as _ops  # noqa: F401  (registers the ops)
-from .adapters import adapter_state, attach_adapters, merge_adapters
+from .adapters import adapter_state, attach_adapters, merge_adapters, untie
 from .compiler import build, predict
 from .custom import register_function, register_onnx_rule
 from .errors import GraphDSLError
@@ -96,7 +96,7 @@ __all__ = [
     "GraphDSLError", "ModelState", "Node", "OPS", "activation", "adapter_state", "add",
     "avg_pool", "batch_norm", "conv", "global_avg_pool", "global_max_pool", "group_norm",
     "max_pool",
-    "attach_adapters", "build", "dora", "lora", "merge_adapters",
+    "attach_adapters", "build", "dora", "lora", "merge_adapters", "untie",
     "concatenate", "constant", "container", "dense", "dropout", "elu", "embedding",
     "flatten", "freeze", "full_like", "optional", "gelu", "get_inputs", "get_op_counts",
     "get_output_shape",

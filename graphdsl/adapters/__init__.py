@@ -3,6 +3,6 @@
 from __future__ import annotations
 
 from . import ops as _ops  # noqa: F401  (registers the dora and lora ops)
-from .adapt import adapter_state, attach_adapters, merge_adapters
+from .adapt import adapter_state, attach_adapters, merge_adapters, untie
 
-__all__ = ["adapter_state", "attach_adapters", "merge_adapters"]
+__all__ = ["adapter_state", "attach_adapters", "merge_adapters", "untie"]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
@@ -18,6 +18,7 @@ from .contract import (
     base_kernel,
     base_options,
     is_adapter,
+    layer_of,
     merged_kernel,
     owns,
     wrap_options,
@@ -155,13 +156,73 @@ def _modules_to_save(op: str, modules: Any, g: Graph, where: str) -> set[str]:
         return set()
     names = [modules] if isinstance(modules, str) else list(modules)
     with_params = [g.name(n) for n in g.order if n.params]
+    ties = tied_pairs(g)
     for m in names:
         if m not in with_params:
             raise GraphDSLError(
                 f"{op}.adapt: modules_to_save names {m!r}, which is not a layer with "
                 "parameters in this model", where=where,
                 fix=f"layers with parameters: {with_params}")
+        pair = next(((t, e) for t, e in ties.items() if m in (t, e)), None)
+        if pair:
+            raise GraphDSLError(
+                f"{op}.adapt: modules_to_save names {m!r}, and {pair[0]!r} shares its "
+                f"kernel with embedding {pair[1]!r} (tied); PEFT trains an untied copy of "
+                f"{m!r} and leaves the other layer as it was", layer=m, where=where,
+                fix="untie them first: model, state = gd.untie(model, state), then adapt")
     return set(names)
+
+
+def tied_pairs(g: Graph) -> dict[str, str]:
+    """``{tied_dense layer: the embedding whose kernel it reads}``."""
+    return {g.name(n): n.attrs["embedding"] for n in g.order if n.op == "tied_dense"}
+
+
+def untie(model: Node, state: ModelState, layers: Iterable[str] | None = None
+          ) -> tuple[Node, ModelState]:
+    """Give each ``tied_dense`` layer (all, or those named in ``layers`` or reading an
+    embedding named there) its own copy of the embedding's kernel: a dense layer of the
+    same name whose ``kernel [dim, vocab]`` is ``E.T`` (bias kept, frozen flags as the
+    embedding's), as transformers' ``tie_word_embeddings=False``. Outputs are unchanged;
+    training, adapting or merging one layer then leaves the other alone. A Hugging Face
+    config carried by the model records ``tie_word_embeddings: false``. Returns
+    ``(model, state)``; ``state`` is not modified."""
+    where = caller_location()
+    if not isinstance(state, ModelState):
+        raise StateError(f"untie needs a ModelState, got {type(state).__name__}",
+                         where=where, fix="pass the model's state")
+    g = analyze(model)
+    pick = None if layers is None else set(layers)
+    todo = {t: e for t, e in tied_pairs(g).items()
+            if pick is None or t in pick or e in pick}
+    if not todo:
+        return model, state
+    data = {k: dict(v) for k, v in state.data.items()}
+    frozen = set(state.frozen)
+    new: dict[int, Node] = {}
+    for n in g.order:
+        ins = [new[i.id] for i in n.inputs]
+        name = g.name(n)
+        meta = n.attrs.get("meta") if n.op == "input" else None
+        if isinstance(meta, Mapping) and isinstance(meta.get("hf_config"), Mapping):
+            hf_config = dict(meta["hf_config"], tie_word_embeddings=False)
+            new[n.id] = _keep_name(n, ins, name, attrs=dict(
+                n.attrs, meta=dict(meta, hf_config=hf_config)))
+            continue
+        if name not in todo:
+            new[n.id] = _keep_name(n, ins, name)
+            continue
+        E = state_value(g, n, n.params[0], state.data)
+        data.setdefault(name, {})["kernel"] = np.ascontiguousarray(np.asarray(E).T)
+        if (todo[name], "kernel") in state.frozen:
+            frozen.add((name, "kernel"))
+        a = n.attrs
+        new[n.id] = make_node("dense", ins, {
+            "units": a["vocab_size"], "use_bias": a["use_bias"],
+            "kernel_initializer": a["kernel_initializer"]}, name, frozen=n.frozen,
+            where=n.where)
+    return new[model.id], ModelState(data, frozen, {k: list(v)
+                                                    for k, v in state.entries.items()})
 
 
 # -- merge ------------------------------------------------------------------------------
@@ -188,8 +249,14 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
     kernel ``[fan_in, out]``, bias unchanged, activation kept.
 
     A wrapped layer becomes a layer named like the one it wrapped (its ``base``); a
-    standalone adapter keeps its own name. Returns ``(model, state)`` whose outputs
-    equal the adapted model's; the input ``state`` is not modified.
+    standalone adapter keeps its own name. A ``tied_dense`` layer reading a merged
+    embedding is first untied (:func:`untie`: it keeps the unmerged kernel, as the adapted
+    model computed it). Returns ``(model, state)`` whose outputs equal the adapted
+    model's; the input ``state`` is not modified.
+
+    The merged model comes out with every parameter frozen (the adapted model's flags:
+    the base weights were frozen under their adapters); ``merged_state.unfreeze()``
+    makes them trainable again.
     """
     where = caller_location()
     if not isinstance(state, ModelState):
@@ -200,6 +267,12 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
     if not adapters:
         raise GraphDSLError("merge_adapters: the model has no dora or lora layer", where=where,
                             fix="adapt it first (dora.adapt / lora.adapt / dora.wrap)")
+    merged_embeddings = [n.attrs["base"] for n in adapters if layer_of(n) == "embedding"]
+    if any(e in merged_embeddings for e in tied_pairs(g).values()):
+        # the adapter changes the embedding lookup only; the tied output layer keeps E
+        model, state = untie(model, state, merged_embeddings)
+        g = analyze(model)
+        adapters = [n for n in g.order if is_adapter(n)]
     node_names = set(g.names.values())
     data = {k: dict(v) for k, v in state.data.items()}
     frozen = set(state.frozen)

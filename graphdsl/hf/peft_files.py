@@ -7,9 +7,12 @@ Keys (as PEFT writes them): ``base_model.model.<layer>.lora_A.weight [r, in]`` =
 layer's own parameters under their transformers names (``<layer>.weight``, ...). GPT-2's
 Conv1D layers use the same layout (PEFT's ``fan_in_fan_out``; the DoRA norm is still per
 output unit). An adapted embedding's are ``.lora_embedding_A [r, vocab]`` and
-``.lora_embedding_B [dim, r]`` (no ``.weight``); PEFT also saves its own weight as
-``.base_layer.weight``, which loading takes when present. Reading needs only NumPy and
-safetensors.
+``.lora_embedding_B [dim, r]`` (no ``.weight``); beside an adapter on an embedding or
+on ``lm_head`` PEFT also saves the layer's own weight as ``.base_layer.weight``, which
+loading takes when present. On a tied model the output layer is untied first
+(``gd.untie``) when it is a target or when it or its embedding is in
+``modules_to_save``: PEFT then adapts or trains one of the two alone. Reading needs
+only NumPy and safetensors.
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from typing import Any
 import numpy as np
 
 from .. import dora, lora
-from ..adapters import attach_adapters
+from ..adapters import attach_adapters, untie
+from ..adapters.adapt import tied_pairs
 from ..adapters.contract import is_adapter, layer_of, owns
 from ..errors import GraphDSLError, StateError
 from ..graph import Graph, analyze, state_value
@@ -111,7 +115,7 @@ def _saved_layers(g: Graph) -> list[Node]:
                 f"save_peft: {g.name(n)!r} is trainable (modules_to_save) but its weights "
                 f"belong to {tied[0]!r} (tied); PEFT saves a module's own weights",
                 layer=g.name(n), op=n.op, where=n.where,
-                fix=f"put {tied[0]!r} in modules_to_save instead, or untie the weights")
+                fix="untie the weights first (gd.untie), then adapt")
     return out
 
 
@@ -184,6 +188,8 @@ def load_peft(folder: str, model: Node, state: ModelState) -> tuple[Node, ModelS
         raise GraphDSLError("load_peft: the model already has adapters", where=where,
                             fix="pass the base model (from graphdsl.hf.from_pretrained)")
     conv1d = ARCHITECTURES[architecture(config_of(model))][1]
+    model, state, untied = _untie_for(cfg, g, model, state)
+    g = analyze(model)
     own = _own_params(g)
     saved = _resolve_saved(folder, cfg["modules_to_save"], g, own)
     targets = _resolve_targets(folder, cfg, g, saved)
@@ -208,11 +214,28 @@ def load_peft(folder: str, model: Node, state: ModelState) -> tuple[Node, ModelS
                              fix="check that the adapter belongs to this model and config")
         arr = arr.T if transpose else arr
         data.setdefault(layer, {})[param] = arr.astype(np.float32, copy=False)
+        if key.endswith(".base_layer.weight") and layer in untied:
+            # PEFT loads it into the weight the output layer shares with the embedding
+            data.setdefault(untied[layer], {})["kernel"] = data[layer][param].T
     make = dora if cfg["use_dora"] else lora
     adapted = make.adapt(model, targets, cfg["r"], cfg["lora_alpha"],
                          dropout=cfg["lora_dropout"], rslora=cfg["use_rslora"],
                          modules_to_save=saved or None)
     return adapted, attach_adapters(adapted, state, ModelState(data))
+
+
+def _untie_for(cfg: dict[str, Any], g: Graph, model: Node, state: ModelState
+               ) -> tuple[Node, ModelState, dict[str, str]]:
+    """Untie (``gd.untie``) each tied output layer whose embedding or itself is in
+    ``modules_to_save``, or which is a target: PEFT then trains a copy of one, or adapts
+    the output layer alone. Returns ``(model, state, {untied layer: its embedding})``."""
+    mts = cfg["modules_to_save"]
+    todo = {t: e for t, e in tied_pairs(g).items()
+            if is_saved(mts, t) or is_saved(mts, e) or is_target(cfg["target_modules"], t)}
+    if not todo:
+        return model, state, {}
+    model, state = untie(model, state, todo)
+    return model, state, todo
 
 
 def _resolve_saved(folder: str, entries: list[str] | None, g: Graph,
@@ -221,13 +244,6 @@ def _resolve_saved(folder: str, entries: list[str] | None, g: Graph,
     out = []
     for m in entries or ():
         hits = [lay for lay in layers if is_saved([m], lay)]
-        tied = [lay for lay in hits if lay not in own]
-        if tied:
-            raise GraphDSLError(f"{os.path.join(folder, CONFIG_FILE)}: modules_to_save "
-                                f"entry {m!r} matches {tied}, whose weights are tied to "
-                                "another layer; graphdsl does not untie them",
-                                fix="use a model with untied weights (tie_word_embeddings="
-                                    "false) or an adapter without that entry")
         if not hits:
             raise GraphDSLError(f"{os.path.join(folder, CONFIG_FILE)}: modules_to_save "
                                 f"entry {m!r} matches no layer with parameters",
@@ -269,24 +285,31 @@ def _resolve_targets(folder: str, cfg: dict[str, Any], g: Graph, saved: list[str
 def _expected_keys(cfg: dict[str, Any], g: Graph, targets: list[str], saved: list[str],
                    own: dict[str, list[str]], conv1d: bool) -> tuple[dict, dict]:
     """``(required, optional)``, each ``{file key: (layer, param, shape in the file,
-    transposed)}``; optional: the weight PEFT saves beside an adapted embedding's adapter
-    (it may have been resized), taken when the file has it."""
+    transposed)}``; optional: the base layer's weights PEFT saves beside the adapter of
+    an embedding or output layer (``base_layer.weight``; it may have been resized or
+    trained), taken when the file has it, as PEFT does."""
     r, op = cfg["r"], "dora" if cfg["use_dora"] else "lora"
     op_of = {g.name(n): n.op for n in g.order}
     out, optional = {}, {}
+    def entry(layer: str, param: str) -> tuple[str, tuple]:
+        key, transpose = hf_key(op_of[layer], layer, param, conv1d)
+        shape = tuple(g.params[(layer, param)].shape)
+        return key, (layer, param, shape[::-1] if transpose else shape, transpose)
+
     for t in targets:
         n_in, n_out = g.params[(t, "kernel")].shape  # an embedding's: [vocab, dim]
         shapes = {"A": (r, n_in), "B": (n_out, r), "magnitude": (n_out,)}
         for param, (suffix, transpose) in _PEFT_KEYS[op_of[t]].items():
             if param != "magnitude" or op == "dora":
                 out[f"{PREFIX}{t}.{suffix}"] = (f"{t}_{op}", param, shapes[param], transpose)
-        if op_of[t] == "embedding":
-            optional[f"{PREFIX}{t}.base_layer.weight"] = (t, "kernel", (n_in, n_out), False)
+        for param in own[t]:  # PEFT saves embed_tokens'/lm_head's base layer beside them
+            key, value = entry(t, param)
+            head, _, last = key.rpartition(".")
+            optional[f"{PREFIX}{head}.base_layer.{last}"] = value
     for layer in saved:
         for param in own[layer]:
-            key, transpose = hf_key(op_of[layer], layer, param, conv1d)
-            shape = tuple(g.params[(layer, param)].shape)
-            out[PREFIX + key] = (layer, param, shape[::-1] if transpose else shape, transpose)
+            key, value = entry(layer, param)
+            out[PREFIX + key] = value
     return out, optional
 
 
