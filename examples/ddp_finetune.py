@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                               for p, v in ps.items()})
         print(f"saved {args.out}")
     if distributed:
+        # rank 0 may still be saving: tearing the group down under it aborts rank 0
+        dist.barrier()
         dist.destroy_process_group()
     return 0
 

@@ -128,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
         gd.save_adapters(args.out, model, trained)
         print(f"saved {args.out}")
     if distributed:
+        # rank 0 may still be saving: tearing the group down under it aborts rank 0
+        dist.barrier()
         dist.destroy_process_group()
     return 0
 

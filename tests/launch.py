@@ -53,3 +53,30 @@ def console_script() -> str:
     path = os.path.join(os.path.dirname(sys.executable), "graphdsl")
     assert os.path.isfile(path), f"{path} is missing; fix: pip install -e ."
     return path
+
+
+def teardown_order(name: str, monkeypatch: pytest.MonkeyPatch, *args: str) -> list[str]:
+    """Run ``examples/<name>.py *args`` as rank 0 of a 1-process gloo group and return the
+    order of its ``barrier`` / ``destroy_process_group`` calls."""
+    import socket
+
+    import torch.distributed as dist
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0",
+                       "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+                       "CUDA_VISIBLE_DEVICES": ""}.items():
+        monkeypatch.setenv(key, value)
+    calls: list[str] = []
+    for fn in ("barrier", "destroy_process_group"):
+        real = getattr(dist, fn)
+        monkeypatch.setattr(dist, fn, lambda *a, _f=fn, _real=real, **k: (calls.append(_f),
+                                                                          _real(*a, **k))[1])
+    try:
+        assert load_example(name).main(list(args)) == 0
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return calls

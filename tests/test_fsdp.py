@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from launch import load_example, needs_gloo, torchrun_example
+from launch import load_example, needs_gloo, teardown_order, torchrun_example
 
 import graphdsl as gd
 from graphdsl import hf, models
@@ -149,3 +149,11 @@ def test_sharding_a_submodule_the_forward_does_not_call_is_named(one_process_gro
     msg = str(e.value)
     assert "'model.layers.0.self_attn.q_proj' still sharded" in msg
     assert "fully_shard to the module's blocks" in msg and "model.layers.0" in msg
+
+
+@needs_gloo
+def test_ranks_wait_for_each_other_before_the_group_is_destroyed(monkeypatch, tmp_path):
+    """rank 0 gathers and saves last: a barrier comes before the group is destroyed."""
+    calls = teardown_order("fsdp_finetune", monkeypatch, "--steps", "1", "--out",
+                           str(tmp_path / "adapters.gdsl"))
+    assert calls[-2:] == ["barrier", "destroy_process_group"]
