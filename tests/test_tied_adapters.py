@@ -171,5 +171,8 @@ def test_load_peft_reads_peft_files_with_an_lm_head_adapter(arch, use_dora, tmp_
     model, st = hf.from_transformers(_base(arch))
     adapted, ast = hf.load_peft(str(tmp_path), model, st)
     np.testing.assert_allclose(gd.predict(adapted, ast, IDS), ref, **TOL)
+    if arch != "llama_untied":
+        with pytest.raises(gd.GraphDSLError, match=r"tied_dense(.|\n)*gd\.untie"):
+            lora.adapt(model, ["lm_head"], rank=4)
     np.testing.assert_allclose(ast.data["lm_head"]["kernel"], t[key].T)
     assert ("lm_head", "kernel") in ast.frozen

@@ -132,7 +132,9 @@ def _matcher(op: str, targets: Any, g: Graph, dense: list[str], where: str
                 raise GraphDSLError(
                     f"{op}.adapt: target {t!r} is a {by_name[t].op} layer, not dense, conv "
                     "or embedding", layer=t, op=by_name[t].op, where=by_name[t].where,
-                    fix=f"adapters wrap dense, conv and embedding layers; those in this "
+                    fix="untie it first (gd.untie(model, state)): it becomes a dense layer"
+                        if by_name[t].op == "tied_dense" else
+                        f"adapters wrap dense, conv and embedding layers; those in this "
                         f"model: {dense}")
             if not any(_list_match(t, d) for d in dense):
                 raise GraphDSLError(f"{op}.adapt: target {t!r} matches no adaptable layer of "
