@@ -9,10 +9,13 @@ import itertools
 import os
 import re
 import sys
+import threading
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
+
+import numpy as np
 
 from .errors import GraphDSLError, LayerNameError, OptionError, RuleError, ShapeError, fmt_shape
 from .registry import OpDef, ParamSpec, Shape, get_op
@@ -77,6 +80,25 @@ class Node:
         return (f"#Node<{self.name or self.op} inputs: {{{ins}}} outputs: "
                 f"{fmt_shape(shape)} nodes: {len(order)}>")
 
+    def __reduce__(self) -> tuple:
+        """Pickle and deepcopy without recursion: a node saves the nodes above it first,
+        flat in topological order, each of them then referring to its (already saved)
+        inputs, so a 30k-layer chain costs no stack depth. Shared nodes stay shared."""
+        shallow = _SAVING.__dict__.setdefault("ids", set())
+        if self.id in shallow:  # saved from a flat list: its inputs were saved before it
+            shallow.discard(self.id)
+            return _restore, (self._fields(), self.inputs)
+        above = topo_order(self)[:-1]
+        ids = {n.id for n in above} - shallow
+        shallow |= ids
+        return _restore_last, (above, self._fields(), self.inputs, _Unflag(ids))
+
+    def _fields(self) -> tuple:
+        proxies = tuple(k for k, v in self.attrs.items() if isinstance(v, MappingProxyType))
+        attrs = {k: dict(v) if k in proxies else v for k, v in self.attrs.items()}
+        return (self.op, attrs, proxies, self.name, self.shape, self.dtype, self.params,
+                self.where, self.frozen)
+
     @property
     def label(self) -> str:
         """The explicit name, or ``<op>`` when the name is assigned at build time."""
@@ -87,6 +109,46 @@ class Node:
         """A GraphDSLError located at this node."""
         return cls(what, layer=name or self.name, op=self.op, where=self.where,
                    shapes=shapes, fix=fix)
+
+
+_SAVING = threading.local()  # ids of the nodes being saved flat (Node.__reduce__)
+
+
+class _Unflag:
+    """Saved after a flat list of nodes: ends their flat saving (clears their ids)."""
+
+    def __init__(self, ids: set[int]) -> None:
+        self.ids = ids
+
+    def __reduce__(self) -> tuple:
+        _SAVING.__dict__.setdefault("ids", set()).difference_update(self.ids)
+        return type(None), ()
+
+
+def _restore(fields: tuple, inputs: tuple) -> Node:
+    op, attrs, proxies, *rest = fields
+    for v in attrs.values():  # a copy owned by this node alone: read-only again
+        if isinstance(v, np.ndarray):
+            v.flags.writeable = False
+    attrs = {k: MappingProxyType(v) if k in proxies else v for k, v in attrs.items()}
+    return Node(op, tuple(inputs), MappingProxyType(attrs), *rest)  # a fresh id
+
+
+def _restore_last(above: list, fields: tuple, inputs: tuple, _: None) -> Node:
+    return _restore(fields, inputs)
+
+
+def node_list(x: Any, op: str, where: str, what: str = "inputs",
+              name: str | None = None) -> list[Any]:
+    """``x`` as a list: ``[x]`` for a node, the items of a list or tuple; anything else
+    (None, a number, a string, a dict) is a GraphDSLError naming ``what``."""
+    if isinstance(x, Node):
+        return [x]
+    if isinstance(x, (list, tuple)):
+        return list(x)
+    raise GraphDSLError(f"{what} of {op} must be a node or a list of nodes, got "
+                        f"{type(x).__name__}", layer=name, op=op, where=where,
+                        fix="pass a graph node (gd.input(...), a layer) or a list of them")
 
 
 def is_valid_name(name: Any, input_name: bool = False) -> bool:
@@ -201,6 +263,9 @@ def rebuild(node: Node, inputs: Sequence[Node], **changes: Any) -> Node:
 def topo_order(output: Node | Iterable[Node]) -> list[Node]:
     """Nodes reachable from ``output`` (a node or several), parents before children,
     inputs visited in order. Iterative depth-first post-order."""
+    if not isinstance(output, Node) and not isinstance(output, Iterable):
+        raise GraphDSLError(f"expected a graph node, got {type(output).__name__}",
+                            fix="pass the model's output node")
     roots = [output] if isinstance(output, Node) else list(output)
     order: list[Node] = []
     seen: set[int] = set()

@@ -10,7 +10,7 @@ import numpy as np
 from ..custom import function_name, lookup_function
 from ..errors import GraphDSLError, OptionError, RuleError, fmt_shape
 from ..initializers import check_initializer
-from ..node import Node, caller_location, make_node, validate_name
+from ..node import Node, caller_location, make_node, node_list, validate_name
 from ..registry import OpDef, ParamSpec, register_op
 from ._attrs import boolean, shape_tuple
 
@@ -155,7 +155,7 @@ def layer(fn: Callable[..., Any] | str, inputs: Node | Sequence[Node], *,
     else:
         raise GraphDSLError(f"layer needs a function, got {type(fn).__name__}", op="custom",
                             layer=name, where=where, fix="pass a callable or a registered name")
-    ins = [inputs] if isinstance(inputs, Node) else list(inputs)
+    ins = node_list(inputs, "custom", where, "inputs", name)
     nodes = [x for x in ins if isinstance(x, Node)]
     if output_shape is None and len(nodes) == len(ins):
         try:
@@ -222,7 +222,8 @@ def container(outputs: Sequence[Node] | Mapping[str, Node], name: str | None = N
                                 where=where, fix="use a dict with string keys")
         return make_node("container", list(outputs.values()), {"keys": keys}, name,
                          where=where)
-    return make_node("container", list(outputs), {"keys": None}, name, where=where)
+    return make_node("container", node_list(outputs, "container", where, "outputs", name),
+                     {"keys": None}, name, where=where)
 
 
 # -- optional inputs and their defaults -------------------------------------------------------
