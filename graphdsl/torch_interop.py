@@ -24,6 +24,7 @@ import numpy as np
 
 from . import torch_blocks as tblocks
 from .adapters.contract import is_adapter
+from .arrays import as_numpy
 from .backends.base import copy_outputs
 from .compiler import InputChecker, make_plan
 from .errors import BackendError, GraphDSLError, InputError, StateError, fmt_shape
@@ -84,7 +85,29 @@ class ModuleInfo:
 def _module_base():
     torch = _torch()
 
-    class GraphModule(torch.nn.Module):
+    class Module(torch.nn.Module):  # named as the plain containers it replaces
+        """A node of the module tree along the dots of the layer names. A layer segment
+        may reuse a Module attribute's name ("a.training", "b.__class__"): setting that
+        attribute (``train()`` sets ``training``, FSDP sets ``__class__``) goes to the
+        object itself, the layer stays in ``_modules``."""
+
+        def __setattr__(self, name: str, value: Any) -> None:
+            if name in self._modules and not isinstance(value, torch.nn.Module):
+                object.__setattr__(self, name, value)
+            else:
+                super().__setattr__(name, value)
+
+        def get_submodule(self, target: str) -> torch.nn.Module:
+            """Like nn.Module.get_submodule, along ``_modules`` (not attributes)."""
+            mod = self
+            for seg in target.split(".") if target else ():
+                if seg not in mod._modules:
+                    raise AttributeError(f"{type(mod).__name__} has no submodule {seg!r} "
+                                         f"(in {target!r})")
+                mod = mod._modules[seg]
+            return mod
+
+    class GraphModule(Module):
         """A graphdsl model lowered to torch. ``forward`` is generated straight-line code
         (see ``.code``); inputs positionally in ``gd.get_inputs`` order or by name;
         returns a tensor, or a tuple/dict for a container output."""
@@ -101,23 +124,14 @@ def _module_base():
             except Exception as e:  # a kernel failed: name the layer it failed in
                 raise _locate(self, e) from e
 
-        def train(self, mode: bool = True) -> GraphModule:
-            """Like nn.Module.train; also works when a layer is named ``training``."""
-            if not isinstance(mode, bool):
-                raise ValueError("training mode is expected to be boolean")
-            object.__setattr__(self, "training", mode)
-            for child in self.children():
-                child.train(mode)
-            return self
-
         def extra_repr(self) -> str:
             m = self._graphdsl
             return f"inputs={m.input_names}, layers={len(m.plan.steps)}"
 
-    return GraphModule
+    return Module, GraphModule
 
 
-_BASE: Any = None
+_BASE: Any = None  # (Module, GraphModule), made on first use (torch imported lazily)
 
 
 def _check_state(plan: Any, state: ModelState) -> None:
@@ -154,7 +168,8 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
     if _BASE is None:
         _BASE = _module_base()
 
-    root = torch.nn.Module()  # submodules along the dots of the layer names
+    holder_cls, module_cls = _BASE
+    root = holder_cls()  # submodules along the dots of the layer names
     holder = partial(_holder, root, create=True)
 
     entries = []  # (owner, name, kind, uint64)
@@ -186,14 +201,14 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
     meta = ModuleInfo(model, plan, entries, names, [n for _, _, n in plan.inputs], tdtype,
                       tuple(blocks))
     code, glb, block_fns = _generate(plan, tdtype, blocks)
-    cls = type(f"GraphModule_{_ident(g.name(model))}", (_BASE,),
+    cls = type(f"GraphModule_{_ident(g.name(model))}", (module_cls,),
                {"_graph_forward": glb["forward"], "code": code,
                 "__module__": "graphdsl.torch_interop"})
     mod = cls()
     mod._graphdsl = meta
     mod._modules.update(root._modules)  # direct insertion: any segment is a valid key
     for path, fn in block_fns.items():  # a holder becomes callable: hooks (FSDP) fire
-        _holder(mod, path).__class__ = type("GraphBlock", (torch.nn.Module,),
+        _holder(mod, path).__class__ = type("GraphBlock", (holder_cls,),
                                             {"forward": fn, "__module__": __name__})
     if block_fns:
         tblocks.quiet_view_warning()
@@ -467,7 +482,9 @@ def from_torch(module: Any, state_dict: Mapping[str, Any] | None = None) -> Mode
                          fix="pass the state dict of this module (module.state_dict() keys)")
     for (owner, name, kind, u64), t in zip(meta.entries, tensors):
         v = t if state_dict is None else state_dict[f"{owner}.{name}"]
-        arr = v.detach().cpu().numpy()
+        arr = as_numpy(v)  # bfloat16 -> float32 (exact)
+        if arr.dtype == np.float16:  # the state holds float32/float64: widen, exactly
+            arr = arr.astype(np.float32)
         if kind == "state":
             if u64:
                 arr = arr.view(np.uint64)

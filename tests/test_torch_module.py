@@ -224,6 +224,56 @@ def test_layer_names_that_shadow_module_attributes():
     assert m.training is False and gd.from_torch(m) == st
 
 
+# segments that are nn.Module attributes: set by train() ("training"), by FSDP and by
+# to_torch's blocks ("__class__"), or methods and internals torch reads
+@pytest.mark.parametrize("seg", ["training", "__class__", "forward", "state_dict",
+                                 "parameters", "_modules", "train"])
+def test_any_legal_layer_name_trains_and_round_trips(seg):
+    x = gd.input("x", (None, 3))
+    h = gd.dense(x, 4, activation="relu", name=f"blk.{seg}.fc")  # a block (own call)
+    h = gd.dropout(h, 0.5, name=seg)  # a top-level holder under that name
+    y = gd.dense(h, 2, name=f"{seg}.out")
+    st = _state(y)
+    m = gd.to_torch(y, st)
+    names = [f"blk.{seg}.fc.kernel", f"blk.{seg}.fc.bias", f"{seg}.key", f"{seg}.out.kernel",
+             f"{seg}.out.bias"]
+    sd = m.state_dict()
+    assert list(sd) == names  # the names users see are the layer names
+    xb = torch.randn(64, 3)
+    for mode in (True, False, True):
+        assert m.train(mode) is m
+        assert [mm.training for mm in m.modules()] == [mode] * len(list(m.modules()))
+    torch.manual_seed(0)
+    a = m(xb)
+    assert not torch.equal(a, m(xb))  # dropout on in train mode
+    m.eval()
+    assert not any(mm.training for mm in m.modules())
+    ref = torch.relu(xb @ sd[names[0]] + sd[names[1]]) @ sd[names[3]] + sd[names[4]]
+    np.testing.assert_allclose(m(xb).detach().numpy(), ref.numpy(), **TOL)
+    assert gd.from_torch(m) == st
+    with torch.no_grad():
+        m.get_submodule(f"{seg}.out").get_parameter("bias").add_(1.0)
+    m2 = gd.to_torch(y, gd.from_torch(m))
+    m2.load_state_dict(m.state_dict())
+    assert gd.from_torch(m2) == gd.from_torch(m) != st
+    assert torch.equal(m2.eval()(xb), m(xb))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_from_torch_reads_half_precision_exactly(dtype):
+    model = _mlp()
+    m = gd.to_torch(model, _state(model)).to(dtype)
+    back = gd.from_torch(m)  # float32, exactly the module's values (widening is lossless)
+    for key, t in m.named_parameters():
+        layer, p = key.rsplit(".", 1)
+        assert back.data[layer][p].dtype == np.float32
+        np.testing.assert_array_equal(back.data[layer][p], t.detach().float().numpy())
+    assert back.data["drop"]["key"].dtype == np.uint64
+    x = torch.randn(4, 8)
+    want = m.eval().float()(x).detach().numpy()  # the module's own weights, in float32
+    np.testing.assert_allclose(gd.predict(model, back, x.numpy()), want, **TOL)
+
+
 def test_float64_and_int_inputs():
     model = _mlp()
     st = _state(model)
