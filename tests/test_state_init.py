@@ -127,3 +127,56 @@ def test_deepcopy_and_equality():
     c.data["fc1"]["kernel"] = c.data["fc1"]["kernel"] + np.eye(*c.data["fc1"]["kernel"].shape,
                                                                 dtype=np.float32)
     assert c != st
+
+
+def _golden_model():
+    ids = gd.input("ids", (None, 5), dtype="int64")
+    h = gd.reshape(gd.embedding(ids, 50, 8, name="emb"), (5, 8, 1))
+    h = gd.conv(h, 3, kernel_size=2, kernel_initializer="he_normal",
+                bias_initializer="normal", name="conv")
+    h = gd.dropout(gd.flatten(gd.batch_norm(h, name="bn")), 0.1, name="drop")
+    h = gd.layer_norm(h, name="ln")
+    return gd.dense(h, 4, bias_initializer="uniform", name="enc.fc")
+
+
+# (layer, param): (shape, first three values, last value) at seed 0. Pinned: a change
+# of the per-parameter seed rule (the "seed:layer.param" key) changes every saved init.
+GOLDEN = {
+    ("emb", "kernel"): ((50, 8), [0.003365390934050083, -0.009442154318094254,
+                                  0.0020641805604100227], -0.0011605785693973303),
+    ("conv", "kernel"): ((2, 1, 3), [-0.31737348437309265, -0.0052934736013412476,
+                                     -2.1053853034973145], 1.434119462966919),
+    ("conv", "bias"): ((3,), [-0.004858987871557474, 0.0045922682620584965,
+                              0.012164311483502388], 0.012164311483502388),
+    ("bn", "gamma"): ((3,), [1.0, 1.0, 1.0], 1.0),
+    ("bn", "beta"): ((3,), [0.0, 0.0, 0.0], 0.0),
+    ("bn", "mean"): ((3,), [0.0, 0.0, 0.0], 0.0),
+    ("bn", "var"): ((3,), [1.0, 1.0, 1.0], 1.0),
+    ("ln", "gamma"): ((21,), [1.0, 1.0, 1.0], 1.0),
+    ("ln", "beta"): ((21,), [0.0, 0.0, 0.0], 0.0),
+    ("enc.fc", "kernel"): ((21, 4), [0.346120685338974, 0.3967127501964569,
+                                     0.4772295653820038], 0.102000392973423),
+    ("enc.fc", "bias"): ((4,), [0.0045815566554665565, 0.005870106164366007,
+                                -0.0018515284173190594], -0.00039976570405997336),
+}
+
+
+def test_initial_values_are_pinned():
+    st = gd.build(_golden_model(), seed=0)[0]()
+    assert {(k, p) for k, v in st.data.items() for p in v} == set(GOLDEN) | {("drop", "key")}
+    for (layer, p), (shape, head, last) in GOLDEN.items():
+        a = st.data[layer][p]
+        assert a.shape == shape and a.dtype == np.float32
+        assert a.reshape(-1)[:3].tolist() == head and a.reshape(-1)[-1] == last
+    assert int(st.data["drop"]["key"]) == 3789577003116589265
+
+
+@pytest.mark.parametrize("init", ["normal", "glorot_uniform", "rng_key"])
+def test_layer_param_boundary_is_part_of_the_seed(init):
+    from graphdsl.initializers import initialize
+    shape = () if init == "rng_key" else (4, 3)
+    dt = np.uint64 if init == "rng_key" else np.float32
+    ab_c = initialize(init, shape, dt, 0, "ab", "c")
+    a_bc = initialize(init, shape, dt, 0, "a", "bc")
+    assert not np.array_equal(ab_c, a_bc)
+    np.testing.assert_array_equal(ab_c, initialize(init, shape, dt, 0, "ab", "c"))
