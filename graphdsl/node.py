@@ -9,7 +9,7 @@ import itertools
 import os
 import re
 import sys
-import threading
+import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
@@ -81,17 +81,11 @@ class Node:
                 f"{fmt_shape(shape)} nodes: {len(order)}>")
 
     def __reduce__(self) -> tuple:
-        """Pickle and deepcopy without recursion: a node saves the nodes above it first,
-        flat in topological order, each of them then referring to its (already saved)
-        inputs, so a 30k-layer chain costs no stack depth. Shared nodes stay shared."""
-        shallow = _SAVING.__dict__.setdefault("ids", set())
-        if self.id in shallow:  # saved from a flat list: its inputs were saved before it
-            shallow.discard(self.id)
-            return _restore, (self._fields(), self.inputs)
-        above = topo_order(self)[:-1]
-        ids = {n.id for n in above} - shallow
-        shallow |= ids
-        return _restore_last, (above, self._fields(), self.inputs, _Unflag(ids))
+        """Pickle and deepcopy without recursion: a node is saved as the flat list of the
+        nodes above it in topological order, each referring to its inputs saved before it,
+        so a 30k-layer chain costs no stack depth. A node's saved form is one object per
+        node (``_saved``), so nodes shared by several saved models stay shared."""
+        return _last, ([_saved(n) for n in topo_order(self)],)
 
     def _fields(self) -> tuple:
         proxies = tuple(k for k, v in self.attrs.items() if isinstance(v, MappingProxyType))
@@ -111,18 +105,25 @@ class Node:
                    shapes=shapes, fix=fix)
 
 
-_SAVING = threading.local()  # ids of the nodes being saved flat (Node.__reduce__)
+class _Saved:
+    """The pickled form of one node: its fields and its inputs' saved forms."""
 
-
-class _Unflag:
-    """Saved after a flat list of nodes: ends their flat saving (clears their ids)."""
-
-    def __init__(self, ids: set[int]) -> None:
-        self.ids = ids
+    def __init__(self, node: Node) -> None:
+        self.node = weakref.ref(node)  # the cache below must not keep nodes alive
 
     def __reduce__(self) -> tuple:
-        _SAVING.__dict__.setdefault("ids", set()).difference_update(self.ids)
-        return type(None), ()
+        n = self.node()
+        return _restore, (n._fields(), tuple(_saved(i) for i in n.inputs))
+
+
+_SAVED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _saved(node: Node) -> _Saved:
+    s = _SAVED.get(node)
+    if s is None:
+        s = _SAVED[node] = _Saved(node)
+    return s
 
 
 def _restore(fields: tuple, inputs: tuple) -> Node:
@@ -134,8 +135,8 @@ def _restore(fields: tuple, inputs: tuple) -> Node:
     return Node(op, tuple(inputs), MappingProxyType(attrs), *rest)  # a fresh id
 
 
-def _restore_last(above: list, fields: tuple, inputs: tuple, _: None) -> Node:
-    return _restore(fields, inputs)
+def _last(nodes: list[Node]) -> Node:
+    return nodes[-1]
 
 
 def node_list(x: Any, op: str, where: str, what: str = "inputs",
