@@ -23,6 +23,7 @@ import numpy as np
 from graphdsl.adapters._math import (
     colsum_prod,
     column_norm_sq_parts,
+    exact_columns,
     finish_norm,
 )
 from graphdsl.adapters.contract import base_kernel, flat_A, flat_kernel, layer_of, merged_kernel
@@ -90,12 +91,16 @@ def _rows(x: np.ndarray, a: Mapping, p: Mapping) -> tuple:
 
 
 def _dora_norm_ratio(ctx: KernelContext, K: np.ndarray, K2: np.ndarray, A2: np.ndarray,
-                     AtK: np.ndarray, B: np.ndarray, m: np.ndarray, a: Mapping) -> np.ndarray:
-    """``m / c [out]``, c the factored column norm of ``K2 + s*A2@B`` (a constant: no
-    autograd here); ``colsum(K2*K2)`` of the frozen kernel cached on K's identity."""
+                     AtK: np.ndarray, B: np.ndarray, m: np.ndarray, a: Mapping) -> tuple:
+    """``(m / c [out], cols, W)``: c the factored column norm of ``K2 + s*A2@B`` (a
+    constant: no autograd here), ``cols`` the columns where it cancels and ``W [fan_in,
+    len(cols)]`` their materialized kernel or None (the caller takes their output from
+    ``W``, which does not cancel); ``colsum(K2*K2)`` of the frozen kernel cached on K's
+    identity."""
     kk = cached_merge(ctx, (K,), lambda: colsum_prod(K2, K2), "kk")
     c2, noise = column_norm_sq_parts(kk, AtK, A2, B, a["scale"])
-    return m / finish_norm(c2, noise, a["eps"])
+    cols, W = exact_columns(c2, noise, K2, A2, B, a["scale"])
+    return m / finish_norm(c2, noise, a["eps"]), cols, W
 
 
 def _embedding_adapter(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
@@ -107,7 +112,10 @@ def _embedding_adapter(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
     y = embed(ids, K)
     y += np.asarray(a["scale"], y.dtype) * (embed(ids, A) @ B)
     if dora:
-        y *= _dora_norm_ratio(ctx, K, K, A, A.T @ K, B, p["magnitude"], a)
+        r, cols, W = _dora_norm_ratio(ctx, K, K, A, A.T @ K, B, p["magnitude"], a)
+        if W is not None:
+            y[..., cols] = embed(ids, W)
+        y *= r
     return y, {}
 
 
@@ -127,14 +135,18 @@ def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     parts = [x2, A2.T] if xd2 is None else [x2, xd2, A2.T]
     # one matmul gives x @ K (and xd @ K) and A.T @ K: a thin A.T @ K alone runs slowly
     prod = np.concatenate(parts) @ K2
-    r = _dora_norm_ratio(ctx, K, K2, A2, prod[-rank:], B, m, a)
+    r, cols, W = _dora_norm_ratio(ctx, K, K2, A2, prod[-rank:], B, m, a)
     y = prod[:rows]
     if xd2 is None:
         y += sd * ((x2 @ A2) @ B)
+        if W is not None:
+            y[:, cols] = x2 @ W
         y *= r
     else:
         y += (r - 1) * prod[rows:2 * rows]
         y += (r * sd) * ((xd2 @ A2) @ B)
+        if W is not None:
+            y[:, cols] = (x2 - xd2) @ K2[:, cols] + r[cols] * (xd2 @ W)
     return _finish(y, b, a, back), updates
 
 

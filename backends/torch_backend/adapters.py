@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from graphdsl.adapters._math import ZERO_NORM_ULPS
+from graphdsl.adapters._math import ZERO_NORM_ULPS, exact_norm_tau
 from graphdsl.adapters.contract import base_kernel, flat_A, flat_kernel, layer_of
 from graphdsl.registry import OPS
 
@@ -58,10 +58,34 @@ def dora_column_norm_sq(A: torch.Tensor, B: torch.Tensor, s: float, AtK: torch.T
     (no [in, out] temporary): ``c^2 = colsum(K*K) + 2s*colsum((A.T@K)*B) +
     s^2*colsum(B*((A.T@A)@B))``; ``noise = colsum(K*K) + s^2*colsum(B*((A.T@A)@B))`` is
     the scale of the summed terms (the zero-norm rule, graphdsl.adapters._math).
-    A [in,r], B [r,out], AtK = A.T@K [r,out], kk = colsum(K*K) [out]."""
+    A [in,r], B [r,out], AtK = A.T@K [r,out], kk = colsum(K*K) [out]; where it cancels,
+    :func:`exact_columns` corrects it."""
     bb = (B * ((A.t() @ A) @ B)).sum(0)
     c2 = kk + (2.0 * s) * (B * AtK).sum(0) + (s * s) * bb
     return c2, (kk + (s * s) * bb).detach()
+
+
+def exact_columns(c2: torch.Tensor, noise: torch.Tensor, K: torch.Tensor, A: torch.Tensor,
+                  B: torch.Tensor, s: float) -> tuple:
+    """``(c2, cols, W)``: ``c2 [out]`` with the columns where the factored value cancelled
+    (graphdsl.adapters._math.exact_norm_tau) taken from their materialized kernel ``W =
+    K[:, cols] + s*(A@B)[:, cols] [in, n]`` (float64: the sum cancels, so its own rounding
+    would show; differentiable), returned for the caller to
+    take those columns' output from it too; ``(c2, None, None)`` when none cancels.
+    Inside torch.compile (no data-dependent shapes) only c2 is corrected, by a torch.cond
+    that materializes ``K + s*A@B`` only when some column needs it."""
+    low = c2.detach() < exact_norm_tau(torch.finfo(c2.dtype).eps) * noise
+    if compiling():
+        def exact(c2, low, K, A, B):  # noqa: ANN001, ANN202
+            return torch.where(low, torch.addmm(K, A, B, alpha=s).square().sum(0), c2)
+        return torch.cond(low.any(), exact, lambda c2, *_: c2.clone(),
+                          (c2, low, K, A, B)), None, None
+    cols = torch.nonzero(low).flatten()
+    if cols.numel() == 0:
+        return c2, None, None
+    wide = torch.float32 if K.device.type == "mps" else torch.float64  # MPS has no float64
+    W = torch.addmm(K[:, cols].to(wide), A.to(wide), B[:, cols].to(wide), alpha=s)
+    return c2.index_put((cols,), W.square().sum(0).to(c2.dtype)), cols, W
 
 
 def _finish_norm(c2: torch.Tensor, noise: torch.Tensor, eps: float | None,
@@ -118,10 +142,14 @@ class _DoRAFactored(torch.autograd.Function):
             h, AtK = big[:n], big[n:]
         else:
             h, AtK = x2 @ K, A.t() @ K
-        c = finish(*dora_column_norm_sq(A, B, s, AtK, _colsum_squares(K)))
+        c2, noise = dora_column_norm_sq(A, B, s, AtK, _colsum_squares(K))
+        c2, cols, W = exact_columns(c2, noise, K, A, B, s)
+        c = finish(c2, noise)
         scale = m / c
         xA = x2 @ A
         h.addmm_(xA, B, alpha=s)  # h = x@K + s*(x@A)@B, in the buffer we own
+        if cols is not None:  # columns whose h cancels too: from their own kernel
+            h[:, cols] = (x2.to(W.dtype) @ W).to(h.dtype)
         y = torch.addcmul(b, h, scale) if b is not None else h * scale
         fctx.save_for_backward(x2, K, A, B, xA, h, scale, c)
         fctx.s, fctx.has_bias = s, b is not None
@@ -177,14 +205,12 @@ def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     big = torch.cat(rows + [At]) @ K
     xK, AtK = big[:n], big[-At.shape[0]:]
     xdK = big[n:2 * n] if dropping else xK
-    kk = _colsum_sq(K)
-    if detach:
-        with torch.no_grad():
-            c2, noise = dora_column_norm_sq(A.detach(), B.detach(), s, AtK, kk)
-    else:
-        c2, noise = dora_column_norm_sq(A, B, s, AtK, kk)
-    scale = m / _finish_norm(c2, noise, a.get("eps"), ctx)
+    c2, noise = dora_column_norm_sq(A, B, s, AtK, _colsum_sq(K))
+    c2, cols, W = exact_columns(c2, noise, K, A, B, s)  # W keeps its graph, for h
+    scale = m / _finish_norm(c2.detach() if detach else c2, noise, a.get("eps"), ctx)
     h = torch.addmm(xdK, xd @ A, B, alpha=s)
+    if cols is not None:
+        h = h.index_copy(1, cols, (xd.to(W.dtype) @ W).to(h.dtype))
     if dropping:
         y = torch.addcmul(xK - xdK, h, scale)
         if b is not None:
@@ -217,30 +243,33 @@ def _lora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
 
 
 def _norm_ratio(K: torch.Tensor, A: torch.Tensor, B: torch.Tensor, m: torch.Tensor,
-                a: Mapping, ctx: KernelContext) -> torch.Tensor:
-    """``m / c [out]`` with c the column norm of the flat ``K + s*A@B`` (factored: no
-    kernel-sized temporary beyond the flat view of K), detached unless ``detach_norm``
-    is False."""
+                a: Mapping, ctx: KernelContext) -> tuple:
+    """``(m / c [out], cols, W)`` with c the column norm of the flat ``K + s*A@B``
+    (factored: no kernel-sized temporary beyond the flat view of K), detached unless
+    ``detach_norm`` is False; ``cols`` and ``W`` as :func:`exact_columns` gives them."""
     K2, A2 = flat_kernel(K, a), flat_A(A)
-    detach = a.get("detach_norm", True)
-    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
-        AtK = A2.t() @ K2
-        c2, noise = dora_column_norm_sq(A2, B, a["scale"], AtK, _colsum_sq(K2))
-        c = _finish_norm(c2, noise, a.get("eps"), ctx)
-    return m / c
+    c2, noise = dora_column_norm_sq(A2, B, a["scale"], A2.t() @ K2, _colsum_sq(K2))
+    c2, cols, W = exact_columns(c2, noise, K2, A2, B, a["scale"])
+    if a.get("detach_norm", True):
+        c2 = c2.detach()
+    return m / _finish_norm(c2, noise, a.get("eps"), ctx), cols, W
 
 
 def _conv_or_embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
                        m: torch.Tensor | None) -> Any:
     """PEFT's LoRA (``m`` None) or DoRA on a conv or an embedding layer:
     ``y = r * (base(x) + s * B(A(x))) + b`` with ``r = m/c`` (DoRA) or 1; with dropout in
-    training (conv only) ``base(x) + b + (r - 1) * base(xd) + r * s * B(A(xd))``."""
+    training (conv only) ``base(x) + b + (r - 1) * base(xd) + r * s * B(A(xd))``. The
+    columns where the norm cancels take ``base(xd) + s * B(A(xd))`` from their merged
+    kernel (it cancels there too)."""
     x = ins[0]
     K, b, A, B = _adapter_params(p)
     s = a["scale"]
-    r = None if m is None else _norm_ratio(K, A, B, m, a, ctx)
+    r, cols, W = (None, None, None) if m is None else _norm_ratio(K, A, B, m, a, ctx)
     if layer_of(a) == "embedding":
         y = F.embedding(x, K) + s * (F.embedding(x, A) @ B)
+        if cols is not None:
+            y = y.index_copy(-1, cols, F.embedding(x, W).to(y.dtype))
         return _with_updates(y if r is None else y * r, ctx, {})
     ch = a["channels"]
     xf = to_first(x, ch)
@@ -250,14 +279,18 @@ def _conv_or_embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
         xd, updates = drop(xf, a["dropout"], p, ctx)
     base = conv_first(xf, torch_weight(K, ch), None, a)
     h = conv_first(xd, torch_weight(A, "last"), None, a)  # A: a conv with the base window
-    low = (h.movedim(1, -1) @ B).movedim(-1, 1)  # B: a 1x1 conv
+    low = s * (h.movedim(1, -1) @ B).movedim(-1, 1)  # B: a 1x1 conv
     if r is None:
-        y = base + s * low
+        y = base + low
     else:
-        rv = r.reshape(-1, *([1] * (base.dim() - 2)))
-        y = base * rv + (s * rv) * low
+        base_d = base if xd is xf else conv_first(xd, torch_weight(K, ch), None, a)
+        h = base_d + low
+        if cols is not None:
+            Wk = torch_weight(W.reshape(*A.shape[:-1], W.shape[-1]), "last")
+            h = h.index_copy(1, cols, conv_first(xd.to(Wk.dtype), Wk, None, a).to(h.dtype))
+        y = h * r.reshape(-1, *([1] * (base.dim() - 2)))
         if xd is not xf:
-            y = y + (1 - rv) * (base - conv_first(xd, torch_weight(K, ch), None, a))
+            y = y + (base - base_d)
     if b is not None:
         y = y + b.reshape(-1, *([1] * (y.dim() - 2)))
     y = apply_activation(from_first(y, ch), a.get("activation"))

@@ -18,6 +18,16 @@ from ..errors import GraphDSLError, RuleError
 ZERO_NORM_ULPS = 16
 
 
+def exact_norm_tau(eps: float) -> float:
+    """The exact-norm rule, one for every backend: a column whose factored ``c^2`` is
+    below ``tau * (colsum(K*K) + s^2 * colsum((A@B)^2))`` (an update that nearly cancels
+    the column) is recomputed from the materialized column ``K[:, j] + s*(A@B)[:, j]``.
+    The factored ``c^2`` errs by about ``3 * eps * noise``, so ``c`` by at most ``1.5 *
+    eps / tau``: ``tau = 2 * eps / 1e-6`` keeps that under 1e-6 (float32: 0.24), capped
+    at 1/2 for half precision, where 1e-6 is out of reach anyway."""
+    return min(0.5, 2.0 * eps / 1e-6)
+
+
 def lora_scale(alpha: float, rank: int, rslora: bool) -> float:
     """``alpha / rank``, or rsLoRA's ``alpha / sqrt(rank)``."""
     return float(alpha) / (math.sqrt(rank) if rslora else rank)
@@ -46,17 +56,34 @@ def column_norm_sq_factored(K: np.ndarray, A: np.ndarray, B: np.ndarray, s: floa
     where ``noise`` is the size of the summed terms, used to tell a column whose norm
     cancels to round-off from a genuine one.
     """
-    return column_norm_sq_parts(colsum_prod(K, K), A.T @ K, A, B, s)
+    c2, noise = column_norm_sq_parts(colsum_prod(K, K), A.T @ K, A, B, s)
+    exact_columns(c2, noise, K, A, B, s)
+    return c2, noise
 
 
 def column_norm_sq_parts(kk: np.ndarray, AtK: np.ndarray, A: np.ndarray, B: np.ndarray,
                          s: float) -> tuple[np.ndarray, np.ndarray]:
-    """The factored ``c^2`` from ``kk = colsum(K*K) [out]`` and ``AtK = A.T @ K [r, out]``
-    (which a kernel may have computed together with ``x @ K``)."""
+    """The factored ``(c^2, noise)`` from ``kk = colsum(K*K) [out]`` and ``AtK = A.T @ K
+    [r, out]`` (which a kernel may have computed together with ``x @ K``)."""
     cross = colsum_prod(AtK, B)
     bb = colsum_prod(B, (A.T @ A) @ B)
     c2 = kk + (2.0 * s) * cross + (s * s) * bb
     return c2, kk + (s * s) * bb
+
+
+def exact_columns(c2: np.ndarray, noise: np.ndarray, K: np.ndarray, A: np.ndarray,
+                  B: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray | None]:
+    """``(cols, W)``: the columns where the factored ``c2 [out]`` cancelled (the rule of
+    :func:`exact_norm_tau`) and their materialized ``W = K[:, cols] + s*(A@B)[:, cols]
+    [in, len(cols)]`` in float64 (the sum cancels, so its own rounding would show), or
+    None when there are none; ``c2[cols]`` is overwritten in place with ``colsum(W*W)``."""
+    cols = np.flatnonzero(c2 < exact_norm_tau(float(np.finfo(c2.dtype).eps)) * noise)
+    if not cols.size:
+        return cols, None
+    f8 = np.float64
+    W = lora_merged_kernel(K[:, cols].astype(f8), A.astype(f8), B[:, cols].astype(f8), s)
+    c2[cols] = colsum_prod(W, W)
+    return cols, W
 
 
 def finish_norm(c2: np.ndarray, noise: np.ndarray, eps: float | None) -> np.ndarray:
@@ -112,13 +139,18 @@ def dora_merged_kernel(K: np.ndarray, A: np.ndarray, B: np.ndarray, m: np.ndarra
     """``(K + s*A@B) * (m / c)`` ``[in, out]``, the plain dense kernel equal to a DoRA
     layer (K [in, out], A [in, r], B [r, out], m [out]).
 
-    ``c`` is computed from the materialized matrix (it exists anyway here), which is
-    the most accurate form; a zero column raises like :func:`finish_norm`.
+    ``c`` is computed from the materialized matrix (it exists anyway here); the columns
+    that cancel (:func:`exact_columns`) are summed in float64 before they are rounded. A
+    zero column raises like :func:`finish_norm`.
     """
     W = lora_merged_kernel(K, A, B, s)
     noise = colsum_prod(K, K) + (s * s) * colsum_prod(B, (A.T @ A) @ B)
-    c = finish_norm(colsum_prod(W, W), noise, eps)
-    W *= m / c
+    c2 = colsum_prod(W, W)
+    cols, exact = exact_columns(c2, noise, K, A, B, s)
+    r = m / finish_norm(c2, noise, eps)
+    W *= r
+    if exact is not None:
+        W[:, cols] = exact * r[cols]
     return W
 
 
