@@ -358,3 +358,26 @@ def test_factored_norm_equals_direct_norm(n_in, n_out, r, s, seed):
         assert direct.min() < 1e-6 * (np.linalg.norm(K) + s * np.linalg.norm(A @ B))
         return
     np.testing.assert_allclose(c, direct, rtol=1e-7, atol=1e-10)
+
+
+def test_merged_kernel_cache_follows_each_input_alone():
+    """The cached merged kernel (inference) is keyed on every input it comes from: replace
+    the kernel, bias, A, B or magnitude alone (same predict function, so same cache) and
+    the prediction follows the reference each time; alpha is the layer's own option."""
+    rng = np.random.default_rng(21)
+    P = random_params(rng, 12, 7, 4)
+    x = rng.standard_normal((3, 12))
+    where = {"K": ("attn", "kernel"), "b": ("attn", "bias"), "A": ("attn_dora", "A"),
+             "B": ("attn_dora", "B"), "m": ("attn_dora", "magnitude")}
+    for alpha in (8.0, 3.0):
+        _, _, y = wrapped_model(alpha=alpha)
+        init_fn, predict_fn = gd.build(y, dtype="float64")
+        st = init_fn(None, state_for(P))
+        Q = dict(P)
+        for name, (layer, param) in [(None, (None, None))] + list(where.items()):
+            if name is not None:
+                Q[name] = Q[name] * rng.uniform(0.5, 1.5, Q[name].shape) + 0.05
+                st.data[layer][param] = Q[name]
+            want = ref_dora(x, Q["K"], Q["b"], Q["A"], Q["B"], Q["m"], alpha / 4)
+            np.testing.assert_allclose(predict_fn(st, x), want, rtol=1e-9, atol=1e-9,
+                                       err_msg=f"after replacing {name} (alpha {alpha})")
