@@ -40,24 +40,6 @@ def test_dora_finetune_quick(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
 
 
-def _readme_block(heading: str) -> str:
-    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
-    section = text.split(heading, 1)[1].split("\n## ", 1)[0]
-    return section.split("```python\n", 1)[1].split("```", 1)[0]
-
-
-def test_readme_fine_tune_snippet_runs(tmp_path):
-    """The README's "Fine-tune a Hugging Face model with DoRA" snippet, as written."""
-    pytest.importorskip("transformers")
-    code = _readme_block("## Fine-tune a Hugging Face model with DoRA")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.strip().endswith("(1, 8, 256)")
-    assert (tmp_path / "adapter" / "adapter_config.json").exists()
-    assert (tmp_path / "merged" / "model.safetensors").exists()
-
-
 def test_llm_dora_quick(tmp_path):
     """examples/llm_dora.py in quick mode: PEFT reproduces the adapter, the NumPy-served
     merged model continues the prompt as PEFT does, fine-tuning lowers the domain loss."""
