@@ -140,6 +140,21 @@ def test_checkpoint_key_layouts_transformers_reads(case, tmp_path):
         _close(gd.predict(model, state, IDS), ref)
 
 
+def test_a_default_bert_model_loads_with_its_pooler(tmp_path):
+    m = _randomized(transformers.BertModel, transformers.BertConfig, **BERT)
+    m.save_pretrained(tmp_path / "hf")
+    with torch.no_grad():
+        ref = m(torch.from_numpy(IDS))
+    for model, state in (hf.from_pretrained(tmp_path / "hf"), hf.from_transformers(m)):
+        out = gd.predict(model, state, IDS)
+        _close(out["last_hidden_state"], ref.last_hidden_state.numpy())
+        _close(out["pooler_output"], ref.pooler_output.numpy())
+    hf.save_pretrained(tmp_path / "ours", model, state)
+    back = transformers.BertModel.from_pretrained(tmp_path / "ours").eval()
+    with torch.no_grad():
+        _close(back(torch.from_numpy(IDS)).pooler_output.numpy(), ref.pooler_output.numpy())
+
+
 # -- point 11: a config.json that does not fit the weights fails before building ---------
 @pytest.mark.parametrize("field,value,held", [
     ("num_hidden_layers", 10**5, "2 block"), ("num_hidden_layers", 10**8, "2 block"),

@@ -121,6 +121,15 @@ def config_of(model: Node) -> dict[str, Any]:
     return config
 
 
+def _build(arch: str, config: dict[str, Any], keys: Iterable[str]) -> tuple[Node, bool]:
+    """The graph of ``arch`` for ``config``; a BERT checkpoint holding a pooler (as a
+    default ``BertModel`` does) gets it."""
+    make, conv1d = ARCHITECTURES[arch]
+    if make is models.bert and "pooler.dense.weight" in keys:
+        return make(config, add_pooling_layer=True), conv1d
+    return make(config), conv1d
+
+
 def renamed(keys: Iterable[str], arch: str) -> dict[str, str]:
     """``{our hf key: checkpoint key}``: transformers reads a checkpoint with or without
     the base model's prefix (GPT-2's ``h.0.attn.c_attn.weight`` is our
@@ -175,11 +184,10 @@ def from_transformers(hf_model: Any) -> tuple[Node, ModelState]:
     config = json.loads(hf_model.config.to_json_string(use_diff=False))
     config["architectures"] = [type(hf_model).__name__]
     arch = architecture(config)
-    make, conv1d = ARCHITECTURES[arch]
-    model = make(config)
     sd = hf_model.state_dict()
-    tensors = {k: sd[old].detach().cpu().float().numpy()
-               for k, old in renamed(sd, arch).items()}
+    names = renamed(sd, arch)
+    model, conv1d = _build(arch, config, names)
+    tensors = {k: sd[old].detach().cpu().float().numpy() for k, old in names.items()}
     return model, state_from_tensors(model, tensors, conv1d, type(hf_model).__name__)
 
 
@@ -308,8 +316,7 @@ def from_pretrained(folder: str) -> tuple[Node, ModelState]:
     names = renamed(entries, arch)
     entries = {k: entries[old] for k, old in names.items() if not _IGNORED.search(k)}
     _check_sizes(config, arch, entries, folder)
-    make, conv1d = ARCHITECTURES[arch]
-    model = make(config)
+    model, conv1d = _build(arch, config, entries)
     return model, state_from_tensors(model, _decode(folder, entries), conv1d, folder)
 
 
