@@ -199,7 +199,10 @@ def test_a_model_built_from_a_config_saves_for_transformers_and_peft(case, tmp_p
     peft = pytest.importorskip("peft")
     make, cls = BUILT[case]
     model = make()
-    state = gd.build(model)[0]()
+    rng = np.random.default_rng(0)
+    state = gd.ModelState({layer: {p: rng.normal(1.0 if p == "gamma" else 0.0, 0.3, a.shape
+                                                  ).astype(np.float32) for p, a in ps.items()}
+                           for layer, ps in gd.build(model)[0]().data.items()})
     hf.save_pretrained(tmp_path / "base", model, state)
     back = cls.from_pretrained(tmp_path / "base").eval()
     _close(_out(back), gd.predict(model, state, IDS))

@@ -1,7 +1,8 @@
 """The Hugging Face bridge: transformers models and ``save_pretrained`` directories in and
 out, for the families of :mod:`graphdsl.models`, and PEFT LoRA/DoRA adapter directories
-(``save_peft`` / ``load_peft``). Reading a checkpoint or an adapter needs only NumPy and
-safetensors (neither torch, transformers nor peft is imported)."""
+(``save_peft`` / ``load_peft``). Reading a checkpoint or an adapter needs only NumPy
+(neither torch, transformers, peft nor safetensors is imported); writing needs the
+``io`` extra (safetensors)."""
 from __future__ import annotations
 
 from .checkpoint import from_pretrained, from_transformers, save_pretrained
