@@ -140,16 +140,18 @@ def _last(nodes: list[Node]) -> Node:
 
 
 def node_list(x: Any, op: str, where: str, what: str = "inputs",
-              name: str | None = None) -> list[Any]:
-    """``x`` as a list: ``[x]`` for a node, the items of a list or tuple; anything else
-    (None, a number, a string, a dict) is a GraphDSLError naming ``what``."""
-    if isinstance(x, Node):
+              name: str | None = None, one: bool = True) -> list[Any]:
+    """``x`` as a list: ``[x]`` for a node (when ``one``), the items of a list, tuple or
+    other iterable; anything else (None, a number, a string, a dict) is a GraphDSLError
+    naming ``what``."""
+    if isinstance(x, Node) and one:
         return [x]
-    if isinstance(x, (list, tuple)):
-        return list(x)
-    raise GraphDSLError(f"{what} of {op} must be a node or a list of nodes, got "
-                        f"{type(x).__name__}", layer=name, op=op, where=where,
-                        fix="pass a graph node (gd.input(...), a layer) or a list of them")
+    if isinstance(x, Iterable) and not isinstance(x, (str, bytes, Mapping, Node)):
+        return [_as_node(v, op, where, i) for i, v in enumerate(x)]
+    want = "a node or a list of nodes" if one else "a list (or tuple) of nodes"
+    raise GraphDSLError(f"{what} of {op} must be {want}, got {type(x).__name__}",
+                        layer=name, op=op, where=where,
+                        fix=f"pass {want}" + ("" if one else ", e.g. [x] for one output"))
 
 
 def is_valid_name(name: Any, input_name: bool = False) -> bool:

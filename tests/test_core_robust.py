@@ -31,6 +31,8 @@ def test_container_none_names_the_argument():
         gd.container(None)
     with pytest.raises(gd.GraphDSLError, match="input 1 of container is a NoneType"):
         gd.container([X, None])
+    with pytest.raises(gd.GraphDSLError, match=r"list \(or tuple\) of nodes, got Node"):
+        gd.container(X)  # ambiguous: a one-output tuple is container([x])
 
 
 N = 30_000  # far beyond the recursion limit (1000)

@@ -222,8 +222,8 @@ def container(outputs: Sequence[Node] | Mapping[str, Node], name: str | None = N
                                 where=where, fix="use a dict with string keys")
         return make_node("container", list(outputs.values()), {"keys": keys}, name,
                          where=where)
-    return make_node("container", node_list(outputs, "container", where, "outputs", name),
-                     {"keys": None}, name, where=where)
+    items = node_list(outputs, "container", where, "outputs", name, one=False)
+    return make_node("container", items, {"keys": None}, name, where=where)
 
 
 # -- optional inputs and their defaults -------------------------------------------------------
