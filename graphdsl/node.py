@@ -87,6 +87,9 @@ class Node:
         node (``_saved``), so nodes shared by several saved models stay shared."""
         return _last, ([_saved(n) for n in topo_order(self)],)
 
+    def __copy__(self) -> Node:
+        return self  # immutable: a shallow copy is the node itself
+
     def _fields(self) -> tuple:
         proxies = tuple(k for k, v in self.attrs.items() if isinstance(v, MappingProxyType))
         attrs = {k: dict(v) if k in proxies else v for k, v in self.attrs.items()}

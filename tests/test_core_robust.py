@@ -77,6 +77,7 @@ def test_copies_keep_nodes_shared_between_objects(how):
     for obj, (first, second) in [({"b": b, "a": a}, ("b", "a")), ([a, b], (1, 0))]:
         r = f(obj)
         assert r[first].inputs[0] is r[second] if first == "b" else r[1].inputs[0] is r[0]
+    assert copy.copy(b) is b  # immutable
     both = f((b, a))
     st = gd.build(gd.container(list(both)))[0]()  # one graph again: no duplicate layers
     assert set(st.data) == {"a", "b"}
