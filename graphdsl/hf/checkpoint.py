@@ -113,11 +113,10 @@ def config_of(model: Node) -> dict[str, Any]:
     config = json.loads(json.dumps(meta["hf_config"]))
     if not config.get("architectures"):  # e.g. models.llama(LlamaConfig(...)): infer it
         layers = {layer for layer, _ in analyze(model).params}
-        kind = next((k for k, f in _FAMILIES.items() if f[4].rpartition(".")[0] in layers),
-                    None)
-        config.setdefault("model_type", kind)
-        if config["model_type"] in _BY_TYPE:
-            config["architectures"] = [_BY_TYPE[config["model_type"]]]
+        kind = config.get("model_type") or next(
+            (k for k, f in _FAMILIES.items() if f[4].rpartition(".")[0] in layers), None)
+        if isinstance(kind, str) and kind in _BY_TYPE:
+            config["model_type"], config["architectures"] = kind, [_BY_TYPE[kind]]
     return config
 
 
