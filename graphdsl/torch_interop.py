@@ -454,7 +454,8 @@ def _unwrap(module: Any) -> Any:
 def from_torch(module: Any, state_dict: Mapping[str, Any] | None = None) -> ModelState:
     """The module's current values as a NumPy :class:`ModelState` (copies).
 
-    Frozen flags: parameters with ``requires_grad=False``. Accepts the module from
+    Frozen flags: parameters with ``requires_grad=False``. A bfloat16 or float16 module
+    (``module.to(torch.bfloat16)``) reads as float32 values, exactly. Accepts the module from
     :func:`to_torch`, or a DDP / ``torch.compile`` / FSDP wrapper around it. ``state_dict``
     (keys as in ``module.state_dict()``) gives the values to read instead of the module's
     own tensors: for a module sharded with ``fully_shard``, gather one on every rank with
