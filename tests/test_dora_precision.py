@@ -40,11 +40,11 @@ def _cancelling(rng, fan_in, out, eps):
     return K, A, B, m.astype(np.float32)
 
 
-def _dense(rng, eps):
+def _dense(rng, eps, **kw):
     K, A, B, m = _cancelling(rng, FAN_IN, OUT, eps)
     b = rng.standard_normal(OUT).astype(np.float32)
     x = gd.input("x", (None, FAN_IN))
-    y = dora.wrap(x, gd.dense(x, OUT, name="base"), rank=R, alpha=ALPHA, name="ad")
+    y = dora.wrap(x, gd.dense(x, OUT, name="base"), rank=R, alpha=ALPHA, name="ad", **kw)
     st = {"base": {"kernel": K, "bias": b}, "ad": {"A": A, "B": B, "magnitude": m}}
     lin = torch.nn.Linear(FAN_IN, OUT)
     with torch.no_grad():
@@ -143,3 +143,60 @@ def test_nearly_cancelled_columns_match_peft(kind, eps):
     _check(mod.ad.magnitude.grad.numpy(), mv.grad.numpy().reshape(-1), "grad magnitude")
     if not ints:
         _check(xt.grad.numpy(), xr.grad.numpy(), "grad input")
+
+
+class _FixedDropout(torch.nn.Module):
+    """PEFT's lora_dropout with a given keep mask (inverted dropout at ``rate``)."""
+
+    def __init__(self, keep, rate):
+        super().__init__()
+        self.keep, self.rate = torch.from_numpy(keep), rate
+
+    def forward(self, x):
+        return torch.where(self.keep, x / (1 - self.rate), torch.zeros((), dtype=x.dtype))
+
+
+@pytest.mark.parametrize("eps", [0.1, 0.003])
+def test_dropout_and_differentiated_norm_paths_with_cancelled_columns(eps):
+    """The other two forms: lora_dropout in training (NumPy with the layer's key, to_torch
+    with torch's RNG; PEFT given the same mask) and ``detach_norm=False`` (against
+    autograd through the materialized ``K + s*A@B`` in float64)."""
+    rate = 0.3
+    rng = np.random.default_rng(7)
+    dropped, data, base, lora_weights, x = _dense(rng, eps, dropout=rate)
+    layer, pa, pb, mv = _peft64(base, data, lora_weights)
+    x64 = torch.from_numpy(x.astype(np.float64))
+    g = rng.standard_normal((x.shape[0], OUT))
+    init_fn, train_fn = gd.build(dropped, mode="train")
+    st = init_fn(None, gd.ModelState(data))
+    keep = np.random.default_rng(int(st.data["ad"]["key"])).random(x.shape, np.float32) >= rate
+    layer.lora_dropout["default"] = _FixedDropout(keep, rate)
+    _check(train_fn(st, x)["prediction"], layer(x64).detach().numpy(), "NumPy, dropout")
+
+    mod = gd.to_torch(dropped, st.unfreeze(lambda name, p: name == "ad" and p != "key"))
+    torch.manual_seed(3)
+    keep = (torch.nn.functional.dropout(torch.ones(x.shape), rate, True) != 0).numpy()
+    layer.lora_dropout["default"] = _FixedDropout(keep, rate)
+    ref = layer(x64)
+    (ref * torch.from_numpy(g)).sum().backward()
+    torch.manual_seed(3)
+    out = mod.train()(torch.from_numpy(x))
+    (out * torch.from_numpy(g.astype(np.float32))).sum().backward()
+    _check(out.detach().numpy(), ref.detach().numpy(), "to_torch, dropout")
+    _check(mod.ad.B.grad.numpy(), pb.grad.numpy().T, "to_torch, dropout: grad B")
+    _check(mod.ad.magnitude.grad.numpy(), mv.grad.numpy(), "to_torch, dropout: grad magnitude")
+
+    full = _dense(np.random.default_rng(7), eps, detach_norm=False)[0]
+    mod = gd.to_torch(full, gd.ModelState(data).unfreeze(lambda name, p: name == "ad"))
+    out = mod(torch.from_numpy(x))
+    (out * torch.from_numpy(g.astype(np.float32))).sum().backward()
+    K, b = (torch.from_numpy(data["base"][k].astype(np.float64)) for k in ("kernel", "bias"))
+    A, B, m = (torch.from_numpy(data["ad"][k].astype(np.float64)).requires_grad_()
+               for k in ("A", "B", "magnitude"))
+    W = K + S * A @ B
+    ref = x64 @ (W * (m / W.norm(dim=0))) + b
+    (ref * torch.from_numpy(g)).sum().backward()
+    _check(out.detach().numpy(), ref.detach().numpy(), "detach_norm=False")
+    for name, want in (("A", A), ("B", B), ("magnitude", m)):
+        _check(getattr(mod.ad, name).grad.numpy(), want.grad.numpy(),
+               f"detach_norm=False: grad {name}")
