@@ -2,6 +2,8 @@
 from the XLA definition, torch.nn.functional, and torch.nn.BatchNorm / GroupNorm; on the
 NumPy backend, the torch backend and the to_torch module."""
 import itertools
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -34,6 +36,26 @@ def naive_conv(x, K, strides, pads, din, dk, groups):
     return y
 
 
+def nx_pads(spatial, k, dk, pad):
+    """The (lo, hi) pairs of Nx's ``to_padding_config`` (Axon's "same"), written out here:
+    the dilated window ``k' = (k-1)*d + 1`` is padded ``((k'-1)//2, (k'-1) - (k'-1)//2)``
+    whatever the stride."""
+    n = len(spatial)
+    if pad == "valid":
+        return [(0, 0)] * n
+    if pad != "same":
+        return [tuple(p) for p in pad]
+    ks = k if isinstance(k, tuple) else (k,) * n
+    ds = dk if isinstance(dk, tuple) else (dk,) * n
+    spans = [(a - 1) * d + 1 for a, d in zip(ks, ds)]
+    return [((w - 1) // 2, w - 1 - (w - 1) // 2) for w in spans]
+
+
+def torch_flat(pads):
+    """``F.pad``'s order: the last axis first, (lo, hi) each."""
+    return [v for lo, hi in reversed(pads) for v in (lo, hi)]
+
+
 def run_all(model, st, x):
     """Outputs of the NumPy backend, the torch backend and the to_torch module."""
     outs = [gd.predict(model, st, x)]
@@ -50,6 +72,8 @@ CASES = [  # spatial, kernel, strides, padding, input_dilation, kernel_dilation,
     ((7, 6), 3, 1, "same", 1, 1, 1),
     ((8, 7), (3, 2), (2, 1), [(2, 0), (1, 3)], 1, (1, 2), 1),
     ((5, 5), 3, 2, "same", 2, 1, 1),
+    ((8, 7), (3, 4), 2, "same", 1, 1, 1),  # TensorFlow's "same" pads (0, 1), (1, 1) here
+    ((9, 6), 2, (3, 2), "same", 1, (2, 1), 1),
     ((6, 6), 3, 1, "valid", 1, 1, 4),  # depthwise: groups = channels
     ((4, 5, 4), 2, (1, 2, 1), "same", 1, 1, 2),
 ]
@@ -71,12 +95,9 @@ def test_conv_matches_reference(case, channels, rng):
     b = rng.normal(size=f).astype(np.float32)
     st.data["c"]["bias"] = b
     hwio = K if channels == "last" else np.moveaxis(K, (0, 1), (-1, -2))
-    w = gd.windows.window(spatial, k, dict(strides=s, padding=gd.windows.padding_option(pad),
-                                           input_dilation=din,
-                                           kernel_dilation=dk))
-    expand = gd.windows.expand
-    ref = np.maximum(naive_conv(xl, hwio, expand(s, n, ""), w.pads, expand(din, n, ""),
-                                expand(dk, n, ""), g) + b, 0)
+    each = lambda v: v if isinstance(v, tuple) else (v,) * n  # noqa: E731
+    ref = np.maximum(naive_conv(xl, hwio, each(s), nx_pads(spatial, k, dk, pad), each(din),
+                                each(dk), g) + b, 0)
     x = xl if channels == "last" else np.moveaxis(xl, -1, 1).copy()
     if channels == "first":
         ref = np.moveaxis(ref, -1, 1)
@@ -102,20 +123,22 @@ def test_conv2d_equals_torch_conv2d_and_dynamic_sizes(rng):
 
 @pytest.mark.parametrize("op", ["max_pool", "avg_pool"])
 @pytest.mark.parametrize("spatial,k,s,pad", [((9,), 3, None, "valid"), ((7, 6), 2, 1, "same"),
-                                             ((6, 7), 3, 2, [(1, 1), (0, 2)]),
-                                             ((4, 4, 5), 2, None, "valid")])
+                                             ((6, 7), 3, 2, [(1, 1), (0, 1)]),
+                                             ((4, 4, 5), 2, None, "valid"),
+                                             ((7, 6), 3, 2, "same"), ((8, 9), 2, None, "same"),
+                                             ((6, 5), (4, 3), 2, "same")])
 def test_pools_match_torch(op, spatial, k, s, pad, rng):
     n = len(spatial)
     x = rng.normal(size=(2, *spatial, 3)).astype(np.float32)
     fn = getattr(gd, op)
     model = fn(gd.input("x", (None, *spatial, 3)), kernel_size=k, strides=s, padding=pad)
-    w = gd.windows.window(spatial, k, {"strides": s, "padding": gd.windows.padding_option(pad)})
-    flat = [v for lo, hi in reversed(w.pads) for v in (lo, hi)]
+    flat = torch_flat(nx_pads(spatial, k, 1, pad))
+    s = k if s is None else s  # Axon's pooling default
     xt = torch.from_numpy(x).movedim(-1, 1)
     if op == "max_pool":
-        ref = getattr(F, f"max_pool{n}d")(F.pad(xt, flat, value=-np.inf), w.kernel, w.strides)
+        ref = getattr(F, f"max_pool{n}d")(F.pad(xt, flat, value=-np.inf), k, s)
     else:  # Axon's window_mean: padding counts as zeros
-        ref = getattr(F, f"avg_pool{n}d")(F.pad(xt, flat), w.kernel, w.strides)
+        ref = getattr(F, f"avg_pool{n}d")(F.pad(xt, flat), k, s)
     ref = ref.movedim(1, -1).numpy()
     for out in run_all(model, gd.ModelState.empty(), x):
         np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-6)
@@ -303,3 +326,182 @@ def test_conv_activation_acts_on_the_output_in_its_own_layout(channels, adapter)
     got["onnx"] = sess.run(None, {"x": xs})[0]
     for k, v in got.items():
         np.testing.assert_allclose(v, want, rtol=1e-5, atol=1e-5, err_msg=k)
+
+
+def _onnx_run(model, st, x):
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    sess = ort.InferenceSession(gd.to_onnx(model, st).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    return sess.run(None, {"x": x})[0]
+
+
+@pytest.mark.parametrize("spatial", [(4, 4), (None, None)])
+def test_same_padding_with_strides_is_axons_on_every_backend(spatial):
+    """Nx's documented example (Nx.window_max, Axon's max_pool): 3x3 windows, stride 2,
+    "same" on arange(16) as 4x4 give [[5, 7], [13, 15]] (TensorFlow's rule: [[10, 11],
+    [14, 15]]); torch's max_pool2d(padding=1) is the same window. The mean and a conv with
+    an even (asymmetric) window follow the same pads, and a dynamic size exports them."""
+    x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+    inp = gd.input("x", (None, *spatial, 1))
+    xt = torch.from_numpy(x).movedim(-1, 1)
+    st = gd.ModelState.empty()
+    want = F.max_pool2d(xt, 3, 2, padding=1).movedim(1, -1).numpy()
+    np.testing.assert_array_equal(want[0, ..., 0], [[5, 7], [13, 15]])
+    mean = F.avg_pool2d(xt, 3, 2, padding=1, count_include_pad=True).movedim(1, -1).numpy()
+    conv = gd.conv(inp, 2, (2, 3), strides=2, padding="same", name="c")
+    cst = gd.build(conv)[0]({"x": x})
+    K = torch.tensor(cst.data["c"]["kernel"]).permute(3, 2, 0, 1)
+    cwant = F.conv2d(F.pad(xt, [1, 1, 0, 1]), K, torch.tensor(cst.data["c"]["bias"]),
+                     stride=2).movedim(1, -1).numpy()
+    for model, s, ref in ((gd.max_pool(inp, 3, strides=2, padding="same"), st, want),
+                          (gd.avg_pool(inp, 3, strides=2, padding="same"), st, mean),
+                          (conv, cst, cwant)):
+        for name, out in zip(("numpy", "torch", "module"), run_all(model, s, x)):
+            np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-5, err_msg=name)
+        np.testing.assert_allclose(_onnx_run(model, s, x), ref, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("pads", [[(0, 2), (1, 0)], [(1, 1), (0, 2)], [(2, 0), (1, 1)]])
+def test_torch_conv_asymmetric_padding(pads, rng):
+    """Both pads of every axis reach the conv: torch backend and module against
+    F.conv2d on an input padded by hand."""
+    x = rng.normal(size=(2, 6, 5, 3)).astype(np.float32)
+    model = gd.conv(gd.input("x", (None, 6, 5, 3)), 4, 3, strides=(1, 2), padding=pads,
+                    name="c")
+    st = gd.build(model)[0]()
+    K = torch.tensor(st.data["c"]["kernel"]).permute(3, 2, 0, 1)
+    xp = F.pad(torch.from_numpy(x).movedim(-1, 1), [pads[1][0], pads[1][1], pads[0][0],
+                                                   pads[0][1]])
+    ref = F.conv2d(xp, K, torch.tensor(st.data["c"]["bias"]), stride=(1, 2))
+    ref = ref.movedim(1, -1).numpy()
+    for out in run_all(model, st, x)[1:]:
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("k,pad", [(3, [(2, 0), (0, 0)]), (2, [(0, 0), (0, 2)]),
+                                   (4, [(1, 3), (0, 0)])])
+def test_max_pool_padding_wider_than_half_the_window_is_an_error(k, pad):
+    """torch refuses pads above kernel/2 (a window of padding only: -inf, NaN after)."""
+    with pytest.raises(RuntimeError, match="pad should be"):
+        F.max_pool2d(torch.zeros(1, 1, 6, 6), k, 1, padding=max(max(p) for p in pad))
+    with pytest.raises(gd.GraphDSLError) as e:
+        gd.max_pool(gd.input("x", (None, 6, 6, 1)), k, strides=1, padding=pad, name="mp")
+    assert "'mp'" in str(e.value) and f"kernel_size {k}" in str(e.value)
+    ok = [(min(lo, k // 2), min(hi, k // 2)) for lo, hi in pad]  # torch's limit is fine
+    model = gd.max_pool(gd.input("x", (None, 6, 6, 1)), k, strides=1, padding=ok)
+    out = gd.predict(model, gd.ModelState.empty(), np.ones((1, 6, 6, 1), np.float32))
+    assert np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("make,what", [
+    (lambda x: gd.conv(x, 4, kernel_size=2**40, name="big"), "1099511627776"),
+    (lambda x: gd.conv(x, 4, kernel_size=2**16, padding="same", name="big"), "4,294,967,296"),
+    (lambda x: gd.conv(x, 2**20, kernel_size=(64, 64), name="big"), "12,884,901,888"),
+    (lambda x: gd.max_pool(x, (2**16, 2**16), padding="same", name="big"), "4,294,967,296"),
+    (lambda x: gd.conv(x, 4, 3, strides=2**40, name="big"), "1099511627776"),
+    (lambda x: gd.avg_pool(x, 3, padding=[(2**40, 0), (0, 0)], name="big"), "1099511627776"),
+])
+def test_absurd_window_sizes_are_errors_at_construction(make, what):
+    with pytest.raises(gd.GraphDSLError) as e:
+        make(gd.input("x", (None, None, None, 3)))
+    assert "'big'" in str(e.value) and what in str(e.value)
+
+
+def test_numpy_values_as_options_act_as_python_values(rng):
+    """NumPy integers and arrays for filters, kernel_size, strides, padding and channels
+    build the layer Python values build, matching torch."""
+    x = rng.normal(size=(2, 3, 7, 6)).astype(np.float32)
+    inp = gd.input("x", (None, 3, 7, 6))
+    model = gd.conv(inp, np.int64(4), kernel_size=np.array([3, 2]), strides=np.int32(2),
+                    padding=np.array([[1, 0], [0, 2]]), channels=np.str_("first"), name="c")
+    plain = gd.conv(inp, 4, kernel_size=(3, 2), strides=2, padding=[(1, 0), (0, 2)],
+                    channels="first", name="c")
+    assert model.attrs == plain.attrs and gd.to_json(model) == gd.to_json(plain)
+    st = gd.build(model)[0]()
+    ref = F.conv2d(F.pad(torch.from_numpy(x), [0, 2, 1, 0]),
+                   torch.tensor(st.data["c"]["kernel"]),
+                   torch.tensor(st.data["c"]["bias"]), stride=2).numpy()
+    for out in run_all(model, st, x):
+        np.testing.assert_allclose(out, ref, rtol=1e-5, atol=1e-5)
+    pool = gd.max_pool(inp, np.array(2), strides=np.array([1, 2]), padding=np.array("same"),
+                       channels=np.array("first"))
+    assert pool.attrs == gd.max_pool(inp, 2, strides=(1, 2), padding="same",
+                                     channels="first").attrs
+    for bad in (np.array([[1.5, 0], [0, 0]]), np.zeros((2, 3), int), np.array(["same", "x"])):
+        with pytest.raises(gd.GraphDSLError, match="padding"):
+            gd.conv(inp, 4, 3, padding=bad, channels="first")
+    with pytest.raises(gd.GraphDSLError, match="channels"):
+        gd.conv(inp, 4, 3, channels=np.array(["first", "last"]))
+
+
+GOLDEN = Path(__file__).parent / "golden"
+
+
+def _tf_pads(size, k, s, dk=1):
+    """TensorFlow's "same" (what format_version 1 meant), written out here."""
+    span = (k - 1) * dk + 1
+    total = max((-(-size // s) - 1) * s + span - size, 0)
+    return total // 2, total - total // 2
+
+
+def test_files_of_format_version_1_keep_their_same_padding():
+    """same_stride_v1.gdsl was saved by graphdsl before "same" followed Axon (format_version
+    1: a DoRA conv, max_pool and avg_pool with "same" and strides 2, a channels-first
+    dilated conv), with the outputs it gave then. Loaded now it gives them exactly, on
+    NumPy, torch and ONNX Runtime; the plain conv also matches torch with TensorFlow's pads
+    written out here, and the same model built today (Axon's "same") differs."""
+    z = np.load(GOLDEN / "same_stride_v1_outputs.npz")
+    inputs = {"x": z["x"], "xf": z["xf"]}
+    model, st = gd.load(GOLDEN / "same_stride_v1.gdsl")
+    for backend in ("numpy", "torch"):
+        out = gd.predict(model, st, inputs, backend=backend)
+        for key in ("p", "a", "c2"):
+            np.testing.assert_allclose(np.asarray(out[key]), z["out_" + key], rtol=1e-6,
+                                       atol=2e-6 if backend == "torch" else 0, err_msg=key)
+    pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    sess = ort.InferenceSession(gd.to_onnx(model, st).SerializeToString(),
+                                providers=["CPUExecutionProvider"])
+    for name, got in zip([o.name for o in sess.get_outputs()], sess.run(None, inputs)):
+        key = next(k for k in ("p", "a", "c2") if name.endswith(k))
+        np.testing.assert_allclose(got, z["out_" + key], rtol=1e-5, atol=1e-5)
+    pads = [*_tf_pads(8, 3, 3, dk=2), *_tf_pads(9, 2, 2)]  # c2: (1, 2), (0, 1)
+    assert pads == [1, 2, 0, 1]
+    xp = F.pad(torch.from_numpy(z["xf"]), pads[2:] + pads[:2])
+    c2 = {k: torch.tensor(v) for k, v in st.data["c2"].items()}
+    ref = F.conv2d(xp, c2["kernel"], c2["bias"], stride=(3, 2), dilation=(2, 1)).numpy()
+    np.testing.assert_allclose(z["out_c2"], ref, rtol=1e-5, atol=1e-5)
+    today = gd.conv(gd.input("xf", (None, 2, 8, 9)), 2, (3, 2), strides=(3, 2),
+                    kernel_dilation=(2, 1), padding="same", channels="first", name="c2")
+    now = gd.predict(today, gd.ModelState({"c2": st.data["c2"]}), z["xf"])
+    assert np.abs(now - z["out_c2"]).max() > 0.1
+    # saved again, the file is of today's version with the pads written out
+    doc = json.loads(gd.to_json(model))
+    assert doc["format_version"] == 2
+    assert {n["name"]: n["attrs"]["padding"] for n in doc["nodes"] if n["name"] in
+            ("p1", "c2")} == {"p1": [[0, 1], [1, 1]], "c2": [[1, 2], [0, 1]]}
+
+
+def _v1_doc(shape, strides):
+    return {"format_version": 1, "inputs": [{"name": "x", "shape": shape}],
+            "nodes": [{"op": "max_pool", "name": "mp", "inputs": ["x"],
+                       "attrs": {"kernel_size": 3, "strides": strides, "padding": "same"}}],
+            "outputs": "mp"}
+
+
+def test_format_version_1_same_padding_over_unknown_sizes():
+    """Where the old rule needs a size the file leaves unknown, loading says so; where it
+    does not (stride 1), the layer keeps "same"."""
+    with pytest.raises(gd.GraphDSLError) as e:
+        gd.from_json(_v1_doc([None, None, 6, 1], 2))
+    assert "'mp'" in str(e.value) and "format_version 1" in str(e.value)
+    assert gd.from_json(_v1_doc([None, None, None, 1], 1)).attrs["padding"] == ((1, 1),
+                                                                               (1, 1))
+    x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
+    old = gd.from_json(_v1_doc([None, 4, 4, 1], 2))  # TensorFlow's pads: (0, 1) each
+    np.testing.assert_array_equal(gd.predict(old, gd.ModelState.empty(), x)[0, ..., 0],
+                                  F.max_pool2d(F.pad(torch.from_numpy(x[..., 0])[None],
+                                                     [0, 1, 0, 1], value=-np.inf), 3, 2)[0, 0])
+    with pytest.raises(gd.GraphDSLError, match="format_version 3"):
+        gd.from_json({**_v1_doc([None, 4, 4, 1], 2), "format_version": 3})

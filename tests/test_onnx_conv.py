@@ -86,8 +86,9 @@ def test_conv_options_match_numpy(case):
     assert "Conv" in ops and ("ConvTranspose" in ops) == (din != 1)
     assert ("Transpose" in ops) == (ch == "last")
     assert {"c.kernel", "c.bias"} <= {t.name for t in protos[0].graph.initializer}
-    if pad == "same":  # dynamic sizes: the "same" pads are computed in the graph
-        assert "Pad" in {n.op_type for n in protos[-1].graph.node}
+    if pad == "same":  # Axon's "same" does not depend on the size: explicit Conv pads
+        for proto in protos:
+            assert "Pad" not in {n.op_type for n in proto.graph.node}
 
 
 POOLS = [  # op, spatial, kernel, strides, padding, channels, dynamic sizes
@@ -109,14 +110,15 @@ def test_pools_match_numpy(case):
                 spatial, 3, ch, [spatial, other])
 
 
-def test_max_pool_window_wholly_in_padding_is_minus_infinity():
-    x = gd.input("x", (None, 4, 2))
-    model = gd.max_pool(x, 2, strides=1, padding=[(2, 0)])
-    st = gd.build(model)[0]()
-    proto = _check(model, st, {"x": _f(2, 4, 2)})
-    sess_out = gd.predict(model, st, _f(2, 4, 2))
-    assert np.isneginf(sess_out[:, 0]).all() and "Pad" in {n.op_type for n in
-                                                              proto.graph.node}
+def test_same_pads_exported_explicitly():
+    """Every export writes Axon's pads, as numbers, static or dynamic sizes alike."""
+    for shape in ((None, 9, 8, 3), (None, None, None, 3)):
+        model = gd.conv(gd.input("x", shape), 4, (4, 3), strides=2, padding="same",
+                        kernel_dilation=(1, 2), name="c")
+        proto = _check(model, gd.build(model)[0]({"x": _f(1, 9, 8, 3)}), {"x": _f(2, 9, 8, 3)})
+        conv = next(n for n in proto.graph.node if n.op_type == "Conv")
+        pads = next(a for a in conv.attribute if a.name == "pads")
+        assert list(pads.ints) == [1, 2, 2, 2]
 
 
 @pytest.mark.parametrize("opset", [None, 18])

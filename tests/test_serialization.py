@@ -369,7 +369,7 @@ BAD = {
     "int array float data": (_doc([{"op": "constant", "name": "out", "attrs": {"value": {
         "$array": {"dtype": "int64", "shape": [1], "data": [1.5]}}}}], inputs=[]),
         "does not fit"),
-    "wrong version": ({**_doc([]), "format_version": 2}, "format_version 2"),
+    "wrong version": ({**_doc([]), "format_version": 3}, "format_version 3"),
     "no version": ({k: v for k, v in _doc([]).items() if k != "format_version"},
                    "format_version"),
     "top-level typo": ({**_doc([{"op": "relu", "name": "out", "inputs": ["x"]}]),
@@ -446,7 +446,7 @@ def test_json_cannot_hold_infinite_attributes():
 
 
 def test_format_version_constant():
-    assert json.loads(gd.to_json(_x()))["format_version"] == FORMAT_VERSION == 1
+    assert json.loads(gd.to_json(_x()))["format_version"] == FORMAT_VERSION == 2
 
 
 # -- random graphs ------------------------------------------------------------------------------

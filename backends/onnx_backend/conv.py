@@ -6,14 +6,13 @@ ONNX's Conv / MaxPool / AveragePool are channels-first (``[N, C, *spatial]``, ke
 by a Transpose node on the initializer (ONNX Runtime folds it). The window is graphdsl's
 (:func:`graphdsl.windows.window`, as the NumPy kernels use it):
 
-- padding: the ``(lo, hi)`` pairs the window resolves from the static sizes (Conv's
-  ``pads``). "same" over a dynamic (None) size is computed in the graph from ``Shape``:
-  total ``max((ceil(n/s)-1)*s + span - n, 0)``, the smaller half before, applied with a
-  ``Pad`` node. ``auto_pad="SAME_UPPER"`` is not used: ONNX Runtime rejects it when a
-  window is narrower than its stride (a negative total), where TF/Axon pad nothing.
+- padding: the ``(lo, hi)`` pairs the window resolves (Conv's ``pads``); "same" is
+  Axon's, which does not depend on the input size, so a dynamic (None) size exports
+  the same explicit pads (``auto_pad`` is never used: ONNX's SAME_UPPER is TensorFlow's
+  rule).
 - pools always pad with a ``Pad`` node (``-inf`` for max, zeros for avg, which the mean
   then counts, as the NumPy kernel and Axon's ``window_mean`` do): ONNX Runtime's pools
-  reject pads as wide as the window, which graphdsl allows (such a max window is -inf).
+  reject pads as wide as the window, which avg_pool allows.
 - input dilation (no ONNX operator has it): the zeros are inserted by a depthwise
   ``ConvTranspose`` with stride ``d`` and a 1x1 kernel of ones (size ``(n-1)*d + 1``,
   exact), then the conv runs on the dilated input as XLA's does.
@@ -55,30 +54,11 @@ def _dilated(b: Builder, x: str, c: int, w: Window) -> str:
                 kernel_shape=[1] * n)
 
 
-def _same_pads(b: Builder, x: str, w: Window, rank: int) -> str:
-    """The Pad ``pads`` [2 * rank] of TF/Axon's "same" for channels-first ``x`` (already
-    input-dilated), from its run-time sizes."""
-    n = len(w.kernel)
-    spans = [(k - 1) * d + 1 for k, d in zip(w.kernel, w.kernel_dilation)]
-    size = b.slice(b.op("Shape", [x]), 2, rank, 0)
-    s = b.ints(w.strides)
-    out = b.op("Div", [b.op("Add", [size, b.ints([v - 1 for v in w.strides])]), s])
-    total = b.op("Sub", [b.op("Add", [b.op("Mul", [b.op("Sub", [out, b.ints([1] * n)]), s]),
-                                      b.ints(spans)]), size])
-    total = b.op("Max", [total, b.ints([0] * n)])
-    lo = b.op("Div", [total, b.ints([2] * n)])
-    return b.op("Concat", [b.ints([0, 0]), lo, b.ints([0, 0]), b.op("Sub", [total, lo])],
-                axis=0)
-
-
 def _padded(b: Builder, x: str, w: Window, rank: int, fill: float) -> str:
     """Channels-first ``x`` padded as ``w`` says with ``fill`` (a Pad node, or ``x``)."""
-    if any(p is None for p in w.pads):
-        pads = _same_pads(b, x, w, rank)
-    elif any(lo or hi for lo, hi in w.pads):
-        pads = b.ints([0, 0, *(lo for lo, _ in w.pads), 0, 0, *(hi for _, hi in w.pads)])
-    else:
+    if not any(lo or hi for lo, hi in w.pads):
         return x
+    pads = b.ints([0, 0, *(lo for lo, _ in w.pads), 0, 0, *(hi for _, hi in w.pads)])
     return b.op("Pad", [x, pads, b.const(fill)], mode="constant")
 
 
@@ -93,9 +73,7 @@ def conv_nd(b: Builder, x: str, in_shape: tuple, a: Mapping[str, Any], kernel: s
     n = len(w.kernel)
     xf = _dilated(b, to_first(b, x, rank, ch), c, w)
     opts: dict[str, Any] = {}
-    if any(p is None for p in w.pads):
-        xf = _padded(b, xf, w, rank, 0.0)
-    elif any(lo or hi for lo, hi in w.pads):
+    if any(lo or hi for lo, hi in w.pads):
         opts["pads"] = [lo for lo, _ in w.pads] + [hi for _, hi in w.pads]
     if ch == "last":  # HWIO [*k, C/g, F] -> [F, C/g, *k]
         kernel = b.op("Transpose", [kernel], perm=[n + 1, n, *range(n)])
@@ -124,12 +102,6 @@ def _pool(op_type: str, fill: float) -> Rule:
         x = b.cast(layer.ins[0], layer.in_dtypes[0], "float32")
         xf = _padded(b, to_first(b, x, rank, a["channels"]), w, rank, fill)
         y = b.op(op_type, [xf], kernel_shape=list(w.kernel), strides=list(w.strides))
-        if op_type == "MaxPool" and any(p is not None and max(p) >= k
-                                        for p, k in zip(w.pads, w.kernel)):
-            # a window wholly in the padding is -inf (NumPy, torch); ONNX Runtime's
-            # MaxPool starts from the lowest float and returns that instead
-            low = b.const(np.finfo(np.float32).min)
-            y = b.op("Where", [b.op("Equal", [y, low]), b.const(-np.inf), y])
         return from_first(b, y, rank, a["channels"])
 
     return Rule(fn)

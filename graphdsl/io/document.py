@@ -13,8 +13,12 @@ from ..graph import Graph
 from ..node import Node
 from ..state import ModelState
 
-#: the version every graphdsl document carries (``"format_version": 1``)
-FORMAT_VERSION = 1
+#: the version every graphdsl document is written with. 2: padding="same" is Axon's rule
+#: whatever the strides; version 1 (still read) padded "same" as TensorFlow does, which a
+#: model.json of version 1 keeps by loading those layers with explicit pads.
+FORMAT_VERSION = 2
+#: the versions a document may carry
+READ_VERSIONS = (1, 2)
 
 Key = tuple[str, str]  # (layer, param)
 
@@ -22,17 +26,17 @@ Key = tuple[str, str]  # (layer, param)
 def check_version(doc: Mapping[str, Any], source: str,
                   fix: str = "save the file again with this version of graphdsl, or "
                              "upgrade graphdsl") -> None:
-    """Check a document's ``format_version``: missing, a bool or any value but
-    :data:`FORMAT_VERSION` is a SerializationError naming ``source``; ``fix`` words the
+    """Check a document's ``format_version``: missing, a bool or any value not in
+    :data:`READ_VERSIONS` is a SerializationError naming ``source``; ``fix`` words the
     remedy (e.g. which function writes the file again)."""
     v = doc.get("format_version")
     if v is None:
         raise SerializationError(f"{source} has no 'format_version'",
                                  fix=f"add \"format_version\": {FORMAT_VERSION}")
-    if v != FORMAT_VERSION or isinstance(v, bool):
+    if v not in READ_VERSIONS or not isinstance(v, int) or isinstance(v, bool):
         raise SerializationError(
-            f"{source} has format_version {v!r}; this graphdsl reads version "
-            f"{FORMAT_VERSION}", fix=fix)
+            f"{source} has format_version {v!r}; this graphdsl reads versions "
+            f"{', '.join(map(str, READ_VERSIONS))}", fix=fix)
 
 
 def read_frozen(value: Any, allowed: Collection[Key], source: str, allowed_what: str,

@@ -22,6 +22,7 @@ from ..node import Node, make_node
 from ..ops._attrs import shape_tuple
 from ..ops.core import layer as custom_layer
 from ..registry import OPS, DerivedInit
+from ..windows import split_channels, tf_same_pads
 from .document import FORMAT_VERSION, check_version
 
 FORMAT = "graphdsl.model"
@@ -472,7 +473,8 @@ def _build(doc: dict[str, Any], source: str) -> Node:
                 attrs["meta"] = decode_value(e["meta"], f"{where} meta")
             built[name] = make_node("input", [], attrs, name, where=where)
         else:
-            built[name] = _make(e, [built[p] for p in e.get("inputs", [])], where, source)
+            built[name] = _make(e, [built[p] for p in e.get("inputs", [])], where, source,
+                                doc["format_version"])
     if isinstance(outs, str):
         model = built[outs]
     else:
@@ -515,7 +517,28 @@ def _topo(entries: dict[str, dict], roots: list[str], source: str) -> list[str]:
     return order
 
 
-def _make(e: dict[str, Any], ins: list[Node], where: str, source: str) -> Node:
+def _legacy_same(node: Node, name: str, where: str, source: str) -> Node:
+    """A windowed layer (conv, pools, a conv adapter) with padding "same" read from a
+    version-1 document, rebuilt with the explicit pads it had then (TensorFlow's rule)."""
+    a = node.attrs
+    if a.get("padding") != "same" or "kernel_size" not in a:
+        return node
+    _, spatial, _ = split_channels(node.inputs[0].shape, a["channels"], node.op)
+    pads = tf_same_pads(spatial, a["kernel_size"], a)
+    if pads is None:
+        raise SerializationError(
+            f"{source}: node {name!r} ({node.op}) has padding 'same' with strides > 1 in a "
+            "file of format_version 1, which padded as TensorFlow does, by the input's size;"
+            f" that size is unknown here ({fmt_shape(node.inputs[0].shape)})",
+            layer=name, op=node.op, where=where,
+            fix="give the model input a fixed spatial size in the file, or rebuild the layer "
+                "with explicit padding=[(lo, hi), ...] and save it again")
+    return make_node(node.op, list(node.inputs), {**a, "padding": pads}, name,
+                     frozen=node.frozen, where=where)
+
+
+def _make(e: dict[str, Any], ins: list[Node], where: str, source: str,
+          version: int) -> Node:
     op, name = e["op"], e["name"]
     ctx = f"{source}: node {name!r} (op {op}) attribute"
     raw = e.get("attrs", {})
@@ -525,6 +548,8 @@ def _make(e: dict[str, Any], ins: list[Node], where: str, source: str) -> Node:
         else:
             attrs = {k: decode_value(v, f"{ctx} {k!r}") for k, v in raw.items()}
             node = make_node(op, ins, attrs, name, frozen=e.get("frozen", False), where=where)
+            if version == 1:
+                node = _legacy_same(node, name, where, source)
     except SerializationError as err:
         if err.layer is not None:
             raise

@@ -7,6 +7,7 @@ window arithmetic (strides, padding, dilations) is :mod:`graphdsl.windows`.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..errors import OptionError, RuleError, fmt_shape
@@ -22,7 +23,7 @@ from ..windows import (
     split_channels,
     window,
 )
-from ._attrs import boolean, number, positive_int
+from ._attrs import MAX_SIZE, boolean, number, positive_int
 from .nn import activation_name, kernel_and_bias, kernel_options
 
 #: the options of conv (all of them: an adapter wrapping a conv carries them)
@@ -80,6 +81,11 @@ def conv_kernel_shape(in_shape: tuple, a: dict, filters: int | None = None) -> t
     k = expand(a["kernel_size"], len(spatial), "kernel_size")
     f = a["filters"] if filters is None else filters
     cg = c // a["feature_group_size"]
+    if math.prod(k) * cg * f > MAX_SIZE:
+        raise RuleError(f"the conv kernel (kernel_size {k}, {cg} input channels per group, "
+                        f"{f} filters) would hold {math.prod(k) * cg * f:,} values, more "
+                        f"than {MAX_SIZE:,}", "use a smaller kernel_size or fewer filters",
+                        OptionError)
     return (*k, cg, f) if a["channels"] == "last" else (f, cg, *k)
 
 
@@ -107,7 +113,9 @@ def conv(x: Node, filters: int, kernel_size: int | tuple = 1, strides: int | tup
 
     Parameters ``kernel [*kernel_size, C/groups, filters]`` (``channels="first"``: Axon's
     ``[filters, C/groups, *kernel_size]``) and ``bias [filters]``. A scalar option is
-    broadcast over the spatial axes.
+    broadcast over the spatial axes. ``padding="same"`` is Axon's: ``((k'-1)//2, (k'-1) -
+    (k'-1)//2)`` with ``k' = (k-1)*kernel_dilation + 1`` whatever the strides, so
+    ``out = ceil(n_dilated / strides)``.
     """
     return make_node("conv", [x], {
         "filters": filters, "kernel_size": kernel_size, "strides": strides,
@@ -131,6 +139,14 @@ def _pool_shape(op: str):
     def rule(s: list, a: dict) -> tuple:
         c, spatial, batch = split_channels(s[0], a["channels"], op)
         w = window(spatial, a["kernel_size"], a, f"the {op} window")
+        wide = [(i, p, k) for i, (p, k) in enumerate(zip(w.pads, w.kernel)) if max(p) > k // 2]
+        if op == "max_pool" and wide:
+            # torch's rule: a wider pad makes windows of padding only (-inf, then NaN)
+            i, p, k = wide[0]
+            raise RuleError(f"max_pool padding {p} on spatial axis {i} is more than half "
+                            f"the window (kernel_size {k})",
+                            f"pad at most {k // 2} on each side (or padding='same')",
+                            OptionError)
         return join_channels(batch, w.out, c, a["channels"])
 
     return rule
@@ -147,7 +163,9 @@ for _op, _how in (("max_pool", "maximum"), ("avg_pool", "mean (padding counts as
 def max_pool(x: Node, kernel_size: int | tuple = 1, strides: int | tuple | None = None,
              padding: Any = "valid", channels: str = "last", name: str | None = None) -> Node:
     """Max over windows of ``kernel_size`` (strides default to the kernel size, as Axon);
-    padded positions never win. ``[batch, *spatial, C] -> [batch, *out, C]``."""
+    padded positions never win, and a pad is at most ``kernel_size // 2`` (torch's rule).
+    "same" pads ``((k-1)//2, k//2)`` whatever the stride (Axon's rule), so ``out =
+    ceil(n / strides)``. ``[batch, *spatial, C] -> [batch, *out, C]``."""
     return make_node("max_pool", [x], {"kernel_size": kernel_size, "strides": strides,
                                        "padding": padding, "channels": channels},
                      name, where=caller_location())
