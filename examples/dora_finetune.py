@@ -1,7 +1,7 @@
 """End to end: pretrain, adapt with DoRA and LoRA, fine-tune in PyTorch, merge, serve
 with NumPy — on scikit-learn's bundled digits (no download).
 
-    python examples/dora_finetune.py [--out examples/out] [--quick]
+    python examples/dora_finetune.py [--out examples/out] [--quick] [--seeds N] [--threads N]
 
 1. Pretrain a 64-128-128-10 MLP on upright digits.
 2. Shift the task: the same digits rotated by 90 degrees.
@@ -121,9 +121,12 @@ def main() -> None:
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out"))
     ap.add_argument("--quick", action="store_true", help="fewer epochs (a smoke run)")
     ap.add_argument("--seeds", type=int, default=3, help="fine-tuning runs per method")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch threads (default 1: this MLP's steps are too small to gain "
+                         "from more, and lose much on a loaded machine)")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(args.threads)
     t_start = time.perf_counter()
     pre_epochs, ft_epochs = (5, 4) if args.quick else (40, 30)
     if args.quick:

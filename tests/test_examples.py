@@ -60,6 +60,7 @@ def test_llm_dora_quick(tmp_path):
 def test_cnn_dora_quick(tmp_path):
     pytest.importorskip("torch")
     pytest.importorskip("sklearn")
+    pytest.importorskip("tqdm")
     r = run("examples/cnn_dora.py", "--quick", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "results.json").read_text())
