@@ -483,6 +483,30 @@ def test_files_of_format_version_1_keep_their_same_padding():
             ("p1", "c2")} == {"p1": [[0, 1], [1, 1]], "c2": [[1, 2], [0, 1]]}
 
 
+def test_adapter_files_of_format_version_1_keep_their_same_padding():
+    """same_stride_v1_adapters.gdsl (saved with the model above by the old code) loads into
+    that model as loaded today; a model adapted today with padding="same" (Axon's pads)
+    is refused, naming the pads the adapters were trained with, and one whose sizes give
+    both rules the same pads is accepted."""
+    model, st = gd.load(GOLDEN / "same_stride_v1.gdsl")
+    base = gd.ModelState({k: v for k, v in st.data.items() if k != "c1_dora"})
+    got = gd.load_adapters(GOLDEN / "same_stride_v1_adapters.gdsl", model, base)
+    for k, v in st.data["c1_dora"].items():
+        np.testing.assert_array_equal(got.data["c1_dora"][k], v)
+    for size, ok in ((10, False), (9, True)):  # TensorFlow's pads (0, 1) / (1, 1) on width
+        conv = gd.conv(gd.input("x", (None, 11, size, 2)), 3, 3, strides=2, padding="same",
+                       name="c1")
+        today = gd.dora.adapt(conv, ["c1"], rank=2)
+        base = gd.ModelState({"c1": {k: np.zeros_like(v) for k, v in
+                                     gd.build(conv)[0]().data["c1"].items()}})
+        if ok:
+            gd.load_adapters(GOLDEN / "same_stride_v1_adapters.gdsl", today, base)
+            continue
+        with pytest.raises(gd.GraphDSLError) as e:
+            gd.load_adapters(GOLDEN / "same_stride_v1_adapters.gdsl", today, base)
+        assert "c1_dora" in str(e.value) and "[[1, 1], [0, 1]]" in str(e.value)
+
+
 def _v1_doc(shape, strides):
     return {"format_version": 1, "inputs": [{"name": "x", "shape": shape}],
             "nodes": [{"op": "max_pool", "name": "mp", "inputs": ["x"],
@@ -496,8 +520,7 @@ def test_format_version_1_same_padding_over_unknown_sizes():
     with pytest.raises(gd.GraphDSLError) as e:
         gd.from_json(_v1_doc([None, None, 6, 1], 2))
     assert "'mp'" in str(e.value) and "format_version 1" in str(e.value)
-    assert gd.from_json(_v1_doc([None, None, None, 1], 1)).attrs["padding"] == ((1, 1),
-                                                                               (1, 1))
+    assert gd.from_json(_v1_doc([None, None, None, 1], 1)).attrs["padding"] == "same"
     x = np.arange(16, dtype=np.float32).reshape(1, 4, 4, 1)
     old = gd.from_json(_v1_doc([None, 4, 4, 1], 2))  # TensorFlow's pads: (0, 1) each
     np.testing.assert_array_equal(gd.predict(old, gd.ModelState.empty(), x)[0, ..., 0],

@@ -35,7 +35,7 @@ from .document import (
     read_frozen,
     state_entries,
 )
-from .json_text import encode_value, format_document, parse_json
+from .json_text import encode_value, format_document, parse_json, version1_same
 from .weights import by_layer, encode_weights, expected_tensors, read_weights, state_tensors
 
 _ADAPTERS_KEYS = {"format", "format_version", "adapters", "modules_to_save", "frozen"}
@@ -120,6 +120,10 @@ def _check_layers(doc: dict[str, Any], g: Graph, nodes: list[Node], label: str,
                                      f"layer in the file, a {m['op']} layer in the model",
                                      layer=e["name"], fix="use the same adapter kind")
         fa = e.get("attrs") if isinstance(e.get("attrs"), dict) else {}
+        if doc["format_version"] == 1 and fa.get("padding") == "same":  # TensorFlow's rule
+            then = version1_same(next(n for n in nodes if g.name(n) == e["name"]))
+            fa = {**fa, "padding": then or "TensorFlow's 'same' (format_version 1), which "
+                                           "needs the input size"}
         diff = sorted(k for k in set(fa) | set(m["attrs"]) if fa.get(k) != m["attrs"].get(k))
         if diff:
             k = diff[0]

@@ -22,7 +22,7 @@ from ..node import Node, make_node
 from ..ops._attrs import shape_tuple
 from ..ops.core import layer as custom_layer
 from ..registry import OPS, DerivedInit
-from ..windows import split_channels, tf_same_pads
+from ..windows import split_channels, tf_same_pads, window
 from .document import FORMAT_VERSION, check_version
 
 FORMAT = "graphdsl.model"
@@ -517,15 +517,27 @@ def _topo(entries: dict[str, dict], roots: list[str], source: str) -> list[str]:
     return order
 
 
+def version1_same(node: Node) -> Any:
+    """What padding "same" in a file of format_version 1 meant for windowed ``node`` (conv,
+    pools, a conv adapter): TensorFlow's pads by the input size, as a JSON value to compare
+    with ``node``'s own padding (that value itself where the pads agree); None where the
+    size is unknown (None) and the pads depend on it."""
+    a = node.attrs
+    _, spatial, _ = split_channels(node.inputs[0].shape, a["channels"], node.op)
+    then = tf_same_pads(spatial, a["kernel_size"], a)
+    if then is not None and then == window(spatial, a["kernel_size"], a).pads:
+        return encode_value(a["padding"], "padding")
+    return None if then is None else [list(p) for p in then]
+
+
 def _legacy_same(node: Node, name: str, where: str, source: str) -> Node:
-    """A windowed layer (conv, pools, a conv adapter) with padding "same" read from a
-    version-1 document, rebuilt with the explicit pads it had then (TensorFlow's rule)."""
+    """A windowed layer with padding "same" read from a version-1 document, with the pads
+    it had then (TensorFlow's rule) where today's differ."""
     a = node.attrs
     if a.get("padding") != "same" or "kernel_size" not in a:
         return node
-    _, spatial, _ = split_channels(node.inputs[0].shape, a["channels"], node.op)
-    pads = tf_same_pads(spatial, a["kernel_size"], a)
-    if pads is None:
+    then = version1_same(node)
+    if then is None:
         raise SerializationError(
             f"{source}: node {name!r} ({node.op}) has padding 'same' with strides > 1 in a "
             "file of format_version 1, which padded as TensorFlow does, by the input's size;"
@@ -533,7 +545,9 @@ def _legacy_same(node: Node, name: str, where: str, source: str) -> Node:
             layer=name, op=node.op, where=where,
             fix="give the model input a fixed spatial size in the file, or rebuild the layer "
                 "with explicit padding=[(lo, hi), ...] and save it again")
-    return make_node(node.op, list(node.inputs), {**a, "padding": pads}, name,
+    if then == "same":
+        return node
+    return make_node(node.op, list(node.inputs), {**a, "padding": then}, name,
                      frozen=node.frozen, where=where)
 
 
