@@ -55,7 +55,7 @@ def _run_shapes(make, spatial, c, channels, sizes, batch=3, **kw):
 
 
 # spatial, kernel, strides, padding, input_dilation, kernel_dilation, groups, channels,
-# activation; the second sizes feed the dynamic export (odd/even sizes move "same")
+# activation; the second sizes feed the dynamic export
 CONVS = [
     ((9,), 3, 1, "valid", 1, 1, 1, "last", None, (12,)),
     ((10,), 4, 2, "same", 1, 2, 2, "first", "relu", (11,)),
