@@ -1,8 +1,8 @@
 """DoRA where an update nearly cancels a kernel column (``s*A@B = -(1-eps)*K`` on some
 columns): the factored norm ``|K|^2 + 2s<A^T K, B> + s^2|AB|^2`` cancels there, so those
 columns are recomputed from their materialized kernel. Every path (NumPy inference and
-train mode, the to_torch forward and its gradients of A, B, magnitude and the input) is
-compared with PEFT's DoRA layer (Linear, Conv2d, Embedding) per output unit.
+train mode, the ONNX export, the to_torch forward and its gradients of A, B, magnitude
+and the input) is compared with PEFT's DoRA layer (Linear, Conv2d, Embedding) per output unit.
 
 The reference is PEFT run in float64 on the same float32 weights: PEFT in float32 is
 itself off the exact values by up to 6e-5 here (its materialized ``W + s*B@A`` rounds,
@@ -18,6 +18,11 @@ peft = pytest.importorskip("peft")
 
 import graphdsl as gd  # noqa: E402
 from graphdsl import dora  # noqa: E402
+
+try:
+    import onnxruntime as ort
+except ImportError:  # the onnx extra is optional
+    ort = None
 
 R, ALPHA = 4, 8.0
 S = ALPHA / R
@@ -130,6 +135,10 @@ def test_nearly_cancelled_columns_match_peft(kind, eps):
     want = ref.detach().numpy()
 
     _check(gd.build(model)[1](st, x), want, "NumPy inference")
+    if ort is not None:  # the export holds the merged kernel (NumPy inference's)
+        sess = ort.InferenceSession(gd.to_onnx(model, st).SerializeToString(),
+                                    providers=["CPUExecutionProvider"])
+        _check(sess.run(None, {sess.get_inputs()[0].name: x})[0], want, "ONNX Runtime")
     _check(gd.build(model, mode="train")[1](st, x)["prediction"], want, "NumPy train mode")
     mod = gd.to_torch(model, st.unfreeze(lambda name, p: name == "ad")).train()
     xt = torch.from_numpy(x) if ints else torch.from_numpy(x).requires_grad_(True)
