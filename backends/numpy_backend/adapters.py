@@ -10,8 +10,9 @@ unchanged weights, and a value replaced in ``state.data`` is a cache miss.
 
 Training (``ctx.training`` True) computes the unmerged form with the factored column
 norm (``x @ K`` and ``A.T @ K`` in one matmul; ``colsum(K*K)`` of the frozen kernel
-cached like the merged kernel) and PEFT's dropout formula, and returns
-``(y, {"key": new_key})`` (``(y, {})`` when there is no dropout).
+cached like the merged kernel; the columns where it cancels, and their output, from their
+own materialized kernel: graphdsl.adapters._math.exact_columns) and PEFT's dropout
+formula, and returns ``(y, {"key": new_key})`` (``(y, {})`` when there is no dropout).
 """
 from __future__ import annotations
 

@@ -70,8 +70,8 @@ def exact_columns(c2: torch.Tensor, noise: torch.Tensor, K: torch.Tensor, A: tor
     """``(c2, cols, W)``: ``c2 [out]`` with the columns where the factored value cancelled
     (graphdsl.adapters._math.exact_norm_tau) taken from their materialized kernel ``W =
     K[:, cols] + s*(A@B)[:, cols] [in, n]`` (float64: the sum cancels, so its own rounding
-    would show; differentiable), returned for the caller to
-    take those columns' output from it too; ``(c2, None, None)`` when none cancels.
+    would show; differentiable), returned for the caller to take those columns' output
+    from it too; ``(c2, None, None)`` when none cancels.
     Inside torch.compile (no data-dependent shapes) only c2 is corrected, by a torch.cond
     that materializes ``K + s*A@B`` only when some column needs it."""
     low = c2.detach() < exact_norm_tau(torch.finfo(c2.dtype).eps) * noise
@@ -205,7 +205,8 @@ def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     big = torch.cat(rows + [At]) @ K
     xK, AtK = big[:n], big[-At.shape[0]:]
     xdK = big[n:2 * n] if dropping else xK
-    c2, noise = dora_column_norm_sq(A, B, s, AtK, _colsum_sq(K))
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
+        c2, noise = dora_column_norm_sq(A, B, s, AtK, _colsum_sq(K))
     c2, cols, W = exact_columns(c2, noise, K, A, B, s)  # W keeps its graph, for h
     scale = m / _finish_norm(c2.detach() if detach else c2, noise, a.get("eps"), ctx)
     h = torch.addmm(xdK, xd @ A, B, alpha=s)
@@ -248,11 +249,11 @@ def _norm_ratio(K: torch.Tensor, A: torch.Tensor, B: torch.Tensor, m: torch.Tens
     (factored: no kernel-sized temporary beyond the flat view of K), detached unless
     ``detach_norm`` is False; ``cols`` and ``W`` as :func:`exact_columns` gives them."""
     K2, A2 = flat_kernel(K, a), flat_A(A)
-    c2, noise = dora_column_norm_sq(A2, B, a["scale"], A2.t() @ K2, _colsum_sq(K2))
-    c2, cols, W = exact_columns(c2, noise, K2, A2, B, a["scale"])
-    if a.get("detach_norm", True):
-        c2 = c2.detach()
-    return m / _finish_norm(c2, noise, a.get("eps"), ctx), cols, W
+    detach = a.get("detach_norm", True)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
+        c2, noise = dora_column_norm_sq(A2, B, a["scale"], A2.t() @ K2, _colsum_sq(K2))
+    c2, cols, W = exact_columns(c2, noise, K2, A2, B, a["scale"])  # W keeps its graph
+    return m / _finish_norm(c2.detach() if detach else c2, noise, a.get("eps"), ctx), cols, W
 
 
 def _conv_or_embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
