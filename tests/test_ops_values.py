@@ -56,6 +56,24 @@ def test_activation_options(rng):
     np.testing.assert_allclose(out, ref)
 
 
+@pytest.mark.parametrize("dtype, tol", [("float32", 2e-6), ("float64", 1e-10)])
+def test_gelu_is_exact_to_rounding_against_torch(dtype, tol):
+    """The erf form over [-10, 10], densely near -3.5 where 1 + erf(x/sqrt 2) cancels:
+    relative error against torch in float64 (F.gelu where its own 1 + erf is exact,
+    |x| < 5; beyond, torch's erfc form, since F.gelu in float64 cancels there too)."""
+    torch = pytest.importorskip("torch")
+    x = np.concatenate([np.linspace(-10, 10, 20_001), np.linspace(-3.6, -3.4, 2_001)])
+    x = x[x != 0].astype(dtype).reshape(-1, 1)
+    out, _ = run(gd.gelu(gd.input("x", (None, 1))), inputs=x, dtype=dtype)
+    assert out.dtype == dtype
+    X = torch.from_numpy(x.astype(np.float64))
+    near = np.abs(x) < 5
+    ref = np.where(near, torch.nn.functional.gelu(X).numpy(),
+                   (0.5 * X * torch.special.erfc(-X / math.sqrt(2))).numpy())
+    rel = np.abs(out - ref) / np.abs(ref)
+    assert rel.max() <= tol, (rel.max(), x.ravel()[rel.argmax()])
+
+
 def test_extreme_inputs_stay_finite():
     x = np.array([[-1000.0, -50.0, 0.0, 50.0, 1000.0]], np.float32)
     inp = gd.input("x", (None, 5))
