@@ -67,25 +67,28 @@ def dora_column_norm_sq(A: torch.Tensor, B: torch.Tensor, s: float, AtK: torch.T
 
 def exact_columns(c2: torch.Tensor, noise: torch.Tensor, K: torch.Tensor, A: torch.Tensor,
                   B: torch.Tensor, s: float) -> tuple:
-    """``(c2, cols, W)``: ``c2 [out]`` with the columns where the factored value cancelled
-    (graphdsl.adapters._math.exact_norm_tau) taken from their materialized kernel ``W =
-    K[:, cols] + s*(A@B)[:, cols] [in, n]`` (float64: the sum cancels, so its own rounding
-    would show; differentiable), returned for the caller to take those columns' output
-    from it too; ``(c2, None, None)`` when none cancels.
-    Inside torch.compile (no data-dependent shapes) only c2 is corrected, by a torch.cond
-    that materializes ``K + s*A@B`` only when some column needs it."""
-    low = c2.detach() < exact_norm_tau(torch.finfo(c2.dtype).eps) * noise
+    """``(c2, noise, cols, W)``: ``c2 [out]`` with the columns where the factored value
+    cancelled (graphdsl.adapters._math.exact_norm_tau) taken from their materialized
+    kernel ``W = K[:, cols] + s*(A@B)[:, cols] [in, n]`` (float64: the sum cancels, so its
+    own rounding would show; differentiable), ``noise`` there scaled by eps (the zero rule
+    at the rounding of the weights), and W for the caller to take those columns' output
+    from it too; ``cols`` and ``W`` None when none cancels. Inside torch.compile (no
+    data-dependent shapes) only c2 is corrected, by a torch.cond that materializes
+    ``K + s*A@B`` only when some column needs it."""
+    eps = torch.finfo(c2.dtype).eps
+    low = c2.detach() < exact_norm_tau(eps) * noise
     if compiling():
         def exact(c2, low, K, A, B):  # noqa: ANN001, ANN202
             return torch.where(low, torch.addmm(K, A, B, alpha=s).square().sum(0), c2)
         return torch.cond(low.any(), exact, lambda c2, *_: c2.clone(),
-                          (c2, low, K, A, B)), None, None
+                          (c2, low, K, A, B)), noise, None, None
     cols = torch.nonzero(low).flatten()
     if cols.numel() == 0:
-        return c2, None, None
+        return c2, noise, None, None
     wide = torch.float32 if K.device.type == "mps" else torch.float64  # MPS has no float64
     W = torch.addmm(K[:, cols].to(wide), A.to(wide), B[:, cols].to(wide), alpha=s)
-    return c2.index_put((cols,), W.square().sum(0).to(c2.dtype)), cols, W
+    return (c2.index_put((cols,), W.square().sum(0).to(c2.dtype)),
+            noise.index_put((cols,), noise[cols] * eps), cols, W)
 
 
 def _finish_norm(c2: torch.Tensor, noise: torch.Tensor, eps: float | None,
@@ -143,7 +146,7 @@ class _DoRAFactored(torch.autograd.Function):
         else:
             h, AtK = x2 @ K, A.t() @ K
         c2, noise = dora_column_norm_sq(A, B, s, AtK, _colsum_squares(K))
-        c2, cols, W = exact_columns(c2, noise, K, A, B, s)
+        c2, noise, cols, W = exact_columns(c2, noise, K, A, B, s)
         c = finish(c2, noise)
         scale = m / c
         xA = x2 @ A
@@ -207,7 +210,7 @@ def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     xdK = big[n:2 * n] if dropping else xK
     with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
         c2, noise = dora_column_norm_sq(A, B, s, AtK, _colsum_sq(K))
-    c2, cols, W = exact_columns(c2, noise, K, A, B, s)  # W keeps its graph, for h
+    c2, noise, cols, W = exact_columns(c2, noise, K, A, B, s)  # W keeps its graph, for h
     scale = m / _finish_norm(c2.detach() if detach else c2, noise, a.get("eps"), ctx)
     h = torch.addmm(xdK, xd @ A, B, alpha=s)
     if cols is not None:
@@ -252,7 +255,7 @@ def _norm_ratio(K: torch.Tensor, A: torch.Tensor, B: torch.Tensor, m: torch.Tens
     detach = a.get("detach_norm", True)
     with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
         c2, noise = dora_column_norm_sq(A2, B, a["scale"], A2.t() @ K2, _colsum_sq(K2))
-    c2, cols, W = exact_columns(c2, noise, K2, A2, B, a["scale"])  # W keeps its graph
+    c2, noise, cols, W = exact_columns(c2, noise, K2, A2, B, a["scale"])  # W keeps its graph
     return m / _finish_norm(c2.detach() if detach else c2, noise, a.get("eps"), ctx), cols, W
 
 

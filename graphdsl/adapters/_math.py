@@ -14,7 +14,8 @@ from ..errors import GraphDSLError, RuleError
 
 #: the zero-norm rule, one for every backend: column j counts as zero when
 #: ``c_j^2 <= ZERO_NORM_ULPS * eps(dtype) * (colsum(K*K) + s^2 * colsum((A@B)^2))_j``,
-#: i.e. when the norm cancels to round-off of the terms it is summed from
+#: i.e. when the norm cancels to round-off of the terms it is summed from (a column that
+#: :func:`exact_columns` recomputed: ``16 * eps^2 * noise``, the rounding of the weights)
 ZERO_NORM_ULPS = 16
 
 
@@ -76,13 +77,17 @@ def exact_columns(c2: np.ndarray, noise: np.ndarray, K: np.ndarray, A: np.ndarra
     """``(cols, W)``: the columns where the factored ``c2 [out]`` cancelled (the rule of
     :func:`exact_norm_tau`) and their materialized ``W = K[:, cols] + s*(A@B)[:, cols]
     [in, len(cols)]`` in float64 (the sum cancels, so its own rounding would show), or
-    None when there are none; ``c2[cols]`` is overwritten in place with ``colsum(W*W)``."""
-    cols = np.flatnonzero(c2 < exact_norm_tau(float(np.finfo(c2.dtype).eps)) * noise)
+    None when there are none; in place, ``c2[cols]`` becomes ``colsum(W*W)`` and
+    ``noise[cols]`` is scaled by eps (that c2 is exact to the rounding of the weights, so
+    the zero rule applies at that level)."""
+    eps = float(np.finfo(c2.dtype).eps)
+    cols = np.flatnonzero(c2 < exact_norm_tau(eps) * noise)
     if not cols.size:
         return cols, None
     f8 = np.float64
     W = lora_merged_kernel(K[:, cols].astype(f8), A.astype(f8), B[:, cols].astype(f8), s)
     c2[cols] = colsum_prod(W, W)
+    noise[cols] *= eps
     return cols, W
 
 
