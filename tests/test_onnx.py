@@ -180,6 +180,33 @@ def test_adapted_mlp_exports_merged(mod, tmp_path):
     assert {n.op_type for n in proto.graph.node} <= {"MatMul", "Add", "Mul", "Erf", "Identity"}
 
 
+@pytest.mark.parametrize("mod", [None, lora, dora])
+@pytest.mark.parametrize("dtype", ["int32", "int64"])
+def test_token_ids_outside_the_vocabulary_fail_in_onnx_runtime_too(mod, dtype):
+    """Gather alone reads row -1 as the last one: the export must refuse every id outside
+    [0, vocab) at run time, as NumPy and torch do, and give NumPy's rows for the others."""
+    model = gd.embedding(gd.input("ids", (None, 3), dtype=dtype), 7, 4, name="emb",
+                         kernel_initializer="normal")
+    if mod is not None:
+        model = mod.adapt(model, targets="emb", rank=2, alpha=4.0)
+    st = gd.build(model)[0]({"ids": np.zeros((1, 3), dtype)})
+    _train_adapters(st)
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4  # the refusals below would each log an error line
+    sess = ort.InferenceSession(gd.to_onnx(model, st).SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+    good = np.array([[0, 6, 3], [5, 1, 2]], dtype)
+    np.testing.assert_allclose(sess.run(None, {"ids": good})[0],
+                               gd.predict(model, st, good), **TOL)
+    for bad in (-1, -7, -8, 7, np.iinfo(dtype).min, np.iinfo(dtype).max):
+        ids = np.array([[0, bad, 3]], dtype)
+        for backend in ("numpy", "torch"):
+            with pytest.raises(gd.GraphDSLError):
+                gd.predict(model, st, ids, backend=backend)
+        with pytest.raises(Exception, match="out of data bounds"):
+            sess.run(None, {"ids": ids})
+
+
 @given(graphs())
 @settings(max_examples=15, deadline=None)
 def test_random_graphs_match_numpy(case):

@@ -79,6 +79,16 @@ def affine(b: Builder, x: str, kernel: str, bias: str | None, act: str | None) -
     return y if act is None else ACTIVATIONS[act](b, y, {})
 
 
+def gather_rows(b: Builder, table: str, ids: str, vocab: int, ids_dtype: str) -> str:
+    """Rows of ``table [vocab, d]`` at integer ``ids (...)`` -> ``(..., d)``. Gather wraps
+    ids in [-vocab, 0) to the last rows; a negative id is moved below -vocab first, so
+    ONNX Runtime refuses it ("indices element out of data bounds", the id shown minus
+    vocab) as it refuses an id >= vocab, where NumPy and torch raise a GraphDSLError."""
+    below = b.op("Sub", [ids, b.const(vocab, ids_dtype)])  # int64 min wraps high: refused too
+    ids = b.op("Where", [b.op("Less", [ids, b.const(0, ids_dtype)]), below, ids])
+    return b.op("Gather", [table, ids], axis=0)
+
+
 def along(b: Builder, v: str, rank: int, axis: int) -> str:
     """A vector ``v`` reshaped to broadcast along ``axis`` of a rank-``rank`` tensor."""
     if axis == rank - 1:
@@ -86,4 +96,4 @@ def along(b: Builder, v: str, rank: int, axis: int) -> str:
     return b.op("Reshape", [v, b.ints([-1] + [1] * (rank - 1 - axis))])
 
 
-__all__ = ["ACTIVATIONS", "FLOOR", "Layer", "Rule", "affine", "along"]
+__all__ = ["ACTIVATIONS", "FLOOR", "Layer", "Rule", "affine", "along", "gather_rows"]

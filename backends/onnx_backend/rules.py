@@ -29,7 +29,7 @@ from graphdsl.errors import GraphDSLError, RuleError
 
 from .builder import ELEM, Builder
 from .conv import CONV_RULES, conv_nd
-from .layer import ACTIVATIONS, FLOOR, Layer, Rule, affine, along
+from .layer import ACTIVATIONS, FLOOR, Layer, Rule, affine, along, gather_rows
 
 
 def _float(t: str) -> str:
@@ -58,7 +58,7 @@ def _adapter(b: Builder, layer: Layer) -> str:
     kernel = b.weight(W, f"{layer.attrs['base'] or layer.name}.kernel")
     kind = layer_of(layer.attrs)
     if kind == "embedding":
-        return b.op("Gather", [kernel, layer.ins[0]], axis=0)
+        return gather_rows(b, kernel, layer.ins[0], W.shape[0], layer.in_dtypes[0])
     bias = layer.param("bias") if "bias" in layer.arrays else None
     if kind == "conv":
         return conv_nd(b, layer.ins[0], layer.in_shapes[0], layer.attrs, kernel, bias)
@@ -291,8 +291,9 @@ RULES: dict[str, Rule] = {
     "dense": Rule(_dense),
     "dropout": Rule(lambda b, layer: layer.ins[0]),  # inference: the identity
     "layer_norm": Rule(_layer_norm),
-    "embedding": Rule(lambda b, layer: b.op("Gather", [layer.param("kernel"), layer.ins[0]],
-                                            axis=0)),
+    "embedding": Rule(lambda b, layer: gather_rows(
+        b, layer.param("kernel"), layer.ins[0], layer.arrays["kernel"].shape[0],
+        layer.in_dtypes[0])),
     "add": _variadic("Add"),
     "subtract": _variadic("Sub"),
     "multiply": _variadic("Mul"),
