@@ -104,6 +104,6 @@ def test_unsupported_config_options_are_errors():
                       "num_hidden_layers": 1, "num_attention_heads": 2,
                       "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4}})
     with pytest.raises(gd.GraphDSLError, match="hidden_size"):
-        models.llama({"vocab_size": 5})
+        models.llama({"vocab_size": 5, "hidden_size": "16"})
     with pytest.raises(gd.GraphDSLError, match="model_type"):
         models.llama({"model_type": "gemma"})

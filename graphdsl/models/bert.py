@@ -15,18 +15,24 @@ from .config import Config
 
 def bert(config: Any, add_pooling_layer: bool = False) -> Node:
     """``BertModel`` from a Hugging Face config: word + position + token-type embeddings,
-    post-norm encoder blocks with erf GELU. With ``add_pooling_layer`` the output is a
-    container ``{"last_hidden_state", "pooler_output"}``, else ``last_hidden_state``."""
+    post-norm encoder blocks with erf GELU (causal attention when ``is_decoder``). With
+    ``add_pooling_layer`` (the pooler: dense + tanh on the first token) the output is a
+    container ``{"last_hidden_state", "pooler_output [batch, hidden]"}``, else
+    ``last_hidden_state``."""
     c = Config(config, "bert")
     vocab, hidden = c.get("vocab_size"), c.get("hidden_size")
     n_layers, n_heads = c.get("num_hidden_layers"), c.get("num_attention_heads")
     inter, n_pos = c.get("intermediate_size"), c.get("max_position_embeddings")
-    n_types = c.get("type_vocab_size", 2)
-    eps = c.get("layer_norm_eps", 1e-12, (int, float))
-    act = c.activation("hidden_act", "gelu")
-    kind = c.data.get("position_embedding_type", "absolute")
-    if kind != "absolute":
+    n_types = c.get("type_vocab_size")
+    eps = c.get("layer_norm_eps", kind=(int, float))
+    act = c.activation("hidden_act")
+    causal = c.flag("is_decoder")  # transformers' BertModel then masks causally
+    kind = c.get("position_embedding_type", "absolute", str)
+    if kind != "absolute":  # older transformers' relative_key(_query): not implemented
         raise c.unsupported("position_embedding_type", kind, "absolute positions")
+    if c.flag("add_cross_attention"):
+        raise c.unsupported("add_cross_attention", True, "BERT without cross-attention "
+                            "(its crossattention weights would be dropped)")
     if hidden % n_heads:
         raise c.unsupported("num_attention_heads", n_heads, f"a divisor of {hidden}")
     head_dim = hidden // n_heads
@@ -43,7 +49,7 @@ def bert(config: Any, add_pooling_layer: bool = False) -> Node:
         p = f"encoder.layer.{i}"
         q, k, v = (heads(gd.dense(h, hidden, name=f"{p}.attention.self.{t}"), n_heads,
                          head_dim) for t in ("query", "key", "value"))
-        a = merge_heads(gd.attention(q, k, v, mask=mask))
+        a = merge_heads(gd.attention(q, k, v, mask=mask, causal=causal))
         h = gd.layer_norm(gd.dense(a, hidden, name=f"{p}.attention.output.dense") + h,
                           epsilon=eps, name=f"{p}.attention.output.LayerNorm")
         f = activate(gd.dense(h, inter, name=f"{p}.intermediate.dense"), act)

@@ -1,6 +1,7 @@
 """Reading a Hugging Face config (a dict, or an object with HF's field names such as
 ``transformers.LlamaConfig``) for the model constructors, with errors that name the
-field and what was expected."""
+field and what was expected. A field the config lacks takes the default of that
+family's transformers config class (``DEFAULTS``), as transformers does."""
 from __future__ import annotations
 
 import json
@@ -17,9 +18,33 @@ ACTIVATIONS = {"silu": ("silu", {}), "swish": ("silu", {}), "relu": ("relu", {})
                "gelu_pytorch_tanh": ("gelu", {"approximate": True}),
                "tanh": ("tanh", {})}
 
+_LLAMA = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
+          "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": None,
+          "head_dim": None, "hidden_act": "silu", "rms_norm_eps": 1e-6,
+          "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False}
+#: the math-relevant defaults of transformers 5.x' config classes, by ``model_type``
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": _LLAMA,
+    "mistral": {**_LLAMA, "intermediate_size": 14336, "num_key_value_heads": 8,
+                "sliding_window": 4096},
+    "qwen2": {**_LLAMA, "vocab_size": 151936, "intermediate_size": 22016,
+              "num_key_value_heads": 32, "use_sliding_window": False,
+              "sliding_window": 4096, "max_window_layers": 28},
+    "gpt2": {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12,
+             "n_head": 12, "n_inner": None, "activation_function": "gelu_new",
+             "layer_norm_epsilon": 1e-5, "scale_attn_weights": True,
+             "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False,
+             "tie_word_embeddings": True},
+    "bert": {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
+             "num_attention_heads": 12, "intermediate_size": 3072, "hidden_act": "gelu",
+             "max_position_embeddings": 512, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
+             "is_decoder": False, "add_cross_attention": False},
+}
+
 
 class Config:
-    """Field access on a Hugging Face config for the family ``family`` (llama, gpt2, ...)."""
+    """Field access on a Hugging Face config for the family ``family`` (llama, gpt2, ...);
+    ``kind`` is its ``model_type`` (mistral and qwen2 are built by the llama family)."""
 
     def __init__(self, config: Any, family: str) -> None:
         if isinstance(config, Mapping):
@@ -33,49 +58,61 @@ class Config:
                                 f"with Hugging Face's field names, got {type(config).__name__}",
                                 fix="pass transformers' config or json.load(config.json)")
         self.data, self.family = data, family
+        self.kind = data.get("model_type", family)
+        self.defaults = DEFAULTS.get(self.kind, {}) if isinstance(self.kind, str) else {}
 
-    def get(self, key: str, default: Any = _REQUIRED, kind: type | tuple = (int,)) -> Any:
-        """``config[key]`` checked to be of ``kind`` (default: a positive int); a missing
-        required field or a wrong type is a GraphDSLError naming the field."""
+    def get(self, key: str, default: Any = _REQUIRED, kind: type | tuple = (int,),
+            lo: int = 1) -> Any:
+        """``config[key]`` (else transformers' default, else ``default``) checked to be of
+        ``kind`` (default: an int >= ``lo``; ``None`` allowed where the default is None); a
+        missing required field or a wrong type is a GraphDSLError naming the field."""
+        default = self.defaults.get(key, default)
         value = self.data.get(key, default)
         if value is _REQUIRED:
             raise GraphDSLError(f"models.{self.family}: the config has no {key!r}",
-                                fix=f"add {key!r} (Hugging Face's {self.family} config field)")
-        if value is default and default is not _REQUIRED:
-            return value
-        ok = isinstance(value, kind) and not (isinstance(value, bool) and bool not in (
-            kind if isinstance(kind, tuple) else (kind,)))
-        if ok and kind == (int,):
-            ok = value > 0
+                                fix=f"add {key!r} (Hugging Face's {self.kind} config field)")
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        ok = (value is None and default is None) or (
+            isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds))
+        counts = int in kinds and float not in kinds and bool not in kinds
+        if ok and counts and value is not None:
+            ok = value >= lo
         if not ok:
-            raise GraphDSLError(f"models.{self.family}: config field {key!r} is {value!r}",
-                                fix=f"give {key!r} a value of type "
-                                    f"{getattr(kind, '__name__', kind)}")
+            names = "/".join(k.__name__ for k in kinds) + (f" >= {lo}" if counts else "")
+            raise GraphDSLError(
+                f"models.{self.family}: config.json field {key!r} is {value!r}, not a {names}",
+                fix=f"give {key!r} a {names} value, or drop it for transformers' default "
+                    f"{default!r}")
         return value
+
+    def flag(self, key: str) -> bool:
+        """A boolean field (``attention_bias``, ``is_decoder``, ...)."""
+        return self.get(key, False, bool)
 
     def unsupported(self, key: str, value: Any, allowed: str) -> GraphDSLError:
         return GraphDSLError(f"models.{self.family}: config {key}={value!r} is not supported",
                              fix=f"graphdsl implements {allowed}; it guesses nothing else")
 
-    def activation(self, key: str, default: str) -> tuple[str, dict]:
-        name = self.data.get(key, default)
+    def activation(self, key: str) -> tuple[str, dict]:
+        name = self.get(key, kind=str)
         if name not in ACTIVATIONS:
             raise self.unsupported(key, name, f"the activations {sorted(ACTIVATIONS)}")
         return ACTIVATIONS[name]
 
     def rope_theta(self) -> float:
         """``rope_theta`` of the default rotary embedding; other rope types are errors."""
-        params = self.data.get("rope_parameters") or {}
-        scaling = self.data.get("rope_scaling") or {}
+        params = self.get("rope_parameters", None, dict) or {}
+        scaling = self.get("rope_scaling", None, dict) or {}
         kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") \
             or "default"
         if kind != "default":
             raise self.unsupported("rope_type", kind, "the default rotary embedding")
-        if self.data.get("partial_rotary_factor", 1.0) != 1.0:
-            raise self.unsupported("partial_rotary_factor",
-                                   self.data["partial_rotary_factor"], "a factor of 1.0")
+        factor = params.get("partial_rotary_factor",
+                            self.data.get("partial_rotary_factor", 1.0))
+        if factor != 1.0:
+            raise self.unsupported("partial_rotary_factor", factor, "a factor of 1.0")
         theta = params.get("rope_theta", self.data.get("rope_theta", 10000.0))
-        if not isinstance(theta, (int, float)) or theta <= 0:
+        if isinstance(theta, bool) or not isinstance(theta, (int, float)) or theta <= 0:
             raise self.unsupported("rope_theta", theta, "a positive number")
         return float(theta)
 

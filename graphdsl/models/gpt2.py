@@ -19,9 +19,12 @@ def gpt2(config: Any) -> Node:
     c = Config(config, "gpt2")
     vocab, n_pos = c.get("vocab_size"), c.get("n_positions")
     width, n_layers, n_heads = c.get("n_embd"), c.get("n_layer"), c.get("n_head")
-    inner = c.data.get("n_inner") or 4 * width
-    eps = c.get("layer_norm_epsilon", 1e-5, (int, float))
-    act = c.activation("activation_function", "gelu_new")
+    inner = c.get("n_inner") or 4 * width
+    eps = c.get("layer_norm_epsilon", kind=(int, float))
+    act = c.activation("activation_function")
+    if c.flag("add_cross_attention"):
+        raise c.unsupported("add_cross_attention", True, "GPT-2 without cross-attention "
+                            "(its crossattention weights would be dropped)")
     if width % n_heads:
         raise c.unsupported("n_head", n_heads, f"a divisor of n_embd={width}")
     head_dim = width // n_heads
@@ -34,8 +37,8 @@ def gpt2(config: Any) -> Node:
         p = f"transformer.h.{i}"
         x = gd.layer_norm(h, epsilon=eps, name=f"{p}.ln_1")
         q, k, v = gd.split(gd.dense(x, 3 * width, name=f"{p}.attn.c_attn"), 3)
-        scale = head_dim ** -0.5 if c.data.get("scale_attn_weights", True) else 1.0
-        if c.data.get("scale_attn_by_inverse_layer_idx", False):
+        scale = head_dim ** -0.5 if c.flag("scale_attn_weights") else 1.0
+        if c.flag("scale_attn_by_inverse_layer_idx"):
             scale /= i + 1
         a = gd.attention(heads(q, n_heads, head_dim), heads(k, n_heads, head_dim),
                          heads(v, n_heads, head_dim), mask=mask, causal=True, scale=scale)
@@ -44,6 +47,6 @@ def gpt2(config: Any) -> Node:
         f = activate(gd.dense(x, inner, name=f"{p}.mlp.c_fc"), act)
         h = h + gd.dense(f, width, name=f"{p}.mlp.c_proj")
     h = gd.layer_norm(h, epsilon=eps, name="transformer.ln_f")
-    if c.data.get("tie_word_embeddings", True):
+    if c.flag("tie_word_embeddings"):
         return gd.tied_dense(h, wte, name="lm_head")
     return gd.dense(h, vocab, use_bias=False, name="lm_head")

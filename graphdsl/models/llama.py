@@ -15,28 +15,30 @@ _FAMILIES = ("llama", "mistral", "qwen2")
 
 
 def _windows(c: Config, n_layers: int) -> list[int | None]:
-    """The sliding window of each layer (None: full causal attention), as transformers
-    decides it: ``layer_types`` when the config has them, else Mistral's ``sliding_window``
-    on every layer and Qwen2's on layers from ``max_window_layers`` when enabled."""
-    window = c.data.get("sliding_window")
-    types = c.data.get("layer_types")
-    kind = c.data.get("model_type", "llama")
-    if types is not None:
-        if len(types) != n_layers or any(t not in ("full_attention", "sliding_attention")
-                                         for t in types):
-            raise c.unsupported("layer_types", types, "full_attention/sliding_attention "
-                                "per layer")
-        out = [window if t == "sliding_attention" else None for t in types]
-    elif kind == "mistral":
-        out = [window] * n_layers
-    elif kind == "qwen2" and c.data.get("use_sliding_window"):
-        first = c.data.get("max_window_layers", n_layers)
-        out = [window if i >= first else None for i in range(n_layers)]
-    else:
-        out = [None] * n_layers
-    if any(w is not None for w in out) and not (isinstance(window, int) and window > 0):
-        raise c.unsupported("sliding_window", window, "a positive int when layers slide")
-    return out
+    """The sliding window of each layer (None: full causal attention), as each family's
+    transformers model decides it: LLaMA never windows; Mistral windows every layer by
+    ``sliding_window`` (None: no window) and ignores ``layer_types``; Qwen2's window is
+    ``sliding_window`` when ``use_sliding_window``, on the ``sliding_attention`` entries of
+    ``layer_types``, by default the layers from ``max_window_layers`` on."""
+    if c.kind == "llama":
+        return [None] * n_layers
+    window = c.get("sliding_window", kind=(int, type(None)))
+    if c.kind == "mistral":
+        return [window] * n_layers
+    if not c.flag("use_sliding_window"):
+        window = None
+    first = c.get("max_window_layers", lo=0)
+    types = c.get("layer_types", None, list) or [
+        "sliding_attention" if window is not None and i >= first else "full_attention"
+        for i in range(n_layers)]
+    if len(types) != n_layers or any(t not in ("full_attention", "sliding_attention")
+                                     for t in types):
+        raise c.unsupported("layer_types", types, f"{n_layers} entries, each "
+                            "full_attention or sliding_attention")
+    if "sliding_attention" in types and window is None:
+        raise c.unsupported("layer_types", types, "sliding_attention layers with "
+                            "use_sliding_window=true and a sliding_window")
+    return [window if t == "sliding_attention" else None for t in types]
 
 
 def llama(config: Any) -> Node:
@@ -45,18 +47,19 @@ def llama(config: Any) -> Node:
     (q/k/v bias). Grouped-query attention, RMSNorm, rotary embeddings, SwiGLU MLP; the
     ``lm_head`` is tied to ``model.embed_tokens`` when ``tie_word_embeddings``."""
     c = Config(config, "llama")
-    kind = c.data.get("model_type", "llama")
+    kind = c.kind
     if kind not in _FAMILIES:
         raise c.unsupported("model_type", kind, f"models.llama for {_FAMILIES}")
     vocab, hidden = c.get("vocab_size"), c.get("hidden_size")
     n_layers, n_heads = c.get("num_hidden_layers"), c.get("num_attention_heads")
-    n_kv = c.get("num_key_value_heads", n_heads)
-    head_dim = c.data.get("head_dim") or hidden // n_heads
-    inter, eps = c.get("intermediate_size"), c.get("rms_norm_eps", 1e-6, (int, float))
-    theta, act = c.rope_theta(), c.activation("hidden_act", "silu")
-    qkv_bias = kind == "qwen2" or bool(c.data.get("attention_bias", False))
-    o_bias = kind != "qwen2" and bool(c.data.get("attention_bias", False))
-    mlp_bias = bool(c.data.get("mlp_bias", False))
+    n_kv = c.get("num_key_value_heads") or n_heads
+    head_dim = c.get("head_dim") or hidden // n_heads
+    inter, eps = c.get("intermediate_size"), c.get("rms_norm_eps", kind=(int, float))
+    theta, act = c.rope_theta(), c.activation("hidden_act")
+    # Qwen2 has q/k/v biases and Mistral none, whatever attention_bias/mlp_bias say
+    qkv_bias = kind == "qwen2" or (kind == "llama" and c.flag("attention_bias"))
+    o_bias = kind == "llama" and c.flag("attention_bias")
+    mlp_bias = kind == "llama" and c.flag("mlp_bias")
     windows = _windows(c, n_layers)
 
     ins = token_inputs(c)
@@ -79,6 +82,6 @@ def llama(config: Any) -> Node:
         up = gd.dense(x, inter, use_bias=mlp_bias, name=f"{p}.mlp.up_proj")
         h = h + gd.dense(gate * up, hidden, use_bias=mlp_bias, name=f"{p}.mlp.down_proj")
     h = gd.rms_norm(h, epsilon=eps, name="model.norm")
-    if c.data.get("tie_word_embeddings", False):
+    if c.flag("tie_word_embeddings"):
         return gd.tied_dense(h, embed, name="lm_head")
     return gd.dense(h, vocab, use_bias=False, name="lm_head")
