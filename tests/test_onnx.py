@@ -207,6 +207,36 @@ def test_token_ids_outside_the_vocabulary_fail_in_onnx_runtime_too(mod, dtype):
             sess.run(None, {"ids": ids})
 
 
+@pytest.mark.parametrize("relative", [True, False])
+def test_exporting_twice_with_a_side_file_replaces_it(relative, tmp_path, monkeypatch):
+    """Above the side-file threshold (lowered here), a second export to the same path
+    writes the same files again: no error, no .data grown by appending; ONNX Runtime
+    reads the result. A smaller export then drops the stale side file."""
+    from graphdsl.backends import onnx_backend
+    monkeypatch.setattr(onnx_backend, "_LARGE", 1000)
+    monkeypatch.chdir(tmp_path)
+    model = gd.dense(gd.input("x", (None, 32)), 24, name="fc")
+    st = gd.build(model)[0]({"x": np.zeros((1, 32), np.float32)})
+    path = "m.onnx" if relative else str(tmp_path / "m.onnx")
+    x = R.normal(size=(3, 32)).astype(np.float32)
+    sizes = []
+    for scale in (1.0, 2.0):  # the second export's weights differ: it must be read back
+        st.data["fc"]["kernel"] = st.data["fc"]["kernel"] * scale
+        gd.to_onnx(model, st, path)
+        sizes.append((tmp_path / "m.onnx.data").stat().st_size)
+        sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        np.testing.assert_allclose(sess.run(None, {"x": x})[0], gd.predict(model, st, x),
+                                   **TOL)
+    assert sizes == [32 * 24 * 4] * 2
+    monkeypatch.setattr(onnx_backend, "_LARGE", 10**9)
+    gd.to_onnx(model, st, path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+    sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    np.testing.assert_allclose(sess.run(None, {"x": x})[0], gd.predict(model, st, x), **TOL)
+    with pytest.raises(gd.GraphDSLError, match="does not exist"):
+        gd.to_onnx(model, st, tmp_path / "no" / "m.onnx")
+
+
 @given(graphs())
 @settings(max_examples=15, deadline=None)
 def test_random_graphs_match_numpy(case):

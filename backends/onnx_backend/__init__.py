@@ -12,12 +12,14 @@ its default subgraph is exported in its place.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import external_data_helper, helper
 
 from graphdsl.compiler import make_plan
 from graphdsl.errors import GraphDSLError, OptionError
@@ -196,14 +198,43 @@ def is_large(proto: onnx.ModelProto) -> bool:
 
 def save_model(proto: onnx.ModelProto, path: str) -> None:
     """Write ``proto`` to ``path``; weights over ~1.8 GB (:func:`is_large`) go to
-    ``path + ".data"`` beside it."""
-    if is_large(proto):  # saving moves the data out of the proto, so save a copy
-        copy = onnx.ModelProto()
-        copy.CopyFrom(proto)
-        onnx.save_model(copy, path, save_as_external_data=True,
-                        location=os.path.basename(path) + ".data")
-    else:
-        onnx.save_model(proto, path)
+    ``path + ".data"`` beside it. Atomic per file: each is written in a temporary folder
+    beside ``path`` and moved over the old one, so a second export to the same path
+    replaces the side file; a side file left by an earlier large export is removed when
+    this one has none."""
+    path = os.path.abspath(path)
+    folder, name = os.path.split(path)
+    if not os.path.isdir(folder) or os.path.isdir(path):
+        raise GraphDSLError(f"cannot write the ONNX file {path!r}: "
+                            + ("it is a folder" if os.path.isdir(path) else
+                               f"folder {folder!r} does not exist"), op="to_onnx",
+                            fix="pass a file path in an existing folder")
+    side, tmp = path + ".data", tempfile.mkdtemp(prefix=f".{name}.", dir=folder)
+    try:
+        if is_large(proto):  # moving the data out changes the proto, so move a copy's
+            proto = _externalized(proto, os.path.join(tmp, "data"), name + ".data")
+            os.replace(os.path.join(tmp, "data"), side)
+        elif os.path.exists(side):
+            os.remove(side)
+        onnx.save_model(proto, os.path.join(tmp, "model"))
+        os.replace(os.path.join(tmp, "model"), path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _externalized(proto: onnx.ModelProto, file: str, location: str) -> onnx.ModelProto:
+    """A copy of ``proto`` whose initializers of 1 KiB or more are written to ``file``
+    (new), to be read as ``location`` beside the model. onnx's own writer cannot be used:
+    it refuses a ``location`` that exists relative to the working folder, or appends."""
+    copy = onnx.ModelProto()
+    copy.CopyFrom(proto)
+    with open(file, "wb") as f:
+        for t in copy.graph.initializer:
+            if len(t.raw_data) >= 1024:
+                external_data_helper.set_external_data(t, location, f.tell(), len(t.raw_data))
+                f.write(t.raw_data)
+                t.ClearField("raw_data")
+    return copy
 
 
 __all__ = ["RULES", "choose_opset", "output_names", "is_large", "save_model", "to_onnx"]
