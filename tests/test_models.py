@@ -107,3 +107,64 @@ def test_unsupported_config_options_are_errors():
         models.llama({"vocab_size": 5, "hidden_size": "16"})
     with pytest.raises(gd.GraphDSLError, match="model_type"):
         models.llama({"model_type": "gemma"})
+
+
+def _family(kind):
+    """(graphdsl model, state, transformers model, output key) of a tiny random family."""
+    if kind == "gpt2":
+        hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+            vocab_size=11, n_positions=8, n_embd=16, n_layer=2, n_head=4,
+            attn_implementation="eager")).eval()
+        model, key, conv1d = models.gpt2(hf.config), "logits", True
+    elif kind == "bert":
+        hf = transformers.BertModel(transformers.BertConfig(
+            vocab_size=11, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+            intermediate_size=24, max_position_embeddings=8, attn_implementation="eager"),
+            add_pooling_layer=False).eval()
+        model, key, conv1d = models.bert(hf.config), "last_hidden_state", False
+    else:
+        hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=11, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, attn_implementation="eager")).eval()
+        model, key, conv1d = models.llama(hf.config), "logits", False
+    _randomize(hf)
+    return model, _state_from_hf(model, hf, conv1d=conv1d), hf, key
+
+
+@pytest.mark.parametrize("kind", ["llama", "gpt2", "bert"])
+def test_masks_of_any_dtype_and_position_ids_of_one_row_as_transformers(kind):
+    """transformers takes attention_mask as int, bool or float, and broadcasts
+    position_ids [1, seq] over the batch; so does graphdsl, on NumPy and torch."""
+    model, st, hf, key = _family(kind)
+    feeds = [{"input_ids": IDS, "attention_mask": PAD.astype(bool)},
+             {"input_ids": IDS, "attention_mask": PAD.astype(np.float32)},
+             {"input_ids": IDS, "position_ids": np.arange(2, 8)[None]},
+             {"input_ids": IDS, "attention_mask": PAD.astype(np.float64),
+              "position_ids": np.arange(1, 7)[None]}]
+    for feed in feeds:
+        _compare(model, st, hf, feed, key)
+        with torch.no_grad():
+            ref = getattr(hf(**{k: torch.from_numpy(v) for k, v in feed.items()}), key)
+        np.testing.assert_allclose(gd.predict(model, st, feed, backend="torch"), ref.numpy(),
+                                   rtol=1e-4, atol=1e-4)
+    with pytest.raises(gd.GraphDSLError, match="attention_mask.*fractions"):
+        gd.predict(model, st, {"input_ids": IDS, "attention_mask": PAD * 0.5})
+    with pytest.raises(gd.GraphDSLError, match=r"\(3, 6\) does not fit \(2, 6\)"):
+        gd.predict(model, st, {"input_ids": IDS, "position_ids": np.zeros((3, 6), np.int64)})
+
+
+def test_bert_pooler_matches_transformers():
+    """A default BertModel (with its pooler: dense + tanh on the first token)."""
+    cfg = transformers.BertConfig(vocab_size=11, hidden_size=16, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=24,
+                                  max_position_embeddings=8, attn_implementation="eager")
+    hf = transformers.BertModel(cfg).eval()
+    _randomize(hf)
+    model = models.bert(cfg, add_pooling_layer=True)
+    st = _state_from_hf(model, hf)
+    feed = {"input_ids": IDS, "attention_mask": PAD}
+    with torch.no_grad():
+        ref = hf(**{k: torch.from_numpy(v) for k, v in feed.items()})
+    got = gd.predict(model, st, feed)
+    for k in ("last_hidden_state", "pooler_output"):
+        np.testing.assert_allclose(got[k], getattr(ref, k).numpy(), rtol=1e-4, atol=1e-4)

@@ -292,8 +292,8 @@ def test_functional_errors():
     st_e = gd.build(e)[0]({"ids": np.zeros((1,), np.int64)})
     with pytest.raises(gd.GraphDSLError, match=r"\[0, 5\)"):
         gd.predict(e, st_e, np.array([1, 7]), backend="torch")
-    with pytest.raises(gd.GraphDSLError, match="integer"):
-        gd.predict(e, st_e, np.array([1.0, 2.0]), backend="torch")
+    with pytest.raises(gd.GraphDSLError, match="integer"):  # whole-number floats are ids
+        gd.predict(e, st_e, np.array([1.5, 2.0]), backend="torch")
 
 
 # -- random graphs: torch (functional and module) == NumPy ------------------------------

@@ -291,8 +291,8 @@ def test_float64_and_int_inputs():
     np.testing.assert_allclose(me(t).detach().numpy(), gd.predict(e, est, t.numpy()), **TOL)
     with pytest.raises(gd.GraphDSLError, match=r"token ids must lie in \[0, 10\)"):
         me(torch.tensor([[1, 2, 3, 10]]))
-    with pytest.raises(gd.GraphDSLError, match="integer"):
-        me(torch.zeros(2, 4))
+    with pytest.raises(gd.GraphDSLError, match="integer"):  # whole-number floats are ids
+        me(torch.full((2, 4), 0.5))
 
 
 def test_errors():

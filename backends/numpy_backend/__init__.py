@@ -61,11 +61,13 @@ def _convert_input(a: Any, is_int: bool, dtype: np.dtype, name: str, node: Any
                    ) -> np.ndarray:
     if type(a) is not np.ndarray or not a.dtype.isnative:
         a = as_numpy(a)
-    if is_int:
+    if is_int:  # bool, or floats holding whole numbers (a mask as transformers takes it)
+        if a.dtype.kind == "b" or (a.dtype.kind == "f" and np.all(np.mod(a, 1) == 0)):
+            return a.astype(np.int64)
         if a.dtype.kind not in "iu":
-            raise InputError(f"input {name!r} holds token ids and needs an integer array, "
-                             f"got dtype {a.dtype}", layer=name, op="input", where=node.where,
-                             fix="pass ids as np.int64 (e.g. ids.astype(np.int64))")
+            raise InputError(f"input {name!r} holds integers (token ids, a 0/1 mask), got "
+                             f"dtype {a.dtype} with fractions", layer=name, op="input",
+                             where=node.where, fix="pass np.int64 values (x.astype(np.int64))")
         return a
     return a if a.dtype == dtype else a.astype(dtype)
 

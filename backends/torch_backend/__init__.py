@@ -123,11 +123,13 @@ def state_tensor(arr: np.ndarray, device: torch.device, dtype: Any) -> torch.Ten
 def _convert_input(a: Any, is_int: bool, dtype: torch.dtype, dev: torch.device, name: str,
                    node: Any) -> torch.Tensor:
     t = to_tensor(a)
-    if is_int:
-        if t.is_floating_point() or t.is_complex() or t.dtype == torch.bool:
-            raise InputError(f"input {name!r} holds token ids and needs an integer array, "
-                             f"got dtype {t.dtype}", layer=name, op="input", where=node.where,
-                             fix="pass ids as int64 (e.g. ids.long())")
+    if is_int:  # bool, or floats holding whole numbers (a mask as transformers takes it)
+        if t.dtype == torch.bool or (t.is_floating_point() and bool((t % 1 == 0).all())):
+            t = t.long()
+        if t.is_floating_point() or t.is_complex():
+            raise InputError(f"input {name!r} holds integers (token ids, a 0/1 mask), got "
+                             f"dtype {t.dtype} with fractions", layer=name, op="input",
+                             where=node.where, fix="pass int64 values (x.long())")
         return t.to(dev) if t.device != dev else t
     if t.is_complex():
         raise InputError(f"input {name!r} is complex ({t.dtype})", layer=name, op="input",

@@ -228,11 +228,13 @@ def container(outputs: Sequence[Node] | Mapping[str, Node], name: str | None = N
 
 # -- optional inputs and their defaults -------------------------------------------------------
 def _optional_shape(s: list, a: dict) -> tuple:
-    given, default = s
+    given, default = s  # a given batch of 1 broadcasts (transformers' position_ids [1, seq])
     if len(given) != len(default) or any(
-            x is not None and y is not None and x != y for x, y in zip(given, default)):
-        raise RuleError(f"the default {fmt_shape(default)} does not fit the optional input "
-                        f"{fmt_shape(given)}", "give the default the input's shape")
+            x is not None and y is not None and x != y and (i or x != 1)
+            for i, (x, y) in enumerate(zip(given, default))):
+        raise RuleError(f"the optional input's shape {fmt_shape(given)} does not fit "
+                        f"{fmt_shape(default)}, the shape the other inputs give its default",
+                        "give it that shape (or a batch of 1, to broadcast over the batch)")
     return tuple(y if x is None else x for x, y in zip(given, default))
 
 
@@ -246,7 +248,8 @@ def _optional_dtype(d: list, a: dict) -> str:
 register_op(OpDef(
     "optional", _optional_shape, arity=2, infer_dtype=_optional_dtype, output_alias="inputs",
     doc="An optional input (Axon.optional) with a default: the input's value when predict "
-        "gets it, else the default subgraph's; shape and dtype those of the input.",
+        "gets it, else the default subgraph's; shape and dtype those of the input (a given batch "
+        "of 1 broadcasts downstream).",
 ))
 
 
