@@ -18,6 +18,8 @@ ACTIVATIONS = {"silu": ("silu", {}), "swish": ("silu", {}), "relu": ("relu", {})
                "gelu_pytorch_tanh": ("gelu", {"approximate": True}),
                "tanh": ("tanh", {})}
 
+_KINDS = {int: "integer", float: "number", bool: "boolean", str: "string", dict: "JSON object",
+          list: "list", type(None): "null"}
 _LLAMA = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
           "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": None,
           "head_dim": None, "hidden_act": "silu", "rms_norm_eps": 1e-6,
@@ -78,10 +80,12 @@ class Config:
         if ok and counts and value is not None:
             ok = value >= lo
         if not ok:
-            names = "/".join(k.__name__ for k in kinds) + (f" >= {lo}" if counts else "")
+            names = " or ".join(_KINDS[k] for k in kinds if not (k is int and float in kinds))
+            names = ("an " if names[0] in "aeiou" else "a ") + names.replace(
+                "integer", f"integer >= {lo}" if counts else "integer")
             raise GraphDSLError(
-                f"models.{self.family}: config.json field {key!r} is {value!r}, not a {names}",
-                fix=f"give {key!r} a {names} value, or drop it for transformers' default "
+                f"models.{self.family}: config.json field {key!r} is {value!r}, not {names}",
+                fix=f"set {key!r} to {names}, or drop it for transformers' default "
                     f"{default!r}")
         return value
 
