@@ -6,6 +6,7 @@ asserts the GraphDSLError naming the field. The table itself is checked: every f
 each config class is in it, and every row names cases that exist here."""
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 
@@ -206,3 +207,22 @@ def test_the_table_covers_every_field_and_each_row_is_tested():
         assert not missing, f"{cls_name} fields not in docs/hf_configs.md: {missing}"
     used = {n for *_x, tests in rows for n in re.findall(r"`([^`]+)`", tests)}
     assert not set(CASES) - used, f"cases no row names: {sorted(set(CASES) - used)}"
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])
+def test_a_damaged_config_json_is_refused_naming_its_field(family, tmp_path):
+    """hf.from_pretrained of a folder whose config.json holds a value of the wrong type."""
+    _randomized(_config(family, {}), family).save_pretrained(tmp_path)
+    path = tmp_path / "config.json"
+    good = json.loads(path.read_text())
+    act = "activation_function" if family == "gpt2" else "hidden_act"
+    damaged = {act: ["gelu"], "vocab_size": "50",
+               "is_decoder" if family == "bert" else "tie_word_embeddings": "yes"}
+    if family == "llama":
+        damaged["rope_parameters"] = [1]
+    for field, value in damaged.items():
+        path.write_text(json.dumps({**good, field: value}))
+        with pytest.raises(gd.GraphDSLError, match=f"config.json field '{field}' is "
+                                                   f"{re.escape(repr(value))}") as e:
+            hf.from_pretrained(str(tmp_path))
+        assert e.value.fix
