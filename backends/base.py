@@ -15,7 +15,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from graphdsl.errors import BackendError
+from graphdsl.errors import BackendError, InputError, RuleError
 from graphdsl.registry import OPS
 
 Kernel = Callable[[list, Mapping[str, Any], Mapping[str, Any], "KernelContext"], Any]
@@ -35,6 +35,16 @@ class KernelContext:
 
 
 _EMPTY: Mapping[str, Any] = {}
+
+
+def check_positions(shape: Any, axes: Any, op: str) -> None:
+    """Refuse a global pool of an input ``shape`` with size 0 on a spatial axis in
+    ``axes``: the max of no positions has no value, their mean is NaN (every backend and
+    the ONNX export refuse it alike)."""
+    if any(shape[a] == 0 for a in axes):
+        raise RuleError(f"{op} over 0 positions: the input of shape {tuple(shape)} has size "
+                        "0 on a spatial axis", "give every spatial axis at least one "
+                        "position", InputError)
 
 
 def plan_runner(plan: Any, kernels: Mapping[str, Kernel],

@@ -19,7 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from graphdsl.errors import RuleError
 from graphdsl.windows import Window, kernel_hwio, window
 
-from ..base import KernelContext
+from ..base import KernelContext, check_positions
 from .kernels import apply_activation
 
 
@@ -81,7 +81,8 @@ def conv_matmul(cols: np.ndarray, K: np.ndarray, groups: int) -> np.ndarray:
         return cols @ K.reshape(-1, F)
     taps, cg = math.prod(K.shape[:-2]), K.shape[-2]
     M = cols.shape[0]
-    cg_cols = cols.reshape(M, taps, groups, cg).transpose(2, 0, 1, 3).reshape(groups, M, -1)
+    cg_cols = cols.reshape(M, taps, groups, cg).transpose(2, 0, 1, 3).reshape(
+        groups, M, taps * cg)  # not -1: M is 0 for an empty batch
     kg = K.reshape(taps, cg, groups, F // groups).transpose(2, 0, 1, 3).reshape(
         groups, taps * cg, F // groups)
     return np.matmul(cg_cols, kg).transpose(1, 0, 2).reshape(M, F)
@@ -132,8 +133,9 @@ def _spatial_axes(x: np.ndarray, channels: str) -> tuple[int, ...]:
 
 def _global(fn: Callable) -> Callable:
     def kernel(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
-        x = ins[0]
-        return fn(x, axis=_spatial_axes(x, a["channels"]), keepdims=a["keep_axes"])
+        x, axes = ins[0], _spatial_axes(ins[0], a["channels"])
+        check_positions(x.shape, axes, ctx.op)
+        return fn(x, axis=axes, keepdims=a["keep_axes"])
 
     return kernel
 
@@ -180,7 +182,7 @@ def _group_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.nda
     ax = a["axis"] % x.ndim
     xm = np.moveaxis(x, ax, -1)
     c, g = xm.shape[-1], a["num_groups"]
-    xg = xm.reshape(xm.shape[0], -1, g, c // g)
+    xg = xm.reshape(xm.shape[0], math.prod(xm.shape[1:-1]), g, c // g)  # -1 fails at batch 0
     mean = xg.mean(axis=(1, 3), keepdims=True)
     xc = xg - mean
     var = np.square(xc).mean(axis=(1, 3), keepdims=True)

@@ -81,13 +81,17 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * np.tanh(0.5 * x) + 0.5  # exact identity, no overflow
 
 
+def _max(x: np.ndarray, axis: int) -> np.ndarray:
+    return x.max(axis=axis, keepdims=True, initial=-np.inf)  # initial: an empty axis
+
+
 def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    e = np.exp(x - _max(x, axis))
     return e / e.sum(axis=axis, keepdims=True)
 
 
 def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
-    z = x - x.max(axis=axis, keepdims=True)
+    z = x - _max(x, axis)
     return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
 
 
@@ -215,7 +219,7 @@ def _attention(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndar
     keep = shared.attention_keep(ins, a, np.arange)
     if keep is not None:
         np.copyto(s, np.finfo(s.dtype).min, where=~keep)
-    s -= s.max(axis=-1, keepdims=True)
+    s -= _max(s, -1)
     np.exp(s, out=s)
     s /= s.sum(axis=-1, keepdims=True)
     return np.matmul(s.reshape(b, kv, (h // kv) * n, m), v).reshape(b, h, n, d)

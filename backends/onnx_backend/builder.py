@@ -99,6 +99,23 @@ class Builder:
             return self.ints([static])
         return self.op("Gather", [self.op("Shape", [x]), self.ints([axis])], axis=0)
 
+    def reshape(self, x: str, parts: Sequence[int | str]) -> str:
+        """``x`` reshaped to ``parts``: ints (0 keeps x's size) or 1-D int64 tensors. A
+        run-time shape goes through an Abs (sizes are >= 0) so that ONNX Runtime's reshape
+        fusion cannot turn a computed size into -1, which fails on an empty tensor."""
+        if all(isinstance(p, int) for p in parts):
+            return self.op("Reshape", [x, self.ints(parts)])
+        shape = self.op("Concat", [p if isinstance(p, str) else self.ints([p]) for p in parts],
+                        axis=0)
+        return self.op("Reshape", [x, self.op("Abs", [shape])])
+
+    def refuse(self, x: str, when: str) -> str:
+        """``x`` (float), with the run refused where the boolean ``when [1]`` is true: ONNX
+        has no exceptions, so a Gather out of bounds (ONNX Runtime: "indices element out
+        of data bounds") computes the 0 added to ``x``."""
+        flag = self.op("Cast", [when], to=TensorProto.INT64)
+        return self.op("Add", [x, self.op("Gather", [self.const([0.0]), flag], axis=0)])
+
     def slice(self, x: str, start: int | str, stop: int | str | None, axis: int) -> str:
         """``x[start:stop]`` on ``axis``; bounds are ints or 1-D int64 tensor names."""
         def bound(v: int | str | None, default: int) -> str:

@@ -19,6 +19,7 @@ by a Transpose node on the initializer (ONNX Runtime folds it). The window is gr
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -112,7 +113,12 @@ def _global(op_type: str) -> Rule:
         rank = len(layer.in_shapes[0])
         axes = range(1, rank - 1) if layer.attrs["channels"] == "last" else range(2, rank)
         x = b.cast(layer.ins[0], layer.in_dtypes[0], "float32")
-        return b.reduce(op_type, x, list(axes), keepdims=int(layer.attrs["keep_axes"]))
+        y = b.reduce(op_type, x, list(axes), keepdims=int(layer.attrs["keep_axes"]))
+        if all(layer.in_shapes[0][i] for i in axes):
+            return y
+        # 0 positions: refused at run time, as every backend refuses them
+        n = b.reduce("ReduceProd", b.op("Gather", [b.op("Shape", [x]), b.ints(axes)]), [0])
+        return b.refuse(y, b.op("Equal", [n, b.ints([0])]))
 
     return Rule(fn)
 
@@ -141,9 +147,16 @@ def _group_norm(b: Builder, layer: Layer) -> str:
         perm = [i for i in range(rank) if i != ax] + [ax]
         x = b.op("Transpose", [x], perm=perm)
     last = ax != 1 or rank == 2
-    # channels last: [N, -1, g, C/g] over (1, 3); channel axis 1: [N, g, -1] over (2,)
-    target, axes = ([0, -1, g, c // g], [1, 3]) if last else ([0, g, -1], [2])
-    xg = b.op("Reshape", [x, b.ints(target)])
+    # channels last: [N, S, g, C/g] over (1, 3); channel axis 1: [N, g, C/g * S] over (2,),
+    # S the positions (not -1, which ONNX cannot infer for an empty batch)
+    spatial = [layer.shape[i] for i in range(1, rank) if i != ax]
+    if None not in spatial:
+        n_pos: int | str = math.prod(spatial) * (1 if last else c // g)
+    else:
+        per_sample = b.reduce("ReduceProd", b.slice(b.op("Shape", [x]), 1, None, 0), [0])
+        n_pos = b.op("Div", [per_sample, b.ints([c if last else g])])
+    target, axes = ([0, n_pos, g, c // g], [1, 3]) if last else ([0, g, n_pos], [2])
+    xg = b.reshape(x, target)
     xc = b.op("Sub", [xg, b.reduce("ReduceMean", xg, axes)])
     var = b.reduce("ReduceMean", b.op("Mul", [xc, xc]), axes)
     y = b.op("Div", [xc, b.op("Sqrt", [b.op("Add", [var, b.const(layer.attrs["epsilon"])])])])

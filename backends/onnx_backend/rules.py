@@ -112,9 +112,18 @@ def _concatenate(b: Builder, layer: Layer) -> str:
 
 
 def _reshape(b: Builder, layer: Layer) -> str:
-    # graphdsl's None keeps the input's size at that axis: ONNX's 0 (allowzero=0)
-    target = [0 if d is None else d for d in layer.attrs["shape"]]
-    return b.op("Reshape", [layer.ins[0], b.ints(target)])
+    # graphdsl's None keeps the input's size at that axis: ONNX's 0 (allowzero=0). A -1 is
+    # given (static, else computed), as ONNX cannot infer it for an empty tensor
+    target = [0 if d is None else s if d == -1 and s is not None else d
+              for d, s in zip(layer.attrs["shape"], layer.shape)]
+    if -1 not in target:
+        return b.reshape(layer.ins[0], target)
+    rest = [i for i in range(len(layer.in_shapes[0])) if i >= len(target) or target[i] != 0]
+    size = b.reduce("ReduceProd", b.op("Gather", [b.op("Shape", [layer.ins[0]]),
+                                                  b.ints(rest)]), [0])
+    known = int(np.prod([d for d in target if d not in (0, -1)]))
+    inferred = b.op("Div", [size, b.ints([known])])
+    return b.reshape(layer.ins[0], [inferred if d == -1 else d for d in target])
 
 
 def _transpose(b: Builder, layer: Layer) -> str:
@@ -141,11 +150,13 @@ def _attention(b: Builder, layer: Layer) -> str:
     qs, ks = layer.in_shapes[0], layer.in_shapes[1]
     h, kvh, d = b.dim(q, 1, qs[1]), b.dim(k, 1, ks[1]), b.dim(q, 3, qs[3])
     m = b.dim(k, 2, ks[2])
+    # the sizes the reshapes need, static where known; never -1 (an empty batch has none)
+    H, KV, N, M, D = (s if s is not None else b.dim(t, i, None) for t, i, s in (
+        (q, 1, qs[1]), (k, 1, ks[1]), (q, 2, qs[2]), (k, 2, ks[2]), (q, 3, qs[3])))
     grouped = qs[1] is None or ks[1] is None or qs[1] != ks[1]
     if grouped:
-        rep = b.op("Div", [h, kvh])
-        q = b.op("Reshape", [q, b.op("Concat", [b.ints([0]), kvh, rep, b.ints([-1]), d],
-                                     axis=0)])
+        rep = qs[1] // ks[1] if qs[1] and ks[1] else b.op("Div", [h, kvh])
+        q = b.reshape(q, [0, KV, rep, N, D])
         k, v = b.unsqueeze(k, [2]), b.unsqueeze(v, [2])
     perm = [0, 1, 2, 4, 3] if grouped else [0, 1, 3, 2]
     s = b.op("MatMul", [q, b.op("Transpose", [k], perm=perm)])
@@ -156,18 +167,17 @@ def _attention(b: Builder, layer: Layer) -> str:
         "Sqrt", [b.op("Cast", [_scalar(b, d)], to=TensorProto.FLOAT)])])
     s = b.op("Mul", [s, sc])
     if grouped:
-        s = b.op("Reshape", [s, b.op("Concat", [b.ints([0]), h, b.ints([-1]), m], axis=0)])
+        s = b.reshape(s, [0, H, N, M])
     keep = _keep_mask(b, layer, m)
     if keep is not None:
         low = b.const(np.finfo(np.float32).min)
         s = b.op("Where", [keep, s, low])
     p = b.op("Softmax", [s], axis=-1)
     if grouped:
-        p = b.op("Reshape", [p, b.op("Concat", [b.ints([0]), kvh, rep, b.ints([-1]), m],
-                                     axis=0)])
+        p = b.reshape(p, [0, KV, rep, N, M])
     y = b.op("MatMul", [p, v])
     if grouped:
-        y = b.op("Reshape", [y, b.op("Concat", [b.ints([0]), h, b.ints([-1]), d], axis=0)])
+        y = b.reshape(y, [0, H, N, D])
     return y
 
 

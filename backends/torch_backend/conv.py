@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from graphdsl.windows import Window, kernel_from_hwio, window
 
-from ..base import KernelContext
+from ..base import KernelContext, check_positions
 from .kernels import apply_activation
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -84,6 +84,15 @@ def _spatial(x: torch.Tensor, channels: str) -> tuple[int, ...]:
     return tuple(range(1, x.dim() - 1)) if channels == "last" else tuple(range(2, x.dim()))
 
 
+def _global(fn: Callable) -> Callable:
+    def kernel(ins: list, p: Mapping, a: Mapping, ctx: Any) -> torch.Tensor:
+        x, axes = ins[0], _spatial(ins[0], a["channels"])
+        check_positions(x.shape, axes, ctx.op)
+        return fn(x, axes, keepdim=a["keep_axes"])
+
+    return kernel
+
+
 def _batch_norm(ins: list, p: Mapping, a: Mapping, ctx: Any) -> Any:
     """In a module the running buffers are updated in place by ``F.batch_norm`` (as
     ``nn.BatchNorm`` does); on the functional path the new values are returned."""
@@ -112,10 +121,8 @@ KERNELS: dict[str, Callable] = {
     "conv": _conv,
     "max_pool": _pool(_MAX, float("-inf")),
     "avg_pool": _pool(_AVG, 0.0),
-    "global_avg_pool": lambda ins, p, a, ctx: ins[0].mean(_spatial(ins[0], a["channels"]),
-                                                          keepdim=a["keep_axes"]),
-    "global_max_pool": lambda ins, p, a, ctx: ins[0].amax(_spatial(ins[0], a["channels"]),
-                                                          keepdim=a["keep_axes"]),
+    "global_avg_pool": _global(torch.mean),
+    "global_max_pool": _global(torch.amax),
     "batch_norm": _batch_norm,
     "group_norm": _group_norm,
 }
