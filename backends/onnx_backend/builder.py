@@ -102,12 +102,16 @@ class Builder:
     def reshape(self, x: str, parts: Sequence[int | str]) -> str:
         """``x`` reshaped to ``parts``: ints (0 keeps x's size) or 1-D int64 tensors. A
         run-time shape goes through an Abs (sizes are >= 0) so that ONNX Runtime's reshape
-        fusion cannot turn a computed size into -1, which fails on an empty tensor."""
+        fusion cannot turn a computed size into -1, which fails on an empty tensor; from
+        opset 14 it is read with allowzero=1 (a computed 0 is a 0, not "keep x's size")."""
         if all(isinstance(p, int) for p in parts):
             return self.op("Reshape", [x, self.ints(parts)])
+        zero = {"allowzero": 1} if self.opset >= 14 else {}
+        if zero:
+            parts = [self.dim(x, i) if p == 0 else p for i, p in enumerate(parts)]
         shape = self.op("Concat", [p if isinstance(p, str) else self.ints([p]) for p in parts],
                         axis=0)
-        return self.op("Reshape", [x, self.op("Abs", [shape])])
+        return self.op("Reshape", [x, self.op("Abs", [shape])], **zero)
 
     def refuse(self, x: str, when: str) -> str:
         """``x`` (float), with the run refused where the boolean ``when [1]`` is true: ONNX
