@@ -235,11 +235,12 @@ def _adapter_arrays(g: Graph, n: Node, state: ModelState) -> dict[str, np.ndarra
 
 def _merged_kernel(n: Node, p: dict[str, np.ndarray], layer: str) -> np.ndarray:
     """The dense kernel ``[in, out]`` equal to adapter node ``n`` with parameters ``p``
-    (computed in float64, returned in the base kernel's dtype)."""
+    (computed in the weights' own dtype, as the NumPy backend's cached merged kernel is, so
+    that the zero-norm rule sees the rounding of the stored weights; the columns that
+    cancel are summed in float64 there), returned in the base kernel's dtype."""
     K = base_kernel(p)
-    p64 = {k: np.asarray(v, np.float64) for k, v in p.items()}
     try:
-        W = merged_kernel(n.op, p64, n.attrs)
+        W = merged_kernel(n.op, dict(p), n.attrs)
     except RuleError as e:
         raise e.cls(e.what, layer=layer, op=n.op, where=n.where, fix=e.fix) from None
     return W.astype(K.dtype if K.dtype.kind == "f" else np.float32)
