@@ -99,9 +99,11 @@ def test_token_ids_out_of_range_and_float_ids():
     check(e, InputError, layer="emb", op="embedding", shapes=False)
     with pytest.raises(InputError) as e:
         pred(st, np.array([[0, -1, 2]]))
-    with pytest.raises(InputError) as e:
-        pred(st, np.zeros((1, 3), np.float32))
+    with pytest.raises(InputError) as e:  # whole-number floats read as ids (a float mask)
+        pred(st, np.full((1, 3), 0.5, np.float32))
     check(e, InputError, layer="ids", op="input", shapes=False)
+    np.testing.assert_array_equal(pred(st, np.ones((1, 3), np.float32)),
+                                  pred(st, np.ones((1, 3), np.int64)))
 
 
 # -- construction-time shape checks --------------------------------------------------
