@@ -298,9 +298,10 @@ def _export(args: argparse.Namespace) -> None:
     note = (f" (opset {proto.opset_import[0].version}, inputs "
             f"{', '.join(i.name for i in proto.graph.input)}; outputs "
             f"{', '.join(o.name for o in proto.graph.output)})")
-    if args.output != "-" and is_large(proto):  # over protobuf's 2 GB: a side file
+    if args.output != "-":  # atomic; a side file over protobuf's 2 GB, a stale one removed
         save_model(proto, args.output)
-        print(f"wrote {args.output} and {args.output}.data{note}")
+        side = f" and {args.output}.data" if is_large(proto) else ""
+        print(f"wrote {args.output}{side}{note}")
         return
     write_output(args.output, lambda fh: fh.write(proto.SerializeToString()), "model.onnx",
                  note)

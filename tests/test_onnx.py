@@ -330,6 +330,16 @@ def test_cli_export_of_a_saved_adapted_model(tmp_path):
     assert onnx.load(str(tmp_path / "m20.onnx")).opset_import[0].version == 20
 
 
+def test_cli_export_replaces_a_stale_side_file(tmp_path):
+    src = tmp_path / "m.json"
+    src.write_text(gd.to_json(gd.dense(gd.input("x", (None, 4)), 2, name="fc")))
+    out = tmp_path / "m.onnx"
+    (tmp_path / "m.onnx.data").write_bytes(b"weights of an earlier, larger export")
+    assert main(["export", str(src), "-o", str(out)]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.onnx"]
+    onnx.checker.check_model(onnx.load(str(out)), full_check=True)
+
+
 def test_cli_export_of_a_transformer_keeps_the_optional_inputs_asked(tmp_path, capsys):
     src = tmp_path / "llama.json"
     src.write_text(gd.to_json(_family("llama")))
