@@ -312,7 +312,7 @@ RULES: dict[str, Rule] = {
     "flatten": Rule(lambda b, layer: b.op("Flatten", [layer.ins[0]], axis=1)),
     "transpose": Rule(_transpose),
     "matmul": Rule(_matmul),
-    "attention": Rule(_attention),
+    "attention": Rule(_attention, 14),  # Reshape allowzero: an empty sequence stays empty
     "rms_norm": Rule(_rms_norm),
     "rotary_embedding": Rule(_rotary),
     "slice": Rule(lambda b, layer: b.slice(layer.ins[0], layer.attrs["start"],
