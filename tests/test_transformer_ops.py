@@ -127,6 +127,73 @@ def test_attention_float64_scale_and_full_mask(backend, rng):
     np.testing.assert_allclose(out[0, :, 1], v[0].mean(1), rtol=1e-12)
 
 
+def _probs_model(rate):
+    """Attention (4 heads on 2 k/v heads) with v the identity [m, m]: its output [b, h, n, m]
+    is the attention probabilities themselves."""
+    q, k, v = gd.input("q", (2, 4, 16, 16)), gd.input("k", (2, 2, 16, 16)), gd.input(
+        "v", (2, 2, 16, 16))
+    return gd.attention(q, k, v, dropout=rate, name="att")
+
+
+def _probs_feed(rng):
+    return {"q": _f(rng, 2, 4, 16, 16), "k": _f(rng, 2, 2, 16, 16),
+            "v": np.broadcast_to(np.eye(16, dtype=np.float32), (2, 2, 16, 16)).copy()}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("rate", [0.9, 0.3])
+def test_attention_dropout_on_the_probabilities_in_train_mode(backend, rate, rng):
+    """In train mode a fraction ``rate`` of the probabilities is 0 and the rest are eval's
+    divided by (1 - rate), the mask drawn from the layer's key (same state, same mask; the
+    returned key, a new one); inference ignores it."""
+    model, feed = _probs_model(rate), _probs_feed(rng)
+    init, infer = gd.build(model, backend=backend)
+    st = init()
+    ev = np.asarray(infer(st, feed))
+    np.testing.assert_allclose(ev, run(_probs_model(0.0), None, feed), rtol=1e-6, atol=1e-7)
+    train = gd.build(model, backend=backend, mode="train")[1]
+    one = train(st, feed)
+    y = np.asarray(one["prediction"])
+    kept = y != 0
+    assert abs(1 - kept.mean() - rate) < 0.05
+    np.testing.assert_allclose(y[kept], ev[kept] / (1 - rate), rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(train(st, feed)["prediction"]), y)
+    assert int(one["state"].data["att"]["key"]) != int(st.data["att"]["key"])
+    assert (np.asarray(train(one["state"], feed)["prediction"]) != y).any()
+
+
+@pytest.mark.parametrize("rate", [0.9, 0.3])
+def test_attention_dropout_in_a_torch_module_is_transformers_eager(rate, rng):
+    """to_torch(...).train() drops the probabilities with torch's RNG as transformers'
+    eager_attention_forward(dropout=rate) in training: one seed, the same output."""
+    model, feed = _probs_model(rate), _probs_feed(rng)
+    module = gd.to_torch(model, gd.build(model)[0]()).train()
+    q, k, v = (torch.from_numpy(feed[n]) for n in "qkv")
+    mod = type("M", (), {"num_key_value_groups": 2, "training": True})()
+    torch.manual_seed(3)
+    ref, _ = ml.eager_attention_forward(mod, q, k, v, None, scaling=0.25, dropout=rate)
+    torch.manual_seed(3)
+    got = module(q=q, k=k, v=v)
+    np.testing.assert_allclose(got.detach().numpy(), ref.transpose(1, 2).numpy(),
+                               rtol=1e-6, atol=1e-7)
+    assert abs(float((got == 0).float().mean()) - rate) < 0.05
+    with torch.no_grad():
+        np.testing.assert_allclose(module.eval()(q=q, k=k, v=v).numpy(),
+                                   run(_probs_model(0.0), None, feed), rtol=1e-5, atol=1e-6)
+
+
+def test_attention_dropout_zero_adds_nothing_and_bad_rates_are_refused():
+    q = gd.input("q", (1, 2, 3, 4))
+    plain = gd.attention(q, q, q)
+    assert "dropout" not in plain.attrs and not plain.params
+    assert "dropout" not in gd.to_json(plain)
+    back = gd.from_json(gd.to_json(gd.attention(q, q, q, dropout=0.25, name="a")))
+    assert back.attrs["dropout"] == 0.25 and [p.name for p in back.params] == ["key"]
+    for bad in (1.0, -0.1, "0.1"):
+        with pytest.raises(OptionError, match=r"dropout must be a number in \[0.0, 1.0\)"):
+            gd.attention(q, q, q, dropout=bad)
+
+
 def test_attention_shape_errors():
     def nodes(qs, ks, vs):
         return gd.input("q", qs), gd.input("k", ks), gd.input("v", vs)

@@ -209,7 +209,7 @@ def _custom(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray
 
 
 # -- transformer ops ----------------------------------------------------------------------------
-def _attention(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
+def _attention(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     q, k, v = ins[:3]
     b, h, n, d = q.shape
     kv, m = k.shape[1], k.shape[2]
@@ -222,7 +222,12 @@ def _attention(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndar
     s -= _max(s, -1)
     np.exp(s, out=s)
     s /= s.sum(axis=-1, keepdims=True)
-    return np.matmul(s.reshape(b, kv, (h // kv) * n, m), v).reshape(b, h, n, d)
+    updates = {}
+    if ctx.training and a.get("dropout", 0.0) > 0:  # on the probabilities [b, h, n, m]
+        s, key = inverted_dropout(s, a["dropout"], p["key"])
+        updates = {"key": key}
+    y = np.matmul(s.reshape(b, kv, (h // kv) * n, m), v).reshape(b, h, n, d)
+    return (y, updates) if ctx.training else y
 
 
 def _rms_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:

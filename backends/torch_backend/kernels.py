@@ -197,25 +197,37 @@ def _concatenate(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch
 
 
 # -- transformer ops ----------------------------------------------------------------------------
-def _attention(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
+def _attention(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
+    """softmax(q k^T * scale + mask) @ v; in training with ``dropout`` the probabilities
+    go through :func:`drop` (``(y, {"key": new})`` back outside a module)."""
+    y, updates = _attend(ins, a, p if ctx.training and a.get("dropout", 0.0) > 0 else None,
+                         ctx)
+    return (y, updates) if ctx.training and not ctx.module else y
+
+
+def _attend(ins: list, a: Mapping, p: Mapping | None, ctx: KernelContext
+            ) -> tuple[torch.Tensor, dict]:
     q, k, v = ins[:3]
     b, h, n, d = q.shape
     kv, m = k.shape[1], k.shape[2]
     if len(ins) > 3 and not compiling() and bool((ins[3] != 0).all()):
         ins = ins[:3]  # a mask that keeps everything (transformers' default one): no mask
-    if len(ins) == 3 and (not a["causal"] or (n == m and (a["window"] or m) >= m)):
+    if p is None and len(ins) == 3 and (not a["causal"] or (n == m and (a["window"] or m) >= m)):
         # no mask and a plain causal mask (or none): torch's fused kernel (flash attention
         # on CPU and CUDA), with its GQA (query head i uses k/v head i // (h/kv), as
         # transformers' repeat_kv); less time and memory than the scores matrix
         return F.scaled_dot_product_attention(q, k, v, is_causal=a["causal"],
-                                              scale=a["scale"], enable_gqa=kv != h)
+                                              scale=a["scale"], enable_gqa=kv != h), {}
     s = torch.matmul(shared.grouped_queries(q, kv), k.transpose(-1, -2))  # [b, kv, rep*n, m]
     s = (s * (a["scale"] if a["scale"] is not None else d ** -0.5)).reshape(b, h, n, m)
     keep = shared.attention_keep(ins, a, lambda size: torch.arange(size, device=q.device))
     if keep is not None:
         s = s.masked_fill(~keep, torch.finfo(s.dtype).min)
     w = torch.softmax(s, -1, dtype=torch.promote_types(s.dtype, torch.float32)).to(q.dtype)
-    return torch.matmul(w.reshape(b, kv, (h // kv) * n, m), v).reshape(b, h, n, d)
+    updates: dict = {}
+    if p is not None:  # dropout on the probabilities [b, h, n, m], as transformers does
+        w, updates = drop(w, a["dropout"], p, ctx)
+    return torch.matmul(w.reshape(b, kv, (h // kv) * n, m), v).reshape(b, h, n, d), updates
 
 
 def _rms_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:

@@ -64,7 +64,15 @@ def _attn_attrs(a: dict) -> dict:
     if out["window"] is not None and not out["causal"]:
         raise RuleError("a sliding window needs causal=True",
                         "pass causal=True with window=, or drop window", OptionError)
+    rate = number(a.get("dropout", 0.0), "dropout", 0.0, 1.0, hi_open=True)
+    if rate > 0:  # kept only when on, so graphs (and their JSON) without it are unchanged
+        out["dropout"] = rate
     return out
+
+
+def _attn_params(s: list, a: dict) -> list[ParamSpec]:
+    return ([ParamSpec("key", (), "rng_key", False, kind="state", dtype="uint64")]
+            if a.get("dropout", 0.0) > 0 else [])
 
 
 def _attn_shape(s: list, a: dict) -> tuple:
@@ -98,21 +106,22 @@ def _attn_shape(s: list, a: dict) -> tuple:
 
 
 register_op(OpDef(
-    "attention", _attn_shape, check_attrs=_attn_attrs, arity=(3, 4),
-    infer_dtype=_floats("attention", 3), category="combinator",
+    "attention", _attn_shape, check_attrs=_attn_attrs, arity=(3, 4), params=_attn_params,
+    infer_dtype=_floats("attention", 3), category="combinator", stochastic=True,
     doc="softmax(q @ k^T * scale + mask) @ v on q [batch, heads, q_len, head_dim], "
         "k/v [batch, kv_heads, k_len, head_dim] (heads a multiple of kv_heads: query head i "
         "uses k/v head i // (heads // kv_heads)). Optional 4th input: a keep-mask "
         "broadcastable to [batch, heads, q_len, k_len] (nonzero = may attend). causal: query "
         "i sees keys j <= i + k_len - q_len; window: also i + k_len - q_len - j < window. "
         "Masked scores take the dtype's lowest finite value; scale None = head_dim^-0.5. "
+        "dropout: inverted dropout on the probabilities, train mode only (state: key). "
         "-> [batch, heads, q_len, head_dim].",
 ))
 
 
 def attention(q: Node, k: Node, v: Node, mask: Node | None = None, causal: bool = False,
               scale: float | None = None, window: int | None = None,
-              name: str | None = None) -> Node:
+              name: str | None = None, dropout: float = 0.0) -> Node:
     """Scaled dot-product attention with grouped-query k/v (transformers' eager math).
 
     ``q [batch, heads, q_len, head_dim]``, ``k``/``v [batch, kv_heads, k_len, head_dim]``;
@@ -120,10 +129,15 @@ def attention(q: Node, k: Node, v: Node, mask: Node | None = None, causal: bool 
     (e.g. an int ``attention_mask`` reshaped to ``(None, 1, 1, -1)``); ``causal=True``
     hides later keys; ``window`` (with causal) keeps only the last ``window`` keys
     (Mistral/Qwen2 sliding window). ``scale`` defaults to ``head_dim ** -0.5``.
+    ``dropout`` in [0, 1): inverted dropout on the attention probabilities
+    ``[batch, heads, q_len, k_len]`` in train mode only, as transformers'
+    ``attention_dropout`` (a layer with one draws from its RNG ``key``, like gd.dropout).
     """
     ins = [q, k, v] + ([mask] if mask is not None else [])
-    return make_node("attention", ins, {"causal": causal, "scale": scale, "window": window},
-                     name, where=caller_location())
+    attrs = {"causal": causal, "scale": scale, "window": window}
+    if dropout != 0.0:
+        attrs["dropout"] = dropout
+    return make_node("attention", ins, attrs, name, where=caller_location())
 
 
 # -- rms_norm --------------------------------------------------------------------------------
