@@ -2,7 +2,8 @@
 builds a tiny random transformers model from a config and compares its output with
 graphdsl's NumPy backend, built from the full config and from a config.json that leaves
 out every field at its class default (so graphdsl must know transformers' defaults); or
-asserts the GraphDSLError naming the field. The table itself is checked: every field of
+asserts the GraphDSLError naming the field; the dropout fields also in train mode
+(TRAIN_CASES, one torch seed for both). The table itself is checked: every field of
 each config class is in it, and every row names cases that exist here."""
 from __future__ import annotations
 
@@ -108,6 +109,18 @@ CASES = {
                             "'layer_types' is 'full'"),
 }
 
+# case id: (family, dropout config overrides): train mode (to_torch, one torch seed) equals
+# transformers' train mode, from the full and from the minimal config (class defaults)
+TRAIN_CASES = {
+    "llama-dropout": ("llama", {"attention_dropout": 0.3}),
+    "mistral-dropout": ("mistral", {"attention_dropout": 0.3, "sliding_window": 3}),
+    "qwen2-dropout": ("qwen2", {"attention_dropout": 0.3}),
+    "gpt2-dropout-defaults": ("gpt2", {}),
+    "gpt2-dropout": ("gpt2", {"embd_pdrop": 0.2, "attn_pdrop": 0.3, "resid_pdrop": 0.0}),
+    "bert-dropout-defaults": ("bert", {}),
+    "bert-dropout": ("bert", {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.3}),
+}
+
 
 def _config(family, overrides):
     cls_name, _, base, _ = FAMILIES[family]
@@ -127,11 +140,13 @@ def _minimal(cfg, family, overrides):
     return out
 
 
-def _reference(m, family):
+def _reference(m, family, seed=None):
     feed = {"input_ids": torch.from_numpy(IDS)}
     if family == "bert":
         feed.update(attention_mask=torch.from_numpy(PAD), token_type_ids=torch.from_numpy(
             IDS % 3))
+    if seed is not None:
+        torch.manual_seed(seed)
     with torch.no_grad():
         out = m(**feed, return_dict=True)
     if family == "bert":
@@ -172,6 +187,33 @@ def test_config_field_acts_as_in_transformers(case):
                                        rtol=1e-4, atol=1e-4, err_msg=f"{case} {key}")
 
 
+@pytest.mark.parametrize("case", sorted(TRAIN_CASES))
+def test_dropout_field_acts_in_training_as_in_transformers(case):
+    """The dropout fields act in train mode where and as transformers applies them: with
+    one torch seed, graphdsl's torch module draws the same masks in the same order."""
+    family, overrides = TRAIN_CASES[case]
+    cfg = _config(family, overrides)
+    m = _randomized(cfg, family).train()
+    ref = _reference(m, family, seed=7)
+    ref_eval = _reference(m.eval(), family)
+    key = "last_hidden_state" if family == "bert" else None
+    assert not np.allclose(ref[key] if key else ref, ref_eval[key] if key else ref_eval)
+    _, state = hf.from_transformers(m)
+    feed = {"input_ids": torch.from_numpy(IDS)}
+    if family == "bert":
+        feed.update(attention_mask=torch.from_numpy(PAD), token_type_ids=torch.from_numpy(
+            IDS % 3))
+    for config in (cfg, _minimal(cfg, family, overrides)):
+        module = gd.to_torch(FAMILIES[family][3](config), state).train()
+        torch.manual_seed(7)
+        with torch.no_grad():
+            got = module(**feed)
+        for key in (ref if isinstance(ref, dict) else [None]):
+            np.testing.assert_allclose((got[key] if key else got).numpy(),
+                                       ref[key] if key else ref, rtol=1e-5, atol=1e-5,
+                                       err_msg=f"{case} {key}")
+
+
 def test_mistral_default_window_is_transformers_default():
     """MistralConfig's sliding_window default (4096) applies when config.json has none."""
     default = transformers.MistralConfig().sliding_window
@@ -195,8 +237,8 @@ def test_the_table_covers_every_field_and_each_row_is_tested():
     for field, families, status, tests in rows:
         assert status in ("honoured", "refused", "no effect on the math"), (field, status)
         names = re.findall(r"`([^`]+)`", tests)
-        assert names and all(n in CASES or n == "test_mistral_default_window_is_"
-                             "transformers_default" for n in names), (field, tests)
+        assert names and all(n in CASES or n in TRAIN_CASES or n == "test_mistral_default_"
+                             "window_is_transformers_default" for n in names), (field, tests)
         fams = FAMILIES if families == "all" else [f.strip() for f in families.split(",")]
         for fam in fams:
             assert fam in FAMILIES, (field, fam)
@@ -206,7 +248,8 @@ def test_the_table_covers_every_field_and_each_row_is_tested():
         missing = sorted(f for f in fields if (fam, f) not in covered)
         assert not missing, f"{cls_name} fields not in docs/hf_configs.md: {missing}"
     used = {n for *_x, tests in rows for n in re.findall(r"`([^`]+)`", tests)}
-    assert not set(CASES) - used, f"cases no row names: {sorted(set(CASES) - used)}"
+    unused = sorted((set(CASES) | set(TRAIN_CASES)) - used)
+    assert not unused, f"cases no row names: {unused}"
 
 
 @pytest.mark.parametrize("family", ["llama", "gpt2", "bert"])

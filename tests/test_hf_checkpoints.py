@@ -200,9 +200,11 @@ def test_a_model_built_from_a_config_saves_for_transformers_and_peft(case, tmp_p
     make, cls = BUILT[case]
     model = make()
     rng = np.random.default_rng(0)
+    init = gd.build(model)[0]()  # random weights; dropout RNG keys (uint64) kept
     state = gd.ModelState({layer: {p: rng.normal(1.0 if p == "gamma" else 0.0, 0.3, a.shape
-                                                  ).astype(np.float32) for p, a in ps.items()}
-                           for layer, ps in gd.build(model)[0]().data.items()})
+                                                  ).astype(np.float32) if p != "key" else a
+                                   for p, a in ps.items()}
+                           for layer, ps in init.data.items()}, (), init.entries)
     hf.save_pretrained(tmp_path / "base", model, state)
     back = cls.from_pretrained(tmp_path / "base").eval()
     _close(_out(back), gd.predict(model, state, IDS))

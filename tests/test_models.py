@@ -7,19 +7,22 @@ import numpy as np
 import pytest
 
 import graphdsl as gd
-from graphdsl import models
+from graphdsl import hf, lora, models
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 
 def _state_from_hf(model, hf, conv1d=False):
-    """The ModelState of ``model`` filled from the HF module's state_dict."""
+    """The ModelState of ``model`` filled from the HF module's state_dict (dropout RNG
+    keys, in no checkpoint, made by init)."""
     sd = {k: v.detach().numpy() for k, v in hf.state_dict().items()}
     g_params = gd.get_parameters(model)
     data = {}
     for layer, params in g_params.items():
         for p in params:
+            if p == "key":
+                continue
             node_is_dense = p == "kernel" and f"{layer}.weight" in sd and sd[
                 f"{layer}.weight"].ndim == 2
             hf_name = {"kernel": "weight", "gamma": "weight", "beta": "bias"}.get(p, p)
@@ -28,7 +31,7 @@ def _state_from_hf(model, hf, conv1d=False):
                     ("embed_tokens", "wte", "wpe", "_embeddings")):
                 w = w.T
             data.setdefault(layer, {})[p] = w
-    return gd.ModelState(data)
+    return gd.build(model)[0](initial_state=gd.ModelState(data))
 
 
 def _randomize(hf, seed=0):
@@ -168,3 +171,128 @@ def test_bert_pooler_matches_transformers():
     got = gd.predict(model, st, feed)
     for k in ("last_hidden_state", "pooler_output"):
         np.testing.assert_allclose(got[k], getattr(ref, k).numpy(), rtol=1e-4, atol=1e-4)
+
+
+# -- dropout: where transformers applies it, only in train mode ---------------------------
+DROPOUTS = {  # family: (transformers model, config with distinct rates, output key)
+    "gpt2": (transformers.GPT2LMHeadModel, lambda: transformers.GPT2Config(
+        vocab_size=11, n_positions=8, n_embd=16, n_layer=2, n_head=4, embd_pdrop=0.1,
+        attn_pdrop=0.2, resid_pdrop=0.3, attn_implementation="eager"), "logits"),
+    "bert": (lambda c: transformers.BertModel(c, add_pooling_layer=False),
+             lambda: transformers.BertConfig(
+                 vocab_size=11, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                 intermediate_size=24, max_position_embeddings=8, hidden_dropout_prob=0.15,
+                 attention_probs_dropout_prob=0.25, attn_implementation="eager"),
+             "last_hidden_state"),
+    "llama": (transformers.LlamaForCausalLM, lambda: transformers.LlamaConfig(
+        vocab_size=11, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, attention_dropout=0.3,
+        attn_implementation="eager"), "logits"),
+}
+#: transformers' dropout on the attention probabilities, by module path suffix
+_PROBS = (".attn.attn_dropout", ".attention.self.dropout")
+
+
+def _dropout_family(kind):
+    make, cfg, key = DROPOUTS[kind]
+    hf_model = make(cfg())
+    _randomize(hf_model)
+    model, st = hf.from_transformers(hf_model)
+    return hf_model, model, st, key
+
+
+@pytest.mark.parametrize("kind", sorted(DROPOUTS))
+def test_dropout_layers_are_where_transformers_applies_them(kind):
+    """Each nn.Dropout of transformers (p > 0) is a gd.dropout of that name and rate on
+    the output of the same module; attention-probability dropout (and LLaMA's
+    attention_dropout, a float on self_attn) is the rate of that layer's gd.attention."""
+    hf_model, model, _, _ = _dropout_family(kind)
+    mods = dict(hf_model.named_modules())
+    drops = {n: m.p for n, m in mods.items() if isinstance(m, torch.nn.Dropout) and m.p > 0}
+    probs = [p for n, p in drops.items() if n.endswith(_PROBS)] + [
+        m.attention_dropout for n, m in mods.items() if n.endswith(".self_attn")]
+    g = gd.graph.analyze(model)
+    order = g.order
+    ours = {n.name: n.attrs["rate"] for n in order if n.op == "dropout"}
+    assert ours == {n: p for n, p in drops.items() if not n.endswith(_PROBS)}
+    assert [n.attrs.get("dropout", 0.0) for n in order if n.op == "attention"] == probs
+    assert len(probs) == 2 and min(probs) > 0
+    before = {"transformer.drop": "add", "resid_dropout": "attn.c_proj",
+              "mlp.dropout": "mlp.c_proj", "embeddings.dropout": "embeddings.LayerNorm",
+              "attention.output.dropout": "attention.output.dense",
+              "output.dropout": "output.dense"}
+    for n in order:
+        if n.op == "dropout":  # what it drops: the module transformers' forward drops
+            want = next(v for k, v in before.items() if n.name.endswith(k))
+            src = g.name(n.inputs[0])
+            assert src.startswith(want) or src.endswith(want), (n.name, src)
+
+
+@pytest.mark.parametrize("kind", sorted(DROPOUTS))
+def test_train_mode_drops_as_transformers_with_the_same_torch_seed(kind):
+    """to_torch(...).train() draws its masks from torch's RNG in transformers' order and
+    shapes, so with one seed it equals transformers' train-mode output; eval equals
+    transformers' eval. NumPy's train mode: reproducible from the state's keys, not eval."""
+    hf_model, model, st, key = _dropout_family(kind)
+    feed = {"input_ids": IDS, "attention_mask": PAD}
+    tfeed = {k: torch.from_numpy(v) for k, v in feed.items()}
+    module = gd.to_torch(model, st)
+    with torch.no_grad():
+        ref_eval = getattr(hf_model.eval()(**tfeed), key).numpy()
+        torch.manual_seed(5)
+        ref = getattr(hf_model.train()(**tfeed), key).numpy()
+        torch.manual_seed(5)
+        got = module.train()(**tfeed).numpy()
+        got_eval = module.eval()(**tfeed).numpy()
+    assert np.abs(ref - ref_eval).max() > 1e-2  # dropout is really on in transformers
+    np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(got_eval, ref_eval, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gd.predict(model, st, feed), ref_eval, rtol=1e-4, atol=1e-4)
+    for backend in ("numpy", "torch"):
+        train = gd.build(model, backend=backend, mode="train")[1]
+        one, two = train(st, feed), train(st, feed)
+        a, b = (np.asarray(x["prediction"]) for x in (one, two))
+        np.testing.assert_array_equal(a, b)
+        assert np.abs(a - ref_eval).max() > 1e-2
+        new = one["state"].data
+        assert all(int(new[lay]["key"]) != int(st.data[lay]["key"]) for lay in st.entries)
+        assert np.abs(np.asarray(train(one["state"], feed)["prediction"]) - a).max() > 1e-3
+
+
+def test_dropout_keys_stay_out_of_hugging_face_files(tmp_path):
+    """from_transformers/from_pretrained make the RNG keys (in no checkpoint);
+    save_pretrained and save_peft write none; the files load back in transformers."""
+    peft = pytest.importorskip("peft")
+    hf_model, model, st, _ = _dropout_family("gpt2")
+    assert set(st.entries) == {"transformer.drop", "transformer.h.0.attn.resid_dropout",
+                               "transformer.h.0.mlp.dropout", "transformer.h.1.attn."
+                               "resid_dropout", "transformer.h.1.mlp.dropout",
+                               "attention_0", "attention_1"}
+    hf.save_pretrained(tmp_path / "base", model, st)
+    back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "base").eval()
+    model2, st2 = hf.from_pretrained(tmp_path / "base")
+    assert st2.entries == st.entries
+    with torch.no_grad():
+        ref = back(torch.from_numpy(IDS)).logits.numpy()
+    np.testing.assert_allclose(gd.predict(model2, st2, IDS), ref, rtol=1e-4, atol=1e-4)
+    adapted = lora.adapt(model, targets=["c_attn"], rank=2)
+    hf.save_peft(tmp_path / "adapter", adapted, gd.build(adapted)[0](None, st))
+    import safetensors.numpy as stn
+    saved = stn.load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert saved and all("lora_" in k for k in saved)
+    peft.PeftModel.from_pretrained(back, tmp_path / "adapter")
+
+
+def test_dropout_rates_of_a_config_are_checked_and_zero_adds_nothing():
+    with pytest.raises(gd.GraphDSLError, match="'attn_pdrop' is 1.5, not a dropout rate"):
+        models.gpt2(dict(vocab_size=11, n_positions=8, n_embd=16, n_layer=1, n_head=4,
+                         attn_pdrop=1.5))
+    cfg = dict(vocab_size=11, hidden_size=16, intermediate_size=24, num_hidden_layers=1,
+               num_attention_heads=4)
+    order = gd.graph.analyze(models.llama(cfg)).order  # attention_dropout 0: no state
+    assert not [n for n in order if n.op == "dropout" or n.params and n.op == "attention"]
+    assert all("dropout" not in n.attrs for n in order if n.op == "attention")
+    g2 = gd.graph.analyze(models.gpt2(dict(vocab_size=11, n_positions=8, n_embd=16, n_layer=1,
+                                           n_head=4, embd_pdrop=0.0, attn_pdrop=0.0,
+                                           resid_pdrop=0.0)))
+    assert not [n for n in g2.order if n.op == "dropout" or n.params and n.op == "attention"]

@@ -15,6 +15,7 @@ import numpy as np
 from .. import models
 from ..errors import GraphDSLError, StateError
 from ..graph import Graph, analyze
+from ..initializers import initialize
 from ..io.archive import atomic_writer
 from ..io.json_text import parse_json
 from ..io.weights import (
@@ -146,7 +147,8 @@ def renamed(keys: Iterable[str], arch: str) -> dict[str, str]:
 def state_from_tensors(model: Node, tensors: Mapping[str, np.ndarray], conv1d: bool,
                        source: str) -> ModelState:
     """The model's ModelState from Hugging Face tensors ``{key: array}``; every key and
-    shape is checked, and a missing or extra key is a StateError naming it."""
+    shape is checked, and a missing or extra key is a StateError naming it. Dropout RNG
+    keys (state entries, not weights) are created from seed 0."""
     g = analyze(model)
     keys = key_map(g, conv1d)
     wanted = {hf for hf, _ in keys.values()}
@@ -159,7 +161,14 @@ def state_from_tensors(model: Node, tensors: Mapping[str, np.ndarray], conv1d: b
                          f"{missing[:10]}, unexpected {extra[:10]}",
                          fix="check that config.json and the weights belong together")
     data: dict[str, dict[str, np.ndarray]] = {}
-    for (layer, param), (hf, transpose) in keys.items():
+    entries: dict[str, list[str]] = {}
+    for (layer, param), spec in g.params.items():
+        if spec.kind == "state":  # a dropout layer's RNG key: in no checkpoint, so seed 0
+            data.setdefault(layer, {})[param] = initialize(
+                spec.initializer, spec.shape, spec.dtype or "float32", 0, layer, param)
+            entries.setdefault(layer, []).append(param)
+            continue
+        hf, transpose = keys[(layer, param)]
         arr = np.asarray(tensors[hf])
         arr = arr.T if transpose else arr
         want = g.params[(layer, param)].shape
@@ -168,7 +177,7 @@ def state_from_tensors(model: Node, tensors: Mapping[str, np.ndarray], conv1d: b
                              f"{tuple(want)[::-1] if transpose else tuple(want)}",
                              layer=layer, fix="check the config's sizes")
         data.setdefault(layer, {})[param] = arr.astype(np.float32, copy=False)
-    return ModelState(data)
+    return ModelState(data, (), entries)
 
 
 def from_transformers(hf_model: Any) -> tuple[Node, ModelState]:

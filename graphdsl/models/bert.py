@@ -9,7 +9,7 @@ from typing import Any
 import graphdsl as gd
 
 from ..node import Node
-from .common import activate, heads, merge_heads, padding_mask, token_inputs
+from .common import activate, dropout, heads, merge_heads, padding_mask, token_inputs
 from .config import Config
 
 
@@ -18,7 +18,8 @@ def bert(config: Any, add_pooling_layer: bool = False) -> Node:
     post-norm encoder blocks with erf GELU (causal attention when ``is_decoder``). With
     ``add_pooling_layer`` (the pooler: dense + tanh on the first token) the output is a
     container ``{"last_hidden_state", "pooler_output [batch, hidden]"}``, else
-    ``last_hidden_state``."""
+    ``last_hidden_state``. ``hidden_dropout_prob`` and ``attention_probs_dropout_prob`` act
+    in train mode where transformers applies them."""
     c = Config(config, "bert")
     vocab, hidden = c.get("vocab_size"), c.get("hidden_size")
     n_layers, n_heads = c.get("num_hidden_layers"), c.get("num_attention_heads")
@@ -36,6 +37,7 @@ def bert(config: Any, add_pooling_layer: bool = False) -> Node:
     if hidden % n_heads:
         raise c.unsupported("num_attention_heads", n_heads, f"a divisor of {hidden}")
     head_dim = hidden // n_heads
+    drop, attn_drop = c.rate("hidden_dropout_prob"), c.rate("attention_probs_dropout_prob")
 
     ins = token_inputs(c, token_types=True)
     mask = padding_mask(ins["attention_mask"])
@@ -44,17 +46,19 @@ def bert(config: Any, add_pooling_layer: bool = False) -> Node:
                         name="embeddings.position_embeddings")
          + gd.embedding(ins["token_type_ids"], n_types, hidden,
                         name="embeddings.token_type_embeddings"))
-    h = gd.layer_norm(e, epsilon=eps, name="embeddings.LayerNorm")
+    h = dropout(gd.layer_norm(e, epsilon=eps, name="embeddings.LayerNorm"), drop,
+                "embeddings.dropout")
     for i in range(n_layers):
         p = f"encoder.layer.{i}"
         q, k, v = (heads(gd.dense(h, hidden, name=f"{p}.attention.self.{t}"), n_heads,
                          head_dim) for t in ("query", "key", "value"))
-        a = merge_heads(gd.attention(q, k, v, mask=mask, causal=causal))
-        h = gd.layer_norm(gd.dense(a, hidden, name=f"{p}.attention.output.dense") + h,
-                          epsilon=eps, name=f"{p}.attention.output.LayerNorm")
+        a = merge_heads(gd.attention(q, k, v, mask=mask, causal=causal, dropout=attn_drop))
+        a = dropout(gd.dense(a, hidden, name=f"{p}.attention.output.dense"), drop,
+                    f"{p}.attention.output.dropout")
+        h = gd.layer_norm(a + h, epsilon=eps, name=f"{p}.attention.output.LayerNorm")
         f = activate(gd.dense(h, inter, name=f"{p}.intermediate.dense"), act)
-        h = gd.layer_norm(gd.dense(f, hidden, name=f"{p}.output.dense") + h, epsilon=eps,
-                          name=f"{p}.output.LayerNorm")
+        f = dropout(gd.dense(f, hidden, name=f"{p}.output.dense"), drop, f"{p}.output.dropout")
+        h = gd.layer_norm(f + h, epsilon=eps, name=f"{p}.output.LayerNorm")
     if not add_pooling_layer:
         return h
     first = gd.reshape(gd.slice(h, 0, 1, axis=1), (None, hidden))

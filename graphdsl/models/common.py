@@ -42,3 +42,9 @@ def activate(x: Node, act: tuple[str, dict]) -> Node:
     """An activation ``(op, options)`` from :data:`config.ACTIVATIONS`."""
     op, opts = act
     return getattr(gd, op)(x, **opts)
+
+
+def dropout(x: Node, rate: float, name: str) -> Node:
+    """``gd.dropout(x, rate, name)`` (train mode only), or ``x`` itself when ``rate`` is 0:
+    a model whose config turns dropout off has no dropout layer."""
+    return gd.dropout(x, rate, name=name) if rate > 0 else x

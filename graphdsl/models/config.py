@@ -23,7 +23,8 @@ _KINDS = {int: "integer", float: "number", bool: "boolean", str: "string", dict:
 _LLAMA = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
           "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": None,
           "head_dim": None, "hidden_act": "silu", "rms_norm_eps": 1e-6,
-          "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False}
+          "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False,
+          "attention_dropout": 0.0}
 #: the math-relevant defaults of transformers 5.x' config classes, by ``model_type``
 DEFAULTS: dict[str, dict[str, Any]] = {
     "llama": _LLAMA,
@@ -36,11 +37,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
              "n_head": 12, "n_inner": None, "activation_function": "gelu_new",
              "layer_norm_epsilon": 1e-5, "scale_attn_weights": True,
              "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False,
-             "tie_word_embeddings": True},
+             "tie_word_embeddings": True, "resid_pdrop": 0.1, "embd_pdrop": 0.1,
+             "attn_pdrop": 0.1},
     "bert": {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
              "num_attention_heads": 12, "intermediate_size": 3072, "hidden_act": "gelu",
              "max_position_embeddings": 512, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
-             "is_decoder": False, "add_cross_attention": False},
+             "is_decoder": False, "add_cross_attention": False, "hidden_dropout_prob": 0.1,
+             "attention_probs_dropout_prob": 0.1},
 }
 
 
@@ -92,6 +95,15 @@ class Config:
     def flag(self, key: str) -> bool:
         """A boolean field (``attention_bias``, ``is_decoder``, ...)."""
         return self.get(key, False, bool)
+
+    def rate(self, key: str) -> float:
+        """A dropout probability in [0, 1) (``attention_dropout``, ``resid_pdrop``, ...)."""
+        value = float(self.get(key, 0.0, (int, float)))
+        if not 0.0 <= value < 1.0:
+            raise GraphDSLError(f"models.{self.family}: config.json field {key!r} is "
+                                f"{value!r}, not a dropout rate in [0, 1)",
+                                fix=f"set {key!r} to a number in [0, 1), e.g. 0.1")
+        return value
 
     def unsupported(self, key: str, value: Any, allowed: str) -> GraphDSLError:
         return GraphDSLError(f"models.{self.family}: config {key}={value!r} is not supported",

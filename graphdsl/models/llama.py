@@ -61,6 +61,7 @@ def llama(config: Any) -> Node:
     o_bias = kind == "llama" and c.flag("attention_bias")
     mlp_bias = kind == "llama" and c.flag("mlp_bias")
     windows = _windows(c, n_layers)
+    attn_drop = c.rate("attention_dropout")  # on the probabilities, train mode only
 
     ins = token_inputs(c)
     pos, mask = ins["position_ids"], padding_mask(ins["attention_mask"])
@@ -75,7 +76,7 @@ def llama(config: Any) -> Node:
         q = gd.rotary_embedding(heads(q, n_heads, head_dim), pos, theta=theta)
         k = gd.rotary_embedding(heads(k, n_kv, head_dim), pos, theta=theta)
         a = gd.attention(q, k, heads(v, n_kv, head_dim), mask=mask, causal=True,
-                         window=windows[i])
+                         window=windows[i], dropout=attn_drop)
         h = h + gd.dense(merge_heads(a), hidden, use_bias=o_bias, name=f"{p}.self_attn.o_proj")
         x = gd.rms_norm(h, epsilon=eps, name=f"{p}.post_attention_layernorm")
         gate = activate(gd.dense(x, inter, use_bias=mlp_bias, name=f"{p}.mlp.gate_proj"), act)
