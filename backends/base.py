@@ -5,18 +5,19 @@ turns a :class:`graphdsl.compiler.Plan` into ``run(state, inputs) -> (output, up
 
 A kernel is ``kernel(inputs, params, attrs, ctx) -> array``: ``inputs`` the parent
 arrays in order, ``params`` the layer's parameters by local name (``kernel``, ``bias``,
-``A`` ...), ``attrs`` the op's checked attributes. A stochastic op in training returns
-``(array, {state entry: new value})``.
+``A`` ...), ``attrs`` the op's checked attributes. A kernel that changes its layer's
+state entries (dropout's RNG key, batch-norm statistics, a recurrent state) returns
+:class:`Stateful` ``(array, {entry: new value})`` instead, in any mode; the runner
+collects the new values and a ``to_torch`` module writes them to its buffers.
 """
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from graphdsl.errors import BackendError, InputError, RuleError
-from graphdsl.registry import OPS
 
 Kernel = Callable[[list, Mapping[str, Any], Mapping[str, Any], "KernelContext"], Any]
 
@@ -32,6 +33,20 @@ class KernelContext:
     op: str
     xp: Any
     cache: dict = field(default_factory=dict)
+
+
+class Stateful(NamedTuple):
+    """What a kernel returns when it changes state (Axon's ``StatefulOutput``): its
+    ``output`` and ``updates``, ``{local entry name: new value}`` of the layer's state
+    entries."""
+
+    output: Any
+    updates: Mapping[str, Any]
+
+
+def with_updates(y: Any, updates: Mapping[str, Any]) -> Any:
+    """``y`` as a kernel returns it: :class:`Stateful` when ``updates`` is not empty."""
+    return Stateful(y, updates) if updates else y
 
 
 _EMPTY: Mapping[str, Any] = {}
@@ -51,11 +66,13 @@ def plan_runner(plan: Any, kernels: Mapping[str, Kernel],
                 make_ctx: Callable[[Any], KernelContext],
                 fetch: Callable[[Any, Mapping], Mapping[str, Any]],
                 convert_input: Callable[[Any, bool, str, Any], Any],
-                copy: Callable[[Any], Any]) -> Callable[[Any, list], tuple[Any, dict]]:
+                copy: Callable[[Any], Any], to_state: Callable[[Any], Any] = lambda v: v
+                ) -> Callable[[Any, list], tuple[Any, dict]]:
     """The executor every backend shares: a flat loop of kernel calls over numbered slots.
 
     ``fetch(step, state.data)`` returns the step's parameters by local name (checked and
-    converted for the backend); ``convert_input(array, is_int, name, node)`` one input.
+    converted for the backend); ``convert_input(array, is_int, name, node)`` one input;
+    ``to_state(value)`` a new state value as the ModelState holds it (a NumPy array).
     Each intermediate is released after its last use; an exception inside a kernel comes
     back as a GraphDSLError naming the layer. An output that may share the model's memory
     (``plan.copy_out``) is returned as ``copy(array)``, so editing it changes nothing.
@@ -63,7 +80,8 @@ def plan_runner(plan: Any, kernels: Mapping[str, Kernel],
     Returns ``run(state, arrays)``: ``arrays`` one per model input in ``plan.inputs``
     order, each of the shape that input declares (None axes any size); it returns
     ``(output, updates)``, the output of the model's output shape (a tuple or dict for a
-    container) and ``{(layer, entry): new value}`` of state entries (train mode).
+    container) and ``{(layer, entry): new value}`` of the state entries that kernels
+    changed (:class:`Stateful`).
     """
     prog = []
     for step in plan.steps:
@@ -71,8 +89,9 @@ def plan_runner(plan: Any, kernels: Mapping[str, Kernel],
             raise plan.step_error(step, f"this backend has no kernel for op {step.op!r}",
                                   "register one with the backend's register_kernel",
                                   cls=BackendError)
+        refs = {r.local: (r.owner, r.name) for r in step.params}
         prog.append((kernels[step.op], step, step.ins, step.out, step.free, step.attrs,
-                     make_ctx(step), plan.training and OPS[step.op].stochastic))
+                     make_ctx(step), refs))
     inputs = [(slot, node.dtype.startswith("int"), name, node)
               for name, slot, node in plan.inputs]
     n_slots, out_slot = plan.n_slots, plan.output
@@ -85,14 +104,13 @@ def plan_runner(plan: Any, kernels: Mapping[str, Kernel],
         updates: dict = {}
         step = None
         try:
-            for kern, step, ins, out, free, attrs, ctx, stateful in prog:
+            for kern, step, ins, out, free, attrs, ctx, refs in prog:
                 p = fetch(step, data) if step.params else _EMPTY
                 y = kern([slots[i] for i in ins], p, attrs, ctx)
-                if stateful:
+                if type(y) is Stateful:
                     y, new = y
                     for local, value in new.items():
-                        ref = next(r for r in step.params if r.local == local)
-                        updates[(ref.owner, ref.name)] = value
+                        updates[refs[local]] = to_state(value)
                 slots[out] = y
                 for f in free:
                     slots[f] = None

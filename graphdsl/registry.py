@@ -60,7 +60,6 @@ class OpDef:
     arity: Any = 1
     doc: str = ""
     infer_dtype: Callable[[Sequence[str], Mapping[str, Any]], str] = _same_dtype
-    stochastic: bool = False  # behaves differently in training (dropout)
     category: str = "layer"
     # may the output share memory with: "none" (always a new array), "inputs" (an input
     # or a view of one: reshape, dropout, ...), "model" (the model's own memory: constant)

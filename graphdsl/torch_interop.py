@@ -25,12 +25,11 @@ import numpy as np
 from . import torch_blocks as tblocks
 from .adapters.contract import is_adapter
 from .arrays import as_numpy
-from .backends.base import copy_outputs
+from .backends.base import Stateful, copy_outputs
 from .compiler import InputChecker, make_plan
 from .errors import BackendError, GraphDSLError, InputError, StateError, fmt_shape
 from .graph import check_input_names, check_known_keys, state_value
 from .node import Node
-from .registry import OPS
 from .state import ModelState
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -265,7 +264,8 @@ def _generate(plan: Any, tdtype: Any, blocks: dict[str, tuple[int, int]]
     function}``."""
     from graphdsl.backends import torch_backend as tb
 
-    glb: dict[str, Any] = {"_bind": _bind, "_compiling": tb.compiling}
+    glb: dict[str, Any] = {"_bind": _bind, "_compiling": tb.compiling,
+                           "_write_state": _write_state}
     for i, step in enumerate(plan.steps):
         if step.op not in tb.KERNELS:
             raise plan.step_error(step, f"the torch backend has no kernel for op {step.op!r}",
@@ -274,11 +274,11 @@ def _generate(plan: Any, tdtype: Any, blocks: dict[str, tuple[int, int]]
         glb[f"_k{i}"] = tb.KERNELS[step.op]
         glb[f"_a{i}"] = dict(step.attrs)
         ctxs = tuple(tb.TorchContext(tr, tdtype, step.name, step.op, __import__("torch"),
-                                     where=step.node.where, module=True)
+                                     where=step.node.where, torch_rng=True)
                      for tr in (False, True))
         for c in ctxs[1:]:
             c.cache = ctxs[0].cache  # one cache per layer (e.g. colsum(K*K))
-        glb[f"_c{i}"] = ctxs if OPS[step.op].stochastic else ctxs[0]
+        glb[f"_c{i}"] = ctxs
 
     def step_line(i: int, local: dict[str, str]) -> str:
         step = plan.steps[i]
@@ -288,10 +288,13 @@ def _generate(plan: Any, tdtype: Any, blocks: dict[str, tuple[int, int]]
             items.append(f"{ref.local!r}: {local[ref.owner]}.{coll}[{ref.name!r}]")
         if step.op == "constant":
             items.append(f"'value': {local[step.name]}._buffers['value']")
-        ctx_expr = f"_c{i}[_tr]" if OPS[step.op].stochastic else f"_c{i}"
         ins = ", ".join(f"v{s}" for s in step.ins)
-        return (f"    v{step.out} = _k{i}([{ins}], {{{', '.join(items)}}}, _a{i}, "
-                f"{ctx_expr})  # {step.name} ({step.op})")
+        call = f"_k{i}([{ins}], {{{', '.join(items)}}}, _a{i}, _c{i}[_tr])"
+        bufs = [f"{r.local!r}: {local[r.owner]}._buffers[{r.name!r}]"
+                for r in step.params if r.kind == "state"]
+        if bufs:  # the kernel may return Stateful: its new values go to these buffers
+            call = f"_write_state({call}, {{{', '.join(bufs)}}})"
+        return f"    v{step.out} = {call}  # {step.name} ({step.op})"
 
     root = tblocks.layout(plan, blocks)
     in_vars = [f"v{slot}" for _, slot, _ in plan.inputs]
@@ -319,6 +322,20 @@ def _generate(plan: Any, tdtype: Any, blocks: dict[str, tuple[int, int]]
     linecache.cache[fname] = (len(code), None, code.splitlines(True), fname)
     exec(compile(code, fname, "exec"), glb)
     return code, glb, {f.path: glb[f"block{j}"] for j, f in enumerate(funcs)}
+
+
+def _write_state(y: Any, buffers: dict[str, Any]) -> Any:
+    """The output of a kernel's result ``y``; the new state values of a
+    :class:`~graphdsl.backends.base.Stateful` ``y`` are copied into the module's
+    ``buffers`` (``{local entry name: buffer}``), the one place a module's state changes."""
+    if type(y) is not Stateful:
+        return y
+    torch = _torch()
+    with torch.no_grad():
+        for local, value in y.updates.items():
+            buf = buffers[local]
+            buf.copy_(torch.as_tensor(value).to(buf.device, buf.dtype))
+    return y.output
 
 
 def _locate(module: Any, exc: Exception) -> GraphDSLError:

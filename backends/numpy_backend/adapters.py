@@ -30,7 +30,7 @@ from graphdsl.adapters._math import (
 from graphdsl.adapters.contract import base_kernel, flat_A, flat_kernel, layer_of, merged_kernel
 from graphdsl.windows import kernel_hwio
 
-from ..base import KernelContext
+from ..base import KernelContext, with_updates
 from .conv import conv_forward, conv_window, from_last, im2col, to_last
 from .kernels import apply_activation, embed, inverted_dropout
 
@@ -117,7 +117,7 @@ def _embedding_adapter(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
         if W is not None:
             y[..., cols] = embed(ids, W)
         y *= r
-    return y, {}
+    return y
 
 
 def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
@@ -148,7 +148,7 @@ def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
         y += (r * sd) * ((xd2 @ A2) @ B)
         if W is not None:
             y[:, cols] = (x2 - xd2) @ K2[:, cols] + r[cols] * (xd2 @ W)
-    return _finish(y, b, a, back), updates
+    return with_updates(_finish(y, b, a, back), updates)
 
 
 def _lora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
@@ -163,7 +163,7 @@ def _lora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     x2, xd2, updates, back = _rows(x, a, p)
     y = x2 @ flat_kernel(K, a)
     y += np.asarray(a["scale"], x.dtype) * (((x2 if xd2 is None else xd2) @ flat_A(A)) @ B)
-    return _finish(y, b, a, back), updates
+    return with_updates(_finish(y, b, a, back), updates)
 
 
 KERNELS: dict[str, Callable] = {"dora": _dora, "lora": _lora}

@@ -19,7 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from graphdsl.errors import RuleError
 from graphdsl.windows import Window, kernel_hwio, window
 
-from ..base import KernelContext, check_positions
+from ..base import KernelContext, Stateful, check_positions
 from .kernels import apply_activation
 
 
@@ -174,7 +174,7 @@ def _batch_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     shift = p["beta"] - mean * scale
     y = x * _along(scale, x.ndim, ax)
     y += _along(shift, x.ndim, ax)
-    return (y, new) if ctx.training else y
+    return Stateful(y, new) if ctx.training else y
 
 
 def _group_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:

@@ -13,7 +13,7 @@ import numpy as np
 from graphdsl.errors import InputError, RuleError
 
 from .. import shared
-from ..base import KernelContext
+from ..base import KernelContext, Stateful, with_updates
 
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
 _ERF_SERIES_TERMS = 60  # both expansions converge to float64 round-off within 60 terms
@@ -161,9 +161,9 @@ def inverted_dropout(x: np.ndarray, rate: float, key: Any) -> tuple[np.ndarray, 
 def _dropout(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     x = ins[0]
     if not ctx.training or a["rate"] == 0.0:
-        return (x, {}) if ctx.training else x
+        return x
     y, key = inverted_dropout(x, a["rate"], p["key"])
-    return y, {"key": key}
+    return Stateful(y, {"key": key})
 
 
 def _layer_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
@@ -227,7 +227,7 @@ def _attention(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
         s, key = inverted_dropout(s, a["dropout"], p["key"])
         updates = {"key": key}
     y = np.matmul(s.reshape(b, kv, (h // kv) * n, m), v).reshape(b, h, n, d)
-    return (y, updates) if ctx.training else y
+    return with_updates(y, updates)
 
 
 def _rms_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:

@@ -103,7 +103,12 @@ class TorchBackend(Backend):
             state_fetch(plan, convert),
             lambda a, is_int, name, node: _convert_input(a, is_int, dtype, dev, name,
                                                                  node),
-            lambda t: t.clone())
+            lambda t: t.clone(), _to_state)
+
+
+def _to_state(v: Any) -> Any:
+    """A new state value from a kernel as the ModelState holds it (NumPy)."""
+    return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
 
 
 def state_tensor(arr: np.ndarray, device: torch.device, dtype: Any) -> torch.Tensor:

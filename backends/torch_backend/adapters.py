@@ -13,9 +13,8 @@ import torch.nn.functional as F
 
 from graphdsl.adapters._math import ZERO_NORM_ULPS, exact_norm_tau
 from graphdsl.adapters.contract import base_kernel, flat_A, flat_kernel, layer_of
-from graphdsl.registry import OPS
 
-from ..base import KernelContext
+from ..base import KernelContext, with_updates
 from .conv import conv_first, from_first, to_first, torch_weight
 from .kernels import apply_activation, compiling, drop, fail, linear
 
@@ -122,12 +121,6 @@ def _adapter_params(p: Mapping) -> tuple:
     return base_kernel(p), p.get("bias"), p["A"], p["B"]
 
 
-def _with_updates(y: torch.Tensor, ctx: KernelContext, updates: dict) -> Any:
-    if ctx.training and not ctx.module and OPS[ctx.op].stochastic:
-        return y, updates
-    return y
-
-
 class _DoRAFactored(torch.autograd.Function):
     """DoRA with a detached norm as one autograd node: ``y = (m/c) * (x@K + s*(x@A)@B) + b``
     and its hand-written backward, c treated as a constant (PEFT's and the paper's
@@ -196,7 +189,7 @@ def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
         y = _DoRAFactored.apply(x2, K, b, A, B, m, s,
                                 lambda c2, noise: _finish_norm(c2, noise, a.get("eps"), ctx))
         y = apply_activation(y.reshape(*lead, K.shape[1]), a.get("activation"))
-        return _with_updates(y, ctx, {})
+        return y
     updates: dict = {}
     if dropping:
         xd, updates = drop(x2, rate, p, ctx)
@@ -224,7 +217,7 @@ def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     else:
         y = h * scale
     y = apply_activation(y.reshape(*lead, K.shape[1]), a.get("activation"))
-    return _with_updates(y, ctx, updates)
+    return with_updates(y, updates)
 
 
 def _lora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
@@ -243,7 +236,7 @@ def _lora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
         xd, updates = drop(x2, rate, p, ctx)
     y = torch.addmm(linear(x2, K, b), xd @ A, B, alpha=s)
     y = apply_activation(y.reshape(*lead, K.shape[1]), a.get("activation"))
-    return _with_updates(y, ctx, updates)
+    return with_updates(y, updates)
 
 
 def _norm_ratio(K: torch.Tensor, A: torch.Tensor, B: torch.Tensor, m: torch.Tensor,
@@ -274,7 +267,7 @@ def _conv_or_embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
         y = F.embedding(x, K) + s * (F.embedding(x, A) @ B)
         if cols is not None:
             y = y.index_copy(-1, cols, F.embedding(x, W).to(y.dtype))
-        return _with_updates(y if r is None else y * r, ctx, {})
+        return y if r is None else y * r
     ch = a["channels"]
     xf = to_first(x, ch)
     updates: dict = {}
@@ -298,7 +291,7 @@ def _conv_or_embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
     if b is not None:
         y = y + b.reshape(-1, *([1] * (y.dim() - 2)))
     y = apply_activation(from_first(y, ch), a.get("activation"))
-    return _with_updates(y, ctx, updates)
+    return with_updates(y, updates)
 
 
 KERNELS: dict[str, Callable] = {"dora": _dora, "lora": _lora}

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from graphdsl.windows import Window, kernel_from_hwio, window
 
-from ..base import KernelContext, check_positions
+from ..base import KernelContext, Stateful, check_positions
 from .kernels import apply_activation
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -94,20 +94,18 @@ def _global(fn: Callable) -> Callable:
 
 
 def _batch_norm(ins: list, p: Mapping, a: Mapping, ctx: Any) -> Any:
-    """In a module the running buffers are updated in place by ``F.batch_norm`` (as
-    ``nn.BatchNorm`` does); on the functional path the new values are returned."""
+    """In training, the batch statistics and the new running ``mean``/``var`` as
+    ``nn.BatchNorm`` computes them, returned as state updates (a module writes them to
+    its buffers); the given running values are never written."""
     x = ins[0]
     ax = a["axis"] % x.dim()
     xf = x.movedim(ax, 1)
     rm, rv = p["mean"], p["var"]
-    functional = ctx.training and not ctx.module
-    if functional:  # never write into the ModelState's memory
+    if ctx.training:  # F.batch_norm updates the running values in place: on copies
         rm, rv = rm.clone(), rv.clone()
     y = F.batch_norm(xf, rm, rv, p["gamma"], p["beta"], ctx.training, a["momentum"],
                      a["epsilon"]).movedim(1, ax)
-    if functional:
-        return y, {"mean": rm.detach().cpu().numpy(), "var": rv.detach().cpu().numpy()}
-    return y
+    return Stateful(y, {"mean": rm, "var": rv}) if ctx.training else y
 
 
 def _group_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:

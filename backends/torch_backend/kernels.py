@@ -12,10 +12,11 @@ Two ways to run a plan:
 * :func:`graphdsl.to_torch` lowers the plan to an ``nn.Module`` whose forward is
   generated straight-line code calling these kernels (see ``graphdsl/torch_interop.py``).
 
-A kernel is ``kernel(inputs, params, attrs, ctx) -> tensor``. In a module
-(``ctx.module``) stochastic kernels use torch's RNG and return only the tensor; in
-``build(..., mode="train")`` dropout draws from the layer's ``key`` state entry and
-returns ``(tensor, {"key": new_key})`` like the NumPy backend.
+A kernel is ``kernel(inputs, params, attrs, ctx) -> tensor``, or
+:class:`~graphdsl.backends.base.Stateful` ``(tensor, {entry: new value})`` when it changes
+state. In ``build(..., mode="train")`` dropout draws from the layer's ``key`` state entry
+and returns the new key, like the NumPy backend; in a module (``ctx.torch_rng``) it draws
+from torch's RNG, as ``nn.Dropout`` does.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from graphdsl.errors import GraphDSLError, InputError
 
 from .. import shared
-from ..base import KernelContext
+from ..base import KernelContext, with_updates
 
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -38,11 +39,13 @@ _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 @dataclass
 class TorchContext(KernelContext):
     """KernelContext plus what torch kernels need: where the layer was defined (for
-    errors), the device (functional path), and whether it runs inside an nn.Module."""
+    errors), the device (functional path), and where dropout draws its randomness:
+    torch's global RNG (``torch_rng``, in a ``to_torch`` module, as ``nn.Dropout``) or the
+    layer's ``key`` state entry (reproducible, and equal to the NumPy backend's)."""
 
     where: str | None = None
     device: Any = None
-    module: bool = False
+    torch_rng: bool = False
 
 
 def compiling() -> bool:
@@ -108,9 +111,10 @@ def _seeded_mask(shape: tuple, rate: float, key: Any, device: Any
 
 def drop(x: torch.Tensor, rate: float, p: Mapping, ctx: KernelContext
           ) -> tuple[torch.Tensor, dict]:
-    """Inverted dropout of ``x`` (any shape; same shape back): torch's RNG in a module,
-    the layer's key state entry otherwise; returns ``(y, {state entry: new value})``."""
-    if ctx.module or "key" not in p:
+    """Inverted dropout of ``x`` (any shape; same shape back): torch's RNG
+    (``ctx.torch_rng``), the layer's key state entry otherwise; returns
+    ``(y, {state entry: new value})``."""
+    if ctx.torch_rng or "key" not in p:
         return F.dropout(x, rate, True), {}
     keep, new = _seeded_mask(tuple(x.shape), rate, p["key"], x.device)
     return torch.where(keep, x / (1.0 - rate), torch.zeros((), dtype=x.dtype,
@@ -119,12 +123,9 @@ def drop(x: torch.Tensor, rate: float, p: Mapping, ctx: KernelContext
 
 def _dropout(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     x = ins[0]
-    if not ctx.training:
+    if not ctx.training or a["rate"] == 0.0:
         return x
-    if a["rate"] == 0.0:
-        return x if ctx.module else (x, {})
-    y, new = drop(x, a["rate"], p, ctx)
-    return y if ctx.module else (y, new)
+    return with_updates(*drop(x, a["rate"], p, ctx))
 
 
 def _layer_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
@@ -199,10 +200,9 @@ def _concatenate(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch
 # -- transformer ops ----------------------------------------------------------------------------
 def _attention(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     """softmax(q k^T * scale + mask) @ v; in training with ``dropout`` the probabilities
-    go through :func:`drop` (``(y, {"key": new})`` back outside a module)."""
-    y, updates = _attend(ins, a, p if ctx.training and a.get("dropout", 0.0) > 0 else None,
-                         ctx)
-    return (y, updates) if ctx.training and not ctx.module else y
+    go through :func:`drop`."""
+    return with_updates(*_attend(ins, a, p if ctx.training and a.get("dropout", 0.0) > 0
+                                 else None, ctx))
 
 
 def _attend(ins: list, a: Mapping, p: Mapping | None, ctx: KernelContext

@@ -192,7 +192,7 @@ def _params(op: str):
 
 
 register_op(OpDef(
-    "dora", _shape, params=_params("dora"), check_attrs=_check("dora"), stochastic=True,
+    "dora", _shape, params=_params("dora"), check_attrs=_check("dora"),
     infer_dtype=_dtype,
     category="adapter", extra={"merge": dora_merge},
     doc="DoRA (Liu et al. 2024): y = act((m / c) * (x @ K + s * (x @ A) @ B) + b), "
@@ -203,7 +203,7 @@ register_op(OpDef(
 ))
 
 register_op(OpDef(
-    "lora", _shape, params=_params("lora"), check_attrs=_check("lora"), stochastic=True,
+    "lora", _shape, params=_params("lora"), check_attrs=_check("lora"),
     infer_dtype=_dtype,
     category="adapter", extra={"merge": lora_merge},
     doc="LoRA (Hu et al. 2021): y = act(x @ K + b + s * (dropout(x) @ A) @ B). "

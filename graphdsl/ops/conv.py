@@ -244,7 +244,7 @@ def _bn_params(s: list, a: dict) -> list[ParamSpec]:
 
 register_op(OpDef(
     "batch_norm", lambda s, a: (_norm_dim(s[0], a, "batch_norm"), s[0])[1],
-    params=_bn_params, check_attrs=_bn_attrs, stochastic=True,
+    params=_bn_params, check_attrs=_bn_attrs,
     doc="(x - mean) / sqrt(var + epsilon) * gamma + beta per channel (`axis`). Inference: "
         "the running mean/var (state); train: the batch's, and returns the new running "
         "values as torch does (running = (1-momentum)*running + momentum*batch, unbiased "

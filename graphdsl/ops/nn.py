@@ -185,7 +185,7 @@ def softplus(x: Node, name: str | None = None) -> Node:
 
 # -- dropout ---------------------------------------------------------------------------
 register_op(OpDef(
-    "dropout", lambda s, a: s[0], stochastic=True, output_alias="inputs",
+    "dropout", lambda s, a: s[0], output_alias="inputs",
     check_attrs=lambda a: {"rate": number(a.get("rate", 0.5), "rate", 0.0, 1.0, hi_open=True)},
     params=lambda s, a: [ParamSpec("key", (), "rng_key", False, kind="state", dtype="uint64")],
     doc="Zeroes a fraction `rate` of the inputs in training and scales the rest by "

@@ -107,7 +107,7 @@ def _attn_shape(s: list, a: dict) -> tuple:
 
 register_op(OpDef(
     "attention", _attn_shape, check_attrs=_attn_attrs, arity=(3, 4), params=_attn_params,
-    infer_dtype=_floats("attention", 3), category="combinator", stochastic=True,
+    infer_dtype=_floats("attention", 3), category="combinator",
     doc="softmax(q @ k^T * scale + mask) @ v on q [batch, heads, q_len, head_dim], "
         "k/v [batch, kv_heads, k_len, head_dim] (heads a multiple of kv_heads: query head i "
         "uses k/v head i // (heads // kv_heads)). Optional 4th input: a keep-mask "
