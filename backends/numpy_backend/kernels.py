@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from graphdsl.errors import InputError, RuleError
+from graphdsl.ops.nn import ACTIVATIONS as OPTIONS
 
 from .. import shared
 from ..base import KernelContext, Stateful, with_updates
@@ -112,17 +113,16 @@ def _gelu(x: np.ndarray, approximate: bool) -> np.ndarray:
 # op -> fn(x, attrs); attrs carry the activation's options (axis, alpha, approximate)
 ACTIVATIONS: dict[str, Callable[[np.ndarray, Mapping[str, Any]], np.ndarray]] = {
     "relu": lambda x, a: np.maximum(x, 0),
-    "gelu": lambda x, a: _gelu(x, a.get("approximate", False)),
+    "gelu": lambda x, a: _gelu(x, a["approximate"]),
     "sigmoid": lambda x, a: _sigmoid(x),
     "tanh": lambda x, a: np.tanh(x),
-    "softmax": lambda x, a: _softmax(x, a.get("axis", -1)),
-    "log_softmax": lambda x, a: _log_softmax(x, a.get("axis", -1)),
+    "softmax": lambda x, a: _softmax(x, a["axis"]),
+    "log_softmax": lambda x, a: _log_softmax(x, a["axis"]),
     "silu": lambda x, a: x * _sigmoid(x),
-    "elu": lambda x, a: np.where(x > 0, x, a.get("alpha", 1.0) * np.expm1(np.minimum(x, 0))),
-    "leaky_relu": lambda x, a: np.where(x > 0, x, a.get("alpha", 0.01) * x),
+    "elu": lambda x, a: np.where(x > 0, x, a["alpha"] * np.expm1(np.minimum(x, 0))),
+    "leaky_relu": lambda x, a: np.where(x > 0, x, a["alpha"] * x),
     "softplus": lambda x, a: np.logaddexp(np.zeros((), x.dtype), x),
 }
-_NO_OPTS: Mapping[str, Any] = {}
 
 
 def _as_float(y: np.ndarray, ctx: KernelContext) -> np.ndarray:
@@ -137,7 +137,7 @@ def apply_activation(y: np.ndarray, name: str | None) -> np.ndarray:
         return y
     if name == "relu":
         return np.maximum(y, 0, out=y)
-    return ACTIVATIONS[name](y, _NO_OPTS)
+    return ACTIVATIONS[name](y, OPTIONS[name])
 
 
 def _dense(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:

@@ -28,7 +28,7 @@ import numpy as np
 from graphdsl.windows import Window, split_channels, window
 
 from .builder import Builder
-from .layer import ACTIVATIONS, Layer, Rule, along
+from .layer import Layer, Rule, along, fused
 
 
 def to_first(b: Builder, x: str, rank: int, channels: str) -> str:
@@ -85,7 +85,7 @@ def conv_nd(b: Builder, x: str, in_shape: tuple, a: Mapping[str, Any], kernel: s
     if act is None:
         return from_first(b, y, rank, ch)
     # on the output in the layer's own layout, as the other backends (Axon's softmax axis)
-    return ACTIVATIONS[act](b, from_first(b, y, rank, ch), {})
+    return fused(b, from_first(b, y, rank, ch), act)
 
 
 def _conv(b: Builder, layer: Layer) -> str:

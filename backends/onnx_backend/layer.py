@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from graphdsl.node import Node
+from graphdsl.ops.nn import ACTIVATIONS as OPTIONS
 
 from .builder import Builder
 
@@ -45,7 +46,7 @@ class Rule:
 
 # -- activations -----------------------------------------------------------------------------
 def _gelu(b: Builder, x: str, a: Mapping[str, Any]) -> str:
-    approx = a.get("approximate", False)
+    approx = a["approximate"]
     if b.opset >= 20:
         return b.op("Gelu", [x], approximate="tanh" if approx else "none")
     if approx:  # 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
@@ -62,13 +63,19 @@ ACTIVATIONS: dict[str, Callable[[Builder, str, Mapping[str, Any]], str]] = {
     "gelu": _gelu,
     "sigmoid": lambda b, x, a: b.op("Sigmoid", [x]),
     "tanh": lambda b, x, a: b.op("Tanh", [x]),
-    "softmax": lambda b, x, a: b.op("Softmax", [x], axis=a.get("axis", -1)),
-    "log_softmax": lambda b, x, a: b.op("LogSoftmax", [x], axis=a.get("axis", -1)),
+    "softmax": lambda b, x, a: b.op("Softmax", [x], axis=a["axis"]),
+    "log_softmax": lambda b, x, a: b.op("LogSoftmax", [x], axis=a["axis"]),
     "silu": lambda b, x, a: b.op("Mul", [x, b.op("Sigmoid", [x])]),
-    "elu": lambda b, x, a: b.op("Elu", [x], alpha=a.get("alpha", 1.0)),
-    "leaky_relu": lambda b, x, a: b.op("LeakyRelu", [x], alpha=a.get("alpha", 0.01)),
+    "elu": lambda b, x, a: b.op("Elu", [x], alpha=a["alpha"]),
+    "leaky_relu": lambda b, x, a: b.op("LeakyRelu", [x], alpha=a["alpha"]),
     "softplus": lambda b, x, a: b.op("Softplus", [x]),
 }
+
+
+def fused(b: Builder, x: str, act: str) -> str:
+    """``x`` through the activation ``act`` fused into a layer (dense's ``activation=``),
+    with the activation's default options."""
+    return ACTIVATIONS[act](b, x, OPTIONS[act])
 
 
 def affine(b: Builder, x: str, kernel: str, bias: str | None, act: str | None) -> str:
@@ -76,7 +83,7 @@ def affine(b: Builder, x: str, kernel: str, bias: str | None, act: str | None) -
     y = b.op("MatMul", [x, kernel])
     if bias is not None:
         y = b.op("Add", [y, bias])
-    return y if act is None else ACTIVATIONS[act](b, y, {})
+    return y if act is None else fused(b, y, act)
 
 
 def gather_rows(b: Builder, table: str, ids: str, vocab: int, ids_dtype: str) -> str:
@@ -96,4 +103,4 @@ def along(b: Builder, v: str, rank: int, axis: int) -> str:
     return b.op("Reshape", [v, b.ints([-1] + [1] * (rank - 1 - axis))])
 
 
-__all__ = ["ACTIVATIONS", "FLOOR", "Layer", "Rule", "affine", "along", "gather_rows"]
+__all__ = ["ACTIVATIONS", "FLOOR", "fused", "Layer", "Rule", "affine", "along", "gather_rows"]

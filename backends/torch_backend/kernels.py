@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from graphdsl.errors import GraphDSLError, InputError
+from graphdsl.ops.nn import ACTIVATIONS as OPTIONS
 
 from .. import shared
 from ..base import KernelContext, with_updates
@@ -62,17 +63,16 @@ def fail(ctx: KernelContext, what: str, fix: str, cls: type[GraphDSLError] = Gra
 # -- activations ---------------------------------------------------------------------------
 ACTIVATIONS: dict[str, Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor]] = {
     "relu": lambda x, a: F.relu(x),
-    "gelu": lambda x, a: F.gelu(x, approximate="tanh" if a.get("approximate") else "none"),
+    "gelu": lambda x, a: F.gelu(x, approximate="tanh" if a["approximate"] else "none"),
     "sigmoid": lambda x, a: torch.sigmoid(x),
     "tanh": lambda x, a: torch.tanh(x),
-    "softmax": lambda x, a: torch.softmax(x, dim=a.get("axis", -1)),
-    "log_softmax": lambda x, a: torch.log_softmax(x, dim=a.get("axis", -1)),
+    "softmax": lambda x, a: torch.softmax(x, dim=a["axis"]),
+    "log_softmax": lambda x, a: torch.log_softmax(x, dim=a["axis"]),
     "silu": lambda x, a: F.silu(x),
-    "elu": lambda x, a: F.elu(x, alpha=a.get("alpha", 1.0)),
-    "leaky_relu": lambda x, a: F.leaky_relu(x, negative_slope=a.get("alpha", 0.01)),
+    "elu": lambda x, a: F.elu(x, alpha=a["alpha"]),
+    "leaky_relu": lambda x, a: F.leaky_relu(x, negative_slope=a["alpha"]),
     "softplus": lambda x, a: F.softplus(x),
 }
-_NO_OPTS: Mapping[str, Any] = {}
 
 
 def apply_activation(y: torch.Tensor, name: str | None) -> torch.Tensor:
@@ -80,7 +80,7 @@ def apply_activation(y: torch.Tensor, name: str | None) -> torch.Tensor:
     the identity); same shape and dtype."""
     if name is None:
         return y
-    return ACTIVATIONS[name](y, _NO_OPTS)
+    return ACTIVATIONS[name](y, OPTIONS[name])
 
 
 def _as_float(y: torch.Tensor, ctx: KernelContext) -> torch.Tensor:

@@ -10,7 +10,9 @@ from ..registry import OpDef, ParamSpec, register_op
 from ..shapes import check_rank, feature_dim, normalize_axis
 from ._attrs import boolean, number, positive_int
 
-# activation -> its options with defaults (axis counts the batch axis, like NumPy)
+# activation -> its options with defaults (axis counts the batch axis, like NumPy): the one
+# place they are said; a backend's activation function gets every option (an activation
+# node's checked attrs, or these defaults for the activation fused into dense and the like)
 ACTIVATIONS: dict[str, dict[str, Any]] = {
     "relu": {}, "gelu": {"approximate": False}, "sigmoid": {}, "tanh": {},
     "softmax": {"axis": -1}, "log_softmax": {"axis": -1}, "silu": {},
