@@ -42,6 +42,23 @@ def get_backend(name: str) -> Backend:
     return mod.BACKEND
 
 
+#: names of the torch backend's modules offered by ``graphdsl`` and ``graphdsl.lora``
+TORCH_FACE = {"to_torch": "module", "from_torch": "module",
+              "loraplus_param_groups": "training"}
+
+
+def torch_face(name: str) -> object:
+    """``graphdsl.backends.torch_backend.<module>.<name>`` for a name of
+    :data:`TORCH_FACE`, imported on first use (so ``import graphdsl`` never imports
+    torch); a BackendError when torch is not installed."""
+    try:
+        mod = importlib.import_module(f"graphdsl.backends.torch_backend.{TORCH_FACE[name]}")
+    except ImportError as e:
+        raise BackendError(f"PyTorch is not available ({e})",
+                           fix=_INSTALL_HINT["torch"]) from None
+    return getattr(mod, name)
+
+
 def available_backends() -> list[str]:
     """Names of the backends whose dependencies are installed."""
     out = []
@@ -58,6 +75,7 @@ def known_backends() -> list[str]:
     return list(_MODULES)
 
 
-__all__ = ["Backend", "KernelContext", "get_backend", "register_backend",
+__all__ = ["Backend", "KernelContext", "TORCH_FACE", "get_backend", "register_backend",
+           "torch_face",
            "available_backends", "known_backends"]
 

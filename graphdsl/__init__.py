@@ -18,6 +18,7 @@ from . import (  # noqa: F401  (gd.display.as_table, as_graph, to_dot, render)
 )
 from . import ops as _ops  # noqa: F401  (registers the ops)
 from .adapters import adapter_state, attach_adapters, merge_adapters, untie
+from .backends import TORCH_FACE, torch_face
 from .compiler import build, predict
 from .custom import register_function, register_onnx_rule
 from .errors import GraphDSLError
@@ -73,7 +74,6 @@ from .ops.transformer import (
 )
 from .registry import OPS
 from .state import ModelState
-from .torch_interop import from_torch, loraplus_param_groups, to_torch  # torch imported lazily
 from .transforms import freeze, map_nodes, rewrite_nodes
 
 
@@ -88,6 +88,14 @@ def to_onnx(model: Node, state: ModelState, path: str | None = None, opset: int 
         raise GraphDSLError(f"ONNX export needs the onnx package ({e})", op="to_onnx",
                             fix="pip install 'graphdsl[onnx]'") from None
     return export(model, state, path, opset, **options)
+
+
+def __getattr__(name: str) -> object:
+    """``gd.to_torch``, ``gd.from_torch``, ``gd.loraplus_param_groups``: the torch
+    backend's, imported on first use."""
+    if name in TORCH_FACE:
+        return torch_face(name)
+    raise AttributeError(f"module 'graphdsl' has no attribute {name!r}")
 
 
 __version__ = "0.1.0"

@@ -13,8 +13,8 @@ from typing import Any
 
 from .adapters import adapt as _adapt
 from .adapters import layers as _layers
+from .backends import torch_face
 from .node import Node, caller_location
-from .torch_interop import loraplus_param_groups  # noqa: F401  (LoRA+, needs torch)
 
 OP = "lora"
 
@@ -68,3 +68,10 @@ def adapt(model: Node, targets: _adapt.Targets, rank: int = 8, alpha: float = 16
     ``"{layer}_lora"`` wrapping it; everything else is frozen except ``modules_to_save``."""
     opts = _layers.options(OP, rank, alpha, dropout, rslora)
     return _adapt.adapt(OP, model, targets, opts, modules_to_save, caller_location())
+
+
+def __getattr__(name: str) -> object:
+    """``lora.loraplus_param_groups`` (LoRA+, needs torch): imported on first use."""
+    if name == "loraplus_param_groups":
+        return torch_face(name)
+    raise AttributeError(f"module 'graphdsl.lora' has no attribute {name!r}")

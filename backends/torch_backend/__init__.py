@@ -7,9 +7,13 @@ Two ways to run a plan:
   ``ModelState`` (converted once per value); inputs may be NumPy arrays or tensors;
   outputs are tensors. Option: ``device=`` ("cpu", "cuda", ...).
 * :func:`graphdsl.to_torch` lowers the plan to an ``nn.Module`` whose forward is
-  generated straight-line code calling these kernels (see ``graphdsl/torch_interop.py``).
+  generated straight-line code calling these kernels (:mod:`.module`, laid out in block
+  calls by :mod:`.blocks`); :mod:`.training` has training helpers (LoRA+ groups).
 
-Kernels: :mod:`.kernels` (core ops) and :mod:`.adapters` (dora, lora).
+Kernels: :mod:`.kernels` (core, transformer ops), :mod:`.conv` (conv, pools, norms) and
+:mod:`.adapters` (dora, lora on dense, conv and embedding layers). A kernel is
+``kernel(inputs, params, attrs, ctx) -> tensor`` or
+:class:`~graphdsl.backends.base.Stateful` (see :mod:`graphdsl.backends.base`).
 """
 from __future__ import annotations
 

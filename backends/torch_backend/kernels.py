@@ -1,22 +1,9 @@
-"""The PyTorch backend's kernels of the core ops (``KERNELS``), on tensors, plus what the
-adapter kernels (:mod:`.adapters`) share with them: the context, activations, dropout.
+"""The PyTorch kernels of the core and transformer ops (``KERNELS``), on tensors, plus
+what the conv and adapter kernels share with them: the context, activations, dropout.
 
-The backend itself (``compile``, conversions) is in the package's ``__init__``.
-
-Two ways to run a plan:
-
-* ``build(model, backend="torch")`` -> ``(init_fn, predict_fn)``: a flat list of kernel
-  calls over numbered slots, like the NumPy backend. Parameters come from the NumPy
-  ``ModelState`` (zero-copy where possible); inputs may be NumPy arrays or tensors;
-  outputs are tensors. Option: ``device=`` ("cpu", "cuda", ...).
-* :func:`graphdsl.to_torch` lowers the plan to an ``nn.Module`` whose forward is
-  generated straight-line code calling these kernels (see ``graphdsl/torch_interop.py``).
-
-A kernel is ``kernel(inputs, params, attrs, ctx) -> tensor``, or
-:class:`~graphdsl.backends.base.Stateful` ``(tensor, {entry: new value})`` when it changes
-state. In ``build(..., mode="train")`` dropout draws from the layer's ``key`` state entry
-and returns the new key, like the NumPy backend; in a module (``ctx.torch_rng``) it draws
-from torch's RNG, as ``nn.Dropout`` does.
+Dropout draws from the layer's ``key`` state entry and returns the new key as a state
+update (:class:`~graphdsl.backends.base.Stateful`), like the NumPy backend; in a
+``to_torch`` module (``ctx.torch_rng``) it draws from torch's RNG, as ``nn.Dropout``.
 """
 from __future__ import annotations
 

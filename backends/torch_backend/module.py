@@ -6,11 +6,12 @@ generates a straight-line ``forward`` that calls the torch backend's kernels, so
 ``torch.compile(module, fullgraph=True)``, ``copy.deepcopy``,
 ``DistributedDataParallel`` and ``.to("cuda")`` all work; the steps of each block (a
 submodule grouping layers, e.g. ``model.layers.0``) run as a call of that submodule, so
-FSDP2's ``fully_shard`` per block works (:mod:`graphdsl.torch_blocks`).
+FSDP2's ``fully_shard`` per block works (:mod:`.blocks`).
 ``from_torch(module)`` gives back a :class:`ModelState` (frozen = ``requires_grad`` is
 False).
 
-torch is imported lazily: ``import graphdsl`` never imports it.
+``gd.to_torch``/``gd.from_torch`` import this module on first use: ``import graphdsl``
+never imports torch.
 """
 from __future__ import annotations
 
@@ -18,37 +19,26 @@ import hashlib
 import linecache
 from collections.abc import Iterable, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
 
-from . import torch_blocks as tblocks
-from .adapters.contract import is_adapter
-from .arrays import as_numpy
-from .backends.base import Stateful, copy_outputs
-from .compiler import InputChecker, make_plan
-from .errors import BackendError, GraphDSLError, InputError, StateError, fmt_shape
-from .graph import check_input_names, check_known_keys, state_value
-from .node import Node
-from .state import ModelState
+from graphdsl.arrays import as_numpy
+from graphdsl.compiler import InputChecker, make_plan
+from graphdsl.errors import BackendError, GraphDSLError, InputError, StateError, fmt_shape
+from graphdsl.graph import check_input_names, check_known_keys, state_value
+from graphdsl.node import Node
+from graphdsl.state import ModelState
 
-if TYPE_CHECKING:  # pragma: no cover
-    import torch
+from ..base import Stateful, copy_outputs
+from . import KERNELS, TorchContext, compiling, resolve_device
+from . import blocks as tblocks
 
 _DTYPES = {"float32": "float32", "float64": "float64"}
 
 
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        raise BackendError("PyTorch is not installed",
-                           fix="pip install 'graphdsl[torch]'") from None
-    return torch
-
-
 def _dtype_name(dtype: Any) -> str:
-    torch = _torch()
     if dtype is None:
         return "float32"
     if isinstance(dtype, torch.dtype):
@@ -68,7 +58,7 @@ class ModuleInfo:
     def __init__(self, model: Node, plan: Any, entries: list, input_names: list[str],
                  input_nodes: list[Node], dtype: Any, blocks: tuple[str, ...] = ()) -> None:
         self.model, self.plan, self.entries = model, plan, entries
-        self.blocks = blocks  # submodules that run as calls (torch_blocks)
+        self.blocks = blocks  # submodules that run as calls (.blocks)
         self.input_names, self.input_nodes, self.dtype = input_names, input_nodes, dtype
         self.check = InputChecker(plan)
 
@@ -82,7 +72,6 @@ class ModuleInfo:
 
 
 def _module_base():
-    torch = _torch()
 
     class Module(torch.nn.Module):  # named as the plain containers it replaces
         """A node of the module tree along the dots of the layer names. A layer segment
@@ -114,7 +103,7 @@ def _module_base():
         code: str = ""
 
         def forward(self, *args: Any, **kwargs: Any) -> Any:
-            if _compiling_now():  # traced as straight-line code
+            if compiling():  # traced as straight-line code
                 return self._graph_forward(*args, **kwargs)
             try:
                 return self._graph_forward(*args, **kwargs)
@@ -130,7 +119,7 @@ def _module_base():
     return Module, GraphModule
 
 
-_BASE: Any = None  # (Module, GraphModule), made on first use (torch imported lazily)
+_BASE: Any = None  # (Module, GraphModule), made on first use
 
 
 def _check_state(plan: Any, state: ModelState) -> None:
@@ -155,10 +144,8 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
     changes ``state``; read the values back with :func:`from_torch`.
     """
     global _BASE
-    torch = _torch()
-    from graphdsl.backends import torch_backend as tb
 
-    dev = tb.resolve_device(device)
+    dev = resolve_device(device)
     dname = _dtype_name(dtype)
     tdtype = getattr(torch, dname)
     plan = make_plan(model, "train", dname)
@@ -202,7 +189,7 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
     code, glb, block_fns = _generate(plan, tdtype, blocks)
     cls = type(f"GraphModule_{_ident(g.name(model))}", (module_cls,),
                {"_graph_forward": glb["forward"], "code": code,
-                "__module__": "graphdsl.torch_interop"})
+                "__module__": __name__})
     mod = cls()
     mod._graphdsl = meta
     mod._modules.update(root._modules)  # direct insertion: any segment is a valid key
@@ -260,20 +247,19 @@ def _ident(s: str) -> str:
 def _generate(plan: Any, tdtype: Any, blocks: dict[str, tuple[int, int]]
               ) -> tuple[str, dict, dict[str, Any]]:
     """Source of ``forward`` (straight-line kernel calls, each block's steps as a call of
-    that block: see :mod:`graphdsl.torch_blocks`), its globals and ``{block path: forward
+    that block: see :mod:`.blocks`), its globals and ``{block path: forward
     function}``."""
-    from graphdsl.backends import torch_backend as tb
 
-    glb: dict[str, Any] = {"_bind": _bind, "_compiling": tb.compiling,
+    glb: dict[str, Any] = {"_bind": _bind, "_compiling": compiling,
                            "_write_state": _write_state}
     for i, step in enumerate(plan.steps):
-        if step.op not in tb.KERNELS:
+        if step.op not in KERNELS:
             raise plan.step_error(step, f"the torch backend has no kernel for op {step.op!r}",
                                   "register one with graphdsl.backends.torch_backend."
                                   "register_kernel", cls=BackendError)
-        glb[f"_k{i}"] = tb.KERNELS[step.op]
+        glb[f"_k{i}"] = KERNELS[step.op]
         glb[f"_a{i}"] = dict(step.attrs)
-        ctxs = tuple(tb.TorchContext(tr, tdtype, step.name, step.op, __import__("torch"),
+        ctxs = tuple(TorchContext(tr, tdtype, step.name, step.op, torch,
                                      where=step.node.where, torch_rng=True)
                      for tr in (False, True))
         for c in ctxs[1:]:
@@ -306,7 +292,7 @@ def _generate(plan: Any, tdtype: Any, blocks: dict[str, tuple[int, int]]
     if any(plan.copy_out):  # never hand out the module's own memory (a constant, ...)
         glb["_copy_outputs"], glb["_flags"] = copy_outputs, plan.copy_out
         lines.append(f"    return _copy_outputs(v{plan.output}, _flags, torch.clone)")
-        glb["torch"] = __import__("torch")
+        glb["torch"] = torch
     else:
         lines.append(f"    return v{plan.output}")
     funcs = tblocks.block_funcs(root)
@@ -330,7 +316,6 @@ def _write_state(y: Any, buffers: dict[str, Any]) -> Any:
     ``buffers`` (``{local entry name: buffer}``), the one place a module's state changes."""
     if type(y) is not Stateful:
         return y
-    torch = _torch()
     with torch.no_grad():
         for local, value in y.updates.items():
             buf = buffers[local]
@@ -360,7 +345,6 @@ def _locate(module: Any, exc: Exception) -> GraphDSLError:
 
 def _sharded(t: Any) -> bool:
     """Is ``t`` a DTensor (a parameter sharded by FSDP's ``fully_shard``)?"""
-    torch = _torch()
     if t is None or not torch.distributed.is_available():
         return False
     from torch.distributed.tensor import DTensor
@@ -391,13 +375,9 @@ def _bind(self: Any, args: tuple, kwargs: dict) -> tuple:
         kwargs = {**dict(zip(names, args)), **kwargs}  # fewer: optional ones left out
         check_input_names(meta.plan.graph, kwargs)
         args = tuple(kwargs.get(k) for k in names)
-    if meta.dtype is not None and not _compiling_now():
+    if meta.dtype is not None and not compiling():
         args = _check_inputs(self, meta, args)
     return args
-
-
-def _compiling_now() -> bool:
-    return _torch().compiler.is_compiling()
 
 
 def _too_many(meta: ModuleInfo, args: tuple) -> InputError:
@@ -419,7 +399,6 @@ def _module_device_dtype(self: Any, meta: ModuleInfo) -> tuple[Any, Any]:
 
 
 def _check_inputs(self: Any, meta: ModuleInfo, args: tuple) -> tuple:
-    torch = _torch()
     dev, fdt = _module_device_dtype(self, meta)
     out = []
     for name, node, a in zip(meta.input_names, meta.input_nodes, args):
@@ -457,7 +436,9 @@ def _check_inputs(self: Any, meta: ModuleInfo, args: tuple) -> tuple:
     return tuple(out)
 
 
-def _unwrap(module: Any) -> Any:
+def unwrap(module: Any) -> Any:
+    """The module made by :func:`to_torch` inside ``module`` (itself, or under DDP /
+    ``torch.compile`` wrappers); a GraphDSLError for any other module."""
     seen = 0
     while "_graphdsl" not in getattr(module, "__dict__", {}) and seen < 8:
         inner = getattr(module, "module", None) or getattr(module, "_orig_mod", None)
@@ -481,7 +462,7 @@ def from_torch(module: Any, state_dict: Mapping[str, Any] | None = None) -> Mode
     own tensors: for a module sharded with ``fully_shard``, gather one on every rank with
     ``get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))``.
     """
-    mod = _unwrap(module)
+    mod = unwrap(module)
     meta: ModuleInfo = mod._graphdsl
     data: dict[str, dict[str, np.ndarray]] = {}
     frozen = set()
@@ -519,7 +500,6 @@ def from_torch(module: Any, state_dict: Mapping[str, Any] | None = None) -> Mode
 def _from_dict(sd: Mapping[str, Any], owner: str, name: str, t: Any) -> Any:
     key = f"{owner}.{name}"
     v = sd.get(key)
-    torch = _torch()
     if not isinstance(v, torch.Tensor) or tuple(v.shape) != tuple(t.shape):
         got = "missing" if v is None else (f"shape {tuple(v.shape)}" if isinstance(
             v, torch.Tensor) else f"a {type(v).__name__}")
@@ -530,46 +510,12 @@ def _from_dict(sd: Mapping[str, Any], owner: str, name: str, t: Any) -> Any:
     return v
 
 
-def loraplus_param_groups(module: Any, lr: float, ratio: float = 16.0,
-                          weight_decay: float = 0.0) -> list[dict[str, Any]]:
-    """Optimizer param groups for LoRA+ (Hayou et al. 2024): the ``B`` matrices of
-    ``lora``/``dora`` layers at ``ratio * lr``, every other trainable parameter
-    (``A``, ``magnitude``, unfrozen base weights) at ``lr``. Frozen parameters are left
-    out. Use: ``torch.optim.AdamW(gd.loraplus_param_groups(module, 1e-4))``.
-    """
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise GraphDSLError(f"lr must be a positive number, got {lr!r}", fix="e.g. lr=1e-4")
-    if not (isinstance(ratio, (int, float)) and ratio > 0):
-        raise GraphDSLError(f"ratio must be a positive number, got {ratio!r}",
-                            fix="LoRA+ recommends ratio=16")
-    mod = _unwrap(module)
-    meta: ModuleInfo = mod._graphdsl
-    adapters = {s.name for s in meta.plan.steps if is_adapter(s.op)}
-    base, fast = [], []
-    for owner, name, kind, _ in meta.entries:
-        if kind != "param":
-            continue
-        p = _holder(mod, owner)._parameters[name]
-        if not p.requires_grad:
-            continue
-        (fast if owner in adapters and name == "B" else base).append(p)
-    if not fast:
-        raise GraphDSLError("the module has no trainable LoRA/DoRA B matrices",
-                            fix="wrap layers with lora.adapt / dora.adapt before to_torch")
-    groups = [{"params": fast, "lr": lr * ratio, "weight_decay": weight_decay,
-               "name": "loraplus_B"}]
-    if base:
-        groups.insert(0, {"params": base, "lr": lr, "weight_decay": weight_decay,
-                          "name": "loraplus_A"})
-    return groups
-
-
 def module_parameters(module: Any) -> Iterable[tuple[str, str, Any]]:
     """``(layer, param, Parameter)`` in registration order (state entries excluded)."""
-    mod = _unwrap(module)
+    mod = unwrap(module)
     for owner, name, kind, _ in mod._graphdsl.entries:
         if kind == "param":
             yield owner, name, _holder(mod, owner)._parameters[name]
 
 
-__all__ = ["to_torch", "from_torch", "loraplus_param_groups", "module_parameters"]
+__all__ = ["from_torch", "module_parameters", "to_torch", "unwrap"]

@@ -19,7 +19,7 @@ import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from .compiler import Plan
+from graphdsl.compiler import Plan
 
 
 @dataclass(frozen=True)
