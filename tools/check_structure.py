@@ -4,23 +4,27 @@
    installed as ``graphdsl.backends``): every ``import``/``from`` statement counts, at
    module level or inside a function, except those under ``if TYPE_CHECKING:``;
 2. no module imports a private name (``_x``) from another module;
-3. the library's line count, which must stay under :data:`LINE_BUDGET`.
+3. the library's code lines (as tinygrad's ``sz.py`` counts them: no docstrings, comments
+   or blank lines, so documentation is never taxed), which must stay under
+   :data:`LINE_BUDGET`.
 
 Exit status 1 when a check fails. It reads the source with ``ast`` and imports nothing.
 """
 from __future__ import annotations
 
 import ast
+import io
 import os
 import sys
+import tokenize
 
 import networkx as nx
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = {"graphdsl": "graphdsl", "backends": "graphdsl.backends"}  # folder -> module
-#: physical lines of library code (graphdsl/ + backends/); room for the transformer, conv,
-#: Hugging Face and ONNX families still to come
-LINE_BUDGET = 14_000
+#: code lines of the library (graphdsl/ + backends/): 8,825 when the count changed to code
+#: lines (issue 21), plus room for the open issues' layers, generation, precision policies
+LINE_BUDGET = 11_500
 
 
 def modules() -> dict[str, str]:
@@ -97,11 +101,37 @@ def import_graph() -> tuple[nx.DiGraph, list[str]]:
     return g, private
 
 
+def _docstring_lines(tree: ast.AST) -> set[int]:
+    """The lines of the module's, classes' and functions' docstrings."""
+    out: set[int] = set()
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = n.body
+            if (body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                    and isinstance(body[0].value.value, str)):
+                out.update(range(body[0].lineno, body[0].end_lineno + 1))
+    return out
+
+
+def code_lines(source: str) -> int:
+    """Lines of ``source`` that hold code: a token other than a comment, outside a
+    docstring."""
+    skip = _docstring_lines(ast.parse(source))
+    lines: set[int] = set()
+    ignore = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT,
+              tokenize.DEDENT, tokenize.ENDMARKER}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type not in ignore:
+            lines.update(range(tok.start[0], tok.end[0] + 1))
+    return len(lines - skip)
+
+
 def line_count() -> int:
+    """The library's code lines (:func:`code_lines` summed over its modules)."""
     total = 0
     for path in modules().values():
         with open(path, encoding="utf-8") as f:
-            total += sum(1 for _ in f)
+            total += code_lines(f.read())
     return total
 
 
@@ -116,11 +146,11 @@ def main() -> int:
         ok = False
         print(p)
     n = line_count()
-    print(f"library: {len(g)} modules, {g.number_of_edges()} imports, {n} lines "
+    print(f"library: {len(g)} modules, {g.number_of_edges()} imports, {n} code lines "
           f"(budget {LINE_BUDGET})")
     if n > LINE_BUDGET:
         ok = False
-        print(f"over the line budget by {n - LINE_BUDGET} lines")
+        print(f"over the line budget by {n - LINE_BUDGET} code lines")
     print("structure: ok" if ok else "structure: FAILED")
     return 0 if ok else 1
 
