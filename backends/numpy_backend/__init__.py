@@ -2,8 +2,9 @@
 
 ``compile`` lays the plan out as a flat list of kernel calls over numbered slots (the
 executor every backend shares, :func:`..base.plan_runner`): no graph walking per call,
-each intermediate released after its last use. Kernels: :mod:`.kernels` (core ops) and
-:mod:`.adapters` (dora, lora).
+each intermediate released after its last use. Kernels: :mod:`.kernels` (core and
+transformer ops), :mod:`.conv` (conv, pools, norms) and :mod:`.adapters` (dora, lora on
+dense, conv and embedding layers).
 """
 from __future__ import annotations
 
