@@ -528,3 +528,24 @@ def test_format_version_1_same_padding_over_unknown_sizes():
                                                      [0, 1, 0, 1], value=-np.inf), 3, 2)[0, 0])
     with pytest.raises(gd.GraphDSLError, match="format_version 3"):
         gd.from_json({**_v1_doc([None, 4, 4, 1], 2), "format_version": 3})
+
+
+def test_batch_norm_state_updates_reach_the_buffers_under_torch_compile(rng):
+    """The module writes a kernel's state updates to its buffers (one place): two train
+    steps under torch.compile(fullgraph=True) move the running statistics as
+    nn.BatchNorm's do, and an eval step leaves them alone."""
+    model = _bn_model(axis=1)
+    mod = gd.to_torch(model, gd.build(model)[0]())
+    ref = torch.nn.BatchNorm1d(4, eps=1e-3, momentum=0.3)
+    compiled = torch.compile(mod, fullgraph=True, backend="eager")
+    mod.train()
+    for _ in range(2):
+        x = torch.from_numpy(rng.normal(size=(6, 4, 5)).astype(np.float32) + 3)
+        np.testing.assert_allclose(compiled(x).detach().numpy(), ref(x).detach().numpy(),
+                                   rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(mod.bn.mean.numpy(), ref.running_mean.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(mod.bn.var.numpy(), ref.running_var.numpy(), rtol=1e-6)
+    mod.eval()
+    before = mod.bn.var.clone()
+    compiled(torch.ones(2, 4, 5))
+    assert torch.equal(mod.bn.var, before)
