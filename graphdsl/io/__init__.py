@@ -1,27 +1,23 @@
 """Files, one module per job: :mod:`.archive` (safe zip reading, atomic writing),
-:mod:`.weights` (safetensors), :mod:`.json_text` (``to_json`` / ``from_json``),
-:mod:`.document` (rules the JSON documents share), :mod:`.model_file` (``save`` / ``load``)
-and :mod:`.adapter_file` (``save_adapters`` / ``load_adapters``). Loading never unpickles,
-imports or executes anything and never writes a file; every problem with a file is a
-:class:`~graphdsl.errors.SerializationError` (a GraphDSLError) saying what is wrong.
+:mod:`.weights` (safetensors), :mod:`.json_text` (strict JSON parsing, canonical
+formatting), :mod:`.value_codec` (attribute values as JSON data), :mod:`.model_schema`
+(the model definition's layout check and JSON Schema), :mod:`.model_json` (``to_json`` /
+``from_json``), :mod:`.document` (rules the JSON documents share), :mod:`.model_file`
+(``save`` / ``load``) and :mod:`.adapter_file` (``save_adapters`` / ``load_adapters``).
+Loading never unpickles, imports or executes anything and never writes a file; every
+problem with a file is a :class:`~graphdsl.errors.SerializationError` (a GraphDSLError)
+saying what is wrong.
 """
 from __future__ import annotations
 
 from .adapter_file import adapter_keys, adapter_layers, load_adapters, save_adapters
 from .archive import DEFAULT_LIMITS, LoadLimits, atomic_writer, need_path, read_archive, sniff
 from .document import FORMAT_VERSION
-from .json_text import (
-    check_structure,
-    decode_value,
-    encode_value,
-    format_document,
-    from_json,
-    model_to_dict,
-    parse_json,
-    schema,
-    to_json,
-)
+from .json_text import format_document, parse_json
 from .model_file import load, save, write_model
+from .model_json import from_json, model_to_dict, to_json
+from .model_schema import check_structure, schema
+from .value_codec import decode_value, encode_value
 from .weights import expected_tensors, read_weights, state_tensors
 
 __all__ = [

@@ -34,8 +34,10 @@ from .document import (
     frozen_list,
     read_frozen,
     state_entries,
+    version1_same,
 )
-from .json_text import encode_value, format_document, parse_json, version1_same
+from .json_text import format_document, parse_json
+from .value_codec import encode_value
 from .weights import by_layer, encode_weights, expected_tensors, read_weights, state_tensors
 
 _ADAPTERS_KEYS = {"format", "format_version", "adapters", "modules_to_save", "frozen"}

@@ -1,7 +1,8 @@
 """Rules shared by graphdsl's three JSON documents (the model definition ``model.json``, a
-model file's ``state.json``, an adapter file's ``adapters.json``): the one format version
-and its check, the frozen-flag list, the list of non-parameter state entries, and the
-checks on the ``model`` and ``state`` arguments of the writers.
+model file's ``state.json``, an adapter file's ``adapters.json``): the one format version,
+its check and what padding "same" meant in version 1, the frozen-flag list, the list of
+non-parameter state entries, and the checks on the ``model`` and ``state`` arguments of
+the writers.
 """
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ from ..errors import GraphDSLError, SerializationError, StateError
 from ..graph import Graph
 from ..node import Node
 from ..state import ModelState
+from ..windows import split_channels, tf_same_pads, window
+from .value_codec import encode_value
 
 #: the version every graphdsl document is written with. 2: padding="same" is Axon's rule
 #: whatever the strides; version 1 (still read) padded "same" as TensorFlow does, which a
@@ -37,6 +40,19 @@ def check_version(doc: Mapping[str, Any], source: str,
         raise SerializationError(
             f"{source} has format_version {v!r}; this graphdsl reads versions "
             f"{', '.join(map(str, READ_VERSIONS))}", fix=fix)
+
+
+def version1_same(node: Node) -> Any:
+    """What padding "same" in a file of format_version 1 meant for windowed ``node`` (conv,
+    pools, a conv adapter): TensorFlow's pads by the input size, as a JSON value to compare
+    with ``node``'s own padding (that value itself where the pads agree); None where the
+    size is unknown (None) and the pads depend on it."""
+    a = node.attrs
+    _, spatial, _ = split_channels(node.inputs[0].shape, a["channels"], node.op)
+    then = tf_same_pads(spatial, a["kernel_size"], a)
+    if then is not None and then == window(spatial, a["kernel_size"], a).pads:
+        return encode_value(a["padding"], "padding")
+    return None if then is None else [list(p) for p in then]
 
 
 def read_frozen(value: Any, allowed: Collection[Key], source: str, allowed_what: str,

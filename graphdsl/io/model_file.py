@@ -36,7 +36,8 @@ from .document import (
     read_frozen,
     state_entries,
 )
-from .json_text import format_document, from_json, parse_json, to_json
+from .json_text import format_document, parse_json
+from .model_json import from_json, to_json
 from .weights import by_layer, encode_weights, expected_tensors, read_weights, state_tensors
 
 _STATE_KEYS = {"format", "format_version", "frozen", "state"}
