@@ -342,7 +342,8 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
     s.set_defaults(func=_predict)
 
-    s = sub.add_parser("merge", help="fold DoRA/LoRA adapters into plain dense layers")
+    s = sub.add_parser("merge", help="fold DoRA/LoRA adapters into the plain dense, conv "
+                                     "and embedding layers they adapt")
     common(s)
     s.add_argument("-o", "--output", required=True, help="the merged model file (.gdsl), "
                    "- for stdout")
