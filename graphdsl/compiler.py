@@ -236,7 +236,7 @@ class InputChecker:
         else:
             raise InputError(
                 f"this model has {len(names)} inputs {names}; a bare array is ambiguous",
-                shapes=self.plan.graph.inputs,
+                shapes=dict(self.plan.graph.inputs),
                 fix="pass a dict {name: array} with one entry per input")
         sig: list[tuple | None] = []
         for (name, _, node), a in zip(self.plan.inputs, arrays):

@@ -5,6 +5,8 @@ compiler, the display and the transforms need.
 """
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -23,9 +25,10 @@ from .registry import OPS, ParamSpec
 from .shapes import is_int
 
 
-@dataclass
+@dataclass(frozen=True)
 class Graph:
-    """The analyzed graph of a model (its output node)."""
+    """The analyzed graph of a model (its output node). Shared by every caller that
+    analyzes the same node (:func:`analyze` memoizes it): read it, never change it."""
 
     output: Node
     order: list[Node]
@@ -80,8 +83,30 @@ def resolve_names(order: list[Node]) -> dict[int, str]:
     return names
 
 
+# id(output node) -> its Graph, the most recently analyzed few. A node is immutable, so
+# its Graph never changes; the entry holds the node, so its id is not reused meanwhile.
+_GRAPHS: OrderedDict[int, Graph] = OrderedDict()
+_GRAPHS_LOCK = threading.Lock()
+_GRAPHS_KEPT = 16
+
+
 def analyze(model: Node) -> Graph:
-    """Walk ``model`` once: order, names, inputs and the merged parameter table."""
+    """Order, names, inputs and the merged parameter table of ``model``: one walk per
+    node, memoized (the same node gives the same Graph; a rebuilt one is walked anew)."""
+    with _GRAPHS_LOCK:
+        g = _GRAPHS.get(id(model))
+        if g is not None:
+            _GRAPHS.move_to_end(id(model))
+            return g
+    g = _analyze(model)
+    with _GRAPHS_LOCK:
+        _GRAPHS[id(model)] = g
+        if len(_GRAPHS) > _GRAPHS_KEPT:
+            _GRAPHS.popitem(last=False)
+    return g
+
+
+def _analyze(model: Node) -> Graph:
     if not isinstance(model, Node):
         raise GraphDSLError(f"expected a model (graph node), got {type(model).__name__}",
                             fix="pass the output node returned by a layer constructor, "
@@ -151,7 +176,7 @@ def normalize_input_shapes(g: Graph, inputs: Any) -> dict[str, tuple]:
     else:
         raise InputError(
             f"this model has {len(g.inputs)} inputs {list(g.inputs)}; pass a dict",
-            shapes=g.inputs, fix="pass {name: shape} for every input")
+            shapes=dict(g.inputs), fix="pass {name: shape} for every input")
     out = {k: _template_shape(g, k, v) for k, v in given.items()}
     check_input_names(g, out)
     return out
@@ -177,7 +202,7 @@ def check_input_names(g: Graph, given: Mapping[str, Any]) -> None:
     if missing or extra:
         raise InputError(
             f"inputs do not match the model: missing {missing}, unexpected {extra}",
-            shapes=g.inputs, fix=f"pass these inputs: {list(g.inputs)}"
+            shapes=dict(g.inputs), fix=f"pass these inputs: {list(g.inputs)}"
                                  + (f" ({sorted(g.optional)} optional)" if g.optional else ""))
 
 
