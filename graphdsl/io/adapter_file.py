@@ -53,14 +53,12 @@ def adapter_keys(model: Node) -> list[tuple[str, str]]:
     """``(layer, param)`` of the adapter parameters: the ones each adapter layer owns
     (A, B, magnitude, its dropout key), not the base weights it wraps or carries
     (kernel/bias of the wrapped layer, or its own frozen ``base_weight``/``bias``)."""
-    g, nodes = adapter_layers(model)
-    keys = []
-    for n in nodes:
-        name = g.name(n)
-        for spec in n.params:
-            if owns(n, spec):
-                keys.append((name, spec.name))
-    return keys
+    return _owned_keys(*adapter_layers(model))
+
+
+def _owned_keys(g: Graph, nodes: list[Node]) -> list[tuple[str, str]]:
+    """:func:`adapter_keys` of the analyzed model ``g`` and its adapter ``nodes``."""
+    return [(g.name(n), spec.name) for n in nodes for spec in n.params if owns(n, spec)]
 
 
 def _adapter_doc(g: Graph, nodes: list[Node]) -> list[dict[str, Any]]:
@@ -168,7 +166,7 @@ def load_adapters(path: str | os.PathLike, model: Node, base_state: ModelState, 
         raise SerializationError(f"{source}: 'modules_to_save' lists {mods!r}, which are not "
                                  "layers with parameters in this model",
                                  fix="use the model the adapters were saved with")
-    want = expected_tensors(g, adapter_keys(model) + [k for k in g.params if k[0] in mods])
+    want = expected_tensors(g, _owned_keys(g, nodes) + [k for k in g.params if k[0] in mods])
     frozen = read_frozen(doc["frozen"], want, source, "parameters saved in the file",
                          "save the adapters again")
     arrays = read_weights(members[WEIGHTS], want, f"{label}:{WEIGHTS}")

@@ -37,7 +37,7 @@ from .document import (
     state_entries,
 )
 from .json_text import format_document, parse_json
-from .model_json import from_json, to_json
+from .model_json import model_to_dict, read_model
 from .weights import by_layer, encode_weights, expected_tensors, read_weights, state_tensors
 
 _STATE_KEYS = {"format", "format_version", "frozen", "state"}
@@ -89,8 +89,8 @@ def _model_members(model: Node, state: ModelState) -> dict[str, tuple[bytes, int
     """The checked members of a model file: ``{name: (bytes, compression)}``."""
     check_model_arg(model, "gd.save")
     check_state_arg(state, "gd.save")
-    text = to_json(model)
     g = analyze(model)
+    text = format_document(model_to_dict(model, g))
     want = expected_tensors(g)
     tensors = state_tensors(g, state, want)
     flags = _state_doc(g, state, want)
@@ -130,11 +130,10 @@ def load(path: str | os.PathLike, *, limits: LoadLimits | None = None
     path = need_path(path, "gd.load")
     label = file_label(path)
     members = read_archive(path, MODEL_MEMBERS, limits)
-    model = from_json(members[MODEL_JSON], f"{label}:{MODEL_JSON}")
-    g = analyze(model)
+    g = read_model(members[MODEL_JSON], f"{label}:{MODEL_JSON}")
     want = expected_tensors(g)
     source = f"{label}:{STATE_JSON}"
     frozen, entries = _read_state_doc(parse_json(members[STATE_JSON], source), g, want,
                                       source)
     arrays = read_weights(members[WEIGHTS], want, f"{label}:{WEIGHTS}")
-    return model, ModelState(by_layer(arrays, want), frozen, entries)
+    return g.output, ModelState(by_layer(arrays, want), frozen, entries)

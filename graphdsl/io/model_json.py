@@ -11,7 +11,7 @@ from typing import Any
 
 from ..custom import function_name
 from ..errors import GraphDSLError, RuleError, SerializationError, fmt_shape
-from ..graph import analyze
+from ..graph import Graph, analyze
 from ..node import Node, make_node
 from ..ops._attrs import shape_tuple
 from ..ops.core import layer as custom_layer
@@ -29,9 +29,10 @@ def _shape_json(shape: Any) -> Any:
     return None if shape is None else list(shape)
 
 
-def model_to_dict(model: Node) -> dict[str, Any]:
-    """The JSON data of ``model`` (see :func:`to_json`)."""
-    g = analyze(model)
+def model_to_dict(model: Node, graph: Graph | None = None) -> dict[str, Any]:
+    """The JSON data of ``model`` (see :func:`to_json`); ``graph`` is ``analyze(model)``
+    where the caller has it already."""
+    g = graph or analyze(model)
     inputs, nodes = [], []
     for n in g.order:
         name = g.name(n)
@@ -93,6 +94,12 @@ def from_json(text: str | bytes | Mapping[str, Any], source: str = "model JSON")
     An unknown op, a cycle, a dangling reference, a duplicate name or an unregistered
     function is a SerializationError; a bad attribute or shape the usual GraphDSLError.
     """
+    return read_model(text, source).output
+
+
+def read_model(text: str | bytes | Mapping[str, Any], source: str = "model JSON") -> Graph:
+    """:func:`from_json`, returning the rebuilt model's analysis (``.output`` is the
+    model), so that a caller needing both analyzes the graph once."""
     doc = text if isinstance(text, Mapping) else parse_json(text, source)
     if isinstance(doc, Mapping):
         doc = dict(doc)
@@ -100,7 +107,7 @@ def from_json(text: str | bytes | Mapping[str, Any], source: str = "model JSON")
     return _build(doc, source)
 
 
-def _build(doc: dict[str, Any], source: str) -> Node:
+def _build(doc: dict[str, Any], source: str) -> Graph:
     entries: dict[str, dict[str, Any]] = {}
     kinds: dict[str, str] = {}
 
@@ -167,8 +174,7 @@ def _build(doc: dict[str, Any], source: str) -> Node:
         keys = tuple(outs) if isinstance(outs, dict) else None
         model = make_node("container", [built[v] for v in out_names], {"keys": keys}, None,
                           where=f"{source}: outputs")
-    analyze(model)  # duplicate default names, shared-parameter conflicts
-    return model
+    return analyze(model)  # duplicate default names, shared-parameter conflicts
 
 
 def _topo(entries: dict[str, dict], roots: list[str], source: str) -> list[str]:
