@@ -135,9 +135,9 @@ def state_fetch(plan: Any, convert: Callable[[Any, Any], Any]
     State values are immutable (graphdsl.state), so a value seen before (same identity)
     needs no check and no conversion: the converted value is kept per parameter, and
     kernels may cache what they derive from it on its identity. A missing value or one
-    of the wrong shape is a StateError naming the layer.
+    of the wrong shape is a StateError naming the layer (``plan.param_value``).
     """
-    refs = {step.out: tuple((i, r.local, r.owner, r.name, tuple(r.shape), r)
+    refs = {step.out: tuple((i, r.local, r.owner, r.name, r)
                             for i, r in enumerate(step.params)) for step in plan.steps}
     # per parameter: (state value, its converted value); one tuple store, thread-safe
     memo = {step.out: [(None, None)] * len(step.params) for step in plan.steps}
@@ -145,15 +145,14 @@ def state_fetch(plan: Any, convert: Callable[[Any, Any], Any]
     def fetch(step: Any, data: Mapping) -> dict[str, Any]:
         p = {}
         seen = memo[step.out]
-        for i, local, owner, pname, shape, ref in refs[step.out]:
+        for i, local, owner, pname, ref in refs[step.out]:
             try:
                 arr = data[owner][pname]
             except (KeyError, TypeError):
-                raise plan.missing_param(step, ref, data) from None
+                arr = None  # missing: param_value says so
             hit = seen[i]
-            if hit[0] is not arr:
-                if tuple(arr.shape) != shape:
-                    raise plan.bad_param(step, ref, arr)
+            if arr is None or hit[0] is not arr:
+                arr = plan.param_value(step, i, data)
                 hit = seen[i] = (arr, convert(arr, ref))
             p[local] = hit[1]
         return p

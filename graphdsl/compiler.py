@@ -12,22 +12,12 @@ from typing import Any
 
 import numpy as np
 
-from .arrays import as_numpy
+from . import state_init
 from .backends import get_backend
 from .errors import GraphDSLError, InputError, RuleError, StateError, fmt_shape
-from .graph import (
-    Graph,
-    analyze,
-    check_input_names,
-    check_known_keys,
-    infer_shapes,
-    misshaped_value,
-    missing_value,
-    normalize_input_shapes,
-)
-from .initializers import initialize
+from .graph import Graph, analyze, check_input_names, infer_shapes, state_value
 from .node import Node
-from .registry import OPS, ParamSpec
+from .registry import OPS
 from .shapes import is_int
 from .state import ModelState
 
@@ -83,11 +73,10 @@ class Plan:
         return cls(what, layer=step.name, op=step.op, where=step.node.where, shapes=shapes,
                    fix=fix)
 
-    def missing_param(self, step: Step, ref: ParamRef, data: Mapping) -> GraphDSLError:
-        return missing_value(step.name, step.node, ref.owner, ref.name, ref.shape, data)
-
-    def bad_param(self, step: Step, ref: ParamRef, arr: Any) -> GraphDSLError:
-        return misshaped_value(step.name, step.node, ref.owner, ref.name, ref.shape, arr)
+    def param_value(self, step: Step, i: int, data: Mapping) -> Any:
+        """``step``'s ``i``-th parameter in ``data`` (``{layer: {param: array}}``), checked
+        as :func:`graphdsl.graph.state_value` checks it (a StateError naming the layer)."""
+        return state_value(self.graph, step.node, step.node.params[i], data)
 
     def kernel_failure(self, step: Step, exc: BaseException, slots: list) -> GraphDSLError:
         """Wrap an unexpected backend exception with the layer it happened in."""
@@ -147,70 +136,9 @@ def output_aliases(g: Graph, model: Node) -> tuple[bool, ...]:
 # -- init ------------------------------------------------------------------------------------
 def init_state(plan: Plan, template: Any = None, initial_state: ModelState | None = None,
                seed: int = 0) -> ModelState:
-    """A ModelState with every value ``plan`` reads: those in ``initial_state`` kept (each
-    checked to have the shape the parameter spec states, e.g. ``kernel [in, out]``), the
-    missing ones created from ``seed``. ``template``: input arrays or shapes checked
-    against the model (``{name: (batch, ...)}``, or one array for a 1-input model)."""
-    g = plan.graph
-    if template is not None:
-        infer_shapes(g, normalize_input_shapes(g, template))
-    if initial_state is None:
-        initial_state = ModelState.empty()
-    if not isinstance(initial_state, ModelState):
-        raise StateError(f"initial_state must be a ModelState, got "
-                         f"{type(initial_state).__name__}",
-                         fix="wrap arrays as gd.ModelState({layer: {param: array}})")
-    given = initial_state.data
-    check_known_keys(g, given, "initial_state")
-    data: dict[str, dict[str, np.ndarray]] = {}
-    frozen = set(initial_state.frozen)
-    state_names: dict[str, list[str]] = {}
-    for n in g.order:
-        local: dict[str, np.ndarray] = {}
-        for spec in n.params:
-            owner, pname = g.param_ref(n, spec)
-            dt = spec.dtype or plan.dtype
-            if pname in data.get(owner, {}):
-                local[spec.name] = data[owner][pname]
-                continue
-            if owner in given and pname in given[owner]:
-                arr = _checked_value(g, n, owner, pname, spec, given[owner][pname], dt)
-            else:
-                try:
-                    arr = initialize(spec.initializer, spec.shape, dt, seed, owner, pname,
-                                     local)
-                except RuleError as e:
-                    raise g.error(n, e.what, e.fix, cls=e.cls) from None
-                except MemoryError:
-                    nbytes = np.dtype(dt).itemsize * float(np.prod(spec.shape, dtype=float))
-                    raise g.error(n, f"not enough memory to create {owner}.{pname} of shape "
-                                  f"{fmt_shape(spec.shape)} ({nbytes:.3g} bytes)",
-                                  "check the layer sizes", cls=StateError) from None
-            data.setdefault(owner, {})[pname] = arr
-            local[spec.name] = arr
-            merged = g.params[(owner, pname)]
-            if merged.kind == "state":
-                state_names.setdefault(owner, []).append(pname)
-            elif not merged.trainable:
-                frozen.add((owner, pname))
-    return ModelState(data, frozen, state_names)
-
-
-def _checked_value(g: Graph, n: Node, owner: str, pname: str, spec: ParamSpec, value: Any,
-                   dt: str) -> np.ndarray:
-    arr = as_numpy(value)
-    if arr.dtype.kind not in "biuf":
-        raise g.error(n, f"{owner}.{pname} has non-numeric dtype {arr.dtype}",
-                      "pass a numeric array", cls=StateError)
-    if tuple(arr.shape) != tuple(spec.shape):
-        raise g.error(n, f"initial_state value {owner}.{pname} has shape "
-                      f"{fmt_shape(arr.shape)}, the layer needs {fmt_shape(spec.shape)}",
-                      "pass an array of the right shape, or leave it out to initialize it",
-                      shapes={"expected": spec.shape, "given": arr.shape}, cls=StateError)
-    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
-        raise g.error(n, f"initial_state value {owner}.{pname} holds NaN or infinity",
-                      "pass finite values", cls=StateError)
-    return arr if arr.dtype == np.dtype(dt) else arr.astype(dt)
+    """:func:`graphdsl.state_init.init_state` for ``plan``'s graph and dtype. Kept only for
+    ``attach_adapters`` until it calls ``state_init.init_state`` itself."""
+    return state_init.init_state(plan.graph, template, initial_state, seed, plan.dtype)
 
 
 # -- predict -----------------------------------------------------------------------------------
@@ -298,7 +226,7 @@ def build(model: Node, backend: str = "numpy", mode: str = "inference", seed: in
     check = InputChecker(plan)
 
     def init_fn(template: Any = None, initial_state: ModelState | None = None) -> ModelState:
-        return init_state(plan, template, initial_state, seed)
+        return state_init.init_state(plan.graph, template, initial_state, seed, plan.dtype)
 
     def predict_fn(state: ModelState, inputs: Any) -> Any:
         if not isinstance(state, ModelState):

@@ -289,39 +289,47 @@ def get_op_counts(model: Node) -> dict[str, int]:
 
 
 # -- reading a model's values from a state ({layer: {param: array}}) ----------------------
-def missing_value(layer: str, node: Node, owner: str, pname: str, shape: tuple,
-                  data: Mapping) -> StateError:
-    """The error for ``data[owner][pname]`` missing, read by ``layer``."""
+# the fix each kind of state names when a value has the wrong shape
+_SHAPE_FIX = {"state": "re-create it with init_fn, or load weights that match this model",
+              "initial_state": "pass an array of the right shape, or leave it out to "
+                               "initialize it"}
+
+
+def check_value(g: Graph, node: Node, spec: ParamSpec, value: Any, source: str = "state"
+                ) -> Any:
+    """``value`` itself when it fits ``spec``, one of ``node``'s parameters (its shape is
+    ``spec.shape``, e.g. a dense kernel ``[in, out]``); else the StateError naming the
+    layer and the ``source`` ("state" or "initial_state") it came from."""
+    shp = getattr(value, "shape", None)
+    if tuple(shp if shp is not None else ()) == tuple(spec.shape):
+        return value
+    owner, pname = g.param_ref(node, spec)
+    raise StateError(
+        f"{source} value {owner}.{pname} has shape {fmt_shape(shp)}, the layer needs "
+        f"{fmt_shape(spec.shape)}", layer=g.name(node), op=node.op, where=node.where,
+        shapes={"expected": spec.shape, "given": shp}, fix=_SHAPE_FIX[source])
+
+
+def missing_value(g: Graph, node: Node, spec: ParamSpec, data: Mapping) -> StateError:
+    """The error for ``data`` lacking one of ``node``'s parameters (``spec``)."""
+    owner, pname = g.param_ref(node, spec)
     have = sorted(data[owner]) if isinstance(data, Mapping) and owner in data else None
     return StateError(
-        f"the state has no {owner}.{pname} (shape {fmt_shape(shape)})", layer=layer,
-        op=node.op, where=node.where,
+        f"the state has no {owner}.{pname} (shape {fmt_shape(spec.shape)})",
+        layer=g.name(node), op=node.op, where=node.where,
         fix="initialize the state with init_fn(template, state) so missing values are "
             f"created (layer {owner!r} has: {have})")
 
 
-def misshaped_value(layer: str, node: Node, owner: str, pname: str, shape: tuple,
-                    arr: Any) -> StateError:
-    """The error for ``data[owner][pname]`` whose shape is not the ``shape`` it needs."""
-    shp = getattr(arr, "shape", None)
-    return StateError(
-        f"state value {owner}.{pname} has shape {fmt_shape(shp)}, the layer needs "
-        f"{fmt_shape(shape)}", layer=layer, op=node.op, where=node.where,
-        shapes={"expected": shape, "given": shp},
-        fix="re-create it with init_fn, or load weights that match this model")
-
-
 def state_value(g: Graph, node: Node, spec: ParamSpec, data: Mapping) -> Any:
     """``data[owner][param]`` for one of ``node``'s parameters, checked to exist and to
-    have the shape the node needs."""
+    have the shape the node needs (:func:`check_value`)."""
     owner, pname = g.param_ref(node, spec)
     try:
         arr = data[owner][pname]
     except (KeyError, TypeError):
-        raise missing_value(g.name(node), node, owner, pname, spec.shape, data) from None
-    if tuple(getattr(arr, "shape", ())) != tuple(spec.shape):
-        raise misshaped_value(g.name(node), node, owner, pname, spec.shape, arr)
-    return arr
+        raise missing_value(g, node, spec, data) from None
+    return check_value(g, node, spec, arr)
 
 
 def check_known_keys(g: Graph, data: Mapping, what: str) -> None:

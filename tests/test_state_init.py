@@ -180,3 +180,35 @@ def test_layer_param_boundary_is_part_of_the_seed(init):
     a_bc = initialize(init, shape, dt, 0, "a", "bc")
     assert not np.array_equal(ab_c, a_bc)
     np.testing.assert_array_equal(ab_c, initialize(init, shape, dt, 0, "ab", "c"))
+
+
+def test_a_value_that_does_not_fit_is_one_error_everywhere():
+    """predict, the ONNX export and graph.state_value refuse a mis-shaped or missing value
+    with the same StateError (graph.check_value / graph.missing_value); init_fn says that
+    it came from initial_state."""
+    pytest.importorskip("onnx")
+    from graphdsl import graph
+
+    model = mlp()
+    init, predict = gd.build(model)
+    g = graph.analyze(model)
+    node = next(n for n in g.order if n.name == "fc1")
+    spec = next(s for s in node.params if s.name == "kernel")
+    for bad, what in ((np.zeros((6, 4), np.float32), "state value fc1.kernel has shape "
+                       "(6, 4), the layer needs (6, 5)"), (None, "the state has no fc1.kernel")):
+        st = init()
+        if bad is None:
+            del st.data["fc1"]["kernel"]
+        else:
+            st.data["fc1"]["kernel"] = bad
+        msgs = []
+        for run in (lambda s: predict(s, np.zeros((1, 6), np.float32)),
+                    lambda s: gd.to_onnx(model, s),
+                    lambda s: graph.state_value(g, node, spec, s.data)):
+            with pytest.raises(gd.errors.StateError) as e:
+                run(st)
+            msgs.append(str(e.value))
+        assert msgs[0] == msgs[1] == msgs[2] and what in msgs[0] and "layer 'fc1'" in msgs[0]
+    with pytest.raises(gd.errors.StateError, match=r"initial_state value fc1.kernel has shape "
+                       r"\(6, 4\), the layer needs \(6, 5\)[\s\S]*leave it out"):
+        init(None, gd.ModelState({"fc1": {"kernel": np.zeros((6, 4), np.float32)}}))

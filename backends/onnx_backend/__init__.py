@@ -107,15 +107,7 @@ def _kept_optional(g: Any, optional_inputs: bool | Sequence[str]) -> set[str]:
 
 def _layer(plan: Any, step: Any, tensors: dict, data: Any, b: Builder,
            weights: dict) -> Layer:
-    arrays = {}
-    for ref in step.params:
-        try:
-            arr = data[ref.owner][ref.name]
-        except (KeyError, TypeError):
-            raise plan.missing_param(step, ref, data) from None
-        if tuple(np.shape(arr)) != tuple(ref.shape):
-            raise plan.bad_param(step, ref, arr)
-        arrays[ref.local] = arr
+    arrays = {ref.local: plan.param_value(step, i, data) for i, ref in enumerate(step.params)}
     owners = {r.local: (r.owner, r.name) for r in step.params}
 
     def param(local: str) -> str:
