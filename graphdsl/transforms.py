@@ -1,42 +1,56 @@
-"""Graph transforms with Axon's semantics; both return a new graph and share every
-subgraph they do not change."""
+"""Graph transforms with Axon's semantics: one rewrite engine (:func:`rewrite_nodes`) and
+the rules run on it (``map_nodes``, ``freeze``; ``adapt``, ``merge_adapters`` and ``untie``
+in ``graphdsl.adapters``). Each returns a new graph and shares every subgraph it does not
+change."""
 from __future__ import annotations
 
 from collections.abc import Callable
 
 from .errors import GraphDSLError
+from .graph import analyze
 from .node import Node, rebuild, topo_order
 
 Rewriter = Callable[[list[Node], Node], Node]
+
+
+def rewrite_nodes(model: Node, fn: Callable[[Node], Rewriter | None], *,
+                  keep_names: bool = False) -> Node:
+    """Axon's ``rewrite_nodes``, the one engine every graph rewrite runs on.
+
+    The engine walks ``model`` parents first and rebuilds each node on its rewritten
+    parents (the node itself when none changed). The rule contract: ``fn(node)`` gets the
+    original node and returns None to keep the rebuilt node, or a
+    ``rewriter(inputs, output) -> Node`` that replaces it. ``inputs`` are the node's
+    rewritten parents and ``output`` is the original layer applied to them (same op,
+    attributes, name and frozen flag; shape and parameters re-inferred), so
+    ``lambda inputs, out: gd.dropout(out, 0.1)`` inserts a layer after it,
+    ``lambda inputs, out: gd.relu(inputs[0])`` replaces it and
+    ``lambda inputs, out: graphdsl.node.rebuild(out, inputs, frozen=True)`` freezes it. A rewriter
+    that returns anything but a node is a GraphDSLError.
+
+    ``keep_names=True`` makes every node's resolved name explicit in ``output`` (the
+    model is analyzed first): default names (``dense_0`` ...) depend on position, so a
+    replaced layer would otherwise move the names, and the state keys, of the layers
+    after it. Rewrites that keep a state (adapt, merge, untie) use it.
+    """
+    g = analyze(model) if keep_names else None  # memoized: adapt & co. analyzed it already
+    new: dict[int, Node] = {}
+    for n in topo_order(model) if g is None else g.order:
+        inputs = [new[i.id] for i in n.inputs]
+        pin = {"name": g.names[n.id]} if g is not None and n.name is None else {}
+        output = rebuild(n, inputs, **pin)
+        rewriter = fn(n)
+        new[n.id] = output if rewriter is None else \
+            _node_or_error(rewriter(inputs, output), n, "rewriter")
+    return new[model.id]
 
 
 def map_nodes(model: Node, fn: Callable[[Node], Node]) -> Node:
     """Apply ``fn`` to every node, parents first. ``fn`` receives the node already rebuilt
     on its (mapped) inputs and returns a node to use in its place (often
     ``graphdsl.node.rebuild(node, node.inputs, frozen=True)`` or the node itself)."""
-    new: dict[int, Node] = {}
-    for n in topo_order(model):
-        rebuilt = rebuild(n, [new[i.id] for i in n.inputs])
-        new[n.id] = _node_or_error(fn(rebuilt), n, "map_nodes function")
-    return new[model.id]
-
-
-def rewrite_nodes(model: Node, fn: Callable[[Node], Rewriter | None]) -> Node:
-    """Axon's ``rewrite_nodes``: ``fn(node)`` returns None to keep the node, or a
-    ``rewriter(inputs, output) -> Node`` that replaces it. ``inputs`` are the node's
-    (rewritten) parents and ``output`` is the original layer applied to them, so
-    ``lambda inputs, out: gd.dropout(out, 0.1)`` inserts a layer after it and
-    ``lambda inputs, out: gd.relu(inputs[0])`` replaces it."""
-    new: dict[int, Node] = {}
-    for n in topo_order(model):
-        inputs = [new[i.id] for i in n.inputs]
-        rebuilt = rebuild(n, inputs)
-        rewriter = fn(n)
-        if rewriter is None:
-            new[n.id] = rebuilt
-            continue
-        new[n.id] = _node_or_error(rewriter(inputs, rebuilt), n, "rewriter")
-    return new[model.id]
+    return rewrite_nodes(model, lambda n: lambda inputs, out: _node_or_error(
+        fn(out), n, "map_nodes function"))
 
 
 def _node_or_error(out: object, n: Node, what: str) -> Node:

@@ -105,6 +105,40 @@ def test_map_nodes_must_return_node():
         gd.map_nodes(y, lambda n: None)
 
 
+def test_rewrite_engine_keep_names_pins_state_keys():
+    x = gd.input("x", (None, 4))
+    y = gd.dense(gd.dense(x, 3), 2)  # dense_0, dense_1: names by position
+    first = lambda n: (lambda ins, out: gd.tanh(ins[0])) if n is y.inputs[0] else None
+    assert set(gd.get_parameters(gd.rewrite_nodes(y, first))) == {"dense_0"}
+    pinned = gd.rewrite_nodes(y, first, keep_names=True)
+    assert set(gd.get_parameters(pinned)) == {"dense_1"}
+    assert pinned.name == "dense_1"
+    # a new unnamed layer takes the next free default name, not the pinned one's
+    swap = lambda n: (lambda ins, out: gd.dense(ins[0], 5)) if n is y.inputs[0] else None
+    assert set(gd.get_parameters(gd.rewrite_nodes(y, swap, keep_names=True))) == {
+        "dense_0", "dense_1"}
+    seen = []
+    gd.rewrite_nodes(y, lambda n: lambda ins, out: seen.append(out.name) or out,
+                     keep_names=True)
+    assert seen == ["x", "dense_0", "dense_1"]
+    named = gd.dense(gd.dense(x, 3, name="a"), 2, name="b")
+    assert gd.rewrite_nodes(named, lambda n: None, keep_names=True) is named
+
+
+def test_rewrite_engine_keeps_frozen_flags_and_checks_rewriters():
+    x = gd.input("x", (None, 4))
+    y = gd.freeze(gd.dense(gd.dense(x, 3, name="a"), 2, name="b"), lambda n: n.name == "a")
+    out = gd.rewrite_nodes(y, lambda n: (lambda ins, o: gd.dropout(o, 0.5))
+                           if n.name == "a" else None)
+    assert gd.get_op_counts(out) == {"input": 1, "dense": 2, "dropout": 1}
+    assert [n.frozen for n in gd.topo_order(out) if n.op == "dense"] == [True, False]
+    with pytest.raises(gd.GraphDSLError, match=r"rewriter returned int for layer b"):
+        gd.rewrite_nodes(y, lambda n: (lambda ins, o: 3) if n.name == "b" else None)
+    with pytest.raises(gd.GraphDSLError,
+                       match=r"map_nodes function returned NoneType for layer <unnamed relu>"):
+        gd.map_nodes(gd.relu(x), lambda n: None if n.op == "relu" else n)
+
+
 def test_huge_chain_no_recursion():
     x = gd.input("x", (None, 4))
     y = x

@@ -13,6 +13,7 @@ from ..errors import GraphDSLError, OptionError, RuleError, StateError, fmt_shap
 from ..graph import Graph, analyze, state_value
 from ..node import Node, caller_location, make_node, rebuild
 from ..state import ModelState
+from ..transforms import rewrite_nodes
 from .contract import (
     ADAPTABLE,
     base_kernel,
@@ -25,14 +26,6 @@ from .contract import (
 )
 
 Targets = str | Iterable[str] | Callable[[Node], bool]
-
-
-def _keep_name(n: Node, ins: list[Node], name: str, **changes: Any) -> Node:
-    """``n`` on new inputs with its resolved name made explicit, so that state keys stay
-    stable when other layers of the graph are replaced."""
-    if n.name is None:
-        changes["name"] = name
-    return rebuild(n, ins, **changes)
 
 
 def _dense_names(g: Graph) -> list[str]:
@@ -53,42 +46,36 @@ def adapt(op: str, model: Node, targets: Targets, opts: dict[str, Any],
     match = _matcher(op, targets, g, dense, where)
     saved = _modules_to_save(op, modules_to_save, g, where)
     taken = set(g.names.values())
-    new: dict[int, Node] = {}
     adapted: list[str] = []
-    for n in g.order:
-        ins = [new[i.id] for i in n.inputs]
-        name = g.name(n)
-        if n.op in ADAPTABLE:
-            pinned = _keep_name(n, ins, name)
-            if match(pinned):
-                if name in saved:
-                    raise GraphDSLError(
-                        f"layer {name!r} is both a target and in modules_to_save",
-                        layer=name, op="dense", where=where,
-                        fix="a targeted layer's kernel stays frozen under its adapter; "
-                            "remove it from targets or from modules_to_save")
-                new_name = f"{name}_{op}"
-                if new_name in taken:
-                    raise GraphDSLError(
-                        f"cannot name the adapter of {name!r} {new_name!r}: the model "
-                        "already has a layer of that name", layer=new_name, op=op,
-                        where=where, fix=f"rename that layer, or leave {name!r} out of "
-                                         "targets")
-                new[n.id] = make_node(op, [ins[0]], wrap_options(pinned, opts), new_name,
-                                      where=n.where)
-                adapted.append(name)
-                continue
-            new[n.id] = _keep_name(n, ins, name, frozen=name not in saved)
-        elif n.params and not is_adapter(n):
-            new[n.id] = _keep_name(n, ins, name, frozen=name not in saved)
-        else:
-            new[n.id] = _keep_name(n, ins, name)
+
+    def rule(inputs: list[Node], n: Node) -> Node:  # n carries its resolved name
+        if n.op in ADAPTABLE and match(n):
+            if n.name in saved:
+                raise GraphDSLError(
+                    f"layer {n.name!r} is both a target and in modules_to_save",
+                    layer=n.name, op="dense", where=where,
+                    fix="a targeted layer's kernel stays frozen under its adapter; "
+                        "remove it from targets or from modules_to_save")
+            new_name = f"{n.name}_{op}"
+            if new_name in taken:
+                raise GraphDSLError(
+                    f"cannot name the adapter of {n.name!r} {new_name!r}: the model "
+                    "already has a layer of that name", layer=new_name, op=op,
+                    where=where, fix=f"rename that layer, or leave {n.name!r} out of "
+                                     "targets")
+            adapted.append(n.name)
+            return make_node(op, [inputs[0]], wrap_options(n, opts), new_name, where=n.where)
+        if n.params and not is_adapter(n):
+            return rebuild(n, inputs, frozen=n.name not in saved)
+        return n
+
+    adapted_model = rewrite_nodes(model, lambda n: rule, keep_names=True)
     if not adapted:
         raise GraphDSLError(
             f"{op}.adapt: targets={_show(targets)} match no adaptable layer", where=where,
             fix=f"adaptable (dense, conv, embedding) layers in this model: {dense}" if dense
                 else "this model has no dense, conv or embedding layer to adapt")
-    return new[model.id]
+    return adapted_model
 
 
 def _show(targets: Any) -> str:
@@ -201,30 +188,38 @@ def untie(model: Node, state: ModelState, layers: Iterable[str] | None = None
         return model, state
     data = {k: dict(v) for k, v in state.data.items()}
     frozen = set(state.frozen)
-    new: dict[int, Node] = {}
     for n in g.order:
-        ins = [new[i.id] for i in n.inputs]
         name = g.name(n)
-        meta = n.attrs.get("meta") if n.op == "input" else None
-        if isinstance(meta, Mapping) and isinstance(meta.get("hf_config"), Mapping):
-            hf_config = dict(meta["hf_config"], tie_word_embeddings=False)
-            new[n.id] = _keep_name(n, ins, name, attrs=dict(
-                n.attrs, meta=dict(meta, hf_config=hf_config)))
-            continue
-        if name not in todo:
-            new[n.id] = _keep_name(n, ins, name)
-            continue
-        E = state_value(g, n, n.params[0], state.data)
-        data.setdefault(name, {})["kernel"] = np.ascontiguousarray(np.asarray(E).T)
-        if (todo[name], "kernel") in state.frozen:
-            frozen.add((name, "kernel"))
-        a = n.attrs
-        new[n.id] = make_node("dense", ins, {
-            "units": a["vocab_size"], "use_bias": a["use_bias"],
-            "kernel_initializer": a["kernel_initializer"]}, name, frozen=n.frozen,
-            where=n.where)
-    return new[model.id], ModelState(data, frozen, {k: list(v)
-                                                    for k, v in state.entries.items()})
+        if name in todo:
+            E = state_value(g, n, n.params[0], state.data)
+            data.setdefault(name, {})["kernel"] = np.ascontiguousarray(np.asarray(E).T)
+            if (todo[name], "kernel") in state.frozen:
+                frozen.add((name, "kernel"))
+    untied = rewrite_nodes(model, lambda n: _untied_config if _has_hf_config(n) else
+                           _untied_dense if g.name(n) in todo else None, keep_names=True)
+    return untied, ModelState(data, frozen, {k: list(v) for k, v in state.entries.items()})
+
+
+def _has_hf_config(n: Node) -> bool:
+    """Whether input node ``n`` carries a Hugging Face config in its ``meta``."""
+    meta = n.attrs.get("meta") if n.op == "input" else None
+    return isinstance(meta, Mapping) and isinstance(meta.get("hf_config"), Mapping)
+
+
+def _untied_config(inputs: list[Node], n: Node) -> Node:
+    """Input ``n`` recording ``tie_word_embeddings: false`` in its config."""
+    meta = n.attrs["meta"]
+    config = dict(meta["hf_config"], tie_word_embeddings=False)
+    return rebuild(n, inputs, attrs=dict(n.attrs, meta=dict(meta, hf_config=config)))
+
+
+def _untied_dense(inputs: list[Node], n: Node) -> Node:
+    """The dense layer of tied_dense ``n``'s name that reads its own kernel."""
+    a = n.attrs
+    return make_node("dense", inputs, {
+        "units": a["vocab_size"], "use_bias": a["use_bias"],
+        "kernel_initializer": a["kernel_initializer"]}, n.name, frozen=n.frozen,
+        where=n.where)
 
 
 # -- merge ------------------------------------------------------------------------------
@@ -281,13 +276,8 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
     frozen = set(state.frozen)
     names = {k: list(v) for k, v in state.entries.items()}
     merged_into: dict[str, str] = {}
-    new: dict[int, Node] = {}
-    for n in g.order:
-        ins = [new[i.id] for i in n.inputs]
+    for n in adapters:
         name = g.name(n)
-        if not is_adapter(n):
-            new[n.id] = _keep_name(n, ins, name)
-            continue
         a = n.attrs
         target = a["base"] or name
         if a["base"] is not None and a["base"] in node_names:
@@ -302,8 +292,7 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
                 fix="give each adapter its own base layer before merging")
         merged_into[target] = name
         p = _adapter_arrays(g, n, state)
-        kernel = _merged_kernel(n, p, name)
-        entry = {"kernel": kernel}
+        entry = {"kernel": _merged_kernel(n, p, name)}
         if a["use_bias"]:
             entry["bias"] = p["bias"]
         if a["base"] is None:
@@ -315,10 +304,17 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
         frozen = {(lay, q) for lay, q in frozen
                   if lay != name or (lay == target and q in entry)}
         names.pop(name, None)
-        base_op, base_attrs = base_options(n)
-        new[n.id] = make_node(base_op, [ins[0]], base_attrs, target, frozen=True,
-                              where=n.where)
-    return new[model.id], ModelState(data, frozen, names)
+    merged = rewrite_nodes(model, lambda n: _merged_layer if is_adapter(n) else None,
+                           keep_names=True)
+    return merged, ModelState(data, frozen, names)
+
+
+def _merged_layer(inputs: list[Node], n: Node) -> Node:
+    """The plain layer adapter ``n`` folds into, named like the layer it wraps (its
+    ``base``) or, standalone, like ``n``; frozen, as the adapted model's weights were."""
+    op, attrs = base_options(n)
+    return make_node(op, [inputs[0]], attrs, n.attrs["base"] or n.name, frozen=True,
+                     where=n.where)
 
 
 # -- adapter-only state -------------------------------------------------------------------
