@@ -10,22 +10,10 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-import test_onnx  # noqa: E402,F401  (registers the ONNX rule of the custom-layer case)
-import test_serialization as ser  # noqa: E402
-from test_torch_backend import CASES  # noqa: E402
+from helpers import flat  # noqa: E402
+from op_cases import cases_for  # noqa: E402
 
 import graphdsl as gd  # noqa: E402
-
-# the serialization samples whose custom functions have no ONNX rule
-_NO_ONNX = {"custom"}
-
-
-def _flat(out):
-    if isinstance(out, dict):
-        return [y for v in out.values() for y in _flat(v)]
-    if isinstance(out, tuple):
-        return [y for v in out for y in _flat(v)]
-    return [out.detach().numpy() if isinstance(out, torch.Tensor) else np.asarray(out)]
 
 
 def _outcomes(model, st, feed, opset=None):
@@ -44,7 +32,7 @@ def _outcomes(model, st, feed, opset=None):
                                       if feed[i.name].dtype == np.float64 else feed[i.name]
                                       for i in sess.get_inputs()})
             else:
-                out = _flat(gd.predict(model, st, arg, backend=backend))
+                out = flat(gd.predict(model, st, arg, backend=backend))
             got[backend] = [(y.shape, y.dtype.kind == "f") for y in out]
         except Exception as e:  # noqa: BLE001  (compared below)
             got[backend] = e
@@ -72,20 +60,9 @@ def _emptied(model, inputs, axis=0):
     return out
 
 
-@pytest.mark.parametrize("op", sorted(CASES))
-def test_every_op_sample_at_batch_0(op):
-    model, inputs, tweak = CASES[op]()
-    st = gd.build(model)[0](dict(inputs))
-    if tweak:
-        tweak(st)
-    _agree(_outcomes(model, st, _emptied(model, inputs)))
-
-
-@pytest.mark.parametrize("op", sorted(set(ser.CASES) - _NO_ONNX))
-def test_every_serialization_sample_at_batch_0(op):
-    model = ser.CASES[op]()
-    inputs = ser._inputs(model, np.random.default_rng(0))
-    st = gd.build(model)[0](dict(inputs))
+@pytest.mark.parametrize("case", cases_for("empty"))
+def test_every_op_sample_at_batch_0(case):
+    model, inputs, st = case.setup()
     _agree(_outcomes(model, st, _emptied(model, inputs)))
 
 

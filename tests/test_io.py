@@ -11,10 +11,11 @@ import zipfile
 
 import numpy as np
 import pytest
+from helpers import assert_same_outputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from op_cases import cases_for
 from strategies import graphs
-from test_serialization import CASES, EXTRA, _assert_same_outputs, _inputs
 
 import graphdsl as gd
 from graphdsl import dora, lora
@@ -58,18 +59,18 @@ def saved(tmp_path):
 
 
 # -- round trips -------------------------------------------------------------------------------
-@pytest.mark.parametrize("case", sorted(CASES) + sorted(EXTRA))
+@pytest.mark.parametrize("case", cases_for("file"))
 def test_save_load_round_trip(case, tmp_path, rng):
-    model = {**CASES, **EXTRA}[case]()
+    model = case.build()
     state = _state(model)
     path = gd.save(tmp_path / "m.gdsl", model, state)
     m2, s2 = gd.load(path)
     assert gd.to_json(m2) == gd.to_json(model)
     assert s2 == state  # values, dtypes, frozen flags, state entries
-    if gd.get_inputs(model):
-        xs = _inputs(model, rng)
+    xs = case.feed(model, rng)
+    if xs:
         arg = xs if len(xs) != 1 else next(iter(xs.values()))
-        _assert_same_outputs(gd.predict(model, state, arg), gd.predict(m2, s2, arg))
+        assert_same_outputs(gd.predict(model, state, arg), gd.predict(m2, s2, arg))
     # loading a saved file and saving it again gives the same bytes
     again = gd.save(tmp_path / "again.gdsl", m2, s2)
     assert open(again, "rb").read() == open(path, "rb").read()
@@ -109,7 +110,7 @@ def test_random_graphs_save_load(tmp_path_factory, g, seed):
     assert gd.to_json(m2) == gd.to_json(model) and s2 == state
     rng = np.random.default_rng(seed)
     xs = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
-    _assert_same_outputs(gd.predict(model, state, xs), gd.predict(m2, s2, xs))
+    assert_same_outputs(gd.predict(model, state, xs), gd.predict(m2, s2, xs))
 
 
 # -- save-time checks (nothing is written) -------------------------------------------------------

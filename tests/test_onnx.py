@@ -13,9 +13,10 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
 from graphdsl.backends.onnx_backend import RULES, output_names  # noqa: E402
+from helpers import TOL, check_onnx  # noqa: E402
 from hypothesis import given, settings  # noqa: E402
+from op_cases import cases_for  # noqa: E402
 from strategies import graphs  # noqa: E402
-from test_torch_backend import CASES, _custom_fn  # noqa: E402  (the parity op list)
 
 import graphdsl as gd  # noqa: E402
 from graphdsl import dora, lora, models  # noqa: E402
@@ -23,45 +24,7 @@ from graphdsl.cli import main  # noqa: E402
 from graphdsl.compiler import make_plan  # noqa: E402
 from graphdsl.graph import analyze  # noqa: E402
 
-TOL = dict(rtol=1e-5, atol=1e-5)
 R = np.random.default_rng(11)
-
-
-@gd.register_onnx_rule(_custom_fn)
-def _custom_fn_onnx(b, a, z, k=1.0):
-    return b.op("Add", [b.op("Mul", [b.op("Tanh", [a]), b.const(k)]), b.op("Mul", [z, z])])
-
-
-def _flat(out):
-    if isinstance(out, dict):
-        return [y for v in out.values() for y in _flat(v)]
-    if isinstance(out, tuple):
-        return [y for v in out for y in _flat(v)]
-    return [np.asarray(out)]
-
-
-def _export_and_run(model, st, feed, **kw):
-    """The ONNX outputs for ``feed`` (a dict), after a full checker pass."""
-    proto = gd.to_onnx(model, st, **kw)
-    onnx.checker.check_model(proto, full_check=True)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(proto.SerializeToString(), opts,
-                                providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs()]
-    return sess.run(None, {k: feed[k] for k in names}), proto
-
-
-def _check(model, st, feed, **kw):
-    arg = feed if len(feed) > 1 else next(iter(feed.values()))
-    ref = _flat(gd.predict(model, st, arg))
-    got, proto = _export_and_run(model, st, feed, **kw)
-    assert len(got) == len(ref)
-    for g, r in zip(got, ref):
-        assert g.shape == r.shape
-        assert (g.dtype.kind == "f") == (r.dtype.kind == "f")
-        np.testing.assert_allclose(g, r, **TOL)
-    return proto
 
 
 def test_every_op_has_an_onnx_rule():
@@ -71,23 +34,21 @@ def test_every_op_has_an_onnx_rule():
 
 
 @pytest.mark.parametrize("opset", [None, 20])
-@pytest.mark.parametrize("op", sorted(CASES))
-def test_every_op_matches_numpy(op, opset):
-    model, inputs, tweak = CASES[op]()
-    init, _ = gd.build(model)
-    st = init(dict(inputs))
-    if tweak:
-        tweak(st)
+@pytest.mark.parametrize("case", cases_for("onnx"))
+def test_every_op_matches_numpy(case, opset):
+    model, inputs, st = case.setup()
     # the optional inputs a case gives are exported as graph inputs, the others left out
     kept = [k for k in inputs if k in analyze(model).optional]
-    proto = _check(model, st, inputs, opset=opset, optional_inputs=kept)
-    assert proto.opset_import[0].version == (opset or (14 if op == "attention" else 13))
-    if op == "attention" and opset is None:  # an empty sequence needs Reshape's allowzero
-        with pytest.raises(gd.GraphDSLError, match=r"needs opset >= 14"):
-            gd.to_onnx(model, st, opset=13, optional_inputs=kept)
-    if op in ("dora", "lora"):  # exported merged: one kernel, no A/B
+    proto = check_onnx(model, st, inputs, case.tol, opset=opset, optional_inputs=kept)
+    assert proto.opset_import[0].version == (opset or case.min_opset)
+    if case.min_opset > 13 and opset is None:  # attention: an empty sequence needs
+        with pytest.raises(gd.GraphDSLError,   # Reshape's allowzero
+                           match=rf"needs opset >= {case.min_opset}"):
+            gd.to_onnx(model, st, opset=case.min_opset - 1, optional_inputs=kept)
+    if case.merged:  # exported merged: one kernel, no A/B
+        kernel, adapter = case.merged
         names = {t.name for t in proto.graph.initializer}
-        assert "base.kernel" in names and not any(n.startswith("ad.") for n in names)
+        assert kernel in names and not any(n.startswith(adapter) for n in names)
 
 
 def test_newer_operators_at_a_newer_opset():
@@ -121,7 +82,7 @@ def test_names_dtypes_and_dynamic_axes():
     for batch in (1, 7):  # not the batch size the model was initialized with
         feed = {"ids": R.integers(0, 11, (batch, 5)), "x": R.normal(size=(batch, 3))
                 .astype(np.float32)}
-        _check(model, st, feed)
+        check_onnx(model, st, feed)
 
 
 def test_custom_layer_without_a_rule_names_the_layer():
@@ -178,7 +139,7 @@ def test_adapted_mlp_exports_merged(mod, tmp_path):
     st = gd.build(adapted)[0]({"x": np.zeros((1, 8), np.float32)})
     _train_adapters(st)
     path = tmp_path / "m.onnx"
-    proto = _check(adapted, st, {"x": R.normal(size=(5, 8)).astype(np.float32)}, path=path)
+    proto = check_onnx(adapted, st, {"x": R.normal(size=(5, 8)).astype(np.float32)}, path=path)
     assert onnx.load(str(path)) == proto
     assert {n.op_type for n in proto.graph.node} <= {"MatMul", "Add", "Mul", "Erf", "Identity"}
 
@@ -247,7 +208,7 @@ def test_random_graphs_match_numpy(case):
     st = gd.build(model, seed=0)[0]()
     rng = np.random.default_rng(0)
     feed = {k: rng.normal(size=s).astype(np.float32) for k, s in concrete.items()}
-    _check(model, st, feed)
+    check_onnx(model, st, feed)
 
 
 IDS = np.array([[3, 7, 1, 9, 4, 2], [5, 5, 8, 0, 6, 1], [2, 4, 6, 8, 10, 1]])
@@ -282,13 +243,13 @@ def test_transformer_families_match_numpy(kind):
     st = _random_state(model)
     opt = sorted(analyze(model).optional)
     # only the required input (defaults exported), then with every optional input given
-    _check(model, st, {"input_ids": IDS[:2]})
-    proto = _check(model, st, {"input_ids": IDS[:2]}, opset=20)
+    check_onnx(model, st, {"input_ids": IDS[:2]})
+    proto = check_onnx(model, st, {"input_ids": IDS[:2]}, opset=20)
     assert [i.name for i in proto.graph.input] == ["input_ids"]
     feed = {"input_ids": IDS, "attention_mask": PAD,
             "position_ids": np.tile(np.arange(6), (3, 1)), "token_type_ids": IDS % 2}
     feed = {k: v for k, v in feed.items() if k == "input_ids" or k in opt}
-    proto = _check(model, st, feed, optional_inputs=True)
+    proto = check_onnx(model, st, feed, optional_inputs=True)
     assert [i.name for i in proto.graph.input] == ["input_ids", *opt]
     # a DoRA-adapted transformer exports merged
     targets = ["q_proj", "v_proj"] if kind in ("llama", "mistral") else (
@@ -296,7 +257,7 @@ def test_transformer_families_match_numpy(kind):
     adapted = dora.adapt(model, targets=targets, rank=2, alpha=4.0)
     ast = gd.build(adapted)[0](None, st)
     _train_adapters(ast)
-    _check(adapted, ast, {"input_ids": IDS[:, :4]})
+    check_onnx(adapted, ast, {"input_ids": IDS[:, :4]})
 
 
 def test_import_graphdsl_does_not_import_onnx():

@@ -10,7 +10,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from test_onnx import _check  # noqa: E402
+from helpers import check_onnx  # noqa: E402
 
 import graphdsl as gd  # noqa: E402
 from graphdsl import dora, lora  # noqa: E402
@@ -49,7 +49,7 @@ def _run_shapes(make, spatial, c, channels, sizes, batch=3, **kw):
         st = _randomize(gd.build(model, seed=1)[0]({"x": np.zeros(
             _layout(spatial, c, channels)[1:], np.float32)[None]}))
         for size in sizes if dynamic else [spatial]:
-            protos.append(_check(model, st, {"x": _f(batch, *_layout(size, c, channels)[1:])},
+            protos.append(check_onnx(model, st, {"x": _f(batch, *_layout(size, c, channels)[1:])},
                                  **kw))
     return protos
 
@@ -115,7 +115,7 @@ def test_same_pads_exported_explicitly():
     for shape in ((None, 9, 8, 3), (None, None, None, 3)):
         model = gd.conv(gd.input("x", shape), 4, (4, 3), strides=2, padding="same",
                         kernel_dilation=(1, 2), name="c")
-        proto = _check(model, gd.build(model)[0]({"x": _f(1, 9, 8, 3)}), {"x": _f(2, 9, 8, 3)})
+        proto = check_onnx(model, gd.build(model)[0]({"x": _f(1, 9, 8, 3)}), {"x": _f(2, 9, 8, 3)})
         conv = next(n for n in proto.graph.node if n.op_type == "Conv")
         pads = next(a for a in conv.attribute if a.name == "pads")
         assert list(pads.ints) == [1, 2, 2, 2]
@@ -136,7 +136,7 @@ def test_global_pools_match_numpy(spatial, keep, ch, opset):
 def test_batch_norm_inference_matches_numpy(shape, axis):
     model = gd.batch_norm(gd.input("x", shape), axis=axis, epsilon=1e-3, name="bn")
     st = _randomize(gd.build(model)[0]())
-    proto = _check(model, st, {"x": _f(4, *shape[1:])})
+    proto = check_onnx(model, st, {"x": _f(4, *shape[1:])})
     assert {f"bn.{p}" for p in ("gamma", "beta", "mean", "var")} <= {
         t.name for t in proto.graph.initializer}
 
@@ -149,7 +149,7 @@ def test_group_norm_matches_numpy(shape, axis, groups, opset):
     model = gd.group_norm(gd.input("x", shape), groups, axis=axis, epsilon=1e-4)
     st = _randomize(gd.build(model)[0]())
     sizes = tuple(5 if d is None else d for d in shape[1:])
-    _check(model, st, {"x": _f(3, *sizes) * 3 + 1}, opset=opset)
+    check_onnx(model, st, {"x": _f(3, *sizes) * 3 + 1}, opset=opset)
 
 
 def _merged(proto, adapter):
@@ -180,7 +180,7 @@ def test_embedding_adapters_export_merged(mod):
     st = _randomize(gd.build(model)[0]())
     adapter = f"e_{mod.__name__.rsplit('.', 1)[-1]}"
     st.data[adapter]["A"] = _f(*st.data[adapter]["A"].shape)  # PEFT starts A at zero
-    proto = _check(model, st, {"ids": R.integers(0, 13, (4, 7))})
+    proto = check_onnx(model, st, {"ids": R.integers(0, 13, (4, 7))})
     _merged(proto, adapter)
     # negative ids moved below -vocab (Sub, Less, Where) so that Gather refuses them
     assert [n.op_type for n in proto.graph.node] == ["Sub", "Less", "Where", "Gather",
@@ -205,7 +205,7 @@ def test_small_cnn_matches_numpy(adapted):
         model = dora.adapt(model, ["conv2"], rank=2, alpha=4.0)
     st = _randomize(gd.build(model, seed=3)[0]({"image": np.zeros((1, 12, 11, 3),
                                                                   np.float32)}))
-    proto = _check(model, st, {"image": _f(6, 12, 11, 3)})
+    proto = check_onnx(model, st, {"image": _f(6, 12, 11, 3)})
     ops = [n.op_type for n in proto.graph.node]
     assert ops.count("Conv") == 2 and "MaxPool" in ops
     if adapted:
@@ -214,4 +214,4 @@ def test_small_cnn_matches_numpy(adapted):
     dyn = _cnn(gd.input("image", (None, None, None, 3)))
     if adapted:
         dyn = dora.adapt(dyn, ["conv2"], rank=2, alpha=4.0)
-    _check(dyn, st, {"image": _f(2, 9, 14, 3)})
+    check_onnx(dyn, st, {"image": _f(2, 9, 14, 3)})

@@ -1,5 +1,5 @@
-"""JSON model definitions: round trips for every registered op, hand-written files,
-the schema, and every malformed-definition error."""
+"""JSON model definitions: round trips for every op case (tests/op_cases.py), hand-written
+files, the schema, and every malformed-definition error."""
 from __future__ import annotations
 
 import json
@@ -8,156 +8,20 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import assert_same_outputs
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from op_cases import CASES, cases_for, scaled_tanh
 from strategies import graphs
 
 import graphdsl as gd
-from graphdsl import dora, lora
 from graphdsl.errors import OptionError, SerializationError
 from graphdsl.graph import analyze
 from graphdsl.io import FORMAT_VERSION, schema
 
 
-@gd.register_function("ser_scaled_tanh")
-def scaled_tanh(x, *, xp, k=1.0):
-    return xp.tanh(x) * k
-
-
-@gd.register_function("ser_pair_sum")
-def pair_sum(a, b, *, xp):
-    return a + 2 * b
-
-
-@gd.register_function("ser_init_halves")
-def init_halves(shape, dtype, rng):
-    return np.full(shape, 0.5, dtype)
-
-
 def _x(d=6, name="x"):
     return gd.input(name, (None, d))
-
-
-def _on(f, d=6):
-    return f(_x(d))
-
-
-# op -> a model using that op (and its non-default attributes where it has some)
-CASES = {
-    "input": lambda: gd.input("x", (None, 3, 4), dtype="float64"),
-    "constant": lambda: gd.add(_x(4), gd.constant(np.arange(4, dtype=np.float32) / 3)),
-    "param": lambda: gd.matmul(_x(4), gd.param("w", (4, 2), initializer="he_normal",
-                                                trainable=False)),
-    "custom": lambda: gd.layer(scaled_tanh, _x(), name="custom", k=2.5),
-    "optional": lambda: (lambda x: gd.add(x, gd.optional(_x(name="bias"), gd.full_like(
-        x, 0.5))))(_x()),
-    "full_like": lambda: gd.full_like(gd.input("ids", (None, 5), dtype="int64"), 1,
-                                      dtype="float32"),
-    "container": lambda: _on(lambda x: gd.container({"a": gd.relu(x), "b": gd.tanh(x)})),
-    "dense": lambda: gd.dense(_x(), 3, activation="gelu", use_bias=False,
-                              kernel_initializer="he_uniform", name="fc"),
-    "relu": lambda: gd.relu(_x()),
-    "gelu": lambda: gd.gelu(_x(), approximate=True),
-    "sigmoid": lambda: gd.sigmoid(_x()),
-    "tanh": lambda: gd.tanh(_x()),
-    "softmax": lambda: gd.softmax(gd.reshape(_x(), (None, 2, 3)), axis=1),
-    "log_softmax": lambda: gd.log_softmax(_x(), axis=-1),
-    "silu": lambda: gd.silu(_x()),
-    "elu": lambda: gd.elu(_x(), alpha=0.7),
-    "leaky_relu": lambda: gd.leaky_relu(_x(), alpha=0.2),
-    "softplus": lambda: gd.softplus(_x()),
-    "dropout": lambda: gd.dropout(gd.dense(_x(), 4), 0.25),
-    "layer_norm": lambda: gd.layer_norm(_x(), epsilon=1e-3, center=False),
-    "embedding": lambda: gd.embedding(gd.input("ids", (None, 5), dtype="int64"), 11, 4),
-    "add": lambda: _on(lambda x: gd.add([x, gd.dense(x, 6), gd.relu(x)])),
-    "subtract": lambda: _on(lambda x: gd.subtract(x, gd.dense(x, 6))),
-    "multiply": lambda: _on(lambda x: gd.multiply(x, gd.sigmoid(x))),
-    "concatenate": lambda: gd.concatenate([_x(), _x(3, "y")], axis=-1),
-    "reshape": lambda: gd.reshape(_x(), (None, 3, -1)),
-    "flatten": lambda: gd.flatten(gd.reshape(_x(), (None, 2, 3))),
-    "transpose": lambda: gd.transpose(gd.reshape(_x(), (None, 2, 3)), (0, 2, 1)),
-    "matmul": lambda: gd.matmul(gd.reshape(_x(), (None, 2, 3)),
-                                gd.reshape(_x(6, "y"), (None, 3, 2))),
-    "dora": lambda: _on(lambda x: dora.wrap(x, gd.dense(x, 5, activation="relu", name="attn"),
-                                            rank=2, alpha=4.0, name="dora_attn", dropout=0.1)),
-    "lora": lambda: lora.lora_layer(_x(), 6, 4, rank=3, alpha=6.0, name="lo", rslora=True),
-}
-
-
-def _tied_model():
-    emb = gd.embedding(gd.input("ids", (None, 5), dtype="int64"), 11, 4, name="embed.tokens")
-    return gd.tied_dense(emb, emb, use_bias=True, name="lm_head")
-
-
-def _heads(x, n):  # (None, seq, n*4) -> (None, n, seq, 4)
-    return gd.transpose(gd.reshape(x, (None, -1, n, 4)), (0, 2, 1, 3))
-
-
-CASES.update({  # the transformer ops
-    "attention": lambda: (lambda q, kv: gd.attention(
-        _heads(q, 4), _heads(kv, 2), _heads(kv, 2), causal=True, window=3, scale=0.4,
-        mask=gd.reshape(gd.input("am", (None, 3), dtype="int64"), (None, 1, 1, -1))))(
-            gd.input("q", (None, 3, 16)), gd.input("kv", (None, 3, 8))),
-    "rms_norm": lambda: gd.rms_norm(_x(), epsilon=1e-5, name="norm"),
-    "rotary_embedding": lambda: gd.rotary_embedding(
-        _heads(gd.input("x", (None, 3, 8)), 2),
-        gd.positions(gd.input("ids", (None, 3), dtype="int64")), theta=5e5),
-    "slice": lambda: _on(lambda x: gd.container([*gd.split(x, 3, name="parts"),
-                                                 gd.slice(x, -2, None)])),
-    "positions": lambda: gd.positions(gd.input("ids", (None, 5), dtype="int64"), offset=3),
-    "tied_dense": _tied_model,
-})
-
-
-def _img(c=3):
-    return gd.input("img", (None, 6, 5, c))
-
-
-CASES.update({  # the convolutional ops
-    "conv": lambda: gd.conv(_img(4), 6, (3, 2), strides=(2, 1), padding=[(1, 1), (0, 1)],
-                            kernel_dilation=(1, 2), feature_group_size=2, activation="relu"),
-    "max_pool": lambda: gd.max_pool(_img(), 2, strides=1, padding="same"),
-    "avg_pool": lambda: gd.avg_pool(gd.input("img", (None, 3, 6, 5)), 2, channels="first"),
-    "global_avg_pool": lambda: gd.global_avg_pool(_img(), keep_axes=True),
-    "global_max_pool": lambda: gd.global_max_pool(_img()),
-    "batch_norm": lambda: gd.batch_norm(_img(), momentum=0.2, epsilon=1e-3, name="bn"),
-    "group_norm": lambda: gd.group_norm(_img(4), 2, name="gn"),
-})
-
-EXTRA = {  # more shapes of the same ops
-    "dora_layer_eps": lambda: dora.dora_layer(_x(), 6, 3, rank=2, eps=1e-6, use_bias=True,
-                                              activation="tanh", name="dl"),
-    "dora_adapt": lambda: dora.adapt(gd.dense(gd.dense(_x(), 4, name="attn_q"), 2, name="out"),
-                                     targets=r"attn_.*", rank=2),
-    "lora_wrap": lambda: _on(lambda x: lora.wrap(x, gd.dense(x, 4, name="v"), rank=2,
-                                                 name="lv")),
-    "frozen": lambda: gd.freeze(gd.dense(gd.dense(_x(), 4, name="a"), 2, name="b"),
-                                lambda n: n.name == "a"),
-    "two_layers_two_inputs": lambda: gd.layer(pair_sum, [_x(), _x(6, "z")], name="pair"),
-    "callable_init": lambda: gd.dense(_x(), 3, kernel_initializer=init_halves),
-    "int_constant": lambda: gd.add(gd.input("i", (None, 3), dtype="int64"),
-                                   gd.constant(np.array([1, 2, 3]))),
-    "nested_container": lambda: _on(lambda x: gd.container(
-        [gd.relu(x), gd.container({"t": gd.tanh(x)})])),
-    "shared_input_diamond": lambda: (lambda x: gd.add(gd.relu(x), gd.tanh(x)))(_x()),
-}
-
-
-def test_every_registered_op_has_a_round_trip_case():
-    missing = sorted(set(gd.OPS) - set(CASES))
-    assert not missing, f"add a serialization case for: {missing}"
-
-
-def _inputs(model, rng, batch=3):
-    out = {}
-    for name, shp in gd.get_inputs(model).items():
-        concrete = tuple(batch if d is None else d for d in shp)
-        node = next(n for n in analyze(model).input_nodes if n.name == name)
-        if node.attrs["dtype"].startswith("int"):
-            out[name] = rng.integers(0, 5, concrete).astype(node.attrs["dtype"])
-        else:
-            out[name] = rng.standard_normal(concrete).astype(node.attrs["dtype"])
-    return out
 
 
 def _param_table(model):
@@ -165,20 +29,9 @@ def _param_table(model):
             for k, v in analyze(model).params.items()}
 
 
-def _assert_same_outputs(a, b):
-    if isinstance(a, dict):
-        assert a.keys() == b.keys()
-        for k in a:
-            _assert_same_outputs(a[k], b[k])
-    elif isinstance(a, tuple):
-        assert isinstance(b, tuple) and len(a) == len(b)
-        for x, y in zip(a, b):
-            _assert_same_outputs(x, y)
-    else:
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-
-
-def check_round_trip(model, rng):
+def check_round_trip(model, xs):
+    """``model`` through JSON and back: the same text, shapes, parameters, nodes, weights
+    for a seed, and predictions for the inputs ``xs`` (if any)."""
     text = gd.to_json(model)
     back = gd.from_json(text)
     assert gd.to_json(back) == text  # identical
@@ -193,23 +46,17 @@ def check_round_trip(model, rng):
     s1 = gd.build(model, seed=3)[0]()
     s2 = gd.build(back, seed=3)[0]()
     assert s1 == s2
-    if gd.get_inputs(model):
-        xs = _inputs(model, rng)
+    if xs:
         arg = xs if len(xs) != 1 else next(iter(xs.values()))
-        _assert_same_outputs(gd.predict(model, s1, arg), gd.predict(back, s1, arg))
+        assert_same_outputs(gd.predict(model, s1, arg), gd.predict(back, s1, arg))
     return text, back
 
 
-@pytest.mark.parametrize("op", sorted(CASES))
-def test_round_trip_every_op(op, rng):
-    model = CASES[op]()
-    assert op in gd.get_op_counts(model)
-    check_round_trip(model, rng)
-
-
-@pytest.mark.parametrize("case", sorted(EXTRA))
-def test_round_trip_more_graphs(case, rng):
-    check_round_trip(EXTRA[case](), rng)
+@pytest.mark.parametrize("case", cases_for("json"))
+def test_round_trip_every_op(case, rng):
+    model = case.build()
+    assert case.op in gd.get_op_counts(model)
+    check_round_trip(model, case.feed(model, rng))
 
 
 def test_default_names_become_explicit_and_tuples_come_back_as_tuples():
@@ -236,7 +83,7 @@ def test_constant_array_keeps_dtype_shape_and_exact_values():
 
 
 def test_compact_form_round_trips_to_the_same_model():
-    model = CASES["dora"]()
+    model = CASES["dora/attrs"].build()
     compact = gd.to_json(model, compact=True)
     assert "\n" not in compact
     assert gd.to_json(gd.from_json(compact)) == gd.to_json(model)
@@ -249,8 +96,8 @@ def test_every_output_validates_against_the_shipped_schema():
 
     sch = schema()
     jsonschema.Draft202012Validator.check_schema(sch)
-    for make in list(CASES.values()) + list(EXTRA.values()):
-        jsonschema.validate(json.loads(gd.to_json(make())), sch)
+    for case in CASES.values():
+        jsonschema.validate(json.loads(gd.to_json(case.build())), sch)
 
 
 def test_the_example_definition_validates_against_the_shipped_schema():
@@ -324,7 +171,8 @@ def test_unregistered_initializer_fails_at_save_time():
 
 
 def test_function_missing_at_load_time_is_a_clear_error():
-    text = gd.to_json(CASES["custom"]()).replace("ser_scaled_tanh", "nobody_registered_this")
+    text = gd.to_json(CASES["custom/attrs"].build()).replace("ser_scaled_tanh",
+                                                              "nobody_registered_this")
     with pytest.raises(SerializationError, match="nobody_registered_this.*not registered"):
         gd.from_json(text)
 
@@ -464,10 +312,10 @@ def test_random_graphs_round_trip(g, freeze_some, seed):
     assert gd.build(back, seed=seed)[0]() == state
     rng = np.random.default_rng(seed)
     xs = {k: rng.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
-    _assert_same_outputs(gd.predict(model, state, xs), gd.predict(back, state, xs))
+    assert_same_outputs(gd.predict(model, state, xs), gd.predict(back, state, xs))
 
 
 def test_bytes_with_a_utf8_bom_are_accepted():
-    model = CASES["dense"]()
+    model = CASES["dense/attrs"].build()
     text = gd.to_json(model)
     assert gd.to_json(gd.from_json(b"\xef\xbb\xbf" + text.encode("utf-8"))) == text
