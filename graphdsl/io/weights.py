@@ -2,11 +2,14 @@
 ``"layer.param"``: writing checks a state against the tensors the graph reads; reading
 validates the header itself (length, JSON, names, dtypes, shapes, contiguous offsets) and
 compares names, shapes and dtypes with the graph before the safetensors library decodes
-the bytes.
+the bytes. Safetensors *files* (checkpoints, adapters) are also read with NumPy alone,
+mapped read-only from disk (:func:`file_header`, :func:`map_tensors`).
 """
 from __future__ import annotations
 
 import io
+import mmap
+import os
 from collections.abc import Iterable, Mapping
 from typing import Any, BinaryIO
 
@@ -47,8 +50,12 @@ def expected_tensors(g: Graph, keys: Iterable[tuple[str, str]] | None = None) ->
     return out
 
 
-def _check_keys(have: Iterable[tuple[str, str]], want: Expected, source: str,
-                cls: type[GraphDSLError], fix_missing: str) -> None:
+def check_keys(have: Iterable[tuple[str, str]], want: Expected, source: str,
+               cls: type[GraphDSLError], fix_missing: str,
+               fix_extra: str = "the file and the model disagree; save them together with "
+                                "gd.save") -> None:
+    """``have`` (``(layer, param)`` keys) must be exactly the keys of ``want``: the first
+    missing keys, else the first extra ones, are a ``cls`` error naming them."""
     have = set(have)
     missing = sorted(k for k in want if k not in have)
     extra = sorted(k for k in have if k not in want)
@@ -59,11 +66,13 @@ def _check_keys(have: Iterable[tuple[str, str]], want: Expected, source: str,
     if extra:
         names = ", ".join(f"{a}.{b}" for a, b in extra[:10])
         raise cls(f"{source} has {len(extra)} value(s) the model does not use: {names}",
-                  fix="the file and the model disagree; save them together with gd.save")
+                  fix=fix_extra)
 
 
-def _check_array(key: tuple[str, str], shape: tuple, dtype: str, want: Expected, source: str,
-                 cls: type[GraphDSLError]) -> None:
+def check_array(key: tuple[str, str], shape: tuple, dtype: str, want: Expected, source: str,
+                cls: type[GraphDSLError]) -> None:
+    """The array ``key`` (of ``shape`` and NumPy ``dtype``) must have the shape and one of the
+    dtypes ``want[key]`` gives, else a ``cls`` error naming it."""
     wshape, wdtypes = want[key]
     if tuple(shape) != wshape:
         raise cls(f"{source}: {key[0]}.{key[1]} has shape {fmt_shape(tuple(shape))}, the "
@@ -89,7 +98,7 @@ def state_tensors(g: Graph, state: ModelState, want: Expected) -> dict[str, np.n
         raise StateError(f"expected a ModelState, got {type(state).__name__}",
                          fix="pass the state returned by init_fn (or gd.load)")
     have = {(layer, p): a for layer, ps in state.data.items() for p, a in ps.items()}
-    _check_keys(have, want, "the state", StateError,
+    check_keys(have, want, "the state", StateError,
                 "initialize the state with init_fn(template, state) first")
     out = {}
     for key, a in have.items():
@@ -98,7 +107,7 @@ def state_tensors(g: Graph, state: ModelState, want: Expected) -> dict[str, np.n
         arr = np.asarray(a)
         if not arr.flags.c_contiguous:
             arr = arr.copy(order="C")  # (np.ascontiguousarray would make 0-d arrays 1-d)
-        _check_array(key, arr.shape, arr.dtype.name, want, "the state", StateError)
+        check_array(key, arr.shape, arr.dtype.name, want, "the state", StateError)
         out[f"{key[0]}.{key[1]}"] = arr
     return out
 
@@ -167,6 +176,41 @@ def read_header(fh: BinaryIO, size: int, source: str, dtypes: Iterable[str] = ST
     return out, 8 + n
 
 
+def file_header(path: str) -> dict[str, Entry]:
+    """The checked header of the ``.safetensors`` file ``path``, from its header only:
+    ``{name: (dtype code, shape, begin, end)}`` with offsets from the file's start (BF16
+    allowed, see :func:`map_tensors`); damage is a SerializationError naming the file."""
+    with open(path, "rb") as fh:
+        entries, start = read_header(fh, os.fstat(fh.fileno()).st_size,
+                                     f"cannot read {os.path.basename(path)}",
+                                     (*ST_DTYPES, "BF16"))
+    return {k: (dt, shape, start + b, start + e) for k, (dt, shape, b, e) in entries.items()}
+
+
+def map_tensors(entries: Mapping[str, tuple[str, Entry]]) -> dict[str, np.ndarray]:
+    """``{name: array}`` of ``{name: (file path, its entry from file_header)}``, mapped from
+    the files read-only (no copy), BF16 widened to float32 exactly (its 16 bits are the high
+    half of a float32); each array has the entry's shape."""
+    maps: dict[str, mmap.mmap] = {}
+    out = {}
+    for key, (path, (dt, shape, b, e)) in entries.items():
+        if path not in maps:
+            with open(path, "rb") as fh:
+                maps[path] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        code = "<u2" if dt == "BF16" else np.dtype(ST_DTYPES[dt]).newbyteorder("<")
+        arr = np.frombuffer(maps[path], code, (e - b) // ST_ITEMSIZE[dt], b)
+        if dt == "BF16":
+            arr = (arr.astype("<u4") << 16).view("<f4")
+        out[key] = arr.reshape(shape)
+    return out
+
+
+def read_safetensors_file(path: str) -> dict[str, np.ndarray]:
+    """``{name: array}`` of one ``.safetensors`` file, read with NumPy only (its header is
+    checked first; bfloat16 is widened to float32 exactly)."""
+    return map_tensors({k: (path, e) for k, e in file_header(path).items()})
+
+
 def _parse_header(blob: bytes, source: str) -> dict[tuple[str, str], tuple[tuple, str]]:
     """Validate a safetensors header ourselves before the library sees the bytes."""
     entries, _ = read_header(io.BytesIO(blob), len(blob), source)
@@ -188,10 +232,10 @@ def read_weights(blob: bytes, want: Expected, source: str) -> dict[tuple[str, st
     SerializationError prefixed with ``source``.
     """
     header = _parse_header(blob, source)
-    _check_keys(header, want, source, SerializationError,
+    check_keys(header, want, source, SerializationError,
                 "the weights do not belong to this model; save model and state together")
     for key, (shape, dt) in header.items():
-        _check_array(key, shape, dt, want, source, SerializationError)
+        check_array(key, shape, dt, want, source, SerializationError)
     stnp = _safetensors()
     try:
         arrays = stnp.load(blob)
@@ -206,7 +250,6 @@ def read_weights(blob: bytes, want: Expected, source: str) -> dict[tuple[str, st
         layer, _, param = name.rpartition(".")
         out[(layer, param)] = arr
     return out
-
 
 
 def encode_weights(tensors: dict[str, np.ndarray], kind: str) -> bytes:
