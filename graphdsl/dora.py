@@ -52,11 +52,12 @@ def dora_layer(input: Node, input_size: int, output_size: int, rank: int = 8,
 def wrap(input: Node, original: Node, rank: int = 8, alpha: float = 16.0,
          name: str | None = None, output_size: int | None = None, *, dropout: float = 0.0,
          rslora: bool = False, detach_norm: bool = True, eps: float | None = None) -> Node:
-    """DoRA around the named dense layer ``original``, applied to ``input (..., in)``.
+    """DoRA around the named dense, conv or embedding layer ``original`` (a kind of
+    graphdsl.adapters.kinds), applied to the input it reads (dense: ``(..., in)``).
 
     Reuses ``state.data[original.name]["kernel"/"bias"]`` (frozen) and adds ``A``, ``B``,
     ``magnitude`` under ``state.data[name]`` (default ``"{original.name}_dora"``). Keeps
-    the dense's activation. ``output_size`` is inferred (checked when given). At init the
+    the layer's activation. ``output_size`` is inferred (checked when given). At init the
     output equals ``original``'s.
     """
     opts = _layers.options(OP, rank, alpha, dropout, rslora, detach_norm, eps)
@@ -77,11 +78,11 @@ def recommended_defaults() -> dict[str, Any]:
 def adapt(model: Node, targets: _adapt.Targets, rank: int = 8, alpha: float = 16.0, *,
           dropout: float = 0.0, rslora: bool = False, detach_norm: bool = True,
           eps: float | None = None, modules_to_save: Any = None) -> Node:
-    """PEFT's ``get_peft_model`` for DoRA: every dense layer matched by ``targets`` (a
-    regex fully matching the layer name, a list of names, or a predicate on the dense
-    node) becomes a DoRA layer ``"{layer}_dora"`` wrapping it; every other layer's
+    """PEFT's ``get_peft_model`` for DoRA: every dense, conv or embedding layer matched
+    by ``targets`` (a regex fully matching the layer name, a list of names, or a predicate
+    on the node) becomes a DoRA layer ``"{layer}_dora"`` wrapping it; every other layer's
     parameters are frozen except the layers named in ``modules_to_save``. Every layer
-    name is made explicit (as resolved in ``model``), so state keys stay the same. Works
-    for dense layers on inputs of any rank."""
+    name is made explicit (as resolved in ``model``), so state keys stay the same. Dense
+    layers work on inputs of any rank."""
     opts = _layers.options(OP, rank, alpha, dropout, rslora, detach_norm, eps)
     return _adapt.adapt(OP, model, targets, opts, modules_to_save, caller_location())

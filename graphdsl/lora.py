@@ -44,7 +44,8 @@ def lora_layer(input: Node, input_size: int, output_size: int, rank: int = 8,
 def wrap(input: Node, original: Node, rank: int = 8, alpha: float = 16.0,
          name: str | None = None, output_size: int | None = None, *, dropout: float = 0.0,
          rslora: bool = False) -> Node:
-    """LoRA around the named dense layer ``original``, applied to ``input (..., in)``:
+    """LoRA around the named dense, conv or embedding layer ``original`` (a kind of
+    graphdsl.adapters.kinds), applied to the input it reads (dense: ``(..., in)``):
     reuses its kernel and bias (frozen), adds ``A``, ``B`` under ``state.data[name]``
     (default ``"{original.name}_lora"``), keeps its activation; equal to it at init."""
     opts = _layers.options(OP, rank, alpha, dropout, rslora)
@@ -63,9 +64,10 @@ def recommended_defaults() -> dict[str, Any]:
 
 def adapt(model: Node, targets: _adapt.Targets, rank: int = 8, alpha: float = 16.0, *,
           dropout: float = 0.0, rslora: bool = False, modules_to_save: Any = None) -> Node:
-    """PEFT's ``get_peft_model`` for LoRA: every dense layer matched by ``targets`` (regex
-    full match on the name, list of names, or predicate on the node) becomes
-    ``"{layer}_lora"`` wrapping it; everything else is frozen except ``modules_to_save``."""
+    """PEFT's ``get_peft_model`` for LoRA: every dense, conv or embedding layer matched by
+    ``targets`` (regex full match on the name, list of names, or predicate on the node)
+    becomes ``"{layer}_lora"`` wrapping it; everything else is frozen except
+    ``modules_to_save``."""
     opts = _layers.options(OP, rank, alpha, dropout, rslora)
     return _adapt.adapt(OP, model, targets, opts, modules_to_save, caller_location())
 

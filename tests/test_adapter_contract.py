@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 
 import graphdsl as gd
-from graphdsl import dora
+from graphdsl import dora, lora
 from graphdsl.adapters import contract
+from graphdsl.adapters.kinds import KINDS
 
 torch = pytest.importorskip("torch")
 
@@ -69,3 +70,76 @@ def test_a_small_but_genuine_column_is_fine_on_every_path():
     st = _cancelling_state(model, 0.1)  # c^2 = 1e-2: far above float32 round-off
     for _, run in _all_paths(model, st):
         run()
+
+
+#: one example layer per adaptable kind (a kind without one fails the test below):
+#: ``(input node, base layer, a batch)``
+_KIND_EXAMPLES = {
+    "dense": lambda rng: _example(gd.input("x", (None, 3, 6)), rng.standard_normal((2, 3, 6)),
+                                  lambda x: gd.dense(x, 5, activation="tanh", name="base")),
+    "conv last": lambda rng: _example(
+        gd.input("x", (None, 5, 6, 3)), rng.standard_normal((2, 5, 6, 3)),
+        lambda x: gd.conv(x, 4, (3, 2), strides=(2, 1), padding="same", name="base")),
+    "conv first": lambda rng: _example(
+        gd.input("x", (None, 3, 5, 6)), rng.standard_normal((2, 3, 5, 6)),
+        lambda x: gd.conv(x, 4, (2, 3), kernel_dilation=(1, 2), channels="first",
+                          activation="relu", name="base")),
+    "embedding": lambda rng: _example(
+        gd.input("ids", (None, 4), dtype="int64"), rng.integers(0, 7, (2, 4)),
+        lambda x: gd.embedding(x, 7, 5, name="base")),
+}
+
+
+def _example(x, batch, make):
+    return x, make(x), batch.astype(np.float32) if batch.dtype.kind == "f" else batch
+
+
+def test_every_adaptable_kind_has_an_example():
+    assert {case.split()[0] for case in _KIND_EXAMPLES} == set(contract.ADAPTABLE)
+
+
+@pytest.mark.parametrize("case", sorted(_KIND_EXAMPLES))
+@pytest.mark.parametrize("mod", [dora, lora], ids=["dora", "lora"])
+def test_every_adaptable_kind_record_is_consistent(case, mod):
+    """The record of each kind agrees with its base op and with the backends: its shape
+    rules give the base layer's kernel and output, flat/unflat are inverses (on arrays
+    and tensors), A's leading axes are the flat fan-in, and the unmerged forward (NumPy
+    training, torch) equals the merged one (the base op's kernel) and merge_adapters."""
+    rng = np.random.default_rng(1)
+    x, base, batch = _KIND_EXAMPLES[case](rng)
+    kind = KINDS[base.op]
+    assert kind.name == base.op and kind.name in gd.OPS
+    node = mod.wrap(x, base, rank=R, name="ad")
+    a, shapes = node.attrs, {s.name: s.shape for s in node.params}
+    assert contract.layer_of(node) == kind.name
+    op, attrs = contract.base_options(node)
+    assert op == base.op and attrs == {k: base.attrs[k] for k in attrs}
+    assert all(a[k] == v for k, v in kind.fixed.items())
+    kshape = kind.kernel_shape([x.shape], a)
+    assert kshape == base.params[0].shape == shapes["kernel"]
+    assert kind.out_shape([x.shape], a) == base.shape == node.shape
+    units = a["units"]
+    K = rng.standard_normal(kshape)
+    flat = kind.flat(K, a)
+    assert flat.shape == (int(np.prod(shapes["A"][:-1])), units)
+    assert shapes["A"] == kind.a_shape(kshape, R, a) and shapes["A"][-1] == R
+    assert shapes["B"] == (R, units)
+    assert np.array_equal(kind.unflat(flat, kshape, a), K)
+    assert np.array_equal(kind.flat(torch.from_numpy(K), a).numpy(), flat)
+    assert kind.ids == x.dtype.startswith("int")
+    if kind.peft_keys is not None:
+        assert {"A", "B"} <= set(kind.peft_keys) <= {"A", "B", "magnitude"}
+
+    st = gd.build(node)[0](batch)
+    st.data["ad"]["A"] = rng.standard_normal(shapes["A"]).astype(np.float32)
+    st.data["ad"]["B"] = rng.standard_normal(shapes["B"]).astype(np.float32)
+    if "magnitude" in shapes:
+        st.data["ad"]["magnitude"] = rng.uniform(0.5, 2.0, units).astype(np.float32)
+    merged = gd.predict(node, st, batch)  # inference: the base op's kernel, merged W
+    train = gd.predict(node, st, batch, mode="train")
+    np.testing.assert_allclose(train["prediction"], merged, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(gd.predict(node, st, batch, backend="torch"), merged,
+                               rtol=1e-4, atol=1e-4)
+    plain, pst = gd.merge_adapters(node, st)
+    assert plain.op == base.op and dict(plain.attrs) == dict(base.attrs)
+    np.testing.assert_allclose(gd.predict(plain, pst, batch), merged, rtol=1e-5, atol=1e-5)

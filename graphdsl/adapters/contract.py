@@ -5,12 +5,12 @@ An adapter op is an op registered with ``category="adapter"`` (today ``dora`` an
 ``lora``). It reads a frozen base kernel — the wrapped layer's ``kernel`` (owner = that
 layer) or its own ``base_weight`` — and the base ``bias [out]``; everything else it
 reads (``A``, ``B [r, out]``, ``magnitude [out]``, a dropout ``key``) belongs to the
-adapter. Its ``layer`` attribute names the kind of layer it adapts (:data:`ADAPTABLE`:
-dense ``K [in, out]``, ``A [in, r]``; conv ``K`` in the conv's layout, ``A [*kernel_size,
-in, r]``; embedding ``K [vocab, dim]``, ``A [vocab, r]``); it carries that layer's
-options (:data:`BASE_OPTIONS`) and merges into a plain layer of that kind through the
-``merge`` function its registry entry names in ``extra``: ``merge(K, params, attrs) ->
-K'`` on the flat kernel ``[fan_in, out]`` (:func:`flat_kernel`).
+adapter. Its ``layer`` attribute names the kind of layer it adapts (:data:`ADAPTABLE`,
+one record each in graphdsl.adapters.kinds: dense ``K [in, out]``, ``A [in, r]``; conv
+``K`` in the conv's layout, ``A [*kernel_size, in, r]``; embedding ``K [vocab, dim]``,
+``A [vocab, r]``); it carries that layer's options and merges into a plain layer of that
+kind through the ``merge`` function its registry entry names in ``extra``: ``merge(K,
+params, attrs) -> K'`` on the flat kernel ``[fan_in, out]`` (:func:`flat_kernel`).
 """
 from __future__ import annotations
 
@@ -21,22 +21,12 @@ import numpy as np
 
 from ..node import Node
 from ..registry import OPS, ParamSpec
-from ..windows import kernel_from_hwio, kernel_hwio
+from .kinds import DEFAULT, KINDS, AdaptableKind
 
 #: parameter names that belong to the base layer, not to the adapter
 BASE_PARAMS = frozenset({"kernel", "bias", "base_weight"})
-#: the options an adapter takes over from the dense layer it wraps (and gives back on merge)
-DENSE_OPTIONS = ("units", "use_bias", "activation", "kernel_initializer",
-                 "bias_initializer")
-#: conv's window options, kept by an adapter wrapping a conv (``filters`` is ``units``)
-CONV_WINDOW = ("kernel_size", "strides", "padding", "input_dilation", "kernel_dilation",
-               "feature_group_size", "channels")
-#: the layers adapters wrap, and the options an adapter keeps from each (its own names)
-BASE_OPTIONS = {"dense": DENSE_OPTIONS, "conv": DENSE_OPTIONS + CONV_WINDOW,
-                "embedding": ("units", "vocab_size", "kernel_initializer")}
-ADAPTABLE = tuple(BASE_OPTIONS)
-#: the base layer's option named differently from the adapter's
-_RENAMED = {"conv": {"units": "filters"}, "embedding": {"units": "embedding_size"}}
+#: the layers adapters wrap
+ADAPTABLE = tuple(KINDS)
 
 
 def is_adapter(op: str | Node) -> bool:
@@ -66,35 +56,36 @@ def owns(node: Node, spec: ParamSpec) -> bool:
 def wrap_options(base: Node, opts: Mapping[str, Any]) -> dict[str, Any]:
     """The attributes of an adapter wrapping the (named) ``base`` layer (dense, conv or
     embedding): the adapter options ``opts`` plus the layer's own options and ``base``."""
-    ren = _RENAMED.get(base.op, {})
-    own = {k: base.attrs[ren.get(k, k)] for k in BASE_OPTIONS[base.op]}
-    if base.op == "embedding":
-        own.update(use_bias=False, activation=None)
-    if base.op != "dense":
-        own["layer"] = base.op
+    kind = KINDS[base.op]
+    own = {k: base.attrs[kind.renames.get(k, k)] for k in kind.options}
+    own.update(kind.fixed)
+    if kind.name != DEFAULT:
+        own["layer"] = kind.name
     return dict(opts, base=base.name, **own)
 
 
 def layer_of(adapter: Node | Mapping[str, Any]) -> str:
     """The kind of layer (dense, conv, embedding) an adapter node (or its attrs) adapts."""
     attrs = adapter.attrs if isinstance(adapter, Node) else adapter
-    return attrs.get("layer", "dense")
+    return attrs.get("layer", DEFAULT)
 
 
-def base_options(adapter: Node) -> tuple[str, dict[str, Any]]:
-    """``(op, attrs)`` of the plain layer an adapter merges into."""
-    op = layer_of(adapter)
-    ren = _RENAMED.get(op, {})
-    return op, {ren.get(k, k): adapter.attrs[k] for k in BASE_OPTIONS[op]}
+def kind_of(adapter: Node | Mapping[str, Any]) -> AdaptableKind:
+    """The record of the kind of layer an adapter node (or its attrs) adapts."""
+    return KINDS[layer_of(adapter)]
+
+
+def base_options(adapter: Node | Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """``(op, attrs)`` of the plain layer an adapter (node or attrs) merges into."""
+    kind = kind_of(adapter)
+    return kind.name, kind.base_attrs(adapter.attrs if isinstance(adapter, Node) else adapter)
 
 
 def flat_kernel(K: Any, attrs: Mapping[str, Any]) -> Any:
-    """The base kernel as a ``[fan_in, out]`` matrix: dense and embedding kernels as they
-    are, a conv kernel as ``[*kernel_size * in, filters]`` (NumPy arrays or tensors)."""
-    if K.ndim == 2:
-        return K
-    W = kernel_hwio(K, attrs.get("channels", "last"))
-    return W.reshape(-1, W.shape[-1])
+    """The base kernel of an adapter with ``attrs`` as a ``[fan_in, out]`` matrix: dense
+    and embedding kernels as they are, a conv kernel as ``[*kernel_size * in, filters]``
+    (NumPy arrays or tensors)."""
+    return kind_of(attrs).flat(K, attrs)
 
 
 def flat_A(A: Any) -> Any:
@@ -108,9 +99,7 @@ def merged_kernel(op: str, params: Mapping[str, np.ndarray], attrs: Mapping[str,
     ``op`` with ``params`` (by local name) and ``attrs``, in the dtype of the arrays given
     (raises RuleError for a zero-norm DoRA column)."""
     K = base_kernel(params)
+    kind = kind_of(attrs)
     flat = dict(params, A=flat_A(params["A"]))
-    W = OPS[op].extra["merge"](flat_kernel(K, attrs), flat, attrs)
-    if K.ndim == 2:
-        return W
-    ch = attrs.get("channels", "last")
-    return np.ascontiguousarray(kernel_from_hwio(W.reshape(kernel_hwio(K, ch).shape), ch))
+    return kind.unflat(OPS[op].extra["merge"](kind.flat(K, attrs), flat, attrs), K.shape,
+                       attrs)

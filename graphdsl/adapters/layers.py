@@ -9,6 +9,7 @@ from ..node import Node, make_node
 from ..ops.core import input as _input
 from ..shapes import is_int
 from .contract import ADAPTABLE, is_adapter, wrap_options
+from .kinds import KINDS, listed
 
 DEFAULTS = {"rank": 8, "alpha": 16.0}
 
@@ -82,7 +83,7 @@ def wrap(op: str, x: Any, original: Any, name: str | None, output_size: Any,
         extra = (" (it is already an adapter; wrap the layer it came from)"
                  if is_adapter(original) else "")
         raise GraphDSLError(
-            f"{op}.wrap needs a dense, conv or embedding layer, got a {original.op} layer "
+            f"{op}.wrap needs a {listed('or')} layer, got a {original.op} layer "
             f"{original.label!r} defined at {original.where}{extra}",
             layer=name, op=op, where=where,
             fix="pass the node returned by gd.dense(...) itself (a fused activation="
@@ -95,7 +96,8 @@ def wrap(op: str, x: Any, original: Any, name: str | None, output_size: Any,
             "be stable", layer=name, op=op, where=where,
             fix="name it: gd.dense(x, units, name='attn'), or use "
                 f"{op}.adapt(model, targets=...) which names layers for you")
-    units = original.shape[-1 if original.attrs.get("channels", "last") == "last" else 1]
+    attrs = wrap_options(original, opts)
+    units = attrs["units"]
     if output_size is not None:
         out = _check_size(output_size, "output_size", op, name, where)
         if out != units:
@@ -105,11 +107,12 @@ def wrap(op: str, x: Any, original: Any, name: str | None, output_size: Any,
                 shapes={"original": original.shape},
                 fix=f"pass output_size={units}, or leave it out (it is inferred)")
     kernel = original.params[0].shape
-    if original.op == "dense" and (x.shape is None or len(x.shape) < 1
-                                   or x.shape[-1] not in (None, kernel[0])):
+    axis = KINDS[original.op].input_axis
+    if axis is not None and (x.shape is None or len(x.shape) < 1
+                             or x.shape[axis] not in (None, kernel[0])):
         raise _mismatch(op, name, where, x, original)
-    node = make_node(op, [x], wrap_options(original, opts),
-                     name if name is not None else f"{original.name}_{op}", where=where)
+    node = make_node(op, [x], attrs, name if name is not None else f"{original.name}_{op}",
+                     where=where)
     if node.params[0].shape != kernel:
         raise _mismatch(op, name, where, x, original)
     return node

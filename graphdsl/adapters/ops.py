@@ -10,12 +10,13 @@ owning ``kernel``/``bias`` when wrapping; None: the layer owns ``base_weight``),
 weights are created), ``A_initializer`` (None: PEFT's U(-1/sqrt(in), 1/sqrt(in))),
 ``B_initializer`` (default zeros); DoRA adds ``detach_norm`` (no gradient through the
 column norm, paper sec. 4.3) and ``eps`` (None: a zero-norm column is an error; a float
-clamps the norm, ``c = max(c, eps)``). ``layer`` ("dense", "conv", "embedding") is the
-kind of layer adapted, with that layer's options (conv: its window options; embedding:
-``vocab_size``). A conv adapter reads ``x [batch, *spatial, C]`` and ``A [*kernel_size,
-C, r]`` is a conv with the base layer's window, ``B [r, filters]`` a 1x1 conv (PEFT's
-conv LoRA); an embedding adapter reads int ids, ``A [vocab, r]`` (PEFT's embedding LoRA:
-``A = 0``, ``B ~ N(0, 1)`` unless ``A_initializer`` is given).
+clamps the norm, ``c = max(c, eps)``). ``layer`` (dense, conv or embedding: a record of
+graphdsl.adapters.kinds, which gives the shape rules below) is the kind of layer adapted,
+with that layer's options (conv: its window options; embedding: ``vocab_size``). A conv
+adapter reads ``x [batch, *spatial, C]`` and ``A [*kernel_size, C, r]`` is a conv with the
+base layer's window, ``B [r, filters]`` a 1x1 conv (PEFT's conv LoRA); an embedding
+adapter reads int ids, ``A [vocab, r]`` (PEFT's embedding LoRA: ``A = 0``, ``B ~ N(0, 1)``
+unless ``A_initializer`` is given).
 
 Parameters in this order: ``kernel [in, out]`` (owner=base, frozen) or ``base_weight
 [in, out]`` (own, frozen); ``bias [out]`` (same owner, frozen) when ``use_bias``;
@@ -32,42 +33,29 @@ from ..errors import OptionError, RuleError
 from ..initializers import check_initializer
 from ..node import is_valid_name
 from ..ops._attrs import boolean, number, positive_int
-from ..ops.conv import conv_attrs, conv_kernel_shape, conv_shape
 from ..ops.nn import activation_name
 from ..registry import DerivedInit, OpDef, ParamSpec, register_op
-from ..shapes import feature_dim
 from ._math import dora_column_norm, dora_merge, lora_merge, lora_scale, lora_uniform
-from .contract import ADAPTABLE, CONV_WINDOW, base_kernel, flat_A, flat_kernel, layer_of
+from .contract import ADAPTABLE, base_kernel, flat_A, flat_kernel, kind_of
+from .kinds import DEFAULT, KINDS, listed
 
 _COMMON = ("units", "rank", "alpha", "rslora", "scale", "dropout", "activation", "base",
            "use_bias", "kernel_initializer", "bias_initializer", "A_initializer",
-           "B_initializer", "layer", "vocab_size") + CONV_WINDOW
-_KNOWN = {"lora": set(_COMMON), "dora": set(_COMMON) | {"detach_norm", "eps"}}
+           "B_initializer", "layer")
+_KINDS_OPTIONS = {k for kind in KINDS.values() for k in kind.options}
+_KNOWN = {"lora": set(_COMMON) | _KINDS_OPTIONS,
+          "dora": set(_COMMON) | _KINDS_OPTIONS | {"detach_norm", "eps"}}
 
 
 def _layer_attrs(a: dict, out: dict) -> None:
     """The adapted layer's kind and options into ``out`` (checked)."""
-    layer = a.get("layer", "dense")
+    layer = a.get("layer", DEFAULT)
     if layer not in ADAPTABLE:
         raise RuleError(f"layer must be one of {ADAPTABLE}, got {layer!r}",
-                        "adapters wrap dense, conv and embedding layers", OptionError)
-    if layer != "dense":  # a dense adapter's attributes stay as they always were
+                        f"adapters wrap {listed('and')} layers", OptionError)
+    if layer != DEFAULT:  # a dense adapter's attributes stay as they always were
         out["layer"] = layer
-    if layer == "conv":
-        c = conv_attrs({k: a[k] for k in CONV_WINDOW if k in a} | {"filters": out["units"]})
-        out.update({k: c[k] for k in CONV_WINDOW})
-        if c["feature_group_size"] != 1:
-            raise RuleError("adapters on a grouped conv (feature_group_size > 1) are not "
-                            "supported: the low-rank update would not merge into the "
-                            "grouped kernel (PEFT cannot merge them either)",
-                            "leave this layer out of targets", OptionError)
-    elif layer == "embedding":
-        out["vocab_size"] = positive_int(a.get("vocab_size"), "vocab_size")
-        if out["use_bias"] or out["activation"] is not None or out["dropout"] > 0:
-            raise RuleError("an embedding adapter has no bias, activation or dropout "
-                            "(PEFT's embedding LoRA has none)",
-                            "leave use_bias, activation and dropout at their defaults",
-                            OptionError)
+    KINDS[layer].check(a, out)
 
 
 def _check(op: str):
@@ -119,70 +107,40 @@ def _check(op: str):
     return check
 
 
-def _in_dim(s: tuple) -> int:
-    return feature_dim(s, "an adapter (dora/lora)")
-
-
-def _conv_like(a: Mapping) -> dict:
-    return {k: a[k] for k in CONV_WINDOW} | {"filters": a["units"]}
-
-
 def _shape(s: list, a: Mapping) -> tuple:
-    if layer_of(a) == "conv":
-        return conv_shape(s, _conv_like(a))
-    if layer_of(a) == "embedding":
-        return tuple(s[0]) + (a["units"],)
-    _in_dim(s[0])
-    return tuple(s[0][:-1]) + (a["units"],)
+    return kind_of(a).out_shape(s, a)
 
 
 def _dtype(d: list, a: Mapping) -> str:
-    if layer_of(a) == "embedding" and d[0] not in ("int32", "int64"):
-        raise RuleError(f"an embedding adapter needs integer ids, but its input has dtype "
-                        f"{d[0]}", "pass the ids the embedding layer reads", OptionError)
+    kind = kind_of(a)
+    if kind.ids and d[0] not in ("int32", "int64"):
+        raise RuleError(f"an {kind.name} adapter needs integer ids, but its input has dtype "
+                        f"{d[0]}", f"pass the ids the {kind.name} layer reads", OptionError)
     return "float32"
 
 
-def _init_magnitude(scale: float, eps: float | None, channels: str, p: Mapping[str, Any]):
+def _init_magnitude(a: Mapping[str, Any], p: Mapping[str, Any]):
     """m_j = ||K[:, j] + s*(A@B)[:, j]|| (K, A flattened to [fan_in, .]) from the kernel
     the layer has at init (same arithmetic as the kernels: m/c == 1 at the start)."""
-    return dora_column_norm(flat_kernel(base_kernel(p), {"channels": channels}),
-                            flat_A(p["A"]), p["B"],
-                            scale, eps)
-
-
-def _standard_normal(shape: tuple, dtype: Any, rng: Any) -> Any:
-    """PEFT's init of an embedding adapter's B (``nn.init.normal_``: N(0, 1))."""
-    return rng.standard_normal(shape).astype(dtype)
-
-
-def _shapes(s: list, a: Mapping) -> tuple[tuple, tuple]:
-    """(base kernel shape, A shape) of the adapted layer."""
-    r = a["rank"]
-    if layer_of(a) == "conv":
-        k = conv_kernel_shape(s[0], _conv_like(a))
-        return k, (k[:-1] if a["channels"] == "last" else (*k[2:], k[1])) + (r,)
-    if layer_of(a) == "embedding":
-        return (a["vocab_size"], a["units"]), (a["vocab_size"], r)
-    n_in = _in_dim(s[0])
-    return (n_in, a["units"]), (n_in, r)
+    return dora_column_norm(flat_kernel(base_kernel(p), a), flat_A(p["A"]), p["B"],
+                            a["scale"], a["eps"])
 
 
 def _params(op: str):
     def params(s: list, a: Mapping) -> list[ParamSpec]:
-        out, r, base = a["units"], a["rank"], a["base"]
-        kshape, ashape = _shapes(s, a)
+        out, r, base, kind = a["units"], a["rank"], a["base"], kind_of(a)
+        kshape = kind.kernel_shape(s, a)
         kname = "base_weight" if base is None else "kernel"
         specs = [ParamSpec(kname, kshape, a["kernel_initializer"], False, owner=base)]
         if a["use_bias"]:
             specs.append(ParamSpec("bias", (out,), a["bias_initializer"], False, owner=base))
         a_init, b_init = a["A_initializer"] or lora_uniform, a["B_initializer"]
-        if layer_of(a) == "embedding" and a["A_initializer"] is None:
-            a_init, b_init = "zeros", _standard_normal
-        specs.append(ParamSpec("A", ashape, a_init))
+        if kind.init is not None and a["A_initializer"] is None:
+            a_init, b_init = kind.init
+        specs.append(ParamSpec("A", kind.a_shape(kshape, r, a), a_init))
         specs.append(ParamSpec("B", (r, out), b_init))
         if op == "dora":
-            norm = partial(_init_magnitude, a["scale"], a["eps"], a.get("channels", "last"))
+            norm = partial(_init_magnitude, a)
             specs.append(ParamSpec("magnitude", (out,), DerivedInit(norm, "dora_magnitude")))
         if a["dropout"] > 0:
             specs.append(ParamSpec("key", (), "rng_key", False, kind="state", dtype="uint64"))
