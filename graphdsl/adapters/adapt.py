@@ -276,6 +276,7 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
     frozen = set(state.frozen)
     names = {k: list(v) for k, v in state.entries.items()}
     merged_into: dict[str, str] = {}
+    kept: dict[str, dict[str, np.ndarray]] = {}  # adapter -> the parameters kept under its name
     for n in adapters:
         name = g.name(n)
         a = n.attrs
@@ -301,9 +302,10 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
         else:
             data.pop(name, None)
         data[target] = entry
-        frozen = {(lay, q) for lay, q in frozen
-                  if lay != name or (lay == target and q in entry)}
+        kept[name] = entry if target == name else {}
         names.pop(name, None)
+    # an adapter's own flags go, but a standalone one's for the parameters its layer keeps
+    frozen = {(lay, q) for lay, q in frozen if lay not in kept or q in kept[lay]}
     merged = rewrite_nodes(model, lambda n: _merged_layer if is_adapter(n) else None,
                            keep_names=True)
     return merged, ModelState(data, frozen, names)
