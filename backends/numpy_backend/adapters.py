@@ -12,7 +12,9 @@ Training (``ctx.training`` True) computes the unmerged form with the factored co
 norm (``x @ K`` and ``A.T @ K`` in one matmul; ``colsum(K*K)`` of the frozen kernel
 cached like the merged kernel; the columns where it cancels, and their output, from their
 own materialized kernel: graphdsl.adapters._math.exact_columns) and PEFT's dropout
-formula, and returns ``(y, {"key": new_key})`` (``(y, {})`` when there is no dropout).
+formula, and returns ``Stateful(y, {"key": new_key})`` with dropout (graphdsl.backends.
+base.with_updates). Each kind's unmerged forward is one row of :data:`_UNMERGED`; its
+merged forward is the base op's own kernel (:data:`_PLAIN`).
 """
 from __future__ import annotations
 
@@ -27,12 +29,24 @@ from graphdsl.adapters._math import (
     exact_columns,
     finish_norm,
 )
-from graphdsl.adapters.contract import base_kernel, flat_A, flat_kernel, layer_of, merged_kernel
-from graphdsl.windows import kernel_hwio
+from graphdsl.adapters.contract import (
+    ADAPTABLE,
+    base_kernel,
+    base_options,
+    flat_A,
+    flat_kernel,
+    layer_of,
+    merged_kernel,
+)
 
 from ..base import KernelContext, with_updates
-from .conv import conv_forward, conv_window, from_last, im2col, to_last
+from . import conv, kernels
+from .conv import conv_window, from_last, im2col, to_last
 from .kernels import apply_activation, embed, inverted_dropout
+
+#: the plain forward of each adaptable kind: the base op's own kernel
+_PLAIN: dict[str, Callable] = {k: f for k, f in {**kernels.KERNELS, **conv.KERNELS}.items()
+                               if k in ADAPTABLE}
 
 
 def cached_merge(ctx: KernelContext, sources: tuple, make: Callable[[], np.ndarray],
@@ -56,39 +70,34 @@ def _finish(y: np.ndarray, b: np.ndarray | None, a: Mapping,
     return apply_activation(back(y), a["activation"])
 
 
-def _plain(x: np.ndarray, W: np.ndarray, b: np.ndarray | None, a: Mapping) -> np.ndarray:
-    """The adapted layer's own forward with kernel ``W`` (a merged adapter at inference
-    costs exactly this): dense ``x @ W``, conv, or an embedding lookup."""
-    layer = layer_of(a)
-    if layer == "embedding":
-        return embed(x, W)
-    if layer == "dense":
-        return _finish(x @ W, b, a)
-    ch = a["channels"]
-    y = conv_forward(to_last(x, ch), kernel_hwio(W, ch), a)
-    return _finish(y, b, a, lambda v: from_last(v, ch))
-
-
-def _rows(x: np.ndarray, a: Mapping, p: Mapping) -> tuple:
+def _rows(x: np.ndarray, a: Mapping, p: Mapping, to_rows: Callable) -> tuple:
     """The adapted layer's input as rows against the flat kernel ``[fan_in, out]``:
-    ``(x2 [M, fan_in], xd2 (dropped-out rows, or None), updates, back)``; ``back(y2)``
-    puts rows ``[M, out]`` into the layer's output layout (dense: the input's leading
-    axes; conv: ``[N, *out, filters]`` in its channel order). Conv rows are im2col."""
-    xd, updates = None, {}
+    ``(x2 [M, fan_in], xd2 (dropped-out rows, or None), updates, back)`` where
+    ``to_rows([x, (xd)], a) -> ([x2, (xd2)], back)`` is the kind's (:data:`_UNMERGED`);
+    ``back(y2)`` puts rows ``[M, out]`` into the layer's output layout."""
+    xs, updates = [x], {}
     if a["dropout"] > 0:
         xd, key = inverted_dropout(x, a["dropout"], p["key"])
-        updates = {"key": key}
-    if layer_of(a) == "conv":
-        ch = a["channels"]
-        xl = to_last(x, ch)
-        w = conv_window(xl, a, a["kernel_size"])
-        x2, out = im2col(xl, w)
-        xd2 = None if xd is None else im2col(to_last(xd, ch), w)[0]
-        return x2, xd2, updates, lambda y: from_last(
-            y.reshape(x.shape[0], *out, y.shape[-1]), ch)
-    lead, n_in = x.shape[:-1], x.shape[-1]
-    xd2 = None if xd is None else xd.reshape(-1, n_in)
-    return x.reshape(-1, n_in), xd2, updates, lambda y: y.reshape(*lead, y.shape[-1])
+        xs, updates = [x, xd], {"key": key}
+    rows, back = to_rows(xs, a)
+    return rows[0], rows[1] if len(rows) > 1 else None, updates, back
+
+
+def _dense_rows(xs: list, a: Mapping) -> tuple[list, Callable]:
+    """Dense rows: the input's leading axes flattened; ``back`` restores them."""
+    lead, n_in = xs[0].shape[:-1], xs[0].shape[-1]
+    return [x.reshape(-1, n_in) for x in xs], lambda y: y.reshape(*lead, y.shape[-1])
+
+
+def _conv_rows(xs: list, a: Mapping) -> tuple[list, Callable]:
+    """Conv rows: im2col of the channels-last input; ``back`` gives ``[N, *out,
+    filters]`` in the layer's channel order."""
+    ch = a["channels"]
+    xl = [to_last(x, ch) for x in xs]
+    w = conv_window(xl[0], a, a["kernel_size"])
+    cols = [im2col(x, w) for x in xl]
+    n, out = xs[0].shape[0], cols[0][1]
+    return [c[0] for c in cols], lambda y: from_last(y.reshape(n, *out, y.shape[-1]), ch)
 
 
 def _dora_norm_ratio(ctx: KernelContext, K: np.ndarray, K2: np.ndarray, A2: np.ndarray,
@@ -105,33 +114,28 @@ def _dora_norm_ratio(ctx: KernelContext, K: np.ndarray, K2: np.ndarray, A2: np.n
 
 
 def _embedding_adapter(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
-                       dora: bool) -> Any:
+                       m: np.ndarray | None) -> Any:
     """PEFT's embedding LoRA/DoRA, unmerged: ``r * (K[ids] + s * A[ids] @ B)`` with
-    ``r = m/c`` (DoRA, norm over the vocab axis) or 1 (LoRA)."""
+    ``r = m/c`` (DoRA, norm over the vocab axis) or 1 (LoRA: ``m`` None)."""
     ids = ins[0]
     K, A, B = base_kernel(p), p["A"], p["B"]
     y = embed(ids, K)
     y += np.asarray(a["scale"], y.dtype) * (embed(ids, A) @ B)
-    if dora:
-        r, cols, W = _dora_norm_ratio(ctx, K, K, A, A.T @ K, B, p["magnitude"], a)
+    if m is not None:
+        r, cols, W = _dora_norm_ratio(ctx, K, K, A, A.T @ K, B, m, a)
         if W is not None:
             y[..., cols] = embed(ids, W)
         y *= r
     return y
 
 
-def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
-    """x -> the adapted layer's output. See graphdsl.adapters.ops for the math."""
-    x = ins[0]
-    K, b, A, B, m = base_kernel(p), p.get("bias"), p["A"], p["B"], p["magnitude"]
-    if not ctx.training:
-        W = cached_merge(ctx, (K, b, A, B, m), lambda: merged_kernel("dora", p, a))
-        return _plain(x, W, b, a)
-    if layer_of(a) == "embedding":
-        return _embedding_adapter(ins, p, a, ctx, True)
-    sd = np.asarray(a["scale"], x.dtype)
+def _dora_rows(x2: np.ndarray, xd2: np.ndarray | None, p: Mapping, a: Mapping,
+               ctx: KernelContext) -> np.ndarray:
+    """DoRA on rows ``x2 [M, fan_in]`` (``xd2``: their dropped-out copy) -> ``[M, out]``
+    before the bias: ``(m/c) * (x@K + s*(x@A)@B)``, or PEFT's dropout form."""
+    K, A, B, m = base_kernel(p), p["A"], p["B"], p["magnitude"]
+    sd = np.asarray(a["scale"], x2.dtype)
     K2, A2 = flat_kernel(K, a), flat_A(A)
-    x2, xd2, updates, back = _rows(x, a, p)
     rows, rank = x2.shape[0], A2.shape[1]
     parts = [x2, A2.T] if xd2 is None else [x2, xd2, A2.T]
     # one matmul gives x @ K (and xd @ K) and A.T @ K: a thin A.T @ K alone runs slowly
@@ -148,22 +152,52 @@ def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
         y += (r * sd) * ((xd2 @ A2) @ B)
         if W is not None:
             y[:, cols] = (x2 - xd2) @ K2[:, cols] + r[cols] * (xd2 @ W)
-    return with_updates(_finish(y, b, a, back), updates)
+    return y
 
 
-def _lora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
-    """x -> the adapted layer's output: base(x) + s * B(A(dropout(x))), then act."""
-    x = ins[0]
-    K, b, A, B = base_kernel(p), p.get("bias"), p["A"], p["B"]
-    if not ctx.training:
-        W = cached_merge(ctx, (K, b, A, B), lambda: merged_kernel("lora", p, a))
-        return _plain(x, W, b, a)
-    if layer_of(a) == "embedding":
-        return _embedding_adapter(ins, p, a, ctx, False)
-    x2, xd2, updates, back = _rows(x, a, p)
-    y = x2 @ flat_kernel(K, a)
-    y += np.asarray(a["scale"], x.dtype) * (((x2 if xd2 is None else xd2) @ flat_A(A)) @ B)
-    return with_updates(_finish(y, b, a, back), updates)
+def _lora_rows(x2: np.ndarray, xd2: np.ndarray | None, p: Mapping, a: Mapping,
+               ctx: KernelContext) -> np.ndarray:
+    """LoRA on rows ``x2 [M, fan_in]`` -> ``[M, out]`` before the bias: ``x@K +
+    s*(xd@A)@B`` (``xd2``: the dropped-out rows, or None)."""
+    y = x2 @ flat_kernel(base_kernel(p), a)
+    y += np.asarray(a["scale"], x2.dtype) * (((x2 if xd2 is None else xd2) @ flat_A(p["A"]))
+                                             @ p["B"])
+    return y
 
 
-KERNELS: dict[str, Callable] = {"dora": _dora, "lora": _lora}
+def _on_rows(to_rows: Callable) -> Callable:
+    """The unmerged forward of a kind whose input runs as rows against the flat kernel
+    (``to_rows``, see :func:`_rows`): DoRA's or LoRA's math on them, bias, layout, act."""
+    def forward(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
+                m: np.ndarray | None) -> Any:
+        x2, xd2, updates, back = _rows(ins[0], a, p, to_rows)
+        y = (_lora_rows if m is None else _dora_rows)(x2, xd2, p, a, ctx)
+        return with_updates(_finish(y, p.get("bias"), a, back), updates)
+    return forward
+
+
+#: the unmerged (training) forward of each adaptable kind (graphdsl.adapters.kinds):
+#: ``(ins, p, a, ctx, m) -> y``, ``m`` DoRA's magnitude or None (LoRA)
+_UNMERGED: dict[str, Callable] = {"dense": _on_rows(_dense_rows),
+                                  "conv": _on_rows(_conv_rows),
+                                  "embedding": _embedding_adapter}
+
+
+def _kernel(op: str) -> Callable:
+    """The kernel of adapter ``op``. Inference: the base op's own kernel (:data:`_PLAIN`)
+    with the merged kernel ``W`` (cached), so it costs what the plain layer costs.
+    Training: the kind's unmerged forward (:data:`_UNMERGED`); see graphdsl.adapters.ops
+    for the math."""
+    def kernel(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
+        m, b = p.get("magnitude"), p.get("bias")  # LoRA has no magnitude
+        if ctx.training:
+            return _UNMERGED[layer_of(a)](ins, p, a, ctx, m)
+        W = cached_merge(ctx, (base_kernel(p), b, p["A"], p["B"], m),
+                         lambda: merged_kernel(op, p, a))
+        base = ctx.cache.get("base") or ctx.cache.setdefault("base", base_options(a))
+        return _PLAIN[base[0]](ins, {"kernel": W} if b is None else {"kernel": W, "bias": b},
+                               base[1], ctx)
+    return kernel
+
+
+KERNELS: dict[str, Callable] = {op: _kernel(op) for op in ("dora", "lora")}
