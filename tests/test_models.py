@@ -296,3 +296,48 @@ def test_dropout_rates_of_a_config_are_checked_and_zero_adds_nothing():
                                            n_head=4, embd_pdrop=0.0, attn_pdrop=0.0,
                                            resid_pdrop=0.0)))
     assert not [n for n in g2.order if n.op == "dropout" or n.params and n.op == "attention"]
+
+
+# -- each family's record of its Hugging Face conventions (graphdsl.models.FAMILIES) ------
+TINY = {"llama": dict(vocab_size=11, hidden_size=16, intermediate_size=24,
+                      num_hidden_layers=3, num_attention_heads=4),
+        "gpt2": dict(vocab_size=11, n_positions=8, n_embd=16, n_layer=3, n_head=4),
+        "bert": dict(vocab_size=11, hidden_size=16, num_hidden_layers=3,
+                     num_attention_heads=4, intermediate_size=24, max_position_embeddings=8)}
+
+
+@pytest.mark.parametrize("f", models.FAMILIES, ids=lambda f: f.name)
+def test_a_family_record_is_complete_and_true_to_its_constructor_and_transformers(f):
+    import re
+
+    from graphdsl.hf import checkpoint, peft_config
+
+    assert getattr(models, f.name) is f.build and f.name in f.model_types
+    assert f.task in peft_config.TASKS
+    for kind, arch in f.model_types.items():  # hf's architecture lookup finds the record
+        assert checkpoint.architecture({"architectures": [arch]}) == arch
+        assert checkpoint.architecture({"model_type": kind}) == arch
+        assert checkpoint.family(arch) is f and kind in f.defaults
+        cls = getattr(transformers, arch)
+        assert cls.config_class.model_type == kind
+        assert cls.base_model_prefix + "." == f.base_model_prefix
+    for base, arch in f.base_models.items():
+        assert checkpoint.architecture({"architectures": [base]}) == arch
+        assert getattr(transformers, base).base_model_prefix + "." == f.base_model_prefix
+
+    cfg = TINY[f.name]
+    g = gd.graph.analyze(f.build(cfg, **{flag: True for flag in f.options.values()}))
+    keys = {k for k, _ in checkpoint.key_map(g, f.conv1d).values()}
+    assert g.params[(f.embedding, "kernel")].shape == tuple(cfg[x] for x in f.embedding_fields)
+    blocks = {k[len(f.blocks):].split(".")[0] for k in keys if k.startswith(f.blocks)}
+    assert blocks == {str(i) for i in range(cfg[f.block_count])}
+    assert set(f.options) <= keys  # each optional part is a weight of the model built with it
+    assert not [k for k in keys for p in f.ignored if re.search(p, k)]  # no weight ignored
+
+    arch = next(iter(f.model_types.values()))  # transformers' model: the same names
+    ref = getattr(transformers, arch)(getattr(transformers, arch).config_class(**cfg))
+    sd, head = set(ref.state_dict()), f"{f.head}.weight"
+    assert keys - {head} == {k for k in sd if not any(re.search(p, k) for p in f.ignored)
+                             } - {head} and (head in sd) == bool(f.head)
+    assert all(k.startswith(f.base_model_prefix) for k in sd - {head}) == f.prefixed
+    assert any(type(m).__name__ == "Conv1D" for m in ref.modules()) == f.conv1d

@@ -1,10 +1,11 @@
 """Hugging Face weights <-> ModelState. A Linear ``weight [out, in]`` is our ``kernel`` [in,
-out] transposed, GPT-2's Conv1D ``weight [in, out]`` is the kernel as it is; norms'
-``weight``/``bias`` are ``gamma``/``beta``; an embedding's ``weight`` is its ``kernel``."""
+out] transposed, a Conv1D ``weight [in, out]`` (a family's :attr:`HFFamily.conv1d`) is the
+kernel as it is; norms' ``weight``/``bias`` are ``gamma``/``beta``; an embedding's
+``weight`` is its ``kernel``. What each family calls things is its record in
+:data:`graphdsl.models.FAMILIES`; this module knows no family by name."""
 from __future__ import annotations
 
 import json
-import mmap
 import os
 import re
 from collections.abc import Iterable, Mapping
@@ -12,7 +13,6 @@ from typing import Any
 
 import numpy as np
 
-from .. import models
 from ..errors import GraphDSLError, StateError
 from ..graph import Graph, analyze
 from ..initializers import initialize
@@ -20,43 +20,35 @@ from ..io.archive import atomic_writer
 from ..io.json_text import parse_json
 from ..io.weights import (
     ST_DTYPES,
-    ST_ITEMSIZE,
     Entry,
+    check_array,
+    check_keys,
     encode_weights,
     expected_tensors,
-    read_header,
+    file_header,
+    map_tensors,
     state_tensors,
 )
+from ..io.weights import read_safetensors_file as read_safetensors_file  # hf's name for it
+from ..models import FAMILIES, HFFamily
 from ..node import Node
 from ..state import ModelState
 
-#: architectures -> (constructor, whether dense weights are GPT-2 Conv1D [in, out])
-ARCHITECTURES = {
-    "LlamaForCausalLM": (models.llama, False), "MistralForCausalLM": (models.llama, False),
-    "Qwen2ForCausalLM": (models.llama, False), "GPT2LMHeadModel": (models.gpt2, True),
-    "BertModel": (models.bert, False),
-}
-#: base models (no head) that load as the head model above, as transformers' AutoModelFor*
-#: reads them; and the architecture of a config that names none, by its ``model_type``
-_BASE_MODELS = {"LlamaModel": "LlamaForCausalLM", "MistralModel": "MistralForCausalLM",
-                "Qwen2Model": "Qwen2ForCausalLM", "GPT2Model": "GPT2LMHeadModel"}
-_BY_TYPE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-            "qwen2": "Qwen2ForCausalLM", "gpt2": "GPT2LMHeadModel", "bert": "BertModel"}
-#: family -> (transformers' base_model_prefix, whether our layer names carry it, the
-#: prefix of the numbered blocks, the config field counting them, the embedding's
-#: ``(config field, axis)``)
-_FAMILIES = {
-    "llama": ("model.", True, "model.layers.", "num_hidden_layers", "model.embed_tokens.weight",
-              (("vocab_size", 0), ("hidden_size", 1))),
-    "gpt2": ("transformer.", True, "transformer.h.", "n_layer", "transformer.wte.weight",
-             (("vocab_size", 0), ("n_embd", 1))),
-    "bert": ("bert.", False, "encoder.layer.", "num_hidden_layers",
-             "embeddings.word_embeddings.weight", (("vocab_size", 0), ("hidden_size", 1))),
-}
-#: checkpoint entries that are buffers, not weights (older transformers saved them)
-_IGNORED = re.compile(r"(transformer\.h\.\d+\.attn\.(masked_)?bias|embeddings\.position_ids|"
-                      r"rotary_emb\.inv_freq)$")
+#: architecture (the transformers class a checkpoint loads as) -> its family
+_FAMILY = {arch: f for f in FAMILIES for arch in f.model_types.values()}
+#: every class name graphdsl.hf reads -> the architecture it loads as (a base model as its
+#: head model, as transformers' AutoModelFor* reads it)
+_LOADS_AS = {**{a: a for a in _FAMILY},
+             **{base: arch for f in FAMILIES for base, arch in f.base_models.items()}}
+#: a config's ``model_type`` -> the architecture of a config that names none
+_BY_TYPE = {kind: arch for f in FAMILIES for kind, arch in f.model_types.items()}
+#: architecture -> (constructor, whether its dense weights are Conv1D [in, out])
+ARCHITECTURES = {arch: (f.build, f.conv1d) for arch, f in _FAMILY.items()}
+#: the output layers that stay a Linear in a Conv1D model
+_LINEAR_HEADS = {f.head for f in FAMILIES if f.conv1d and f.head}
 _HF_PARAM = {"kernel": "weight", "gamma": "weight", "beta": "bias", "bias": "bias"}
+#: what a checkpoint's arrays may be: every dtype the reader decodes (made float32)
+_DECODED = tuple(ST_DTYPES.values())
 WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
 _SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
 _HUB_FIX = ("graphdsl.hf does not download Hub ids: pass a local folder, e.g. the one "
@@ -66,13 +58,13 @@ _HUB_FIX = ("graphdsl.hf does not download Hub ids: pass a local folder, e.g. th
 
 def architecture(config: Mapping[str, Any]) -> str:
     """The first architecture of ``config`` that graphdsl.hf knows: a listed head model, a
-    listed base model (``GPT2Model`` loads as ``GPT2LMHeadModel``), or, when the config
-    lists none, its ``model_type``'s (else an error)."""
+    listed base model (loaded as its family's head model), or, when the config lists none,
+    its ``model_type``'s (else an error)."""
     archs = config.get("architectures") or []
     if not (isinstance(archs, list) and all(isinstance(a, str) for a in archs)):
         raise GraphDSLError(f"config field 'architectures' is {archs!r}",
                             fix="give a list of class names, e.g. [\"LlamaForCausalLM\"]")
-    known = [_BASE_MODELS.get(a, a) for a in archs if _BASE_MODELS.get(a, a) in ARCHITECTURES]
+    known = [_LOADS_AS[a] for a in archs if a in _LOADS_AS]
     kind = config.get("model_type")
     if not archs and isinstance(kind, str) and kind in _BY_TYPE:
         known = [_BY_TYPE[kind]]
@@ -82,18 +74,19 @@ def architecture(config: Mapping[str, Any]) -> str:
     return known[0]
 
 
-def _family(arch: str) -> tuple:
-    return _FAMILIES[ARCHITECTURES[arch][0].__name__]
+def family(arch: str) -> HFFamily:
+    """The record of the family that builds ``arch`` (an :func:`architecture`)."""
+    return _FAMILY[arch]
 
 
 def hf_key(op: str | None, layer: str, param: str, conv1d: bool) -> tuple[str, bool]:
     """``(hf key, transpose)`` of parameter ``param`` of ``layer`` (an ``op`` layer).
-    ``conv1d``: the model's blocks are GPT-2 Conv1D (its ``lm_head`` is still a Linear)."""
+    ``conv1d``: the model's dense layers are Conv1D (its output head is still a Linear)."""
     if param not in _HF_PARAM:
         raise GraphDSLError(f"{layer}.{param} has no Hugging Face name",
                             fix="merge adapters first (gd.merge_adapters), or save them as "
                                 "PEFT adapter files (graphdsl.hf.save_peft)")
-    linear = not conv1d or layer == "lm_head"
+    linear = not conv1d or layer in _LINEAR_HEADS
     return f"{layer}.{_HF_PARAM[param]}", op == "dense" and param == "kernel" and linear
 
 
@@ -112,54 +105,60 @@ def config_of(model: Node) -> dict[str, Any]:
         raise GraphDSLError("the model carries no Hugging Face config",
                             fix="build it with graphdsl.models or graphdsl.hf")
     config = json.loads(json.dumps(meta["hf_config"]))
-    if not config.get("architectures"):  # e.g. models.llama(LlamaConfig(...)): infer it
+    if not config.get("architectures"):  # built from a config without them: infer it
         layers = {layer for layer, _ in analyze(model).params}
         kind = config.get("model_type") or next(
-            (k for k, f in _FAMILIES.items() if f[4].rpartition(".")[0] in layers), None)
+            (f.name for f in FAMILIES if f.embedding in layers), None)
         if isinstance(kind, str) and kind in _BY_TYPE:
             config["model_type"], config["architectures"] = kind, [_BY_TYPE[kind]]
     return config
 
 
-def _build(arch: str, config: dict[str, Any], keys: Iterable[str]) -> tuple[Node, bool]:
-    """The graph of ``arch`` for ``config``; a BERT checkpoint holding a pooler (as a
-    default ``BertModel`` does) gets it."""
-    make, conv1d = ARCHITECTURES[arch]
-    if make is models.bert and "pooler.dense.weight" in keys:
-        return make(config, add_pooling_layer=True), conv1d
-    return make(config), conv1d
+def _build(f: HFFamily, config: dict[str, Any], keys: Iterable[str]) -> Node:
+    """The family ``f`` graph for ``config``, with the constructor flags of the optional
+    parts (:attr:`HFFamily.options`) the checkpoint's ``keys`` hold."""
+    keys = set(keys)
+    return f.build(config, **{flag: True for key, flag in f.options.items() if key in keys})
 
 
-def renamed(keys: Iterable[str], arch: str) -> dict[str, str]:
-    """``{our hf key: checkpoint key}``: transformers reads a checkpoint with or without
-    the base model's prefix (GPT-2's ``h.0.attn.c_attn.weight`` is our
-    ``transformer.h.0.attn.c_attn.weight``; BERT's ``bert.`` is dropped), decided for the
-    whole checkpoint as transformers does."""
-    prefix, ours = _family(arch)[:2]
-    keys = list(keys)
-    if ours and not any(k.startswith(prefix) for k in keys):
-        return {(k if k.startswith("lm_head.") else prefix + k): k for k in keys}
-    if not ours and any(k.startswith(prefix) for k in keys):
-        return {k.removeprefix(prefix): k for k in keys}
-    return {k: k for k in keys}
+def renamed(keys: Iterable[str], f: HFFamily) -> dict[str, str]:
+    """``{our hf key: checkpoint key}`` of the weights: transformers reads a checkpoint with
+    or without the base model's prefix (:attr:`HFFamily.base_model_prefix`: added to the
+    keys where our names carry it, else dropped), decided for the whole checkpoint as
+    transformers does. The family's buffers (:attr:`HFFamily.ignored`) are left out."""
+    prefix, keys = f.base_model_prefix, list(keys)
+    if f.prefixed and not any(k.startswith(prefix) for k in keys):
+        names = {(k if f.head and k.startswith(f.head + ".") else prefix + k): k for k in keys}
+    elif not f.prefixed and any(k.startswith(prefix) for k in keys):
+        names = {k.removeprefix(prefix): k for k in keys}
+    else:
+        names = {k: k for k in keys}
+    return {k: old for k, old in names.items() if not any(re.search(p, k) for p in f.ignored)}
 
 
-def state_from_tensors(model: Node, tensors: Mapping[str, np.ndarray], conv1d: bool,
+def _pair(key: str) -> tuple[str, str]:
+    layer, _, param = key.rpartition(".")
+    return layer, param
+
+
+def state_from_tensors(model: Node, tensors: Mapping[str, np.ndarray], f: HFFamily,
                        source: str) -> ModelState:
-    """The model's ModelState from Hugging Face tensors ``{key: array}``; every key and
-    shape is checked, and a missing or extra key is a StateError naming it. Dropout RNG
-    keys (state entries, not weights) are created from seed 0."""
+    """The model's ModelState (float32) from the Hugging Face tensors ``{key: array}`` of a
+    family ``f`` model: every key and shape is checked with io.weights' checks (a missing
+    or extra key, a wrong shape is a StateError naming it); the weight of a head tied to
+    the embedding may be there. Dropout RNG keys (state entries, not weights) are created
+    from seed 0."""
     g = analyze(model)
-    keys = key_map(g, conv1d)
-    wanted = {hf for hf, _ in keys.values()}
-    tied = [k for k in ("lm_head.weight",) if k in tensors and k not in wanted]
-    extra = sorted(k for k in tensors if k not in wanted and k not in tied
-                   and not _IGNORED.search(k))
-    missing = sorted(k for k in wanted if k not in tensors)
-    if missing or extra:
-        raise StateError(f"{source}: the checkpoint does not fit the model: missing "
-                         f"{missing[:10]}, unexpected {extra[:10]}",
-                         fix="check that config.json and the weights belong together")
+    keys = key_map(g, f.conv1d)
+    shapes = {k: tuple(g.params[k].shape) for k in keys}
+    want = {_pair(hf): (shapes[k][::-1] if t else shapes[k], _DECODED)
+            for k, (hf, t) in keys.items()}
+    tied = (f.head, "weight")
+    have = {_pair(k): a for k, a in tensors.items() if _pair(k) != tied or tied in want}
+    fix = "check that config.json and the weights belong together"
+    check_keys(have, want, source, StateError, fix, fix)
+    for k in want:
+        check_array(k, have[k].shape, have[k].dtype.name, want, source, StateError)
     data: dict[str, dict[str, np.ndarray]] = {}
     entries: dict[str, list[str]] = {}
     for (layer, param), spec in g.params.items():
@@ -169,14 +168,9 @@ def state_from_tensors(model: Node, tensors: Mapping[str, np.ndarray], conv1d: b
             entries.setdefault(layer, []).append(param)
             continue
         hf, transpose = keys[(layer, param)]
-        arr = np.asarray(tensors[hf])
-        arr = arr.T if transpose else arr
-        want = g.params[(layer, param)].shape
-        if tuple(arr.shape) != tuple(want):
-            raise StateError(f"{source}: {hf} has shape {tuple(arr.shape)}, the model needs "
-                             f"{tuple(want)[::-1] if transpose else tuple(want)}",
-                             layer=layer, fix="check the config's sizes")
-        data.setdefault(layer, {})[param] = arr.astype(np.float32, copy=False)
+        arr = have[_pair(hf)]
+        data.setdefault(layer, {})[param] = (arr.T if transpose else arr).astype(
+            np.float32, copy=False)
     return ModelState(data, (), entries)
 
 
@@ -191,12 +185,12 @@ def from_transformers(hf_model: Any) -> tuple[Node, ModelState]:
                 "for a config alone, build the graph with graphdsl.models (models.llama(config))")
     config = json.loads(hf_model.config.to_json_string(use_diff=False))
     config["architectures"] = [type(hf_model).__name__]
-    arch = architecture(config)
+    f = family(architecture(config))
     sd = hf_model.state_dict()
-    names = renamed(sd, arch)
-    model, conv1d = _build(arch, config, names)
+    names = renamed(sd, f)
+    model = _build(f, config, names)
     tensors = {k: sd[old].detach().cpu().float().numpy() for k, old in names.items()}
-    return model, state_from_tensors(model, tensors, conv1d, type(hf_model).__name__)
+    return model, state_from_tensors(model, tensors, f, type(hf_model).__name__)
 
 
 def need_folder(path: Any, what: str, must_exist: bool = True) -> str:
@@ -226,17 +220,19 @@ def read_json_file(path: str, what: str) -> dict[str, Any]:
 
 
 def _headers(folder: str) -> dict[str, tuple[str, Entry]]:
-    """``{key: (file, (dtype, shape, begin, end))}`` of the checkpoint's tensors (offsets
-    from the file's start), from headers only. As in transformers, ``model.safetensors``
-    wins over ``model.safetensors.index.json``, which maps each key to its shard."""
-    def header(name: str) -> dict[str, Entry]:
-        if not os.path.isfile(os.path.join(folder, name)):
+    """``{key: (file path, (dtype, shape, begin, end))}`` of the checkpoint's tensors
+    (offsets from the file's start), from headers only. As in transformers,
+    ``model.safetensors`` wins over ``model.safetensors.index.json``, which maps each key
+    to its shard."""
+    def header(name: str) -> dict[str, tuple[str, Entry]]:
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
             raise GraphDSLError(f"{folder}/{INDEX} names {name}, which is not in the folder",
                                 fix="copy the missing shard there, or save the model again")
-        return _file_header(os.path.join(folder, name))
+        return {k: (path, e) for k, e in file_header(path).items()}
 
     if os.path.isfile(os.path.join(folder, WEIGHTS)):
-        return {k: (WEIGHTS, e) for k, e in header(WEIGHTS).items()}
+        return header(WEIGHTS)
     if not os.path.isfile(os.path.join(folder, INDEX)):
         raise GraphDSLError(f"{folder} has neither {WEIGHTS} nor {INDEX}",
                             fix="save the model with save_pretrained (safetensors, the default)")
@@ -253,59 +249,28 @@ def _headers(folder: str) -> dict[str, tuple[str, Entry]]:
         if key not in shards[f]:
             raise GraphDSLError(f"{folder}/{INDEX} puts {key!r} in {f}, which does not "
                                 "hold it", fix="the index is damaged; save the model again")
-        out[key] = (f, shards[f][key])
+        out[key] = shards[f][key]
     return out
 
 
-def _decode(folder: str, entries: Mapping[str, tuple[str, Entry]]) -> dict[str, np.ndarray]:
-    """``{key: array}``, mapped from the files read-only (no copy), BF16 widened to
-    float32 exactly (its 16 bits are the high half of a float32)."""
-    maps, out = {}, {}
-    for key, (name, (dt, shape, b, e)) in entries.items():
-        if name not in maps:
-            with open(os.path.join(folder, name), "rb") as fh:
-                maps[name] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        code = "<u2" if dt == "BF16" else np.dtype(ST_DTYPES[dt]).newbyteorder("<")
-        arr = np.frombuffer(maps[name], code, (e - b) // ST_ITEMSIZE[dt], b)
-        if dt == "BF16":
-            arr = (arr.astype("<u4") << 16).view("<f4")
-        out[key] = arr.reshape(shape)
-    return out
-
-
-def _file_header(path: str) -> dict[str, Entry]:
-    """The checked header of one ``.safetensors`` file, offsets from the file's start."""
-    with open(path, "rb") as fh:
-        entries, start = read_header(fh, os.fstat(fh.fileno()).st_size,
-                                     f"cannot read {os.path.basename(path)}",
-                                     (*ST_DTYPES, "BF16"))
-    return {k: (dt, shape, start + b, start + e) for k, (dt, shape, b, e) in entries.items()}
-
-
-def read_safetensors_file(path: str) -> dict[str, np.ndarray]:
-    """``{key: array}`` of one ``.safetensors`` file, read with NumPy only (its header is
-    checked first; bfloat16 is widened to float32 exactly)."""
-    folder, name = os.path.split(path)
-    return _decode(folder, {k: (name, e) for k, e in _file_header(path).items()})
-
-
-def _check_sizes(config: Mapping[str, Any], arch: str, keys: Mapping[str, tuple[str, Entry]],
-                 folder: str) -> None:
+def _check_sizes(config: Mapping[str, Any], f: HFFamily,
+                 keys: Mapping[str, tuple[str, Entry]], folder: str) -> None:
     """Before anything is built: the config's block count and embedding size must be the
     checkpoint's (a config.json asking for 10**8 blocks fails here, at once)."""
-    _, _, blocks, field, embed, dims = _family(arch)
+    blocks, embed = f.blocks, f"{f.embedding}.weight"
     found = [int(m.group(1)) for k in keys if (m := re.match(re.escape(blocks) + r"(\d+)\.", k))]
-    held = [(field, max(found, default=-1) + 1, f"{len(set(found))} block(s) {blocks}N")]
+    held = [(f.block_count, max(found, default=-1) + 1, f"{len(set(found))} block(s) {blocks}N")]
     if embed in keys:
         shape = keys[embed][1][1]
-        held += [(f, shape[axis], f"{embed} of shape {list(shape)}") for f, axis in dims
-                 if axis < len(shape)]
-    for f, want, what in held:
-        v = config.get(f)
+        held += [(field, shape[axis], f"{embed} of shape {list(shape)}")
+                 for axis, field in enumerate(f.embedding_fields) if axis < len(shape)]
+    for field, want, what in held:
+        v = config.get(field)
         if isinstance(v, int) and not isinstance(v, bool) and v != want:
-            raise GraphDSLError(f"{folder}/config.json: {f} is {v}, but the checkpoint holds "
-                                f"{what}", fix=f"set {f} to {want} in config.json, or put the "
-                                "config and the weights that belong together in one folder")
+            raise GraphDSLError(f"{folder}/config.json: {field} is {v}, but the checkpoint "
+                                f"holds {what}", fix=f"set {field} to {want} in config.json, "
+                                "or put the config and the weights that belong together in "
+                                "one folder")
 
 
 def from_pretrained(folder: str) -> tuple[Node, ModelState]:
@@ -319,13 +284,12 @@ def from_pretrained(folder: str) -> tuple[Node, ModelState]:
     if not os.path.isfile(path):
         raise GraphDSLError(f"{folder} has no config.json", fix=_HUB_FIX)
     config = read_json_file(path, "a Hugging Face config (a JSON object)")
-    arch = architecture(config)
+    f = family(architecture(config))
     entries = _headers(folder)
-    names = renamed(entries, arch)
-    entries = {k: entries[old] for k, old in names.items() if not _IGNORED.search(k)}
-    _check_sizes(config, arch, entries, folder)
-    model, conv1d = _build(arch, config, entries)
-    return model, state_from_tensors(model, _decode(folder, entries), conv1d, folder)
+    entries = {k: entries[old] for k, old in renamed(entries, f).items()}
+    _check_sizes(config, f, entries, folder)
+    model = _build(f, config, entries)
+    return model, state_from_tensors(model, map_tensors(entries), f, folder)
 
 
 def save_pretrained(folder: str, model: Node, state: ModelState) -> str:
@@ -340,7 +304,7 @@ def save_pretrained(folder: str, model: Node, state: ModelState) -> str:
         raise StateError(f"hf.save_pretrained(state) must be a ModelState, got "
                          f"{type(state).__name__}", fix="pass the state of this model "
                          "(from init_fn, hf.from_pretrained or gd.merge_adapters)")
-    _, conv1d = ARCHITECTURES[architecture(config)]
+    conv1d = family(architecture(config)).conv1d
     arrays = state_tensors(g, state, expected_tensors(g))
     tensors = {hf: np.ascontiguousarray(arrays[f"{layer}.{param}"].T if transpose
                                         else arrays[f"{layer}.{param}"])

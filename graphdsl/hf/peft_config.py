@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from ..errors import GraphDSLError
+from ..models import FAMILIES
 
 CONFIG_FILE = "adapter_config.json"
 #: the fields graphdsl implements (everything else must be at its do-nothing value)
@@ -27,7 +28,7 @@ METADATA = frozenset({"base_model_name_or_path", "revision", "inference_mode",
 #: "olora", "loftq", rewrite the base weights, which the adapter then depends on)
 PLAIN_INITS = (True, False, "gaussian")
 #: the task types of the architectures graphdsl.hf builds (and "no task")
-TASKS = (None, "CAUSAL_LM", "FEATURE_EXTRACTION")
+TASKS = (None, *sorted({f.task for f in FAMILIES}))
 
 
 def _is_off(value: Any) -> bool:

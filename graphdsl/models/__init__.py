@@ -1,10 +1,16 @@
-"""Architectures written with the public DSL only: a constructor per family, taking a
-Hugging Face config (a dict or a config object). Layer names are the Hugging Face module
-paths with Axon parameter names (``kernel [in, out]``, ``bias``, ``gamma``, ``beta``)."""
+"""Architectures written with the public ops only: a constructor per family, taking a
+Hugging Face config (a dict or a config object), and the family's record of its Hugging
+Face conventions (:class:`~graphdsl.models.family.HFFamily`, in :data:`FAMILIES`). Layer
+names are the Hugging Face module paths with Axon parameter names (``kernel [in, out]``,
+``bias``, ``gamma``, ``beta``)."""
 from __future__ import annotations
 
-from .bert import bert
-from .gpt2 import gpt2
-from .llama import llama
+from .bert import BERT, bert
+from .family import HFFamily
+from .gpt2 import GPT2, gpt2
+from .llama import LLAMA, llama
 
-__all__ = ["bert", "gpt2", "llama"]
+#: every family graphdsl.hf reads, by its record
+FAMILIES: tuple[HFFamily, ...] = (LLAMA, GPT2, BERT)
+
+__all__ = ["BERT", "FAMILIES", "GPT2", "HFFamily", "LLAMA", "bert", "gpt2", "llama"]

@@ -6,11 +6,15 @@ from __future__ import annotations
 
 from typing import Any
 
-import graphdsl as gd
-
 from ..node import Node
+from ..ops.core import container
+from ..ops.nn import dense, embedding, layer_norm
+from ..ops.tensor import reshape
+from ..ops.transformer import attention
+from ..ops.transformer import slice as slice_axis
 from .common import activate, dropout, heads, merge_heads, padding_mask, token_inputs
 from .config import Config
+from .family import HFFamily
 
 
 def bert(config: Any, add_pooling_layer: bool = False) -> Node:
@@ -20,7 +24,7 @@ def bert(config: Any, add_pooling_layer: bool = False) -> Node:
     container ``{"last_hidden_state", "pooler_output [batch, hidden]"}``, else
     ``last_hidden_state``. ``hidden_dropout_prob`` and ``attention_probs_dropout_prob`` act
     in train mode where transformers applies them."""
-    c = Config(config, "bert")
+    c = Config(config, BERT)
     vocab, hidden = c.get("vocab_size"), c.get("hidden_size")
     n_layers, n_heads = c.get("num_hidden_layers"), c.get("num_attention_heads")
     inter, n_pos = c.get("intermediate_size"), c.get("max_position_embeddings")
@@ -41,26 +45,39 @@ def bert(config: Any, add_pooling_layer: bool = False) -> Node:
 
     ins = token_inputs(c, token_types=True)
     mask = padding_mask(ins["attention_mask"])
-    e = (gd.embedding(ins["input_ids"], vocab, hidden, name="embeddings.word_embeddings")
-         + gd.embedding(ins["position_ids"], n_pos, hidden,
-                        name="embeddings.position_embeddings")
-         + gd.embedding(ins["token_type_ids"], n_types, hidden,
-                        name="embeddings.token_type_embeddings"))
-    h = dropout(gd.layer_norm(e, epsilon=eps, name="embeddings.LayerNorm"), drop,
+    e = (embedding(ins["input_ids"], vocab, hidden, name=BERT.embedding)
+         + embedding(ins["position_ids"], n_pos, hidden, name="embeddings.position_embeddings")
+         + embedding(ins["token_type_ids"], n_types, hidden,
+                     name="embeddings.token_type_embeddings"))
+    h = dropout(layer_norm(e, epsilon=eps, name="embeddings.LayerNorm"), drop,
                 "embeddings.dropout")
     for i in range(n_layers):
-        p = f"encoder.layer.{i}"
-        q, k, v = (heads(gd.dense(h, hidden, name=f"{p}.attention.self.{t}"), n_heads,
+        p = f"{BERT.blocks}{i}"
+        q, k, v = (heads(dense(h, hidden, name=f"{p}.attention.self.{t}"), n_heads,
                          head_dim) for t in ("query", "key", "value"))
-        a = merge_heads(gd.attention(q, k, v, mask=mask, causal=causal, dropout=attn_drop))
-        a = dropout(gd.dense(a, hidden, name=f"{p}.attention.output.dense"), drop,
+        a = merge_heads(attention(q, k, v, mask=mask, causal=causal, dropout=attn_drop))
+        a = dropout(dense(a, hidden, name=f"{p}.attention.output.dense"), drop,
                     f"{p}.attention.output.dropout")
-        h = gd.layer_norm(a + h, epsilon=eps, name=f"{p}.attention.output.LayerNorm")
-        f = activate(gd.dense(h, inter, name=f"{p}.intermediate.dense"), act)
-        f = dropout(gd.dense(f, hidden, name=f"{p}.output.dense"), drop, f"{p}.output.dropout")
-        h = gd.layer_norm(f + h, epsilon=eps, name=f"{p}.output.LayerNorm")
+        h = layer_norm(a + h, epsilon=eps, name=f"{p}.attention.output.LayerNorm")
+        f = activate(dense(h, inter, name=f"{p}.intermediate.dense"), act)
+        f = dropout(dense(f, hidden, name=f"{p}.output.dense"), drop, f"{p}.output.dropout")
+        h = layer_norm(f + h, epsilon=eps, name=f"{p}.output.LayerNorm")
     if not add_pooling_layer:
         return h
-    first = gd.reshape(gd.slice(h, 0, 1, axis=1), (None, hidden))
-    pooled = gd.dense(first, hidden, activation="tanh", name="pooler.dense")
-    return gd.container({"last_hidden_state": h, "pooler_output": pooled})
+    first = reshape(slice_axis(h, 0, 1, axis=1), (None, hidden))
+    pooled = dense(first, hidden, activation="tanh", name="pooler.dense")
+    return container({"last_hidden_state": h, "pooler_output": pooled})
+
+
+BERT = HFFamily(
+    name="bert", build=bert, task="FEATURE_EXTRACTION", model_types={"bert": "BertModel"},
+    base_model_prefix="bert.", prefixed=False, blocks="encoder.layer.",
+    block_count="num_hidden_layers", embedding="embeddings.word_embeddings",
+    embedding_fields=("vocab_size", "hidden_size"), ignored=(r"embeddings\.position_ids$",),
+    options={"pooler.dense.weight": "add_pooling_layer"},  # a default BertModel has a pooler
+    defaults={"bert": {  # transformers 5.x' BertConfig
+        "vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
+        "num_attention_heads": 12, "intermediate_size": 3072, "hidden_act": "gelu",
+        "max_position_embeddings": 512, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
+        "is_decoder": False, "add_cross_attention": False, "hidden_dropout_prob": 0.1,
+        "attention_probs_dropout_prob": 0.1}})

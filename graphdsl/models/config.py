@@ -1,7 +1,7 @@
 """Reading a Hugging Face config (a dict, or an object with HF's field names such as
 ``transformers.LlamaConfig``) for the model constructors, with errors that name the
 field and what was expected. A field the config lacks takes the default of that
-family's transformers config class (``DEFAULTS``), as transformers does."""
+family's transformers config class (:attr:`HFFamily.defaults`), as transformers does."""
 from __future__ import annotations
 
 import json
@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..errors import GraphDSLError
+from .family import HFFamily
 
 _REQUIRED = object()
 
@@ -20,38 +21,13 @@ ACTIVATIONS = {"silu": ("silu", {}), "swish": ("silu", {}), "relu": ("relu", {})
 
 _KINDS = {int: "integer", float: "number", bool: "boolean", str: "string", dict: "JSON object",
           list: "list", type(None): "null"}
-_LLAMA = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
-          "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": None,
-          "head_dim": None, "hidden_act": "silu", "rms_norm_eps": 1e-6,
-          "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False,
-          "attention_dropout": 0.0}
-#: the math-relevant defaults of transformers 5.x' config classes, by ``model_type``
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "llama": _LLAMA,
-    "mistral": {**_LLAMA, "intermediate_size": 14336, "num_key_value_heads": 8,
-                "sliding_window": 4096},
-    "qwen2": {**_LLAMA, "vocab_size": 151936, "intermediate_size": 22016,
-              "num_key_value_heads": 32, "use_sliding_window": False,
-              "sliding_window": 4096, "max_window_layers": 28},
-    "gpt2": {"vocab_size": 50257, "n_positions": 1024, "n_embd": 768, "n_layer": 12,
-             "n_head": 12, "n_inner": None, "activation_function": "gelu_new",
-             "layer_norm_epsilon": 1e-5, "scale_attn_weights": True,
-             "scale_attn_by_inverse_layer_idx": False, "add_cross_attention": False,
-             "tie_word_embeddings": True, "resid_pdrop": 0.1, "embd_pdrop": 0.1,
-             "attn_pdrop": 0.1},
-    "bert": {"vocab_size": 30522, "hidden_size": 768, "num_hidden_layers": 12,
-             "num_attention_heads": 12, "intermediate_size": 3072, "hidden_act": "gelu",
-             "max_position_embeddings": 512, "type_vocab_size": 2, "layer_norm_eps": 1e-12,
-             "is_decoder": False, "add_cross_attention": False, "hidden_dropout_prob": 0.1,
-             "attention_probs_dropout_prob": 0.1},
-}
 
 
 class Config:
-    """Field access on a Hugging Face config for the family ``family`` (llama, gpt2, ...);
+    """Field access on a Hugging Face config for ``family`` (its record: llama, gpt2, ...);
     ``kind`` is its ``model_type`` (mistral and qwen2 are built by the llama family)."""
 
-    def __init__(self, config: Any, family: str) -> None:
+    def __init__(self, config: Any, family: HFFamily) -> None:
         if isinstance(config, Mapping):
             data = dict(config)
         elif hasattr(config, "to_json_string"):  # a transformers PretrainedConfig
@@ -59,12 +35,12 @@ class Config:
         elif hasattr(config, "__dict__"):
             data = {k: v for k, v in vars(config).items() if not k.startswith("_")}
         else:
-            raise GraphDSLError(f"models.{family}: the config must be a dict or an object "
+            raise GraphDSLError(f"models.{family.name}: the config must be a dict or an object "
                                 f"with Hugging Face's field names, got {type(config).__name__}",
                                 fix="pass transformers' config or json.load(config.json)")
-        self.data, self.family = data, family
-        self.kind = data.get("model_type", family)
-        self.defaults = DEFAULTS.get(self.kind, {}) if isinstance(self.kind, str) else {}
+        self.data, self.family = data, family.name
+        self.kind = data.get("model_type", family.name)
+        self.defaults = family.defaults.get(self.kind, {}) if isinstance(self.kind, str) else {}
 
     def get(self, key: str, default: Any = _REQUIRED, kind: type | tuple = (int,),
             lo: int = 1) -> Any:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
-import graphdsl as gd
-
 from ..node import Node
+from ..ops.nn import dense, embedding
+from ..ops.transformer import attention, rms_norm, rotary_embedding, tied_dense
 from .common import activate, heads, merge_heads, padding_mask, token_inputs
 from .config import Config
-
-_FAMILIES = ("llama", "mistral", "qwen2")
+from .family import HFFamily
 
 
 def _windows(c: Config, n_layers: int) -> list[int | None]:
@@ -46,10 +45,10 @@ def llama(config: Any) -> Node:
     ``LlamaForCausalLM``, ``MistralForCausalLM`` (sliding window), ``Qwen2ForCausalLM``
     (q/k/v bias). Grouped-query attention, RMSNorm, rotary embeddings, SwiGLU MLP; the
     ``lm_head`` is tied to ``model.embed_tokens`` when ``tie_word_embeddings``."""
-    c = Config(config, "llama")
+    c = Config(config, LLAMA)
     kind = c.kind
-    if kind not in _FAMILIES:
-        raise c.unsupported("model_type", kind, f"models.llama for {_FAMILIES}")
+    if kind not in LLAMA.model_types:
+        raise c.unsupported("model_type", kind, f"models.llama for {tuple(LLAMA.model_types)}")
     vocab, hidden = c.get("vocab_size"), c.get("hidden_size")
     n_layers, n_heads = c.get("num_hidden_layers"), c.get("num_attention_heads")
     n_kv = c.get("num_key_value_heads") or n_heads
@@ -65,24 +64,48 @@ def llama(config: Any) -> Node:
 
     ins = token_inputs(c)
     pos, mask = ins["position_ids"], padding_mask(ins["attention_mask"])
-    embed = gd.embedding(ins["input_ids"], vocab, hidden, name="model.embed_tokens")
+    embed = embedding(ins["input_ids"], vocab, hidden, name=LLAMA.embedding)
     h = embed
     for i in range(n_layers):
-        p = f"model.layers.{i}"
-        x = gd.rms_norm(h, epsilon=eps, name=f"{p}.input_layernorm")
-        q = gd.dense(x, n_heads * head_dim, use_bias=qkv_bias, name=f"{p}.self_attn.q_proj")
-        k = gd.dense(x, n_kv * head_dim, use_bias=qkv_bias, name=f"{p}.self_attn.k_proj")
-        v = gd.dense(x, n_kv * head_dim, use_bias=qkv_bias, name=f"{p}.self_attn.v_proj")
-        q = gd.rotary_embedding(heads(q, n_heads, head_dim), pos, theta=theta)
-        k = gd.rotary_embedding(heads(k, n_kv, head_dim), pos, theta=theta)
-        a = gd.attention(q, k, heads(v, n_kv, head_dim), mask=mask, causal=True,
-                         window=windows[i], dropout=attn_drop)
-        h = h + gd.dense(merge_heads(a), hidden, use_bias=o_bias, name=f"{p}.self_attn.o_proj")
-        x = gd.rms_norm(h, epsilon=eps, name=f"{p}.post_attention_layernorm")
-        gate = activate(gd.dense(x, inter, use_bias=mlp_bias, name=f"{p}.mlp.gate_proj"), act)
-        up = gd.dense(x, inter, use_bias=mlp_bias, name=f"{p}.mlp.up_proj")
-        h = h + gd.dense(gate * up, hidden, use_bias=mlp_bias, name=f"{p}.mlp.down_proj")
-    h = gd.rms_norm(h, epsilon=eps, name="model.norm")
+        p = f"{LLAMA.blocks}{i}"
+        x = rms_norm(h, epsilon=eps, name=f"{p}.input_layernorm")
+        q = dense(x, n_heads * head_dim, use_bias=qkv_bias, name=f"{p}.self_attn.q_proj")
+        k = dense(x, n_kv * head_dim, use_bias=qkv_bias, name=f"{p}.self_attn.k_proj")
+        v = dense(x, n_kv * head_dim, use_bias=qkv_bias, name=f"{p}.self_attn.v_proj")
+        q = rotary_embedding(heads(q, n_heads, head_dim), pos, theta=theta)
+        k = rotary_embedding(heads(k, n_kv, head_dim), pos, theta=theta)
+        a = attention(q, k, heads(v, n_kv, head_dim), mask=mask, causal=True,
+                      window=windows[i], dropout=attn_drop)
+        h = h + dense(merge_heads(a), hidden, use_bias=o_bias, name=f"{p}.self_attn.o_proj")
+        x = rms_norm(h, epsilon=eps, name=f"{p}.post_attention_layernorm")
+        gate = activate(dense(x, inter, use_bias=mlp_bias, name=f"{p}.mlp.gate_proj"), act)
+        up = dense(x, inter, use_bias=mlp_bias, name=f"{p}.mlp.up_proj")
+        h = h + dense(gate * up, hidden, use_bias=mlp_bias, name=f"{p}.mlp.down_proj")
+    h = rms_norm(h, epsilon=eps, name="model.norm")
     if c.flag("tie_word_embeddings"):
-        return gd.tied_dense(h, embed, name="lm_head")
-    return gd.dense(h, vocab, use_bias=False, name="lm_head")
+        return tied_dense(h, embed, name=LLAMA.head)
+    return dense(h, vocab, use_bias=False, name=LLAMA.head)
+
+
+_DEFAULTS = {"vocab_size": 32000, "hidden_size": 4096, "intermediate_size": 11008,
+             "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": None,
+             "head_dim": None, "hidden_act": "silu", "rms_norm_eps": 1e-6,
+             "tie_word_embeddings": False, "attention_bias": False, "mlp_bias": False,
+             "attention_dropout": 0.0}
+LLAMA = HFFamily(
+    name="llama", build=llama, task="CAUSAL_LM",
+    model_types={"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+                 "qwen2": "Qwen2ForCausalLM"},
+    base_models={"LlamaModel": "LlamaForCausalLM", "MistralModel": "MistralForCausalLM",
+                 "Qwen2Model": "Qwen2ForCausalLM"},
+    base_model_prefix="model.", prefixed=True, blocks="model.layers.",
+    block_count="num_hidden_layers", embedding="model.embed_tokens",
+    embedding_fields=("vocab_size", "hidden_size"), head="lm_head",
+    ignored=(r"rotary_emb\.inv_freq$",),
+    defaults={  # transformers 5.x' config classes
+        "llama": _DEFAULTS,
+        "mistral": {**_DEFAULTS, "intermediate_size": 14336, "num_key_value_heads": 8,
+                    "sliding_window": 4096},
+        "qwen2": {**_DEFAULTS, "vocab_size": 151936, "intermediate_size": 22016,
+                  "num_key_value_heads": 32, "use_sliding_window": False,
+                  "sliding_window": 4096, "max_window_layers": 28}})
