@@ -1,7 +1,8 @@
 """PyTorch kernels of the adapter ops ``dora`` and ``lora`` (PEFT's math in Axon's
 layout: K [in, out], A [in, r], B [r, out], magnitude [out]); x (..., in) -> (..., out).
-On conv and embedding layers (:func:`_conv_or_embedding`): PEFT's Conv/Embedding LoRA and
-DoRA, the norm taken on the flat kernel ``[fan_in, out]``.
+On conv and embedding layers (:func:`_conv`, :func:`_embedding`, one row each of
+:data:`_FORWARD`): PEFT's Conv/Embedding LoRA and DoRA, the norm taken on the flat kernel
+``[fan_in, out]``.
 """
 from __future__ import annotations
 
@@ -170,15 +171,13 @@ class _DoRAFactored(torch.autograd.Function):
         return gx, gK, gb, gA, gB, gm, None, None
 
 
-def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
+def _dense_dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
+                m: torch.Tensor) -> Any:
     """DoRA: ``y = (m/c) * (x@K + s*(x@A)@B) + b``, c the column norm of K + s*A@B
     (detached unless ``detach_norm=False``); with dropout in training, PEFT's form
     ``y = x@K + b + (m/c - 1)*(xd@K) + (m/c)*s*(xd@A)@B``. x (..., in) -> (..., out)."""
-    if layer_of(a) != "dense":
-        return _conv_or_embedding(ins, p, a, ctx, p["magnitude"])
     x = ins[0]
     K, b, A, B = _adapter_params(p)
-    m = p["magnitude"]
     s = a["scale"]
     lead = x.shape[:-1]
     x2 = x.reshape(-1, K.shape[0])
@@ -220,10 +219,12 @@ def _dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     return with_updates(y, updates)
 
 
-def _lora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
-    """LoRA: ``y = x@K + b + s*(dropout(x)@A)@B``; x (..., in) -> (..., out)."""
-    if layer_of(a) != "dense":
-        return _conv_or_embedding(ins, p, a, ctx, None)
+def _dense(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
+           m: torch.Tensor | None) -> Any:
+    """LoRA (``m`` None): ``y = x@K + b + s*(dropout(x)@A)@B``, or DoRA
+    (:func:`_dense_dora`); x (..., in) -> (..., out)."""
+    if m is not None:
+        return _dense_dora(ins, p, a, ctx, m)
     x = ins[0]
     K, b, A, B = _adapter_params(p)
     s = a["scale"]
@@ -239,11 +240,15 @@ def _lora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     return with_updates(y, updates)
 
 
-def _norm_ratio(K: torch.Tensor, A: torch.Tensor, B: torch.Tensor, m: torch.Tensor,
-                a: Mapping, ctx: KernelContext) -> tuple:
+def _norm_ratio(p: Mapping, m: torch.Tensor | None, a: Mapping, ctx: KernelContext
+                ) -> tuple:
     """``(m / c [out], cols, W)`` with c the column norm of the flat ``K + s*A@B``
     (factored: no kernel-sized temporary beyond the flat view of K), detached unless
-    ``detach_norm`` is False; ``cols`` and ``W`` as :func:`exact_columns` gives them."""
+    ``detach_norm`` is False; ``cols`` and ``W`` as :func:`exact_columns` gives them. All
+    None for LoRA (``m`` None)."""
+    if m is None:
+        return None, None, None
+    K, _, A, B = _adapter_params(p)
     K2, A2 = flat_kernel(K, a), flat_A(A)
     detach = a.get("detach_norm", True)
     with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
@@ -252,22 +257,30 @@ def _norm_ratio(K: torch.Tensor, A: torch.Tensor, B: torch.Tensor, m: torch.Tens
     return m / _finish_norm(c2.detach() if detach else c2, noise, a.get("eps"), ctx), cols, W
 
 
-def _conv_or_embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
-                       m: torch.Tensor | None) -> Any:
-    """PEFT's LoRA (``m`` None) or DoRA on a conv or an embedding layer:
-    ``y = r * (base(x) + s * B(A(x))) + b`` with ``r = m/c`` (DoRA) or 1; with dropout in
-    training (conv only) ``base(x) + b + (r - 1) * base(xd) + r * s * B(A(xd))``. The
-    columns where the norm cancels take ``base(xd) + s * B(A(xd))`` from their merged
-    kernel (it cancels there too)."""
+def _embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
+               m: torch.Tensor | None) -> Any:
+    """PEFT's embedding LoRA (``m`` None) or DoRA: ``y = r * (K[x] + s * A[x] @ B)`` with
+    ``r = m/c`` (DoRA, the norm over the vocab axis) or 1; the columns where the norm
+    cancels are looked up in their merged kernel (it cancels there too)."""
+    x = ins[0]
+    K, _, A, B = _adapter_params(p)
+    r, cols, W = _norm_ratio(p, m, a, ctx)
+    y = F.embedding(x, K) + a["scale"] * (F.embedding(x, A) @ B)
+    if cols is not None:
+        y = y.index_copy(-1, cols, F.embedding(x, W).to(y.dtype))
+    return y if r is None else y * r
+
+
+def _conv(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
+          m: torch.Tensor | None) -> Any:
+    """PEFT's conv LoRA (``m`` None) or DoRA: ``y = r * (base(x) + s * B(A(x))) + b``
+    with ``r = m/c`` (DoRA) or 1; with dropout in training ``base(x) + b + (r - 1) *
+    base(xd) + r * s * B(A(xd))``. The columns where the norm cancels take ``base(xd) + s
+    * B(A(xd))`` from their merged kernel (it cancels there too)."""
     x = ins[0]
     K, b, A, B = _adapter_params(p)
     s = a["scale"]
-    r, cols, W = (None, None, None) if m is None else _norm_ratio(K, A, B, m, a, ctx)
-    if layer_of(a) == "embedding":
-        y = F.embedding(x, K) + s * (F.embedding(x, A) @ B)
-        if cols is not None:
-            y = y.index_copy(-1, cols, F.embedding(x, W).to(y.dtype))
-        return y if r is None else y * r
+    r, cols, W = _norm_ratio(p, m, a, ctx)
     ch = a["channels"]
     xf = to_first(x, ch)
     updates: dict = {}
@@ -294,4 +307,15 @@ def _conv_or_embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
     return with_updates(y, updates)
 
 
-KERNELS: dict[str, Callable] = {"dora": _dora, "lora": _lora}
+#: the forward of each adaptable kind (graphdsl.adapters.kinds): ``(ins, p, a, ctx, m)
+#: -> y``, ``m`` DoRA's magnitude or None (LoRA)
+_FORWARD: dict[str, Callable] = {"dense": _dense, "conv": _conv, "embedding": _embedding}
+
+
+def _adapter(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
+    """The kernel of dora and lora: the adapted kind's forward (:data:`_FORWARD`), with
+    DoRA's magnitude (LoRA has none)."""
+    return _FORWARD[layer_of(a)](ins, p, a, ctx, p.get("magnitude"))
+
+
+KERNELS: dict[str, Callable] = {"dora": _adapter, "lora": _adapter}
