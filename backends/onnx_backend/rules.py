@@ -18,17 +18,18 @@ Example (a new element-wise op ``hardswish`` registered elsewhere)::
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 from onnx import TensorProto, helper
 
-from graphdsl.adapters.contract import adapter_ops, layer_of, merged_kernel
+from graphdsl.adapters.contract import adapter_ops, base_options, merged_kernel
 from graphdsl.custom import onnx_rule_for
 from graphdsl.errors import GraphDSLError, RuleError
 
 from .builder import ELEM, Builder
-from .conv import CONV_RULES, conv_nd
+from .conv import CONV_RULES
 from .layer import ACTIVATIONS, FLOOR, Layer, Rule, affine, along, gather_rows
 
 
@@ -46,9 +47,10 @@ def _dense(b: Builder, layer: Layer) -> str:
 
 
 def _adapter(b: Builder, layer: Layer) -> str:
-    """A dora/lora layer exported merged: the plain layer it adapts (dense: MatMul, conv:
-    Conv, embedding: Gather) with one kernel ``(K + s*A@B) * (m/c)`` (DoRA) or ``K +
-    s*A@B`` (LoRA) computed at export time in the base kernel's layout, bias unchanged."""
+    """A dora/lora layer exported merged: the rule of the plain layer it adapts (dense:
+    MatMul, conv: Conv, embedding: Gather) with its options and one kernel ``(K +
+    s*A@B) * (m/c)`` (DoRA) or ``K + s*A@B`` (LoRA) computed at export time in the base
+    kernel's layout, bias unchanged."""
     arrays = {k: np.asarray(v, np.float32) for k, v in layer.arrays.items()}
     try:
         W = merged_kernel(layer.op, arrays, layer.attrs)
@@ -56,13 +58,10 @@ def _adapter(b: Builder, layer: Layer) -> str:
         raise GraphDSLError(e.what, layer=layer.name, op=layer.op, fix=e.fix,
                             where=layer.node.where if layer.node else None) from None
     kernel = b.weight(W, f"{layer.attrs['base'] or layer.name}.kernel")
-    kind = layer_of(layer.attrs)
-    if kind == "embedding":
-        return gather_rows(b, kernel, layer.ins[0], W.shape[0], layer.in_dtypes[0])
-    bias = layer.param("bias") if "bias" in layer.arrays else None
-    if kind == "conv":
-        return conv_nd(b, layer.ins[0], layer.in_shapes[0], layer.attrs, kernel, bias)
-    return affine(b, layer.ins[0], kernel, bias, layer.attrs["activation"])
+    op, attrs = base_options(layer.attrs)
+    plain = replace(layer, op=op, attrs=attrs, arrays={**layer.arrays, "kernel": W},
+                    param=lambda local: kernel if local == "kernel" else layer.param(local))
+    return RULES[op].fn(b, plain)
 
 
 def _layer_norm(b: Builder, layer: Layer) -> str:
