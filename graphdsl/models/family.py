@@ -13,38 +13,26 @@ from ..node import Node
 
 @dataclass(frozen=True, eq=False)
 class HFFamily:
-    """How one family's models meet transformers' configs, classes and checkpoints.
+    """How one family's models meet transformers' configs, classes and checkpoints. Layer
+    names are ours (the Hugging Face module paths); a checkpoint key is a layer name, a dot
+    and transformers' parameter name (``model.embed_tokens.weight``)."""
 
-    Layer names are ours (the Hugging Face module paths, e.g. ``model.embed_tokens``); a
-    checkpoint key is a layer name, a dot and transformers' parameter name."""
-
-    #: ``models.<name>``, also the ``model_type`` a config without one is read as
-    name: str
-    #: the constructor, ``build(config, **options) -> Node``
-    build: Callable[..., Node]
-    #: config ``model_type`` -> the architecture (transformers class) it loads as
-    model_types: Mapping[str, str]
-    #: PEFT's ``task_type`` of the models this family builds
-    task: str
-    #: transformers' ``base_model_prefix`` with its dot, and whether our names carry it
-    base_model_prefix: str
-    prefixed: bool
-    #: the prefix of the numbered blocks (``model.layers.``) and the config field counting them
-    blocks: str
-    block_count: str
-    #: the token embedding's layer and the config fields of its ``[rows, columns]``
-    embedding: str
-    embedding_fields: tuple[str, str]
-    #: by ``model_type``: the math-relevant defaults of its transformers config class
-    defaults: Mapping[str, Mapping[str, Any]]
-    #: a base model class (no head) -> the architecture it loads as (AutoModelFor* does so)
-    base_models: Mapping[str, str] = field(default_factory=dict)
-    #: the output layer outside the base model, a Linear; a tied checkpoint may hold its
-    #: weight, which is then the embedding's
+    name: str  # models.<name>; also the model_type of a config that names none
+    build: Callable[..., Node]  # the constructor: build(config, **options) -> Node
+    model_types: Mapping[str, str]  # config model_type -> the class it loads as
+    task: str  # PEFT's task_type of its models
+    base_model_prefix: str  # transformers' base_model_prefix, with its dot
+    prefixed: bool  # whether our layer names carry that prefix
+    blocks: str  # the prefix of the numbered blocks ("model.layers.")
+    block_count: str  # the config field counting them
+    embedding: str  # the token embedding's layer
+    embedding_fields: tuple[str, str]  # the config fields of its [rows, columns]
+    defaults: Mapping[str, Mapping[str, Any]]  # by model_type: its config class' defaults
+    base_models: Mapping[str, str] = field(default_factory=dict)  # base class -> head class
+    #: the output layer outside the base model, a Linear; a checkpoint may hold its weight
+    #: when it is tied to the embedding
     head: str | None = None
-    #: the dense kernels are Conv1D weights ``[in, out]`` (all but ``head``'s)
-    conv1d: bool = False
-    #: regexes (searched) of checkpoint keys that are buffers, not weights
-    ignored: tuple[str, ...] = ()
-    #: ``{checkpoint key: constructor flag}`` turned on when a checkpoint holds the key
+    conv1d: bool = False  # the dense kernels but head's are Conv1D weights [in, out]
+    ignored: tuple[str, ...] = ()  # regexes (searched) of checkpoint buffers, not weights
+    #: {checkpoint key: constructor flag} turned on when a checkpoint holds the key
     options: Mapping[str, str] = field(default_factory=dict)
