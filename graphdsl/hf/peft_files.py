@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from .. import dora, lora
 from ..adapters import attach_adapters, untie
 from ..adapters.adapt import tied_pairs
 from ..adapters.contract import is_adapter, layer_of, owns
+from ..adapters.kinds import KINDS
 from ..errors import GraphDSLError, StateError
 from ..graph import Graph, analyze, state_value
 from ..io.archive import atomic_writer
@@ -36,13 +38,14 @@ from .peft_config import CONFIG_FILE, is_saved, is_target, read_config, short_ta
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."
-#: our adapter parameter -> (PEFT key suffix, stored transposed), per adapted layer kind;
-#: PEFT's Embedding keeps A [r, vocab] and B [dim, r] as bare parameters
-_PEFT_PARAM = {"A": ("lora_A.weight", True), "B": ("lora_B.weight", True),
-               "magnitude": ("lora_magnitude_vector", False)}
-_PEFT_KEYS = {"dense": _PEFT_PARAM, "embedding": {**_PEFT_PARAM, "A": ("lora_embedding_A", True),
-                                                   "B": ("lora_embedding_B", True)}}
 _TASK = {"BertModel": "FEATURE_EXTRACTION"}  # every other architecture is a causal LM
+
+
+def _peft_keys(op: str) -> Mapping[str, tuple[str, bool]] | None:
+    """Our adapter parameter -> (PEFT key suffix, stored transposed) for an adapter on a
+    layer of ``op`` (its kind's record); None where PEFT files do not carry one."""
+    kind = KINDS.get(op)
+    return None if kind is None else kind.peft_keys
 
 
 def _own_params(g: Graph) -> dict[str, list[str]]:
@@ -78,7 +81,7 @@ def save_peft(folder: str, adapted: Node, state: ModelState) -> str:
     for n in adapters:
         _check_peft_compatible(g, n, first)
         for spec in n.params:
-            keys = _PEFT_KEYS[layer_of(n)]
+            keys = _peft_keys(layer_of(n))
             if owns(n, spec) and spec.name in keys:
                 suffix, transpose = keys[spec.name]
                 arr = np.asarray(state_value(g, n, spec, state.data))
@@ -126,7 +129,7 @@ def _check_peft_compatible(g: Graph, n: Node, first: Node) -> None:
                             "base_weight); PEFT adapts layers of the transformers model",
                             layer=name, op=n.op, where=n.where,
                             fix="adapt the model's dense layers with dora.adapt/lora.adapt")
-    if layer_of(n) not in _PEFT_KEYS:
+    if _peft_keys(layer_of(n)) is None:
         raise GraphDSLError(f"save_peft: {name!r} adapts a {layer_of(n)} layer; graphdsl "
                             "writes PEFT files for adapters on Linear/Conv1D and Embedding "
                             "layers only", layer=name, op=n.op, where=n.where,
@@ -268,7 +271,7 @@ def _resolve_targets(folder: str, cfg: dict[str, Any], g: Graph, saved: list[str
                                 fix=f"layers with parameters: {sorted(layers)}")
     out = [lay for lay in layers if is_target(tm, lay) and lay not in excluded]
     for lay in out:
-        if layers[lay].op not in _PEFT_KEYS:
+        if _peft_keys(layers[lay].op) is None:
             raise GraphDSLError(f"{os.path.join(folder, CONFIG_FILE)}: target_modules "
                                 f"{tm!r} adapts {lay!r}, a {layers[lay].op} layer; graphdsl "
                                 "reads adapters on Linear / Conv1D and Embedding layers only",
@@ -299,7 +302,7 @@ def _expected_keys(cfg: dict[str, Any], g: Graph, targets: list[str], saved: lis
     for t in targets:
         n_in, n_out = g.params[(t, "kernel")].shape  # an embedding's: [vocab, dim]
         shapes = {"A": (r, n_in), "B": (n_out, r), "magnitude": (n_out,)}
-        for param, (suffix, transpose) in _PEFT_KEYS[op_of[t]].items():
+        for param, (suffix, transpose) in _peft_keys(op_of[t]).items():
             if param != "magnitude" or op == "dora":
                 out[f"{PREFIX}{t}.{suffix}"] = (f"{t}_{op}", param, shapes[param], transpose)
         for param in own[t]:  # PEFT saves embed_tokens'/lm_head's base layer beside them
