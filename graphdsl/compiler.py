@@ -15,10 +15,11 @@ import numpy as np
 from . import state_init
 from .backends import get_backend
 from .errors import GraphDSLError, InputError, RuleError, StateError, fmt_shape
-from .graph import Graph, analyze, check_input_names, infer_shapes, state_value
+from .graph import Graph, analyze, check_input_names, state_value
 from .node import Node
 from .registry import OPS
 from .shapes import is_int
+from .signatures import SignatureChecker
 from .state import ModelState
 
 MODES = ("inference", "train")
@@ -143,14 +144,15 @@ def init_state(plan: Plan, template: Any = None, initial_state: ModelState | Non
 
 # -- predict -----------------------------------------------------------------------------------
 class InputChecker:
-    """Validates predict inputs; the full shape check runs once per shape signature."""
+    """Validates predict inputs; shape rules run once per pattern of input sizes."""
 
     def __init__(self, plan: Plan) -> None:
         self.plan = plan
         self.names = [name for name, _, _ in plan.inputs]
         self.optional = plan.graph.optional
         self.required = [k for k in self.names if k not in self.optional]
-        self.seen: OrderedDict[tuple, None] = OrderedDict()
+        # check_shapes(signature): one shape (or None: optional, left out) per input
+        self.check_shapes = SignatureChecker(plan.graph)
 
     def __call__(self, inputs: Any) -> list[Any]:
         """The input arrays in plan order (None for an optional input left out)."""
@@ -177,15 +179,6 @@ class InputChecker:
             sig.append(tuple(shp))
         self.check_shapes(tuple(sig))
         return arrays
-
-    def check_shapes(self, key: tuple) -> None:
-        """Full shape check of one input-shape signature (in input order), cached."""
-        if key not in self.seen:
-            infer_shapes(self.plan.graph, {k: s for k, s in zip(self.names, key)
-                                           if s is not None})
-            self.seen[key] = None
-            if len(self.seen) > 64:
-                self.seen.popitem(last=False)
 
     def _bad_value(self, name: str, node: Node, a: Any) -> GraphDSLError:
         if a is None:

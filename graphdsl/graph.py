@@ -206,10 +206,14 @@ def check_input_names(g: Graph, given: Mapping[str, Any]) -> None:
                                  + (f" ({sorted(g.optional)} optional)" if g.optional else ""))
 
 
+def input_fits(want: tuple, shape: tuple) -> bool:
+    """Whether ``shape`` fits an input declared ``want`` (same rank, None any size)."""
+    return len(shape) == len(want) and all(w is None or w == s for w, s in zip(want, shape))
+
+
 def check_input_shape(g: Graph, node: Node, shape: tuple) -> None:
     want = node.shape
-    ok = len(shape) == len(want) and all(w is None or w == s for w, s in zip(want, shape))
-    if not ok:
+    if not input_fits(want, shape):
         raise InputError(
             f"input {g.name(node)!r} expects shape {fmt_shape(want)}, got {fmt_shape(shape)}",
             layer=g.name(node), op="input", where=node.where,
@@ -243,9 +247,14 @@ def infer_shapes(g: Graph, input_shapes: Mapping[str, tuple], probe: bool = Fals
         try:
             shapes[n.id] = OPS[n.op].infer_shape(ins, n.attrs)
         except RuleError as e:
-            raise g.error(n, e.what, e.fix, shapes={g.name(i): s for i, s in
-                                                    zip(n.inputs, ins)}, cls=e.cls) from None
+            raise rule_error(g, n, ins, e) from None
     return shapes
+
+
+def rule_error(g: Graph, n: Node, ins: list, e: RuleError) -> GraphDSLError:
+    """The error for ``n``'s shape rule refusing its input shapes ``ins``."""
+    return g.error(n, e.what, e.fix, shapes={g.name(i): s for i, s in zip(n.inputs, ins)},
+                   cls=e.cls)
 
 
 def _probe(g: Graph, n: Node, ins: list) -> Any:
