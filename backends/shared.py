@@ -9,6 +9,7 @@ import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from graphdsl.errors import InputError, RuleError
 from graphdsl.shapes import reshape_target
 
 from .base import KernelContext
@@ -95,6 +96,19 @@ def rotate(x: Any, cos: Any, sin: Any, cat: Callable) -> Any:
 def along(v: Any, x: Any, axis: int) -> Any:
     """A vector ``v`` of x's size on ``axis`` reshaped to broadcast along that axis of x."""
     return v.reshape([x.shape[axis] if i == axis else 1 for i in range(x.ndim)])
+
+
+def check_ids(ids: Any, vocab: int) -> None:
+    """Refuse token ``ids`` (integers, any shape) outside ``[0, vocab)``: the one rule of
+    every backend's row lookup (embedding, its adapters), raised as an InputError naming
+    the layer."""
+    if math.prod(ids.shape) == 0:
+        return
+    lo, hi = int(ids.min()), int(ids.max())
+    if lo < 0 or hi >= vocab:
+        raise RuleError(f"token ids must lie in [0, {vocab}), got values in [{lo}, {hi}] "
+                        f"(ids of shape {tuple(ids.shape)})",
+                        "check the tokenizer, or raise vocab_size", InputError)
 
 
 def activation_kernels(table: Mapping[str, Callable[[Any, Mapping[str, Any]], Any]]

@@ -180,3 +180,24 @@ def test_adapter_errors_on_conv_and_embedding():
     c = gd.conv(x, 4, 3, name="c")
     with pytest.raises(gd.GraphDSLError, match="kernel of shape"):
         dora.wrap(gd.input("y", (None, 6, 6, 3)), c, rank=2)
+
+
+@pytest.mark.parametrize("adapter", [None, lora, dora])
+def test_out_of_range_token_ids_are_one_error_on_every_path(adapter):
+    """An id outside [0, vocab) is the same InputError, naming the layer, on NumPy, the
+    torch backend (inference and train) and a to_torch module, plain or adapted (the torch
+    adapter used to let torch's IndexError through)."""
+    emb = gd.embedding(gd.input("ids", (None, 3), dtype="int64"), 5, 4, name="e")
+    model = emb if adapter is None else adapter.adapt(emb, ["e"], rank=2)
+    st = gd.build(model)[0]()
+    bad = np.array([[0, 5, 1]], np.int64)
+    runs = [lambda: gd.predict(model, st, bad)]
+    for mode in ("inference", "train"):
+        runs.append(lambda mode=mode: gd.build(model, backend="torch", mode=mode)[1](st, bad))
+    runs.append(lambda: gd.to_torch(model, st)(torch.from_numpy(bad)))
+    for run in runs:
+        with pytest.raises(gd.GraphDSLError, match=r"token ids must lie in \[0, 5\), got "
+                           r"values in \[0, 5\] \(ids of shape \(1, 3\)\)") as e:
+            run()
+        assert isinstance(e.value, gd.errors.InputError)
+        assert e.value.layer == ("e" if adapter is None else "e_" + adapter.OP)

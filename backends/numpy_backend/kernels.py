@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from graphdsl.errors import InputError, RuleError
 from graphdsl.ops.nn import ACTIVATIONS as OPTIONS
 
 from .. import shared
@@ -183,11 +182,8 @@ def _layer_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.nda
 
 def embed(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
     """Rows of ``table [vocab, d]`` at integer ``ids (...)`` -> ``(..., d)``; an id outside
-    ``[0, vocab)`` is an InputError."""
-    if ids.size and (ids.min() < 0 or ids.max() >= table.shape[0]):
-        raise RuleError(f"token ids must lie in [0, {table.shape[0]}), got values in "
-                        f"[{ids.min()}, {ids.max()}]",
-                        "check the tokenizer, or raise vocab_size", InputError)
+    ``[0, vocab)`` is an InputError (:func:`..shared.check_ids`)."""
+    shared.check_ids(ids, table.shape[0])
     return np.take(table, ids, axis=0)
 
 

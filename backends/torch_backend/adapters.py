@@ -17,7 +17,7 @@ from graphdsl.adapters.contract import base_kernel, flat_A, flat_kernel, layer_o
 
 from ..base import KernelContext, with_updates
 from .conv import conv_first, from_first, to_first, torch_weight
-from .kernels import apply_activation, compiling, drop, fail, linear
+from .kernels import apply_activation, compiling, drop, fail, linear, lookup
 
 
 def _colsum_sq(K: torch.Tensor) -> torch.Tensor:
@@ -265,7 +265,7 @@ def _embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
     x = ins[0]
     K, _, A, B = _adapter_params(p)
     r, cols, W = _norm_ratio(p, m, a, ctx)
-    y = F.embedding(x, K) + a["scale"] * (F.embedding(x, A) @ B)
+    y = lookup(x, K) + a["scale"] * (F.embedding(x, A) @ B)
     if cols is not None:
         y = y.index_copy(-1, cols, F.embedding(x, W).to(y.dtype))
     return y if r is None else y * r

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from graphdsl.errors import GraphDSLError, InputError
+from graphdsl.errors import GraphDSLError
 from graphdsl.ops.nn import ACTIVATIONS as OPTIONS
 
 from .. import shared
@@ -124,14 +124,16 @@ def _layer_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.
 
 
 def _embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
-    ids = ins[0]
-    if not compiling() and ids.numel():
-        lo, hi = int(ids.min()), int(ids.max())
-        if lo < 0 or hi >= a["vocab_size"]:
-            raise fail(ctx, f"token ids must lie in [0, {a['vocab_size']}), got values in "
-                        f"[{lo}, {hi}]", "check the tokenizer, or raise vocab_size",
-                        InputError, shapes=[tuple(ids.shape)])
-    return F.embedding(ids, p["kernel"])
+    return lookup(ins[0], p["kernel"])
+
+
+def lookup(ids: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+    """Rows of ``table [vocab, d]`` at integer ``ids (...)`` -> ``(..., d)``; an id outside
+    ``[0, vocab)`` is an InputError (:func:`..shared.check_ids`; not checked while
+    torch.compile traces: the check reads the ids' values)."""
+    if not compiling():
+        shared.check_ids(ids, table.shape[0])
+    return F.embedding(ids, table)
 
 
 def _transpose(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
