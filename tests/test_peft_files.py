@@ -414,7 +414,7 @@ def test_bfloat16_is_widened_exactly(tmp_path):
 
     from safetensors.torch import save_file
 
-    from graphdsl.hf.checkpoint import read_safetensors_file
+    from graphdsl.io.weights import read_safetensors_file
 
     x = torch.randn(5, 3).to(torch.bfloat16)
     save_file({"w": x, "i": torch.arange(4)}, str(tmp_path / "m.safetensors"))
@@ -423,7 +423,7 @@ def test_bfloat16_is_widened_exactly(tmp_path):
     assert got["w"].dtype == np.float32
     np.testing.assert_array_equal(got["i"], np.arange(4))
     # the same with ml_dtypes imported first (safetensors then knows bfloat16 itself)
-    code = ("import ml_dtypes, numpy as np; from graphdsl.hf.checkpoint import "
+    code = ("import ml_dtypes, numpy as np; from graphdsl.io.weights import "
             f"read_safetensors_file as r; w = r({str(tmp_path / 'm.safetensors')!r})['w']; "
             "assert w.dtype == np.float32, w.dtype; print(w.tolist())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -453,7 +453,7 @@ def test_load_peft_takes_the_embedding_weight_peft_saved_beside_its_adapter(tmp_
 def test_a_damaged_safetensors_file_is_an_error_naming_it(tmp_path):
     from safetensors.torch import save_file
 
-    from graphdsl.hf.checkpoint import read_safetensors_file
+    from graphdsl.io.weights import read_safetensors_file
 
     for dtype in (torch.float32, torch.bfloat16):
         path = tmp_path / f"{dtype}.safetensors"

@@ -29,7 +29,6 @@ from ..io.weights import (
     map_tensors,
     state_tensors,
 )
-from ..io.weights import read_safetensors_file as read_safetensors_file  # hf's name for it
 from ..models import FAMILIES, HFFamily
 from ..node import Node
 from ..state import ModelState
@@ -42,10 +41,6 @@ _LOADS_AS = {**{a: a for a in _FAMILY},
              **{base: arch for f in FAMILIES for base, arch in f.base_models.items()}}
 #: a config's ``model_type`` -> the architecture of a config that names none
 _BY_TYPE = {kind: arch for f in FAMILIES for kind, arch in f.model_types.items()}
-#: architecture -> (constructor, whether its dense weights are Conv1D [in, out])
-ARCHITECTURES = {arch: (f.build, f.conv1d) for arch, f in _FAMILY.items()}
-#: the output layers that stay a Linear in a Conv1D model
-_LINEAR_HEADS = {f.head for f in FAMILIES if f.conv1d and f.head}
 _HF_PARAM = {"kernel": "weight", "gamma": "weight", "beta": "bias", "bias": "bias"}
 #: what a checkpoint's arrays may be: every dtype the reader decodes (made float32)
 _DECODED = tuple(ST_DTYPES.values())
@@ -70,7 +65,7 @@ def architecture(config: Mapping[str, Any]) -> str:
         known = [_BY_TYPE[kind]]
     if not known:
         raise GraphDSLError(f"unsupported architecture(s) {archs!r} (model_type {kind!r})",
-                            fix=f"graphdsl.hf reads {sorted(ARCHITECTURES)}")
+                            fix=f"graphdsl.hf reads {sorted(_FAMILY)}")
     return known[0]
 
 
@@ -79,21 +74,21 @@ def family(arch: str) -> HFFamily:
     return _FAMILY[arch]
 
 
-def hf_key(op: str | None, layer: str, param: str, conv1d: bool) -> tuple[str, bool]:
-    """``(hf key, transpose)`` of parameter ``param`` of ``layer`` (an ``op`` layer).
-    ``conv1d``: the model's dense layers are Conv1D (its output head is still a Linear)."""
+def hf_key(op: str | None, layer: str, param: str, f: HFFamily) -> tuple[str, bool]:
+    """``(hf key, transpose)`` of parameter ``param`` of ``layer`` (an ``op`` layer) of a
+    model of family ``f`` (whose dense layers may be Conv1D, its output head a Linear)."""
     if param not in _HF_PARAM:
         raise GraphDSLError(f"{layer}.{param} has no Hugging Face name",
                             fix="merge adapters first (gd.merge_adapters), or save them as "
                                 "PEFT adapter files (graphdsl.hf.save_peft)")
-    linear = not conv1d or layer in _LINEAR_HEADS
+    linear = not f.conv1d or layer == f.head
     return f"{layer}.{_HF_PARAM[param]}", op == "dense" and param == "kernel" and linear
 
 
-def key_map(g: Graph, conv1d: bool) -> dict[tuple[str, str], tuple[str, bool]]:
+def key_map(g: Graph, f: HFFamily) -> dict[tuple[str, str], tuple[str, bool]]:
     """``{(layer, param): (hf key, transpose)}`` of every parameter the model owns."""
     op_of = {g.name(n): n.op for n in g.order}
-    return {(layer, param): hf_key(op_of.get(layer), layer, param, conv1d)
+    return {(layer, param): hf_key(op_of.get(layer), layer, param, f)
             for (layer, param), spec in g.params.items() if spec.kind == "param"}
 
 
@@ -149,7 +144,7 @@ def state_from_tensors(model: Node, tensors: Mapping[str, np.ndarray], f: HFFami
     the embedding may be there. Dropout RNG keys (state entries, not weights) are created
     from seed 0."""
     g = analyze(model)
-    keys = key_map(g, f.conv1d)
+    keys = key_map(g, f)
     shapes = {k: tuple(g.params[k].shape) for k in keys}
     want = {_pair(hf): (shapes[k][::-1] if t else shapes[k], _DECODED)
             for k, (hf, t) in keys.items()}
@@ -304,11 +299,11 @@ def save_pretrained(folder: str, model: Node, state: ModelState) -> str:
         raise StateError(f"hf.save_pretrained(state) must be a ModelState, got "
                          f"{type(state).__name__}", fix="pass the state of this model "
                          "(from init_fn, hf.from_pretrained or gd.merge_adapters)")
-    conv1d = family(architecture(config)).conv1d
+    fam = family(architecture(config))
     arrays = state_tensors(g, state, expected_tensors(g))
     tensors = {hf: np.ascontiguousarray(arrays[f"{layer}.{param}"].T if transpose
                                         else arrays[f"{layer}.{param}"])
-               for (layer, param), (hf, transpose) in key_map(g, conv1d).items()}
+               for (layer, param), (hf, transpose) in key_map(g, fam).items()}
     os.makedirs(folder, exist_ok=True)
     with atomic_writer(os.path.join(folder, WEIGHTS), "save_pretrained", WEIGHTS) as fh:
         fh.write(encode_weights(tensors, "pt"))

@@ -31,14 +31,15 @@ from ..adapters.kinds import KINDS
 from ..errors import GraphDSLError, StateError
 from ..graph import Graph, analyze, state_value
 from ..io.archive import atomic_writer
+from ..io.weights import read_safetensors_file
+from ..models import HFFamily
 from ..node import Node, caller_location
 from ..state import ModelState
-from .checkpoint import ARCHITECTURES, architecture, config_of, hf_key, read_safetensors_file
+from .checkpoint import architecture, config_of, family, hf_key
 from .peft_config import CONFIG_FILE, is_saved, is_target, read_config, short_targets, write_config
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."
-_TASK = {"BertModel": "FEATURE_EXTRACTION"}  # every other architecture is a causal LM
 
 
 def _peft_keys(op: str) -> Mapping[str, tuple[str, bool]] | None:
@@ -70,8 +71,7 @@ def save_peft(folder: str, adapted: Node, state: ModelState) -> str:
         raise StateError(f"save_peft needs a ModelState, got {type(state).__name__}",
                          where=where, fix="pass the state of the adapted model")
     g = analyze(adapted)
-    arch = architecture(config_of(adapted))
-    conv1d = ARCHITECTURES[arch][1]
+    fam = family(architecture(config_of(adapted)))
     adapters = [n for n in g.order if is_adapter(n)]
     if not adapters:
         raise GraphDSLError("save_peft: the model has no dora or lora layer", where=where,
@@ -93,15 +93,15 @@ def save_peft(folder: str, adapted: Node, state: ModelState) -> str:
         layer = g.name(node)
         for spec in node.params:
             if spec.kind == "param":
-                key, transpose = hf_key(node.op, layer, spec.name, conv1d)
+                key, transpose = hf_key(node.op, layer, spec.name, fam)
                 arr = np.asarray(state_value(g, node, spec, state.data))
                 tensors[PREFIX + key] = arr.T if transpose else arr
     a = first.attrs
     layers = [g.name(n) for n in g.order if n.params]
     config = write_config({
-        "task_type": _TASK.get(arch, "CAUSAL_LM"), "r": a["rank"], "lora_alpha": a["alpha"],
+        "task_type": fam.task, "r": a["rank"], "lora_alpha": a["alpha"],
         "lora_dropout": a["dropout"], "use_rslora": a["rslora"],
-        "use_dora": first.op == "dora", "fan_in_fan_out": conv1d,
+        "use_dora": first.op == "dora", "fan_in_fan_out": fam.conv1d,
         "target_modules": short_targets([n.attrs["base"] for n in adapters], layers),
         "modules_to_save": [g.name(n) for n in saved] or None})
     _write(folder, tensors, config)
@@ -190,13 +190,13 @@ def load_peft(folder: str, model: Node, state: ModelState) -> tuple[Node, ModelS
     if any(is_adapter(n) for n in g.order):
         raise GraphDSLError("load_peft: the model already has adapters", where=where,
                             fix="pass the base model (from graphdsl.hf.from_pretrained)")
-    conv1d = ARCHITECTURES[architecture(config_of(model))][1]
+    fam = family(architecture(config_of(model)))
     model, state, untied = _untie_for(cfg, g, model, state)
     g = analyze(model)
     own = _own_params(g)
     saved = _resolve_saved(folder, cfg["modules_to_save"], g, own)
     targets = _resolve_targets(folder, cfg, g, saved)
-    expect, optional = _expected_keys(cfg, g, targets, saved, own, conv1d)
+    expect, optional = _expected_keys(cfg, g, targets, saved, own, fam)
     tensors = _read_weights(folder)
     expect |= {k: v for k, v in optional.items() if k in tensors}
     missing = sorted(k for k in expect if k not in tensors)
@@ -286,7 +286,7 @@ def _resolve_targets(folder: str, cfg: dict[str, Any], g: Graph, saved: list[str
 
 
 def _expected_keys(cfg: dict[str, Any], g: Graph, targets: list[str], saved: list[str],
-                   own: dict[str, list[str]], conv1d: bool) -> tuple[dict, dict]:
+                   own: dict[str, list[str]], fam: HFFamily) -> tuple[dict, dict]:
     """``(required, optional)``, each ``{file key: (layer, param, shape in the file,
     transposed)}``; optional: the base layer's weights PEFT saves beside the adapter of
     an embedding or output layer (``base_layer.weight``; it may have been resized or
@@ -295,7 +295,7 @@ def _expected_keys(cfg: dict[str, Any], g: Graph, targets: list[str], saved: lis
     op_of = {g.name(n): n.op for n in g.order}
     out, optional = {}, {}
     def entry(layer: str, param: str) -> tuple[str, tuple]:
-        key, transpose = hf_key(op_of[layer], layer, param, conv1d)
+        key, transpose = hf_key(op_of[layer], layer, param, fam)
         shape = tuple(g.params[(layer, param)].shape)
         return key, (layer, param, shape[::-1] if transpose else shape, transpose)
 
