@@ -135,13 +135,6 @@ def output_aliases(g: Graph, model: Node) -> tuple[bool, ...]:
 
 
 # -- init ------------------------------------------------------------------------------------
-def init_state(plan: Plan, template: Any = None, initial_state: ModelState | None = None,
-               seed: int = 0) -> ModelState:
-    """:func:`graphdsl.state_init.init_state` for ``plan``'s graph and dtype. Kept only for
-    ``attach_adapters`` until it calls ``state_init.init_state`` itself."""
-    return state_init.init_state(plan.graph, template, initial_state, seed, plan.dtype)
-
-
 # -- predict -----------------------------------------------------------------------------------
 class InputChecker:
     """Validates predict inputs; shape rules run once per pattern of input sizes."""

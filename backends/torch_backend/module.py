@@ -383,7 +383,7 @@ def _bind(self: Any, args: tuple, kwargs: dict) -> tuple:
 def _too_many(meta: ModuleInfo, args: tuple) -> InputError:
     return InputError(f"this model takes {len(meta.input_names)} input(s) "
                       f"{meta.input_names}, got {len(args)} positional argument(s)",
-                      shapes=meta.plan.graph.inputs,
+                      shapes=dict(meta.plan.graph.inputs),
                       fix="pass the inputs in gd.get_inputs(model) order, or by name")
 
 

@@ -8,18 +8,17 @@ from typing import Any
 
 import numpy as np
 
-from ..compiler import init_state, make_plan
 from ..errors import GraphDSLError, OptionError, RuleError, StateError, fmt_shape
 from ..graph import Graph, analyze, state_value
 from ..node import Node, caller_location, make_node, rebuild
 from ..state import ModelState
+from ..state_init import init_state
 from ..transforms import rewrite_nodes
 from .contract import (
     ADAPTABLE,
     base_kernel,
     base_options,
     is_adapter,
-    layer_of,
     merged_kernel,
     owns,
     wrap_options,
@@ -265,10 +264,10 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
     if not adapters:
         raise GraphDSLError("merge_adapters: the model has no dora or lora layer", where=where,
                             fix="adapt it first (dora.adapt / lora.adapt / dora.wrap)")
-    merged_embeddings = [n.attrs["base"] for n in adapters if layer_of(n) == "embedding"]
-    if any(e in merged_embeddings for e in tied_pairs(g).values()):
+    bases = [n.attrs["base"] for n in adapters]
+    if any(e in bases for e in tied_pairs(g).values()):
         # the adapter changes the embedding lookup only; the tied output layer keeps E
-        model, state = untie(model, state, merged_embeddings)
+        model, state = untie(model, state, bases)
         g = analyze(model)
         adapters = [n for n in g.order if is_adapter(n)]
     node_names = set(g.names.values())
@@ -420,7 +419,7 @@ def attach_adapters(model: Node, base_state: ModelState, adapters: ModelState,
                              "state every adapter (save it with gd.adapter_state)")
     f64 = any(getattr(a, "dtype", None) == np.float64 for v in data.values()
               for a in v.values())
-    plan = make_plan(model, "inference", "float64" if f64 else "float32")
-    out = init_state(plan, None, ModelState(data, frozen, names), seed)
+    out = init_state(g, None, ModelState(data, frozen, names), seed,
+                     "float64" if f64 else "float32")
     out.frozen = {(lay, q) for lay, q in out.frozen if q in out.data.get(lay, ())}
     return out
