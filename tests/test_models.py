@@ -327,7 +327,7 @@ def test_a_family_record_is_complete_and_true_to_its_constructor_and_transformer
 
     cfg = TINY[f.name]
     g = gd.graph.analyze(f.build(cfg, **{flag: True for flag in f.options.values()}))
-    keys = {k for k, _ in checkpoint.key_map(g, f.conv1d).values()}
+    keys = {k for k, _ in checkpoint.key_map(g, f).values()}
     assert g.params[(f.embedding, "kernel")].shape == tuple(cfg[x] for x in f.embedding_fields)
     blocks = {k[len(f.blocks):].split(".")[0] for k in keys if k.startswith(f.blocks)}
     assert blocks == {str(i) for i in range(cfg[f.block_count])}
