@@ -33,7 +33,7 @@ class Graph:
     output: Node
     order: list[Node]
     names: dict[int, str]  # node id -> resolved layer name
-    inputs: dict[str, tuple]  # input name -> symbolic shape, in order of appearance
+    inputs: dict[str, tuple]  # input name -> symbolic shape, in declaration order
     input_nodes: list[Node]
     params: dict[tuple[str, str], ParamSpec]  # (owner layer, param) -> merged spec
     param_users: dict[tuple[str, str], list[str]]
@@ -162,7 +162,8 @@ def _only_in_containers(n: Node, order: list[Node]) -> bool:
 
 # -- public queries ----------------------------------------------------------------------
 def get_inputs(model: Node) -> dict[str, tuple]:
-    """``{input name: shape}`` in order of first use, e.g. ``{"x": (None, 16)}``."""
+    """``{input name: shape}`` in the order the inputs were declared (created), which is
+    the order a compiled module takes them positionally, e.g. ``{"x": (None, 16)}``."""
     return dict(analyze(model).inputs)
 
 

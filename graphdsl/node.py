@@ -98,7 +98,8 @@ class Node:
 
     @property
     def label(self) -> str:
-        """The explicit name, or ``<op>`` when the name is assigned at build time."""
+        """The explicit name, or ``<unnamed {op}>`` when the name is only assigned when
+        the graph is analyzed (e.g. ``<unnamed dense>``)."""
         return self.name if self.name is not None else f"<unnamed {self.op}>"
 
     def error(self, what: str, fix: str | None = None, *, shapes: Any = None,
