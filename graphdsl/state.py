@@ -42,32 +42,23 @@ class StateArray(np.ndarray):
         raise ImmutableStateError("cannot write into a ModelState value in place",
                          fix=_IMMUTABLE_FIX)
 
-    def __setitem__(self, key: Any, value: Any) -> None:
-        if not self.flags.writeable:
-            self._refuse()
-        super().__setitem__(key, value)
-
-    def fill(self, value: Any) -> None:
-        if not self.flags.writeable:
-            self._refuse()
-        super().fill(value)
-
 
 def _inplace(name: str) -> Callable:
+    """``np.ndarray.<name>`` (a writing method), refused on a read-only StateArray."""
     base = getattr(np.ndarray, name)
 
-    def op(self: StateArray, other: Any) -> Any:
+    def op(self: StateArray, *args: Any) -> Any:
         if not self.flags.writeable:
             self._refuse()
-        return base(self, other)
+        return base(self, *args)
 
     op.__name__ = name
     return op
 
 
-for _name in ("__iadd__", "__isub__", "__imul__", "__imatmul__", "__itruediv__",
-              "__ifloordiv__", "__imod__", "__ipow__", "__ilshift__", "__irshift__",
-              "__iand__", "__ixor__", "__ior__"):
+for _name in ("__setitem__", "fill", "__iadd__", "__isub__", "__imul__", "__imatmul__",
+              "__itruediv__", "__ifloordiv__", "__imod__", "__ipow__", "__ilshift__",
+              "__irshift__", "__iand__", "__ixor__", "__ior__"):
     setattr(StateArray, _name, _inplace(_name))
 
 
@@ -272,23 +263,22 @@ class ModelState:
         return out
 
     # -- views and counts --------------------------------------------------------------------
+    def _parameters(self, frozen: bool) -> dict[str, dict[str, np.ndarray]]:
+        out: dict[str, dict[str, np.ndarray]] = {}
+        for layer, p, arr in self._params():
+            if self.is_frozen(layer, p) == frozen:
+                out.setdefault(layer, {})[p] = arr
+        return out
+
     def trainable_parameters(self) -> dict[str, dict[str, np.ndarray]]:
         """``{layer: {param: array}}`` of parameters that are not frozen (each array of
         the shape its layer declares, e.g. ``kernel [in, out]``)."""
-        out: dict[str, dict[str, np.ndarray]] = {}
-        for layer, p, arr in self._params():
-            if not self.is_frozen(layer, p):
-                out.setdefault(layer, {})[p] = arr
-        return out
+        return self._parameters(frozen=False)
 
     def frozen_parameters(self) -> dict[str, dict[str, np.ndarray]]:
         """``{layer: {param: array}}`` of frozen parameters (shapes as the layers
         declare them)."""
-        out: dict[str, dict[str, np.ndarray]] = {}
-        for layer, p, arr in self._params():
-            if self.is_frozen(layer, p):
-                out.setdefault(layer, {})[p] = arr
-        return out
+        return self._parameters(frozen=True)
 
     def parameter_count(self) -> int:
         """Number of scalars in all parameters (state entries excluded)."""
@@ -301,9 +291,6 @@ class ModelState:
     def frozen_parameter_count(self) -> int:
         return sum(int(a.size) for v in self.frozen_parameters().values()
                    for a in v.values())
-
-    def parameter_bytes(self) -> int:
-        return sum(int(a.nbytes) for _, _, a in self._params())
 
     def __repr__(self) -> str:
         return (f"ModelState(layers={len(self._data)}, parameters={self.parameter_count()}, "
