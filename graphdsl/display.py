@@ -97,9 +97,8 @@ class ModelView:
                 self.shapes[n.id] = output_structure(n, self.shapes)
         self.by_name: dict[str, Node] = {g.names[n.id]: n for n in g.order}
         self.index: dict[int, int] = {n.id: i for i, n in enumerate(g.order)}
-        self.params: dict[tuple[str, str], ParamInfo] = {}
-        for key, spec in g.params.items():
-            self.params[key] = self._info(key, spec, state, dtype)
+        self.params: dict[tuple[str, str], ParamInfo] = {
+            key: self._info(key, spec, state, dtype) for key, spec in g.params.items()}
 
     # -- classification ---------------------------------------------------------------------
     def _info(self, key: tuple[str, str], spec: ParamSpec, state: ModelState | None,
@@ -133,11 +132,6 @@ class ModelView:
     def node_params(self, node: Node) -> list[tuple[ParamSpec, ParamInfo]]:
         """The parameters ``node`` reads, in its own order, with their merged info."""
         return [(spec, self.params[self.graph.param_ref(node, spec)]) for spec in node.params]
-
-    def own_params(self, node: Node) -> list[ParamInfo]:
-        """Parameters stored under this node's name (each counted once, here)."""
-        me = self.name(node)
-        return [info for _, info in self.node_params(node) if info.owner == me]
 
     def is_frozen_layer(self, node: Node) -> bool:
         """A layer whose parameters are all frozen (a muted base layer)."""
@@ -214,10 +208,6 @@ def fmt_value(v: Any, limit: int = 48) -> str:
     """A short, one-line rendering of an option value."""
     if isinstance(v, np.ndarray):
         s = "array " + type_shape(v.shape, str(v.dtype))
-    elif isinstance(v, str):
-        s = repr(v)
-    elif isinstance(v, (bool, int, float)) or v is None:
-        s = repr(v)
     elif isinstance(v, DerivedInit):
         s = v.label
     elif callable(v):
@@ -227,10 +217,14 @@ def fmt_value(v: Any, limit: int = 48) -> str:
     elif isinstance(v, (tuple, list)):
         s = fmt_shape(tuple(v)) if all(x is None or isinstance(x, int) for x in v) else \
             "(" + ", ".join(fmt_value(x, limit) for x in v) + ")"
-    else:
+    else:  # str, bool, int, float, None and anything else
         s = repr(v)
     s = " ".join(s.split())  # one line
     return s if len(s) <= limit else s[: limit - 3] + "..."
+
+
+# options shown elsewhere (the input's shape column) or through another option (fn)
+_HIDDEN_OPTIONS = {("input", "shape"), ("custom", "fn_name"), ("custom", "output_shape")}
 
 
 def options(node: Node) -> list[str]:
@@ -238,20 +232,16 @@ def options(node: Node) -> list[str]:
     function object are shown elsewhere or by name)."""
     lines = []
     for k, v in node.attrs.items():
-        if node.op == "input" and k == "shape":
+        if (node.op, k) in _HIDDEN_OPTIONS:
             continue
-        if node.op == "input" and k == "meta":
+        if (node.op, k) == ("input", "meta"):
             lines.append(f"meta: {len(v)} entries")
-            continue
-        if node.op == "custom" and k in ("fn_name", "output_shape"):
-            continue
-        if node.op == "custom" and k == "fn":
+        elif (node.op, k) == ("custom", "fn"):
             lines.append(f"fn: {node.attrs.get('fn_name') or fmt_value(v)}")
-            continue
-        if node.op == "custom" and k == "opts" and isinstance(v, Mapping):
+        elif (node.op, k) == ("custom", "opts") and isinstance(v, Mapping):
             lines.extend(f"{ok}: {fmt_value(ov)}" for ok, ov in v.items())
-            continue
-        lines.append(f"{k}: {fmt_value(v)}")
+        else:
+            lines.append(f"{k}: {fmt_value(v)}")
     if node.frozen:
         lines.append("frozen: True")
     return lines
@@ -357,6 +347,10 @@ def mermaid_escape(text: str) -> str:
     return " ".join(text.splitlines()) if "\n" in text or "\r" in text else text
 
 
+# (opening, closing) of a Mermaid node's box; any other op is a plain rectangle
+_MERMAID_BOXES = {"input": ('[/"', '"/]'), "constant": ('[("', '")]'), "param": ('[("', '")]'),
+                  "container": ('{{"', '"}}')}
+
 _MERMAID_STYLES = {
     "adapter": "fill:#fde68a,stroke:#b45309,stroke-width:2px",
     "frozen": "fill:#e5e7eb,stroke:#9ca3af,color:#6b7280",
@@ -380,18 +374,11 @@ def as_graph(model: Node, direction: str = "TD", *, inputs: Any = None,
     for i, n in enumerate(g.order):
         nid = f"n{i}"
         label = mermaid_escape(f"{g.names[n.id]} ({n.op}) {shape_str(view.shapes[n.id], n.dtype)}")
-        if n.op == "input":
-            lines.append(f'{nid}[/"{label}"/];')
-        elif n.op in ("constant", "param"):
-            lines.append(f'{nid}[("{label}")];')
-        elif n.op == "container":
-            lines.append(f'{nid}{{{{"{label}"}}}};')
-        else:
-            lines.append(f'{nid}["{label}"];')
-        if is_adapter(n):
-            classes["adapter"].append(nid)
-        elif view.is_frozen_layer(n):
-            classes["frozen"].append(nid)
+        opening, closing = _MERMAID_BOXES.get(n.op, ('["', '"]'))
+        lines.append(f"{nid}{opening}{label}{closing};")
+        kind = _kind(view, n)
+        if kind in classes:
+            classes[kind].append(nid)
     for n in g.order:
         for p in n.inputs:
             lines.append(f"n{view.index[p.id]} --> n{view.index[n.id]};")
@@ -420,7 +407,8 @@ _DOT_STYLE = {
 }
 
 
-def _dot_kind(view: ModelView, n: Node) -> str:
+def _kind(view: ModelView, n: Node) -> str:
+    """The drawing style of ``n``: a key of _DOT_STYLE (Mermaid uses adapter / frozen)."""
     if n.op == "input":
         return "input"
     if n.op in ("constant", "param") and not view.is_frozen_layer(n):
@@ -435,12 +423,13 @@ def _dot_kind(view: ModelView, n: Node) -> str:
 
 
 def _dot_label(view: ModelView, n: Node) -> str:
-    lines = [f"{view.name(n)} ({n.op})", shape_str(view.shapes[n.id], n.dtype)]
-    own = [p for p in view.own_params(n) if p.status != "state"]
+    me = view.name(n)
+    lines = [f"{me} ({n.op})", shape_str(view.shapes[n.id], n.dtype)]
+    ps = [i for _, i in view.node_params(n) if i.status != "state"]
+    own = [i for i in ps if i.owner == me]
     if own:
         lines.append(_params_summary(own, "params"))
-    me = view.name(n)
-    borrowed = [i for _, i in view.node_params(n) if i.owner != me and i.status != "state"]
+    borrowed = [i for i in ps if i.owner != me]
     if borrowed:
         names = ", ".join(f"{i.owner}.{i.name}" for i in borrowed)
         lines.append(f"uses {names}")
@@ -452,10 +441,10 @@ def _params_summary(ps: list[ParamInfo], what: str) -> str:
     """``"401,920 params"``, ``"264 params (frozen)"``, ``"416 params (adapter)"``,
     ``"1,000 params (200 frozen)"``; ``+?`` when a size is unknown."""
     known = [p.size for p in ps if p.size is not None]
-    count = _count(sum(known)) + ("+?" if len(known) < len(ps) else "")
+    total = sum(known)
+    count = _count(total) + ("+?" if len(known) < len(ps) else "")
     frozen = sum(p.size or 0 for p in ps if p.status == "frozen")
     adapter = sum(p.size or 0 for p in ps if p.adapter)
-    total = sum(known)
     extra = []
     for n, label in ((frozen, "frozen"), (adapter, "adapter")):
         if n and n == total and len(known) == len(ps):
@@ -494,7 +483,7 @@ def to_dot(model: Node, *, inputs: Any = None, state: ModelState | None = None,
         '  edge [fontname="Helvetica", fontsize=9, color="#4b5563"];',
     ]
     for i, n in enumerate(g.order):
-        style = _DOT_STYLE[_dot_kind(view, n)]
+        style = _DOT_STYLE[_kind(view, n)]
         out.append(f"  n{i} [label={dot_quote(_dot_label(view, n))}, "
                    f"tooltip={dot_quote(_short_where(n.where))}, {style}];")
     for n in g.order:
