@@ -221,10 +221,9 @@ def _read_npy(path: str, name: str, dtype: str) -> np.ndarray:
         arr.close()
         raise GraphDSLError(f"input {name!r}: {path} is an .npz archive, not one array",
                             fix="save each input with numpy.save(path, array)")
-    if arr.dtype.kind == "f" and dtype.startswith("float") and arr.dtype != np.dtype(dtype):
-        arr = arr.astype(dtype)
-    elif arr.dtype.kind in "iu" and dtype.startswith("int") and arr.dtype != np.dtype(dtype):
-        arr = arr.astype(dtype)
+    if ((arr.dtype.kind == "f" and dtype.startswith("float"))
+            or (arr.dtype.kind in "iu" and dtype.startswith("int"))):
+        arr = arr.astype(dtype, copy=False)  # the input's own width (float64 -> float32)
     return arr
 
 
@@ -311,59 +310,49 @@ def _export(args: argparse.Namespace) -> None:
 def make_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Inspect, run and merge graphdsl models. FILE is a "
                 "saved model (.gdsl) or a JSON definition (.json, weights from --seed).")
-    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    def common(sp: argparse.ArgumentParser) -> None:
+    def command(name: str, func: Callable[[argparse.Namespace], None], help: str
+                ) -> argparse.ArgumentParser:
+        """A subcommand running ``func(args)``, with the FILE and --seed every one takes."""
+        sp = sub.add_parser(name, help=help)
+        sp.set_defaults(func=func)
         sp.add_argument("file", metavar="FILE", help="a saved model (.gdsl) or a JSON "
                         "definition (.json)")
         sp.add_argument("--seed", type=int, default=0,
                         help="seed for the weights of a JSON definition (predict, merge; "
                              "default 0)")
+        return sp
 
-    s = sub.add_parser("summary", help="print the layer table and parameter counts")
-    common(s)
-    s.set_defaults(func=_summary)
+    command("summary", _summary, "print the layer table and parameter counts")
 
-    s = sub.add_parser("graph", help="draw the graph as Mermaid, DOT or SVG")
-    common(s)
+    s = command("graph", _graph, "draw the graph as Mermaid, DOT or SVG")
     s.add_argument("--format", choices=("mermaid", "dot", "svg"), default="mermaid")
     s.add_argument("-o", "--output", help="output file, - for stdout (default: stdout; "
                    "required for svg)")
-    s.set_defaults(func=_graph)
 
-    s = sub.add_parser("predict", help="run the model on .npy inputs")
-    common(s)
+    s = command("predict", _predict, "run the model on .npy inputs")
     s.add_argument("--input", action="append", metavar="NAME=FILE.npy",
                    help="an input array (repeat per input; NAME= optional for one input)")
     s.add_argument("-o", "--output", help="write the prediction (.npy; .npz for several "
                    "outputs; - for those bytes on stdout); default: print it")
     s.add_argument("--backend", choices=("numpy", "torch"), default="numpy")
-    s.set_defaults(func=_predict)
 
-    s = sub.add_parser("merge", help="fold DoRA/LoRA adapters into the plain dense, conv "
-                                     "and embedding layers they adapt")
-    common(s)
+    s = command("merge", _merge, "fold DoRA/LoRA adapters into the plain dense, conv and "
+                "embedding layers they adapt")
     s.add_argument("-o", "--output", required=True, help="the merged model file (.gdsl), "
                    "- for stdout")
-    s.set_defaults(func=_merge)
 
-    s = sub.add_parser("export", help="write an ONNX model (ONNX Runtime, serving stacks)")
-    common(s)
+    s = command("export", _export, "write an ONNX model (ONNX Runtime, serving stacks)")
     s.add_argument("-o", "--output", required=True, help="the ONNX file, - for stdout")
     s.add_argument("--opset", type=int, default=None,
                    help="ONNX opset (default: the lowest that covers the model's layers)")
     s.add_argument("--optional-inputs", metavar="all|NAME,...",
                    help="optional inputs (e.g. attention_mask) to export as graph inputs; "
                         "default: none, their defaults are computed in the graph")
-    s.set_defaults(func=_export)
     return p
-
-
-def _version() -> str:
-
-    return __version__
 
 
 class _Terminated(BaseException):
@@ -401,31 +390,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     130 interrupted, 143 terminated)."""
     args = make_parser().parse_args(argv)
     with _sigterm_raises():
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
-    try:
-        args.func(args)
-    except GraphDSLError as e:
-        print(f"{PROG}: error: {_message(e)}", file=sys.stderr)
-        return 1
-    except OSError as e:
-        print(f"{PROG}: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "),
-              file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        return 130
-    except _Terminated:
-        print(f"{PROG}: terminated", file=sys.stderr)
-        return 143
-    except Exception as e:  # a bug: still one line unless asked for the traceback
-        if os.environ.get("GRAPHDSL_DEBUG"):
-            raise
-        print(f"{PROG}: internal error: {type(e).__name__}: {one_line(e)} (set "
-              "GRAPHDSL_DEBUG=1 for a traceback)", file=sys.stderr)
-        return 3
+        try:
+            args.func(args)
+        except GraphDSLError as e:
+            print(f"{PROG}: error: {_message(e)}", file=sys.stderr)
+            return 1
+        except OSError as e:
+            print(f"{PROG}: error: {e.strerror or e}: {e.filename or ''}".rstrip(": "),
+                  file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            print(f"{PROG}: interrupted", file=sys.stderr)
+            return 130
+        except _Terminated:
+            print(f"{PROG}: terminated", file=sys.stderr)
+            return 143
+        except Exception as e:  # a bug: still one line unless asked for the traceback
+            if os.environ.get("GRAPHDSL_DEBUG"):
+                raise
+            print(f"{PROG}: internal error: {type(e).__name__}: {one_line(e)} (set "
+                  "GRAPHDSL_DEBUG=1 for a traceback)", file=sys.stderr)
+            return 3
     return 0
 
 
