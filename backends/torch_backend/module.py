@@ -35,7 +35,7 @@ from ..base import Stateful, copy_outputs
 from . import KERNELS, TorchContext, compiling, resolve_device
 from . import blocks as tblocks
 
-_DTYPES = {"float32": "float32", "float64": "float64"}
+_DTYPES = ("float32", "float64")
 
 
 def _dtype_name(dtype: Any) -> str:
@@ -55,11 +55,12 @@ class ModuleInfo:
     """What the module needs besides tensors: the model, its plan, the parameter table.
     Immutable and shared by copies (deepcopy returns it as is)."""
 
-    def __init__(self, model: Node, plan: Any, entries: list, input_names: list[str],
-                 input_nodes: list[Node], dtype: Any, blocks: tuple[str, ...] = ()) -> None:
-        self.model, self.plan, self.entries = model, plan, entries
+    def __init__(self, model: Node, plan: Any, entries: list, dtype: Any,
+                 blocks: tuple[str, ...] = ()) -> None:
+        self.model, self.plan, self.entries, self.dtype = model, plan, entries, dtype
         self.blocks = blocks  # submodules that run as calls (.blocks)
-        self.input_names, self.input_nodes, self.dtype = input_names, input_nodes, dtype
+        self.input_names = [name for name, _, _ in plan.inputs]
+        self.input_nodes = [node for _, _, node in plan.inputs]
         self.check = InputChecker(plan)
 
     def __deepcopy__(self, memo: dict) -> ModuleInfo:
@@ -71,55 +72,49 @@ class ModuleInfo:
                                 "gd.save) and rebuild with gd.to_torch")
 
 
-def _module_base():
+class Module(torch.nn.Module):  # named as the plain containers it replaces
+    """A node of the module tree along the dots of the layer names. A layer segment
+    may reuse a Module attribute's name ("a.training", "b.__class__"): setting that
+    attribute (``train()`` sets ``training``, FSDP sets ``__class__``) goes to the
+    object itself, the layer stays in ``_modules``."""
 
-    class Module(torch.nn.Module):  # named as the plain containers it replaces
-        """A node of the module tree along the dots of the layer names. A layer segment
-        may reuse a Module attribute's name ("a.training", "b.__class__"): setting that
-        attribute (``train()`` sets ``training``, FSDP sets ``__class__``) goes to the
-        object itself, the layer stays in ``_modules``."""
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in self._modules and not isinstance(value, torch.nn.Module):
+            object.__setattr__(self, name, value)
+        else:
+            super().__setattr__(name, value)
 
-        def __setattr__(self, name: str, value: Any) -> None:
-            if name in self._modules and not isinstance(value, torch.nn.Module):
-                object.__setattr__(self, name, value)
-            else:
-                super().__setattr__(name, value)
-
-        def get_submodule(self, target: str) -> torch.nn.Module:
-            """Like nn.Module.get_submodule, along ``_modules`` (not attributes)."""
-            mod = self
-            for seg in target.split(".") if target else ():
-                if seg not in mod._modules:
-                    raise AttributeError(f"{type(mod).__name__} has no submodule {seg!r} "
-                                         f"(in {target!r})")
-                mod = mod._modules[seg]
-            return mod
-
-    class GraphModule(Module):
-        """A graphdsl model lowered to torch. ``forward`` is generated straight-line code
-        (see ``.code``); inputs positionally in ``gd.get_inputs`` order or by name;
-        returns a tensor, or a tuple/dict for a container output."""
-
-        code: str = ""
-
-        def forward(self, *args: Any, **kwargs: Any) -> Any:
-            if compiling():  # traced as straight-line code
-                return self._graph_forward(*args, **kwargs)
-            try:
-                return self._graph_forward(*args, **kwargs)
-            except GraphDSLError:
-                raise
-            except Exception as e:  # a kernel failed: name the layer it failed in
-                raise _locate(self, e) from e
-
-        def extra_repr(self) -> str:
-            m = self._graphdsl
-            return f"inputs={m.input_names}, layers={len(m.plan.steps)}"
-
-    return Module, GraphModule
+    def get_submodule(self, target: str) -> torch.nn.Module:
+        """Like nn.Module.get_submodule, along ``_modules`` (not attributes)."""
+        mod = self
+        for seg in target.split(".") if target else ():
+            if seg not in mod._modules:
+                raise AttributeError(f"{type(mod).__name__} has no submodule {seg!r} "
+                                     f"(in {target!r})")
+            mod = mod._modules[seg]
+        return mod
 
 
-_BASE: Any = None  # (Module, GraphModule), made on first use
+class GraphModule(Module):
+    """A graphdsl model lowered to torch. ``forward`` is generated straight-line code
+    (see ``.code``); inputs positionally in ``gd.get_inputs`` order or by name;
+    returns a tensor, or a tuple/dict for a container output."""
+
+    code: str = ""
+
+    def forward(self, *args: Any, **kwargs: Any) -> Any:
+        if compiling():  # traced as straight-line code
+            return self._graph_forward(*args, **kwargs)
+        try:
+            return self._graph_forward(*args, **kwargs)
+        except GraphDSLError:
+            raise
+        except Exception as e:  # a kernel failed: name the layer it failed in
+            raise _locate(self, e) from e
+
+    def extra_repr(self) -> str:
+        m = self._graphdsl
+        return f"inputs={m.input_names}, layers={len(m.plan.steps)}"
 
 
 def _check_state(plan: Any, state: ModelState) -> None:
@@ -143,67 +138,56 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
     "cuda", ...; ``dtype``: float32 (default) or float64. Training the module never
     changes ``state``; read the values back with :func:`from_torch`.
     """
-    global _BASE
-
     dev = resolve_device(device)
     dname = _dtype_name(dtype)
     tdtype = getattr(torch, dname)
     plan = make_plan(model, "train", dname)
     _check_state(plan, state)
     g = plan.graph
-    if _BASE is None:
-        _BASE = _module_base()
-
-    holder_cls, module_cls = _BASE
-    root = holder_cls()  # submodules along the dots of the layer names
+    root = Module()  # submodules along the dots of the layer names
     holder = partial(_holder, root, create=True)
 
     entries = []  # (owner, name, kind, uint64)
     for (owner, name), spec in g.params.items():
         value = state.data[owner][name].view(np.ndarray)
-        h = holder(owner)
+        u64 = spec.kind == "state" and value.dtype == np.uint64
+        t = _module_tensor(value.view(np.int64) if u64 else value, dev, tdtype)
         if spec.kind == "state":
-            u64 = value.dtype == np.uint64
-            t = torch.tensor(value.view(np.int64) if u64 else value, device=dev)
-            if t.is_floating_point():  # running statistics (batch_norm) in the module dtype
-                t = t.to(tdtype)
-            _register(h, owner, name, t, "buffer")
-            entries.append((owner, name, "state", u64))
+            _register(holder(owner), owner, name, t, "buffer")
         else:
-            t = torch.tensor(value, device=dev)
-            if t.is_floating_point():
-                t = t.to(tdtype)
             trainable = (owner, name) not in state.frozen and t.is_floating_point()
-            _register(h, owner, name, torch.nn.Parameter(t, requires_grad=trainable), "param")
-            entries.append((owner, name, "param", False))
+            _register(holder(owner), owner, name,
+                      torch.nn.Parameter(t, requires_grad=trainable), "param")
+        entries.append((owner, name, spec.kind, u64))
     for step in plan.steps:  # constants travel with .to(device) but stay out of state_dict
         if step.op == "constant":
-            v = torch.tensor(step.attrs["value"], device=dev)
             _register(holder(step.name), step.name, "value",
-                      v.to(tdtype) if v.is_floating_point() else v, "constant")
+                      _module_tensor(step.attrs["value"], dev, tdtype), "constant")
 
-    names = [name for name, _, _ in plan.inputs]
-    blocks = tblocks.choose_blocks(plan, _groups(root))
-    meta = ModuleInfo(model, plan, entries, names, [n for _, _, n in plan.inputs], tdtype,
-                      tuple(blocks))
+    # the holders that group layers (have child holders) may run as block calls
+    blocks = tblocks.choose_blocks(
+        plan, [name for name, m in root.named_modules() if name and m._modules])
+    meta = ModuleInfo(model, plan, entries, tdtype, tuple(blocks))
     code, glb, block_fns = _generate(plan, tdtype, blocks)
-    cls = type(f"GraphModule_{_ident(g.name(model))}", (module_cls,),
+    cls = type(f"GraphModule_{_ident(g.name(model))}", (GraphModule,),
                {"_graph_forward": glb["forward"], "code": code,
                 "__module__": __name__})
     mod = cls()
     mod._graphdsl = meta
     mod._modules.update(root._modules)  # direct insertion: any segment is a valid key
     for path, fn in block_fns.items():  # a holder becomes callable: hooks (FSDP) fire
-        _holder(mod, path).__class__ = type("GraphBlock", (holder_cls,),
+        _holder(mod, path).__class__ = type("GraphBlock", (Module,),
                                             {"forward": fn, "__module__": __name__})
     if block_fns:
         tblocks.quiet_view_warning()
     return mod
 
 
-def _groups(root: Any) -> list[str]:
-    """Paths of the holders that group layers (have child holders)."""
-    return [name for name, m in root.named_modules() if name and m._modules]
+def _module_tensor(value: Any, dev: Any, tdtype: Any) -> torch.Tensor:
+    """A copy of ``value`` (any shape) on ``dev``, floats (running statistics too) in the
+    module dtype ``tdtype``."""
+    t = torch.tensor(value, device=dev)
+    return t.to(tdtype) if t.is_floating_point() else t
 
 
 def _holder(root: Any, layer: str, create: bool = False) -> Any:
@@ -259,12 +243,10 @@ def _generate(plan: Any, tdtype: Any, blocks: dict[str, tuple[int, int]]
                                   "register_kernel", cls=BackendError)
         glb[f"_k{i}"] = KERNELS[step.op]
         glb[f"_a{i}"] = dict(step.attrs)
-        ctxs = tuple(TorchContext(tr, tdtype, step.name, step.op, torch,
-                                     where=step.node.where, torch_rng=True)
-                     for tr in (False, True))
-        for c in ctxs[1:]:
-            c.cache = ctxs[0].cache  # one cache per layer (e.g. colsum(K*K))
-        glb[f"_c{i}"] = ctxs
+        cache: dict = {}  # one cache per layer (e.g. colsum(K*K)), in both modes
+        glb[f"_c{i}"] = tuple(TorchContext(tr, tdtype, step.name, step.op, torch, cache,
+                                           where=step.node.where, torch_rng=True)
+                              for tr in (False, True))
 
     def step_line(i: int, local: dict[str, str]) -> str:
         step = plan.steps[i]
@@ -375,7 +357,7 @@ def _bind(self: Any, args: tuple, kwargs: dict) -> tuple:
         kwargs = {**dict(zip(names, args)), **kwargs}  # fewer: optional ones left out
         check_input_names(meta.plan.graph, kwargs)
         args = tuple(kwargs.get(k) for k in names)
-    if meta.dtype is not None and not compiling():
+    if not compiling():
         args = _check_inputs(self, meta, args)
     return args
 
