@@ -26,11 +26,6 @@ from ..windows import (
 from ._attrs import MAX_SIZE, boolean, number, positive_int
 from .nn import activation_name, kernel_and_bias, kernel_options
 
-#: the options of conv (all of them: an adapter wrapping a conv carries them)
-CONV_OPTIONS = ("filters", "kernel_size", "strides", "padding", "input_dilation",
-                "kernel_dilation", "feature_group_size", "channels", "activation",
-                "use_bias", "kernel_initializer", "bias_initializer")
-
 
 def conv_attrs(a: dict) -> dict:
     """The checked options of a conv layer (also used by adapters wrapping one)."""
@@ -74,12 +69,12 @@ def conv_shape(s: list, a: dict) -> tuple:
     return join_channels(batch, w.out, a["filters"], a["channels"])
 
 
-def conv_kernel_shape(in_shape: tuple, a: dict, filters: int | None = None) -> tuple:
+def conv_kernel_shape(in_shape: tuple, a: dict) -> tuple:
     """The kernel shape: ``[*kernel_size, in/groups, filters]`` (channels last) or
-    ``[filters, in/groups, *kernel_size]`` (first), for ``filters`` (default: the layer's)."""
+    ``[filters, in/groups, *kernel_size]`` (first)."""
     c, spatial, _ = _conv_channels(in_shape, a)
     k = expand(a["kernel_size"], len(spatial), "kernel_size")
-    f = a["filters"] if filters is None else filters
+    f = a["filters"]
     cg = c // a["feature_group_size"]
     if math.prod(k) * cg * f > MAX_SIZE:
         raise RuleError(f"the conv kernel (kernel_size {k}, {cg} input channels per group, "

@@ -155,18 +155,17 @@ def layer(fn: Callable[..., Any] | str, inputs: Node | Sequence[Node], *,
     else:
         raise GraphDSLError(f"layer needs a function, got {type(fn).__name__}", op="custom",
                             layer=name, where=where, fix="pass a callable or a registered name")
-    ins = node_list(inputs, "custom", where, "inputs", name)
-    nodes = [x for x in ins if isinstance(x, Node)]
-    if output_shape is None and len(nodes) == len(ins):
+    ins = node_list(inputs, "custom", where, "inputs", name)  # nodes only
+    if output_shape is None:
+        shp = [x.shape for x in ins]
+        dts = [x.dtype for x in ins]
         try:
-            shp = [x.shape for x in nodes]
-            dts = [x.dtype for x in nodes]
             a, b = _probe(fn, shp, dts, opts, 2), _probe(fn, shp, dts, opts, 3)
         except Exception as e:  # the user's function failed on probe data
             raise GraphDSLError(
                 f"could not infer the output shape of custom layer by running it on zeros "
                 f"({type(e).__name__}: {e})", layer=name, op="custom", where=where,
-                shapes=[x.shape for x in nodes],
+                shapes=shp,
                 fix="check the function, or pass output_shape=(None, ...) explicitly",
             ) from None
         if len(a) != len(b):
@@ -174,12 +173,11 @@ def layer(fn: Callable[..., Any] | str, inputs: Node | Sequence[Node], *,
                                 layer=name, op="custom", where=where,
                                 fix="pass output_shape explicitly")
         output_shape = tuple(x if x == y else None for x, y in zip(a, b))
-    attrs = {"fn": fn, "fn_name": fn_name, "opts": dict(opts),
-             "output_shape": tuple(output_shape) if output_shape is not None else None}
     try:
-        attrs["output_shape"] = shape_tuple(attrs["output_shape"], "output_shape")
+        output_shape = shape_tuple(tuple(output_shape), "output_shape")
     except RuleError as e:
         raise GraphDSLError(e.what, layer=name, op="custom", where=where, fix=e.fix) from None
+    attrs = {"fn": fn, "fn_name": fn_name, "opts": dict(opts), "output_shape": output_shape}
     return make_node("custom", ins, attrs, name, where=where)
 
 
