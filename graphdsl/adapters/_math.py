@@ -47,21 +47,6 @@ def colsum_prod(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.einsum("ij,ij->j", a, b)
 
 
-def column_norm_sq_factored(K: np.ndarray, A: np.ndarray, B: np.ndarray, s: float
-                            ) -> tuple[np.ndarray, np.ndarray]:
-    """``c^2 [out]`` with ``c_j = ||K[:, j] + s*(A@B)[:, j]||`` in factored form:
-
-    ``c^2 = colsum(K*K) + 2s*colsum((A.T@K)*B) + s^2*colsum(B*((A.T@A)@B))``.
-
-    Transient memory is O(r*out) (no ``[in, out]`` temporary). Returns ``(c2, noise)``
-    where ``noise`` is the size of the summed terms, used to tell a column whose norm
-    cancels to round-off from a genuine one.
-    """
-    c2, noise = column_norm_sq_parts(colsum_prod(K, K), A.T @ K, A, B, s)
-    exact_columns(c2, noise, K, A, B, s)
-    return c2, noise
-
-
 def column_norm_sq_parts(kk: np.ndarray, AtK: np.ndarray, A: np.ndarray, B: np.ndarray,
                          s: float) -> tuple[np.ndarray, np.ndarray]:
     """The factored ``(c^2, noise)`` from ``kk = colsum(K*K) [out]`` and ``AtK = A.T @ K
@@ -126,8 +111,16 @@ def _list(idx: np.ndarray) -> str:
 
 def dora_column_norm(K: np.ndarray, A: np.ndarray, B: np.ndarray, s: float,
                      eps: float | None = None) -> np.ndarray:
-    """``c [out]``: the factored column norm of ``K + s*A@B`` (see module docstring)."""
-    c2, noise = column_norm_sq_factored(K, A, B, s)
+    """``c [out]`` with ``c_j = ||K[:, j] + s*(A@B)[:, j]||`` in factored form:
+
+    ``c^2 = colsum(K*K) + 2s*colsum((A.T@K)*B) + s^2*colsum(B*((A.T@A)@B))``.
+
+    Transient memory is O(r*out) (no ``[in, out]`` temporary); the columns that cancel to
+    round-off are recomputed (:func:`exact_columns`) and :func:`finish_norm` applies the
+    zero-norm rule.
+    """
+    c2, noise = column_norm_sq_parts(colsum_prod(K, K), A.T @ K, A, B, s)
+    exact_columns(c2, noise, K, A, B, s)
     return finish_norm(c2, noise, eps)
 
 
@@ -139,29 +132,25 @@ def lora_merged_kernel(K: np.ndarray, A: np.ndarray, B: np.ndarray, s: float) ->
     return W
 
 
-def dora_merged_kernel(K: np.ndarray, A: np.ndarray, B: np.ndarray, m: np.ndarray, s: float,
-                       eps: float | None = None) -> np.ndarray:
-    """``(K + s*A@B) * (m / c)`` ``[in, out]``, the plain dense kernel equal to a DoRA
-    layer (K [in, out], A [in, r], B [r, out], m [out]).
+def dora_merge(K: np.ndarray, p: dict, a: dict) -> np.ndarray:
+    """The DoRA op's ``merge`` (adapter contract): ``(K + s*A@B) * (m / c)`` ``[in, out]``,
+    the plain kernel equal to a DoRA layer (K [in, out], ``p``: A [in, r], B [r, out],
+    magnitude m [out]; ``a``: scale s, eps).
 
     ``c`` is computed from the materialized matrix (it exists anyway here); the columns
     that cancel (:func:`exact_columns`) are summed in float64 before they are rounded. A
     zero column raises like :func:`finish_norm`.
     """
+    A, B, s = p["A"], p["B"], a["scale"]
     W = lora_merged_kernel(K, A, B, s)
     noise = colsum_prod(K, K) + (s * s) * colsum_prod(B, (A.T @ A) @ B)
     c2 = colsum_prod(W, W)
     cols, exact = exact_columns(c2, noise, K, A, B, s)
-    r = m / finish_norm(c2, noise, eps)
+    r = p["magnitude"] / finish_norm(c2, noise, a["eps"])
     W *= r
     if exact is not None:
         W[:, cols] = exact * r[cols]
     return W
-
-
-def dora_merge(K: np.ndarray, p: dict, a: dict) -> np.ndarray:
-    """The DoRA op's ``merge`` (adapter contract): ``(K + s*A@B) * (m / c)`` [in, out]."""
-    return dora_merged_kernel(K, p["A"], p["B"], p["magnitude"], a["scale"], a["eps"])
 
 
 def lora_merge(K: np.ndarray, p: dict, a: dict) -> np.ndarray:
