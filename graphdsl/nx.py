@@ -46,15 +46,6 @@ def jsonable(v: Any) -> Any:
     return fmt_value(v, limit=200)
 
 
-def _shape(s: Any) -> Any:
-    """Shapes as tuples (None = unknown); container shapes keep their structure."""
-    if isinstance(s, dict):
-        return {k: _shape(x) for k, x in s.items()}
-    if isinstance(s, tuple) and s and all(isinstance(x, (tuple, dict)) for x in s):
-        return tuple(_shape(x) for x in s)
-    return s
-
-
 def to_networkx(model: Node, inputs: Any = None, *,
                 state: ModelState | None = None) -> nx.DiGraph:
     """``networkx.DiGraph`` of the model, nodes keyed by layer name, in topological order.
@@ -76,22 +67,20 @@ def to_networkx(model: Node, inputs: Any = None, *,
     import networkx as nx  # imported on use: `import graphdsl` stays light for NumPy users
 
     G = nx.DiGraph(name=g.names[model.id], inputs=dict(g.inputs),
-                   output_shape=_shape(view.shapes[model.id]))
+                   output_shape=view.shapes[model.id])
     for i, n in enumerate(g.order):
         name = g.names[n.id]
-        params = []
-        for spec, info in view.node_params(n):
-            params.append({
-                "name": spec.name, "owner": info.owner, "param": info.name,
-                "shape": info.shape, "dtype": info.dtype, "kind": spec.kind,
-                "initializer": info.initializer, "trainable": info.trainable,
-                "status": info.status, "size": info.size, "shared": info.shared,
-                "adapter": info.adapter,
-            })
+        params = [{
+            "name": spec.name, "owner": info.owner, "param": info.name,
+            "shape": info.shape, "dtype": info.dtype, "kind": spec.kind,
+            "initializer": info.initializer, "trainable": info.trainable,
+            "status": info.status, "size": info.size, "shared": info.shared,
+            "adapter": info.adapter,
+        } for spec, info in view.node_params(n)]
         opdef = OPS.get(n.op)
         G.add_node(
             name, name=name, op=n.op, category=opdef.category if opdef else None,
-            shape=_shape(view.shapes[n.id]), dtype=n.dtype,
+            shape=view.shapes[n.id], dtype=n.dtype,
             attrs={k: jsonable(v) for k, v in n.attrs.items()},
             params=params,
             trainable=all(p["trainable"] for p in params if p["kind"] == "param"),
