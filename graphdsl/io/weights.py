@@ -91,7 +91,7 @@ def state_tensors(g: Graph, state: ModelState, want: Expected) -> dict[str, np.n
     ``want`` (from :func:`expected_tensors`) names every ``(layer, param)`` with its shape and
     allowed dtypes; ``state.data`` must hold exactly those (a missing, extra, mis-shaped or
     mis-typed value is a StateError). Returns ``{"layer.param": array}``: NumPy arrays
-    (torch tensors are copied to the CPU), C-contiguous, of exactly the shapes in ``want``
+    (a ModelState holds nothing else), C-contiguous, of exactly the shapes in ``want``
     (a dense kernel ``[in, out]``, a bias ``[out]``, a dropout key ``[]``).
     """
     if not isinstance(state, ModelState):
@@ -102,8 +102,6 @@ def state_tensors(g: Graph, state: ModelState, want: Expected) -> dict[str, np.n
                 "initialize the state with init_fn(template, state) first")
     out = {}
     for key, a in have.items():
-        if hasattr(a, "detach"):
-            a = a.detach().cpu().numpy()
         arr = np.asarray(a)
         if not arr.flags.c_contiguous:
             arr = arr.copy(order="C")  # (np.ascontiguousarray would make 0-d arrays 1-d)
@@ -245,11 +243,7 @@ def read_weights(blob: bytes, want: Expected, source: str) -> dict[tuple[str, st
         raise SerializationError(f"{source}: the weights could not be decoded "
                                  f"({type(e).__name__}: {str(e)[:200]})",
                                  fix="the file is damaged; save the model again") from None
-    out = {}
-    for name, arr in arrays.items():
-        layer, _, param = name.rpartition(".")
-        out[(layer, param)] = arr
-    return out
+    return {tuple(name.rsplit(".", 1)): arr for name, arr in arrays.items()}
 
 
 def encode_weights(tensors: dict[str, np.ndarray], kind: str) -> bytes:
