@@ -27,11 +27,6 @@ from .contract import (
 Targets = str | Iterable[str] | Callable[[Node], bool]
 
 
-def _dense_names(g: Graph) -> list[str]:
-    """The names of the layers an adapter can wrap (dense, conv, embedding)."""
-    return [g.name(n) for n in g.order if n.op in ADAPTABLE]
-
-
 def adapt(op: str, model: Node, targets: Targets, opts: dict[str, Any],
           modules_to_save: str | Iterable[str] | None = None, where: str | None = None
           ) -> Node:
@@ -41,7 +36,7 @@ def adapt(op: str, model: Node, targets: Targets, opts: dict[str, Any],
     trainable, so freezing leaves them alone)."""
     where = where or caller_location()
     g = analyze(model)
-    dense = _dense_names(g)
+    dense = [g.name(n) for n in g.order if n.op in ADAPTABLE]  # what an adapter can wrap
     match = _matcher(op, targets, g, dense, where)
     saved = _modules_to_save(op, modules_to_save, g, where)
     taken = set(g.names.values())
@@ -185,18 +180,17 @@ def untie(model: Node, state: ModelState, layers: Iterable[str] | None = None
             if pick is None or t in pick or e in pick}
     if not todo:
         return model, state
-    data = {k: dict(v) for k, v in state.data.items()}
-    frozen = set(state.frozen)
+    out = state.copy()
     for n in g.order:
         name = g.name(n)
         if name in todo:
             E = state_value(g, n, n.params[0], state.data)
-            data.setdefault(name, {})["kernel"] = np.ascontiguousarray(np.asarray(E).T)
+            out.data.setdefault(name, {})["kernel"] = np.ascontiguousarray(np.asarray(E).T)
             if (todo[name], "kernel") in state.frozen:
-                frozen.add((name, "kernel"))
+                out.frozen.add((name, "kernel"))
     untied = rewrite_nodes(model, lambda n: _untied_config if _has_hf_config(n) else
                            _untied_dense if g.name(n) in todo else None, keep_names=True)
-    return untied, ModelState(data, frozen, {k: list(v) for k, v in state.entries.items()})
+    return untied, out
 
 
 def _has_hf_config(n: Node) -> bool:
@@ -222,11 +216,6 @@ def _untied_dense(inputs: list[Node], n: Node) -> Node:
 
 
 # -- merge ------------------------------------------------------------------------------
-def _adapter_arrays(g: Graph, n: Node, state: ModelState) -> dict[str, np.ndarray]:
-    return {spec.name: np.asarray(state_value(g, n, spec, state.data))
-            for spec in n.params if spec.kind == "param"}
-
-
 def _merged_kernel(n: Node, p: dict[str, np.ndarray], layer: str) -> np.ndarray:
     """The dense kernel ``[in, out]`` equal to adapter node ``n`` with parameters ``p``
     (computed in the weights' own dtype, as the NumPy backend's cached merged kernel is, so
@@ -271,9 +260,7 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
         g = analyze(model)
         adapters = [n for n in g.order if is_adapter(n)]
     node_names = set(g.names.values())
-    data = {k: dict(v) for k, v in state.data.items()}
-    frozen = set(state.frozen)
-    names = {k: list(v) for k, v in state.entries.items()}
+    out = state.copy()
     merged_into: dict[str, str] = {}
     kept: dict[str, dict[str, np.ndarray]] = {}  # adapter -> the parameters kept under its name
     for n in adapters:
@@ -291,23 +278,24 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
                 f"dense layer {target!r}", layer=name, op=n.op, where=n.where,
                 fix="give each adapter its own base layer before merging")
         merged_into[target] = name
-        p = _adapter_arrays(g, n, state)
+        p = {spec.name: np.asarray(state_value(g, n, spec, state.data))
+             for spec in n.params if spec.kind == "param"}
         entry = {"kernel": _merged_kernel(n, p, name)}
         if a["use_bias"]:
             entry["bias"] = p["bias"]
         if a["base"] is None:
-            if (name, "base_weight") in frozen:
-                frozen.add((name, "kernel"))
+            if (name, "base_weight") in out.frozen:
+                out.frozen.add((name, "kernel"))
         else:
-            data.pop(name, None)
-        data[target] = entry
+            out.data.pop(name, None)
+        out.data[target] = entry
         kept[name] = entry if target == name else {}
-        names.pop(name, None)
+        out.entries.pop(name, None)
     # an adapter's own flags go, but a standalone one's for the parameters its layer keeps
-    frozen = {(lay, q) for lay, q in frozen if lay not in kept or q in kept[lay]}
+    out.frozen = {(lay, q) for lay, q in out.frozen if lay not in kept or q in kept[lay]}
     merged = rewrite_nodes(model, lambda n: _merged_layer if is_adapter(n) else None,
                            keep_names=True)
-    return merged, ModelState(data, frozen, names)
+    return merged, out
 
 
 def _merged_layer(inputs: list[Node], n: Node) -> Node:
@@ -382,17 +370,14 @@ def attach_adapters(model: Node, base_state: ModelState, adapters: ModelState,
                              f"{type(st).__name__}", where=where,
                              fix="pass ModelState objects (from init_fn or adapter_state)")
     g = analyze(model)
-    data = {k: dict(v) for k, v in base_state.data.items()}
-    frozen = set(base_state.frozen)
-    names = {k: list(v) for k, v in base_state.entries.items()}
+    merged = base_state.copy()
+    data, frozen, names = merged.data, merged.frozen, merged.entries
     for layer, params in adapters.data.items():
         for q, arr in params.items():
             data.setdefault(layer, {})[q] = arr
             frozen.discard((layer, q))
-            if q in adapters.entries.get(layer, ()):
-                names.setdefault(layer, [])
-                if q not in names[layer]:
-                    names[layer].append(q)
+            if q in adapters.entries.get(layer, ()) and q not in names.get(layer, ()):
+                names.setdefault(layer, []).append(q)
     frozen |= set(adapters.frozen)
     for layer, params in data.items():
         for q, arr in params.items():
@@ -419,7 +404,6 @@ def attach_adapters(model: Node, base_state: ModelState, adapters: ModelState,
                              "state every adapter (save it with gd.adapter_state)")
     f64 = any(getattr(a, "dtype", None) == np.float64 for v in data.values()
               for a in v.values())
-    out = init_state(g, None, ModelState(data, frozen, names), seed,
-                     "float64" if f64 else "float32")
+    out = init_state(g, None, merged, seed, "float64" if f64 else "float32")
     out.frozen = {(lay, q) for lay, q in out.frozen if q in out.data.get(lay, ())}
     return out
