@@ -164,8 +164,7 @@ def _graph(args: argparse.Namespace) -> None:
         write_output(args.output, lambda fh: fh.write(svg), "model.svg")
         return
     text = (display.as_graph(model, state=state) if args.format == "mermaid"
-            else display.to_dot(model, state=state))
-    text = text if text.endswith("\n") else text + "\n"
+            else display.to_dot(model, state=state))  # both end in a newline
     if not args.output:
         sys.stdout.write(text)
         return

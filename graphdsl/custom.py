@@ -29,10 +29,7 @@ def register_function(name: str | None = None, fn: Callable[..., Any] | None = N
 
 def function_name(fn: Callable[..., Any]) -> str | None:
     """The registered name of ``fn``, or None if it is not registered."""
-    for k, v in FUNCTIONS.items():
-        if v is fn:
-            return k
-    return None
+    return next((k for k, v in FUNCTIONS.items() if v is fn), None)
 
 
 def lookup_function(name: str) -> Callable[..., Any]:

@@ -152,7 +152,7 @@ class ModelView:
                 else:
                     out[k][0] += info.size
                     out[k][1] += info.nbytes or 0
-        return {k: (v[0], v[1], v[2]) for k, v in out.items()}
+        return {k: tuple(v) for k, v in out.items()}
 
 
 def _size(shape: tuple) -> int | None:

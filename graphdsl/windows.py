@@ -185,15 +185,16 @@ def kernel_hwio(K: Any, channels: str) -> Any:
     view). Works on NumPy arrays and torch tensors."""
     if channels == "last":
         return K
-    n = K.ndim
-    return K.permute(*range(2, n), 1, 0) if hasattr(K, "permute") else K.transpose(
-        *range(2, n), 1, 0)
+    return _permuted(K, (*range(2, K.ndim), 1, 0))
 
 
 def kernel_from_hwio(W: Any, channels: str) -> Any:
     """The inverse of :func:`kernel_hwio`."""
     if channels == "last":
         return W
-    n = W.ndim
-    order = (n - 1, n - 2, *range(n - 2))
-    return W.permute(*order) if hasattr(W, "permute") else W.transpose(*order)
+    return _permuted(W, (W.ndim - 1, W.ndim - 2, *range(W.ndim - 2)))
+
+
+def _permuted(x: Any, order: tuple[int, ...]) -> Any:
+    """``x`` with its axes in ``order``: a torch tensor's permute or a NumPy transpose."""
+    return x.permute(*order) if hasattr(x, "permute") else x.transpose(*order)
