@@ -122,6 +122,30 @@ def _adapter_params(p: Mapping) -> tuple:
     return base_kernel(p), p.get("bias"), p["A"], p["B"]
 
 
+def _lora_dropout(x: torch.Tensor, p: Mapping, a: Mapping, ctx: KernelContext) -> tuple:
+    """``(xd, updates)``: ``x`` through the adapter's dropout in training (:func:`drop`),
+    else ``(x, {})`` (``xd is x``: nothing dropped)."""
+    rate = a.get("dropout", 0.0) or 0.0
+    if ctx.training and rate > 0.0:
+        return drop(x, rate, p, ctx)
+    return x, {}
+
+
+def _dora_ratio(K: torch.Tensor, A: torch.Tensor, B: torch.Tensor, m: torch.Tensor,
+                a: Mapping, ctx: KernelContext, AtK: torch.Tensor | None = None) -> tuple:
+    """``(m / c [out], cols, W)`` with c the column norm of ``K + s*A@B`` (K [in, out], A
+    [in, r], B [r, out]; factored: no [in, out] temporary), detached unless
+    ``detach_norm`` is False; ``AtK = A.T@K`` when the caller has it; ``cols`` and ``W``
+    as :func:`exact_columns` gives them."""
+    detach = a.get("detach_norm", True)
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
+        if AtK is None:
+            AtK = A.t() @ K
+        c2, noise = dora_column_norm_sq(A, B, a["scale"], AtK, _colsum_sq(K))
+    c2, noise, cols, W = exact_columns(c2, noise, K, A, B, a["scale"])  # W keeps its graph
+    return m / _finish_norm(c2.detach() if detach else c2, noise, a.get("eps"), ctx), cols, W
+
+
 class _DoRAFactored(torch.autograd.Function):
     """DoRA with a detached norm as one autograd node: ``y = (m/c) * (x@K + s*(x@A)@B) + b``
     and its hand-written backward, c treated as a constant (PEFT's and the paper's
@@ -171,39 +195,25 @@ class _DoRAFactored(torch.autograd.Function):
         return gx, gK, gb, gA, gB, gm, None, None
 
 
-def _dense_dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
-                m: torch.Tensor) -> Any:
-    """DoRA: ``y = (m/c) * (x@K + s*(x@A)@B) + b``, c the column norm of K + s*A@B
-    (detached unless ``detach_norm=False``); with dropout in training, PEFT's form
-    ``y = x@K + b + (m/c - 1)*(xd@K) + (m/c)*s*(xd@A)@B``. x (..., in) -> (..., out)."""
-    x = ins[0]
+def _dense_dora(x2: torch.Tensor, xd: torch.Tensor, p: Mapping, a: Mapping,
+                ctx: KernelContext, m: torch.Tensor) -> torch.Tensor:
+    """DoRA on rows x2 [n, in] -> [n, out]: ``y = (m/c) * (x@K + s*(x@A)@B) + b``, c the
+    column norm of K + s*A@B (detached unless ``detach_norm=False``); with dropout in
+    training (``xd``, the dropped-out rows, not ``x2`` itself), PEFT's form ``y = x@K + b
+    + (m/c - 1)*(xd@K) + (m/c)*s*(xd@A)@B``."""
     K, b, A, B = _adapter_params(p)
     s = a["scale"]
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, K.shape[0])
     detach = a.get("detach_norm", True)
-    rate = a.get("dropout", 0.0) or 0.0
-    dropping = ctx.training and rate > 0.0
+    dropping = xd is not x2
     if detach and not dropping:
-        y = _DoRAFactored.apply(x2, K, b, A, B, m, s,
-                                lambda c2, noise: _finish_norm(c2, noise, a.get("eps"), ctx))
-        y = apply_activation(y.reshape(*lead, K.shape[1]), a.get("activation"))
-        return y
-    updates: dict = {}
-    if dropping:
-        xd, updates = drop(x2, rate, p, ctx)
-        rows = [x2, xd]
-    else:
-        xd, rows = x2, [x2]
+        return _DoRAFactored.apply(
+            x2, K, b, A, B, m, s, lambda c2, noise: _finish_norm(c2, noise, a.get("eps"), ctx))
     n = x2.shape[0]
     At = A.detach().t() if detach else A.t()
-    big = torch.cat(rows + [At]) @ K
+    big = torch.cat(([x2, xd] if dropping else [x2]) + [At]) @ K
     xK, AtK = big[:n], big[-At.shape[0]:]
     xdK = big[n:2 * n] if dropping else xK
-    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
-        c2, noise = dora_column_norm_sq(A, B, s, AtK, _colsum_sq(K))
-    c2, noise, cols, W = exact_columns(c2, noise, K, A, B, s)  # W keeps its graph, for h
-    scale = m / _finish_norm(c2.detach() if detach else c2, noise, a.get("eps"), ctx)
+    scale, cols, W = _dora_ratio(K, A, B, m, a, ctx, AtK)  # W keeps its graph, for h
     h = torch.addmm(xdK, xd @ A, B, alpha=s)
     if cols is not None:
         h = h.index_copy(1, cols, (xd.to(W.dtype) @ W).to(h.dtype))
@@ -215,28 +225,22 @@ def _dense_dora(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
         y = torch.addcmul(b, h, scale)
     else:
         y = h * scale
-    y = apply_activation(y.reshape(*lead, K.shape[1]), a.get("activation"))
-    return with_updates(y, updates)
+    return y
 
 
 def _dense(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
            m: torch.Tensor | None) -> Any:
     """LoRA (``m`` None): ``y = x@K + b + s*(dropout(x)@A)@B``, or DoRA
     (:func:`_dense_dora`); x (..., in) -> (..., out)."""
-    if m is not None:
-        return _dense_dora(ins, p, a, ctx, m)
     x = ins[0]
     K, b, A, B = _adapter_params(p)
-    s = a["scale"]
-    lead = x.shape[:-1]
     x2 = x.reshape(-1, K.shape[0])
-    rate = a.get("dropout", 0.0) or 0.0
-    updates: dict = {}
-    xd = x2
-    if ctx.training and rate > 0.0:
-        xd, updates = drop(x2, rate, p, ctx)
-    y = torch.addmm(linear(x2, K, b), xd @ A, B, alpha=s)
-    y = apply_activation(y.reshape(*lead, K.shape[1]), a.get("activation"))
+    xd, updates = _lora_dropout(x2, p, a, ctx)
+    if m is not None:
+        y = _dense_dora(x2, xd, p, a, ctx, m)
+    else:
+        y = torch.addmm(linear(x2, K, b), xd @ A, B, alpha=a["scale"])
+    y = apply_activation(y.reshape(*x.shape[:-1], K.shape[1]), a.get("activation"))
     return with_updates(y, updates)
 
 
@@ -249,12 +253,7 @@ def _norm_ratio(p: Mapping, m: torch.Tensor | None, a: Mapping, ctx: KernelConte
     if m is None:
         return None, None, None
     K, _, A, B = _adapter_params(p)
-    K2, A2 = flat_kernel(K, a), flat_A(A)
-    detach = a.get("detach_norm", True)
-    with torch.set_grad_enabled(torch.is_grad_enabled() and not detach):
-        c2, noise = dora_column_norm_sq(A2, B, a["scale"], A2.t() @ K2, _colsum_sq(K2))
-    c2, noise, cols, W = exact_columns(c2, noise, K2, A2, B, a["scale"])  # W keeps its graph
-    return m / _finish_norm(c2.detach() if detach else c2, noise, a.get("eps"), ctx), cols, W
+    return _dora_ratio(flat_kernel(K, a), flat_A(A), B, m, a, ctx)
 
 
 def _embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
@@ -283,10 +282,7 @@ def _conv(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
     r, cols, W = _norm_ratio(p, m, a, ctx)
     ch = a["channels"]
     xf = to_first(x, ch)
-    updates: dict = {}
-    xd = xf
-    if ctx.training and a.get("dropout", 0.0) > 0.0:
-        xd, updates = drop(xf, a["dropout"], p, ctx)
+    xd, updates = _lora_dropout(xf, p, a, ctx)
     base = conv_first(xf, torch_weight(K, ch), None, a)
     h = conv_first(xd, torch_weight(A, "last"), None, a)  # A: a conv with the base window
     low = s * (h.movedim(1, -1) @ B).movedim(-1, 1)  # B: a 1x1 conv
