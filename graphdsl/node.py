@@ -102,12 +102,6 @@ class Node:
         the graph is analyzed (e.g. ``<unnamed dense>``)."""
         return self.name if self.name is not None else f"<unnamed {self.op}>"
 
-    def error(self, what: str, fix: str | None = None, *, shapes: Any = None,
-              cls: type[GraphDSLError] = GraphDSLError, name: str | None = None) -> GraphDSLError:
-        """A GraphDSLError located at this node."""
-        return cls(what, layer=name or self.name, op=self.op, where=self.where,
-                   shapes=shapes, fix=fix)
-
 
 class _Saved:
     """The pickled form of one node: its fields and its inputs' saved forms."""
@@ -270,10 +264,7 @@ def rebuild(node: Node, inputs: Sequence[Node], **changes: Any) -> Node:
 def topo_order(output: Node | Iterable[Node]) -> list[Node]:
     """Nodes reachable from ``output`` (a node or several), parents before children,
     inputs visited in order. Iterative depth-first post-order."""
-    if not isinstance(output, Node) and not isinstance(output, Iterable):
-        raise GraphDSLError(f"expected a graph node, got {type(output).__name__}",
-                            fix="pass the model's output node")
-    roots = [output] if isinstance(output, Node) else list(output)
+    roots = list(output) if isinstance(output, Iterable) else [output]  # checked below
     order: list[Node] = []
     seen: set[int] = set()
     for root in roots:
