@@ -31,7 +31,7 @@ from ..adapters.kinds import KINDS
 from ..errors import GraphDSLError, StateError
 from ..graph import Graph, analyze, state_value
 from ..io.archive import atomic_writer
-from ..io.weights import read_safetensors_file
+from ..io.weights import encode_weights, read_safetensors_file
 from ..models import HFFamily
 from ..node import Node, caller_location
 from ..state import ModelState
@@ -47,15 +47,6 @@ def _peft_keys(op: str) -> Mapping[str, tuple[str, bool]] | None:
     layer of ``op`` (its kind's record); None where PEFT files do not carry one."""
     kind = KINDS.get(op)
     return None if kind is None else kind.peft_keys
-
-
-def _own_params(g: Graph) -> dict[str, list[str]]:
-    """``{layer: [param, ...]}`` of the weights each layer holds itself (not tied)."""
-    out: dict[str, list[str]] = {}
-    for (layer, param), spec in g.params.items():
-        if spec.kind == "param":
-            out.setdefault(layer, []).append(param)
-    return out
 
 
 # -- save -------------------------------------------------------------------------------
@@ -166,12 +157,10 @@ def _check_eps(g: Graph, n: Node, state: ModelState) -> None:
 
 
 def _write(folder: str, tensors: dict[str, np.ndarray], config: bytes) -> None:
-    from safetensors.numpy import save
-
     os.makedirs(folder, exist_ok=True)
     data = {k: np.ascontiguousarray(v) for k, v in tensors.items()}
     with atomic_writer(os.path.join(folder, WEIGHTS_FILE), "save_peft", WEIGHTS_FILE) as fh:
-        fh.write(save(data, metadata={"format": "pt"}))
+        fh.write(encode_weights(data, "pt"))
     with atomic_writer(os.path.join(folder, CONFIG_FILE), "save_peft", CONFIG_FILE) as fh:
         fh.write(config)
 
@@ -191,12 +180,17 @@ def load_peft(folder: str, model: Node, state: ModelState) -> tuple[Node, ModelS
         raise GraphDSLError("load_peft: the model already has adapters", where=where,
                             fix="pass the base model (from graphdsl.hf.from_pretrained)")
     fam = family(architecture(config_of(model)))
-    model, state, untied = _untie_for(cfg, g, model, state)
-    g = analyze(model)
-    own = _own_params(g)
-    saved = _resolve_saved(folder, cfg["modules_to_save"], g, own)
+    # untie each tied output layer whose embedding or itself is in modules_to_save, or
+    # which is a target: PEFT then trains a copy of one, or adapts the output layer alone
+    mts = cfg["modules_to_save"]
+    untied = {t: e for t, e in tied_pairs(g).items()
+              if is_saved(mts, t) or is_saved(mts, e) or is_target(cfg["target_modules"], t)}
+    if untied:
+        model, state = untie(model, state, untied)
+        g = analyze(model)
+    saved = _resolve_saved(folder, mts, g)
     targets = _resolve_targets(folder, cfg, g, saved)
-    expect, optional = _expected_keys(cfg, g, targets, saved, own, fam)
+    expect, optional = _expected_keys(cfg, g, targets, saved, fam)
     tensors = _read_weights(folder)
     expect |= {k: v for k, v in optional.items() if k in tensors}
     missing = sorted(k for k in expect if k not in tensors)
@@ -227,22 +221,7 @@ def load_peft(folder: str, model: Node, state: ModelState) -> tuple[Node, ModelS
     return adapted, attach_adapters(adapted, state, ModelState(data))
 
 
-def _untie_for(cfg: dict[str, Any], g: Graph, model: Node, state: ModelState
-               ) -> tuple[Node, ModelState, dict[str, str]]:
-    """Untie (``gd.untie``) each tied output layer whose embedding or itself is in
-    ``modules_to_save``, or which is a target: PEFT then trains a copy of one, or adapts
-    the output layer alone. Returns ``(model, state, {untied layer: its embedding})``."""
-    mts = cfg["modules_to_save"]
-    todo = {t: e for t, e in tied_pairs(g).items()
-            if is_saved(mts, t) or is_saved(mts, e) or is_target(cfg["target_modules"], t)}
-    if not todo:
-        return model, state, {}
-    model, state = untie(model, state, todo)
-    return model, state, todo
-
-
-def _resolve_saved(folder: str, entries: list[str] | None, g: Graph,
-                   own: dict[str, list[str]]) -> list[str]:
+def _resolve_saved(folder: str, entries: list[str] | None, g: Graph) -> list[str]:
     layers = [g.name(n) for n in g.order if n.params]
     out = []
     for m in entries or ():
@@ -286,7 +265,7 @@ def _resolve_targets(folder: str, cfg: dict[str, Any], g: Graph, saved: list[str
 
 
 def _expected_keys(cfg: dict[str, Any], g: Graph, targets: list[str], saved: list[str],
-                   own: dict[str, list[str]], fam: HFFamily) -> tuple[dict, dict]:
+                   fam: HFFamily) -> tuple[dict, dict]:
     """``(required, optional)``, each ``{file key: (layer, param, shape in the file,
     transposed)}``; optional: the base layer's weights PEFT saves beside the adapter of
     an embedding or output layer (``base_layer.weight``; it may have been resized or
@@ -294,25 +273,25 @@ def _expected_keys(cfg: dict[str, Any], g: Graph, targets: list[str], saved: lis
     r, op = cfg["r"], "dora" if cfg["use_dora"] else "lora"
     op_of = {g.name(n): n.op for n in g.order}
     out, optional = {}, {}
-    def entry(layer: str, param: str) -> tuple[str, tuple]:
-        key, transpose = hf_key(op_of[layer], layer, param, fam)
-        shape = tuple(g.params[(layer, param)].shape)
-        return key, (layer, param, shape[::-1] if transpose else shape, transpose)
-
     for t in targets:
         n_in, n_out = g.params[(t, "kernel")].shape  # an embedding's: [vocab, dim]
         shapes = {"A": (r, n_in), "B": (n_out, r), "magnitude": (n_out,)}
         for param, (suffix, transpose) in _peft_keys(op_of[t]).items():
             if param != "magnitude" or op == "dora":
                 out[f"{PREFIX}{t}.{suffix}"] = (f"{t}_{op}", param, shapes[param], transpose)
-        for param in own[t]:  # PEFT saves embed_tokens'/lm_head's base layer beside them
-            key, value = entry(t, param)
+    kept = set(saved)
+    wanted = kept | set(targets)
+    for (layer, param), spec in g.params.items():  # the weights a layer holds itself
+        if spec.kind != "param" or layer not in wanted:
+            continue
+        key, transpose = hf_key(op_of[layer], layer, param, fam)
+        shape = tuple(spec.shape)
+        value = (layer, param, shape[::-1] if transpose else shape, transpose)
+        if layer in kept:
+            out[PREFIX + key] = value
+        else:  # PEFT saves embed_tokens'/lm_head's base layer beside their adapters
             head, _, last = key.rpartition(".")
             optional[f"{PREFIX}{head}.base_layer.{last}"] = value
-    for layer in saved:
-        for param in own[layer]:
-            key, value = entry(layer, param)
-            out[PREFIX + key] = value
     return out, optional
 
 
