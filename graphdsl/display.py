@@ -494,14 +494,12 @@ def to_dot(model: Node, *, inputs: Any = None, state: ModelState | None = None,
             label = keys[k] if keys is not None else str(k)
             attr = f" [label={dot_quote(label)}]" if multi or keys is not None else ""
             out.append(f"  n{view.index[p.id]} -> n{me}{attr};")
-        owners = []
-        for _, info in view.node_params(n):
-            o = view.by_name.get(info.owner)
-            if o is not None and o is not n and o.id not in owners:
-                owners.append(o.id)
-        for oid in owners:
-            out.append(f"  n{view.index[oid]} -> n{me} [style=dashed, color=\"#b45309\", "
-                       f"arrowhead=empty, label=\"shares\"];")
+        name = view.name(n)  # layer names are unique: one dashed edge per other owner
+        owners = dict.fromkeys(info.owner for _, info in view.node_params(n)
+                               if info.owner != name and info.owner in view.by_name)
+        for owner in owners:
+            out.append(f"  n{view.index[view.by_name[owner].id]} -> n{me} [style=dashed, "
+                       f"color=\"#b45309\", arrowhead=empty, label=\"shares\"];")
     out.append("}")
     return "\n".join(out) + "\n"
 
