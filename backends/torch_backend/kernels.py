@@ -21,8 +21,6 @@ from graphdsl.ops.nn import ACTIVATIONS as OPTIONS
 from .. import shared
 from ..base import KernelContext, with_updates
 
-_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
 
 @dataclass
 class TorchContext(KernelContext):
@@ -155,8 +153,7 @@ def _constant(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Te
     dev = getattr(ctx, "device", None)
     hit = ctx.cache.get("value")
     if hit is None or hit.device != torch.device(dev or "cpu"):
-        v = a["value"]
-        t = torch.tensor(v, device=dev)
+        t = torch.tensor(a["value"], device=dev)
         hit = ctx.cache["value"] = t.to(ctx.dtype) if t.is_floating_point() else t
     return hit
 
@@ -190,23 +187,18 @@ def _concatenate(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch
 def _attention(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     """softmax(q k^T * scale + mask) @ v; in training with ``dropout`` the probabilities
     go through :func:`drop`."""
-    return with_updates(*_attend(ins, a, p if ctx.training and a.get("dropout", 0.0) > 0
-                                 else None, ctx))
-
-
-def _attend(ins: list, a: Mapping, p: Mapping | None, ctx: KernelContext
-            ) -> tuple[torch.Tensor, dict]:
+    dropping = ctx.training and a.get("dropout", 0.0) > 0
     q, k, v = ins[:3]
     b, h, n, d = q.shape
     kv, m = k.shape[1], k.shape[2]
     if len(ins) > 3 and not compiling() and bool((ins[3] != 0).all()):
         ins = ins[:3]  # a mask that keeps everything (transformers' default one): no mask
-    if p is None and len(ins) == 3 and (not a["causal"] or (n == m and (a["window"] or m) >= m)):
+    if not dropping and len(ins) == 3 and (not a["causal"] or (n == m and (a["window"] or m) >= m)):
         # no mask and a plain causal mask (or none): torch's fused kernel (flash attention
         # on CPU and CUDA), with its GQA (query head i uses k/v head i // (h/kv), as
         # transformers' repeat_kv); less time and memory than the scores matrix
         return F.scaled_dot_product_attention(q, k, v, is_causal=a["causal"],
-                                              scale=a["scale"], enable_gqa=kv != h), {}
+                                              scale=a["scale"], enable_gqa=kv != h)
     s = torch.matmul(shared.grouped_queries(q, kv), k.transpose(-1, -2))  # [b, kv, rep*n, m]
     s = (s * (a["scale"] if a["scale"] is not None else d ** -0.5)).reshape(b, h, n, m)
     keep = shared.attention_keep(ins, a, lambda size: torch.arange(size, device=q.device))
@@ -214,9 +206,10 @@ def _attend(ins: list, a: Mapping, p: Mapping | None, ctx: KernelContext
         s = s.masked_fill(~keep, torch.finfo(s.dtype).min)
     w = torch.softmax(s, -1, dtype=torch.promote_types(s.dtype, torch.float32)).to(q.dtype)
     updates: dict = {}
-    if p is not None:  # dropout on the probabilities [b, h, n, m], as transformers does
+    if dropping:  # dropout on the probabilities [b, h, n, m], as transformers does
         w, updates = drop(w, a["dropout"], p, ctx)
-    return torch.matmul(w.reshape(b, kv, (h // kv) * n, m), v).reshape(b, h, n, d), updates
+    y = torch.matmul(w.reshape(b, kv, (h // kv) * n, m), v).reshape(b, h, n, d)
+    return with_updates(y, updates)
 
 
 def _rms_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
