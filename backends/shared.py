@@ -93,6 +93,11 @@ def rotate(x: Any, cos: Any, sin: Any, cat: Callable) -> Any:
     return x * c + cat((-x[..., h:], x[..., :h]), -1) * s
 
 
+def spatial_axes(x: Any, channels: str) -> tuple[int, ...]:
+    """The spatial axes of ``x`` [N, *spatial, C] (channels "last") or [N, C, *spatial]."""
+    return tuple(range(1, x.ndim - 1)) if channels == "last" else tuple(range(2, x.ndim))
+
+
 def along(v: Any, x: Any, axis: int) -> Any:
     """A vector ``v`` of x's size on ``axis`` reshaped to broadcast along that axis of x."""
     return v.reshape([x.shape[axis] if i == axis else 1 for i in range(x.ndim)])

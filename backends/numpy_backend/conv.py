@@ -19,6 +19,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 from graphdsl.errors import RuleError
 from graphdsl.windows import Window, kernel_hwio, window
 
+from .. import shared
 from ..base import KernelContext, Stateful, check_positions
 from .kernels import apply_activation
 
@@ -127,21 +128,13 @@ def _pool(reduce: Callable, mean: bool) -> Callable:
     return kernel
 
 
-def _spatial_axes(x: np.ndarray, channels: str) -> tuple[int, ...]:
-    return tuple(range(1, x.ndim - 1)) if channels == "last" else tuple(range(2, x.ndim))
-
-
 def _global(fn: Callable) -> Callable:
     def kernel(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
-        x, axes = ins[0], _spatial_axes(ins[0], a["channels"])
+        x, axes = ins[0], shared.spatial_axes(ins[0], a["channels"])
         check_positions(x.shape, axes, ctx.op)
         return fn(x, axis=axes, keepdims=a["keep_axes"])
 
     return kernel
-
-
-def _along(v: np.ndarray, ndim: int, ax: int) -> np.ndarray:
-    return v.reshape([-1 if i == ax else 1 for i in range(ndim)])
 
 
 def batch_statistics(x: np.ndarray, ax: int, running_mean: Any, running_var: Any,
@@ -156,7 +149,7 @@ def batch_statistics(x: np.ndarray, ax: int, running_mean: Any, running_var: Any
                         "train with a batch of 2 or more (or spatial axes), or use "
                         "mode='inference'")
     mean = x.mean(axis=axes, dtype=np.float64).astype(x.dtype)
-    var = np.square(x - _along(mean, x.ndim, ax)).mean(axis=axes, dtype=np.float64)
+    var = np.square(x - shared.along(mean, x, ax)).mean(axis=axes, dtype=np.float64)
     m = momentum
     new = {"mean": ((1 - m) * running_mean + m * mean).astype(x.dtype),
            "var": ((1 - m) * running_var + m * var * (n / (n - 1))).astype(x.dtype)}
@@ -172,8 +165,8 @@ def _batch_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
         mean, var = p["mean"], p["var"]
     scale = p["gamma"] / np.sqrt(var + np.asarray(a["epsilon"], x.dtype))
     shift = p["beta"] - mean * scale
-    y = x * _along(scale, x.ndim, ax)
-    y += _along(shift, x.ndim, ax)
+    y = x * shared.along(scale, x, ax)
+    y += shared.along(shift, x, ax)
     return Stateful(y, new) if ctx.training else y
 
 

@@ -171,12 +171,10 @@ def _layer_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.nda
     mean = x.mean(axis=ax, keepdims=True)
     var = np.square(x - mean).mean(axis=ax, keepdims=True)
     y = (x - mean) / np.sqrt(var + np.asarray(a["epsilon"], x.dtype))
-    bshape = [1] * x.ndim
-    bshape[ax] = x.shape[ax]
     if "gamma" in p:
-        y = y * p["gamma"].reshape(bshape)
+        y = y * shared.along(p["gamma"], x, ax)
     if "beta" in p:
-        y = y + p["beta"].reshape(bshape)
+        y = y + shared.along(p["beta"], x, ax)
     return y
 
 

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from graphdsl.windows import Window, kernel_from_hwio, window
 
+from .. import shared
 from ..base import KernelContext, Stateful, check_positions
 from .kernels import apply_activation
 
@@ -80,13 +81,9 @@ def _pool(table: dict, fill: float) -> Callable:
     return kernel
 
 
-def _spatial(x: torch.Tensor, channels: str) -> tuple[int, ...]:
-    return tuple(range(1, x.dim() - 1)) if channels == "last" else tuple(range(2, x.dim()))
-
-
 def _global(fn: Callable) -> Callable:
     def kernel(ins: list, p: Mapping, a: Mapping, ctx: Any) -> torch.Tensor:
-        x, axes = ins[0], _spatial(ins[0], a["channels"])
+        x, axes = ins[0], shared.spatial_axes(ins[0], a["channels"])
         check_positions(x.shape, axes, ctx.op)
         return fn(x, axes, keepdim=a["keep_axes"])
 
