@@ -166,7 +166,7 @@ def to_onnx(model: Node, state: ModelState, path: str | os.PathLike | None = Non
         b.layer = step.name
         layer = _layer(plan, step, tensors, state.data, b, weights)
         tensors[step.out] = RULES[step.op].fn(b, layer)
-    slot_of = {n.id: s for n, s in ((n, i) for i, n in enumerate(g.order))}
+    slot_of = {n.id: i for i, n in enumerate(g.order)}
     graph_outputs = []
     b.layer = "output"
     for (_, node), oname in zip(outs, out_names):

@@ -28,7 +28,7 @@ import numpy as np
 from graphdsl.windows import Window, split_channels, window
 
 from .builder import Builder
-from .layer import Layer, Rule, along, fused
+from .layer import Layer, Rule, along, fused, normalized
 
 
 def to_first(b: Builder, x: str, rank: int, channels: str) -> str:
@@ -81,11 +81,8 @@ def conv_nd(b: Builder, x: str, in_shape: tuple, a: Mapping[str, Any], kernel: s
     y = b.op("Conv", [xf, kernel] + ([bias] if bias else []), kernel_shape=list(w.kernel),
              strides=list(w.strides), dilations=list(w.kernel_dilation),
              group=a["feature_group_size"], **opts)
-    act = a["activation"]
-    if act is None:
-        return from_first(b, y, rank, ch)
     # on the output in the layer's own layout, as the other backends (Axon's softmax axis)
-    return fused(b, from_first(b, y, rank, ch), act)
+    return fused(b, from_first(b, y, rank, ch), a["activation"])
 
 
 def _conv(b: Builder, layer: Layer) -> str:
@@ -157,10 +154,8 @@ def _group_norm(b: Builder, layer: Layer) -> str:
         n_pos = b.op("Div", [per_sample, b.ints([c if last else g])])
     target, axes = ([0, n_pos, g, c // g], [1, 3]) if last else ([0, g, n_pos], [2])
     xg = b.reshape(x, target)
-    xc = b.op("Sub", [xg, b.reduce("ReduceMean", xg, axes)])
-    var = b.reduce("ReduceMean", b.op("Mul", [xc, xc]), axes)
-    y = b.op("Div", [xc, b.op("Sqrt", [b.op("Add", [var, b.const(layer.attrs["epsilon"])])])])
-    y = b.op("Reshape", [y, b.op("Shape", [x])])
+    y = b.op("Reshape", [normalized(b, xg, axes, layer.attrs["epsilon"]),
+                         b.op("Shape", [x])])
     ch_axis = rank - 1 if last else 1
     y = b.op("Add", [b.op("Mul", [y, along(b, layer.param("gamma"), rank, ch_axis)]),
                      along(b, layer.param("beta"), rank, ch_axis)])

@@ -72,9 +72,11 @@ ACTIVATIONS: dict[str, Callable[[Builder, str, Mapping[str, Any]], str]] = {
 }
 
 
-def fused(b: Builder, x: str, act: str) -> str:
+def fused(b: Builder, x: str, act: str | None) -> str:
     """``x`` through the activation ``act`` fused into a layer (dense's ``activation=``),
-    with the activation's default options."""
+    with the activation's default options; ``x`` itself for None."""
+    if act is None:
+        return x
     return ACTIVATIONS[act](b, x, OPTIONS[act])
 
 
@@ -83,7 +85,7 @@ def affine(b: Builder, x: str, kernel: str, bias: str | None, act: str | None) -
     y = b.op("MatMul", [x, kernel])
     if bias is not None:
         y = b.op("Add", [y, bias])
-    return y if act is None else fused(b, y, act)
+    return fused(b, y, act)
 
 
 def gather_rows(b: Builder, table: str, ids: str, vocab: int, ids_dtype: str) -> str:
@@ -96,6 +98,13 @@ def gather_rows(b: Builder, table: str, ids: str, vocab: int, ids_dtype: str) ->
     return b.op("Gather", [table, ids], axis=0)
 
 
+def normalized(b: Builder, x: str, axes: list[int], eps: float) -> str:
+    """``(x - mean) / sqrt(var + eps)`` over ``axes`` (the NumPy kernels' order)."""
+    xc = b.op("Sub", [x, b.reduce("ReduceMean", x, axes)])
+    var = b.reduce("ReduceMean", b.op("Mul", [xc, xc]), axes)
+    return b.op("Div", [xc, b.op("Sqrt", [b.op("Add", [var, b.const(eps)])])])
+
+
 def along(b: Builder, v: str, rank: int, axis: int) -> str:
     """A vector ``v`` reshaped to broadcast along ``axis`` of a rank-``rank`` tensor."""
     if axis == rank - 1:
@@ -103,4 +112,5 @@ def along(b: Builder, v: str, rank: int, axis: int) -> str:
     return b.op("Reshape", [v, b.ints([-1] + [1] * (rank - 1 - axis))])
 
 
-__all__ = ["ACTIVATIONS", "FLOOR", "fused", "Layer", "Rule", "affine", "along", "gather_rows"]
+__all__ = ["ACTIVATIONS", "FLOOR", "fused", "Layer", "Rule", "affine", "along", "gather_rows",
+           "normalized"]

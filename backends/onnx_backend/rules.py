@@ -30,7 +30,7 @@ from graphdsl.errors import GraphDSLError, RuleError
 
 from .builder import ELEM, Builder
 from .conv import CONV_RULES
-from .layer import ACTIVATIONS, FLOOR, Layer, Rule, affine, along, gather_rows
+from .layer import ACTIVATIONS, FLOOR, Layer, Rule, affine, along, gather_rows, normalized
 
 
 def _float(t: str) -> str:
@@ -74,9 +74,7 @@ def _layer_norm(b: Builder, layer: Layer) -> str:
             gamma = b.const(np.ones(layer.shape[ax], np.float32))
         return b.op("LayerNormalization", [x, gamma] + ([beta] if beta else []),
                     axis=-1, epsilon=eps)
-    xc = b.op("Sub", [x, b.reduce("ReduceMean", x, [ax])])
-    var = b.reduce("ReduceMean", b.op("Mul", [xc, xc]), [ax])
-    y = b.op("Div", [xc, b.op("Sqrt", [b.op("Add", [var, b.const(eps)])])])
+    y = normalized(b, x, [ax], eps)
     if gamma is not None:
         y = b.op("Mul", [y, along(b, gamma, rank, ax)])
     if beta is not None:
