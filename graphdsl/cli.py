@@ -318,8 +318,7 @@ def make_parser() -> argparse.ArgumentParser:
         """A subcommand running ``func(args)``, with the FILE and --seed every one takes."""
         sp = sub.add_parser(name, help=help)
         sp.set_defaults(func=func)
-        sp.add_argument("file", metavar="FILE", help="a saved model (.gdsl) or a JSON "
-                        "definition (.json)")
+        sp.add_argument("file", metavar="FILE", help=MODEL_FILES)
         sp.add_argument("--seed", type=int, default=0,
                         help="seed for the weights of a JSON definition (predict, merge; "
                              "default 0)")

@@ -85,7 +85,6 @@ class ModelView:
         if state is not None and not isinstance(state, ModelState):
             raise GraphDSLError(f"state must be a ModelState, got {type(state).__name__}",
                                 fix="pass the ModelState returned by init_fn, or omit state=")
-        self.model = model
         self.graph: Graph = analyze(model)
         g = self.graph
         if inputs is None:

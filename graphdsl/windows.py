@@ -120,8 +120,7 @@ def window(spatial: Sequence[int | None], kernel: Any, a: Mapping[str, Any],
                         "use a kernel_size that fits the input, e.g. 3", OptionError)
     pads: list[tuple[int, int]] = []
     out: list[int | None] = []
-    for i, size in enumerate(spatial):
-        span = spans[i]
+    for i, (size, span) in enumerate(zip(spatial, spans)):
         if pad == "same":
             p = ((span - 1) // 2, span - 1 - (span - 1) // 2)
         else:
