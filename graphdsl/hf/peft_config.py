@@ -29,6 +29,10 @@ METADATA = frozenset({"base_model_name_or_path", "revision", "inference_mode",
 PLAIN_INITS = (True, False, "gaussian")
 #: the task types of the architectures graphdsl.hf builds (and "no task")
 TASKS = (None, *sorted({f.task for f in FAMILIES}))
+#: the fields the check of unimplemented fields passes over: those above,
+#: ``init_lora_weights`` (checked on its own) and ``qalora_group_size`` (read only with
+#: ``use_qalora``, itself refused)
+_SKIPPED = frozenset({*USED, *METADATA, "init_lora_weights", "qalora_group_size"})
 
 
 def _is_off(value: Any) -> bool:
@@ -63,11 +67,7 @@ def read_config(folder: str) -> dict[str, Any]:
                     "it", "convert the adapter to plain LoRA when saving it (PEFT's "
                     "path_initial_model_for_weight_conversion)")
     for key, value in raw.items():
-        if key in USED or key in METADATA or key == "init_lora_weights":
-            continue
-        if key == "qalora_group_size":  # only read with use_qalora, itself refused
-            continue
-        if not _is_off(value):
+        if key not in _SKIPPED and not _is_off(value):
             raise _fail(folder, f"{key}={value!r} is set; graphdsl.hf.load_peft does not "
                         f"implement {key}", f"use an adapter without {key} (it would change "
                         "what the adapter computes, so it is not ignored)")
