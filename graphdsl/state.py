@@ -102,6 +102,11 @@ class _StoringDict(dict):
     """A dict whose every way of storing (``d[k] = v``, ``update``, ``setdefault``,
     ``|=``) goes through ``__setitem__``, which subclasses use to convert the value."""
 
+    def __init__(self, values: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        if values:
+            self.update(values)
+
     def update(self, other: Any = (), **kw: Any) -> None:  # type: ignore[override]
         items = other.items() if isinstance(other, Mapping) else other
         for k, v in items:
@@ -126,10 +131,8 @@ class LayerValues(_StoringDict):
     """``{param: StateArray}`` of one layer; every stored value is sealed."""
 
     def __init__(self, layer: str = "", values: Mapping[str, Any] | None = None) -> None:
-        super().__init__()
-        self.layer = layer
-        if values:
-            self.update(values)
+        self.layer = layer  # before the values: sealing names them "layer.param"
+        super().__init__(values)
 
     def __setitem__(self, key: str, value: Any) -> None:
         super().__setitem__(key, seal(value, f"{self.layer}.{key}"))
@@ -145,11 +148,6 @@ class LayerValues(_StoringDict):
 
 class StateData(_StoringDict):
     """``{layer: LayerValues}``: assigning a mapping to a layer seals its values."""
-
-    def __init__(self, values: Mapping[str, Mapping[str, Any]] | None = None) -> None:
-        super().__init__()
-        if values:
-            self.update(values)
 
     def __setitem__(self, layer: str, values: Mapping[str, Any]) -> None:
         if not isinstance(values, LayerValues) or values.layer != layer:

@@ -89,11 +89,7 @@ def read_archive(path: str | os.PathLike, members: Iterable[str],
     def bad(msg: str, fix: str) -> SerializationError:
         return SerializationError(f"{label}: {msg}", fix=fix)
 
-    try:
-        p = os.fspath(path)
-    except TypeError:
-        raise SerializationError(f"a path must be a str or os.PathLike, got "
-                                 f"{type(path).__name__}", fix="pass a file path") from None
+    p = os.fspath(path)  # callers give need_path's result (file_label needs a path too)
     if not os.path.exists(p):
         raise SerializationError(f"no such file: {p}", fix="check the path")
     if not os.path.isfile(p):
@@ -295,11 +291,11 @@ def zip_to(fh: BinaryIO, members: Mapping[str, tuple[bytes, int]]) -> None:
             zf.writestr(info, blob)
 
 
-def write_archive(path: Any, members: Mapping[str, tuple[bytes, int]],
+def write_archive(path: str, members: Mapping[str, tuple[bytes, int]],
                   what: str = "gd.save") -> str:
-    """Write ``{name: (bytes, compression)}`` atomically (:func:`atomic_writer`)."""
-    p = need_path(path, what)
-    with atomic_writer(p, what) as fh:
+    """Write ``{name: (bytes, compression)}`` atomically (:func:`atomic_writer`) to
+    ``path`` (a :func:`need_path` result); returns ``path``."""
+    with atomic_writer(path, what) as fh:
         zip_to(fh, members)
-    return p
+    return path
 
