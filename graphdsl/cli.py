@@ -160,15 +160,14 @@ def _graph(args: argparse.Namespace) -> None:
         if not args.output:
             raise GraphDSLError("--format svg needs -o OUT (an .svg path, or - for stdout)",
                                 fix="add -o model.svg")
-        svg = _svg(model, state)
-        write_output(args.output, lambda fh: fh.write(svg), "model.svg")
-        return
-    text = (display.as_graph(model, state=state) if args.format == "mermaid"
-            else display.to_dot(model, state=state))  # both end in a newline
-    if not args.output:
-        sys.stdout.write(text)
-        return
-    data = text.encode("utf-8")
+        data = _svg(model, state)
+    else:
+        text = (display.as_graph(model, state=state) if args.format == "mermaid"
+                else display.to_dot(model, state=state))  # both end in a newline
+        if not args.output:
+            sys.stdout.write(text)
+            return
+        data = text.encode("utf-8")
     write_output(args.output, lambda fh: fh.write(data), f"model.{args.format}")
 
 
