@@ -60,9 +60,8 @@ INITIALIZERS: dict[str, Initializer] = {
 def check_initializer(init: Any, what: str) -> Any:
     """An initializer name from INITIALIZERS, a callable ``(shape, dtype, rng)``, or a
     registered function name."""
-    if isinstance(init, str) and init in INITIALIZERS:
-        return init
-    if callable(init) or isinstance(init, DerivedInit):
+    known_name = isinstance(init, str) and init in INITIALIZERS
+    if known_name or callable(init) or isinstance(init, DerivedInit):
         return init
     raise RuleError(f"unknown {what} {init!r}",
                     f"use one of {sorted(k for k in INITIALIZERS if k != 'rng_key')} "
