@@ -12,7 +12,7 @@ from typing import Any
 from graphdsl.errors import InputError, RuleError
 from graphdsl.shapes import reshape_target
 
-from .base import KernelContext
+from .base import KernelContext, check_positions
 
 
 def container(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
@@ -96,6 +96,17 @@ def rotate(x: Any, cos: Any, sin: Any, cat: Callable) -> Any:
 def spatial_axes(x: Any, channels: str) -> tuple[int, ...]:
     """The spatial axes of ``x`` [N, *spatial, C] (channels "last") or [N, C, *spatial]."""
     return tuple(range(1, x.ndim - 1)) if channels == "last" else tuple(range(2, x.ndim))
+
+
+def global_pool(reduce: Callable[[Any, tuple[int, ...], bool], Any]) -> Callable:
+    """The kernel of a global pool: ``reduce(x, axes, keep_axes)`` over the spatial axes
+    of x ([N, *spatial, C] or channels first), refused over 0 positions."""
+    def kernel(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
+        x, axes = ins[0], spatial_axes(ins[0], a["channels"])
+        check_positions(x.shape, axes, ctx.op)
+        return reduce(x, axes, a["keep_axes"])
+
+    return kernel
 
 
 def along(v: Any, x: Any, axis: int) -> Any:

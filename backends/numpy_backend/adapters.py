@@ -61,15 +61,6 @@ def cached_merge(ctx: KernelContext, sources: tuple, make: Callable[[], np.ndarr
     return W
 
 
-def _finish(y: np.ndarray, b: np.ndarray | None, a: Mapping,
-            back: Callable[[np.ndarray], np.ndarray] = lambda v: v) -> np.ndarray:
-    """Bias on the channels-last rows, ``back`` to the layer's layout, then the activation
-    (which sees the output in the layer's own layout: Axon's softmax axis)."""
-    if b is not None:
-        y += b
-    return apply_activation(back(y), a["activation"])
-
-
 def _rows(x: np.ndarray, a: Mapping, p: Mapping, to_rows: Callable) -> tuple:
     """The adapted layer's input as rows against the flat kernel ``[fan_in, out]``:
     ``(x2 [M, fan_in], xd2 (dropped-out rows, or None), updates, back)`` where
@@ -172,7 +163,10 @@ def _on_rows(to_rows: Callable) -> Callable:
                 m: np.ndarray | None) -> Any:
         x2, xd2, updates, back = _rows(ins[0], a, p, to_rows)
         y = (_lora_rows if m is None else _dora_rows)(x2, xd2, p, a, ctx)
-        return with_updates(_finish(y, p.get("bias"), a, back), updates)
+        if "bias" in p:  # on the channels-last rows
+            y += p["bias"]
+        # the activation sees the output in the layer's own layout (Axon's softmax axis)
+        return with_updates(apply_activation(back(y), a["activation"]), updates)
     return forward
 
 

@@ -20,7 +20,7 @@ from graphdsl.errors import RuleError
 from graphdsl.windows import Window, kernel_hwio, window
 
 from .. import shared
-from ..base import KernelContext, Stateful, check_positions
+from ..base import KernelContext, Stateful
 from .kernels import apply_activation
 
 
@@ -128,15 +128,6 @@ def _pool(reduce: Callable, mean: bool) -> Callable:
     return kernel
 
 
-def _global(fn: Callable) -> Callable:
-    def kernel(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
-        x, axes = ins[0], shared.spatial_axes(ins[0], a["channels"])
-        check_positions(x.shape, axes, ctx.op)
-        return fn(x, axis=axes, keepdims=a["keep_axes"])
-
-    return kernel
-
-
 def batch_statistics(x: np.ndarray, ax: int, running_mean: Any, running_var: Any,
                      momentum: float) -> tuple[np.ndarray, np.ndarray, dict]:
     """Batch mean and biased variance [C] of ``x`` over every axis but ``ax``, and the new
@@ -188,8 +179,8 @@ KERNELS: dict[str, Callable] = {
     "conv": _conv,
     "max_pool": _pool(np.maximum, False),
     "avg_pool": _pool(np.add, True),
-    "global_avg_pool": _global(np.mean),
-    "global_max_pool": _global(np.max),
+    "global_avg_pool": shared.global_pool(lambda x, axes, keep: np.mean(x, axes, keepdims=keep)),
+    "global_max_pool": shared.global_pool(lambda x, axes, keep: np.max(x, axes, keepdims=keep)),
     "batch_norm": _batch_norm,
     "group_norm": _group_norm,
 }

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from graphdsl.compiler import Plan
 
@@ -106,9 +106,8 @@ def layout(plan: Plan, blocks: dict[str, tuple[int, int]]) -> Func:
                             if last_read.get(s.out, -1) > hi or s.out == plan.output))
         return Func(path, lo, hi, ins, outs, tuple(body))
 
-    root = build("", 0, len(plan.steps) - 1)
-    return Func("", root.lo, root.hi, tuple(s for _, s, _ in plan.inputs), (plan.output,),
-                root.body)
+    return replace(build("", 0, len(plan.steps) - 1),
+                   ins=tuple(s for _, s, _ in plan.inputs), outs=(plan.output,))
 
 
 def body_lines(plan: Plan, f: Func, step_line: Callable[[int, dict[str, str]], str]

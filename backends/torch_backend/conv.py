@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from graphdsl.windows import Window, kernel_from_hwio, window
 
 from .. import shared
-from ..base import KernelContext, Stateful, check_positions
+from ..base import KernelContext, Stateful
 from .kernels import apply_activation
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
@@ -81,15 +81,6 @@ def _pool(table: dict, fill: float) -> Callable:
     return kernel
 
 
-def _global(fn: Callable) -> Callable:
-    def kernel(ins: list, p: Mapping, a: Mapping, ctx: Any) -> torch.Tensor:
-        x, axes = ins[0], shared.spatial_axes(ins[0], a["channels"])
-        check_positions(x.shape, axes, ctx.op)
-        return fn(x, axes, keepdim=a["keep_axes"])
-
-    return kernel
-
-
 def _batch_norm(ins: list, p: Mapping, a: Mapping, ctx: Any) -> Any:
     """In training, the batch statistics and the new running ``mean``/``var`` as
     ``nn.BatchNorm`` computes them, returned as state updates (a module writes them to
@@ -116,8 +107,8 @@ KERNELS: dict[str, Callable] = {
     "conv": _conv,
     "max_pool": _pool(_MAX, float("-inf")),
     "avg_pool": _pool(_AVG, 0.0),
-    "global_avg_pool": _global(torch.mean),
-    "global_max_pool": _global(torch.amax),
+    "global_avg_pool": shared.global_pool(torch.mean),  # (x, dim, keepdim)
+    "global_max_pool": shared.global_pool(torch.amax),
     "batch_norm": _batch_norm,
     "group_norm": _group_norm,
 }

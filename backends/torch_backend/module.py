@@ -370,11 +370,9 @@ def _too_many(meta: ModuleInfo, args: tuple) -> InputError:
 
 
 def _module_device_dtype(self: Any, meta: ModuleInfo) -> tuple[Any, Any]:
-    for owner, name, kind, _ in meta.entries:
-        if kind == "param":
-            t = _holder(self, owner)._parameters[name]
-            if t.is_floating_point():
-                return t.device, t.dtype
+    for _, _, t in module_parameters(self):
+        if t.is_floating_point():
+            return t.device, t.dtype
     for b in self.buffers():  # constants only
         return b.device, meta.dtype
     return None, meta.dtype
