@@ -93,11 +93,7 @@ def _act_attrs(op: str):
     defaults = ACTIVATIONS[op]
 
     def check(a: dict) -> dict:
-        unknown = set(a) - set(defaults)
-        if unknown:
-            raise RuleError(f"{op} has no option(s) {sorted(unknown)}",
-                            f"{op} takes {sorted(defaults) or 'no options'}", OptionError)
-        out = dict(defaults, **a)
+        out = {k: a.get(k, d) for k, d in defaults.items()}  # make_node names other keys
         if "alpha" in out:
             out["alpha"] = number(out["alpha"], "alpha", 0.0)
         if "approximate" in out:
