@@ -67,12 +67,10 @@ def init_state(g: Graph, template: Any = None, initial_state: ModelState | None 
 
 
 def _given_value(g: Graph, n: Node, spec: ParamSpec, value: Any, dt: str) -> np.ndarray:
-    """An ``initial_state`` value: numeric, of the spec's shape, finite, in dtype ``dt``."""
+    """An ``initial_state`` value (numeric: a ModelState seals only real numbers) of the
+    spec's shape, finite, in dtype ``dt``."""
     arr = as_numpy(value)
     owner, pname = g.param_ref(n, spec)
-    if arr.dtype.kind not in "biuf":
-        raise g.error(n, f"{owner}.{pname} has non-numeric dtype {arr.dtype}",
-                      "pass a numeric array", cls=StateError)
     check_value(g, n, spec, arr, "initial_state")
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
         raise g.error(n, f"initial_state value {owner}.{pname} holds NaN or infinity",
