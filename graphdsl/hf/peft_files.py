@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,7 @@ import numpy as np
 from .. import dora, lora
 from ..adapters import attach_adapters, untie
 from ..adapters.adapt import tied_pairs
-from ..adapters.contract import is_adapter, layer_of, owns
+from ..adapters.contract import is_adapter, kind_of, layer_of, owns
 from ..adapters.kinds import KINDS
 from ..errors import GraphDSLError, StateError
 from ..graph import Graph, analyze, state_value
@@ -40,13 +39,6 @@ from .peft_config import CONFIG_FILE, is_saved, is_target, read_config, short_ta
 
 WEIGHTS_FILE = "adapter_model.safetensors"
 PREFIX = "base_model.model."
-
-
-def _peft_keys(op: str) -> Mapping[str, tuple[str, bool]] | None:
-    """Our adapter parameter -> (PEFT key suffix, stored transposed) for an adapter on a
-    layer of ``op`` (its kind's record); None where PEFT files do not carry one."""
-    kind = KINDS.get(op)
-    return None if kind is None else kind.peft_keys
 
 
 # -- save -------------------------------------------------------------------------------
@@ -72,7 +64,7 @@ def save_peft(folder: str, adapted: Node, state: ModelState) -> str:
     for n in adapters:
         _check_peft_compatible(g, n, first)
         for spec in n.params:
-            keys = _peft_keys(layer_of(n))
+            keys = kind_of(n).peft_keys
             if owns(n, spec) and spec.name in keys:
                 suffix, transpose = keys[spec.name]
                 arr = np.asarray(state_value(g, n, spec, state.data))
@@ -120,7 +112,7 @@ def _check_peft_compatible(g: Graph, n: Node, first: Node) -> None:
                             "base_weight); PEFT adapts layers of the transformers model",
                             layer=name, op=n.op, where=n.where,
                             fix="adapt the model's dense layers with dora.adapt/lora.adapt")
-    if _peft_keys(layer_of(n)) is None:
+    if kind_of(n).peft_keys is None:
         raise GraphDSLError(f"save_peft: {name!r} adapts a {layer_of(n)} layer; graphdsl "
                             "writes PEFT files for adapters on Linear/Conv1D and Embedding "
                             "layers only", layer=name, op=n.op, where=n.where,
@@ -250,7 +242,8 @@ def _resolve_targets(folder: str, cfg: dict[str, Any], g: Graph, saved: list[str
                                 fix=f"layers with parameters: {sorted(layers)}")
     out = [lay for lay in layers if is_target(tm, lay) and lay not in excluded]
     for lay in out:
-        if _peft_keys(layers[lay].op) is None:
+        kind = KINDS.get(layers[lay].op)
+        if kind is None or kind.peft_keys is None:  # PEFT files carry no adapter of it
             raise GraphDSLError(f"{os.path.join(folder, CONFIG_FILE)}: target_modules "
                                 f"{tm!r} adapts {lay!r}, a {layers[lay].op} layer; graphdsl "
                                 "reads adapters on Linear / Conv1D and Embedding layers only",
@@ -276,7 +269,7 @@ def _expected_keys(cfg: dict[str, Any], g: Graph, targets: list[str], saved: lis
     for t in targets:
         n_in, n_out = g.params[(t, "kernel")].shape  # an embedding's: [vocab, dim]
         shapes = {"A": (r, n_in), "B": (n_out, r), "magnitude": (n_out,)}
-        for param, (suffix, transpose) in _peft_keys(op_of[t]).items():
+        for param, (suffix, transpose) in KINDS[op_of[t]].peft_keys.items():
             if param != "magnitude" or op == "dora":
                 out[f"{PREFIX}{t}.{suffix}"] = (f"{t}_{op}", param, shapes[param], transpose)
     kept = set(saved)
