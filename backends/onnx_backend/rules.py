@@ -33,10 +33,6 @@ from .conv import CONV_RULES
 from .layer import ACTIVATIONS, FLOOR, Layer, Rule, affine, along, gather_rows, normalized
 
 
-def _float(t: str) -> str:
-    return "float32" if t.startswith("float") else t
-
-
 def _activation(op: str) -> Rule:
     return Rule(lambda b, layer: ACTIVATIONS[op](b, layer.ins[0], layer.attrs))
 
@@ -248,15 +244,9 @@ def _tied_dense(b: Builder, layer: Layer) -> str:
 
 
 # -- sources and plumbing ---------------------------------------------------------------------
-def _input(b: Builder, layer: Layer) -> str:
-    """A graph input: ints stay as declared; float64 inputs are computed in float32."""
-    return b.cast(layer.ins[0], layer.dtype, "float32") if layer.dtype == "float64" \
-        else layer.ins[0]
-
-
 def _full_like(b: Builder, layer: Layer) -> str:
-    t = _float(layer.dtype)
-    value = helper.make_tensor("value", ELEM[t], [1], [layer.attrs["value"]])
+    # ELEM maps float64 to float32, the dtype float64 values are computed in
+    value = helper.make_tensor("value", ELEM[layer.dtype], [1], [layer.attrs["value"]])
     return b.op("ConstantOfShape", [b.op("Shape", [layer.ins[0]])], value=value)
 
 
@@ -287,7 +277,9 @@ def custom_min_opset(fn: Any) -> int:
 
 
 RULES: dict[str, Rule] = {
-    "input": Rule(_input),
+    # a graph input as declared: a float64 one is declared float32 (ELEM), the dtype its
+    # values are computed in
+    "input": Rule(lambda b, layer: layer.ins[0]),
     "constant": Rule(lambda b, layer: b.weight(layer.attrs["value"], layer.name)),
     "param": Rule(lambda b, layer: layer.param("value")),
     "custom": Rule(_custom),
