@@ -9,7 +9,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from ..errors import GraphDSLError, SerializationError
+from ..errors import SerializationError
 
 
 def _reject_constant(token: str) -> Any:
@@ -38,11 +38,9 @@ def parse_json(text: str | bytes, what: str = "model JSON") -> Any:
     if not isinstance(text, str):
         raise SerializationError(f"{what} must be a str, got {type(text).__name__}",
                                  fix="pass the JSON text (e.g. open(path).read())")
-    try:
+    try:  # the hooks' SerializationErrors are not ValueErrors: they pass through
         return json.loads(text, object_pairs_hook=_no_duplicates,
                           parse_constant=_reject_constant)
-    except GraphDSLError:
-        raise
     except json.JSONDecodeError as e:
         raise SerializationError(f"{what} is not valid JSON: {e.msg} at line {e.lineno} "
                                  f"column {e.colno}", fix="fix the JSON syntax") from None

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..custom import function_name
-from ..errors import GraphDSLError, RuleError, SerializationError, fmt_shape
+from ..errors import RuleError, SerializationError, fmt_shape
 from ..graph import Graph, analyze
 from ..node import Node, make_node
 from ..ops._attrs import shape_tuple
@@ -248,12 +248,11 @@ def _make(e: dict[str, Any], ins: list[Node], where: str, source: str,
             raise
         raise SerializationError(err.what, layer=name, op=op, where=where,
                                  fix=err.fix) from None
-    except GraphDSLError:
-        raise
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError,
             ZeroDivisionError, RecursionError) as err:
         # attribute values of a type the op's checks do not expect (a file can hold any
-        # JSON value where Python code would pass an int or a str)
+        # JSON value where Python code would pass an int or a str); a GraphDSLError, not
+        # one of these, passes through
         raise SerializationError(
             f"{source}: node {name!r} (op {op}) has attribute values the op cannot use "
             f"({type(err).__name__}: {str(err)[:200]})", layer=name, op=op, where=where,
