@@ -65,15 +65,12 @@ def adapt(op: str, model: Node, targets: Targets, opts: dict[str, Any],
 
     adapted_model = rewrite_nodes(model, lambda n: rule, keep_names=True)
     if not adapted:
+        shown = getattr(targets, "__name__", None) or repr(targets)  # a predicate by name
         raise GraphDSLError(
-            f"{op}.adapt: targets={_show(targets)} match no adaptable layer", where=where,
+            f"{op}.adapt: targets={shown} match no adaptable layer", where=where,
             fix=f"adaptable (dense, conv, embedding) layers in this model: {dense}" if dense
                 else "this model has no dense, conv or embedding layer to adapt")
     return adapted_model
-
-
-def _show(targets: Any) -> str:
-    return getattr(targets, "__name__", None) or repr(targets)
 
 
 def _matcher(op: str, targets: Any, g: Graph, dense: list[str], where: str
