@@ -6,7 +6,7 @@ compiler, the display and the transforms need.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any
@@ -292,10 +292,7 @@ def get_parameters(model: Node) -> dict[str, dict[str, ParamSpec]]:
 
 def get_op_counts(model: Node) -> dict[str, int]:
     """``{op: number of layers}`` in the graph."""
-    counts: dict[str, int] = {}
-    for n in topo_order(model):
-        counts[n.op] = counts.get(n.op, 0) + 1
-    return counts
+    return dict(Counter(n.op for n in topo_order(model)))
 
 
 # -- reading a model's values from a state ({layer: {param: array}}) ----------------------

@@ -24,12 +24,11 @@ from ..windows import (
     window,
 )
 from ._attrs import MAX_SIZE, boolean, number, positive_int
-from .nn import activation_name, kernel_and_bias, kernel_options
+from .nn import kernel_and_bias, kernel_options
 
 
 def conv_attrs(a: dict) -> dict:
     """The checked options of a conv layer (also used by adapters wrapping one)."""
-    act = a.get("activation")
     return {
         "filters": positive_int(a.get("filters"), "filters"),
         "kernel_size": spatial_option(a.get("kernel_size", 1), "kernel_size"),
@@ -40,7 +39,6 @@ def conv_attrs(a: dict) -> dict:
         "feature_group_size": positive_int(a.get("feature_group_size", 1),
                                            "feature_group_size"),
         "channels": channels_option(a.get("channels", "last")),
-        "activation": None if act is None else activation_name(act),
         **kernel_options(a),
     }
 

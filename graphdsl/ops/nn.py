@@ -30,9 +30,11 @@ def activation_name(name: Any) -> str:
 
 # -- dense -----------------------------------------------------------------------------
 def kernel_options(a: dict) -> dict:
-    """``use_bias`` and the kernel/bias initializers of a layer with a kernel (dense, conv),
-    checked, with Axon's defaults."""
+    """``activation`` (None: none), ``use_bias`` and the kernel/bias initializers of a layer
+    with a kernel (dense, conv), checked, with Axon's defaults."""
+    act = a.get("activation")
     return {
+        "activation": None if act is None else activation_name(act),
         "use_bias": boolean(a.get("use_bias", True), "use_bias"),
         "kernel_initializer": check_initializer(a.get("kernel_initializer", "glorot_uniform"),
                                                 "kernel_initializer"),
@@ -42,12 +44,7 @@ def kernel_options(a: dict) -> dict:
 
 
 def _dense_attrs(a: dict) -> dict:
-    act = a.get("activation")
-    return {
-        "units": positive_int(a.get("units"), "units"),
-        "activation": None if act is None else activation_name(act),
-        **kernel_options(a),
-    }
+    return {"units": positive_int(a.get("units"), "units"), **kernel_options(a)}
 
 
 def _dense_shape(s: list, a: dict) -> tuple:
