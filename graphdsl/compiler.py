@@ -134,7 +134,6 @@ def output_aliases(g: Graph, model: Node) -> tuple[bool, ...]:
     return (aliased[model.id],)
 
 
-# -- init ------------------------------------------------------------------------------------
 # -- predict -----------------------------------------------------------------------------------
 class InputChecker:
     """Validates predict inputs; shape rules run once per pattern of input sizes."""

@@ -40,10 +40,6 @@ class Graph:
     # inputs the model runs without: every use is the first input of an `optional` node
     optional: frozenset[str] = frozenset()
 
-    @property
-    def output_shape(self) -> Any:
-        return output_structure(self.output, {n.id: n.shape for n in self.order})
-
     def name(self, node: Node) -> str:
         return self.names[node.id]
 
@@ -276,8 +272,9 @@ def get_output_shape(model: Node, inputs: Any = None) -> Any:
     tuples/dicts of shapes."""
     g = analyze(model)
     if inputs is None:
-        return g.output_shape
-    shapes = infer_shapes(g, normalize_input_shapes(g, inputs), probe=True)
+        shapes = {n.id: n.shape for n in g.order}
+    else:
+        shapes = infer_shapes(g, normalize_input_shapes(g, inputs), probe=True)
     return output_structure(model, shapes)
 
 
