@@ -264,7 +264,7 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
         name = g.name(n)
         a = n.attrs
         target = a["base"] or name
-        if a["base"] is not None and a["base"] in node_names:
+        if a["base"] in node_names:  # never None, a node name is a str
             raise GraphDSLError(
                 f"cannot merge {name!r} into dense {target!r}: layer {target!r} is also "
                 "used directly in this model (it shares the kernel)", layer=name, op=n.op,

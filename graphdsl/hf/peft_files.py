@@ -120,12 +120,12 @@ def _check_peft_compatible(g: Graph, n: Node, first: Node) -> None:
                                 "dense and embedding layers for PEFT")
     diff = [k for k in ("rank", "alpha", "rslora", "dropout")
             if n.op != first.op or n.attrs[k] != first.attrs[k]]
-    if n.op != first.op or diff:
+    if diff:  # a different op differs in every field
         raise GraphDSLError(
             f"save_peft: {name!r} ({n.op}, rank={n.attrs['rank']}, alpha="
             f"{n.attrs['alpha']}) differs from {g.name(first)!r} ({first.op}, rank="
             f"{first.attrs['rank']}, alpha={first.attrs['alpha']}) in "
-            f"{diff or ['op']}; a PEFT adapter file has one op and one of each",
+            f"{diff}; a PEFT adapter file has one op and one of each",
             layer=name, op=n.op, where=n.where,
             fix="adapt every layer with the same options, or save them as separate "
                 "adapters")
