@@ -14,7 +14,7 @@ from ..errors import GraphDSLError, OptionError, RuleError, ShapeError, fmt_shap
 from ..initializers import check_initializer
 from ..node import Node, caller_location, is_valid_name, make_node, validate_name
 from ..registry import OpDef, ParamSpec, register_op
-from ..shapes import is_int, merge_dim, normalize_axis
+from ..shapes import check_rank, is_int, merge_dim, normalize_axis
 from ._attrs import boolean, number, positive_int
 
 
@@ -142,9 +142,7 @@ def attention(q: Node, k: Node, v: Node, mask: Node | None = None, causal: bool 
 
 # -- rms_norm --------------------------------------------------------------------------------
 def _rms_dim(s: tuple, a: dict) -> int:
-    if not s:
-        raise RuleError("rms_norm needs an input of rank >= 1, got ()",
-                        "pass a tensor with a feature axis")
+    check_rank(s, 1, "rms_norm", "pass a tensor with a feature axis")
     ax = normalize_axis(a["axis"], len(s))
     if s[ax] is None:
         raise RuleError(f"rms_norm needs a known size on axis {a['axis']}, got {fmt_shape(s)}",
@@ -256,8 +254,7 @@ def _slice_len(start: int, stop: int | None, size: int | None) -> int | None:
 
 def _slice_shape(s: list, a: dict) -> tuple:
     x = s[0]
-    if not x:
-        raise RuleError("slice needs an input of rank >= 1, got ()", "pass a tensor")
+    check_rank(x, 1, "slice", "pass a tensor")
     ax = normalize_axis(a["axis"], len(x))
     return x[:ax] + (_slice_len(a["start"], a["stop"], x[ax]),) + x[ax + 1:]
 
@@ -322,9 +319,7 @@ def split(x: Node, n_or_sizes: int | Sequence[int], axis: int = -1,
 # -- positions ------------------------------------------------------------------------------------
 def _pos_shape(s: list, a: dict) -> tuple:
     x = s[0]
-    if not x:
-        raise RuleError("positions needs an input of rank >= 1, got ()",
-                        "pass e.g. input_ids [batch, seq]")
+    check_rank(x, 1, "positions", "pass e.g. input_ids [batch, seq]")
     return tuple(x[:normalize_axis(a["axis"], len(x)) + 1])
 
 
