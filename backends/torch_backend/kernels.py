@@ -84,16 +84,6 @@ def _dense(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tenso
     return apply_activation(linear(ins[0], p["kernel"], p.get("bias")), a["activation"])
 
 
-def _seeded_mask(shape: tuple, rate: float, key: Any, device: Any
-                 ) -> tuple[torch.Tensor, np.ndarray]:
-    """Keep-mask drawn from the layer's uint64 key (functional path), and the next key."""
-    g = torch.Generator(device="cpu")
-    g.manual_seed(int(key) & (2**63 - 1))
-    keep = torch.rand(shape, generator=g) >= rate
-    new = np.asarray(int(torch.randint(0, 2**62, (), generator=g)), dtype=np.uint64)
-    return keep.to(device), new
-
-
 def drop(x: torch.Tensor, rate: float, p: Mapping, ctx: KernelContext
           ) -> tuple[torch.Tensor, dict]:
     """Inverted dropout of ``x`` (any shape; same shape back): torch's RNG
@@ -101,7 +91,10 @@ def drop(x: torch.Tensor, rate: float, p: Mapping, ctx: KernelContext
     ``(y, {state entry: new value})``."""
     if ctx.torch_rng or "key" not in p:
         return F.dropout(x, rate, True), {}
-    keep, new = _seeded_mask(tuple(x.shape), rate, p["key"], x.device)
+    g = torch.Generator(device="cpu")  # the mask drawn from the layer's uint64 key
+    g.manual_seed(int(p["key"]) & (2**63 - 1))
+    keep = (torch.rand(tuple(x.shape), generator=g) >= rate).to(x.device)
+    new = np.asarray(int(torch.randint(0, 2**62, (), generator=g)), dtype=np.uint64)
     return torch.where(keep, x / (1.0 - rate), torch.zeros((), dtype=x.dtype,
                                                              device=x.device)), {"key": new}
 
