@@ -400,3 +400,19 @@ def test_cuda_module_matches_cpu():
     assert gd.from_torch(gpu) == gd.from_torch(cpu)
     gpu.train()
     gpu(x.cuda()).sum().backward()  # LoRA dropout on the GPU, torch's RNG
+
+
+def test_integer_inputs_are_one_rule_on_every_path():
+    """Token ids: whole-number floats and bools read as int64 (a mask as transformers takes
+    it), fractions are the same InputError on NumPy, the torch backend and a module."""
+    model = gd.embedding(gd.input("ids", (None, 3), dtype="int64"), 5, 2, name="e")
+    st = gd.build(model)[0]()
+    want = gd.predict(model, st, np.array([[0, 1, 4]]))
+    runs = [lambda x: gd.predict(model, st, x),
+            lambda x: gd.build(model, backend="torch")[1](st, x).numpy(),
+            lambda x: gd.to_torch(model, st)(torch.from_numpy(x)).detach().numpy()]
+    for run in runs:
+        np.testing.assert_array_equal(run(np.array([[0.0, 1.0, 4.0]], np.float32)), want)
+        with pytest.raises(gd.GraphDSLError, match=r"input 'ids' holds integers \(token ids, "
+                           r"a 0/1 mask\), got dtype .*float32 with fractions"):
+            run(np.array([[0.5, 1.0, 4.0]], np.float32))

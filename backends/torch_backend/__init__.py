@@ -132,13 +132,8 @@ def state_tensor(arr: np.ndarray, device: torch.device, dtype: Any) -> torch.Ten
 def _convert_input(a: Any, is_int: bool, dtype: torch.dtype, dev: torch.device, name: str,
                    node: Any) -> torch.Tensor:
     t = to_tensor(a)
-    if is_int:  # bool, or floats holding whole numbers (a mask as transformers takes it)
-        if t.dtype == torch.bool or (t.is_floating_point() and bool((t % 1 == 0).all())):
-            t = t.long()
-        if t.is_floating_point() or t.is_complex():
-            raise InputError(f"input {name!r} holds integers (token ids, a 0/1 mask), got "
-                             f"dtype {t.dtype} with fractions", layer=name, op="input",
-                             where=node.where, fix="pass int64 values (x.long())")
+    if is_int:
+        t = integer_input(t, name, node)
         return t.to(dev) if t.device != dev else t
     if t.is_complex():
         raise InputError(f"input {name!r} is complex ({t.dtype})", layer=name, op="input",
@@ -146,8 +141,21 @@ def _convert_input(a: Any, is_int: bool, dtype: torch.dtype, dev: torch.device, 
     return t.to(device=dev, dtype=dtype) if (t.device != dev or t.dtype != dtype) else t
 
 
+def integer_input(t: torch.Tensor, name: str, node: Any) -> torch.Tensor:
+    """The tensor ``t`` given for integer input ``name`` (token ids, a mask): integers as
+    they are; bool, or floats holding whole numbers (a mask as transformers takes it), as
+    int64; else an InputError."""
+    if t.dtype == torch.bool or (t.is_floating_point() and bool((t % 1 == 0).all())):
+        t = t.long()
+    if t.is_floating_point() or t.is_complex():
+        raise InputError(f"input {name!r} holds integers (token ids, a 0/1 mask), got "
+                         f"dtype {t.dtype} with fractions", layer=name, op="input",
+                         where=node.where, fix="pass int64 values (x.long())")
+    return t
+
+
 BACKEND = TorchBackend()
 
 __all__ = ["BACKEND", "KERNELS", "ACTIVATIONS", "TorchBackend", "TorchContext",
-           "apply_activation", "compiling", "dora_column_norm_sq", "register_kernel",
-           "resolve_device", "state_tensor", "to_tensor"]
+           "apply_activation", "compiling", "dora_column_norm_sq", "integer_input",
+           "register_kernel", "resolve_device", "state_tensor", "to_tensor"]

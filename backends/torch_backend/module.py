@@ -32,7 +32,7 @@ from graphdsl.node import Node
 from graphdsl.state import ModelState
 
 from ..base import Stateful, copy_outputs
-from . import KERNELS, TorchContext, compiling, resolve_device
+from . import KERNELS, TorchContext, compiling, integer_input, resolve_device
 from . import blocks as tblocks
 
 _DTYPES = ("float32", "float64")
@@ -396,14 +396,9 @@ def _check_inputs(self: Any, meta: ModuleInfo, args: tuple) -> tuple:
                                  shapes={"expected": node.shape},
                                  fix=f"pass a tensor of shape {fmt_shape(node.shape)}")
         want_int = node.dtype.startswith("int")
-        if want_int and (a.dtype == torch.bool or (a.is_floating_point() and bool(
-                (a % 1 == 0).all()))):  # a mask as transformers takes it: whole numbers
-            a = a.long()
-        if want_int and (a.is_floating_point() or a.is_complex()):
-            raise InputError(f"input {name!r} holds integers (token ids, a 0/1 mask), got "
-                             f"{a.dtype} with fractions", layer=name, op="input",
-                             where=node.where, fix="pass int64 values (x.long())")
-        if not want_int and a.dtype != fdt:
+        if want_int:
+            a = integer_input(a, name, node)
+        elif a.dtype != fdt:
             raise InputError(f"input {name!r} has dtype {a.dtype}, the module computes in "
                              f"{fdt}", layer=name, op="input", where=node.where,
                              fix=f"convert it: x.to({fdt})")
