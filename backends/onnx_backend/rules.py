@@ -141,11 +141,10 @@ def _attention(b: Builder, layer: Layer) -> str:
     queries are viewed as [b, kv, heads/kv, n, d] against k/v [b, kv, 1, m, d]."""
     q, k, v = layer.ins[:3]
     qs, ks = layer.in_shapes[0], layer.in_shapes[1]
-    h, kvh, d = b.dim(q, 1, qs[1]), b.dim(k, 1, ks[1]), b.dim(q, 3, qs[3])
-    m = b.dim(k, 2, ks[2])
+    sizes = (qs[1], ks[1], qs[2], ks[2], qs[3])  # heads, kv heads, n, m, head_dim
+    h, kvh, n, m, d = (b.dim(t, i, s) for t, i, s in zip((q, k, q, k, q), (1, 1, 2, 2, 3), sizes))
     # the sizes the reshapes need, static where known; never -1 (an empty batch has none)
-    H, KV, N, M, D = (s if s is not None else b.dim(t, i, None) for t, i, s in (
-        (q, 1, qs[1]), (k, 1, ks[1]), (q, 2, qs[2]), (k, 2, ks[2]), (q, 3, qs[3])))
+    H, KV, N, M, D = (t if s is None else s for t, s in zip((h, kvh, n, m, d), sizes))
     grouped = qs[1] is None or ks[1] is None or qs[1] != ks[1]
     if grouped:
         rep = qs[1] // ks[1] if qs[1] and ks[1] else b.op("Div", [h, kvh])
@@ -161,7 +160,7 @@ def _attention(b: Builder, layer: Layer) -> str:
     s = b.op("Mul", [s, sc])
     if grouped:
         s = b.reshape(s, [0, H, N, M])
-    keep = _keep_mask(b, layer, m)
+    keep = _keep_mask(b, layer, n, m)
     if keep is not None:
         low = b.const(np.finfo(np.float32).min)
         s = b.op("Where", [keep, s, low])
@@ -174,8 +173,9 @@ def _attention(b: Builder, layer: Layer) -> str:
     return y
 
 
-def _keep_mask(b: Builder, layer: Layer, m: str) -> str | None:
-    """The boolean keep-mask (None: keep all) as the NumPy kernel's attention_keep."""
+def _keep_mask(b: Builder, layer: Layer, n: str, m: str) -> str | None:
+    """The boolean keep-mask (None: keep all) as the NumPy kernel's attention_keep, for
+    ``n`` queries and ``m`` keys (1-D int64 sizes)."""
     keep = None
     if len(layer.ins) > 3:
         mask, t = layer.ins[3], layer.in_dtypes[3]
@@ -183,8 +183,7 @@ def _keep_mask(b: Builder, layer: Layer, m: str) -> str | None:
         mask = b.cast(mask, t, "int64" if t.startswith("int") else "float32")
         keep = b.op("Not", [b.op("Equal", [mask, zero])])
     if layer.attrs["causal"]:
-        n = _scalar(b, b.dim(layer.ins[0], 2, layer.in_shapes[0][2]))
-        ms = _scalar(b, m)
+        n, ms = _scalar(b, n), _scalar(b, m)
         zero, one = b.const(0, "int64"), b.const(1, "int64")
         i = b.op("Add", [b.op("Range", [zero, n, one]), b.op("Sub", [ms, n])])
         i = b.unsqueeze(i, [1])
