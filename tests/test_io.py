@@ -248,6 +248,27 @@ def test_missing_path_and_directory(tmp_path):
         gd.load(tmp_path)
 
 
+@pytest.mark.parametrize("path", [None, 42, b"", ""])
+def test_read_archive_checks_the_path_first(path):
+    with pytest.raises(SerializationError, match="read_archive needs a file path"):
+        gd.io.read_archive(path, ["model.json"])
+
+
+def test_from_json_never_modifies_a_parsed_dict():
+    import copy
+
+    @gd.register_function("t_io_twice")
+    def twice(x, xp):
+        return x * 2
+
+    model = gd.layer(twice, gd.input("x", (None, 3)), name="out")
+    doc = json.loads(gd.to_json(model))
+    doc["nodes"][-1]["op"] = "layer"  # the op's name in earlier files
+    before = copy.deepcopy(doc)
+    gd.from_json(doc)
+    assert doc == before
+
+
 @pytest.mark.parametrize("name", ["../evil.json", "/etc/passwd", "a/../../b", "..\\x",
                                   "C:/x", "./model.json"])
 def test_path_traversal_names(saved, tmp_path, name):

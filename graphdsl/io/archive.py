@@ -83,13 +83,13 @@ def read_archive(path: str | os.PathLike, members: Iterable[str],
     encrypted or exotic compression, sizes or ratios over ``limits``.
     """
     lim = limits or DEFAULT_LIMITS
-    label = file_label(path)
+    p = need_path(path, "graphdsl.io.read_archive")
+    label = file_label(p)
     wanted = tuple(members)
 
     def bad(msg: str, fix: str) -> SerializationError:
         return SerializationError(f"{label}: {msg}", fix=fix)
 
-    p = os.fspath(path)  # callers give need_path's result (file_label needs a path too)
     if not os.path.exists(p):
         raise SerializationError(f"no such file: {p}", fix="check the path")
     if not os.path.isfile(p):

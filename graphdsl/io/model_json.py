@@ -121,9 +121,9 @@ def _build(doc: dict[str, Any], source: str) -> Graph:
 
     for e in doc["inputs"]:
         add(e["name"], e, "input")
-    for e in doc["nodes"]:
-        if e["op"] in RENAMED_OPS:  # files written before the op was renamed
-            e["op"] = RENAMED_OPS[e["op"]]
+    # files written before an op was renamed; copies, so the caller's entries stay as they are
+    nodes = [{**e, "op": RENAMED_OPS.get(e["op"], e["op"])} for e in doc["nodes"]]
+    for e in nodes:
         if e["op"] == "input":
             raise SerializationError(f"{source}: node {e['name']!r} has op 'input'",
                                      layer=e["name"], op="input",
@@ -135,7 +135,7 @@ def _build(doc: dict[str, Any], source: str) -> Graph:
                 fix=f"use one of: {', '.join(sorted(k for k in OPS if k != 'input'))}")
         add(e["name"], e, f"a {e['op']} node")
     known = sorted(entries)
-    for e in doc["nodes"]:
+    for e in nodes:
         for parent in e.get("inputs", []):
             if parent not in entries:
                 raise SerializationError(
