@@ -78,9 +78,7 @@ class Size(int):
         return self if _is(other, 0) else _value_needed(self)
 
     __radd__ = __add__
-
-    def __sub__(self, other: Any) -> Any:
-        return self if _is(other, 0) else _value_needed(self)
+    __sub__ = __add__  # x - 0 is x, as x + 0
 
     def __copy__(self) -> Size:
         return self

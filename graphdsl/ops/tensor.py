@@ -5,6 +5,7 @@ Axes and permutations count the batch axis and accept negatives, like NumPy.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import reduce
 from typing import Any
 
 from ..errors import OptionError, RuleError, fmt_shape
@@ -68,10 +69,7 @@ def _concat_shape(s: list, a: dict) -> tuple:
             out.append(sum(dims) if None not in dims else None)
             continue
         try:
-            d = dims[0]
-            for e in dims[1:]:
-                d = merge_dim(d, e)
-            out.append(d)
+            out.append(reduce(merge_dim, dims))
         except ValueError:
             raise RuleError(
                 f"concatenate on axis {a['axis']} needs equal sizes on the other axes; "
