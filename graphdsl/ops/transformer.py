@@ -40,10 +40,6 @@ def _floats(op: str, n: int):
     return rule
 
 
-def _int_or_none(value: Any, what: str) -> int | None:
-    return None if value is None else positive_int(value, what)
-
-
 def _int(value: Any, what: str, lo: int | None = None) -> int:
     if not is_int(value) or (lo is not None and int(value) < lo):
         raise RuleError(f"{what} must be an integer{f' >= {lo}' if lo is not None else ''}, "
@@ -59,8 +55,9 @@ def _attn_attrs(a: dict) -> dict:
         if scale <= 0:
             raise RuleError(f"scale must be > 0 or None, got {scale}",
                             "pass scale=None for 1/sqrt(head_dim)", OptionError)
+    window = a.get("window")
     out = {"causal": boolean(a.get("causal", False), "causal"), "scale": scale,
-           "window": _int_or_none(a.get("window"), "window")}
+           "window": None if window is None else positive_int(window, "window")}
     if out["window"] is not None and not out["causal"]:
         raise RuleError("a sliding window needs causal=True",
                         "pass causal=True with window=, or drop window", OptionError)
