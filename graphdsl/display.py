@@ -17,8 +17,9 @@ import math
 import os
 import shutil
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import zip_longest
 from typing import Any
 
 import numpy as np
@@ -115,7 +116,7 @@ class ModelView:
         nbytes = None if size is None else size * _itemsize(dt)
         if spec.kind == "state" or (state is not None and state.is_state(owner, pname)):
             status = "state"
-        elif state is not None and arr is not None:
+        elif arr is not None:
             status = "frozen" if state.is_frozen(owner, pname) else "trainable"
         else:
             status = "trainable" if spec.trainable else "frozen"
@@ -300,14 +301,12 @@ def _box_table(title: str, header: list[str], rows: list[list[list[str]]]) -> st
     sep = "+" + "+".join("-" * (w + 2) for w in widths) + "+"
     dsep = "+" + "+".join("=" * (w + 2) for w in widths) + "+"
 
-    def line(cells: list[str]) -> str:
+    def line(cells: Sequence[str]) -> str:
         return "|" + "|".join(f" {c:<{w}} " for c, w in zip(cells, widths)) + "|"
 
     out = ["+" + "-" * inner + "+", "|" + title.center(inner) + "|", dsep, line(header), dsep]
-    for row in rows:
-        height = max(1, max(len(c) for c in row))
-        for k in range(height):
-            out.append(line([c[k] if k < len(c) else "" for c in row]))
+    for row in rows:  # the layer cell has a line: every row is at least one line high
+        out.extend(line(cells) for cells in zip_longest(*row, fillvalue=""))
         out.append(sep)
     return "\n".join(out) + "\n"
 

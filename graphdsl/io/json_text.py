@@ -54,16 +54,14 @@ def format_document(doc: Mapping[str, Any], compact: bool = False) -> str:
     ``compact=True`` gives a single line."""
     if compact:
         return json.dumps(doc, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    if not doc:
+        return "{\n}\n"
     one = lambda v: json.dumps(v, ensure_ascii=False, allow_nan=False)  # noqa: E731
-    lines = ["{"]
-    items = list(doc.items())
-    for i, (k, v) in enumerate(items):
-        end = "," if i < len(items) - 1 else ""
+    entries = []
+    for k, v in doc.items():
         if isinstance(v, list) and v:
-            lines.append(f"  {one(k)}: [")
-            lines += [f"    {one(x)}{',' if j < len(v) - 1 else ''}" for j, x in enumerate(v)]
-            lines.append(f"  ]{end}")
+            rows = ",\n".join(f"    {one(x)}" for x in v)
+            entries.append(f"  {one(k)}: [\n{rows}\n  ]")
         else:
-            lines.append(f"  {one(k)}: {one(v)}{end}")
-    lines.append("}")
-    return "\n".join(lines) + "\n"
+            entries.append(f"  {one(k)}: {one(v)}")
+    return "{\n" + ",\n".join(entries) + "\n}\n"
