@@ -100,9 +100,7 @@ def from_json(text: str | bytes | Mapping[str, Any], source: str = "model JSON")
 def read_model(text: str | bytes | Mapping[str, Any], source: str = "model JSON") -> Graph:
     """:func:`from_json`, returning the rebuilt model's analysis (``.output`` is the
     model), so that a caller needing both analyzes the graph once."""
-    doc = text if isinstance(text, Mapping) else parse_json(text, source)
-    if isinstance(doc, Mapping):
-        doc = dict(doc)
+    doc = dict(text) if isinstance(text, Mapping) else parse_json(text, source)
     check_structure(doc, source)
     return _build(doc, source)
 

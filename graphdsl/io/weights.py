@@ -43,11 +43,8 @@ Expected = dict[tuple[str, str], tuple[tuple, tuple[str, ...]]]
 def expected_tensors(g: Graph, keys: Iterable[tuple[str, str]] | None = None) -> Expected:
     """``{(layer, param): (shape, allowed dtypes)}`` the graph reads (or only ``keys``)."""
     sel = set(keys) if keys is not None else None
-    out: Expected = {}
-    for key, spec in g.params.items():
-        if sel is None or key in sel:
-            out[key] = (tuple(spec.shape), (spec.dtype,) if spec.dtype else _FLOAT_DTYPES)
-    return out
+    return {key: (tuple(spec.shape), (spec.dtype,) if spec.dtype else _FLOAT_DTYPES)
+            for key, spec in g.params.items() if sel is None or key in sel}
 
 
 def check_keys(have: Iterable[tuple[str, str]], want: Expected, source: str,
