@@ -66,18 +66,14 @@ def reshape_target(src: Shape, tgt: Shape) -> Shape:
     """The shape ``reshape`` gives an input of shape ``src`` (symbolic or concrete) for the
     target ``tgt``: None keeps the input's size at that axis, one -1 takes the remaining
     size (computed from the axes not kept, so an empty batch is no ambiguity)."""
-    out = []
     for i, d in enumerate(tgt):
-        if d is None:
-            if i >= len(src):
-                raise RuleError(
-                    f"shape {fmt_shape(tgt)} keeps axis {i} (None) but the input "
-                    f"{fmt_shape(src)} has rank {len(src)}",
-                    "None in the target keeps the input's size at the same axis; "
-                    "use it only for axes the input has")
-            out.append(src[i])
-        else:
-            out.append(d)
+        if d is None and i >= len(src):
+            raise RuleError(
+                f"shape {fmt_shape(tgt)} keeps axis {i} (None) but the input "
+                f"{fmt_shape(src)} has rank {len(src)}",
+                "None in the target keeps the input's size at the same axis; "
+                "use it only for axes the input has")
+    out = [src[i] if d is None else d for i, d in enumerate(tgt)]
     kept = [i for i, d in enumerate(tgt) if d is None]
     total = prod([d for i, d in enumerate(src) if i not in kept])
     known = prod([d for i, d in enumerate(out) if i not in kept and d != -1])

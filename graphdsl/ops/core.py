@@ -58,9 +58,8 @@ def input(name: str, shape: Sequence[int | None], dtype: str = "float32",
 
 # -- constant ---------------------------------------------------------------------------
 def _const_attrs(a: dict) -> dict:
-    v = a.get("value")
-    arr = np.asarray(v)
-    if arr.dtype.kind not in "iuf" and arr.dtype.kind != "b":
+    arr = np.asarray(a.get("value"))
+    if arr.dtype.kind not in "iufb":
         raise RuleError(f"constant must be numeric, got dtype {arr.dtype}",
                         "pass a NumPy array or number", OptionError)
     if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
@@ -113,8 +112,7 @@ def _probe(fn: Callable, in_shapes: Sequence[tuple], in_dtypes: Sequence[str], o
            fill: int) -> tuple:
     arrays = [np.zeros(tuple(fill if d is None else d for d in s), dtype=dt)
               for s, dt in zip(in_shapes, in_dtypes)]
-    out = np.asarray(fn(*arrays, xp=np, **opts))
-    return out.shape
+    return np.asarray(fn(*arrays, xp=np, **opts)).shape
 
 
 def _layer_shape(s: Sequence[tuple], a: Mapping[str, Any]) -> tuple:
@@ -200,7 +198,6 @@ def _container_shape(s: list, a: dict) -> None:
     if a["keys"] is not None and len(a["keys"]) != len(s):
         raise RuleError(f"container has {len(s)} outputs but {len(a['keys'])} keys "
                         f"{list(a['keys'])}", "give one key per output", OptionError)
-    return None
 
 
 register_op(OpDef(
@@ -269,7 +266,7 @@ def _full_attrs(a: dict) -> dict:
             float("inf"), float("-inf")):
         raise RuleError(f"value must be a finite number, got {v!r}", "pass e.g. value=1",
                         OptionError)
-    if dt not in (None, "float32", "float64", "int32", "int64"):
+    if dt is not None and dt not in _DTYPES:
         raise RuleError(f"unsupported dtype {dt!r}", "use float32, int64 or None (x's)",
                         OptionError)
     return {"value": v, "dtype": dt}
