@@ -95,7 +95,7 @@ def concatenate(inputs: Sequence[Node] | Node, b: Node | None = None, axis: int 
 # -- reshape / flatten / transpose ----------------------------------------------------------
 def _reshape_attrs(a: dict) -> dict:
     shp = shape_tuple(a.get("shape"), "shape", allow_none=True, allow_minus1=True)
-    if sum(1 for d in shp if d == -1) > 1:
+    if shp.count(-1) > 1:
         raise RuleError(f"shape {shp} has more than one -1", "use -1 at most once",
                         OptionError)
     return {"shape": shp}
