@@ -119,8 +119,7 @@ def load_any(path: str, seed: int = 0, weights: bool = True
 
     check_input_file(path, "", MODEL_FILES)
     with open(path, "rb") as f:
-        head = f.read(16)
-    kind = sniff(head)
+        kind = sniff(f.read(16))
     if kind == "json" or (kind == "unknown" and path.endswith(".json")):
         with open(path, "rb") as f:
             text = f.read((64 << 20) + 1)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import zipfile
-from collections.abc import Iterable
+from collections.abc import Collection
 from typing import Any, BinaryIO
 
 from ..errors import SerializationError, StateError
@@ -43,14 +43,13 @@ from .weights import by_layer, encode_weights, expected_tensors, read_weights, s
 _STATE_KEYS = {"format", "format_version", "frozen", "state"}
 
 
-def _parameters(g: Graph, keys: Iterable[Key]) -> set[Key]:
+def _parameters(g: Graph, keys: Collection[Key]) -> set[Key]:
     """The trainable-kind entries (ParamSpec kind ``"param"``) among ``keys``."""
     return {k for k in keys if g.params[k].kind == "param"}
 
 
-def _state_doc(g: Graph, state: ModelState, keys: Iterable[Key]) -> dict[str, Any]:
+def _state_doc(g: Graph, state: ModelState, keys: Collection[Key]) -> dict[str, Any]:
     """The ``state.json`` document: frozen flags and state-entry names of ``keys``."""
-    keys = set(keys)
     unknown = sorted(k for k in state.frozen if k not in g.params)
     if unknown:
         names = ", ".join(f"{a}.{b}" for a, b in unknown[:10])
@@ -61,10 +60,9 @@ def _state_doc(g: Graph, state: ModelState, keys: Iterable[Key]) -> dict[str, An
             "state": state_entries(g, keys)}
 
 
-def _read_state_doc(doc: Any, g: Graph, keys: Iterable[Key], source: str
+def _read_state_doc(doc: Any, g: Graph, keys: Collection[Key], source: str
                     ) -> tuple[set[Key], dict[str, list[str]]]:
     """``(frozen, entries)`` from a ``state.json`` document, checked against the graph."""
-    keys = set(keys)
     fix = "the file is damaged or edited; save the model again"
 
     def bad(msg: str) -> SerializationError:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from ..custom import function_name
-from ..errors import RuleError, SerializationError, fmt_shape
+from ..errors import GraphDSLError, RuleError, SerializationError, fmt_shape
 from ..graph import Graph, analyze
 from ..node import Node, make_node
 from ..ops._attrs import shape_tuple
@@ -23,6 +23,11 @@ from .value_codec import decode_value, encode_value, lookup_function
 
 #: op names in earlier files -> today's (the custom-layer op was called "layer")
 RENAMED_OPS = {"layer": "custom"}
+
+
+def _located(e: GraphDSLError, layer: str, op: str, where: str | None) -> SerializationError:
+    """``e``'s message and fix as a SerializationError located at ``layer``."""
+    return SerializationError(e.what, layer=layer, op=op, where=where, fix=e.fix)
 
 
 def _shape_json(shape: Any) -> Any:
@@ -60,8 +65,7 @@ def model_to_dict(model: Node, graph: Graph | None = None) -> dict[str, Any]:
             try:
                 attrs = {k: encode_value(n.attrs[k], f"{ctx} {k!r}") for k in sorted(n.attrs)}
             except SerializationError as e:
-                raise SerializationError(e.what, layer=name, op=n.op, where=n.where,
-                                         fix=e.fix) from None
+                raise _located(e, name, n.op, n.where) from None
         entry: dict[str, Any] = {"op": n.op, "name": name,
                                  "inputs": [g.name(i) for i in n.inputs], "attrs": attrs}
         if n.frozen:
@@ -244,8 +248,7 @@ def _make(e: dict[str, Any], ins: list[Node], where: str, source: str,
     except SerializationError as err:
         if err.layer is not None:
             raise
-        raise SerializationError(err.what, layer=name, op=op, where=where,
-                                 fix=err.fix) from None
+        raise _located(err, name, op, where) from None
     except (TypeError, ValueError, KeyError, IndexError, AttributeError, OverflowError,
             ZeroDivisionError, RecursionError) as err:
         # attribute values of a type the op's checks do not expect (a file can hold any
@@ -290,6 +293,5 @@ def _make_layer(raw: dict, ins: list[Node], name: str, where: str, ctx: str,
     try:
         attrs["output_shape"] = shape_tuple(attrs["output_shape"], "output_shape")
     except RuleError as e:
-        raise SerializationError(e.what, layer=name, op="custom", where=where,
-                                 fix=e.fix) from None
+        raise _located(e, name, "custom", where) from None
     return make_node("custom", ins, attrs, name, frozen=frozen, where=where)

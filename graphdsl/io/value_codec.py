@@ -30,7 +30,7 @@ def encode_value(value: Any, ctx: str, depth: int = 0) -> Any:
                                  fix="flatten the attribute value")
     if value is None or isinstance(value, (bool, str)):
         return value
-    if isinstance(value, (int, np.integer)) and not isinstance(value, np.bool_):
+    if isinstance(value, (int, np.integer)):  # np.bool_ is neither
         return int(value)
     if isinstance(value, np.bool_):
         return bool(value)
@@ -71,8 +71,7 @@ def encode_value(value: Any, ctx: str, depth: int = 0) -> Any:
                 "could not name it",
                 fix="register it before saving: @graphdsl.register_function(\"my_fn\") "
                     "on the function (loading looks the name up in the same registry)")
-        return {"$function": name} if not isinstance(value, DerivedInit) else {
-            "$derived": name}
+        return {"$derived" if isinstance(value, DerivedInit) else "$function": name}
     raise SerializationError(f"{ctx} is a {type(value).__name__}, which the file format "
                              "cannot hold",
                              fix="use numbers, strings, booleans, None, tuples, dicts, "
