@@ -14,13 +14,13 @@ import numpy as np
 
 from . import state_init
 from .backends import get_backend
-from .errors import GraphDSLError, InputError, RuleError, StateError, fmt_shape
+from .errors import GraphDSLError, InputError, RuleError, fmt_shape
 from .graph import Graph, analyze, check_input_names, state_value
 from .node import Node
 from .registry import OPS
 from .shapes import is_int
 from .signatures import SignatureChecker
-from .state import ModelState
+from .state import ModelState, need_state
 
 MODES = ("inference", "train")
 DTYPES = ("float32", "float64")
@@ -214,9 +214,7 @@ def build(model: Node, backend: str = "numpy", mode: str = "inference", seed: in
         return state_init.init_state(plan.graph, template, initial_state, seed, plan.dtype)
 
     def predict_fn(state: ModelState, inputs: Any) -> Any:
-        if not isinstance(state, ModelState):
-            raise StateError(f"predict needs a ModelState, got {type(state).__name__}",
-                             fix="create one with init_fn(template)")
+        need_state(state, "predict needs", "create one with init_fn(template)")
         out, updates = executable(state, check(inputs))
         if plan.training:
             new = state.copy()

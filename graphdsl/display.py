@@ -29,7 +29,7 @@ from .errors import GraphDSLError, fmt_shape
 from .graph import Graph, analyze, infer_shapes, normalize_input_shapes, output_structure
 from .node import Node
 from .registry import DerivedInit, ParamSpec
-from .state import ModelState
+from .state import ModelState, need_state
 
 __all__ = ["ModelView", "ParamInfo", "as_graph", "as_table", "render", "to_dot"]
 
@@ -83,9 +83,9 @@ class ModelView:
 
     def __init__(self, model: Node, inputs: Any = None, state: ModelState | None = None,
                  dtype: str = "float32") -> None:
-        if state is not None and not isinstance(state, ModelState):
-            raise GraphDSLError(f"state must be a ModelState, got {type(state).__name__}",
-                                fix="pass the ModelState returned by init_fn, or omit state=")
+        if state is not None:
+            need_state(state, "state must be",
+                       "pass the ModelState returned by init_fn, or omit state=")
         self.graph: Graph = analyze(model)
         g = self.graph
         if inputs is None:

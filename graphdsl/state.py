@@ -314,3 +314,11 @@ class ModelState:
         return True
 
     __hash__ = None  # type: ignore[assignment]
+
+
+def need_state(value: Any, what: str, fix: str, where: str | None = None) -> None:
+    """Refuse a ``value`` that is not a :class:`ModelState`: the StateError
+    ``"{what} a ModelState, got {type}"`` (``what`` such as ``"predict needs"``)."""
+    if not isinstance(value, ModelState):
+        raise StateError(f"{what} a ModelState, got {type(value).__name__}", where=where,
+                         fix=fix)

@@ -21,7 +21,7 @@ from .graph import (
 from .initializers import initialize
 from .node import Node
 from .registry import ParamSpec
-from .state import ModelState
+from .state import ModelState, need_state
 
 
 def init_state(g: Graph, template: Any = None, initial_state: ModelState | None = None,
@@ -35,10 +35,8 @@ def init_state(g: Graph, template: Any = None, initial_state: ModelState | None 
         infer_shapes(g, normalize_input_shapes(g, template))
     if initial_state is None:
         initial_state = ModelState.empty()
-    if not isinstance(initial_state, ModelState):
-        raise StateError(f"initial_state must be a ModelState, got "
-                         f"{type(initial_state).__name__}",
-                         fix="wrap arrays as gd.ModelState({layer: {param: array}})")
+    need_state(initial_state, "initial_state must be",
+               "wrap arrays as gd.ModelState({layer: {param: array}})")
     given = initial_state.data
     check_known_keys(g, given, "initial_state")
     data: dict[str, dict[str, np.ndarray]] = {}

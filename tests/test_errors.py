@@ -1,4 +1,6 @@
 """Every user mistake gives a GraphDSLError naming the layer, op, shapes, location, fix."""
+import re
+
 import numpy as np
 import pytest
 
@@ -302,3 +304,29 @@ def test_unknown_or_unhashable_options():
     with pytest.raises(OptionError) as e:
         make_node("dense", [x], {"units": 3, "activatoin": "relu"}, "fc")
     assert "activatoin" in check(e, OptionError, layer="fc", op="dense", where=False)
+
+
+def test_every_entry_point_refuses_a_non_state_with_one_rule(tmp_path):
+    """Whatever takes a ModelState refuses a dict the same way (state.need_state): a
+    StateError saying who needed it and what it got."""
+    from graphdsl import lora
+    from graphdsl.errors import StateError
+
+    x = gd.input("x", (None, 3))
+    model = gd.dense(x, 2, name="d")
+    adapted = lora.adapt(model, ["d"], rank=1)
+    st = gd.build(adapted)[0]()
+    bad = {"d": {}}
+    calls = {
+        "predict needs": lambda: gd.predict(model, bad, np.zeros((1, 3), np.float32)),
+        "initial_state must be": lambda: gd.build(model)[0](None, bad),
+        "merge_adapters needs": lambda: gd.merge_adapters(adapted, bad),
+        "untie needs": lambda: gd.untie(model, bad),
+        "gd.save: the state must be": lambda: gd.save(tmp_path / "m.gdsl", model, bad),
+        "state must be": lambda: gd.display.as_table(model, state=bad),
+        "attach_adapters: adapter state must be": lambda: gd.attach_adapters(adapted, st, bad),
+        "to_torch needs": lambda: gd.to_torch(model, bad),
+    }
+    for what, call in calls.items():
+        with pytest.raises(StateError, match=rf"^{re.escape(what)} a ModelState, got dict"):
+            call()

@@ -29,7 +29,7 @@ from graphdsl.compiler import InputChecker, make_plan
 from graphdsl.errors import BackendError, GraphDSLError, InputError, StateError, fmt_shape
 from graphdsl.graph import check_input_names, check_known_keys, state_value
 from graphdsl.node import Node
-from graphdsl.state import ModelState
+from graphdsl.state import ModelState, need_state
 
 from ..base import Stateful, copy_outputs
 from . import KERNELS, TorchContext, compiling, integer_input, resolve_device
@@ -119,9 +119,7 @@ class GraphModule(Module):
 
 def _check_state(plan: Any, state: ModelState) -> None:
     g = plan.graph
-    if not isinstance(state, ModelState):
-        raise StateError(f"to_torch needs a ModelState, got {type(state).__name__}",
-                         fix="create one with init_fn(template) from gd.build(model)")
+    need_state(state, "to_torch needs", "create one with init_fn(template) from gd.build(model)")
     check_known_keys(g, state.data, "the state")
     for node in g.order:
         for spec in node.params:

@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import GraphDSLError, OptionError, RuleError, StateError, fmt_shape
 from ..graph import Graph, analyze, state_value
 from ..node import Node, caller_location, make_node, rebuild
-from ..state import ModelState
+from ..state import ModelState, need_state
 from ..state_init import init_state
 from ..transforms import rewrite_nodes
 from .contract import (
@@ -168,9 +168,7 @@ def untie(model: Node, state: ModelState, layers: Iterable[str] | None = None
     config carried by the model records ``tie_word_embeddings: false``. Returns
     ``(model, state)``; ``state`` is not modified."""
     where = caller_location()
-    if not isinstance(state, ModelState):
-        raise StateError(f"untie needs a ModelState, got {type(state).__name__}",
-                         where=where, fix="pass the model's state")
+    need_state(state, "untie needs", "pass the model's state", where)
     g = analyze(model)
     pick = None if layers is None else set(layers)
     todo = {t: e for t, e in tied_pairs(g).items()
@@ -242,9 +240,8 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
     makes them trainable again.
     """
     where = caller_location()
-    if not isinstance(state, ModelState):
-        raise StateError(f"merge_adapters needs a ModelState, got {type(state).__name__}",
-                         where=where, fix="pass the state returned by init_fn / training")
+    need_state(state, "merge_adapters needs", "pass the state returned by init_fn / training",
+               where)
     g = analyze(model)
     adapters = [n for n in g.order if is_adapter(n)]
     if not adapters:
@@ -362,10 +359,8 @@ def attach_adapters(model: Node, base_state: ModelState, adapters: ModelState,
     (dropout keys) are created from ``seed``."""
     where = caller_location()
     for what, st in (("base_state", base_state), ("adapter state", adapters)):
-        if not isinstance(st, ModelState):
-            raise StateError(f"attach_adapters: {what} must be a ModelState, got "
-                             f"{type(st).__name__}", where=where,
-                             fix="pass ModelState objects (from init_fn or adapter_state)")
+        need_state(st, f"attach_adapters: {what} must be",
+                   "pass ModelState objects (from init_fn or adapter_state)", where)
     g = analyze(model)
     merged = base_state.copy()
     data, frozen, names = merged.data, merged.frozen, merged.entries

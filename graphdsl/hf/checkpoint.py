@@ -31,7 +31,7 @@ from ..io.weights import (
 )
 from ..models import FAMILIES, HFFamily
 from ..node import Node
-from ..state import ModelState
+from ..state import ModelState, need_state
 
 #: architecture (the transformers class a checkpoint loads as) -> its family
 _FAMILY = {arch: f for f in FAMILIES for arch in f.model_types.values()}
@@ -295,10 +295,8 @@ def save_pretrained(folder: str, model: Node, state: ModelState) -> str:
     folder = need_folder(folder, "hf.save_pretrained(folder)", must_exist=False)
     config = config_of(model)
     g = analyze(model)
-    if not isinstance(state, ModelState):
-        raise StateError(f"hf.save_pretrained(state) must be a ModelState, got "
-                         f"{type(state).__name__}", fix="pass the state of this model "
-                         "(from init_fn, hf.from_pretrained or gd.merge_adapters)")
+    need_state(state, "hf.save_pretrained(state) must be", "pass the state of this model "
+               "(from init_fn, hf.from_pretrained or gd.merge_adapters)")
     fam = family(architecture(config))
     arrays = state_tensors(g, state, expected_tensors(g))
     tensors = {hf: np.ascontiguousarray(arrays[f"{layer}.{param}"].T if transpose

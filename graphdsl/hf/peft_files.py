@@ -33,7 +33,7 @@ from ..io.archive import atomic_writer
 from ..io.weights import encode_weights, read_safetensors_file
 from ..models import HFFamily
 from ..node import Node, caller_location
-from ..state import ModelState
+from ..state import ModelState, need_state
 from .checkpoint import architecture, config_of, family, hf_key
 from .peft_config import CONFIG_FILE, is_saved, is_target, read_config, short_targets, write_config
 
@@ -50,9 +50,7 @@ def save_peft(folder: str, adapted: Node, state: ModelState) -> str:
     (``modules_to_save``). Every adapter must share one op, rank, alpha, rslora and
     dropout (a PEFT config holds one of each). Returns ``folder``."""
     where = caller_location()
-    if not isinstance(state, ModelState):
-        raise StateError(f"save_peft needs a ModelState, got {type(state).__name__}",
-                         where=where, fix="pass the state of the adapted model")
+    need_state(state, "save_peft needs", "pass the state of the adapted model", where)
     g = analyze(adapted)
     fam = family(architecture(config_of(adapted)))
     adapters = [n for n in g.order if is_adapter(n)]

@@ -12,10 +12,10 @@ from typing import Any
 
 from ..adapters import adapter_state, attach_adapters
 from ..adapters.contract import is_adapter, owns
-from ..errors import GraphDSLError, SerializationError, StateError
+from ..errors import GraphDSLError, SerializationError
 from ..graph import Graph, analyze
 from ..node import Node
-from ..state import ModelState
+from ..state import ModelState, need_state
 from .archive import (
     ADAPTER_MEMBERS,
     ADAPTERS_JSON,
@@ -146,9 +146,8 @@ def load_adapters(path: str | os.PathLike, model: Node, base_state: ModelState, 
     path = need_path(path, "gd.load_adapters")
     check_model_arg(model, "gd.load_adapters")
     label = file_label(path)
-    if not isinstance(base_state, ModelState):
-        raise StateError(f"base_state must be a ModelState, got {type(base_state).__name__}",
-                         fix="pass the base model's state (e.g. from gd.load or init_fn)")
+    need_state(base_state, "base_state must be",
+               "pass the base model's state (e.g. from gd.load or init_fn)")
     members = read_archive(path, ADAPTER_MEMBERS, limits, what="adapter file")
     source = f"{label}:{ADAPTERS_JSON}"
     doc = parse_json(members[ADAPTERS_JSON], source)

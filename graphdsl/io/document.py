@@ -9,10 +9,10 @@ from __future__ import annotations
 from collections.abc import Collection, Iterable, Mapping
 from typing import Any
 
-from ..errors import GraphDSLError, SerializationError, StateError
+from ..errors import GraphDSLError, SerializationError
 from ..graph import Graph
 from ..node import Node
-from ..state import ModelState
+from ..state import need_state
 from ..windows import split_channels, tf_same_pads, window
 from .value_codec import encode_value
 
@@ -103,7 +103,5 @@ def check_model_arg(model: Any, what: str) -> None:
 
 def check_state_arg(state: Any, what: str) -> None:
     """``state`` must be a ModelState, else a StateError for ``what``."""
-    if not isinstance(state, ModelState):
-        raise StateError(f"{what}: the state must be a ModelState, got {type(state).__name__}",
-                         fix=f"call {what}(path, model, state) with the state from init_fn "
-                             "(or gd.load)")
+    need_state(state, f"{what}: the state must be", f"call {what}(path, model, state) with "
+               "the state from init_fn (or gd.load)")

@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import GraphDSLError, SerializationError, StateError, fmt_shape
 from ..graph import Graph
-from ..state import ModelState
+from ..state import ModelState, need_state
 from .json_text import parse_json
 
 # safetensors dtype code <-> NumPy dtype
@@ -91,9 +91,7 @@ def state_tensors(g: Graph, state: ModelState, want: Expected) -> dict[str, np.n
     (a ModelState holds nothing else), C-contiguous, of exactly the shapes in ``want``
     (a dense kernel ``[in, out]``, a bias ``[out]``, a dropout key ``[]``).
     """
-    if not isinstance(state, ModelState):
-        raise StateError(f"expected a ModelState, got {type(state).__name__}",
-                         fix="pass the state returned by init_fn (or gd.load)")
+    need_state(state, "expected", "pass the state returned by init_fn (or gd.load)")
     have = {(layer, p): a for layer, ps in state.data.items() for p, a in ps.items()}
     check_keys(have, want, "the state", StateError,
                 "initialize the state with init_fn(template, state) first")
