@@ -40,6 +40,12 @@ class ParamSpec:
     dtype: str | None = None  # None: the compute dtype (float32 unless asked)
 
 
+#: the uint64 RNG key a layer that draws random numbers reads (dropout, attention's and
+#: the adapters' dropout): a state entry, never trainable, whose next value the kernel
+#: returns (``Stateful``)
+RNG_KEY = ParamSpec("key", (), "rng_key", False, kind="state", dtype="uint64")
+
+
 def _no_params(in_shapes: Sequence[Shape], attrs: Mapping[str, Any]) -> list[ParamSpec]:
     return []
 

@@ -34,7 +34,7 @@ from ..initializers import check_initializer
 from ..node import is_valid_name
 from ..ops._attrs import boolean, number, positive_int
 from ..ops.nn import activation_name
-from ..registry import DerivedInit, OpDef, ParamSpec, register_op
+from ..registry import RNG_KEY, DerivedInit, OpDef, ParamSpec, register_op
 from ._math import dora_column_norm, dora_merge, lora_merge, lora_scale, lora_uniform
 from .contract import ADAPTABLE, base_kernel, flat_A, flat_kernel, kind_of
 from .kinds import DEFAULT, KINDS, listed
@@ -143,7 +143,7 @@ def _params(op: str):
             norm = partial(_init_magnitude, a)
             specs.append(ParamSpec("magnitude", (out,), DerivedInit(norm, "dora_magnitude")))
         if a["dropout"] > 0:
-            specs.append(ParamSpec("key", (), "rng_key", False, kind="state", dtype="uint64"))
+            specs.append(RNG_KEY)
         return specs
 
     return params

@@ -6,7 +6,7 @@ from typing import Any
 from ..errors import OptionError, RuleError
 from ..initializers import check_initializer
 from ..node import Node, caller_location, make_node
-from ..registry import OpDef, ParamSpec, register_op
+from ..registry import RNG_KEY, OpDef, ParamSpec, register_op
 from ..shapes import check_rank, feature_dim, normalize_axis
 from ._attrs import boolean, number, positive_int
 
@@ -182,7 +182,7 @@ def softplus(x: Node, name: str | None = None) -> Node:
 register_op(OpDef(
     "dropout", lambda s, a: s[0], output_alias="inputs",
     check_attrs=lambda a: {"rate": number(a.get("rate", 0.5), "rate", 0.0, 1.0, hi_open=True)},
-    params=lambda s, a: [ParamSpec("key", (), "rng_key", False, kind="state", dtype="uint64")],
+    params=lambda s, a: [RNG_KEY],
     doc="Zeroes a fraction `rate` of the inputs in training and scales the rest by "
         "1/(1-rate); identity at inference. Shape unchanged. State: key (RNG seed).",
 ))

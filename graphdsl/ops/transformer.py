@@ -13,7 +13,7 @@ from typing import Any
 from ..errors import GraphDSLError, OptionError, RuleError, ShapeError, fmt_shape
 from ..initializers import check_initializer
 from ..node import Node, caller_location, is_valid_name, make_node, validate_name
-from ..registry import OpDef, ParamSpec, register_op
+from ..registry import RNG_KEY, OpDef, ParamSpec, register_op
 from ..shapes import check_rank, is_int, merge_dim, normalize_axis
 from ._attrs import boolean, number, positive_int
 
@@ -68,8 +68,7 @@ def _attn_attrs(a: dict) -> dict:
 
 
 def _attn_params(s: list, a: dict) -> list[ParamSpec]:
-    return ([ParamSpec("key", (), "rng_key", False, kind="state", dtype="uint64")]
-            if a.get("dropout", 0.0) > 0 else [])
+    return [RNG_KEY] if a.get("dropout", 0.0) > 0 else []
 
 
 def _attn_shape(s: list, a: dict) -> tuple:
