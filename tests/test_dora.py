@@ -381,3 +381,16 @@ def test_merged_kernel_cache_follows_each_input_alone():
             want = ref_dora(x, Q["K"], Q["b"], Q["A"], Q["B"], Q["m"], alpha / 4)
             np.testing.assert_allclose(predict_fn(st, x), want, rtol=1e-9, atol=1e-9,
                                        err_msg=f"after replacing {name} (alpha {alpha})")
+
+
+def test_an_option_the_adapter_does_not_keep_is_refused():
+    """Unknown options, and another kind's options (a conv window on a dense adapter),
+    are refused by name; the fix lists what this adapter takes."""
+    from graphdsl.node import make_node
+
+    x = gd.input("x", (None, 8))
+    for extra in ({"foo": 1}, {"kernel_size": 3}):
+        with pytest.raises(gd.GraphDSLError, match=rf"dora has no option\(s\) "
+                           rf"\['{next(iter(extra))}'\]") as e:
+            make_node("dora", [x], {"units": 3, **extra}, "bad")
+        assert "detach_norm" in e.value.fix and "kernel_size" not in e.value.fix
