@@ -100,20 +100,16 @@ def __getattr__(name: str) -> object:
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "GraphDSLError", "ModelState", "Node", "OPS", "activation", "adapter_state", "add",
-    "avg_pool", "batch_norm", "conv", "global_avg_pool", "global_max_pool", "group_norm",
-    "max_pool",
-    "attach_adapters", "build", "dora", "lora", "merge_adapters", "untie",
-    "concatenate", "constant", "container", "dense", "dropout", "elu", "embedding",
-    "flatten", "freeze", "full_like", "optional", "gelu", "get_inputs", "get_op_counts",
-    "get_output_shape",
-    "get_parameters", "input", "layer", "layer_norm", "leaky_relu", "log_softmax",
-    "map_nodes", "matmul", "multiply", "param", "predict", "register_function", "relu",
-    "reshape", "rewrite_nodes", "sigmoid", "silu", "softmax", "softplus", "subtract",
-    "tanh", "to_networkx", "topo_order", "transpose",
-    "from_torch", "loraplus_param_groups", "to_torch",
-    "from_json", "load", "load_adapters", "save", "save_adapters", "to_json",
-    "register_onnx_rule", "to_onnx",
-    "attention", "positions", "rms_norm", "rotary_embedding", "slice", "split", "tied_dense",
+__all__ = [  # sorted
+    "activation", "adapter_state", "add", "attach_adapters", "attention", "avg_pool", "batch_norm",
+    "build", "concatenate", "constant", "container", "conv", "dense", "dora", "dropout", "elu",
+    "embedding", "flatten", "freeze", "from_json", "from_torch", "full_like", "gelu", "get_inputs",
+    "get_op_counts", "get_output_shape", "get_parameters", "global_avg_pool", "global_max_pool",
+    "GraphDSLError", "group_norm", "input", "layer", "layer_norm", "leaky_relu", "load",
+    "load_adapters", "log_softmax", "lora", "loraplus_param_groups", "map_nodes", "matmul",
+    "max_pool", "merge_adapters", "ModelState", "multiply", "Node", "OPS", "optional", "param",
+    "positions", "predict", "register_function", "register_onnx_rule", "relu", "reshape",
+    "rewrite_nodes", "rms_norm", "rotary_embedding", "save", "save_adapters", "sigmoid", "silu",
+    "slice", "softmax", "softplus", "split", "subtract", "tanh", "tied_dense", "to_json",
+    "to_networkx", "to_onnx", "to_torch", "topo_order", "transpose", "untie",
 ]

@@ -192,10 +192,6 @@ def shape_str(shape: Any, dtype: str = "float32") -> str:
     return s if dtype == "float32" or shape is None or isinstance(shape, dict) else f"{s} {dtype}"
 
 
-def _count(n: int) -> str:
-    return f"{n:,}"
-
-
 def readable_bytes(n: int) -> str:
     """``1628200`` -> ``"1.63 MB"`` (decimal units, like Axon's kilobytes/megabytes)."""
     for unit, k in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
@@ -321,8 +317,8 @@ def _footer(view: ModelView) -> str:
     for key, label in labels:
         n, b, partial = t[key]
         more = " + parameters of unknown size" if partial else ""
-        lines.append(f"{label + ':':<22}{_count(n):>14}  "
-                     f"({_count(b)} bytes, {readable_bytes(b)}){more}")
+        lines.append(f"{label + ':':<22}{n:>14,}  "
+                     f"({b:,} bytes, {readable_bytes(b)}){more}")
     return "\n".join(lines) + "\n"
 
 
@@ -440,7 +436,7 @@ def _params_summary(ps: list[ParamInfo], what: str) -> str:
     ``"1,000 params (200 frozen)"``; ``+?`` when a size is unknown."""
     known = [p.size for p in ps if p.size is not None]
     total = sum(known)
-    count = _count(total) + ("+?" if len(known) < len(ps) else "")
+    count = f"{total:,}" + ("+?" if len(known) < len(ps) else "")
     frozen = sum(p.size or 0 for p in ps if p.status == "frozen")
     adapter = sum(p.size or 0 for p in ps if p.adapter)
     extra = []
@@ -448,7 +444,7 @@ def _params_summary(ps: list[ParamInfo], what: str) -> str:
         if n and n == total and len(known) == len(ps):
             extra.append(label)
         elif n:
-            extra.append(f"{_count(n)} {label}")
+            extra.append(f"{n:,} {label}")
     return f"{count} {what}" + (f" ({', '.join(extra)})" if extra else "")
 
 
@@ -471,8 +467,8 @@ def to_dot(model: Node, *, inputs: Any = None, state: ModelState | None = None,
     g = view.graph
     t = view.totals()
     caption = title if title is not None else (
-        f"{_count(t['total'][0])} parameters ({_count(t['trainable'][0])} trainable, "
-        f"{_count(t['frozen'][0])} frozen, {_count(t['adapter'][0])} adapter)")
+        f"{t['total'][0]:,} parameters ({t['trainable'][0]:,} trainable, "
+        f"{t['frozen'][0]:,} frozen, {t['adapter'][0]:,} adapter)")
     out = [
         "digraph model {",
         f"  graph [rankdir={d}, fontname=\"Helvetica\", fontsize=11, "
