@@ -95,6 +95,23 @@ def _log_softmax(x: np.ndarray, axis: int) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
 
 
+def _softplus(x: np.ndarray) -> np.ndarray:
+    return np.logaddexp(np.zeros((), x.dtype), x)  # no overflow for large |x|
+
+
+def _log_sumexp(x: np.ndarray, axis: int) -> np.ndarray:
+    """log(sum(exp(x))) along ``axis``, kept with size 1; an all -inf (or empty) axis gives
+    -inf, as Axon (its shift is 0 where the max is infinite)."""
+    m = _max(x, axis)
+    m = np.where(np.isinf(m), np.zeros((), x.dtype), m)
+    with np.errstate(divide="ignore"):  # log(0): the -inf of an all -inf axis
+        return np.log(np.exp(x - m).sum(axis=axis, keepdims=True)) + m
+
+
+def _hard_sigmoid(x: np.ndarray, a: Mapping[str, Any]) -> np.ndarray:
+    return np.clip(x * a["alpha"] + a["beta"], 0, 1).astype(x.dtype, copy=False)
+
+
 def _gelu(x: np.ndarray, approximate: bool) -> np.ndarray:
     if approximate:
         return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
@@ -120,7 +137,21 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray, Mapping[str, Any]], np.ndarray]] = 
     "silu": lambda x, a: x * _sigmoid(x),
     "elu": lambda x, a: np.where(x > 0, x, a["alpha"] * np.expm1(np.minimum(x, 0))),
     "leaky_relu": lambda x, a: np.where(x > 0, x, a["alpha"] * x),
-    "softplus": lambda x, a: np.logaddexp(np.zeros((), x.dtype), x),
+    "softplus": lambda x, a: _softplus(x),
+    "celu": lambda x, a: np.where(x > 0, x, a["alpha"] * np.expm1(
+        np.minimum(x, 0) / a["alpha"])).astype(x.dtype, copy=False),
+    "exp": lambda x, a: np.exp(x),
+    "hard_sigmoid": _hard_sigmoid,
+    "hard_silu": lambda x, a: x * _hard_sigmoid(x, a),
+    "hard_tanh": lambda x, a: np.clip(x, -1, 1),
+    "linear": lambda x, a: x,
+    "log_sigmoid": lambda x, a: -_softplus(-x),
+    "log_sumexp": lambda x, a: _log_sumexp(x, a["axis"]),
+    "mish": lambda x, a: x * np.tanh(_softplus(x)),
+    "relu6": lambda x, a: np.clip(x, 0, 6),
+    "selu": lambda x, a: (a["gamma"] * np.where(x > 0, x, a["alpha"] * np.expm1(
+        np.minimum(x, 0)))).astype(x.dtype, copy=False),
+    "softsign": lambda x, a: x / (1 + np.abs(x)),
 }
 
 

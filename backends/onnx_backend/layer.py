@@ -58,6 +58,15 @@ def _gelu(b: Builder, x: str, a: Mapping[str, Any]) -> str:
     return b.op("Mul", [b.op("Mul", [x, b.const(0.5)]), b.op("Add", [t, b.const(1.0)])])
 
 
+def _clip(b: Builder, x: str, lo: float, hi: float) -> str:
+    return b.op("Clip", [x, b.const(lo), b.const(hi)])
+
+
+def _softplus(b: Builder, x: str) -> str:
+    return b.op("Softplus", [x])
+
+
+# ops of opset 13 only (an export's floor): Mish (18) and HardSwish (14) are composed
 ACTIVATIONS: dict[str, Callable[[Builder, str, Mapping[str, Any]], str]] = {
     "relu": lambda b, x, a: b.op("Relu", [x]),
     "gelu": _gelu,
@@ -68,7 +77,20 @@ ACTIVATIONS: dict[str, Callable[[Builder, str, Mapping[str, Any]], str]] = {
     "silu": lambda b, x, a: b.op("Mul", [x, b.op("Sigmoid", [x])]),
     "elu": lambda b, x, a: b.op("Elu", [x], alpha=a["alpha"]),
     "leaky_relu": lambda b, x, a: b.op("LeakyRelu", [x], alpha=a["alpha"]),
-    "softplus": lambda b, x, a: b.op("Softplus", [x]),
+    "softplus": lambda b, x, a: _softplus(b, x),
+    "celu": lambda b, x, a: b.op("Celu", [x], alpha=a["alpha"]),
+    "exp": lambda b, x, a: b.op("Exp", [x]),
+    "hard_sigmoid": lambda b, x, a: b.op("HardSigmoid", [x], alpha=a["alpha"], beta=a["beta"]),
+    "hard_silu": lambda b, x, a: b.op("Mul", [x, b.op("HardSigmoid", [x], alpha=a["alpha"],
+                                                      beta=a["beta"])]),
+    "hard_tanh": lambda b, x, a: _clip(b, x, -1.0, 1.0),
+    "linear": lambda b, x, a: b.op("Identity", [x]),
+    "log_sigmoid": lambda b, x, a: b.op("Neg", [_softplus(b, b.op("Neg", [x]))]),
+    "log_sumexp": lambda b, x, a: b.reduce("ReduceLogSumExp", x, [a["axis"]]),
+    "mish": lambda b, x, a: b.op("Mul", [x, b.op("Tanh", [_softplus(b, x)])]),
+    "relu6": lambda b, x, a: _clip(b, x, 0.0, 6.0),
+    "selu": lambda b, x, a: b.op("Selu", [x], alpha=a["alpha"], gamma=a["gamma"]),
+    "softsign": lambda b, x, a: b.op("Softsign", [x]),
 }
 
 

@@ -46,6 +46,10 @@ def fail(ctx: KernelContext, what: str, fix: str, cls: type[GraphDSLError] = Gra
 
 
 # -- activations ---------------------------------------------------------------------------
+def _hard_sigmoid(x: torch.Tensor, a: Mapping[str, Any]) -> torch.Tensor:
+    return torch.clamp(x * a["alpha"] + a["beta"], 0, 1)  # F.hardsigmoid fixes 1/6, 1/2
+
+
 ACTIVATIONS: dict[str, Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor]] = {
     "relu": lambda x, a: F.relu(x),
     "gelu": lambda x, a: F.gelu(x, approximate="tanh" if a["approximate"] else "none"),
@@ -57,6 +61,18 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor]
     "elu": lambda x, a: F.elu(x, alpha=a["alpha"]),
     "leaky_relu": lambda x, a: F.leaky_relu(x, negative_slope=a["alpha"]),
     "softplus": lambda x, a: F.softplus(x),
+    "celu": lambda x, a: F.celu(x, alpha=a["alpha"]),
+    "exp": lambda x, a: torch.exp(x),
+    "hard_sigmoid": lambda x, a: _hard_sigmoid(x, a),
+    "hard_silu": lambda x, a: x * _hard_sigmoid(x, a),
+    "hard_tanh": lambda x, a: F.hardtanh(x),
+    "linear": lambda x, a: x,
+    "log_sigmoid": lambda x, a: F.logsigmoid(x),
+    "log_sumexp": lambda x, a: torch.logsumexp(x, dim=a["axis"], keepdim=True),
+    "mish": lambda x, a: F.mish(x),
+    "relu6": lambda x, a: F.relu6(x),
+    "selu": lambda x, a: a["gamma"] * F.elu(x, alpha=a["alpha"]),
+    "softsign": lambda x, a: F.softsign(x),
 }
 
 

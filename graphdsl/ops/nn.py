@@ -1,6 +1,7 @@
 """Neural-network layers: dense, activations, dropout, layer_norm, embedding."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..errors import OptionError, RuleError
@@ -17,14 +18,32 @@ ACTIVATIONS: dict[str, dict[str, Any]] = {
     "relu": {}, "gelu": {"approximate": False}, "sigmoid": {}, "tanh": {},
     "softmax": {"axis": -1}, "log_softmax": {"axis": -1}, "silu": {},
     "elu": {"alpha": 1.0}, "leaky_relu": {"alpha": 0.01}, "softplus": {},
+    # Axon's others, with Axon's defaults (hard_sigmoid: alpha 0.2, beta 0.2, not torch's)
+    "celu": {"alpha": 1.0}, "exp": {}, "hard_sigmoid": {"alpha": 0.2, "beta": 0.2},
+    "hard_silu": {"alpha": 0.2, "beta": 0.2}, "hard_tanh": {}, "linear": {},
+    "log_sigmoid": {}, "log_sumexp": {"axis": -1}, "mish": {}, "relu6": {},
+    "selu": {"alpha": 1.6732632423543772848170429916717,
+             "gamma": 1.0507009873554804934193349852946},
+    "softsign": {},
 }
+#: activations that reduce an axis (kept, of size 1, as Axon does): never fused into a layer
+REDUCING = frozenset({"log_sumexp"})
 
 
-def activation_name(name: Any) -> str:
-    """``name`` if it names an activation op (relu, gelu, ...), else a RuleError."""
+def _known(name: Any) -> str:
     if not isinstance(name, str) or name not in ACTIVATIONS:
         raise RuleError(f"unknown activation {name!r}",
                         f"use one of: {', '.join(ACTIVATIONS)}", OptionError)
+    return name
+
+
+def activation_name(name: Any) -> str:
+    """``name`` if it names an activation that can be fused into a layer's ``activation=``
+    (relu, gelu, ...: all but the reducing ones), else a RuleError."""
+    if _known(name) in REDUCING:
+        raise RuleError(f"activation {name!r} reduces an axis, so it cannot be fused "
+                        "into a layer", f"apply gd.{name}(...) to the layer's output",
+                        OptionError)
     return name
 
 
@@ -91,8 +110,13 @@ def _act_attrs(op: str):
 
     def check(a: dict) -> dict:
         out = {k: a.get(k, d) for k, d in defaults.items()}  # make_node names other keys
-        if "alpha" in out:
-            out["alpha"] = number(out["alpha"], "alpha", 0.0)
+        for k in ("alpha", "beta", "gamma"):
+            if k in out:  # only elu and leaky_relu bound alpha (below); Axon bounds none
+                out[k] = (number(out[k], k, 0.0) if op in ("elu", "leaky_relu")
+                          else number(out[k], k, -math.inf, math.inf))
+        if op == "celu" and out["alpha"] == 0:
+            raise RuleError("alpha must be non-zero in CELU activation",
+                            "pass a non-zero alpha", OptionError)
         if "approximate" in out:
             out["approximate"] = boolean(out["approximate"], "approximate")
         return out
@@ -104,7 +128,9 @@ def _act_shape(op: str):
     def rule(s: list, a: dict) -> tuple:
         if "axis" in a:
             check_rank(s[0], 1, op, "pass a tensor of rank >= 1")
-            normalize_axis(a["axis"], len(s[0]))
+            axis = normalize_axis(a["axis"], len(s[0]))
+            if op in REDUCING:
+                return s[0][:axis] + (1,) + s[0][axis + 1:]
         return s[0]
 
     return rule
@@ -113,15 +139,17 @@ def _act_shape(op: str):
 for _op in ACTIVATIONS:
     register_op(OpDef(_op, _act_shape(_op), check_attrs=_act_attrs(_op),
                       category="activation",
-                      doc=f"Element-wise {_op} (options: {ACTIVATIONS[_op] or 'none'}); "
-                          "shape unchanged."))
+                      doc=f"{_op} (options: {ACTIVATIONS[_op] or 'none'}); "
+                          + ("the axis kept, of size 1." if _op in REDUCING
+                             else "element-wise, shape unchanged.")))
 
 
 def activation(x: Node, fn: str, name: str | None = None, **opts: Any) -> Node:
-    """Apply activation ``fn`` (one of ACTIVATIONS) with its options; shape unchanged."""
+    """Apply activation ``fn`` (one of ACTIVATIONS) with its options; shape unchanged but
+    for the reducing ones (log_sumexp: the axis kept, of size 1)."""
     where = caller_location()
     try:
-        activation_name(fn)
+        _known(fn)
     except RuleError as e:
         raise OptionError(e.what, layer=name, op="activation", where=where,
                               fix=e.fix) from None
@@ -176,6 +204,72 @@ def leaky_relu(x: Node, alpha: float = 0.01, name: str | None = None) -> Node:
 def softplus(x: Node, name: str | None = None) -> Node:
     """log(1 + exp(x)), computed stably."""
     return make_node("softplus", [x], {}, name, where=caller_location())
+
+
+def celu(x: Node, alpha: float = 1.0, name: str | None = None) -> Node:
+    """x if x > 0 else alpha * (exp(x / alpha) - 1); ``alpha`` non-zero."""
+    return make_node("celu", [x], {"alpha": alpha}, name, where=caller_location())
+
+
+def exp(x: Node, name: str | None = None) -> Node:
+    """exp(x)."""
+    return make_node("exp", [x], {}, name, where=caller_location())
+
+
+def hard_sigmoid(x: Node, alpha: float = 0.2, beta: float = 0.2, name: str | None = None
+                 ) -> Node:
+    """clip(alpha * x + beta, 0, 1) (Axon's defaults, not torch's 1/6 and 1/2)."""
+    return make_node("hard_sigmoid", [x], {"alpha": alpha, "beta": beta}, name,
+                     where=caller_location())
+
+
+def hard_silu(x: Node, alpha: float = 0.2, beta: float = 0.2, name: str | None = None
+              ) -> Node:
+    """x * hard_sigmoid(x, alpha, beta)."""
+    return make_node("hard_silu", [x], {"alpha": alpha, "beta": beta}, name,
+                     where=caller_location())
+
+
+def hard_tanh(x: Node, name: str | None = None) -> Node:
+    """clip(x, -1, 1)."""
+    return make_node("hard_tanh", [x], {}, name, where=caller_location())
+
+
+def linear(x: Node, name: str | None = None) -> Node:
+    """x (the identity, as a layer)."""
+    return make_node("linear", [x], {}, name, where=caller_location())
+
+
+def log_sigmoid(x: Node, name: str | None = None) -> Node:
+    """log(sigmoid(x)) = -softplus(-x), computed stably."""
+    return make_node("log_sigmoid", [x], {}, name, where=caller_location())
+
+
+def log_sumexp(x: Node, axis: int = -1, name: str | None = None) -> Node:
+    """log(sum(exp(x))) along ``axis``, kept with size 1: ``(..., n) -> (..., 1)``."""
+    return make_node("log_sumexp", [x], {"axis": axis}, name, where=caller_location())
+
+
+def mish(x: Node, name: str | None = None) -> Node:
+    """x * tanh(softplus(x))."""
+    return make_node("mish", [x], {}, name, where=caller_location())
+
+
+def relu6(x: Node, name: str | None = None) -> Node:
+    """clip(x, 0, 6)."""
+    return make_node("relu6", [x], {}, name, where=caller_location())
+
+
+def selu(x: Node, alpha: float = 1.6732632423543772848170429916717,
+         gamma: float = 1.0507009873554804934193349852946, name: str | None = None) -> Node:
+    """gamma * elu(x, alpha)."""
+    return make_node("selu", [x], {"alpha": alpha, "gamma": gamma}, name,
+                     where=caller_location())
+
+
+def softsign(x: Node, name: str | None = None) -> Node:
+    """x / (1 + |x|)."""
+    return make_node("softsign", [x], {}, name, where=caller_location())
 
 
 # -- dropout ---------------------------------------------------------------------------
