@@ -1,8 +1,9 @@
 """The activations Axon has beyond the first ten (celu exp hard_sigmoid hard_silu hard_tanh
 linear log_sigmoid log_sumexp mish relu6 selu softsign): Axon's own numbers (the doctests of
-lib/axon/activations.ex and the forward tests of test/axon/activations_test.exs, which match
-jax), torch's functions where torch has the op, stability for |x| ~ 100, and the option and
-shape rules. Torch/ONNX/JSON/file/empty-batch parity comes from their rows in op_cases.py.
+lib/axon/activations.ex, and the forward and backward tests of test/axon/activations_test.exs,
+which match jax), torch's functions where torch has the op, stability for |x| ~ 100, and the
+option and shape rules. Torch/ONNX/JSON/file/empty-batch parity comes from their rows in
+op_cases.py.
 """
 from __future__ import annotations
 
@@ -10,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from graphdsl.backends.torch_backend import ACTIVATIONS as TORCH_ACTIVATIONS
 
 import graphdsl as gd
 from graphdsl import GraphDSLError
+from graphdsl.ops.nn import ACTIVATIONS as OPTIONS
 
 X7 = [-3.0, -2.0, -1.0, 0.0, 1.0, 2.0, 3.0]
 X23 = [[-1.0, -2.0, -3.0], [1.0, 2.0, 3.0]]
@@ -120,6 +123,56 @@ JAX = [
      0.48777902126312256]] ], [ [[0.4857346713542938, 0.1440785527229309]], [[0.4296412169933319,
      0.3278571665287018]] ]),
 ]
+# Axon's backward tests: the gradient of sum(activation(x)), (activation, options, x, grad)
+JAX_GRAD = [
+    ("celu", {}, [0.0006543696508742869, 0.9109137058258057, 0.5773505568504333], [1.0, 1.0, 1.0]),
+    ("celu", {}, [ [0.8410307765007019, 0.7737964987754822], [0.3063606917858124,
+     0.47949355840682983] ], [[1.0, 1.0], [1.0, 1.0]]),
+    ("celu", {}, [ [[0.7361555695533752, 0.07279454171657562]], [[0.12938232719898224,
+     0.19182132184505463]] ], [[[1.0, 1.0]], [[1.0, 1.0]]]),
+    ("exp", {}, [0.7080050706863403, 0.5748331546783447, 0.8570890426635742], [2.029937744140625,
+     1.7768340110778809, 2.3562915325164795]),
+    ("exp", {}, [ [0.690890371799469, 0.4090757966041565], [0.9405754804611206, 0.5836707949638367]
+     ], [ [1.9954915046691895, 1.5054258108139038], [2.561455011367798, 1.7926065921783447] ]),
+    ("exp", {}, [ [[0.8088638186454773, 0.4728061258792877]], [[0.12738095223903656,
+     0.43700599670410156]] ], [ [[2.2453553676605225, 1.6044902801513672]], [[1.1358495950698853,
+     1.548065423965454]] ]),
+    ("hard_tanh", {}, [0.9485284090042114, 0.435951828956604, 0.5815699696540833], [1.0, 1.0,
+     1.0]),
+    ("hard_tanh", {}, [ [0.4597303569316864, 0.8040322661399841], [0.7624267935752869,
+     0.262974351644516] ], [[1.0, 1.0], [1.0, 1.0]]),
+    ("hard_tanh", {}, [ [[0.22331906855106354, 0.967119038105011]], [[0.5433276295661926,
+     0.06428512930870056]] ], [[[1.0, 1.0]], [[1.0, 1.0]]]),
+    ("log_sigmoid", {}, [0.007618676871061325, 0.2710806727409363, 0.7870540022850037],
+     [0.4980953633785248, 0.43264180421829224, 0.3128015995025635]),
+    ("log_sigmoid", {}, [ [0.5251182317733765, 0.6292591691017151], [0.20837312936782837,
+     0.3905956745147705] ], [ [0.3716561794281006, 0.347678542137146], [0.4480943977832794,
+     0.4035739302635193] ]),
+    ("log_sigmoid", {}, [ [[0.7089985609054565, 0.9742392301559448]], [[0.8972120881080627,
+     0.5678815841674805]] ], [ [[0.3298201560974121, 0.27403631806373596]], [[0.28962376713752747,
+     0.3617258071899414]] ]),
+    ("relu6", {}, [0.3808571994304657, 0.5188078880310059, 0.9164689183235168], [1.0, 1.0, 1.0]),
+    ("relu6", {}, [ [0.5499739646911621, 0.34733402729034424], [0.6983950734138489,
+     0.24491633474826813] ], [[1.0, 1.0], [1.0, 1.0]]),
+    ("relu6", {}, [ [[0.16589230298995972, 0.9246458411216736]], [[0.23529919981956482,
+     0.2500540614128113]] ], [[[1.0, 1.0]], [[1.0, 1.0]]]),
+    ("selu", {}, [0.6316671967506409, 0.8289909958839417, 0.18112128973007202],
+     [1.0507010221481323, 1.0507010221481323, 1.0507010221481323]),
+    ("selu", {}, [ [0.4947720468044281, 0.15160438418388367], [0.44867998361587524,
+     0.808595597743988] ], [ [1.0507010221481323, 1.0507010221481323], [1.0507010221481323,
+     1.0507010221481323] ]),
+    ("selu", {}, [ [[0.8145947456359863, 0.44749367237091064]], [[0.8953422904014587,
+     0.20643578469753265]] ], [ [[1.0507010221481323, 1.0507010221481323]], [[1.0507010221481323,
+     1.0507010221481323]] ]),
+    ("softsign", {}, [0.8105446696281433, 0.7689074873924255, 0.37004250288009644],
+     [0.3050573468208313, 0.31958746910095215, 0.5327603816986084]),
+    ("softsign", {}, [ [0.97364342212677, 0.5319579839706421], [0.10144895315170288,
+     0.6431559920310974] ], [ [0.25672173500061035, 0.4260948896408081], [0.8242732882499695,
+     0.3703756332397461] ]),
+    ("softsign", {}, [ [[0.512872040271759, 0.010262660682201385]], [[0.0559421144425869,
+     0.8854929804801941]] ], [ [[0.4369136691093445, 0.9797863960266113]], [[0.8968499898910522,
+     0.281287282705307]] ]),
+]
 
 NEW = ("celu", "exp", "hard_sigmoid", "hard_silu", "hard_tanh", "linear", "log_sigmoid",
        "log_sumexp", "mish", "relu6", "selu", "softsign")
@@ -152,6 +205,14 @@ def test_axon_doctests_bf16_within_bf16_rounding(act, x, want):
 def test_axon_forward_tests(act, opts, x, want, backend):
     np.testing.assert_allclose(_run(act, _f32(x), backend, **opts), _f32(want),
                                rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("act,opts,x,want", JAX_GRAD,
+                         ids=[f"{j[0]}-{i}" for i, j in enumerate(JAX_GRAD)])
+def test_axon_backward_tests_through_the_torch_kernels(act, opts, x, want):
+    t = torch.tensor(x, requires_grad=True)
+    TORCH_ACTIVATIONS[act](t, {**OPTIONS[act], **opts}).sum().backward()
+    np.testing.assert_allclose(t.grad.numpy(), _f32(want), rtol=1e-5, atol=1e-6)
 
 
 def _hard_sigmoid_torch(x: torch.Tensor) -> torch.Tensor:  # Axon's alpha 0.2, beta 0.2
