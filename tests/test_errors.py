@@ -169,7 +169,7 @@ def test_bad_axes(build):
 
 def test_bad_activation_names():
     with pytest.raises(OptionError) as e:
-        gd.dense(gd.input("a", (None, 3)), 2, activation="relu6", name="fc")
+        gd.dense(gd.input("a", (None, 3)), 2, activation="relu7", name="fc")
     assert "relu" in check(e, OptionError, layer="fc", op="dense", shapes=False)
     with pytest.raises(OptionError) as e:
         gd.activation(gd.input("a", (None, 3)), "swish")
