@@ -67,10 +67,12 @@ from .ops.nn import (
 )
 from .ops.tensor import (
     add,
+    bias,
     concatenate,
     flatten,
     matmul,
     multiply,
+    pad,
     reshape,
     subtract,
     transpose,
@@ -114,6 +116,7 @@ __version__ = "0.1.0"
 
 __all__ = [  # sorted
     "activation", "adapter_state", "add", "attach_adapters", "attention", "avg_pool", "batch_norm",
+    "bias",
     "build", "celu", "concatenate", "constant", "container", "conv", "dense", "dora", "dropout",
     "elu", "embedding", "exp", "flatten", "freeze", "from_json", "from_torch", "full_like", "gelu",
     "get_inputs", "get_op_counts", "get_output_shape", "get_parameters", "global_avg_pool",
@@ -121,6 +124,7 @@ __all__ = [  # sorted
     "input", "layer", "layer_norm", "leaky_relu", "linear", "load", "load_adapters", "log_sigmoid",
     "log_softmax", "log_sumexp", "lora", "loraplus_param_groups", "map_nodes", "matmul",
     "max_pool", "merge_adapters", "mish", "ModelState", "multiply", "Node", "OPS", "optional",
+    "pad",
     "param", "positions", "predict", "register_function", "register_onnx_rule", "relu", "relu6",
     "reshape", "rewrite_nodes", "rms_norm", "rotary_embedding", "save", "save_adapters", "selu",
     "sigmoid", "silu", "slice", "softmax", "softplus", "softsign", "split", "subtract", "tanh",

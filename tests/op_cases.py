@@ -254,6 +254,14 @@ _ROWS = [
          _normal(x=(3, 4, 6), z=(3, 6, 2)), reference=lambda i, st: i["x"] @ i["z"]),
     Case("matmul", "attrs", lambda: gd.matmul(gd.reshape(_x(), (None, 2, 3)),
                                               gd.reshape(_x(name="y"), (None, 3, 2)))),
+    Case("pad", "values", lambda: gd.pad(_img(), [(1, 0), (2, 1)], 2.0), reference=lambda i, st:
+         np.pad(i["img"], [(0, 0), (1, 0), (2, 1), (0, 0)], constant_values=2.0)),
+    Case("pad", "attrs", lambda: gd.pad(_x((None, 2, 3, 4, 2)), [(0, 1), (1, 1), (2, 0)], -1.0,
+                                        channels="first")),
+    Case("pad", "int", lambda: gd.pad(gd.input("ids", (None, 4, 2), dtype="int64"), [(1, 2)], 3),
+         lambda: {"ids": R.integers(0, 9, (3, 4, 2))}),
+    Case("bias", "values", lambda: gd.bias(_x((None, 4, 6)), bias_initializer="normal"), _X46),
+    Case("bias", "attrs", lambda: gd.bias(gd.dense(_x(), 3), bias_initializer="ones")),
     _adapter(dora),
     Case("dora", "attrs", lambda: _on(lambda x: dora.wrap(
         x, gd.dense(x, 5, activation="relu", name="attn"), rank=2, alpha=4.0,

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from graphdsl.ops.nn import ACTIVATIONS as OPTIONS
+from graphdsl.ops.tensor import pad_widths
 
 from .. import shared
 from ..base import KernelContext, Stateful, with_updates
@@ -304,6 +305,9 @@ KERNELS: dict[str, Callable] = {
     "multiply": _reduce_kernel(np.multiply),
     "concatenate": lambda ins, p, a, ctx: _as_float(np.concatenate(ins, axis=a["axis"]), ctx),
     "transpose": lambda ins, p, a, ctx: np.transpose(ins[0], a["axes"]),
+    "pad": lambda ins, p, a, ctx: np.pad(ins[0], pad_widths(ins[0].ndim, a),
+                                         constant_values=a["value"]),
+    "bias": lambda ins, p, a, ctx: _as_float(ins[0] + p["bias"], ctx),
     "matmul": lambda ins, p, a, ctx: _as_float(np.matmul(ins[0], ins[1]), ctx),
     "attention": _attention,
     "rms_norm": _rms_norm,

@@ -27,6 +27,7 @@ from onnx import TensorProto, helper
 from graphdsl.adapters.contract import adapter_ops, base_options, merged_kernel
 from graphdsl.custom import onnx_rule_for
 from graphdsl.errors import GraphDSLError, RuleError
+from graphdsl.ops.tensor import pad_widths
 
 from .builder import ELEM, Builder
 from .conv import CONV_RULES
@@ -124,6 +125,20 @@ def _transpose(b: Builder, layer: Layer) -> str:
     axes = layer.attrs["axes"]
     perm = list(reversed(range(rank))) if axes is None else [a % rank for a in axes]
     return b.op("Transpose", [layer.ins[0]], perm=perm)
+
+
+def _pad(b: Builder, layer: Layer) -> str:
+    widths = pad_widths(len(layer.in_shapes[0]), layer.attrs)  # ONNX: all lows, then highs
+    pads = b.ints([lo for lo, _ in widths] + [hi for _, hi in widths])
+    dtype = "int64" if layer.in_dtypes[0].startswith("int") else "float32"
+    x = b.cast(layer.ins[0], layer.in_dtypes[0], dtype)
+    value = b.const(layer.attrs["value"], dtype)
+    return b.cast(b.op("Pad", [x, pads, value], mode="constant"), dtype, layer.dtype)
+
+
+def _bias(b: Builder, layer: Layer) -> str:
+    x = b.cast(layer.ins[0], layer.in_dtypes[0], layer.dtype)
+    return b.op("Add", [x, layer.param("bias")])
 
 
 def _matmul(b: Builder, layer: Layer) -> str:
@@ -299,6 +314,8 @@ RULES: dict[str, Rule] = {
     "reshape": Rule(_reshape),
     "flatten": Rule(lambda b, layer: b.op("Flatten", [layer.ins[0]], axis=1)),
     "transpose": Rule(_transpose),
+    "pad": Rule(_pad),
+    "bias": Rule(_bias),
     "matmul": Rule(_matmul),
     "attention": Rule(_attention, 14),  # Reshape allowzero: an empty sequence stays empty
     "rms_norm": Rule(_rms_norm),

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from graphdsl.errors import GraphDSLError
 from graphdsl.ops.nn import ACTIVATIONS as OPTIONS
+from graphdsl.ops.tensor import pad_widths
 
 from .. import shared
 from ..base import KernelContext, with_updates
@@ -149,6 +150,12 @@ def _transpose(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.T
     return x.permute(*axes)
 
 
+def _pad(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
+    x = ins[0]  # F.pad lists (low, high) from the last axis backwards
+    widths = [w for pair in reversed(pad_widths(x.dim(), a)) for w in pair]
+    return F.pad(x, widths, value=a["value"])
+
+
 def _matmul(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
     x, y = ins
     if x.dtype != y.dtype:
@@ -256,6 +263,8 @@ KERNELS: dict[str, Callable] = {
     "multiply": _variadic(torch.mul),
     "concatenate": _concatenate,
     "transpose": _transpose,
+    "pad": _pad,
+    "bias": lambda ins, p, a, ctx: _as_float(ins[0] + p["bias"], ctx),
     "matmul": _matmul,
     "attention": _attention,
     "rms_norm": _rms_norm,

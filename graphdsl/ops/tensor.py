@@ -1,18 +1,21 @@
-"""Tensor ops: element-wise arithmetic, concatenate, reshape, flatten, transpose, matmul.
+"""Tensor ops: element-wise arithmetic, bias, concatenate, reshape, flatten, transpose,
+matmul, pad.
 
 Axes and permutations count the batch axis and accept negatives, like NumPy.
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import reduce
 from typing import Any
 
 from ..errors import OptionError, RuleError, fmt_shape
+from ..initializers import check_initializer
 from ..node import Node, caller_location, make_node
-from ..registry import OpDef, register_op
-from ..shapes import broadcast, is_int, merge_dim, normalize_axis, prod, reshape_target
-from ._attrs import shape_tuple
+from ..registry import OpDef, ParamSpec, register_op
+from ..shapes import broadcast, feature_dim, is_int, merge_dim, normalize_axis, prod, reshape_target
+from ..windows import channels_option
+from ._attrs import number, shape_tuple
 
 
 def _int_if_all(d: Sequence[str], a: Any) -> str:
@@ -208,3 +211,69 @@ register_op(OpDef(
 def matmul(a: Node, b: Node, name: str | None = None) -> Node:
     """``a @ b`` with ``numpy.matmul`` semantics (batched, broadcast)."""
     return make_node("matmul", [a, b], {}, name, where=caller_location())
+
+
+# -- bias ----------------------------------------------------------------------------------------
+register_op(OpDef(
+    "bias", lambda s, a: tuple(s[0]),
+    check_attrs=lambda a: {"bias_initializer": check_initializer(
+        a.get("bias_initializer", "zeros"), "bias_initializer")},
+    infer_dtype=lambda d, a: d[0] if d[0].startswith("float") else "float32",
+    params=lambda s, a: [ParamSpec("bias", (feature_dim(s[0], "bias"),),
+                                   a["bias_initializer"])],
+    doc="x + bias on the last axis (Axon.bias): bias [features]; (..., features) -> same.",
+))
+
+
+def bias(x: Node, bias_initializer: Any = "zeros", name: str | None = None) -> Node:
+    """``x + bias``, a learnable ``bias [features]`` on the last axis: ``(..., f) -> (..., f)``."""
+    return make_node("bias", [x], {"bias_initializer": bias_initializer}, name,
+                     where=caller_location())
+
+
+# -- pad -------------------------------------------------------------------------------------------
+def _pad_attrs(a: dict) -> dict:
+    config = a.get("padding_config")
+    ok = isinstance(config, (list, tuple)) and all(
+        isinstance(c, (list, tuple)) and len(c) == 2 and all(is_int(v) and v >= 0 for v in c)
+        for c in config)
+    if not ok:
+        raise RuleError(f"padding_config must be a list of (low, high) pairs of ints >= 0, "
+                        f"one per spatial axis, got {config!r}",
+                        "pass e.g. [(1, 1), (0, 2)] for two spatial axes", OptionError)
+    return {"padding_config": tuple((int(lo), int(hi)) for lo, hi in config),
+            "value": number(a.get("value", 0.0), "value"),
+            "channels": channels_option(a.get("channels", "last"))}
+
+
+def pad_widths(rank: int, a: Mapping[str, Any]) -> list[tuple[int, int]]:
+    """``(low, high)`` for every axis of a rank-``rank`` input (batch and channels: 0)."""
+    spatial = list(a["padding_config"])
+    return ([(0, 0)] + spatial + [(0, 0)] if a["channels"] == "last"
+            else [(0, 0), (0, 0)] + spatial)
+
+
+def _pad_shape(s: list, a: dict) -> tuple:
+    n = len(a["padding_config"])
+    if len(s[0]) != n + 2:
+        raise RuleError(f"pad has a padding_config for {n} spatial axes, but the input "
+                        f"{fmt_shape(s[0])} has {len(s[0]) - 2}",
+                        f"give one (low, high) pair per spatial axis: the input is [batch, "
+                        f"*spatial, channels] (channels={a['channels']!r})")
+    return tuple(d if d is None else d + lo + hi
+                 for d, (lo, hi) in zip(s[0], pad_widths(len(s[0]), a)))
+
+
+register_op(OpDef(
+    "pad", _pad_shape, check_attrs=_pad_attrs, infer_dtype=_first_dtype,
+    doc="Pads the spatial axes with the constant `value` (Axon.pad): padding_config "
+        "[(low, high)] per spatial axis; (N, 4, 4, C) -> (N, 6, 5, C) via [(1, 1), (0, 1)].",
+))
+
+
+def pad(x: Node, config: Sequence[tuple[int, int]], value: float = 0.0,
+        channels: str = "last", name: str | None = None) -> Node:
+    """Pads the spatial axes of ``[batch, *spatial, channels]`` (or channels ``"first"``)
+    with ``value``; ``config`` holds one ``(low, high)`` pair per spatial axis."""
+    return make_node("pad", [x], {"padding_config": config, "value": value,
+                                  "channels": channels}, name, where=caller_location())
