@@ -33,6 +33,7 @@ from .ops.conv import (
     global_avg_pool,
     global_max_pool,
     group_norm,
+    instance_norm,
     max_pool,
 )
 from .ops.core import constant, container, full_like, input, layer, optional, param
@@ -121,7 +122,8 @@ __all__ = [  # sorted
     "elu", "embedding", "exp", "flatten", "freeze", "from_json", "from_torch", "full_like", "gelu",
     "get_inputs", "get_op_counts", "get_output_shape", "get_parameters", "global_avg_pool",
     "global_max_pool", "GraphDSLError", "group_norm", "hard_sigmoid", "hard_silu", "hard_tanh",
-    "input", "layer", "layer_norm", "leaky_relu", "linear", "load", "load_adapters", "log_sigmoid",
+    "input", "instance_norm", "layer", "layer_norm", "leaky_relu", "linear", "load",
+    "load_adapters", "log_sigmoid",
     "log_softmax", "log_sumexp", "lora", "loraplus_param_groups", "map_nodes", "matmul",
     "max_pool", "merge_adapters", "mish", "ModelState", "multiply", "Node", "OPS", "optional",
     "pad",

@@ -358,6 +358,12 @@ _ROWS = [
               beta=lambda: _f(4))),
     Case("batch_norm", "attrs", lambda: gd.batch_norm(_img(), momentum=0.2, epsilon=1e-3,
                                                       name="bn")),
+    Case("instance_norm", "values", lambda: gd.instance_norm(_x(_IMG), name="in"), _IMG_IN,
+         _set("in", mean=lambda: _f(4), var=lambda: np.abs(_f(4)) + 0.5, gamma=lambda: _f(4),
+              beta=lambda: _f(4))),
+    Case("instance_norm", "attrs", lambda: gd.instance_norm(
+        gd.input("img", (None, 3, 6, 5)), axis=1, momentum=0.2, epsilon=1e-3,
+        gamma_initializer="zeros", name="in")),
     Case("group_norm", "values", lambda: gd.group_norm(_x(_IMG), 2), _IMG_IN),
     Case("group_norm", "attrs", lambda: gd.group_norm(_img(4), 2, name="gn")),
 ]

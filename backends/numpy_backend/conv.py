@@ -1,4 +1,4 @@
-"""NumPy kernels of the convolutional ops (conv, pooling, batch/group norm).
+"""NumPy kernels of the convolutional ops (conv, pooling, batch/instance/group norm).
 
 Work happens channels-last (``[N, *spatial, C]``; channels-first inputs are viewed that
 way). conv is im2col: the windows of the padded input are gathered once with
@@ -161,6 +161,31 @@ def _batch_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     return Stateful(y, new) if ctx.training else y
 
 
+def _instance_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
+    """Train: each ``[batch, channel]``'s mean and biased variance over the spatial axes,
+    and the running values updated with their batch averages (unbiased variances), as
+    torch's instance_norm does. Inference: batch_norm's formula on the running values."""
+    if not ctx.training:
+        return _batch_norm(ins, p, a, ctx)
+    x = ins[0]
+    xm = np.moveaxis(x, a["axis"] % x.ndim, -1)
+    axes = tuple(range(1, xm.ndim - 1))
+    n = math.prod(xm.shape[1:-1])
+    if n <= 1:
+        raise RuleError(f"instance_norm in training needs more than 1 value per instance and "
+                        f"channel, got an input of shape {x.shape}",
+                        "train with spatial axes of 2 or more values, or use mode='inference'")
+    mean = xm.mean(axis=axes, keepdims=True)
+    xc = xm - mean
+    var = np.square(xc).mean(axis=axes, keepdims=True)
+    y = xc / np.sqrt(var + np.asarray(a["epsilon"], x.dtype)) * p["gamma"] + p["beta"]
+    m = a["momentum"]
+    new = {"mean": ((1 - m) * p["mean"] + m * mean.mean(axis=0).reshape(-1)).astype(x.dtype),
+           "var": ((1 - m) * p["var"]
+                   + m * var.mean(axis=0).reshape(-1) * (n / (n - 1))).astype(x.dtype)}
+    return Stateful(np.moveaxis(y, -1, a["axis"] % x.ndim), new)
+
+
 def _group_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
     x = ins[0]
     ax = a["axis"] % x.ndim
@@ -182,5 +207,6 @@ KERNELS: dict[str, Callable] = {
     "global_avg_pool": shared.global_pool(lambda x, axes, keep: np.mean(x, axes, keepdims=keep)),
     "global_max_pool": shared.global_pool(lambda x, axes, keep: np.max(x, axes, keepdims=keep)),
     "batch_norm": _batch_norm,
+    "instance_norm": _instance_norm,
     "group_norm": _group_norm,
 }

@@ -1,5 +1,5 @@
 """ONNX rules of the convolutional ops (conv, max/avg pool, global pools, batch_norm,
-group_norm), and :func:`conv_nd`, which a merged conv adapter shares.
+instance_norm, group_norm), and :func:`conv_nd`, which a merged conv adapter shares.
 
 ONNX's Conv / MaxPool / AveragePool are channels-first (``[N, C, *spatial]``, kernel
 ``[F, C/groups, *k]``): a channels-last layer is transposed in and out, its HWIO kernel
@@ -171,6 +171,7 @@ CONV_RULES: dict[str, Rule] = {
     "global_avg_pool": _global("ReduceMean"),
     "global_max_pool": _global("ReduceMax"),
     "batch_norm": Rule(_batch_norm),
+    "instance_norm": Rule(_batch_norm),  # inference uses the running statistics, as batch_norm
     "group_norm": Rule(_group_norm),
 }
 

@@ -1,5 +1,5 @@
 """PyTorch kernels of the convolutional ops: ``torch.nn.functional`` conv / pooling /
-batch_norm / group_norm on channels-first views of the graph's tensors.
+batch_norm / instance_norm / group_norm on channels-first views of the graph's tensors.
 
 Axon's options torch lacks are done around the call: input dilation (zeros between
 elements), asymmetric padding (``F.pad``), pooling padding (``-inf`` for max, zeros
@@ -96,6 +96,19 @@ def _batch_norm(ins: list, p: Mapping, a: Mapping, ctx: Any) -> Any:
     return Stateful(y, {"mean": rm, "var": rv}) if ctx.training else y
 
 
+def _instance_norm(ins: list, p: Mapping, a: Mapping, ctx: Any) -> Any:
+    """Train: ``F.instance_norm`` with the instance statistics, on copies of the running
+    values (returned as state updates). Inference: batch_norm's, on the running values."""
+    if not ctx.training:
+        return _batch_norm(ins, p, a, ctx)
+    x = ins[0]
+    ax = a["axis"] % x.dim()
+    rm, rv = p["mean"].clone(), p["var"].clone()
+    y = F.instance_norm(x.movedim(ax, 1), rm, rv, p["gamma"], p["beta"], True,
+                        a["momentum"], a["epsilon"]).movedim(1, ax)
+    return Stateful(y, {"mean": rm, "var": rv})
+
+
 def _group_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
     x = ins[0]
     ax = a["axis"] % x.dim()
@@ -110,5 +123,6 @@ KERNELS: dict[str, Callable] = {
     "global_avg_pool": shared.global_pool(torch.mean),  # (x, dim, keepdim)
     "global_max_pool": shared.global_pool(torch.amax),
     "batch_norm": _batch_norm,
+    "instance_norm": _instance_norm,
     "group_norm": _group_norm,
 }

@@ -1,5 +1,5 @@
 """Convolutional layers with Axon's names, options and layouts: conv, max_pool, avg_pool,
-global_avg_pool, global_max_pool, batch_norm, group_norm.
+global_avg_pool, global_max_pool, batch_norm, instance_norm, group_norm.
 
 Inputs are ``[batch, *spatial, channels]`` (``channels="last"``, Axon's default) or
 ``[batch, channels, *spatial]`` (``channels="first"``), with 1 to 3 spatial axes. The
@@ -24,7 +24,7 @@ from ..windows import (
     window,
 )
 from ._attrs import MAX_SIZE, boolean, number, positive_int
-from .nn import kernel_and_bias, kernel_options
+from .nn import kernel_and_bias, kernel_options, norm_initializers
 
 
 def conv_attrs(a: dict) -> dict:
@@ -222,22 +222,28 @@ def _norm_dim(s: tuple, a: dict, op: str) -> int:
     return s[ax]
 
 
+def norm_params(c: int, a: dict) -> list[ParamSpec]:
+    """``gamma``/``beta [c]`` with the layer's initializers."""
+    return [ParamSpec("gamma", (c,), a["gamma_initializer"]),
+            ParamSpec("beta", (c,), a["beta_initializer"])]
+
+
 def _bn_attrs(a: dict) -> dict:
     return {"axis": a.get("axis", -1),
             "epsilon": number(a.get("epsilon", 1e-5), "epsilon", 0.0),
-            "momentum": number(a.get("momentum", 0.1), "momentum", 0.0, 1.0)}
+            "momentum": number(a.get("momentum", 0.1), "momentum", 0.0, 1.0),
+            **norm_initializers(a)}
 
 
-def _bn_params(s: list, a: dict) -> list[ParamSpec]:
-    c = _norm_dim(s[0], a, "batch_norm")
-    return [ParamSpec("gamma", (c,), "ones"), ParamSpec("beta", (c,), "zeros"),
-            ParamSpec("mean", (c,), "zeros", False, kind="state"),
-            ParamSpec("var", (c,), "ones", False, kind="state")]
+def _stats_params(c: int, a: dict) -> list[ParamSpec]:
+    return norm_params(c, a) + [ParamSpec("mean", (c,), "zeros", False, kind="state"),
+                                ParamSpec("var", (c,), "ones", False, kind="state")]
 
 
 register_op(OpDef(
     "batch_norm", lambda s, a: (_norm_dim(s[0], a, "batch_norm"), s[0])[1],
-    params=_bn_params, check_attrs=_bn_attrs,
+    params=lambda s, a: _stats_params(_norm_dim(s[0], a, "batch_norm"), a),
+    check_attrs=_bn_attrs,
     doc="(x - mean) / sqrt(var + epsilon) * gamma + beta per channel (`axis`). Inference: "
         "the running mean/var (state); train: the batch's, and returns the new running "
         "values as torch does (running = (1-momentum)*running + momentum*batch, unbiased "
@@ -246,18 +252,52 @@ register_op(OpDef(
 
 
 def batch_norm(x: Node, axis: int = -1, epsilon: float = 1e-5, momentum: float = 0.1,
+               gamma_initializer: Any = "ones", beta_initializer: Any = "zeros",
                name: str | None = None) -> Node:
     """Batch normalization over every axis but ``axis`` (the channels). Parameters
     ``gamma``/``beta [C]``; state ``mean``/``var [C]`` (running statistics, torch's update
     rule: ``running = (1 - momentum) * running + momentum * batch``)."""
     return make_node("batch_norm", [x], {"axis": axis, "epsilon": epsilon,
-                                         "momentum": momentum}, name, where=caller_location())
+                                         "momentum": momentum,
+                                         "gamma_initializer": gamma_initializer,
+                                         "beta_initializer": beta_initializer},
+                     name, where=caller_location())
+
+
+def _in_dim(s: tuple, a: dict) -> int:
+    check_rank(s, 3, "instance_norm", "pass a tensor [batch, *spatial, channels] with at "
+               "least one spatial axis")
+    return _norm_dim(s, a, "instance_norm")
+
+
+register_op(OpDef(
+    "instance_norm", lambda s, a: (_in_dim(s[0], a), s[0])[1],
+    params=lambda s, a: _stats_params(_in_dim(s[0], a), a), check_attrs=_bn_attrs,
+    doc="Per sample and channel (`axis`), (x - mean) / sqrt(var + epsilon) * gamma + beta "
+        "over the spatial axes. Inference: the running mean/var (state), as Axon does; "
+        "train: each instance's, and returns the new running values as batch_norm does "
+        "(torch's rule: the batch average of the instance means and unbiased variances). "
+        "gamma, beta, mean, var: [channels]. Rank >= 3; shape unchanged.",
+))
+
+
+def instance_norm(x: Node, axis: int = -1, epsilon: float = 1e-5, momentum: float = 0.1,
+                  gamma_initializer: Any = "ones", beta_initializer: Any = "zeros",
+                  name: str | None = None) -> Node:
+    """Instance normalization of ``x [batch, *spatial, C]`` (channels on ``axis``) over
+    the spatial axes; parameters ``gamma``/``beta [C]``, state ``mean``/``var [C]``."""
+    return make_node("instance_norm", [x], {"axis": axis, "epsilon": epsilon,
+                                            "momentum": momentum,
+                                            "gamma_initializer": gamma_initializer,
+                                            "beta_initializer": beta_initializer},
+                     name, where=caller_location())
 
 
 def _gn_attrs(a: dict) -> dict:
     return {"num_groups": positive_int(a.get("num_groups"), "num_groups"),
             "axis": a.get("axis", -1),
-            "epsilon": number(a.get("epsilon", 1e-5), "epsilon", 0.0)}
+            "epsilon": number(a.get("epsilon", 1e-5), "epsilon", 0.0),
+            **norm_initializers(a)}
 
 
 def _gn_dim(s: tuple, a: dict) -> int:
@@ -270,16 +310,19 @@ def _gn_dim(s: tuple, a: dict) -> int:
 
 register_op(OpDef(
     "group_norm", lambda s, a: (_gn_dim(s[0], a), s[0])[1], check_attrs=_gn_attrs,
-    params=lambda s, a: [ParamSpec("gamma", (_gn_dim(s[0], a),), "ones"),
-                         ParamSpec("beta", (_gn_dim(s[0], a),), "zeros")],
+    params=lambda s, a: norm_params(_gn_dim(s[0], a), a),
     doc="Per sample, normalizes each of num_groups channel groups over its channels and "
         "the spatial axes, then * gamma + beta per channel. gamma, beta: [channels].",
 ))
 
 
 def group_norm(x: Node, num_groups: int, axis: int = -1, epsilon: float = 1e-5,
+               gamma_initializer: Any = "ones", beta_initializer: Any = "zeros",
                name: str | None = None) -> Node:
     """Group normalization (channels on ``axis``, split into ``num_groups``); parameters
     ``gamma``/``beta [C]``. Shape unchanged."""
     return make_node("group_norm", [x], {"num_groups": num_groups, "axis": axis,
-                                         "epsilon": epsilon}, name, where=caller_location())
+                                         "epsilon": epsilon,
+                                         "gamma_initializer": gamma_initializer,
+                                         "beta_initializer": beta_initializer},
+                     name, where=caller_location())

@@ -288,6 +288,16 @@ def dropout(x: Node, rate: float = 0.5, name: str | None = None) -> Node:
 
 
 # -- layer_norm ----------------------------------------------------------------------------
+def norm_initializers(a: dict) -> dict:
+    """The checked ``gamma_initializer`` / ``beta_initializer`` of a norm layer. Defaults
+    ``"ones"`` / ``"zeros"`` (Axon's group_norm defaults; Axon's other norms default
+    gamma to glorot_uniform, kept at ones here as before)."""
+    return {"gamma_initializer": check_initializer(a.get("gamma_initializer", "ones"),
+                                                   "gamma_initializer"),
+            "beta_initializer": check_initializer(a.get("beta_initializer", "zeros"),
+                                                  "beta_initializer")}
+
+
 def _ln_attrs(a: dict) -> dict:
     return {"axis": a.get("axis", -1),
             "epsilon": number(a.get("epsilon", 1e-5), "epsilon", 0.0),
