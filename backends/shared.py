@@ -127,6 +127,21 @@ def check_ids(ids: Any, vocab: int) -> None:
                         "check the tokenizer, or raise vocab_size", InputError)
 
 
+def instance_values(shape: tuple, axis: int) -> int:
+    """The values per instance and channel that instance_norm's training statistics
+    average (the spatial size of ``shape``, channels on ``axis``); a RuleError when there
+    is no instance or only one value, where the statistics have no value (both backends
+    refuse alike)."""
+    ax = axis % len(shape)
+    n = math.prod(d for i, d in enumerate(shape) if i not in (0, ax))
+    if n <= 1 or shape[0] == 0:
+        raise RuleError(f"instance_norm in training needs more than 1 value per instance and "
+                        f"channel, and at least one instance, got an input of shape "
+                        f"{tuple(shape)}", "train with spatial axes of 2 or more values and a "
+                        "batch of 1 or more, or use mode='inference'")
+    return n
+
+
 def activation_kernels(table: Mapping[str, Callable[[Any, Mapping[str, Any]], Any]]
                        ) -> dict[str, Callable]:
     """``{op: kernel}`` for a backend's activation table ``{op: fn(x, attrs)}``."""

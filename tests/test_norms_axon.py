@@ -102,3 +102,16 @@ def test_instance_norm_single_value_per_instance_in_training_is_an_error():
         init, train = gd.build(model, backend=backend, mode="train")
         with pytest.raises(gd.GraphDSLError, match="layer 'in'"):
             train(init(), np.ones((2, 1, 3), np.float32))
+
+
+@pytest.mark.parametrize("backend", ["numpy", "torch"])
+@pytest.mark.parametrize("shape", [(0, 4, 3), (2, 1, 3)])
+def test_instance_norm_training_without_statistics_is_one_error(backend, shape):
+    """No instance (an empty batch) or one value per instance: no statistics to take, the
+    same GraphDSLError on both backends, never NaN running values."""
+    model = gd.instance_norm(gd.input("x", (None, None, 3)), name="inorm")
+    st = gd.build(model)[0]()
+    run = gd.build(model, backend=backend, mode="train")[1]
+    with pytest.raises(gd.GraphDSLError, match=r"instance_norm in training needs more than 1 "
+                       r"value per instance and channel, and at least one instance"):
+        run(st, np.ones(shape, np.float32))

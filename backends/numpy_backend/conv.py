@@ -170,11 +170,7 @@ def _instance_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any
     x = ins[0]
     xm = np.moveaxis(x, a["axis"] % x.ndim, -1)
     axes = tuple(range(1, xm.ndim - 1))
-    n = math.prod(xm.shape[1:-1])
-    if n <= 1:
-        raise RuleError(f"instance_norm in training needs more than 1 value per instance and "
-                        f"channel, got an input of shape {x.shape}",
-                        "train with spatial axes of 2 or more values, or use mode='inference'")
+    n = shared.instance_values(x.shape, a["axis"])
     mean = xm.mean(axis=axes, keepdims=True)
     xc = xm - mean
     var = np.square(xc).mean(axis=axes, keepdims=True)

@@ -103,6 +103,7 @@ def _instance_norm(ins: list, p: Mapping, a: Mapping, ctx: Any) -> Any:
         return _batch_norm(ins, p, a, ctx)
     x = ins[0]
     ax = a["axis"] % x.dim()
+    shared.instance_values(tuple(x.shape), a["axis"])
     rm, rv = p["mean"].clone(), p["var"].clone()
     y = F.instance_norm(x.movedim(ax, 1), rm, rv, p["gamma"], p["beta"], True,
                         a["momentum"], a["epsilon"]).movedim(1, ax)
