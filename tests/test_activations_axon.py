@@ -308,3 +308,15 @@ def test_fused_with_default_options(act):
 def test_log_sumexp_is_not_fusable():
     with pytest.raises(GraphDSLError, match="reduces an axis"):
         gd.dense(gd.input("x", (None, 3)), 4, activation="log_sumexp")
+
+
+@pytest.mark.parametrize("make", [lambda x: gd.celu(x, alpha=float("inf")),
+                                  lambda x: gd.selu(x, gamma=float("-inf")),
+                                  lambda x: gd.hard_sigmoid(x, beta=float("inf")),
+                                  lambda x: gd.elu(x, alpha=float("inf"))])
+def test_an_infinite_activation_option_is_refused_not_nan(make):
+    """An infinite alpha/beta/gamma would turn outputs into NaN (inf * 0): refused when
+    the layer is built."""
+    with pytest.raises(gd.GraphDSLError, match=r"must be a number in \[.*\] and finite, "
+                                               r"got -?inf"):
+        make(gd.input("x", (None, 3)))

@@ -1,6 +1,7 @@
 """Attribute checks shared by op definitions (raise RuleError with a fix)."""
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from ..errors import OptionError, RuleError
@@ -17,14 +18,16 @@ def positive_int(value: Any, what: str) -> int:
 
 
 def number(value: Any, what: str, lo: float | None = None, hi: float | None = None,
-           hi_open: bool = False) -> float:
+           hi_open: bool = False, finite: bool = False) -> float:
+    """``value`` as a float in ``[lo, hi]`` (``hi_open``: ``[lo, hi)``), never NaN; with
+    ``finite``, never infinite either."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool)
     if ok:
         value = float(value)
-        ok = value == value and (lo is None or value >= lo) and (
-            hi is None or (value < hi if hi_open else value <= hi))
+        ok = value == value and (not finite or math.isfinite(value)) and (
+            lo is None or value >= lo) and (hi is None or (value < hi if hi_open else value <= hi))
     if not ok:
-        rng = f"[{lo}, {hi}{')' if hi_open else ']'}"
+        rng = f"[{lo}, {hi}{')' if hi_open else ']'}{' and finite' if finite else ''}"
         raise RuleError(f"{what} must be a number in {rng}, got {value!r}",
                         f"pass {what} within {rng}", OptionError)
     return value

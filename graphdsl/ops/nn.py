@@ -111,9 +111,9 @@ def _act_attrs(op: str):
     def check(a: dict) -> dict:
         out = {k: a.get(k, d) for k, d in defaults.items()}  # make_node names other keys
         for k in ("alpha", "beta", "gamma"):
-            if k in out:  # only elu and leaky_relu bound alpha (below); Axon bounds none
-                out[k] = (number(out[k], k, 0.0) if op in ("elu", "leaky_relu")
-                          else number(out[k], k, -math.inf, math.inf))
+            if k in out:  # only elu and leaky_relu bound alpha; an infinity gives NaNs
+                out[k] = number(out[k], k, 0.0 if op in ("elu", "leaky_relu") else -math.inf,
+                                math.inf, finite=True)
         if op == "celu" and out["alpha"] == 0:
             raise RuleError("alpha must be non-zero in CELU activation",
                             "pass a non-zero alpha", OptionError)
