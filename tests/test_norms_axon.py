@@ -68,7 +68,8 @@ def test_instance_norm_params_and_state_as_axon_initializes_them():
     lambda x, **kw: gd.batch_norm(x, name="norm", **kw),
     lambda x, **kw: gd.group_norm(x, 3, name="norm", **kw),
     lambda x, **kw: gd.instance_norm(x, name="norm", **kw),
-], ids=["batch_norm", "group_norm", "instance_norm"])
+    lambda x, **kw: gd.layer_norm(x, name="norm", **kw),
+], ids=["batch_norm", "group_norm", "instance_norm", "layer_norm"])
 def test_gamma_and_beta_initializers(make):
     """Axon's "initializes with custom initializers": gamma_initializer: :zeros, then
     beta_initializer: :ones; the others keep their defaults (ones, zeros)."""

@@ -302,7 +302,8 @@ def _ln_attrs(a: dict) -> dict:
     return {"axis": a.get("axis", -1),
             "epsilon": number(a.get("epsilon", 1e-5), "epsilon", 0.0),
             "center": boolean(a.get("center", True), "center"),
-            "scale": boolean(a.get("scale", True), "scale")}
+            "scale": boolean(a.get("scale", True), "scale"),
+            **norm_initializers(a)}
 
 
 def _ln_dim(s: tuple, a: dict) -> int:
@@ -318,9 +319,9 @@ def _ln_params(s: list, a: dict) -> list[ParamSpec]:
     d = _ln_dim(s[0], a)
     ps = []
     if a["scale"]:
-        ps.append(ParamSpec("gamma", (d,), "ones"))
+        ps.append(ParamSpec("gamma", (d,), a["gamma_initializer"]))
     if a["center"]:
-        ps.append(ParamSpec("beta", (d,), "zeros"))
+        ps.append(ParamSpec("beta", (d,), a["beta_initializer"]))
     return ps
 
 
@@ -337,10 +338,13 @@ register_op(OpDef(
 
 
 def layer_norm(x: Node, axis: int = -1, epsilon: float = 1e-5, center: bool = True,
-               scale: bool = True, name: str | None = None) -> Node:
+               scale: bool = True, gamma_initializer: Any = "ones",
+               beta_initializer: Any = "zeros", name: str | None = None) -> Node:
     """Layer normalization over ``axis`` with learnable ``gamma``/``beta`` of that size."""
     return make_node("layer_norm", [x], {"axis": axis, "epsilon": epsilon, "center": center,
-                                         "scale": scale}, name, where=caller_location())
+                                         "scale": scale, "gamma_initializer": gamma_initializer,
+                                         "beta_initializer": beta_initializer},
+                     name, where=caller_location())
 
 
 # -- embedding -------------------------------------------------------------------------------
