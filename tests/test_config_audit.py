@@ -89,7 +89,7 @@ CASES = {
     "bert-act-eps": ("bert", {"hidden_act": "relu", "layer_norm_eps": 0.1}, None),
     "llama-rope-type": ("llama", {"rope_parameters": {"rope_type": "linear", "factor": 2.0,
                                                       "rope_theta": 1e4}}, "rope_type"),
-    "llama-unknown-act": ("llama", {"hidden_act": "mish"}, "hidden_act"),
+    "llama-unknown-act": ("llama", {"hidden_act": "quick_gelu"}, "hidden_act"),
     "qwen2-sliding-without-window": ("qwen2", {"layer_types": ["sliding_attention"] * 2},
                                      "layer_types"),
     "gpt2-cross-attention": ("gpt2", {"add_cross_attention": True}, "add_cross_attention"),

@@ -341,3 +341,18 @@ def test_a_family_record_is_complete_and_true_to_its_constructor_and_transformer
                              } - {head} and (head in sd) == bool(f.head)
     assert all(k.startswith(f.base_model_prefix) for k in sd - {head}) == f.prefixed
     assert any(type(m).__name__ == "Conv1D" for m in ref.modules()) == f.conv1d
+
+
+def test_hf_activation_names_match_transformers():
+    """Every Hugging Face ``hidden_act`` name the config reader accepts computes what
+    transformers' ``ACT2FN`` computes for it."""
+    from transformers.activations import ACT2FN
+
+    from graphdsl.models.config import ACTIVATIONS
+
+    x = np.linspace(-8, 8, 101, dtype=np.float32).reshape(1, 101)
+    inp = gd.input("x", (None, 101))
+    for hf_name, (op, opts) in ACTIVATIONS.items():
+        y = gd.predict(gd.activation(inp, op, **opts), gd.ModelState({}), {"x": x})
+        want = ACT2FN[hf_name](torch.from_numpy(x)).numpy()
+        np.testing.assert_allclose(y, want, rtol=1e-5, atol=1e-6, err_msg=hf_name)

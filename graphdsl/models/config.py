@@ -17,7 +17,10 @@ _REQUIRED = object()
 ACTIVATIONS = {"silu": ("silu", {}), "swish": ("silu", {}), "relu": ("relu", {}),
                "gelu": ("gelu", {}), "gelu_new": ("gelu", {"approximate": True}),
                "gelu_pytorch_tanh": ("gelu", {"approximate": True}),
-               "tanh": ("tanh", {})}
+               "gelu_python": ("gelu", {}), "tanh": ("tanh", {}), "sigmoid": ("sigmoid", {}),
+               "relu6": ("relu6", {}), "mish": ("mish", {}), "linear": ("linear", {}),
+               "leaky_relu": ("leaky_relu", {"alpha": 0.01}),
+               "hardswish": ("hard_silu", {"alpha": 1 / 6, "beta": 0.5})}
 
 _KINDS = {int: "integer", float: "number", bool: "boolean", str: "string", dict: "JSON object",
           list: "list", type(None): "null"}
