@@ -114,6 +114,12 @@ def along(v: Any, x: Any, axis: int) -> Any:
     return v.reshape([x.shape[axis] if i == axis else 1 for i in range(x.ndim)])
 
 
+def shifted(gamma: Any, attrs: Any) -> Any:
+    """``gamma + shift`` of a norm with Axon's ``shift`` option (rms_norm), ``gamma`` itself
+    when the shift is 0."""
+    return gamma + attrs["shift"] if attrs["shift"] else gamma
+
+
 def check_ids(ids: Any, vocab: int) -> None:
     """Refuse token ``ids`` (integers, any shape) outside ``[0, vocab)``: the one rule of
     every backend's row lookup (embedding, its adapters), raised as an InputError naming

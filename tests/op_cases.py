@@ -320,6 +320,9 @@ _ROWS = [
                                                    name="rms"),
          _normal(2.0, 1.0, x=(3, 4, 6)), _set("rms", gamma=lambda: _f(6))),
     Case("rms_norm", "attrs", lambda: gd.rms_norm(_x(), epsilon=1e-5, name="norm")),
+    Case("rms_norm", "shift", lambda: gd.rms_norm(_x((None, 4, 6)), shift=1.0, name="rms",
+                                                  gamma_initializer="zeros"),
+         tweak=_set("rms", gamma=lambda: _f(6))),
     Case("rotary_embedding", "values", lambda: gd.rotary_embedding(
         _x((None, 2, 5, 8)), _ids(5, "pos"), theta=500.0),
         lambda: {"x": _f(3, 2, 5, 8), "pos": R.integers(0, 100, (3, 5))}),

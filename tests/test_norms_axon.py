@@ -116,3 +116,48 @@ def test_instance_norm_training_without_statistics_is_one_error(backend, shape):
     with pytest.raises(gd.GraphDSLError, match=r"instance_norm in training needs more than 1 "
                        r"value per instance and channel, and at least one instance"):
         run(st, np.ones(shape, np.float32))
+
+
+def _rms(x: np.ndarray, gamma: np.ndarray, **kw) -> np.ndarray:
+    model = gd.rms_norm(gd.input("x", (None,) + x.shape[1:]), name="rms", **kw)
+    state = gd.build(model)[0]()
+    state.data["rms"]["gamma"] = gamma.astype(np.float32)
+    return gd.predict(model, state, {"x": x.astype(np.float32)})
+
+
+def test_rms_norm_axon_values():
+    """Axon's layers_test "rms_norm: matches pytorch 2D input" and "with ones weight"."""
+    x = np.array([[1.9269, 1.4873, 0.9007, -2.1055, 0.6784, -1.2345, -0.0431, -1.6047],
+                  [-0.7521, 1.6487, -0.3925, -1.4036, -0.7279, -0.5594, -0.7688, 0.7624]])
+    g = np.array([0.4617, 0.2674, 0.5349, 0.8094, 1.1103, -1.6898, -0.9890, 0.9580])
+    want = [[0.6344, 0.2836, 0.3436, -1.2153, 0.5372, 1.4877, 0.0304, -1.0962],
+            [-0.3605, 0.4576, -0.2179, -1.1793, -0.8390, 0.9814, 0.7893, 0.7582]]
+    np.testing.assert_allclose(_rms(x, g), want, atol=1e-3)
+    x = np.array([[0.6127, -1.1754, -0.7646, -0.6666], [0.7444, -0.6453, -1.3890, -0.2730]])
+    want = [[0.7342, -1.4084, -0.9163, -0.7987], [0.8632, -0.7483, -1.6108, -0.3165]]
+    np.testing.assert_allclose(_rms(x, np.ones(4)), want, atol=1e-3)
+
+
+def test_rms_norm_shift_and_gamma_initializer():
+    """Axon's ``shift`` scales by ``shift + gamma`` (Gemma's ``1 + weight``): equal to
+    torch's RMSNorm with weight ``shift + gamma``, on NumPy, torch and after a JSON round
+    trip; ``gamma_initializer`` sets the initial gamma."""
+    torch = pytest.importorskip("torch")
+    rng = np.random.default_rng(0)
+    x, g = rng.normal(size=(3, 5, 8)), rng.normal(size=8)
+    ref = torch.nn.RMSNorm(8, eps=1e-6)
+    with torch.no_grad():
+        ref.weight.copy_(torch.tensor(1.0 + g, dtype=torch.float32))
+    want = ref(torch.tensor(x, dtype=torch.float32)).detach().numpy()
+    np.testing.assert_allclose(_rms(x, g, shift=1.0), want, rtol=1e-5, atol=1e-5)
+    model = gd.from_json(gd.to_json(gd.rms_norm(gd.input("x", (None, 8)), shift=1.0,
+                                                gamma_initializer="zeros", name="rms")))
+    state = gd.build(model)[0]()
+    np.testing.assert_array_equal(state.data["rms"]["gamma"], 0)
+    xs = x[0].astype(np.float32)
+    for backend in ("numpy", "torch"):
+        y = gd.predict(model, state, {"x": xs}, backend=backend)
+        np.testing.assert_allclose(np.asarray(y), xs / np.sqrt((xs ** 2).mean(-1, keepdims=True)
+                                                                + 1e-6), rtol=1e-5, atol=1e-6)
+    with pytest.raises(gd.GraphDSLError, match="shift"):
+        gd.rms_norm(gd.input("x", (None, 8)), shift=float("inf"))

@@ -261,7 +261,7 @@ def _rms_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarr
     ax = a["axis"] % x.ndim
     ms = np.square(x).mean(axis=ax, keepdims=True)
     ms += a["epsilon"]
-    return shared.along(p["gamma"], x, ax) * (x * (1.0 / np.sqrt(ms)))
+    return shared.along(shared.shifted(p["gamma"], a), x, ax) * (x * (1.0 / np.sqrt(ms)))
 
 
 def _rotary_embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:

@@ -87,7 +87,10 @@ def _rms_norm(b: Builder, layer: Layer) -> str:
     ms = b.op("Add", [b.reduce("ReduceMean", b.op("Mul", [x, x]), [ax]),
                       b.const(layer.attrs["epsilon"])])
     y = b.op("Mul", [x, b.op("Reciprocal", [b.op("Sqrt", [ms])])])
-    return b.op("Mul", [along(b, layer.param("gamma"), rank, ax), y])
+    gamma = layer.param("gamma")
+    if layer.attrs["shift"]:
+        gamma = b.op("Add", [gamma, b.const(layer.attrs["shift"])])
+    return b.op("Mul", [along(b, gamma, rank, ax), y])
 
 
 def _variadic(op_type: str) -> Rule:

@@ -232,7 +232,7 @@ def _rms_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Te
     x = ins[0]
     ax = a["axis"] % x.dim()
     y = x * torch.rsqrt(x.pow(2).mean(ax, keepdim=True) + a["epsilon"])
-    return shared.along(p["gamma"], x, ax) * y
+    return shared.along(shared.shifted(p["gamma"], a), x, ax) * y
 
 
 def _rotary_embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:

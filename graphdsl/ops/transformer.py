@@ -153,18 +153,25 @@ def _rms_shape(s: list, a: dict) -> tuple:
 
 register_op(OpDef(
     "rms_norm", _rms_shape,
-    params=lambda s, a: [ParamSpec("gamma", (_rms_dim(s[0], a),), "ones")],
+    params=lambda s, a: [ParamSpec("gamma", (_rms_dim(s[0], a),), a["gamma_initializer"])],
     check_attrs=lambda a: {"axis": a.get("axis", -1),
-                           "epsilon": number(a.get("epsilon", 1e-6), "epsilon", 0.0)},
+                           "epsilon": number(a.get("epsilon", 1e-6), "epsilon", 0.0),
+                           "shift": number(a.get("shift", 0.0), "shift", finite=True),
+                           "gamma_initializer": check_initializer(
+                               a.get("gamma_initializer", "ones"), "gamma_initializer")},
     infer_dtype=_floats("rms_norm", 1),
-    doc="gamma * x / sqrt(mean(x^2 over axis) + epsilon) (LLaMA's RMSNorm: epsilon inside "
-        "the square root); shape unchanged. gamma: [size of axis], initialized to ones.",
+    doc="(shift + gamma) * x / sqrt(mean(x^2 over axis) + epsilon) (LLaMA's RMSNorm: "
+        "epsilon inside the square root; Axon's shift, 0 by default, 1 for Gemma); shape "
+        "unchanged. gamma: [size of axis], from gamma_initializer (ones).",
 ))
 
 
-def rms_norm(x: Node, axis: int = -1, epsilon: float = 1e-6, name: str | None = None) -> Node:
-    """Root-mean-square normalization over ``axis`` with a learnable ``gamma`` (ones)."""
-    return make_node("rms_norm", [x], {"axis": axis, "epsilon": epsilon}, name,
+def rms_norm(x: Node, axis: int = -1, epsilon: float = 1e-6, shift: float = 0.0,
+             gamma_initializer: Any = "ones", name: str | None = None) -> Node:
+    """Root-mean-square normalization over ``axis``: ``(shift + gamma) * x / rms(x)``, with
+    a learnable ``gamma`` [size of axis] (Axon's options and defaults); shape unchanged."""
+    return make_node("rms_norm", [x], {"axis": axis, "epsilon": epsilon, "shift": shift,
+                                       "gamma_initializer": gamma_initializer}, name,
                      where=caller_location())
 
 
