@@ -25,8 +25,12 @@ from .errors import GraphDSLError
 from .graph import (
     get_inputs,
     get_op_counts,
+    get_options,
     get_output_shape,
     get_parameters,
+    pop_node,
+    properties,
+    reduce_nodes,
     topo_order,
 )
 from .io import from_json, load, load_adapters, save, save_adapters, to_json
@@ -96,7 +100,7 @@ from .ops.transformer import (
 )
 from .registry import OPS
 from .state import ModelState
-from .transforms import freeze, map_nodes, rewrite_nodes
+from .transforms import freeze, map_nodes, rewrite_nodes, set_options
 
 
 def to_onnx(model: Node, state: ModelState, path: str | None = None, opset: int | None = None,
@@ -127,16 +131,16 @@ __all__ = [  # sorted
     "bias", "blur_pool", "build", "celu", "concatenate", "cond", "constant", "container",
     "conv", "dense", "dora",
     "dropout", "elu", "embedding", "exp", "flatten", "freeze", "from_json", "from_torch",
-    "full_like", "gelu", "get_inputs", "get_op_counts", "get_output_shape",
+    "full_like", "gelu", "get_inputs", "get_op_counts", "get_options", "get_output_shape",
     "get_parameters",
     "global_avg_pool", "global_max_pool", "GraphDSLError", "group_norm", "hard_sigmoid",
     "hard_silu", "hard_tanh", "input", "instance_norm", "layer", "layer_norm", "leaky_relu",
     "linear", "load", "load_adapters", "log_sigmoid", "log_softmax", "log_sumexp", "lora",
     "loraplus_param_groups", "map_nodes", "mask", "matmul", "max_pool", "merge_adapters", "mish",
     "ModelState", "multiply", "Node", "nx", "OPS", "optional", "or_else", "pad", "param",
-    "positions", "predict",
+    "pop_node", "positions", "predict", "properties", "reduce_nodes",
     "register_function", "register_onnx_rule", "relu", "relu6", "reshape", "rewrite_nodes",
-    "rms_norm", "rotary_embedding", "save", "save_adapters", "selu", "sigmoid",
+    "rms_norm", "rotary_embedding", "save", "save_adapters", "selu", "set_options", "sigmoid",
     "silu", "slice",
     "softmax", "softplus", "softsign", "split", "stack_columns", "subtract", "tanh",
     "tied_dense", "to_json",

@@ -1,5 +1,6 @@
-"""Axon's special layers (blur_pool, mask, cond, or_else, stack_columns, nx), with the
-inputs and expectations of Axon's compiler_test.exs, against torch (blur_pool: MosaicML's
+"""Axon's special layers (blur_pool, mask, cond, or_else, stack_columns, nx) and graph
+functions (reduce_nodes, pop_node, get/set_options, properties), with the inputs and
+expectations of Axon's compiler_test.exs, against torch (blur_pool: MosaicML's
 F.conv2d form, which Axon follows) and ONNX Runtime."""
 from __future__ import annotations
 
@@ -142,6 +143,8 @@ def test_cond_picks_the_branch(backend):
     np.testing.assert_array_equal(_run(model, zero, backend), [[0.5, 0.5]])  # sigmoid
     x = np.array([[-2.0, 3.0]], np.float32)
     np.testing.assert_allclose(_run(model, x, backend), [[0.0, 3.0]])
+    assert gd.properties(model) == {"input": "input", "pick_predicate": "custom",
+                                    "relu_0": "relu", "sigmoid_0": "sigmoid", "pick": "cond"}
 
 
 def test_cond_exports_saves_and_trains_one_branch(tmp_path):
@@ -223,3 +226,78 @@ def test_nx_applies_the_function(backend):
     assert model.op == "custom" and model.attrs["fn_name"] == "axon_misc_sin"
     np.testing.assert_allclose(_run(model, x, backend), np.sin(x), rtol=1e-6)
 
+
+# -- graph functions --------------------------------------------------------------------------
+def _mlp():
+    x = gd.input("x", (None, 4))
+    return gd.tanh(gd.relu(gd.dense(gd.relu(gd.dense(x, 8)), 3)))
+
+
+def test_reduce_nodes_visits_each_node_once_output_first():
+    model = _mlp()
+    # Axon's doc example: the number of relu layers
+    assert gd.reduce_nodes(model, 0, lambda n, acc: acc + (n.op == "relu")) == 2
+    ops = gd.reduce_nodes(model, [], lambda n, acc: acc + [n.op])
+    assert ops == ["tanh", "relu", "dense", "relu", "dense", "input"]  # Axon's order
+    # Axon's get_inputs is a reduce_nodes; a node shared by two paths is visited once
+    x = gd.input("x", (None, 4))
+    shared = gd.relu(x)
+    m = gd.add(gd.tanh(shared), gd.sigmoid(shared))
+    assert gd.reduce_nodes(m, {}, lambda n, acc: {**acc, n.name: n.shape}
+                           if n.op == "input" else acc) == gd.get_inputs(m)
+    assert gd.reduce_nodes(m, 0, lambda n, acc: acc + 1) == len(gd.topo_order(m)) == 5
+
+
+def test_pop_node_returns_the_output_and_the_rest():
+    model = _mlp()
+    top, rest = gd.pop_node(model)
+    assert top is model and top.op == "tanh" and rest is model.inputs[0]
+    st = gd.build(model)[0]()
+    x = R.standard_normal((2, 4)).astype(np.float32)
+    np.testing.assert_allclose(np.tanh(gd.predict(rest, st, x)), gd.predict(model, st, x),
+                               rtol=1e-6)
+    a, b = gd.input("a", (None, 2)), gd.input("b", (None, 2))
+    assert gd.pop_node(gd.add(a, b))[1] == [a, b]
+    assert gd.pop_node(gd.container([a, b]))[1] == (a, b)
+    assert gd.pop_node(gd.container({"p": a, "q": b}))[1] == {"p": a, "q": b}
+    with pytest.raises(gd.GraphDSLError, match="without parents"):
+        gd.pop_node(a)
+
+
+def test_get_options_and_properties():
+    x = gd.input("x", (None, 4))
+    model = gd.dropout(gd.leaky_relu(gd.dense(x, 3, name="fc")), 0.2)
+    assert gd.get_options(model) == {"rate": 0.2}
+    assert gd.get_options(model, "fc")["units"] == 3
+    assert gd.get_options(model, "leaky_relu_0") == {"alpha": 0.01}
+    assert gd.properties(model) == {"x": "input", "fc": "dense", "leaky_relu_0": "leaky_relu",
+                                    "dropout_0": "dropout"}
+    with pytest.raises(gd.GraphDSLError, match=r"(?s)no layer named 'fc2'.*'fc'"):
+        gd.get_options(model, "fc2")
+
+
+def test_set_options_rebuilds_the_layers_and_keeps_names_and_state():
+    x = gd.input("x", (None, 4))
+    model = gd.dense(gd.leaky_relu(gd.dense(x, 3)), 2)
+    st = gd.build(model)[0]()
+    v = R.standard_normal((5, 4)).astype(np.float32)
+    new = gd.set_options(model, {"leaky_relu_0": {"alpha": 0.5}})
+    assert gd.get_options(new, "leaky_relu_0") == {"alpha": 0.5}
+    assert gd.get_options(model, "leaky_relu_0") == {"alpha": 0.01}  # the model is unchanged
+    assert gd.properties(new) == gd.properties(model)
+    K0, b0 = st.data["dense_0"]["kernel"], st.data["dense_0"]["bias"]
+    h = v @ K0 + b0
+    ref = np.where(h > 0, h, 0.5 * h) @ st.data["dense_1"]["kernel"] + st.data["dense_1"]["bias"]
+    np.testing.assert_allclose(gd.predict(new, st, v), ref, rtol=1e-5, atol=1e-6)
+    # a size change re-infers the layers after it; the names (state keys) stay
+    wide = gd.set_options(model, {"dense_0": {"units": 6}})
+    assert gd.get_parameters(wide)["dense_1"]["kernel"].shape == (6, 2)
+    assert list(gd.get_parameters(wide)) == ["dense_0", "dense_1"]
+    with pytest.raises(gd.GraphDSLError, match="no layer named"):
+        gd.set_options(model, {"dense_9": {"units": 2}})
+    with pytest.raises(gd.GraphDSLError, match=r"(?s)units must be a positive.*dense_0"):
+        gd.set_options(model, {"dense_0": {"units": 0}})
+    with pytest.raises(gd.GraphDSLError, match="no option"):
+        gd.set_options(model, {"dense_0": {"unit": 4}})
+    with pytest.raises(gd.GraphDSLError, match="set_options takes"):
+        gd.set_options(model, {"dense_0": 4})
