@@ -50,7 +50,7 @@ def _blur_shape(s: list, a: dict) -> tuple:
 
 
 register_op(OpDef(
-    "blur_pool", _blur_shape, category="pooling",
+    "blur_pool", _blur_shape,
     check_attrs=lambda a: {"channels": channels_option(a.get("channels", "last"))},
     doc="Axon's blur pooling: each channel convolved with the fixed low-pass filter "
         "[1 2 1]^T [1 2 1] / 16 (stride 1, one zero on each side); no parameters. "
@@ -78,7 +78,7 @@ def _mask_attrs(a: dict) -> dict:
 
 register_op(OpDef(
     "mask", lambda s, a: tuple(s[0]), check_attrs=_mask_attrs,
-    infer_dtype=lambda d, a: "int64", category="recurrent",
+    infer_dtype=lambda d, a: "int64",
     doc="Axon's sequence mask: 1 where the input (truncated to an integer, as Axon's "
         "as_type to s64) equals eos_token, else 0; int64, the input's shape.",
 ))
