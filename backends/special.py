@@ -22,12 +22,17 @@ def mask(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
 
 
 def cond(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
-    """on_true where the scalar predicate is nonzero, else on_false (both one shape)."""
+    """on_true where the scalar predicate is nonzero, else on_false (both one shape,
+    checked: the shape rule cannot see two unknown sizes differ)."""
     pred, on_true, on_false = ins
     if pred.ndim != 0:
         raise RuleError(f"cond_fn must return a scalar, got an array of shape "
                         f"{tuple(pred.shape)}", "reduce the condition to one value, e.g. "
                         "xp.all(x)")
+    if tuple(on_true.shape) != tuple(on_false.shape):  # where would broadcast a size 1
+        raise RuleError(f"cond's branches must have the same shape, got "
+                        f"{tuple(on_true.shape)} and {tuple(on_false.shape)}",
+                        "feed inputs that give both graphs one output shape")
     return ctx.xp.where(pred != 0, on_true, on_false)
 
 

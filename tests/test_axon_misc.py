@@ -170,6 +170,12 @@ def test_cond_refuses_a_predicate_that_is_not_a_scalar():
         gd.cond(inp, all_nonzero, inp, gd.reshape(inp, (None, 10, 1)))
     with pytest.raises(gd.GraphDSLError, match="same dtype"):
         gd.cond(inp, all_nonzero, inp, gd.mask(inp, 0))
+    a, b = gd.input("a", (None, 2)), gd.input("b", (None, 2))
+    model = gd.cond(a, all_nonzero, a, b, name="pick")
+    feed = {"a": np.ones((3, 2), np.float32), "b": np.ones((1, 2), np.float32)}
+    for backend in BACKENDS:  # sizes the shape rule could not see: refused, not broadcast
+        with pytest.raises(gd.GraphDSLError, match=r"(?s)same shape.*\(3, 2\) and \(1, 2\).*pick"):
+            gd.predict(model, gd.ModelState.empty(), feed, backend=backend)
 
 
 # -- or_else, stack_columns, nx ------------------------------------------------------------------
