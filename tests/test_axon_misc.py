@@ -210,6 +210,16 @@ def test_stack_columns_stacks_on_a_new_last_axis(backend):
                                       np.stack([vb, va], axis=-1))
 
 
+def test_the_compositions_export_to_onnx():
+    a, b = gd.input("a", (None, 4)), gd.input("b", (None, 4))
+    feed = {"a": R.standard_normal((3, 4)).astype(np.float32),
+            "b": R.standard_normal((3, 4)).astype(np.float32)}
+    check_onnx(gd.stack_columns({"b": b, "a": a}), gd.ModelState.empty(), feed)
+    model = gd.multiply(a, gd.or_else(b, gd.full_like(a, 2.0)))
+    check_onnx(model, gd.ModelState.empty(), {"a": feed["a"]})  # b left out: its default
+    check_onnx(model, gd.ModelState.empty(), feed, optional_inputs=True)
+
+
 def test_stack_columns_refuses_what_it_cannot_stack():
     a, b = gd.input("a", (None, 4)), gd.input("b", (None, 5))
     with pytest.raises(gd.GraphDSLError, match="one shape"):
