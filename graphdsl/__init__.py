@@ -22,7 +22,17 @@ from .backends import TORCH_FACE, torch_face
 from .compiler import build, predict
 from .custom import register_function, register_onnx_rule
 from .errors import GraphDSLError
-from .graph import get_inputs, get_op_counts, get_output_shape, get_parameters, topo_order
+from .graph import (
+    get_inputs,
+    get_op_counts,
+    get_options,
+    get_output_shape,
+    get_parameters,
+    pop_node,
+    properties,
+    reduce_nodes,
+    topo_order,
+)
 from .io import from_json, load, load_adapters, save, save_adapters, to_json
 from .node import Node
 from .nx import to_networkx
@@ -66,6 +76,7 @@ from .ops.nn import (
     softsign,
     tanh,
 )
+from .ops.special import blur_pool, cond, mask, nx, or_else, stack_columns
 from .ops.tensor import (
     add,
     bias,
@@ -89,7 +100,7 @@ from .ops.transformer import (
 )
 from .registry import OPS
 from .state import ModelState
-from .transforms import freeze, map_nodes, rewrite_nodes
+from .transforms import freeze, map_nodes, rewrite_nodes, set_options
 
 
 def to_onnx(model: Node, state: ModelState, path: str | None = None, opset: int | None = None,
@@ -117,16 +128,21 @@ __version__ = "0.1.0"
 
 __all__ = [  # sorted
     "activation", "adapter_state", "add", "attach_adapters", "attention", "avg_pool", "batch_norm",
-    "bias", "build", "celu", "concatenate", "constant", "container", "conv", "dense", "dora",
+    "bias", "blur_pool", "build", "celu", "concatenate", "cond", "constant", "container",
+    "conv", "dense", "dora",
     "dropout", "elu", "embedding", "exp", "flatten", "freeze", "from_json", "from_torch",
-    "full_like", "gelu", "get_inputs", "get_op_counts", "get_output_shape", "get_parameters",
+    "full_like", "gelu", "get_inputs", "get_op_counts", "get_options", "get_output_shape",
+    "get_parameters",
     "global_avg_pool", "global_max_pool", "GraphDSLError", "group_norm", "hard_sigmoid",
     "hard_silu", "hard_tanh", "input", "instance_norm", "layer", "layer_norm", "leaky_relu",
     "linear", "load", "load_adapters", "log_sigmoid", "log_softmax", "log_sumexp", "lora",
-    "loraplus_param_groups", "map_nodes", "matmul", "max_pool", "merge_adapters", "mish",
-    "ModelState", "multiply", "Node", "OPS", "optional", "pad", "param", "positions", "predict",
+    "loraplus_param_groups", "map_nodes", "mask", "matmul", "max_pool", "merge_adapters", "mish",
+    "ModelState", "multiply", "Node", "nx", "OPS", "optional", "or_else", "pad", "param",
+    "pop_node", "positions", "predict", "properties", "reduce_nodes",
     "register_function", "register_onnx_rule", "relu", "relu6", "reshape", "rewrite_nodes",
-    "rms_norm", "rotary_embedding", "save", "save_adapters", "selu", "sigmoid", "silu", "slice",
-    "softmax", "softplus", "softsign", "split", "subtract", "tanh", "tied_dense", "to_json",
+    "rms_norm", "rotary_embedding", "save", "save_adapters", "selu", "set_options", "sigmoid",
+    "silu", "slice",
+    "softmax", "softplus", "softsign", "split", "stack_columns", "subtract", "tanh",
+    "tied_dense", "to_json",
     "to_networkx", "to_onnx", "to_torch", "topo_order", "transpose", "untie",
 ]

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import threading
 from collections import Counter, OrderedDict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -290,6 +290,62 @@ def get_parameters(model: Node) -> dict[str, dict[str, ParamSpec]]:
 def get_op_counts(model: Node) -> dict[str, int]:
     """``{op: number of layers}`` in the graph."""
     return dict(Counter(n.op for n in topo_order(model)))
+
+
+# -- Axon's graph functions (set_options, a rewrite, is in transforms.py) --------------------
+def reduce_nodes(model: Node, acc: Any, fn: Callable[[Node, Any], Any]) -> Any:
+    """Axon's ``reduce_nodes``: ``acc = fn(node, acc)`` for every node of ``model`` once, in
+    Axon's order (the output first, then its parents: ``reversed(topo_order(model))``);
+    returns the final ``acc``. E.g. the relu count:
+    ``gd.reduce_nodes(model, 0, lambda n, k: k + (n.op == "relu"))``."""
+    for n in reversed(topo_order(model)):
+        acc = fn(n, acc)
+    return acc
+
+
+def pop_node(model: Node) -> tuple[Node, Any]:
+    """Axon's ``pop_node``: ``(output node, rest)``, ``rest`` the model without its output
+    layer: the parent node, a list of them when the layer has several, or for a container
+    its outputs as a tuple or dict (as the container holds them). A layer without parents
+    (an input, constant or param) cannot be popped."""
+    if not isinstance(model, Node):
+        raise GraphDSLError(f"pop_node needs a model (graph node), got {type(model).__name__}",
+                            fix="pass the output node of a model")
+    if not model.inputs:
+        raise GraphDSLError(f"pop_node: {model.label} is a {model.op} layer without parents, "
+                            "so no model is left under it", layer=model.name, op=model.op,
+                            where=model.where, fix="pop a layer built on other layers")
+    if model.op == "container":
+        keys = model.attrs["keys"]
+        rest: Any = dict(zip(keys, model.inputs)) if keys is not None else tuple(model.inputs)
+    else:
+        rest = list(model.inputs) if len(model.inputs) > 1 else model.inputs[0]
+    return model, rest
+
+
+def get_options(model: Node, name: str | None = None) -> dict[str, Any]:
+    """Axon's ``get_options``: the options (checked attributes, defaults filled in) of the
+    model's output layer, or of the layer called ``name`` (as :func:`properties` names
+    it), as a new dict; :func:`graphdsl.set_options` changes them."""
+    g = analyze(model)
+    node = model if name is None else layer_by_name(g, name)
+    return dict(node.attrs)
+
+
+def properties(model: Node) -> dict[str, str]:
+    """Axon's ``properties``: ``{layer name: op}`` for every node, parents first (the names
+    the graph resolves: explicit, or ``{op}_{n}``)."""
+    g = analyze(model)
+    return {g.names[n.id]: n.op for n in g.order}
+
+
+def layer_by_name(g: Graph, name: Any) -> Node:
+    """The node of ``g`` named ``name``; an unknown name lists the layers."""
+    for n in g.order:
+        if g.names[n.id] == name:
+            return n
+    raise LayerNameError(f"the model has no layer named {name!r}",
+                         fix=f"use one of {[g.names[n.id] for n in g.order]}")
 
 
 # -- reading a model's values from a state ({layer: {param: array}}) ----------------------

@@ -4,10 +4,11 @@ in ``graphdsl.adapters``). Each returns a new graph and shares every subgraph it
 change."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from .errors import GraphDSLError
-from .graph import analyze
+from .graph import analyze, layer_by_name
 from .node import Node, rebuild, topo_order
 
 Rewriter = Callable[[list[Node], Node], Node]
@@ -65,3 +66,21 @@ def freeze(model: Node, predicate: Callable[[Node], bool] | None = None) -> Node
     as frozen; init_fn then records them frozen in the ModelState."""
     return map_nodes(model, lambda n: rebuild(n, n.inputs, frozen=True)
                      if n.params and (predicate is None or predicate(n)) else n)
+
+
+def set_options(model: Node, options: Mapping[str, Mapping[str, Any]]) -> Node:
+    """Axon's ``set_options`` for several layers: ``options`` maps layer names (as
+    :func:`graphdsl.properties` gives them) to the options to change; each such layer is
+    rebuilt with its other options kept, and the layers after it re-infer their shapes
+    (one :func:`rewrite_nodes` pass, ``keep_names=True``, so no layer's name or state key
+    moves). Options are checked as the constructor checks them. Example:
+    ``gd.set_options(model, {"dropout_0": {"rate": 0.1}})``."""
+    g = analyze(model)
+    if not isinstance(options, Mapping) or not all(
+            isinstance(v, Mapping) for v in options.values()):
+        raise GraphDSLError(f"set_options takes {{layer name: {{option: value}}}}, got "
+                            f"{options!r}", fix='pass e.g. {"dropout_0": {"rate": 0.1}}')
+    targets = {layer_by_name(g, k).id: dict(v) for k, v in options.items()}
+    return rewrite_nodes(model, lambda n: (lambda inputs, out: rebuild(
+        out, inputs, attrs={**out.attrs, **targets[n.id]})) if n.id in targets else None,
+        keep_names=True)

@@ -93,6 +93,16 @@ def init_halves(shape, dtype, rng):
     return np.full(shape, 0.5, dtype)
 
 
+@gd.register_function("cases_sum_positive")
+def sum_positive(x, *, xp):
+    return xp.sum(x) > 0
+
+
+@gd.register_onnx_rule(sum_positive)
+def _sum_positive_onnx(b, x):
+    return b.op("Greater", [b.op("ReduceSum", [x], keepdims=0), b.const(0.0)])
+
+
 # -- builders --------------------------------------------------------------------------------
 def _f(*shape):
     return R.standard_normal(shape).astype(np.float32)
@@ -162,6 +172,26 @@ def _tied():
 def _set(layer, **values):
     """A tweak: ``state.data[layer][param] = make()`` for each ``param=make``."""
     return lambda st: st.data[layer].update({k: make() for k, make in values.items()})
+
+
+def _blurred(x, channels="last"):
+    """blur_pool by hand: the padded input's 3x3 taps weighted by [1 2 1]^T [1 2 1] / 16."""
+    if channels == "first":
+        return np.moveaxis(_blurred(np.moveaxis(x, 1, -1)), -1, 1)
+    h, w = x.shape[1:3]
+    xp = np.pad(x.astype(np.float64), [(0, 0), (1, 1), (1, 1), (0, 0)])
+    taps = np.array([1.0, 2.0, 1.0])
+    return sum(taps[i] * taps[j] / 16 * xp[:, i:i + h, j:j + w]
+               for i in range(3) for j in range(3))
+
+
+def _cond(offset):
+    return Case("cond", "values" if offset > 0 else "attrs",
+                lambda: _on(lambda x: gd.cond(x, sum_positive, gd.relu(x), gd.sigmoid(x),
+                                              name=None if offset > 0 else "pick")),
+                _normal(1.0, offset, x=(3, 6)),
+                reference=lambda i, st: (np.maximum(i["x"], 0) if i["x"].sum() > 0
+                                         else 1 / (1 + np.exp(-i["x"]))))
 
 
 _IMG = (None, 7, 6, 4)
@@ -369,6 +399,18 @@ _ROWS = [
         gamma_initializer="zeros", name="in")),
     Case("group_norm", "values", lambda: gd.group_norm(_x(_IMG), 2), _IMG_IN),
     Case("group_norm", "attrs", lambda: gd.group_norm(_img(4), 2, name="gn")),
+    # Axon's special layers (their reference tests: tests/test_axon_misc.py)
+    Case("blur_pool", "values", lambda: gd.blur_pool(_x(_IMG)), _IMG_IN,
+         reference=lambda i, st: _blurred(i["x"])),
+    Case("blur_pool", "attrs", lambda: gd.blur_pool(gd.input("x", (None, 3, 5, 4)),
+                                                    channels="first"),
+         _normal(x=(2, 3, 5, 4)), reference=lambda i, st: _blurred(i["x"], "first")),
+    Case("mask", "values", lambda: gd.mask(_ids(), 0), _token_ids,
+         reference=lambda i, st: (i["ids"] == 0).astype(np.int64)),
+    Case("mask", "attrs", lambda: gd.mask(_x(), -1, name="eos"), _normal(1.5, x=(3, 6)),
+         reference=lambda i, st: (np.trunc(i["x"]) == -1).astype(np.int64)),
+    _cond(1.0),
+    _cond(-1.0),
 ]
 
 #: ``{"op/label": Case}``, every sample

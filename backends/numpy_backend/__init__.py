@@ -17,13 +17,14 @@ from graphdsl.arrays import as_numpy
 from graphdsl.errors import BackendError, InputError
 
 from ..base import Backend, KernelContext, plan_runner, state_fetch
-from . import adapters, conv, kernels
+from . import adapters, conv, kernels, special
 from .kernels import ACTIVATIONS, apply_activation, inverted_dropout
 
 if TYPE_CHECKING:  # pragma: no cover
     from graphdsl.compiler import Plan
 
-KERNELS: dict[str, Callable] = {**kernels.KERNELS, **conv.KERNELS, **adapters.KERNELS}
+KERNELS: dict[str, Callable] = {**kernels.KERNELS, **conv.KERNELS, **adapters.KERNELS,
+                                **special.KERNELS}
 
 
 def register_kernel(op: str, kernel: Callable) -> None:

@@ -32,6 +32,7 @@ from graphdsl.ops.tensor import pad_widths
 from .builder import ELEM, Builder
 from .conv import CONV_RULES
 from .layer import ACTIVATIONS, FLOOR, Layer, Rule, affine, along, gather_rows, normalized
+from .special import SPECIAL_RULES
 
 
 def _activation(op: str) -> Rule:
@@ -328,6 +329,7 @@ RULES: dict[str, Rule] = {
     "positions": Rule(_positions),
     "tied_dense": Rule(_tied_dense),
     **CONV_RULES,  # conv, pools, batch_norm, group_norm
+    **SPECIAL_RULES,  # blur_pool, mask, cond
     **{op: _activation(op) for op in ACTIVATIONS},
     **{op: Rule(_adapter) for op in adapter_ops()},  # dora, lora: exported merged
 }

@@ -28,7 +28,7 @@ from graphdsl.arrays import as_numpy
 from graphdsl.errors import BackendError, InputError
 
 from ..base import Backend, plan_runner, state_fetch
-from . import adapters, conv, kernels
+from . import adapters, conv, kernels, special
 from .adapters import dora_column_norm_sq
 from .kernels import ACTIVATIONS, TorchContext, apply_activation, compiling
 
@@ -36,7 +36,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from graphdsl.compiler import Plan
 
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-KERNELS: dict[str, Callable] = {**kernels.KERNELS, **conv.KERNELS, **adapters.KERNELS}
+KERNELS: dict[str, Callable] = {**kernels.KERNELS, **conv.KERNELS, **adapters.KERNELS,
+                                **special.KERNELS}
 
 
 def register_kernel(op: str, kernel: Callable) -> None:
