@@ -27,14 +27,10 @@ from .io import from_json, load, load_adapters, save, save_adapters, to_json
 from .node import Node
 from .nx import to_networkx
 from .ops.conv import (
-    avg_pool,
     batch_norm,
     conv,
-    global_avg_pool,
-    global_max_pool,
     group_norm,
     instance_norm,
-    max_pool,
 )
 from .ops.core import constant, container, full_like, input, layer, optional, param
 from .ops.nn import (
@@ -65,6 +61,12 @@ from .ops.nn import (
     softplus,
     softsign,
     tanh,
+)
+from .ops.pool import (
+    avg_pool,
+    global_avg_pool,
+    global_max_pool,
+    max_pool,
 )
 from .ops.tensor import (
     add,
