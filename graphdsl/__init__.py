@@ -63,9 +63,14 @@ from .ops.nn import (
     tanh,
 )
 from .ops.pool import (
+    adaptive_avg_pool,
+    adaptive_lp_pool,
+    adaptive_max_pool,
     avg_pool,
     global_avg_pool,
+    global_lp_pool,
     global_max_pool,
+    lp_pool,
     max_pool,
 )
 from .ops.tensor import (
@@ -118,14 +123,16 @@ def __getattr__(name: str) -> object:
 __version__ = "0.1.0"
 
 __all__ = [  # sorted
-    "activation", "adapter_state", "add", "attach_adapters", "attention", "avg_pool", "batch_norm",
+    "activation", "adapter_state", "adaptive_avg_pool", "adaptive_lp_pool",
+    "adaptive_max_pool", "add", "attach_adapters", "attention", "avg_pool", "batch_norm",
     "bias", "build", "celu", "concatenate", "constant", "container", "conv", "dense", "dora",
     "dropout", "elu", "embedding", "exp", "flatten", "freeze", "from_json", "from_torch",
     "full_like", "gelu", "get_inputs", "get_op_counts", "get_output_shape", "get_parameters",
-    "global_avg_pool", "global_max_pool", "GraphDSLError", "group_norm", "hard_sigmoid",
+    "global_avg_pool", "global_lp_pool", "global_max_pool", "GraphDSLError", "group_norm",
+    "hard_sigmoid",
     "hard_silu", "hard_tanh", "input", "instance_norm", "layer", "layer_norm", "leaky_relu",
     "linear", "load", "load_adapters", "log_sigmoid", "log_softmax", "log_sumexp", "lora",
-    "loraplus_param_groups", "map_nodes", "matmul", "max_pool", "merge_adapters", "mish",
+    "loraplus_param_groups", "lp_pool", "map_nodes", "matmul", "max_pool", "merge_adapters", "mish",
     "ModelState", "multiply", "Node", "OPS", "optional", "pad", "param", "positions", "predict",
     "register_function", "register_onnx_rule", "relu", "relu6", "reshape", "rewrite_nodes",
     "rms_norm", "rotary_embedding", "save", "save_adapters", "selu", "sigmoid", "silu", "slice",
