@@ -109,6 +109,43 @@ def global_pool(reduce: Callable[[Any, tuple[int, ...], bool], Any]) -> Callable
     return kernel
 
 
+def _refuse_negative(v: Any, op: str, norm: float, what: str, nan: str) -> None:
+    low = float(v.min()) if math.prod(v.shape) else 0.0
+    if low < 0:
+        raise RuleError(f"{op} with norm {norm:g} got a negative {what} ({low:g}): {nan} is "
+                        "NaN there (Axon's (sum of x**norm) ** (1/norm) takes no abs)",
+                        "pass inputs >= 0 (e.g. after relu), or an even norm such as 2",
+                        InputError)
+
+
+def lp_power(x: Any, norm: float, op: str) -> Any:
+    """``x ** norm``, the first step of Axon's power average; a negative input with a
+    fractional norm (NaN) is refused."""
+    if norm != int(norm):
+        _refuse_negative(x, op, norm, "input", "x ** norm")
+    return x ** norm
+
+
+def lp_root(sums: Any, norm: float, op: str) -> Any:
+    """``sums ** (1/norm)``, the last step of Axon's power average (no abs); a negative
+    sum with an odd norm above 1 (NaN) is refused (an even norm's sums are >= 0, 1's root
+    is the sum, and a fractional norm's inputs were)."""
+    if norm == int(norm) and norm % 2 and norm != 1:
+        _refuse_negative(sums, op, norm, "window sum of x**norm", f"its root ** (1/{norm:g})")
+    return sums ** (1 / norm)
+
+
+def global_lp_pool(total: Callable[[Any, tuple[int, ...], bool], Any]) -> Callable:
+    """The kernel of global_lp_pool: ``(total(x ** norm, axes, keep_axes)) ** (1/norm)``
+    over the spatial axes (0 positions sum to 0, as Axon's ``Nx.sum``)."""
+    def kernel(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
+        x, norm = ins[0], a["norm"]
+        s = total(lp_power(x, norm, ctx.op), spatial_axes(x, a["channels"]), a["keep_axes"])
+        return lp_root(s, norm, ctx.op)
+
+    return kernel
+
+
 def along(v: Any, x: Any, axis: int) -> Any:
     """A vector ``v`` of x's size on ``axis`` reshaped to broadcast along that axis of x."""
     return v.reshape([x.shape[axis] if i == axis else 1 for i in range(x.ndim)])

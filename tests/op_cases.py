@@ -201,6 +201,7 @@ _XZ = _normal(x=(3, 6), z=(3, 6))
 _X46 = _normal(x=(3, 4, 6))
 # without an ONNX rule, the export fails and ONNX Runtime cannot run the batch-0 sample
 _NO_ONNX = frozenset({"onnx", "empty"})
+_POS = (lambda: {"x": np.abs(_f(3, 3, 7, 6))})  # an odd norm's power average needs sums >= 0
 
 # "values": chosen inputs and a tweaked state; "attrs": the op's non-default attributes
 _ROWS = [
@@ -386,6 +387,33 @@ _ROWS = [
     Case("global_max_pool", "values", lambda: gd.global_max_pool(_x(_IMG), keep_axes=True),
          _IMG_IN),
     Case("global_max_pool", "attrs", lambda: gd.global_max_pool(_img())),
+    # the pools of issue 22 (their reference tests: tests/test_pool_axon.py)
+    Case("max_pool", "dilations", lambda: gd.max_pool(_x(_IMG), 2, strides=1, dilations=2,
+                                                      padding="same"), _IMG_IN),
+    Case("avg_pool", "dilations", lambda: gd.avg_pool(
+        gd.input("img", (None, 3, 7, 6)), 2, strides=(1, 2), dilations=(2, 3),
+        padding=[(1, 1), (0, 2)], channels="first")),
+    Case("lp_pool", "values", lambda: gd.lp_pool(_x(_IMG), 2, strides=1, padding="same"),
+         _IMG_IN),
+    Case("lp_pool", "attrs", lambda: gd.lp_pool(_x((None, 3, 7, 6)), (2, 3), dilations=(2, 1),
+                                                norm=3, channels="first"), _POS),
+    Case("lp_pool", "fractional", lambda: gd.lp_pool(_x((None, 9, 2)), 3, strides=2,
+                                                     padding=[(1, 1)], norm=1.5),
+         lambda: {"x": np.abs(_f(3, 9, 2))}),
+    Case("adaptive_avg_pool", "values", lambda: gd.adaptive_avg_pool(_x(_IMG), (3, 4)),
+         _IMG_IN),
+    Case("adaptive_avg_pool", "attrs", lambda: gd.adaptive_avg_pool(
+        gd.input("vol", (None, 2, 6, 5, 4)), 2, channels="first")),
+    Case("adaptive_max_pool", "values", lambda: gd.adaptive_max_pool(_x(_IMG), (2, 5)),
+         _IMG_IN),
+    Case("adaptive_max_pool", "attrs", lambda: gd.adaptive_max_pool(_img())),
+    Case("adaptive_lp_pool", "values", lambda: gd.adaptive_lp_pool(_x(_IMG), (3, 3)),
+         _IMG_IN),
+    Case("adaptive_lp_pool", "attrs", lambda: gd.adaptive_lp_pool(
+        _x((None, 4, 9)), 4, norm=1, channels="first")),
+    Case("global_lp_pool", "values", lambda: gd.global_lp_pool(_x(_IMG)), _IMG_IN),
+    Case("global_lp_pool", "attrs", lambda: gd.global_lp_pool(
+        _x((None, 3, 7, 6)), keep_axes=True, channels="first", norm=3), _POS),
     Case("batch_norm", "values", lambda: gd.batch_norm(_x(_IMG), name="bn"), _IMG_IN,
          _set("bn", mean=lambda: _f(4), var=lambda: np.abs(_f(4)) + 0.5, gamma=lambda: _f(4),
               beta=lambda: _f(4))),

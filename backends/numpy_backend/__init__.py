@@ -3,8 +3,8 @@
 ``compile`` lays the plan out as a flat list of kernel calls over numbered slots (the
 executor every backend shares, :func:`..base.plan_runner`): no graph walking per call,
 each intermediate released after its last use. Kernels: :mod:`.kernels` (core and
-transformer ops), :mod:`.conv` (conv, pools, norms) and :mod:`.adapters` (dora, lora on
-dense, conv and embedding layers).
+transformer ops), :mod:`.conv` (conv, norms), :mod:`.pool` (pools) and :mod:`.adapters`
+(dora, lora on dense, conv and embedding layers).
 """
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ from graphdsl.arrays import as_numpy
 from graphdsl.errors import BackendError, InputError
 
 from ..base import Backend, KernelContext, plan_runner, state_fetch
-from . import adapters, conv, kernels, special
+from . import adapters, conv, kernels, pool, special
 from .kernels import ACTIVATIONS, apply_activation, inverted_dropout
 
 if TYPE_CHECKING:  # pragma: no cover
     from graphdsl.compiler import Plan
 
-KERNELS: dict[str, Callable] = {**kernels.KERNELS, **conv.KERNELS, **adapters.KERNELS,
-                                **special.KERNELS}
+KERNELS: dict[str, Callable] = {**kernels.KERNELS, **conv.KERNELS, **pool.KERNELS,
+                                **adapters.KERNELS, **special.KERNELS}
 
 
 def register_kernel(op: str, kernel: Callable) -> None:

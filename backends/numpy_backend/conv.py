@@ -1,4 +1,5 @@
-"""NumPy kernels of the convolutional ops (conv, pooling, batch/instance/group norm).
+"""NumPy kernels of the convolutional ops (conv, batch/instance/group norm; the pools are
+:mod:`.pool`).
 
 Work happens channels-last (``[N, *spatial, C]``; channels-first inputs are viewed that
 way). conv is im2col: the windows of the padded input are gathered once with
@@ -8,7 +9,6 @@ for grouped convs). Pooling loops over the kernel taps (never over output pixels
 """
 from __future__ import annotations
 
-import itertools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -105,29 +105,6 @@ def _conv(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
     return apply_activation(from_last(y, a["channels"]), a["activation"])
 
 
-def _taps(xp: np.ndarray, w: Window) -> Any:
-    """Each kernel tap's strided view ``[N, *out, C]`` of padded ``xp``."""
-    for offs in itertools.product(*(range(k) for k in w.kernel)):
-        yield xp[(slice(None), *(slice(o * d, o * d + s * (n - 1) + 1, s) for o, d, s, n in
-                                 zip(offs, w.kernel_dilation, w.strides, w.out)), slice(None))]
-
-
-def _pool(reduce: Callable, mean: bool) -> Callable:
-    def kernel(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
-        x = to_last(ins[0], a["channels"])
-        w = conv_window(x, a, a["kernel_size"])
-        fill = 0.0 if mean else (-np.inf if x.dtype.kind == "f" else np.iinfo(x.dtype).min)
-        taps = _taps(padded(x, w, fill), w)
-        acc = next(taps).copy()
-        for t in taps:
-            reduce(acc, t, out=acc)
-        if mean:
-            acc /= np.asarray(math.prod(w.kernel), acc.dtype)
-        return from_last(acc, a["channels"])
-
-    return kernel
-
-
 def batch_statistics(x: np.ndarray, ax: int, running_mean: Any, running_var: Any,
                      momentum: float) -> tuple[np.ndarray, np.ndarray, dict]:
     """Batch mean and biased variance [C] of ``x`` over every axis but ``ax``, and the new
@@ -198,10 +175,6 @@ def _group_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.nda
 
 KERNELS: dict[str, Callable] = {
     "conv": _conv,
-    "max_pool": _pool(np.maximum, False),
-    "avg_pool": _pool(np.add, True),
-    "global_avg_pool": shared.global_pool(lambda x, axes, keep: np.mean(x, axes, keepdims=keep)),
-    "global_max_pool": shared.global_pool(lambda x, axes, keep: np.max(x, axes, keepdims=keep)),
     "batch_norm": _batch_norm,
     "instance_norm": _instance_norm,
     "group_norm": _group_norm,

@@ -1,7 +1,7 @@
-"""ONNX rules of the convolutional ops (conv, max/avg pool, global pools, batch_norm,
-instance_norm, group_norm), and :func:`conv_nd`, which a merged conv adapter shares.
+"""ONNX rules of the convolutional ops (conv, batch_norm, instance_norm, group_norm; the
+pools are :mod:`.pool`), and :func:`conv_nd`, which a merged conv adapter shares.
 
-ONNX's Conv / MaxPool / AveragePool are channels-first (``[N, C, *spatial]``, kernel
+ONNX's Conv is channels-first (``[N, C, *spatial]``, kernel
 ``[F, C/groups, *k]``): a channels-last layer is transposed in and out, its HWIO kernel
 by a Transpose node on the initializer (ONNX Runtime folds it). The window is graphdsl's
 (:func:`graphdsl.windows.window`, as the NumPy kernels use it):
@@ -10,9 +10,6 @@ by a Transpose node on the initializer (ONNX Runtime folds it). The window is gr
   Axon's, which does not depend on the input size, so a dynamic (None) size exports
   the same explicit pads (``auto_pad`` is never used: ONNX's SAME_UPPER is TensorFlow's
   rule).
-- pools always pad with a ``Pad`` node (``-inf`` for max, zeros for avg, which the mean
-  then counts, as the NumPy kernel and Axon's ``window_mean`` do): ONNX Runtime's pools
-  reject pads as wide as the window, which avg_pool allows.
 - input dilation (no ONNX operator has it): the zeros are inserted by a depthwise
   ``ConvTranspose`` with stride ``d`` and a 1x1 kernel of ones (size ``(n-1)*d + 1``,
   exact), then the conv runs on the dilated input as XLA's does.
@@ -55,14 +52,6 @@ def _dilated(b: Builder, x: str, c: int, w: Window) -> str:
                 kernel_shape=[1] * n)
 
 
-def _padded(b: Builder, x: str, w: Window, rank: int, fill: float) -> str:
-    """Channels-first ``x`` padded as ``w`` says with ``fill`` (a Pad node, or ``x``)."""
-    if not any(lo or hi for lo, hi in w.pads):
-        return x
-    pads = b.ints([0, 0, *(lo for lo, _ in w.pads), 0, 0, *(hi for _, hi in w.pads)])
-    return b.op("Pad", [x, pads, b.const(fill)], mode="constant")
-
-
 def conv_nd(b: Builder, x: str, in_shape: tuple, a: Mapping[str, Any], kernel: str,
             bias: str | None) -> str:
     """``activation(conv(x, kernel) + bias)`` for a conv layer's attributes ``a``:
@@ -89,35 +78,6 @@ def _conv(b: Builder, layer: Layer) -> str:
     bias = layer.param("bias") if "bias" in layer.arrays else None
     return conv_nd(b, layer.ins[0], layer.in_shapes[0], layer.attrs, layer.param("kernel"),
                    bias)
-
-
-def _pool(op_type: str, fill: float) -> Rule:
-    def fn(b: Builder, layer: Layer) -> str:
-        a, shape = layer.attrs, layer.in_shapes[0]
-        rank = len(shape)
-        _, spatial, _ = split_channels(shape, a["channels"], layer.op)
-        w = window(spatial, a["kernel_size"], a)
-        x = b.cast(layer.ins[0], layer.in_dtypes[0], "float32")
-        xf = _padded(b, to_first(b, x, rank, a["channels"]), w, rank, fill)
-        y = b.op(op_type, [xf], kernel_shape=list(w.kernel), strides=list(w.strides))
-        return from_first(b, y, rank, a["channels"])
-
-    return Rule(fn)
-
-
-def _global(op_type: str) -> Rule:
-    def fn(b: Builder, layer: Layer) -> str:
-        rank = len(layer.in_shapes[0])
-        axes = range(1, rank - 1) if layer.attrs["channels"] == "last" else range(2, rank)
-        x = b.cast(layer.ins[0], layer.in_dtypes[0], "float32")
-        y = b.reduce(op_type, x, list(axes), keepdims=int(layer.attrs["keep_axes"]))
-        if all(layer.in_shapes[0][i] for i in axes):
-            return y
-        # 0 positions: refused at run time, as every backend refuses them
-        n = b.reduce("ReduceProd", b.op("Gather", [b.op("Shape", [x]), b.ints(axes)]), [0])
-        return b.refuse(y, b.op("Equal", [n, b.ints([0])]))
-
-    return Rule(fn)
 
 
 def _batch_norm(b: Builder, layer: Layer) -> str:
@@ -166,10 +126,6 @@ def _group_norm(b: Builder, layer: Layer) -> str:
 
 CONV_RULES: dict[str, Rule] = {
     "conv": Rule(_conv),
-    "max_pool": _pool("MaxPool", -np.inf),
-    "avg_pool": _pool("AveragePool", 0.0),
-    "global_avg_pool": _global("ReduceMean"),
-    "global_max_pool": _global("ReduceMax"),
     "batch_norm": Rule(_batch_norm),
     "instance_norm": Rule(_batch_norm),  # inference uses the running statistics, as batch_norm
     "group_norm": Rule(_group_norm),

@@ -32,6 +32,7 @@ from graphdsl.ops.tensor import pad_widths
 from .builder import ELEM, Builder
 from .conv import CONV_RULES
 from .layer import ACTIVATIONS, FLOOR, Layer, Rule, affine, along, gather_rows, normalized
+from .pool import POOL_RULES
 from .special import SPECIAL_RULES
 
 
@@ -328,7 +329,8 @@ RULES: dict[str, Rule] = {
                                            layer.attrs["stop"], layer.attrs["axis"])),
     "positions": Rule(_positions),
     "tied_dense": Rule(_tied_dense),
-    **CONV_RULES,  # conv, pools, batch_norm, group_norm
+    **CONV_RULES,  # conv, batch_norm, instance_norm, group_norm
+    **POOL_RULES,  # max/avg/lp pools, adaptive and global pools
     **SPECIAL_RULES,  # blur_pool, mask, cond
     **{op: _activation(op) for op in ACTIVATIONS},
     **{op: Rule(_adapter) for op in adapter_ops()},  # dora, lora: exported merged

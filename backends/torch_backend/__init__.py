@@ -10,8 +10,9 @@ Two ways to run a plan:
   generated straight-line code calling these kernels (:mod:`.module`, laid out in block
   calls by :mod:`.blocks`); :mod:`.training` has training helpers (LoRA+ groups).
 
-Kernels: :mod:`.kernels` (core, transformer ops), :mod:`.conv` (conv, pools, norms) and
-:mod:`.adapters` (dora, lora on dense, conv and embedding layers). A kernel is
+Kernels: :mod:`.kernels` (core, transformer ops), :mod:`.conv` (conv, norms),
+:mod:`.pool` (pools) and :mod:`.adapters` (dora, lora on dense, conv and embedding
+layers). A kernel is
 ``kernel(inputs, params, attrs, ctx) -> tensor`` or
 :class:`~graphdsl.backends.base.Stateful` (see :mod:`graphdsl.backends.base`).
 """
@@ -28,7 +29,7 @@ from graphdsl.arrays import as_numpy
 from graphdsl.errors import BackendError, InputError
 
 from ..base import Backend, plan_runner, state_fetch
-from . import adapters, conv, kernels, special
+from . import adapters, conv, kernels, pool, special
 from .adapters import dora_column_norm_sq
 from .kernels import ACTIVATIONS, TorchContext, apply_activation, compiling
 
@@ -36,8 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from graphdsl.compiler import Plan
 
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-KERNELS: dict[str, Callable] = {**kernels.KERNELS, **conv.KERNELS, **adapters.KERNELS,
-                                **special.KERNELS}
+KERNELS: dict[str, Callable] = {**kernels.KERNELS, **conv.KERNELS, **pool.KERNELS,
+                                **adapters.KERNELS, **special.KERNELS}
 
 
 def register_kernel(op: str, kernel: Callable) -> None:

@@ -1,9 +1,9 @@
-"""PyTorch kernels of the convolutional ops: ``torch.nn.functional`` conv / pooling /
-batch_norm / instance_norm / group_norm on channels-first views of the graph's tensors.
+"""PyTorch kernels of the convolutional ops: ``torch.nn.functional`` conv / batch_norm /
+instance_norm / group_norm on channels-first views of the graph's tensors (the pools are
+:mod:`.pool`).
 
 Axon's options torch lacks are done around the call: input dilation (zeros between
-elements), asymmetric padding (``F.pad``), pooling padding (``-inf`` for max, zeros
-counted in the mean for avg: Axon's ``window_mean`` = torch's ``count_include_pad``).
+elements), asymmetric padding (``F.pad``), see :func:`prepare`.
 """
 from __future__ import annotations
 
@@ -20,8 +20,6 @@ from ..base import KernelContext, Stateful
 from .kernels import apply_activation
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
-_MAX = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}
-_AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 
 
 def to_first(x: torch.Tensor, channels: str) -> torch.Tensor:
@@ -70,17 +68,6 @@ def _conv(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor
     return apply_activation(from_first(y, ch), a["activation"])
 
 
-def _pool(table: dict, fill: float) -> Callable:
-    def kernel(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
-        x = to_first(ins[0], a["channels"])
-        w = window(tuple(x.shape[2:]), a["kernel_size"], a)
-        xp, _ = prepare(x, w, fill)
-        y = table[len(w.kernel)](xp, w.kernel, w.strides)
-        return from_first(y, a["channels"])
-
-    return kernel
-
-
 def _batch_norm(ins: list, p: Mapping, a: Mapping, ctx: Any) -> Any:
     """In training, the batch statistics and the new running ``mean``/``var`` as
     ``nn.BatchNorm`` computes them, returned as state updates (a module writes them to
@@ -119,10 +106,6 @@ def _group_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.
 
 KERNELS: dict[str, Callable] = {
     "conv": _conv,
-    "max_pool": _pool(_MAX, float("-inf")),
-    "avg_pool": _pool(_AVG, 0.0),
-    "global_avg_pool": shared.global_pool(torch.mean),  # (x, dim, keepdim)
-    "global_max_pool": shared.global_pool(torch.amax),
     "batch_norm": _batch_norm,
     "instance_norm": _instance_norm,
     "group_norm": _group_norm,

@@ -1,2 +1,10 @@
 """Op definitions: each module registers its ops and defines their constructors."""
-from . import conv, core, nn, special, tensor, transformer  # noqa: F401  (registration side effects)
+from . import (  # noqa: F401  (registration side effects)
+    conv,
+    core,
+    nn,
+    pool,
+    special,
+    tensor,
+    transformer,
+)
