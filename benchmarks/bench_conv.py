@@ -1,5 +1,6 @@
 """Convolution on the NumPy backend (im2col + one matmul) vs ``torch.nn.functional.conv2d``
-on the same threads, and a ResNet-style block end to end (NumPy backend and the
+on the same threads, conv_transpose (one GEMM + a scatter-add per tap) vs
+``conv_transpose2d``, and a ResNet-style block end to end (NumPy backend and the
 ``to_torch`` module vs the same block hand-written in torch, NCHW). Medians, interleaved.
 
     python benchmarks/bench_conv.py
@@ -54,6 +55,37 @@ def _torch_block(st: gd.ModelState, c: int):
     return m
 
 
+def _conv_transpose(x: np.ndarray, n: int) -> list[Row]:
+    """Axon's conv_transpose 3x3, stride 2, "same" (32x32 -> 64x64, pads (2, 1) of the
+    dilated input) against torch's stride-2 upsampling conv_transpose2d of the same size
+    (padding=1, output_padding=1) with the flipped kernel, NCHW (the goal, as the conv row)
+    and channels_last (our layout; informational)."""
+    import torch
+    import torch.nn.functional as F
+
+    model = gd.conv_transpose(gd.input("x", (None, 32, 32, 64)), 64, 3, strides=2,
+                              padding="same", name="ct")
+    init, pred = gd.build(model)
+    st = init()
+    xt = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+    W = torch.tensor(st.data["ct"]["kernel"][::-1, ::-1].transpose(2, 3, 0, 1).copy())
+    b = torch.tensor(st.data["ct"]["bias"])
+    with torch.no_grad():
+        ref = F.conv_transpose2d(xt, W, b, stride=2)[:, :, :64, :64].permute(0, 2, 3, 1)
+    assert np.allclose(pred(st, x), ref.numpy(), atol=1e-3)
+    xcl = xt.contiguous(memory_format=torch.channels_last)
+    t = interleaved({"ours": lambda: pred(st, x),
+                     "ref": lambda: F.conv_transpose2d(xt, W, b, stride=2, padding=1,
+                                                       output_padding=1),
+                     "cl": lambda: F.conv_transpose2d(xcl, W, b, stride=2, padding=1,
+                                                      output_padding=1)},
+                    repeat=n, warmup=2)
+    name = "conv_transpose 3x3 s2 same 32x32x64->64x64x64 b=32: NumPy backend"
+    return [Row(name, t["ours"], t["ref"], f"torch F.conv_transpose2d NCHW, {THREADS} threads",
+                2.0),
+            Row(name, t["ours"], t["cl"], "the same, torch channels_last input", None)]
+
+
 def run(quick: bool = False) -> list[Row]:
     import torch
     import torch.nn.functional as F
@@ -76,6 +108,7 @@ def run(quick: bool = False) -> list[Row]:
                      "ref": lambda: F.conv2d(xt, W, b, padding=1)}, repeat=n, warmup=2)
     rows = [Row("conv 3x3 32x32x64->64 b=32: NumPy backend", t["ours"], t["ref"],
                 f"torch F.conv2d NCHW, {THREADS} threads", 2.0)]
+    rows += _conv_transpose(x, n)
     # ResNet-style basic block, 16x16x64, batch 32, inference (running statistics)
     block = _block(64)
     init, bpred = gd.build(block)

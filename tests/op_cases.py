@@ -439,6 +439,30 @@ _ROWS = [
          reference=lambda i, st: (np.trunc(i["x"]) == -1).astype(np.int64)),
     _cond(1.0),
     _cond(-1.0),
+    # Axon's conv variants (their reference tests: tests/test_conv_axon.py)
+    Case("conv_transpose", "values", lambda: gd.conv_transpose(
+        _x(_IMG), 5, 3, strides=2, padding="same", name="ct"), _IMG_IN,
+        _set("ct", bias=lambda: _f(5))),
+    Case("conv_transpose", "attrs", lambda: gd.conv_transpose(  # pads wider than the window
+        gd.input("img", (None, 3, 6, 5)), 4, (2, 3), strides=(1, 2), kernel_dilation=(2, 1),
+        padding=[(0, 1), (3, 4)], channels="first", activation="relu")),
+    Case("depthwise_conv", "values", lambda: gd.depthwise_conv(
+        _x(_IMG), 2, 3, strides=(2, 1), padding="same", name="dw"), _IMG_IN,
+        _set("dw", bias=lambda: _f(8))),
+    Case("depthwise_conv", "attrs", lambda: gd.depthwise_conv(
+        gd.input("img", (None, 3, 6, 5)), 3, 2, padding=[(1, 0), (0, 1)],
+        input_dilation=(1, 2), kernel_dilation=2, channels="first")),
+    Case("separable_conv2d", "values", lambda: gd.separable_conv2d(
+        _x(_IMG), 2, 3, padding="same", name="sep"), _IMG_IN,
+        _set("sep", bias_1=lambda: _f(8), bias_2=lambda: _f(8))),
+    Case("separable_conv2d", "attrs", lambda: gd.separable_conv2d(
+        _img(), 1, (3, 2), strides=(2, 1), kernel_dilation=(1, 2), activation="tanh")),
+    Case("separable_conv3d", "values", lambda: gd.separable_conv3d(
+        _x((None, 5, 4, 6, 2)), 2, (3, 2, 3), padding="same", name="sep"),
+        _normal(x=(3, 5, 4, 6, 2)),
+        _set("sep", bias_1=lambda: _f(4), bias_2=lambda: _f(4), bias_3=lambda: _f(4))),
+    Case("separable_conv3d", "attrs", lambda: gd.separable_conv3d(
+        gd.input("vol", (None, 2, 6, 5, 4)), 1, 2, strides=(2, 1, 1), channels="first")),
 ]
 
 #: ``{"op/label": Case}``, every sample

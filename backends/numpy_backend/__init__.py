@@ -3,8 +3,10 @@
 ``compile`` lays the plan out as a flat list of kernel calls over numbered slots (the
 executor every backend shares, :func:`..base.plan_runner`): no graph walking per call,
 each intermediate released after its last use. Kernels: :mod:`.kernels` (core and
-transformer ops), :mod:`.conv` (conv, norms), :mod:`.pool` (pools) and :mod:`.adapters`
-(dora, lora on dense, conv and embedding layers).
+transformer ops), :mod:`.conv` (conv, norms), :mod:`.conv_variants` (conv_transpose,
+depthwise and separable convs), :mod:`.pool` (pools), one module per further family
+(special, recurrent, ...) and :mod:`.adapters` (dora, lora on dense, conv and embedding
+layers).
 """
 from __future__ import annotations
 
@@ -17,14 +19,14 @@ from graphdsl.arrays import as_numpy
 from graphdsl.errors import BackendError, InputError
 
 from ..base import Backend, KernelContext, plan_runner, state_fetch
-from . import adapters, conv, kernels, pool, special
+from . import adapters, conv, conv_variants, kernels, pool, special
 from .kernels import ACTIVATIONS, apply_activation, inverted_dropout
 
 if TYPE_CHECKING:  # pragma: no cover
     from graphdsl.compiler import Plan
 
 KERNELS: dict[str, Callable] = {**kernels.KERNELS, **conv.KERNELS, **pool.KERNELS,
-                                **adapters.KERNELS, **special.KERNELS}
+                                **adapters.KERNELS, **special.KERNELS, **conv_variants.KERNELS}
 
 
 def register_kernel(op: str, kernel: Callable) -> None:

@@ -31,6 +31,7 @@ from graphdsl.ops.tensor import pad_widths
 
 from .builder import ELEM, Builder
 from .conv import CONV_RULES
+from .conv_variants import VARIANT_RULES
 from .layer import ACTIVATIONS, FLOOR, Layer, Rule, affine, along, gather_rows, normalized
 from .pool import POOL_RULES
 from .special import SPECIAL_RULES
@@ -332,6 +333,7 @@ RULES: dict[str, Rule] = {
     **CONV_RULES,  # conv, batch_norm, instance_norm, group_norm
     **POOL_RULES,  # max/avg/lp pools, adaptive and global pools
     **SPECIAL_RULES,  # blur_pool, mask, cond
+    **VARIANT_RULES,  # conv_transpose, depthwise_conv, separable_conv2d/3d
     **{op: _activation(op) for op in ACTIVATIONS},
     **{op: Rule(_adapter) for op in adapter_ops()},  # dora, lora: exported merged
 }

@@ -11,8 +11,9 @@ Two ways to run a plan:
   calls by :mod:`.blocks`); :mod:`.training` has training helpers (LoRA+ groups).
 
 Kernels: :mod:`.kernels` (core, transformer ops), :mod:`.conv` (conv, norms),
-:mod:`.pool` (pools) and :mod:`.adapters` (dora, lora on dense, conv and embedding
-layers). A kernel is
+:mod:`.conv_variants` (conv_transpose, depthwise and separable convs), :mod:`.pool`
+(pools), one module per further family (special, recurrent, ...) and :mod:`.adapters`
+(dora, lora on dense, conv and embedding layers). A kernel is
 ``kernel(inputs, params, attrs, ctx) -> tensor`` or
 :class:`~graphdsl.backends.base.Stateful` (see :mod:`graphdsl.backends.base`).
 """
@@ -29,7 +30,7 @@ from graphdsl.arrays import as_numpy
 from graphdsl.errors import BackendError, InputError
 
 from ..base import Backend, plan_runner, state_fetch
-from . import adapters, conv, kernels, pool, special
+from . import adapters, conv, conv_variants, kernels, pool, special
 from .adapters import dora_column_norm_sq
 from .kernels import ACTIVATIONS, TorchContext, apply_activation, compiling
 
@@ -38,7 +39,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 KERNELS: dict[str, Callable] = {**kernels.KERNELS, **conv.KERNELS, **pool.KERNELS,
-                                **adapters.KERNELS, **special.KERNELS}
+                                **adapters.KERNELS, **special.KERNELS, **conv_variants.KERNELS}
 
 
 def register_kernel(op: str, kernel: Callable) -> None:

@@ -1,6 +1,7 @@
 """Op definitions: each module registers its ops and defines their constructors."""
 from . import (  # noqa: F401  (registration side effects)
     conv,
+    conv_variants,
     core,
     nn,
     pool,
