@@ -1,0 +1,132 @@
+"""ONNX rules of Axon's recurrent layers (opset 13): lstm as one ``LSTM`` node, gru as one
+``GRU`` node (``linear_before_reset=1``: Axon's ``r * (h U_n + bhn)``), conv_lstm unrolled
+over its known sequence length (a ``Conv`` pair and the gate arithmetic per step), reverse
+as a ``Slice`` with step -1.
+
+The weights are laid out at export time: ONNX orders the LSTM gates i, o, f, c (graphdsl,
+as Axon: i, f, g, o) and the GRU gates z, r, h (graphdsl: r, z, n), and takes ``W [1,
+gates*u, features]``, ``R [1, gates*u, u]``, ``B [1, 2*gates*u]`` (input then recurrent
+biases; gru's bhn is the recurrent bias of h). A mask (Axon's keep-the-state steps) has no
+ONNX LSTM/GRU form and is refused.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from graphdsl.errors import GraphDSLError
+
+from .builder import Builder
+from .conv import conv_nd
+from .layer import Layer, Rule
+
+_ORDER = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2]}  # ONNX's gate k is graphdsl's _ORDER[k]
+_ACTS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu", "softsign": "Softsign",
+         "softplus": "Softplus"}
+_INT64_MIN = -(2**63)
+
+
+def _refuse(layer: Layer, what: str, fix: str) -> GraphDSLError:
+    return GraphDSLError(what, layer=layer.name, op=layer.op, fix=fix,
+                         where=layer.node.where if layer.node else None)
+
+
+def _permuted(m: np.ndarray, op: str) -> np.ndarray:
+    blocks = np.split(np.asarray(m, np.float32), len(_ORDER[op]), axis=-1)
+    return np.concatenate([blocks[k] for k in _ORDER[op]], axis=-1)
+
+
+def _onnx_weights(layer: Layer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``W, R, B`` in ONNX's layout and gate order."""
+    op, a, arr = layer.op, layer.attrs, layer.arrays
+    u, g = a["units"], len(_ORDER[layer.op])
+    W = _permuted(arr["input_kernel"], op).T[None]
+    R = _permuted(arr["hidden_kernel"], op).T[None]
+    bias = np.asarray(arr["bias"], np.float32) if "bias" in arr else np.zeros(
+        (g + (op == "gru")) * u, np.float32)
+    if op == "lstm":
+        wb, rb = bias, np.zeros_like(bias)
+    else:
+        wb, rb = bias[:3 * u], np.concatenate([np.zeros(2 * u, np.float32), bias[3 * u:]])
+    return W, R, np.concatenate([_permuted(wb, op), _permuted(rb, op)])[None]
+
+
+def _rnn(b: Builder, layer: Layer) -> str:
+    a, op = layer.attrs, layer.op
+    if a["mask"]:
+        raise _refuse(layer, f"{op} with a mask has no ONNX {op.upper()} form (Axon's mask "
+                      "keeps the state at the masked steps)", "export the model without "
+                      "mask=, or run it on the numpy / torch backends")
+    bad = [act for act in (a["gate"], a["activation"]) if act not in _ACTS]
+    if bad:
+        raise _refuse(layer, f"ONNX {op.upper()} has no activation {bad[0]!r}",
+                      f"use one of {sorted(_ACTS)} for gate and activation")
+    W, R, B = _onnx_weights(layer)
+    n = 2 if op == "lstm" else 1
+    # ONNX Runtime aborts the process on an LSTM/GRU over a batch of 0: one zero row is
+    # padded on the batch axis (axis 1 of every ONNX tensor here) and sliced off after
+    pad = b.ints([0, 0, 0, 0, 1, 0])
+    x = b.op("Pad", [b.op("Transpose", [layer.ins[0]], perm=[1, 0, 2]), pad])
+    states = [b.op("Pad", [b.unsqueeze(s, [0]), pad]) for s in layer.ins[1:1 + n]] \
+        if a["state"] else ["", ""]
+    acts = [_ACTS[a["gate"]], _ACTS[a["activation"]]] + (
+        [_ACTS[a["activation"]]] if op == "lstm" else [])
+    ins = [x, b.weight(W, f"{layer.name}.W"), b.weight(R, f"{layer.name}.R"),
+           b.weight(B, f"{layer.name}.B"), ""]
+    if op == "lstm":  # initial_h, initial_c: graphdsl's states are (c, h)
+        ins += [states[1], states[0]]
+        y, yh, yc = b.op("LSTM", ins, 3, hidden_size=a["units"], activations=acts)
+        last = [yc, yh]
+    else:
+        ins += [states[0]]
+        y, yh = b.op("GRU", ins, 2, hidden_size=a["units"], activations=acts,
+                     linear_before_reset=1)
+        last = [yh]
+    seq = b.op("Squeeze", [y, b.ints([1])])
+    outs = [b.op("Transpose", [b.slice(v, 0, -1, 1)], perm=[1, 0, 2]) for v in [*last, seq]]
+    return b.op("Concat", outs, axis=1)
+
+
+def _conv_lstm(b: Builder, layer: Layer) -> str:
+    a, shape = layer.attrs, layer.in_shapes[0]
+    T = shape[1]
+    if T is None:
+        raise _refuse(layer, f"conv_lstm exports to ONNX unrolled, over a known sequence "
+                      f"length (input {tuple(shape)})", "declare the sequence length in "
+                      "the input's shape, e.g. (None, 8, 3, 16, 16)")
+    conv = {"channels": "first", "kernel_size": a["kernel_size"], "strides": a["strides"],
+            "padding": a["padding"], "input_dilation": 1, "kernel_dilation": 1,
+            "feature_group_size": 1, "activation": None}
+    wi, wh = layer.param("input_kernel"), layer.param("hidden_kernel")
+    bias = layer.param("bias") if "bias" in layer.arrays else None
+    h_shape = (shape[0], a["units"], *shape[3:])
+    c = h = None
+    if a["state"]:
+        c, h = (b.op("Squeeze", [s, b.ints([1])]) for s in layer.ins[1:3])
+    outs = []
+    for t in range(T):
+        xt = b.op("Gather", [layer.ins[0], b.ints([t])], axis=1)
+        xt = b.op("Squeeze", [xt, b.ints([1])])
+        z = conv_nd(b, xt, (shape[0], *shape[2:]), conv, wi, bias)
+        if h is not None:  # a zero state adds nothing: step 0 without a state skips it
+            z = b.op("Add", [z, conv_nd(b, h, h_shape, conv, wh, None)])
+        i, g, f, o = b.op("Split", [z, b.ints([a["units"]] * 4)], 4, axis=1)
+        new = b.op("Mul", [b.op("Sigmoid", [i]), b.op("Tanh", [g])])
+        if c is not None:
+            forget = b.op("Sigmoid", [b.op("Add", [f, b.const(1.0)])])
+            new = b.op("Add", [b.op("Mul", [forget, c]), new])
+        c = new
+        h = b.op("Mul", [b.op("Sigmoid", [o]), b.op("Tanh", [c])])
+        outs.append(b.unsqueeze(h, [1]))
+    return b.op("Concat", [b.unsqueeze(c, [1]), b.unsqueeze(h, [1]), *outs], axis=1)
+
+
+def _reverse(b: Builder, layer: Layer) -> str:
+    ax = layer.attrs["axis"] % len(layer.in_shapes[0])
+    return b.op("Slice", [layer.ins[0], b.ints([-1]), b.ints([_INT64_MIN]), b.ints([ax]),
+                          b.ints([-1])])
+
+
+RECURRENT_RULES: dict[str, Rule] = {"lstm": Rule(_rnn), "gru": Rule(_rnn),
+                                    "conv_lstm": Rule(_conv_lstm), "reverse": Rule(_reverse)}
+
+__all__ = ["RECURRENT_RULES"]
