@@ -181,9 +181,6 @@ def _rnn(out):
     return gd.container([seq, *states])
 
 
-#: a masked rnn has no ONNX LSTM/GRU form: the rule refuses it (tests/test_rnn_axon.py), so
-#: the ONNX and the batch-0 suite (which runs ONNX Runtime) leave these rows out
-_NO_MASK = frozenset({"onnx", "empty"})
 
 
 def _blurred(x, channels="last"):
@@ -484,7 +481,7 @@ _ROWS = [
     Case("lstm", "mask", lambda: _rnn(gd.lstm(_x((None, 5, 4)), 3, mask=_ids(5, "m"),
                                               name="rnn")),
          lambda: {"x": _f(3, 5, 4), "m": R.integers(0, 2, (3, 5))},
-         _set("rnn", bias=lambda: _f(12)), skip=_NO_MASK),
+         _set("rnn", bias=lambda: _f(12))),
     Case("gru", "values", lambda: _rnn(gd.gru(_x((None, 5, 4)), 3, name="rnn")),
          tweak=_set("rnn", bias=lambda: _f(12))),
     Case("gru", "attrs", lambda: _rnn(gd.gru(
@@ -493,7 +490,7 @@ _ROWS = [
     Case("gru", "mask", lambda: _rnn(gd.gru(_x((None, 5, 4)), 3, mask=_ids(5, "m"),
                                             name="rnn")),
          lambda: {"x": _f(3, 5, 4), "m": R.integers(0, 2, (3, 5))},
-         _set("rnn", bias=lambda: _f(12)), skip=_NO_MASK),
+         _set("rnn", bias=lambda: _f(12))),
     Case("conv_lstm", "values", lambda: _rnn(gd.conv_lstm(
         _x((None, 3, 2, 5, 4)), 3, kernel_size=3, name="rnn")),
          tweak=_set("rnn", bias=lambda: _f(12))),

@@ -28,7 +28,7 @@ from ..initializers import INITIALIZERS, check_initializer
 from ..node import Node, caller_location, make_node, rebuild, topo_order
 from ..registry import OpDef, ParamSpec, register_op
 from ..shapes import normalize_axis
-from ..windows import padding_option, spatial_option, window
+from ..windows import expand, padding_option, spatial_option, window
 from ._attrs import boolean, positive_int
 from .nn import activation_name
 from .tensor import concatenate
@@ -161,8 +161,7 @@ def _conv_shape(s: list, a: dict) -> tuple:
 
 def _conv_params(s: list, a: dict) -> list[ParamSpec]:
     c, spatial = conv_geometry(s[0], a)
-    k = a["kernel_size"] if isinstance(a["kernel_size"], tuple) else \
-        (a["kernel_size"],) * len(spatial)
+    k = expand(a["kernel_size"], len(spatial), "kernel_size")
     u, own = a["units"], a["params_of"]
     ps = [ParamSpec("input_kernel", (4 * u, c, *k), a["kernel_initializer"], owner=own),
           ParamSpec("hidden_kernel", (4 * u, u, *k), a["kernel_initializer"], owner=own)]
