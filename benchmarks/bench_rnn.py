@@ -60,7 +60,8 @@ def run(quick: bool = False) -> list[Row]:
 
         with torch.no_grad():
             assert np.allclose(pred(st, x), ref(xt)[0].numpy(), atol=1e-4)
-        t = interleaved({"ours": lambda: pred(st, x), "ref": torch_fwd}, repeat=n, warmup=2)
+        t = interleaved({"ours": lambda p=pred, s=st: p(s, x), "ref": torch_fwd}, repeat=n,
+                        warmup=2)
         rows.append(Row(f"{op} b={B} seq={T} {F}->{U}, inference, state from init_fn: NumPy "
                         "backend", t["ours"], t["ref"],
                         f"torch.nn.{op.upper()}, {THREADS} threads", 2.0))

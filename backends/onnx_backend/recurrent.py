@@ -12,7 +12,6 @@ biases; gru's bhn is the recurrent bias of h).
 from __future__ import annotations
 
 import numpy as np
-
 from onnx import TensorProto
 
 from graphdsl.errors import GraphDSLError
