@@ -45,6 +45,7 @@ def _predict(model, st, feed, backend):
     if backend == "onnxruntime":
         return export_and_run(model, st, feed)[0]
     out = gd.predict(model, st, feed if len(feed) > 1 else feed["x"], backend=backend)
+    out = out if isinstance(out, tuple) else (out,)
     return [np.asarray(o.detach() if isinstance(o, torch.Tensor) else o) for o in out]
 
 
@@ -172,6 +173,22 @@ def test_zero_default_state_static_and_dynamic_agree(op):
     y = ref(torch.tensor(x))[0].detach().numpy()
     for o in outs:
         np.testing.assert_allclose(o[0], y, **TOL)
+
+
+def test_states_feed_another_layer():
+    """An encoder's (cell, hidden) as a decoder's hidden_state, as Axon's docs chain them:
+    torch's decoder started from torch's encoder state."""
+    B, T, F_, U = 2, 4, 3, 5
+    _, enc_state = gd.lstm(gd.input("x", (None, T, F_)), U, name="enc")
+    dec, _ = gd.lstm(gd.input("y", (None, 3, F_)), U, enc_state, name="dec")
+    st = gd.build(dec)[0]()
+    feed = {"x": _f(B, T, F_), "y": _f(B, 3, F_)}
+    enc, dec_ref = (_torch_ref("lstm", {k: np.asarray(v) for k, v in st.data[n].items()}, F_,
+                               U) for n in ("enc", "dec"))
+    want = dec_ref(torch.tensor(feed["y"]), enc(torch.tensor(feed["x"]))[1])[0]
+    for backend in BACKENDS:
+        np.testing.assert_allclose(_predict(dec, st, feed, backend)[0], want.detach().numpy(),
+                                   **TOL)
 
 
 # -- mask ---------------------------------------------------------------------------------------
