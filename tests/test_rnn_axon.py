@@ -215,6 +215,25 @@ def test_mask_keeps_the_state_like_a_shorter_sequence(op):
             np.testing.assert_allclose(out[-1][r], y[-1], **TOL)
 
 
+def test_masked_gradients_equal_torch_on_the_kept_steps():
+    """Masked steps pass no gradient: the to_torch module's input and kernel gradients of
+    a row masked after step 2 equal torch's on its first 2 steps (zero after them)."""
+    T, F_, U = 5, 3, 4
+    seq, (c, h) = gd.lstm(gd.input("x", (None, T, F_)), U,
+                          mask=gd.input("m", (None, T), dtype="int64"), name="rnn")
+    st = gd.build(h)[0]()
+    mod = gd.to_torch(h, st)
+    x = torch.tensor(_f(1, T, F_), requires_grad=True)
+    mod(x=x, m=torch.tensor([[0, 0, 1, 1, 1]])).square().sum().backward()
+    ref = _torch_ref("lstm", {k: np.asarray(v) for k, v in st.data["rnn"].items()}, F_, U)
+    x2 = x.detach()[:, :2].clone().requires_grad_()
+    ref(x2)[1][0].square().sum().backward()
+    np.testing.assert_allclose(x.grad[:, :2].numpy(), x2.grad.numpy(), **TOL)
+    np.testing.assert_array_equal(x.grad[:, 2:].numpy(), 0)
+    np.testing.assert_allclose(dict(mod.named_parameters())["rnn.hidden_kernel"].grad.numpy(),
+                               ref.weight_hh_l0.grad.numpy().T, **TOL)
+
+
 def test_mask_actually_works_as_axon():
     """compiler_test "mask actually works": gd.mask(tokens, 0) on a padded review; every
     output after the last real token equals it."""
@@ -323,6 +342,34 @@ def test_bidirectional_equals_torch_bidirectional_lstm():
         np.testing.assert_allclose(got[2][:, :U], hn[0].detach().numpy(), **TOL)
         np.testing.assert_allclose(got[2][:, U:], hn[1].detach().numpy()[:, ::-1], **TOL)
         np.testing.assert_allclose(got[1][:, U:], cn[1].detach().numpy()[:, ::-1], **TOL)
+
+
+def test_bidirectional_shared_parameters_get_both_directions_gradients():
+    """One set of parameters: the to_torch module's gradient of each is the sum of torch's
+    forward and reverse gradients (torch's bidirectional LSTM, reverse weights = forward)."""
+    B, T, F_, U = 2, 4, 3, 2
+    seq, _ = gd.bidirectional(gd.input("x", (None, T, F_)), lambda x: gd.lstm(x, U, name="l"))
+    st = gd.build(seq)[0]()
+    st.data["l"]["bias"] = _f(4 * U)
+    mod = gd.to_torch(seq, st)
+    assert [k for k, _ in mod.named_parameters()] == ["l.input_kernel", "l.hidden_kernel",
+                                                      "l.bias"]
+    x = torch.tensor(_f(B, T, F_))
+    w = torch.tensor(_f(B, T, 2 * U))
+    (mod(x) * w).sum().backward()
+    one = _torch_ref("lstm", {k: np.asarray(v) for k, v in st.data["l"].items()}, F_, U)
+    ref = torch.nn.LSTM(F_, U, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for name, v in one.named_parameters():
+            getattr(ref, name).copy_(v)
+            getattr(ref, name + "_reverse").copy_(v)
+    (ref(x)[0] * w).sum().backward()
+    g = dict(mod.named_parameters())
+    for ours, theirs in (("input_kernel", "weight_ih_l0"), ("hidden_kernel", "weight_hh_l0")):
+        want = getattr(ref, theirs).grad + getattr(ref, theirs + "_reverse").grad
+        np.testing.assert_allclose(g[f"l.{ours}"].grad.numpy(), want.numpy().T, **TOL)
+    want = ref.bias_ih_l0.grad + ref.bias_ih_l0_reverse.grad
+    np.testing.assert_allclose(g["l.bias"].grad.numpy(), want.numpy(), **TOL)
 
 
 def test_bidirectional_needs_named_recurrent_layers():
