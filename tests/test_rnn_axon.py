@@ -428,6 +428,7 @@ def test_onnx_refuses_activations_it_lacks():
     (lambda: gd.lstm(gd.input("x", (None, 4, 3)), 2, gate="nope"), "unknown activation"),
     (lambda: gd.lstm(gd.input("x", (None, 4, 3)), 2, mask=gd.input("m", (None, 4, 1))),
      "mask"),
+    (lambda: gd.gru(gd.input("x", (None, 4, 3)), 2, mask=gd.input("m", (None, 5))), "mask"),
     (lambda: gd.conv_lstm(gd.input("x", (None, 4, 3, 6, 6)), 2, kernel_size=3, strides=2),
      "spatial sizes"),
     (lambda: gd.conv_lstm(gd.input("x", (None, 4, 3)), 2), "channels"),

@@ -83,24 +83,24 @@ def _attrs(op: str) -> Callable[[dict], dict]:
     return check
 
 
-def _fail(what: str, fix: str) -> RuleError:
-    return RuleError(what, fix)
-
-
 def _check_state(op: str, s: list, want: tuple, a: dict) -> None:
     """The state inputs (after x) have the shape the layer's state has; the mask [batch, seq]."""
-    k = 1
+    k, n = 1, 1 + STATES[op] * a["state"] + a["mask"]
+    if len(s) != n:
+        raise RuleError(f"{op} has {len(s)} inputs, its options (state={a['state']}, "
+                        f"mask={a['mask']}) ask for {n}", f"build it with gd.{op}(...)")
     if a["state"]:
         for j in range(STATES[op]):
             got = s[k + j]
             if len(got) != len(want) or any(g is not None and w is not None and g != w
                                              for g, w in zip(got, want)):
-                raise _fail(f"{op} hidden state {j} has shape {fmt_shape(got)}, the layer's "
+                raise RuleError(f"{op} hidden state {j} has shape {fmt_shape(got)}, the layer's "
                             f"state is {fmt_shape(want)}", "pass states of that shape (as a "
                             f"previous {op} layer returns them)")
         k += STATES[op]
-    if a["mask"] and len(s[k]) != 2:
-        raise _fail(f"{op} mask must be [batch, seq], got {fmt_shape(s[k])}",
+    if a["mask"] and (len(s[k]) != 2 or None not in (s[k][1], s[0][1]) and s[k][1] != s[0][1]):
+        raise RuleError(f"{op} mask must be [batch, seq] for the input {fmt_shape(s[0])}, got "
+                        f"{fmt_shape(s[k])}",
                     "pass a [batch, seq] mask (1: keep the previous state at that step)")
 
 
@@ -112,7 +112,7 @@ def _rnn_shape(op: str) -> Callable:
     def shape(s: list, a: dict) -> tuple:
         x = s[0]
         if len(x) != 3 or x[2] is None:
-            raise _fail(f"{op} input must be rank 3 [batch, seq, features] with known "
+            raise RuleError(f"{op} input must be rank 3 [batch, seq, features] with known "
                         f"features, got {fmt_shape(x)}", "pass e.g. gd.input('x', (None, 10, 8))")
         _check_state(op, s, (x[0], a["units"]), a)
         return (x[0], _seq(x, op), a["units"])
@@ -140,13 +140,13 @@ def conv_geometry(x: tuple, a: Any) -> tuple[int, tuple]:
     """conv_lstm's ``(channels, spatial)`` of ``x [batch, seq, C, *spatial]``; the convs of
     the input and of the hidden state must keep the spatial sizes (Axon adds them)."""
     if not 4 <= len(x) <= 6 or x[2] is None:
-        raise _fail(f"conv_lstm input must be [batch, seq, channels, *spatial] with 1 to 3 "
+        raise RuleError(f"conv_lstm input must be [batch, seq, channels, *spatial] with 1 to 3 "
                     f"spatial axes and known channels, got {fmt_shape(x)}",
                     "pass e.g. gd.input('x', (None, 4, 3, 8, 8)) (channels first, as Axon)")
     spatial = tuple(x[3:])
     w = window(spatial, a["kernel_size"], {**a, "channels": "first"}, "the conv_lstm window")
     if any(o is not None and o != n for o, n in zip(w.out, spatial)):
-        raise _fail(f"conv_lstm's conv maps the spatial sizes {spatial} to {w.out}; the gates "
+        raise RuleError(f"conv_lstm's conv maps the spatial sizes {spatial} to {w.out}; the gates "
                     "are added to a state of the input's spatial size", "use strides=1 and "
                     "padding='same' (Axon's default), or pads that keep the size")
     return x[2], spatial
