@@ -405,6 +405,20 @@ def test_onnx_masked_is_unrolled(op):
         gd.to_onnx(seq, gd.build(seq)[0]())
 
 
+@pytest.mark.parametrize("op", ["lstm", "gru"])
+def test_zero_steps_are_refused_everywhere(op):
+    """0 steps: a GraphDSLError on numpy/torch, a run error in ONNX Runtime (whose GRU
+    would abort the process on them)."""
+    seq, _ = getattr(gd, op)(gd.input("x", (None, None, 3)), 2)
+    st = gd.build(seq)[0]()
+    x = np.zeros((2, 0, 3), np.float32)
+    for backend in ("numpy", "torch"):
+        with pytest.raises(GraphDSLError, match="0 steps"):
+            gd.predict(seq, st, x, backend=backend)
+    with pytest.raises(Exception, match="out of data bounds"):
+        export_and_run(seq, st, {"x": x})
+
+
 def test_onnx_conv_lstm_needs_a_known_sequence_length():
     seq, _ = gd.conv_lstm(gd.input("x", (None, None, 2, 4, 4)), 2)
     with pytest.raises(GraphDSLError, match="known sequence length"):

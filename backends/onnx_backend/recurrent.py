@@ -61,10 +61,13 @@ def _rnn(b: Builder, layer: Layer) -> str:
                       f"use one of {sorted(_ACTS)} for gate and activation")
     W, R, B = _onnx_weights(layer)
     n = 2 if op == "lstm" else 1
-    # ONNX Runtime aborts the process on an LSTM/GRU over a batch of 0: one zero row is
-    # padded on the batch axis (axis 1 of every ONNX tensor here) and sliced off after
-    pad = b.ints([0, 0, 0, 0, 1, 0])
-    x = b.op("Pad", [b.op("Transpose", [layer.ins[0]], perm=[1, 0, 2]), pad])
+    # ONNX Runtime aborts the process on an LSTM/GRU over a batch of 0 (one zero row is
+    # padded on the batch axis, axis 1 of every ONNX tensor here, and sliced off after) and
+    # on a GRU over 0 steps (refused at run time, as the other backends refuse it)
+    pad, x = b.ints([0, 0, 0, 0, 1, 0]), layer.ins[0]
+    if layer.in_shapes[0][1] is None:
+        x = b.refuse(x, b.op("Equal", [b.dim(x, 1), b.ints([0])]))
+    x = b.op("Pad", [b.op("Transpose", [x], perm=[1, 0, 2]), pad])
     states = [b.op("Pad", [b.unsqueeze(s, [0]), pad]) for s in layer.ins[1:1 + n]] \
         if a["state"] else ["", ""]
     acts = [_ACTS[a["gate"]], _ACTS[a["activation"]]] + (

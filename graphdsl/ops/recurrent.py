@@ -105,6 +105,9 @@ def _check_state(op: str, s: list, want: tuple, a: dict) -> None:
 
 
 def _seq(x: tuple, op: str) -> Any:
+    if x[1] == 0:
+        raise RuleError(f"{op} over a sequence of 0 steps (input {fmt_shape(x)})",
+                        "give the sequence at least one step")
     return None if x[1] is None else x[1] + STATES[op]
 
 
