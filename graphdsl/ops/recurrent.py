@@ -262,7 +262,7 @@ def lstm(x: Node, units: int, hidden_state: tuple[Node, Node] | None = None, *,
          activation: str = "tanh", gate: str = "sigmoid", unroll: str = "dynamic",
          use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
          recurrent_initializer: Any = "zeros", bias_initializer: Any = "zeros",
-         mask: Node | None = None, name: str | None = None) -> tuple:
+         mask: Node | None = None, seed: int | None = None, name: str | None = None) -> tuple:
     """Axon's LSTM over ``x [batch, seq, features]``: returns ``(output_sequence [batch,
     seq, units], (cell [batch, units], hidden [batch, units]))``.
 
@@ -274,7 +274,8 @@ def lstm(x: Node, units: int, hidden_state: tuple[Node, Node] | None = None, *,
     ``hidden_state`` is ``(cell, hidden)`` nodes; without it the state starts at zeros
     (``recurrent_initializer='zeros'``; Axon draws a glorot_uniform state). ``mask`` [batch,
     seq]: where nonzero the step keeps the previous state (and outputs the previous
-    hidden), as Axon's. ``unroll`` ('dynamic' or 'static') changes nothing in the values.
+    hidden), as Axon's. ``unroll`` ('dynamic' or 'static') changes nothing in the values;
+    nor does ``seed`` (Axon's, for drawing its random initial state).
     """
     return _rnn("lstm", x, units, hidden_state, mask, {
         "activation": activation, "gate": gate, "unroll": unroll, "use_bias": use_bias,
@@ -286,7 +287,7 @@ def gru(x: Node, units: int, hidden_state: tuple[Node] | None = None, *,
         activation: str = "tanh", gate: str = "sigmoid", unroll: str = "dynamic",
         use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
         recurrent_initializer: Any = "zeros", bias_initializer: Any = "zeros",
-        mask: Node | None = None, name: str | None = None) -> tuple:
+        mask: Node | None = None, seed: int | None = None, name: str | None = None) -> tuple:
     """Axon's GRU over ``x [batch, seq, features]``: returns ``(output_sequence [batch, seq,
     units], (hidden [batch, units],))``.
 
@@ -294,7 +295,8 @@ def gru(x: Node, units: int, hidden_state: tuple[Node] | None = None, *,
     + h U_z)``, ``n = activation(x W_n + bin + r*(h U_n + bhn))``, ``h' = (1-z)*n + z*h``.
     Parameters ``input_kernel [features, 3u]`` and ``hidden_kernel [u, 3u]`` (r, z, n),
     ``bias [4u]`` (br, bz, bin, bhn): torch's ``bias_ih_l0`` is ``[br, bz, bin]`` with
-    ``bias_hh_l0 = [0, 0, bhn]``. Initial state, ``mask`` and ``unroll`` as :func:`lstm`.
+    ``bias_hh_l0 = [0, 0, bhn]``. Initial state, ``mask``, ``unroll`` and ``seed`` as
+    :func:`lstm`.
     """
     return _rnn("gru", x, units, hidden_state, mask, {
         "activation": activation, "gate": gate, "unroll": unroll, "use_bias": use_bias,
@@ -307,7 +309,7 @@ def conv_lstm(x: Node, units: int, hidden_state: tuple[Node, Node] | None = None
               unroll: str = "dynamic", use_bias: bool = True,
               kernel_initializer: Any = "glorot_uniform", recurrent_initializer: Any = "zeros",
               bias_initializer: Any = "zeros", mask: Node | None = None,
-              name: str | None = None) -> tuple:
+              seed: int | None = None, name: str | None = None) -> tuple:
     """Axon's ConvLSTM over ``x [batch, seq, C, *spatial]`` (channels first, 1-3 spatial
     axes): returns ``(output_sequence [batch, seq, units, *spatial], (cell, hidden))``, the
     states ``[batch, 1, units, *spatial]`` as Axon shapes them.
@@ -317,7 +319,7 @@ def conv_lstm(x: Node, units: int, hidden_state: tuple[Node, Node] | None = None
     sigmoid(i)*tanh(g)``, ``h' = sigmoid(o)*tanh(c')``. Parameters ``input_kernel [4u, C,
     *k]``, ``hidden_kernel [4u, u, *k]``, ``bias [4u]``. Both convs use ``strides`` and
     ``padding`` and must keep the spatial sizes. Axon ignores a mask here, so ``mask`` is
-    refused; initial state and ``unroll`` as :func:`lstm`.
+    refused; initial state, ``unroll`` and ``seed`` as :func:`lstm`.
     """
     where = caller_location()
     if mask is not None:
