@@ -20,6 +20,7 @@ from helpers import TOL, random_inputs
 
 import graphdsl as gd
 from graphdsl import dora, lora
+from graphdsl.ops.recurrent import reverse
 
 #: torch parity, ONNX export, JSON round trip, model files, batch 0 on every backend
 SUITES = ("torch", "onnx", "json", "file", "empty")
@@ -172,6 +173,14 @@ def _tied():
 def _set(layer, **values):
     """A tweak: ``state.data[layer][param] = make()`` for each ``param=make``."""
     return lambda st: st.data[layer].update({k: make() for k, make in values.items()})
+
+
+def _rnn(out):
+    """A recurrent layer's ``(sequence, states)`` as one container output."""
+    seq, states = out
+    return gd.container([seq, *states])
+
+
 
 
 def _blurred(x, channels="last"):
@@ -463,6 +472,35 @@ _ROWS = [
         _set("sep", bias_1=lambda: _f(4), bias_2=lambda: _f(4), bias_3=lambda: _f(4))),
     Case("separable_conv3d", "attrs", lambda: gd.separable_conv3d(
         gd.input("vol", (None, 2, 6, 5, 4)), 1, 2, strides=(2, 1, 1), channels="first")),
+    # Axon's recurrent layers (their reference tests: tests/test_rnn_axon.py)
+    Case("lstm", "values", lambda: _rnn(gd.lstm(_x((None, 5, 4)), 3, name="rnn")),
+         tweak=_set("rnn", bias=lambda: _f(12))),
+    Case("lstm", "attrs", lambda: _rnn(gd.lstm(
+        _x((None, 4, 3)), 2, (_x((None, 2), "c0"), _x((None, 2), "h0")), activation="relu",
+        unroll="static", use_bias=False))),
+    Case("lstm", "mask", lambda: _rnn(gd.lstm(_x((None, 5, 4)), 3, mask=_ids(5, "m"),
+                                              name="rnn")),
+         lambda: {"x": _f(3, 5, 4), "m": R.integers(0, 2, (3, 5))},
+         _set("rnn", bias=lambda: _f(12))),
+    Case("gru", "values", lambda: _rnn(gd.gru(_x((None, 5, 4)), 3, name="rnn")),
+         tweak=_set("rnn", bias=lambda: _f(12))),
+    Case("gru", "attrs", lambda: _rnn(gd.gru(
+        _x((None, 4, 3)), 2, (_x((None, 2), "h0"),), gate="softsign", unroll="static",
+        use_bias=False))),
+    Case("gru", "mask", lambda: _rnn(gd.gru(_x((None, 5, 4)), 3, mask=_ids(5, "m"),
+                                            name="rnn")),
+         lambda: {"x": _f(3, 5, 4), "m": R.integers(0, 2, (3, 5))},
+         _set("rnn", bias=lambda: _f(12))),
+    Case("conv_lstm", "values", lambda: _rnn(gd.conv_lstm(
+        _x((None, 3, 2, 5, 4)), 3, kernel_size=3, name="rnn")),
+         tweak=_set("rnn", bias=lambda: _f(12))),
+    Case("conv_lstm", "attrs", lambda: _rnn(gd.conv_lstm(
+        _x((None, 2, 3, 6)), 2, (_x((None, 1, 2, 6), "c0"), _x((None, 1, 2, 6), "h0")),
+        kernel_size=3, padding=[(1, 1)], use_bias=False))),
+    Case("reverse", "values", lambda: reverse(_x((None, 4, 3)), axis=1)),
+    Case("reverse", "bidirectional", lambda: _rnn(gd.bidirectional(
+        _x((None, 4, 3)), lambda x: gd.gru(x, 2, name="g"),
+        lambda a, b: gd.concatenate([a, b], axis=1)))),
 ]
 
 #: ``{"op/label": Case}``, every sample

@@ -19,14 +19,15 @@ from graphdsl.arrays import as_numpy
 from graphdsl.errors import BackendError, InputError
 
 from ..base import Backend, KernelContext, plan_runner, state_fetch
-from . import adapters, conv, conv_variants, kernels, pool, special
+from . import adapters, conv, conv_variants, kernels, pool, recurrent, special
 from .kernels import ACTIVATIONS, apply_activation, inverted_dropout
 
 if TYPE_CHECKING:  # pragma: no cover
     from graphdsl.compiler import Plan
 
 KERNELS: dict[str, Callable] = {**kernels.KERNELS, **conv.KERNELS, **pool.KERNELS,
-                                **adapters.KERNELS, **special.KERNELS, **conv_variants.KERNELS}
+                                **adapters.KERNELS, **special.KERNELS, **conv_variants.KERNELS,
+                                **recurrent.KERNELS}
 
 
 def register_kernel(op: str, kernel: Callable) -> None:

@@ -30,7 +30,7 @@ from graphdsl.arrays import as_numpy
 from graphdsl.errors import BackendError, InputError
 
 from ..base import Backend, plan_runner, state_fetch
-from . import adapters, conv, conv_variants, kernels, pool, special
+from . import adapters, conv, conv_variants, kernels, pool, recurrent, special
 from .adapters import dora_column_norm_sq
 from .kernels import ACTIVATIONS, TorchContext, apply_activation, compiling
 
@@ -39,7 +39,8 @@ if TYPE_CHECKING:  # pragma: no cover
 
 _TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 KERNELS: dict[str, Callable] = {**kernels.KERNELS, **conv.KERNELS, **pool.KERNELS,
-                                **adapters.KERNELS, **special.KERNELS, **conv_variants.KERNELS}
+                                **adapters.KERNELS, **special.KERNELS, **conv_variants.KERNELS,
+                                **recurrent.KERNELS}
 
 
 def register_kernel(op: str, kernel: Callable) -> None:

@@ -5,6 +5,7 @@ from . import (  # noqa: F401  (registration side effects)
     core,
     nn,
     pool,
+    recurrent,
     special,
     tensor,
     transformer,

@@ -1,0 +1,394 @@
+"""Axon's recurrent layers: lstm, gru, conv_lstm and bidirectional.
+
+Each recurrent layer is one node whose output packs the final state and the output
+sequence along the time axis (axis 1), states first: lstm ``[batch, 2 + seq, units]``
+(cell, hidden, then the sequence), gru ``[batch, 1 + seq, units]``, conv_lstm ``[batch,
+2 + seq, units, *spatial]``. The constructors return Axon's structure of ``slice`` /
+``reshape`` views of it: ``(output_sequence, (cell, hidden))`` (gru: ``(output_sequence,
+(hidden,))``), so every backend, file format and ONNX export handles them as plain nodes.
+
+Parameters are flat arrays with the gates concatenated on the last axis in Axon's order:
+lstm ``input_kernel [features, 4u]``, ``hidden_kernel [u, 4u]``, ``bias [4u]`` (i, f, g, o);
+gru ``[features, 3u]``, ``[u, 3u]`` (r, z, n) and ``bias [4u]`` (br, bz, bin, bhn); each
+gate block is drawn by the initializer on its own, as Axon draws its per-gate maps.
+conv_lstm: Axon's channels-first conv kernels ``input_kernel [4u, C, *k]``, ``hidden_kernel
+[4u, u, *k]``, ``bias [4u]`` (gates i, g, f, o; forget gate ``sigmoid(f + 1)``).
+
+``reverse`` (x flipped along one axis) is the op bidirectional runs the backward pass on.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from ..errors import GraphDSLError, OptionError, RuleError, fmt_shape
+from ..initializers import INITIALIZERS, check_initializer
+from ..node import Node, caller_location, make_node, rebuild, topo_order
+from ..registry import OpDef, ParamSpec, register_op
+from ..shapes import normalize_axis
+from ..windows import expand, padding_option, spatial_option, window
+from ._attrs import boolean, positive_int
+from .nn import activation_name
+from .tensor import concatenate
+
+#: gates per op, and how many state tensors lead the packed output
+GATES = {"lstm": 4, "gru": 3, "conv_lstm": 4}
+STATES = {"lstm": 2, "gru": 1, "conv_lstm": 2}
+RECURRENT = frozenset(GATES)
+
+
+def per_gate(init: Any, gates: int) -> Callable:
+    """An initializer drawing each of ``gates`` blocks of the last axis on its own (Axon's
+    per-gate maps ``wii, wif, ...``), the blocks concatenated."""
+    fn = INITIALIZERS[init] if isinstance(init, str) else init
+
+    def draw(shape: tuple, dtype: Any, rng: np.random.Generator) -> np.ndarray:
+        part = (*shape[:-1], shape[-1] // gates)
+        return np.concatenate([np.asarray(fn(part, dtype, rng)) for _ in range(gates)], -1)
+
+    return draw
+
+
+def _owner(v: Any) -> str | None:
+    if v is not None and not isinstance(v, str):
+        raise RuleError(f"params_of must be a layer name, got {v!r}",
+                        "leave params_of to bidirectional", OptionError)
+    return v
+
+
+def _attrs(op: str) -> Callable[[dict], dict]:
+    def check(a: dict) -> dict:
+        unroll = a.get("unroll", "dynamic")
+        if unroll not in ("dynamic", "static"):
+            raise RuleError(f"unroll must be 'dynamic' or 'static', got {unroll!r}",
+                            "pass unroll='dynamic' (a loop) or 'static'", OptionError)
+        out = {"units": positive_int(a.get("units"), "units"), "unroll": unroll,
+               "use_bias": boolean(a.get("use_bias", True), "use_bias"),
+               "kernel_initializer": check_initializer(
+                   a.get("kernel_initializer", "glorot_uniform"), "kernel_initializer"),
+               "bias_initializer": check_initializer(a.get("bias_initializer", "zeros"),
+                                                     "bias_initializer"),
+               "state": boolean(a.get("state", False), "state"),
+               "mask": boolean(a.get("mask", False), "mask"),
+               "params_of": _owner(a.get("params_of"))}
+        if op == "conv_lstm":
+            return {**out, "kernel_size": spatial_option(a.get("kernel_size", 1), "kernel_size"),
+                    "strides": spatial_option(a.get("strides", 1), "strides"),
+                    "padding": padding_option(a.get("padding", "same"))}
+        return {**out, "activation": activation_name(a.get("activation", "tanh")),
+                "gate": activation_name(a.get("gate", "sigmoid"))}
+
+    return check
+
+
+def _check_state(op: str, s: list, want: tuple, a: dict) -> None:
+    """The state inputs (after x) have the shape the layer's state has; the mask [batch, seq]."""
+    k, n = 1, 1 + STATES[op] * a["state"] + a["mask"]
+    if len(s) != n:
+        raise RuleError(f"{op} has {len(s)} inputs, its options (state={a['state']}, "
+                        f"mask={a['mask']}) ask for {n}", f"build it with gd.{op}(...)")
+    if a["state"]:
+        for j in range(STATES[op]):
+            got = s[k + j]
+            if len(got) != len(want) or any(g is not None and w is not None and g != w
+                                             for g, w in zip(got, want)):
+                raise RuleError(f"{op} hidden state {j} has shape {fmt_shape(got)}, the layer's "
+                            f"state is {fmt_shape(want)}", "pass states of that shape (as a "
+                            f"previous {op} layer returns them)")
+        k += STATES[op]
+    if a["mask"] and (len(s[k]) != 2 or None not in (s[k][1], s[0][1]) and s[k][1] != s[0][1]):
+        raise RuleError(f"{op} mask must be [batch, seq] for the input {fmt_shape(s[0])}, got "
+                        f"{fmt_shape(s[k])}",
+                    "pass a [batch, seq] mask (1: keep the previous state at that step)")
+
+
+def _seq(x: tuple, op: str) -> Any:
+    if x[1] == 0:
+        raise RuleError(f"{op} over a sequence of 0 steps (input {fmt_shape(x)})",
+                        "give the sequence at least one step")
+    return None if x[1] is None else x[1] + STATES[op]
+
+
+def _rnn_shape(op: str) -> Callable:
+    def shape(s: list, a: dict) -> tuple:
+        x = s[0]
+        if len(x) != 3 or x[2] is None:
+            raise RuleError(f"{op} input must be rank 3 [batch, seq, features] with known "
+                        f"features, got {fmt_shape(x)}", "pass e.g. gd.input('x', (None, 10, 8))")
+        _check_state(op, s, (x[0], a["units"]), a)
+        return (x[0], _seq(x, op), a["units"])
+
+    return shape
+
+
+def _rnn_params(op: str) -> Callable:
+    def params(s: list, a: dict) -> list[ParamSpec]:
+        u, g, own = a["units"], GATES[op], a["params_of"]
+        ps = [ParamSpec("input_kernel", (s[0][2], g * u), per_gate(a["kernel_initializer"], g),
+                        owner=own),
+              ParamSpec("hidden_kernel", (u, g * u), per_gate(a["kernel_initializer"], g),
+                        owner=own)]
+        if a["use_bias"]:
+            nb = 4 if op == "gru" else g
+            ps.append(ParamSpec("bias", (nb * u,), per_gate(a["bias_initializer"], nb),
+                                owner=own))
+        return ps
+
+    return params
+
+
+def conv_geometry(x: tuple, a: Any) -> tuple[int, tuple]:
+    """conv_lstm's ``(channels, spatial)`` of ``x [batch, seq, C, *spatial]``; the convs of
+    the input and of the hidden state must keep the spatial sizes (Axon adds them)."""
+    if not 4 <= len(x) <= 6 or x[2] is None:
+        raise RuleError(f"conv_lstm input must be [batch, seq, channels, *spatial] with 1 to 3 "
+                    f"spatial axes and known channels, got {fmt_shape(x)}",
+                    "pass e.g. gd.input('x', (None, 4, 3, 8, 8)) (channels first, as Axon)")
+    spatial = tuple(x[3:])
+    w = window(spatial, a["kernel_size"], {**a, "channels": "first"}, "the conv_lstm window")
+    if any(o is not None and o != n for o, n in zip(w.out, spatial)):
+        raise RuleError(f"conv_lstm's conv maps the spatial sizes {spatial} to {w.out}; the gates "
+                    "are added to a state of the input's spatial size", "use strides=1 and "
+                    "padding='same' (Axon's default), or pads that keep the size")
+    return x[2], spatial
+
+
+def _conv_shape(s: list, a: dict) -> tuple:
+    _, spatial = conv_geometry(s[0], a)
+    x = s[0]
+    _check_state("conv_lstm", s, (x[0], 1, a["units"], *spatial), a)
+    return (x[0], _seq(x, "conv_lstm"), a["units"], *spatial)
+
+
+def _conv_params(s: list, a: dict) -> list[ParamSpec]:
+    c, spatial = conv_geometry(s[0], a)
+    k = expand(a["kernel_size"], len(spatial), "kernel_size")
+    u, own = a["units"], a["params_of"]
+    ps = [ParamSpec("input_kernel", (4 * u, c, *k), a["kernel_initializer"], owner=own),
+          ParamSpec("hidden_kernel", (4 * u, u, *k), a["kernel_initializer"], owner=own)]
+    if a["use_bias"]:
+        ps.append(ParamSpec("bias", (4 * u,), a["bias_initializer"], owner=own))
+    return ps
+
+
+_DOC = ("Output packs the final state(s) then the sequence on axis 1 (the constructor "
+        "returns Axon's (output_sequence, state) views of it). Optional inputs after x: the "
+        "initial state (attr state) and a [batch, seq] mask (attr mask; 1 keeps the previous "
+        "state at that step). unroll 'static' and 'dynamic' compute the same values.")
+register_op(OpDef(
+    "lstm", _rnn_shape("lstm"), params=_rnn_params("lstm"), check_attrs=_attrs("lstm"),
+    arity=(1, 4), doc="Axon's LSTM over x [batch, seq, features]: i, f, g, o gates, "
+    "c' = f*c + i*g, h' = o*activation(c'); input_kernel [features, 4u], hidden_kernel "
+    "[u, 4u], bias [4u]. Output [batch, 2 + seq, u]. " + _DOC))
+register_op(OpDef(
+    "gru", _rnn_shape("gru"), params=_rnn_params("gru"), check_attrs=_attrs("gru"),
+    arity=(1, 3), doc="Axon's GRU over x [batch, seq, features]: r, z gates, n = "
+    "activation(x W_n + bin + r*(h U_n + bhn)), h' = (1-z)*n + z*h; input_kernel "
+    "[features, 3u], hidden_kernel [u, 3u], bias [4u] (br, bz, bin, bhn). Output "
+    "[batch, 1 + seq, u]. " + _DOC))
+register_op(OpDef(
+    "conv_lstm", _conv_shape, params=_conv_params, check_attrs=_attrs("conv_lstm"),
+    arity=(1, 3), doc="Axon's ConvLSTM over x [batch, seq, C, *spatial] (channels first): "
+    "gates i, g, f, o from conv(x, input_kernel [4u, C, *k]) + bias + conv(h, hidden_kernel "
+    "[4u, u, *k]), forget gate sigmoid(f + 1); states [batch, 1, u, *spatial]. Output "
+    "[batch, 2 + seq, u, *spatial]. " + _DOC))
+
+
+def _reverse_attrs(a: dict) -> dict:
+    return {"axis": a.get("axis", 1)}
+
+
+def _reverse_shape(s: list, a: dict) -> tuple:
+    normalize_axis(a["axis"], len(s[0]))
+    return s[0]
+
+
+register_op(OpDef(
+    "reverse", _reverse_shape, check_attrs=_reverse_attrs, infer_dtype=lambda d, a: d[0],
+    doc="x with the order of `axis` reversed (Nx.reverse); the shape unchanged."))
+
+
+def reverse(x: Node, axis: int = 1, name: str | None = None) -> Node:
+    """``x`` (any shape) reversed along ``axis`` (``Nx.reverse``), shape unchanged."""
+    return make_node("reverse", [x], {"axis": axis}, name, where=caller_location())
+
+
+# -- constructors ------------------------------------------------------------------------------
+def _unpack(op: str, node: Node, units: int, spatial: tuple, name: str | None, where: str
+            ) -> tuple:
+    """Axon's ``(output_sequence, states)`` views of the packed output."""
+    def named(suffix: str) -> str | None:
+        return None if name is None else f"{name}_{suffix}"
+
+    n = STATES[op]
+    seq = make_node("slice", [node], {"start": n, "stop": None, "axis": 1},
+                    named("output_sequence"), where=where)
+    lead = (1,) if op == "conv_lstm" else ()
+    labels = ["c_hidden_state", "h_hidden_state"] if n == 2 else ["hidden_state"]
+    states = tuple(make_node("reshape", [make_node("slice", [node], {
+        "start": j, "stop": j + 1, "axis": 1}, where=where)], {
+            "shape": (None, *lead, units, *spatial)}, named(labels[j]), where=where)
+        for j in range(n))
+    return seq, states
+
+
+def _rnn(op: str, x: Node, units: int, hidden_state: Any, mask: Node | None, attrs: dict,
+         name: str | None, where: str) -> tuple:
+    states = []
+    if hidden_state is not None:
+        if not isinstance(hidden_state, (tuple, list)) or len(hidden_state) != STATES[op]:
+            want = "(cell, hidden)" if STATES[op] == 2 else "(hidden,)"
+            raise GraphDSLError(f"{op} hidden_state must be a tuple {want} of nodes, got "
+                                f"{hidden_state!r}", layer=name, op=op, where=where,
+                                fix=f"pass hidden_state={want} (e.g. a previous {op}'s state)")
+        states = list(hidden_state)
+    init = attrs.pop("recurrent_initializer")
+    if hidden_state is None and init != "zeros":
+        raise GraphDSLError(
+            f"{op}: recurrent_initializer={init!r} would draw a random initial state per "
+            "call (Axon's default glorot_uniform does); graphdsl starts from zeros",
+            layer=name, op=op, where=where, fix="use recurrent_initializer='zeros' (the "
+            "default), or pass hidden_state=(...) nodes, e.g. gd.input(...) values")
+    ins = [x, *states] + ([mask] if mask is not None else [])
+    node = make_node(op, ins, {"units": units, "state": hidden_state is not None,
+                               "mask": mask is not None, **attrs}, name, where=where)
+    spatial = tuple(node.shape[3:])
+    return _unpack(op, node, units, spatial, name, where)
+
+
+def lstm(x: Node, units: int, hidden_state: tuple[Node, Node] | None = None, *,
+         activation: str = "tanh", gate: str = "sigmoid", unroll: str = "dynamic",
+         use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
+         recurrent_initializer: Any = "zeros", bias_initializer: Any = "zeros",
+         mask: Node | None = None, seed: int | None = None, name: str | None = None) -> tuple:
+    """Axon's LSTM over ``x [batch, seq, features]``: returns ``(output_sequence [batch,
+    seq, units], (cell [batch, units], hidden [batch, units]))``.
+
+    Per step (Axon's ``lstm_cell``): ``z = x_t @ input_kernel + bias + h @ hidden_kernel``
+    split into gates i, f, g, o; ``c' = gate(f)*c + gate(i)*activation(g)``, ``h' =
+    gate(o)*activation(c')``. Parameters ``input_kernel [features, 4u]``, ``hidden_kernel
+    [u, 4u]``, ``bias [4u]``, gates concatenated in that order (torch's ``weight_ih_l0``
+    is ``input_kernel.T``, ``bias_ih_l0`` the bias and ``bias_hh_l0`` zeros).
+    ``hidden_state`` is ``(cell, hidden)`` nodes; without it the state starts at zeros
+    (``recurrent_initializer='zeros'``; Axon draws a glorot_uniform state). ``mask`` [batch,
+    seq]: where nonzero the step keeps the previous state (and outputs the previous
+    hidden), as Axon's. ``unroll`` ('dynamic' or 'static') changes nothing in the values;
+    nor does ``seed`` (Axon's, for drawing its random initial state).
+    """
+    return _rnn("lstm", x, units, hidden_state, mask, {
+        "activation": activation, "gate": gate, "unroll": unroll, "use_bias": use_bias,
+        "kernel_initializer": kernel_initializer, "bias_initializer": bias_initializer,
+        "recurrent_initializer": recurrent_initializer}, name, caller_location())
+
+
+def gru(x: Node, units: int, hidden_state: tuple[Node] | None = None, *,
+        activation: str = "tanh", gate: str = "sigmoid", unroll: str = "dynamic",
+        use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
+        recurrent_initializer: Any = "zeros", bias_initializer: Any = "zeros",
+        mask: Node | None = None, seed: int | None = None, name: str | None = None) -> tuple:
+    """Axon's GRU over ``x [batch, seq, features]``: returns ``(output_sequence [batch, seq,
+    units], (hidden [batch, units],))``.
+
+    Per step (Axon's ``gru_cell``): ``r = gate(x W_r + br + h U_r)``, ``z = gate(x W_z + bz
+    + h U_z)``, ``n = activation(x W_n + bin + r*(h U_n + bhn))``, ``h' = (1-z)*n + z*h``.
+    Parameters ``input_kernel [features, 3u]`` and ``hidden_kernel [u, 3u]`` (r, z, n),
+    ``bias [4u]`` (br, bz, bin, bhn): torch's ``bias_ih_l0`` is ``[br, bz, bin]`` with
+    ``bias_hh_l0 = [0, 0, bhn]``. Initial state, ``mask``, ``unroll`` and ``seed`` as
+    :func:`lstm`.
+    """
+    return _rnn("gru", x, units, hidden_state, mask, {
+        "activation": activation, "gate": gate, "unroll": unroll, "use_bias": use_bias,
+        "kernel_initializer": kernel_initializer, "bias_initializer": bias_initializer,
+        "recurrent_initializer": recurrent_initializer}, name, caller_location())
+
+
+def conv_lstm(x: Node, units: int, hidden_state: tuple[Node, Node] | None = None, *,
+              padding: Any = "same", kernel_size: int | tuple = 1, strides: int | tuple = 1,
+              unroll: str = "dynamic", use_bias: bool = True,
+              kernel_initializer: Any = "glorot_uniform", recurrent_initializer: Any = "zeros",
+              bias_initializer: Any = "zeros", mask: Node | None = None,
+              seed: int | None = None, name: str | None = None) -> tuple:
+    """Axon's ConvLSTM over ``x [batch, seq, C, *spatial]`` (channels first, 1-3 spatial
+    axes): returns ``(output_sequence [batch, seq, units, *spatial], (cell, hidden))``, the
+    states ``[batch, 1, units, *spatial]`` as Axon shapes them.
+
+    Per step (Axon's ``conv_lstm_cell``): gates = ``conv(x_t, input_kernel) + bias +
+    conv(h, hidden_kernel)`` split into i, g, f, o; ``c' = sigmoid(f + 1)*c +
+    sigmoid(i)*tanh(g)``, ``h' = sigmoid(o)*tanh(c')``. Parameters ``input_kernel [4u, C,
+    *k]``, ``hidden_kernel [4u, u, *k]``, ``bias [4u]``. Both convs use ``strides`` and
+    ``padding`` and must keep the spatial sizes. Axon ignores a mask here, so ``mask`` is
+    refused; initial state, ``unroll`` and ``seed`` as :func:`lstm`.
+    """
+    where = caller_location()
+    if mask is not None:
+        raise GraphDSLError("conv_lstm takes no mask (Axon's conv_lstm_cell ignores it)",
+                            layer=name, op="conv_lstm", where=where,
+                            fix="drop mask=, or use gd.lstm / gd.gru for masked sequences")
+    return _rnn("conv_lstm", x, units, hidden_state, None, {
+        "padding": padding, "kernel_size": kernel_size, "strides": strides, "unroll": unroll,
+        "use_bias": use_bias, "kernel_initializer": kernel_initializer,
+        "bias_initializer": bias_initializer, "recurrent_initializer": recurrent_initializer},
+        name, where)
+
+
+# -- bidirectional ------------------------------------------------------------------------------
+def _leaves(out: Any) -> list[Node]:
+    if isinstance(out, Node):
+        return [out]
+    return [leaf for item in out for leaf in _leaves(item)]
+
+
+def _rebuild_like(out: Any, leaves: list[Node]) -> Any:
+    if isinstance(out, Node):
+        return leaves.pop(0)
+    return tuple(_rebuild_like(item, leaves) for item in out)
+
+
+def _mirror(leaves: list[Node], x: Node, rx: Node, where: str) -> list[Node]:
+    """The graph from ``x`` to ``leaves`` rebuilt on ``rx``; its recurrent layers share the
+    parameters of the originals (``params_of``), as Axon's block does."""
+    new: dict[int, Node] = {x.id: rx}
+    for n in topo_order(leaves):
+        if n.id in new or not any(i.id in new for i in n.inputs):
+            continue
+        attrs, name = dict(n.attrs), None if n.name is None else f"{n.name}_backward"
+        if n.params and n.op not in RECURRENT:
+            raise GraphDSLError(f"bidirectional shares forward_fun's parameters between the "
+                                f"directions (Axon's block); a {n.op} layer in it cannot "
+                                "share yet", layer=n.name, op="bidirectional", where=where,
+                                fix="keep forward_fun to lstm / gru / conv_lstm layers and "
+                                    "parameter-free ops; add other layers after the merge")
+        if n.op in RECURRENT:
+            if n.name is None:
+                raise GraphDSLError(f"bidirectional needs the {n.op} layer in forward_fun "
+                                    "named: the backward direction shares its parameters by "
+                                    "name", op="bidirectional", where=where,
+                                    fix=f"pass name= to gd.{n.op} in forward_fun")
+            attrs["params_of"] = n.attrs["params_of"] or n.name
+        new[n.id] = rebuild(n, [new.get(i.id, i) for i in n.inputs], attrs=attrs, name=name)
+    return [new.get(leaf.id, leaf) for leaf in leaves]
+
+
+def bidirectional(x: Node, forward_fun: Callable[[Node], Any],
+                  merge_fun: Callable[[Node, Node], Node] | None = None, *, axis: int = 1,
+                  name: str | None = None) -> Any:
+    """Axon's ``bidirectional``: ``forward_fun(x)`` and the same layers on ``x`` reversed
+    along ``axis``, each leaf of the backward output reversed back along ``axis`` (the
+    states too, as Axon does) and merged with its forward leaf by ``merge_fun(fwd, bwd)``
+    (default: concatenate on the last axis). Returns forward_fun's structure (e.g. lstm's
+    ``(sequence, (cell, hidden))``). The directions share one set of parameters, as
+    Axon's block does: recurrent layers in ``forward_fun`` need explicit names."""
+    where = caller_location()
+    fwd = forward_fun(x)
+    leaves = _leaves(fwd)
+    rx = make_node("reverse", [x], {"axis": axis}, None if name is None else f"{name}_reverse",
+                   where=where)
+    back = [make_node("reverse", [b], {"axis": axis}, where=where)
+            for b in _mirror(leaves, x, rx, where)]
+    merge = merge_fun or (lambda a, b: concatenate([a, b], axis=-1))
+    return _rebuild_like(fwd, [merge(f, b) for f, b in zip(leaves, back)])
+
+
+__all__ = ["bidirectional", "conv_lstm", "gru", "lstm", "reverse"]

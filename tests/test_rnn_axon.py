@@ -1,0 +1,455 @@
+"""Axon's recurrent layers: lstm, gru, conv_lstm, bidirectional.
+
+References: Axon's own fixtures (layers_test.exs "lstm_cell" and "lstm", numbers PyTorch
+computed, in tests/golden/axon_lstm_fixtures.npz), torch.nn.LSTM / torch.nn.GRU for values
+and for the gradients of every parameter, the initial state and the input through
+gd.to_torch, F.conv2d for conv_lstm's cell, and ONNX Runtime for the exports. Axon's
+compiler_test shapes (parameters, bidirectional) and its "mask actually works" check.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from helpers import export_and_run
+
+import graphdsl as gd
+from graphdsl import GraphDSLError
+
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+R = np.random.default_rng(22)
+GOLDEN = np.load(os.path.join(os.path.dirname(__file__), "golden", "axon_lstm_fixtures.npz"))
+TOL = {"rtol": 1e-5, "atol": 1e-5}
+BACKENDS = ("numpy", "torch", "onnxruntime")
+
+
+def _f(*shape):
+    return R.standard_normal(shape).astype(np.float32)
+
+
+def _rnn_model(op, T=5, F_=4, U=3, state=False, **kw):
+    x = gd.input("x", (None, T, F_))
+    hs = None
+    if state:
+        hs = tuple(gd.input(n, (None, U)) for n in (("c0", "h0") if op == "lstm" else ("h0",)))
+    seq, states = getattr(gd, op)(x, U, hs, name="rnn", **kw)
+    return gd.container([seq, *states])
+
+
+def _predict(model, st, feed, backend):
+    if backend == "onnxruntime":
+        return export_and_run(model, st, feed)[0]
+    out = gd.predict(model, st, feed if len(feed) > 1 else feed["x"], backend=backend)
+    out = out if isinstance(out, tuple) else (out,)
+    return [np.asarray(o.detach() if isinstance(o, torch.Tensor) else o) for o in out]
+
+
+# -- Axon's fixtures -------------------------------------------------------------------------
+def _axon_state(prefix):
+    g = {k.removeprefix(prefix): GOLDEN[k] for k in GOLDEN if k.startswith(prefix)}
+    return {"input_kernel": np.concatenate([g[f"wi{k}"] for k in "ifgo"], 1),
+            "hidden_kernel": np.concatenate([g[f"wh{k}"] for k in "ifgo"], 1),
+            "bias": np.concatenate([g[f"b{k}"] for k in "ifgo"])}, g
+
+
+@pytest.mark.parametrize("unroll", ["dynamic", "static"])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lstm_matches_axons_fixture(unroll, backend):
+    """layers_test.exs "lstm": seq [3, 5, 10], state (c, h) [3, 20] -> Axon's expected
+    sequence, cell and hidden (PyTorch's numbers)."""
+    params, g = _axon_state("lstm_")
+    model = _rnn_model("lstm", 5, 10, 20, state=True, unroll=unroll)
+    st = gd.build(model)[0](None, gd.ModelState({"rnn": params}))
+    feed = {"x": g["input_seq"], "c0": g["input_c"][0], "h0": g["input_h"][0]}
+    seq, c, h = _predict(model, st, feed, backend)
+    np.testing.assert_allclose(seq, g["output_seq"], **TOL)
+    np.testing.assert_allclose(c, g["output_c"], **TOL)
+    np.testing.assert_allclose(h, g["output_h"], **TOL)
+
+
+def test_lstm_cell_matches_axons_fixture():
+    """layers_test.exs "lstm_cell": one step of x [3, 10] from (c, h) [3, 20]."""
+    params, g = _axon_state("lstm_cell_")
+    model = _rnn_model("lstm", 1, 10, 20, state=True)
+    st = gd.build(model)[0](None, gd.ModelState({"rnn": params}))
+    feed = {"x": g["input_seq"][:, None], "c0": g["input_c"], "h0": g["input_h"]}
+    seq, c, h = _predict(model, st, feed, "numpy")
+    np.testing.assert_allclose(c, g["output_c"], **TOL)
+    np.testing.assert_allclose(h, g["output_h"], **TOL)
+    np.testing.assert_array_equal(seq[:, 0], h)
+
+
+def test_params_as_axon():
+    """compiler_test "initializes in default case": per-gate shapes [10, 64], [64, 64], [64]
+    (here concatenated: [10, 256] ...), zero biases, every gate block glorot-drawn on its own
+    (Axon's per-gate maps: limit sqrt(6 / (10 + 64)), not the [10, 256] matrix's)."""
+    seq, _ = gd.lstm(gd.input("x", (None, 32, 10)), 64, name="lstm")
+    p = gd.build(seq)[0]().data["lstm"]
+    assert p["input_kernel"].shape == (10, 256) and p["hidden_kernel"].shape == (64, 256)
+    np.testing.assert_array_equal(p["bias"], np.zeros(256, np.float32))
+    assert np.abs(p["input_kernel"]).max() > np.sqrt(6 / (10 + 256))
+    assert np.abs(p["input_kernel"]).max() <= np.sqrt(6 / (10 + 64))
+    seq, _ = gd.gru(gd.input("x", (None, 32, 10)), 64, name="gru")
+    p = gd.build(seq)[0]().data["gru"]
+    assert [p[k].shape for k in ("input_kernel", "hidden_kernel", "bias")] == [
+        (10, 192), (64, 192), (256,)]
+    seq, _ = gd.conv_lstm(gd.input("x", (None, 10, 3, 6, 6)), 4, name="convlstm")
+    p = gd.build(seq)[0]().data["convlstm"]
+    assert [p[k].shape for k in ("input_kernel", "hidden_kernel", "bias")] == [
+        (16, 3, 1, 1), (16, 4, 1, 1), (16,)]
+
+
+# -- torch.nn.LSTM / GRU: values and gradients ------------------------------------------------
+def _torch_ref(op, p, F_, U):
+    """torch's layer holding graphdsl's parameters (weight_ih = input_kernel.T, ...)."""
+    ref = (torch.nn.LSTM if op == "lstm" else torch.nn.GRU)(F_, U, batch_first=True)
+    b = torch.tensor(p["bias"])
+    with torch.no_grad():
+        ref.weight_ih_l0.copy_(torch.tensor(p["input_kernel"].T))
+        ref.weight_hh_l0.copy_(torch.tensor(p["hidden_kernel"].T))
+        ref.bias_ih_l0.copy_(b[:4 * U] if op == "lstm" else b[:3 * U])
+        ref.bias_hh_l0.zero_()
+        if op == "gru":
+            ref.bias_hh_l0[2 * U:] = b[3 * U:]
+    return ref
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru"])
+def test_values_and_gradients_equal_torch(op):
+    """Forward and the gradients of input_kernel, hidden_kernel, bias, the initial state and
+    the input through gd.to_torch equal torch.nn.LSTM / GRU's (weights mapped)."""
+    B, T, F_, U = 3, 6, 4, 5
+    model = _rnn_model(op, T, F_, U, state=True)
+    st = gd.build(model)[0]()
+    st.data["rnn"]["bias"] = _f(4 * U)
+    p = {k: np.asarray(v) for k, v in st.data["rnn"].items()}
+    mod = gd.to_torch(model, st)
+    x, h0, c0 = (torch.tensor(_f(*s), requires_grad=True) for s in ((B, T, F_), (B, U), (B, U)))
+    w = [torch.tensor(_f(B, T, U)), torch.tensor(_f(B, U)), torch.tensor(_f(B, U))]
+    ins = {"x": x, "c0": c0, "h0": h0} if op == "lstm" else {"x": x, "h0": h0}
+    out = mod(**ins)
+    sum((o * wi).sum() for o, wi in zip(out, w)).backward()
+    ref = _torch_ref(op, p, F_, U)
+    xr, h0r, c0r = (t.detach().clone().requires_grad_() for t in (x, h0, c0))
+    if op == "lstm":
+        y, (hn, cn) = ref(xr, (h0r[None], c0r[None]))
+        want = [y, cn[0], hn[0]]
+    else:
+        y, hn = ref(xr, h0r[None])
+        want = [y, hn[0]]
+    sum((o * wi).sum() for o, wi in zip(want, w)).backward()
+    for got, exp in zip(out, want):
+        np.testing.assert_allclose(got.detach().numpy(), exp.detach().numpy(), **TOL)
+    g = {k: v.grad.numpy() for k, v in mod.named_parameters()}
+    np.testing.assert_allclose(g["rnn.input_kernel"], ref.weight_ih_l0.grad.numpy().T, **TOL)
+    np.testing.assert_allclose(g["rnn.hidden_kernel"], ref.weight_hh_l0.grad.numpy().T, **TOL)
+    gb = ref.bias_ih_l0.grad.numpy()
+    if op == "gru":  # bhn is torch's recurrent n bias
+        gb = np.concatenate([gb, ref.bias_hh_l0.grad.numpy()[2 * U:]])
+    np.testing.assert_allclose(g["rnn.bias"], gb, **TOL)
+    for mine, theirs in [(x, xr), (h0, h0r)] + ([(c0, c0r)] if op == "lstm" else []):
+        np.testing.assert_allclose(mine.grad.numpy(), theirs.grad.numpy(), **TOL)
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru"])
+def test_zero_default_state_static_and_dynamic_agree(op):
+    """Without hidden_state the state starts at zeros (torch's default); static and dynamic
+    unroll give the same numbers on every backend."""
+    B, T, F_, U = 2, 4, 3, 4
+    x = _f(B, T, F_)
+    outs = []
+    for unroll in ("dynamic", "static"):
+        model = _rnn_model(op, T, F_, U, unroll=unroll)
+        st = gd.build(model)[0]()
+        st.data["rnn"]["bias"] = np.linspace(-1, 1, 4 * U, dtype=np.float32)
+        for backend in BACKENDS:
+            outs.append(_predict(model, st, {"x": x}, backend))
+    ref = _torch_ref(op, {k: np.asarray(v) for k, v in st.data["rnn"].items()}, F_, U)
+    y = ref(torch.tensor(x))[0].detach().numpy()
+    for o in outs:
+        np.testing.assert_allclose(o[0], y, **TOL)
+
+
+def test_states_feed_another_layer():
+    """An encoder's (cell, hidden) as a decoder's hidden_state, as Axon's docs chain them:
+    torch's decoder started from torch's encoder state."""
+    B, T, F_, U = 2, 4, 3, 5
+    _, enc_state = gd.lstm(gd.input("x", (None, T, F_)), U, name="enc")
+    dec, _ = gd.lstm(gd.input("y", (None, 3, F_)), U, enc_state, name="dec")
+    st = gd.build(dec)[0]()
+    feed = {"x": _f(B, T, F_), "y": _f(B, 3, F_)}
+    enc, dec_ref = (_torch_ref("lstm", {k: np.asarray(v) for k, v in st.data[n].items()}, F_,
+                               U) for n in ("enc", "dec"))
+    want = dec_ref(torch.tensor(feed["y"]), enc(torch.tensor(feed["x"]))[1])[0]
+    for backend in BACKENDS:
+        np.testing.assert_allclose(_predict(dec, st, feed, backend)[0], want.detach().numpy(),
+                                   **TOL)
+
+
+# -- mask ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("op", ["lstm", "gru"])
+def test_mask_keeps_the_state_like_a_shorter_sequence(op):
+    """Where the mask is 1 the step keeps the previous state (Axon's lstm_cell select): a
+    row masked after step k ends with torch's state after k steps, and outputs the last
+    kept hidden at every masked step."""
+    B, T, F_, U = 3, 6, 4, 3
+    x, lengths = _f(B, T, F_), [6, 4, 1]
+    m = np.array([[0] * n + [1] * (T - n) for n in lengths], np.int64)
+    seq, states = getattr(gd, op)(gd.input("x", (None, T, F_)), U,
+                                  mask=gd.input("m", (None, T), dtype="int64"), name="rnn")
+    model = gd.container([seq, *states])
+    st = gd.build(model)[0]()
+    st.data["rnn"]["bias"] = _f(4 * U)
+    ref = _torch_ref(op, {k: np.asarray(v) for k, v in st.data["rnn"].items()}, F_, U)
+    for backend in ("numpy", "torch"):
+        out = _predict(model, st, {"x": x, "m": m}, backend)
+        for r, n in enumerate(lengths):
+            y = ref(torch.tensor(x[r:r + 1, :n]))[0].detach().numpy()[0]
+            np.testing.assert_allclose(out[0][r, :n], y, **TOL)
+            np.testing.assert_allclose(out[0][r, n:], np.broadcast_to(y[-1], (T - n, U)), **TOL)
+            np.testing.assert_allclose(out[-1][r], y[-1], **TOL)
+
+
+def test_masked_gradients_equal_torch_on_the_kept_steps():
+    """Masked steps pass no gradient: the to_torch module's input and kernel gradients of
+    a row masked after step 2 equal torch's on its first 2 steps (zero after them)."""
+    T, F_, U = 5, 3, 4
+    seq, (c, h) = gd.lstm(gd.input("x", (None, T, F_)), U,
+                          mask=gd.input("m", (None, T), dtype="int64"), name="rnn")
+    st = gd.build(h)[0]()
+    mod = gd.to_torch(h, st)
+    x = torch.tensor(_f(1, T, F_), requires_grad=True)
+    mod(x=x, m=torch.tensor([[0, 0, 1, 1, 1]])).square().sum().backward()
+    ref = _torch_ref("lstm", {k: np.asarray(v) for k, v in st.data["rnn"].items()}, F_, U)
+    x2 = x.detach()[:, :2].clone().requires_grad_()
+    ref(x2)[1][0].square().sum().backward()
+    np.testing.assert_allclose(x.grad[:, :2].numpy(), x2.grad.numpy(), **TOL)
+    np.testing.assert_array_equal(x.grad[:, 2:].numpy(), 0)
+    np.testing.assert_allclose(dict(mod.named_parameters())["rnn.hidden_kernel"].grad.numpy(),
+                               ref.weight_hh_l0.grad.numpy().T, **TOL)
+
+
+def test_mask_actually_works_as_axon():
+    """compiler_test "mask actually works": gd.mask(tokens, 0) on a padded review; every
+    output after the last real token equals it."""
+    ids = gd.input("review", (None, 16), dtype="int64")
+    seq, _ = gd.lstm(gd.embedding(ids, 64, 8), 8, mask=gd.mask(ids, 0))
+    st = gd.build(seq)[0]()
+    tokens = np.zeros((1, 16), np.int64)
+    tokens[0, :4] = [1, 2, 3, 4]
+    out = gd.predict(seq, st, tokens)
+    for i in range(4, 16):
+        np.testing.assert_array_equal(out[:, i], out[:, 3])
+    assert not np.allclose(out[:, 2], out[:, 3])
+
+
+# -- conv_lstm ----------------------------------------------------------------------------------
+def _conv_lstm_ref(x, c, h, wi, wh, b, pad):
+    """Axon's conv_lstm_cell over time by hand with F.conv2d (gates i, g, f, o; f + 1)."""
+    outs = []
+    for t in range(x.shape[1]):
+        z = F.conv2d(x[:, t], wi, b, padding=pad) + F.conv2d(h, wh, padding=pad)
+        i, g, f, o = z.chunk(4, 1)
+        c = torch.sigmoid(f + 1) * c + torch.sigmoid(i) * torch.tanh(g)
+        h = torch.sigmoid(o) * torch.tanh(c)
+        outs.append(h)
+    return torch.stack(outs, 1), c, h
+
+
+@pytest.mark.parametrize("state", [False, True])
+def test_conv_lstm_equals_axons_cell(state):
+    B, T, C, H, W, U = 2, 3, 2, 5, 4, 3
+    x = gd.input("x", (None, T, C, H, W))
+    hs = (gd.input("c0", (None, 1, U, H, W)), gd.input("h0", (None, 1, U, H, W))) \
+        if state else None
+    seq, (c, h) = gd.conv_lstm(x, U, hs, kernel_size=3, name="cl")
+    model = gd.container([seq, c, h])
+    st = gd.build(model)[0]()
+    st.data["cl"]["bias"] = _f(4 * U)
+    feed = {"x": _f(B, T, C, H, W)}
+    c0 = h0 = torch.zeros(B, U, H, W)
+    if state:
+        feed.update(c0=_f(B, 1, U, H, W), h0=_f(B, 1, U, H, W))
+        c0, h0 = torch.tensor(feed["c0"][:, 0]), torch.tensor(feed["h0"][:, 0])
+    p = {k: torch.tensor(np.asarray(v)) for k, v in st.data["cl"].items()}
+    want = _conv_lstm_ref(torch.tensor(feed["x"]), c0, h0, p["input_kernel"],
+                          p["hidden_kernel"], p["bias"], 1)
+    for backend in BACKENDS:
+        got = _predict(model, st, feed, backend)
+        np.testing.assert_allclose(got[0], want[0].numpy(), **TOL)
+        np.testing.assert_allclose(got[1], want[1][:, None].numpy(), **TOL)
+        np.testing.assert_allclose(got[2], want[2][:, None].numpy(), **TOL)
+
+
+def test_conv_lstm_gradients_equal_the_hand_written_cell():
+    B, T, C, H, W, U = 2, 3, 2, 4, 4, 2
+    seq, _ = gd.conv_lstm(gd.input("x", (None, T, C, H, W)), U, kernel_size=3, name="cl")
+    st = gd.build(seq)[0]()
+    st.data["cl"]["bias"] = _f(4 * U)
+    mod = gd.to_torch(seq, st)
+    x = torch.tensor(_f(B, T, C, H, W), requires_grad=True)
+    mod(x).square().sum().backward()
+    p = {k: torch.tensor(np.asarray(v), requires_grad=True) for k, v in st.data["cl"].items()}
+    x2 = x.detach().clone().requires_grad_()
+    zero = torch.zeros(B, U, H, W)
+    _conv_lstm_ref(x2, zero, zero, p["input_kernel"], p["hidden_kernel"], p["bias"],
+                   1)[0].square().sum().backward()
+    g = dict(mod.named_parameters())
+    for k in p:
+        np.testing.assert_allclose(g[f"cl.{k}"].grad.numpy(), p[k].grad.numpy(), **TOL)
+    np.testing.assert_allclose(x.grad.numpy(), x2.grad.numpy(), **TOL)
+
+
+# -- bidirectional --------------------------------------------------------------------------
+def test_bidirectional_as_axon():
+    """compiler_test "bidirectional": embedding(10, 16) -> bidirectional lstm(32, name
+    "lstm") merged on axis 1 -> {1, 20, 32}; one set of parameters ("lstm")."""
+    ids = gd.input("input", (None, 10), dtype="int64")
+    seq, _ = gd.bidirectional(gd.embedding(ids, 10, 16), lambda x: gd.lstm(x, 32, name="lstm"),
+                              lambda a, b: gd.concatenate([a, b], axis=1), name="bidirectional")
+    st = gd.build(seq)[0]()
+    assert [k for k in st.data if "kernel" in str(st.data[k].keys())] == ["embedding_0", "lstm"]
+    assert gd.predict(seq, st, np.ones((1, 10), np.int64)).shape == (1, 20, 32)
+
+
+def test_bidirectional_equals_torch_bidirectional_lstm():
+    """With merge = concatenate on the last axis, the sequence is torch's bidirectional
+    LSTM whose reverse weights are the forward ones (Axon shares them); the backward
+    states come reversed along axis 1, as Axon's deep reverse leaves them."""
+    B, T, F_, U = 2, 5, 3, 4
+    seq, (c, h) = gd.bidirectional(gd.input("x", (None, T, F_)),
+                                   lambda x: gd.lstm(x, U, name="l"))
+    model = gd.container([seq, c, h])
+    st = gd.build(model)[0]()
+    st.data["l"]["bias"] = _f(4 * U)
+    p = {k: np.asarray(v) for k, v in st.data["l"].items()}
+    one = _torch_ref("lstm", p, F_, U)
+    ref = torch.nn.LSTM(F_, U, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for name, v in one.named_parameters():
+            getattr(ref, name).copy_(v)
+            getattr(ref, name + "_reverse").copy_(v)
+    x = _f(B, T, F_)
+    y, (hn, cn) = ref(torch.tensor(x))
+    for backend in BACKENDS:
+        got = _predict(model, st, {"x": x}, backend)
+        np.testing.assert_allclose(got[0], y.detach().numpy(), **TOL)
+        np.testing.assert_allclose(got[2][:, :U], hn[0].detach().numpy(), **TOL)
+        np.testing.assert_allclose(got[2][:, U:], hn[1].detach().numpy()[:, ::-1], **TOL)
+        np.testing.assert_allclose(got[1][:, U:], cn[1].detach().numpy()[:, ::-1], **TOL)
+
+
+def test_bidirectional_shared_parameters_get_both_directions_gradients():
+    """One set of parameters: the to_torch module's gradient of each is the sum of torch's
+    forward and reverse gradients (torch's bidirectional LSTM, reverse weights = forward)."""
+    B, T, F_, U = 2, 4, 3, 2
+    seq, _ = gd.bidirectional(gd.input("x", (None, T, F_)), lambda x: gd.lstm(x, U, name="l"))
+    st = gd.build(seq)[0]()
+    st.data["l"]["bias"] = _f(4 * U)
+    mod = gd.to_torch(seq, st)
+    assert [k for k, _ in mod.named_parameters()] == ["l.input_kernel", "l.hidden_kernel",
+                                                      "l.bias"]
+    x = torch.tensor(_f(B, T, F_))
+    w = torch.tensor(_f(B, T, 2 * U))
+    (mod(x) * w).sum().backward()
+    one = _torch_ref("lstm", {k: np.asarray(v) for k, v in st.data["l"].items()}, F_, U)
+    ref = torch.nn.LSTM(F_, U, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for name, v in one.named_parameters():
+            getattr(ref, name).copy_(v)
+            getattr(ref, name + "_reverse").copy_(v)
+    (ref(x)[0] * w).sum().backward()
+    g = dict(mod.named_parameters())
+    for ours, theirs in (("input_kernel", "weight_ih_l0"), ("hidden_kernel", "weight_hh_l0")):
+        want = getattr(ref, theirs).grad + getattr(ref, theirs + "_reverse").grad
+        np.testing.assert_allclose(g[f"l.{ours}"].grad.numpy(), want.numpy().T, **TOL)
+    want = ref.bias_ih_l0.grad + ref.bias_ih_l0_reverse.grad
+    np.testing.assert_allclose(g["l.bias"].grad.numpy(), want.numpy(), **TOL)
+
+
+def test_bidirectional_needs_named_recurrent_layers():
+    with pytest.raises(GraphDSLError, match="named"):
+        gd.bidirectional(gd.input("x", (None, 4, 3)), lambda x: gd.gru(x, 2))
+    with pytest.raises(GraphDSLError, match="cannot share"):
+        gd.bidirectional(gd.input("x", (None, 4, 3)), lambda x: gd.dense(x, 2))
+
+
+# -- ONNX -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("op, node", [("lstm", "LSTM"), ("gru", "GRU")])
+def test_onnx_uses_lstm_and_gru_nodes(op, node):
+    model = _rnn_model(op, state=True, unroll="static")
+    st = gd.build(model)[0]()
+    proto = gd.to_onnx(model, st)
+    assert [n.op_type for n in proto.graph.node].count(node) == 1
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru"])
+def test_onnx_masked_is_unrolled(op):
+    """A mask has no ONNX LSTM/GRU form: the export unrolls the cell (any activation) over
+    a known sequence length, and refuses an unknown one."""
+    seq, _ = getattr(gd, op)(gd.input("x", (None, 4, 3)), 2, activation="gelu",
+                             mask=gd.input("m", (None, 4), dtype="int64"), name="rnn")
+    st = gd.build(seq)[0]()
+    st.data["rnn"]["bias"] = _f(8)
+    feed = {"x": _f(3, 4, 3), "m": np.array([[0, 0, 1, 1], [0, 1, 0, 1], [1, 1, 1, 1]])}
+    np.testing.assert_allclose(export_and_run(seq, st, feed)[0][0],
+                               gd.predict(seq, st, feed), **TOL)
+    seq, _ = getattr(gd, op)(gd.input("x", (None, None, 3)), 2,
+                             mask=gd.input("m", (None, None), dtype="int64"))
+    with pytest.raises(GraphDSLError, match="known sequence length"):
+        gd.to_onnx(seq, gd.build(seq)[0]())
+
+
+@pytest.mark.parametrize("op", ["lstm", "gru"])
+def test_zero_steps_are_refused_everywhere(op):
+    """0 steps: a GraphDSLError on numpy/torch, a run error in ONNX Runtime (whose GRU
+    would abort the process on them)."""
+    seq, _ = getattr(gd, op)(gd.input("x", (None, None, 3)), 2)
+    st = gd.build(seq)[0]()
+    x = np.zeros((2, 0, 3), np.float32)
+    for backend in ("numpy", "torch"):
+        with pytest.raises(GraphDSLError, match="0 steps"):
+            gd.predict(seq, st, x, backend=backend)
+    with pytest.raises(Exception, match="out of data bounds"):
+        export_and_run(seq, st, {"x": x})
+
+
+def test_onnx_conv_lstm_needs_a_known_sequence_length():
+    seq, _ = gd.conv_lstm(gd.input("x", (None, None, 2, 4, 4)), 2)
+    with pytest.raises(GraphDSLError, match="known sequence length"):
+        gd.to_onnx(seq, gd.build(seq)[0]())
+
+
+def test_onnx_refuses_activations_it_lacks():
+    seq, _ = gd.lstm(gd.input("x", (None, 4, 3)), 2, activation="gelu")
+    with pytest.raises(GraphDSLError, match="gelu"):
+        gd.to_onnx(seq, gd.build(seq)[0]())
+
+
+# -- construction errors ------------------------------------------------------------------------
+@pytest.mark.parametrize("make, match", [
+    (lambda: gd.lstm(gd.input("x", (None, 4)), 2), "rank 3"),
+    (lambda: gd.gru(gd.input("x", (None, 4, 3)), 2, (gd.input("h", (None, 3)),)), "state"),
+    (lambda: gd.lstm(gd.input("x", (None, 4, 3)), 2, (gd.input("h", (None, 2)),)), "tuple"),
+    (lambda: gd.lstm(gd.input("x", (None, 4, 3)), 2, unroll="eager"), "unroll"),
+    (lambda: gd.gru(gd.input("x", (None, 4, 3)), 2, recurrent_initializer="glorot_uniform"),
+     "random initial state"),
+    (lambda: gd.lstm(gd.input("x", (None, 4, 3)), 2, gate="nope"), "unknown activation"),
+    (lambda: gd.lstm(gd.input("x", (None, 4, 3)), 2, mask=gd.input("m", (None, 4, 1))),
+     "mask"),
+    (lambda: gd.gru(gd.input("x", (None, 4, 3)), 2, mask=gd.input("m", (None, 5))), "mask"),
+    (lambda: gd.conv_lstm(gd.input("x", (None, 4, 3, 6, 6)), 2, kernel_size=3, strides=2),
+     "spatial sizes"),
+    (lambda: gd.conv_lstm(gd.input("x", (None, 4, 3)), 2), "channels"),
+    (lambda: gd.conv_lstm(gd.input("x", (None, 4, 3, 6)), 2, mask=gd.input("m", (None, 4))),
+     "no mask"),
+])
+def test_mistakes_are_graphdsl_errors(make, match):
+    with pytest.raises(GraphDSLError, match=match) as e:
+        make()
+    assert "test_rnn_axon.py" in str(e.value)
