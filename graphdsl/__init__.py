@@ -19,6 +19,7 @@ from . import (  # noqa: F401  (gd.display.as_table, as_graph, to_dot, render)
 from . import ops as _ops  # noqa: F401  (registers the ops)
 from .adapters import adapter_state, attach_adapters, merge_adapters, untie
 from .backends import TORCH_FACE, torch_face
+from .block import block
 from .compiler import build, predict
 from .custom import register_function, register_onnx_rule
 from .errors import GraphDSLError
@@ -136,7 +137,7 @@ __version__ = "0.1.0"
 
 __all__ = [  # sorted
     "activation", "adapter_state", "adaptive_avg_pool", "adaptive_lp_pool", "adaptive_max_pool",
-    "add", "attach_adapters", "attention", "avg_pool", "batch_norm", "bias", "blur_pool", "build",
+    "add", "attach_adapters", "attention", "avg_pool", "batch_norm", "bias", "block", "blur_pool", "build",
     "celu", "concatenate", "cond", "constant", "container", "conv", "conv_transpose", "dense",
     "depthwise_conv", "dora", "dropout", "elu", "embedding", "exp", "flatten", "freeze",
     "from_json", "from_torch", "full_like", "gelu", "get_inputs", "get_op_counts", "get_options",
