@@ -137,9 +137,9 @@ __version__ = "0.1.0"
 
 __all__ = [  # sorted
     "activation", "adapter_state", "adaptive_avg_pool", "adaptive_lp_pool", "adaptive_max_pool",
-    "add", "attach_adapters", "attention", "avg_pool", "batch_norm", "bias", "block", "blur_pool", "build",
-    "celu", "concatenate", "cond", "constant", "container", "conv", "conv_transpose", "dense",
-    "depthwise_conv", "dora", "dropout", "elu", "embedding", "exp", "flatten", "freeze",
+    "add", "attach_adapters", "attention", "avg_pool", "batch_norm", "bias", "block", "blur_pool",
+    "build", "celu", "concatenate", "cond", "constant", "container", "conv", "conv_transpose",
+    "dense", "depthwise_conv", "dora", "dropout", "elu", "embedding", "exp", "flatten", "freeze",
     "from_json", "from_torch", "full_like", "gelu", "get_inputs", "get_op_counts", "get_options",
     "get_output_shape", "get_parameters", "global_avg_pool", "global_lp_pool", "global_max_pool",
     "GraphDSLError", "group_norm", "hard_sigmoid", "hard_silu", "hard_tanh", "input",

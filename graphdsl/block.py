@@ -121,7 +121,7 @@ class Block:
         g = analyze(out)
         mine = {id(p) for p in ph}
         other = [g.name(n) for n in g.input_nodes if id(n) not in mine]
-        unused = [g.name(p) for p in ph if p not in g.input_nodes]
+        unused = [p.name for p in ph if p not in g.input_nodes]
         if other or unused:
             raise bad(f"the block's body reads the input(s) {other} that are not its "
                       f"arguments, or ignores its argument(s) {unused}",
