@@ -235,7 +235,9 @@ def options(node: Node) -> list[str]:
         elif (node.op, k) == ("custom", "fn"):
             lines.append(f"fn: {node.attrs.get('fn_name') or fmt_value(v)}")
         elif (node.op, k) == ("block", "body"):  # the body's layers, not the node's repr
-            lines.append(f"body: {len(topo_order(v))} layers")
+            lines.append(f"body layers: {sum(n.op != 'input' for n in topo_order(v))}")
+        elif (node.op, k, v) == ("block", "block", None):  # named in its parameters' keys
+            continue
         elif (node.op, k) == ("custom", "opts") and isinstance(v, Mapping):
             lines.extend(f"{ok}: {fmt_value(ov)}" for ok, ov in v.items())
         else:
