@@ -375,3 +375,23 @@ def test_bad_functions_and_names_are_refused():
     two(x)  # elsewhere: the next call of two is act_1, not a layer name one's call uses
     with pytest.raises(GraphDSLError, match="two different blocks are named 'act'"):
         gd.get_parameters(gd.add(one(x), gd.dense(two(x), 4)))
+
+
+def test_copies_keep_one_body_and_an_identity_body_runs():
+    import copy
+    import pickle
+
+    blk = gd.block(lambda h: gd.dense(h, 3))
+    model = blk(blk(features(3)))
+    for c in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        calls = [n for n in gd.topo_order(c) if n.op == "block"]
+        assert calls[0].attrs["body"] is calls[1].attrs["body"]
+        assert sorted(init(c, {"features": (2, 3)}).data) == ["block_0.dense_0"]
+    table = gd.display.as_table(model)
+    assert "body layers: 1" in table and "block: None" not in table
+    assert "block_0.dense_0.kernel: f32[3][3] (trainable, shared)" in table
+    ident = gd.block(lambda h: h)
+    x = features(3)
+    same = ident(x) + ident(x)
+    x0 = R.standard_normal((2, 3)).astype(np.float32)
+    everywhere(same, init(same, {"features": (2, 3)}), {"features": x0}, 2 * x0)
