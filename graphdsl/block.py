@@ -158,7 +158,8 @@ _EXPANDED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 def expand_blocks(model: Node) -> Node:
     """``model`` with every block call replaced by its body's layers on the call's
-    inputs, named ``{call}.{body layer}`` and reading ``{block}.{body layer}``'s
+    inputs, named ``{call}.{body layer}`` (the body's output: ``{call}``, so an ONNX
+    output or an error names the call) and reading ``{block}.{body layer}``'s
     parameters; every other layer keeps its resolved name. ``model`` itself when it has
     no block (memoized per model)."""
     g = analyze(model)
@@ -170,20 +171,24 @@ def expand_blocks(model: Node) -> Node:
     return hit
 
 
-def _copy(g: Graph, given: dict[int, Node], prefix: str, call: str, frozen: bool) -> Node:
+def _copy(g: Graph, given: dict[int, Node], prefix: str, call: str, frozen: bool,
+          out_name: str | None = None) -> Node:
     """``g``'s output rebuilt: inputs from ``given`` (placeholder id -> node) or kept,
-    blocks inlined; names and parameter owners get ``call`` / ``prefix`` in front."""
+    blocks inlined; names and parameter owners get ``call`` / ``prefix`` in front, and the
+    output is named ``out_name`` (a body's output: the name of its call)."""
     new: dict[int, Node] = {}
     for n in g.order:
         if n.op == "input":
             new[n.id] = given.get(n.id, n)
             continue
         ins = [new[i.id] for i in n.inputs]
-        name = call + g.name(n)
+        label = call + g.name(n)
+        name = out_name if out_name and n is g.output else label
         if n.op == "block":
             body = analyze(n.attrs["body"])
             new[n.id] = _copy(body, dict(zip((p.id for p in body.input_nodes), ins)),
-                              f"{prefix}{g.blocks[n.id]}.", name + ".", frozen or n.frozen)
+                              f"{prefix}{g.blocks[n.id]}.", label + ".", frozen or n.frozen,
+                              name)
             continue
         m = make_node(n.op, ins, dict(n.attrs), name, frozen=frozen or n.frozen,
                       where=n.where)

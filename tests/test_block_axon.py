@@ -395,3 +395,23 @@ def test_copies_keep_one_body_and_an_identity_body_runs():
     same = ident(x) + ident(x)
     x0 = R.standard_normal((2, 3)).astype(np.float32)
     everywhere(same, init(same, {"features": (2, 3)}), {"features": x0}, 2 * x0)
+
+
+def test_the_inlined_layers_are_named_after_their_call():
+    """The compiler's plan: each call's body layers as ``{call}.{body layer}``, the body's
+    output as the call itself (the ONNX output, error messages), nested calls too."""
+    from graphdsl.compiler import make_plan
+    from helpers import export_and_run
+
+    def outer(h):
+        inner = gd.block(lambda v: gd.dense(v, 3), name="inner")
+        return inner(gd.dense(h, 3))
+
+    blk = gd.block(outer, name="outer")
+    model = blk(blk(features(3)))
+    steps = [(s.name, s.params[0].owner) for s in make_plan(model).steps]
+    assert steps == [("outer.dense_0", "outer.dense_0"), ("outer", "outer.inner.dense_0"),
+                     ("outer_1.dense_0", "outer.dense_0"), ("outer_1", "outer.inner.dense_0")]
+    st = init(model, {"features": (2, 3)})
+    _, proto = export_and_run(model, st, {"features": np.ones((2, 3), np.float32)})
+    assert [o.name for o in proto.graph.output] == ["outer_1"]
