@@ -16,10 +16,11 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers import check_onnx
+from helpers import check_onnx, export_and_run
 
 import graphdsl as gd
 from graphdsl import GraphDSLError, lora
+from graphdsl.compiler import make_plan
 
 R = np.random.default_rng(905)
 TOL = {"rtol": 1e-5, "atol": 1e-6}
@@ -400,9 +401,6 @@ def test_copies_keep_one_body_and_an_identity_body_runs():
 def test_the_inlined_layers_are_named_after_their_call():
     """The compiler's plan: each call's body layers as ``{call}.{body layer}``, the body's
     output as the call itself (the ONNX output, error messages), nested calls too."""
-    from graphdsl.compiler import make_plan
-    from helpers import export_and_run
-
     def outer(h):
         inner = gd.block(lambda v: gd.dense(v, 3), name="inner")
         return inner(gd.dense(h, 3))
