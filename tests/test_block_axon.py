@@ -315,8 +315,11 @@ def test_adapt_leaves_the_block_body_alone():
     assert {("mlp.fc", "kernel"), ("mlp.fc", "bias")} <= st2.frozen
     x0 = R.standard_normal((2, 3)).astype(np.float32)
     np.testing.assert_allclose(gd.predict(adapted, st2, x0), gd.predict(model, st, x0), **TOL)
-    with pytest.raises(GraphDSLError, match=r"adaptable layers in this model: \['head'\]"):
+    with pytest.raises(GraphDSLError, match=r"adaptable layers in this model: \['head'\]; a "
+                       r"gd.block's body layers are not adaptable"):
         lora.adapt(model, targets=["fc"], rank=2)
+    with pytest.raises(GraphDSLError, match="is a block layer"):
+        lora.adapt(model, targets=["mlp"], rank=2)
 
 
 def test_freeze_map_and_rewrite_nodes():
