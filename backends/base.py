@@ -84,14 +84,19 @@ def plan_runner(plan: Any, kernels: Mapping[str, Kernel],
     changed (:class:`Stateful`).
     """
     prog = []
+    written: set = set()
     for step in plan.steps:
         if step.op not in kernels:
             raise plan.step_error(step, f"this backend has no kernel for op {step.op!r}",
                                   "register one with the backend's register_kernel",
                                   cls=BackendError)
         refs = {r.local: (r.owner, r.name) for r in step.params}
+        # state entries an earlier step (another use of a block's body) may have changed
+        chain = tuple((r.local, (r.owner, r.name)) for r in step.params
+                      if r.kind == "state" and (r.owner, r.name) in written)
+        written.update((r.owner, r.name) for r in step.params if r.kind == "state")
         prog.append((kernels[step.op], step, step.ins, step.out, step.free, step.attrs,
-                     make_ctx(step), refs))
+                     make_ctx(step), refs, chain))
     inputs = [(slot, node.dtype.startswith("int"), name, node)
               for name, slot, node in plan.inputs]
     n_slots, out_slot = plan.n_slots, plan.output
@@ -102,15 +107,19 @@ def plan_runner(plan: Any, kernels: Mapping[str, Kernel],
             slots[slot] = None if a is None else convert_input(a, is_int, name, node)
         data = state.data
         updates: dict = {}
+        fresh: dict = {}  # (layer, entry) -> the kernel's new value, as the kernel made it
         step = None
         try:
-            for kern, step, ins, out, free, attrs, ctx, refs in prog:
+            for kern, step, ins, out, free, attrs, ctx, refs, chain in prog:
                 p = fetch(step, data) if step.params else _EMPTY
+                if chain:  # read what the previous use left, as a torch module does
+                    p = {**p, **{loc: fresh[k] for loc, k in chain if k in fresh}}
                 y = kern([slots[i] for i in ins], p, attrs, ctx)
                 if type(y) is Stateful:
                     y, new = y
                     for local, value in new.items():
                         updates[refs[local]] = to_state(value)
+                        fresh[refs[local]] = value
                 slots[out] = y
                 for f in free:
                     slots[f] = None

@@ -19,6 +19,7 @@ from . import (  # noqa: F401  (gd.display.as_table, as_graph, to_dot, render)
 from . import ops as _ops  # noqa: F401  (registers the ops)
 from .adapters import adapter_state, attach_adapters, merge_adapters, untie
 from .backends import TORCH_FACE, torch_face
+from .block import block
 from .compiler import build, predict
 from .custom import register_function, register_onnx_rule
 from .errors import GraphDSLError
@@ -138,20 +139,19 @@ __version__ = "0.1.0"
 __all__ = [  # sorted
     "activation", "adapter_state", "adaptive_avg_pool", "adaptive_lp_pool", "adaptive_max_pool",
     "add", "attach_adapters", "attention", "avg_pool", "batch_norm", "bias", "bidirectional",
-    "blur_pool", "build", "celu", "concatenate", "cond", "constant", "container", "conv",
+    "block", "blur_pool", "build", "celu", "concatenate", "cond", "constant", "container", "conv",
     "conv_lstm", "conv_transpose", "dense", "depthwise_conv", "dora", "dropout", "elu",
     "embedding", "exp", "flatten", "freeze", "from_json", "from_torch", "full_like", "gelu",
     "get_inputs", "get_op_counts", "get_options", "get_output_shape", "get_parameters",
-    "global_avg_pool", "global_lp_pool", "global_max_pool", "GraphDSLError", "group_norm",
-    "gru", "hard_sigmoid", "hard_silu", "hard_tanh", "input", "instance_norm", "layer",
-    "layer_norm", "leaky_relu", "linear", "load", "load_adapters", "log_sigmoid", "log_softmax",
-    "log_sumexp", "lora", "loraplus_param_groups", "lp_pool", "lstm", "map_nodes", "mask",
-    "matmul", "max_pool", "merge_adapters", "mish", "ModelState", "multiply", "Node", "nx",
-    "OPS", "optional", "or_else", "pad", "param", "pop_node", "positions", "predict",
-    "properties", "reduce_nodes", "register_function", "register_onnx_rule", "relu", "relu6",
-    "reshape", "rewrite_nodes", "rms_norm", "rotary_embedding", "save", "save_adapters", "selu",
-    "separable_conv2d", "separable_conv3d", "set_options", "sigmoid", "silu", "slice",
-    "softmax", "softplus", "softsign", "split", "stack_columns", "subtract", "tanh",
-    "tied_dense", "to_json", "to_networkx", "to_onnx", "to_torch", "topo_order", "transpose",
-    "untie",
+    "global_avg_pool", "global_lp_pool", "global_max_pool", "GraphDSLError", "group_norm", "gru",
+    "hard_sigmoid", "hard_silu", "hard_tanh", "input", "instance_norm", "layer", "layer_norm",
+    "leaky_relu", "linear", "load", "load_adapters", "log_sigmoid", "log_softmax", "log_sumexp",
+    "lora", "loraplus_param_groups", "lp_pool", "lstm", "map_nodes", "mask", "matmul", "max_pool",
+    "merge_adapters", "mish", "ModelState", "multiply", "Node", "nx", "OPS", "optional", "or_else",
+    "pad", "param", "pop_node", "positions", "predict", "properties", "reduce_nodes",
+    "register_function", "register_onnx_rule", "relu", "relu6", "reshape", "rewrite_nodes",
+    "rms_norm", "rotary_embedding", "save", "save_adapters", "selu", "separable_conv2d",
+    "separable_conv3d", "set_options", "sigmoid", "silu", "slice", "softmax", "softplus",
+    "softsign", "split", "stack_columns", "subtract", "tanh", "tied_dense", "to_json",
+    "to_networkx", "to_onnx", "to_torch", "topo_order", "transpose", "untie",
 ]

@@ -14,6 +14,7 @@ import numpy as np
 
 from . import state_init
 from .backends import get_backend
+from .block import expand_blocks
 from .errors import GraphDSLError, InputError, RuleError, fmt_shape
 from .graph import Graph, analyze, check_input_names, state_value
 from .node import Node
@@ -97,6 +98,7 @@ def make_plan(model: Node, mode: str = "inference", dtype: str = "float32") -> P
         raise GraphDSLError(f"unknown mode {mode!r}", fix=f"use one of {MODES}")
     if dtype not in DTYPES:
         raise GraphDSLError(f"unsupported compute dtype {dtype!r}", fix=f"use one of {DTYPES}")
+    model = expand_blocks(model)  # block calls become their bodies' layers
     g = analyze(model)
     slot = {n.id: i for i, n in enumerate(g.order)}
     last_use: dict[int, int] = {}

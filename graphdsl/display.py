@@ -27,7 +27,7 @@ import numpy as np
 from .adapters.contract import is_adapter, owns
 from .errors import GraphDSLError, fmt_shape
 from .graph import Graph, analyze, infer_shapes, normalize_input_shapes, output_structure
-from .node import Node
+from .node import Node, topo_order
 from .registry import DerivedInit, ParamSpec
 from .state import ModelState, need_state
 
@@ -234,6 +234,10 @@ def options(node: Node) -> list[str]:
             lines.append(f"meta: {len(v)} entries")
         elif (node.op, k) == ("custom", "fn"):
             lines.append(f"fn: {node.attrs.get('fn_name') or fmt_value(v)}")
+        elif (node.op, k) == ("block", "body"):  # the body's layers, not the node's repr
+            lines.append(f"body layers: {sum(n.op != 'input' for n in topo_order(v))}")
+        elif (node.op, k, v) == ("block", "block", None):  # named in its parameters' keys
+            continue
         elif (node.op, k) == ("custom", "opts") and isinstance(v, Mapping):
             lines.extend(f"{ok}: {fmt_value(ov)}" for ok, ov in v.items())
         else:

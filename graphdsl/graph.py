@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from .errors import (
@@ -39,6 +39,8 @@ class Graph:
     param_users: dict[tuple[str, str], list[str]]
     # inputs the model runs without: every use is the first input of an `optional` node
     optional: frozenset[str] = frozenset()
+    # block layer id -> the block's name, the prefix of its body's parameters
+    blocks: Mapping[int, str] = field(default_factory=dict)
 
     def name(self, node: Node) -> str:
         return self.names[node.id]
@@ -49,7 +51,41 @@ class Graph:
                    where=node.where, shapes=shapes, fix=fix)
 
     def param_ref(self, node: Node, spec: ParamSpec) -> tuple[str, str]:
-        return (spec.owner or self.names[node.id], spec.name)
+        return _param_key(node, spec, self.names, self.blocks)
+
+
+def _param_key(node: Node, spec: ParamSpec, names: Mapping[int, str],
+               blocks: Mapping[int, str]) -> tuple[str, str]:
+    """``(owner layer, param)`` of one of ``node``'s parameters: a block's body
+    parameters live under the block's name (``"mlp.dense_0"``)."""
+    if node.id in blocks:
+        return (f"{blocks[node.id]}.{spec.owner}", spec.name)
+    return (spec.owner or names[node.id], spec.name)
+
+
+def block_names(order: list[Node], names: Mapping[int, str]) -> dict[int, str]:
+    """``{block layer id: block name}``: the name given to ``gd.block``, else
+    ``block_{k}`` counting the unnamed blocks (not their calls) in topological order, as
+    Axon names them. Two different blocks of one name are an error."""
+    bodies: dict[int, str] = {}  # id(body) -> block name
+    taken = {n.attrs["block"]: n for n in order if n.op == "block" and n.attrs["block"]}
+    k, out = 0, {}
+    for n in (n for n in order if n.op == "block"):
+        body, given = n.attrs["body"], n.attrs["block"]
+        if id(body) not in bodies:
+            if given is None:
+                while f"block_{k}" in taken:
+                    k += 1
+                given, k = f"block_{k}", k + 1
+            elif taken[given].attrs["body"] is not body:
+                first = taken[given]
+                raise LayerNameError(
+                    f"two different blocks are named {given!r} (the other is called at "
+                    f"{first.where})", layer=names[n.id], op="block", where=n.where,
+                    fix="give each gd.block its own name= (or reuse one block object)")
+            bodies[id(body)] = given
+        out[n.id] = bodies[id(body)]
+    return out
 
 
 def resolve_names(order: list[Node]) -> dict[int, str]:
@@ -112,6 +148,7 @@ def _analyze(model: Node) -> Graph:
     input_nodes: list[Node] = []
     params: dict[tuple[str, str], ParamSpec] = {}
     users: dict[tuple[str, str], list[str]] = {}
+    blocks = block_names(order, names)
     for n in order:
         if n.op == "container" and n is not model and not _only_in_containers(n, order):
             raise ShapeError("a container can only be the model output",
@@ -120,7 +157,7 @@ def _analyze(model: Node) -> Graph:
         if n.op == "input":
             input_nodes.append(n)
         for spec in n.params:
-            key = (spec.owner or names[n.id], spec.name)
+            key = _param_key(n, spec, names, blocks)
             prev = params.get(key)
             if prev is None:
                 params[key] = spec
@@ -138,7 +175,7 @@ def _analyze(model: Node) -> Graph:
     input_nodes.sort(key=lambda n: n.id)
     inputs = {names[n.id]: n.shape for n in input_nodes}
     return Graph(model, order, names, inputs, input_nodes, params, users,
-                 _optional_inputs(order, names))
+                 _optional_inputs(order, names), blocks)
 
 
 def _optional_inputs(order: list[Node], names: dict[int, str]) -> frozenset[str]:

@@ -212,6 +212,28 @@ _X46 = _normal(x=(3, 4, 6))
 _NO_ONNX = frozenset({"onnx", "empty"})
 _POS = (lambda: {"x": np.abs(_f(3, 3, 7, 6))})  # an odd norm's power average needs sums >= 0
 
+
+def _block_twice():
+    """A block used at two places (one after the other, and beside): one kernel pair."""
+    blk = gd.block(lambda h: gd.dense(gd.dense(h, 5, activation="tanh"), 6), name="mlp")
+    x = _x()
+    return blk(blk(x)) + blk(x)
+
+
+def _block_nested():
+    """Axon's multiple-inputs block test: an inner block used on both inputs."""
+    def body(a, b):
+        inner = gd.block(lambda h: gd.dense(h, 4))
+        return inner(b) + inner(a)
+    return gd.dense(gd.block(body)(_x(), _x(name="z")), 3)
+
+
+def _block_stateful():
+    """A batch-norm body used twice: the state entries chain through the uses."""
+    blk = gd.block(lambda h: gd.batch_norm(gd.dense(h, 6), momentum=0.3, name="bn"))
+    return blk(blk(_x()))
+
+
 # "values": chosen inputs and a tweaked state; "attrs": the op's non-default attributes
 _ROWS = [
     Case("input", "values", lambda: gd.container([_x()]), _X),
@@ -436,6 +458,10 @@ _ROWS = [
         gamma_initializer="zeros", name="in")),
     Case("group_norm", "values", lambda: gd.group_norm(_x(_IMG), 2), _IMG_IN),
     Case("group_norm", "attrs", lambda: gd.group_norm(_img(4), 2, name="gn")),
+    # a block: its body's parameters once, shared by its calls (tests/test_block_axon.py)
+    Case("block", "shared", _block_twice, _X),
+    Case("block", "nested", _block_nested, _XZ),
+    Case("block", "stateful", _block_stateful, _X),
     # Axon's special layers (their reference tests: tests/test_axon_misc.py)
     Case("blur_pool", "values", lambda: gd.blur_pool(_x(_IMG)), _IMG_IN,
          reference=lambda i, st: _blurred(i["x"])),

@@ -159,7 +159,8 @@ def test_backend_registry():
 
 def test_every_op_has_a_numpy_kernel():
     be = get_backend("numpy")
-    missing = [op for op in gd.OPS if op != "input" and op not in be.kernels]
+    # inputs are bound by the compiler, block calls inlined by it (graphdsl.block)
+    missing = [op for op in gd.OPS if op not in ("input", "block") and op not in be.kernels]
     assert missing == []
 
 

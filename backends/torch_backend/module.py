@@ -167,7 +167,7 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
         plan, [name for name, m in root.named_modules() if name and m._modules])
     meta = ModuleInfo(model, plan, entries, tdtype, tuple(blocks))
     code, glb, block_fns = _generate(plan, tdtype, blocks)
-    cls = type(f"GraphModule_{_ident(g.name(model))}", (GraphModule,),
+    cls = type(f"GraphModule_{_ident(g.name(g.output))}", (GraphModule,),
                {"_graph_forward": glb["forward"], "code": code,
                 "__module__": __name__})
     mod = cls()

@@ -118,7 +118,9 @@ def _matcher(op: str, targets: Any, g: Graph, dense: list[str], where: str
                 raise GraphDSLError(f"{op}.adapt: target {t!r} matches no adaptable layer of "
                                     "this model (a name matches itself and every layer "
                                     f"ending in '.{t}')", where=where,
-                                    fix=f"adaptable layers in this model: {dense}")
+                                    fix=f"adaptable layers in this model: {dense}" + (
+                                        "; a gd.block's body layers are not adaptable"
+                                        if g.blocks else ""))
         return lambda n: any(_list_match(t, n.name) for t in names)
     raise OptionError(f"{op}.adapt: targets must be a regex, a list of names or a "
                           f"predicate, got {type(targets).__name__}", where=where,

@@ -39,6 +39,7 @@ def model_to_dict(model: Node, graph: Graph | None = None) -> dict[str, Any]:
     where the caller has it already."""
     g = graph or analyze(model)
     inputs, nodes = [], []
+    bodies: dict[int, str] = {}  # id(block body) -> the first call, which holds it
     for n in g.order:
         name = g.name(n)
         if n.op == "input":
@@ -61,6 +62,10 @@ def model_to_dict(model: Node, graph: Graph | None = None) -> dict[str, Any]:
             attrs = {"fn": fname,
                      "opts": encode_value(n.attrs.get("opts") or {}, f"{ctx} opts"),
                      "output_shape": _shape_json(n.attrs["output_shape"])}
+        elif n.op == "block":  # the body once, in the first call; later calls name it
+            first = bodies.setdefault(id(n.attrs["body"]), name)
+            attrs = {"block": g.blocks[n.id],
+                     "body": model_to_dict(n.attrs["body"]) if first == name else first}
         else:
             try:
                 attrs = {k: encode_value(n.attrs[k], f"{ctx} {k!r}") for k in sorted(n.attrs)}
@@ -168,6 +173,8 @@ def _build(doc: dict[str, Any], source: str) -> Graph:
                 attrs["meta"] = decode_value(e["meta"], f"{where} meta")
             built[name] = make_node("input", [], attrs, name, where=where)
         else:
+            if e["op"] == "block":
+                e = {**e, "attrs": _block_attrs(e, built, where, source)}
             built[name] = _make(e, [built[p] for p in e.get("inputs", [])], where, source,
                                 doc["format_version"])
     if isinstance(outs, str):
@@ -295,3 +302,21 @@ def _make_layer(raw: dict, ins: list[Node], name: str, where: str, ctx: str,
     except RuleError as e:
         raise _located(e, name, "custom", where) from None
     return make_node("custom", ins, attrs, name, frozen=frozen, where=where)
+
+
+def _block_attrs(e: dict[str, Any], built: dict[str, Node], where: str, source: str
+                 ) -> dict[str, Any]:
+    """A block call's attributes with its body rebuilt: a nested model document, or the
+    name of an earlier call of the same block (whose body it shares)."""
+    raw = e.get("attrs", {})
+    body, name = raw.get("body"), e["name"]
+    if isinstance(body, str) and isinstance(built.get(body), Node) and \
+            built[body].op == "block":
+        return {**raw, "body": built[body].attrs["body"]}
+    if isinstance(body, dict):
+        return {**raw, "body": read_model(body, f"{source}: block {name!r} body").output}
+    raise SerializationError(
+        f"{source}: block {name!r} has the body {str(body)[:60]!r}, neither a model "
+        "document nor the name of an earlier call of the block", layer=name, op="block",
+        where=where, fix="write the body in the block's first call and name that call "
+                         "in the later ones (as gd.to_json does)")
