@@ -66,13 +66,15 @@ def plan_runner(plan: Any, kernels: Mapping[str, Kernel],
                 make_ctx: Callable[[Any], KernelContext],
                 fetch: Callable[[Any, Mapping], Mapping[str, Any]],
                 convert_input: Callable[[Any, bool, str, Any], Any],
-                copy: Callable[[Any], Any], to_state: Callable[[Any], Any] = lambda v: v
+                copy: Callable[[Any], Any], to_state: Callable[[Any], Any] = lambda v: v,
+                kernel_of: Callable[[Any, Kernel], Kernel] = lambda step, kernel: kernel
                 ) -> Callable[[Any, list], tuple[Any, dict]]:
     """The executor every backend shares: a flat loop of kernel calls over numbered slots.
 
     ``fetch(step, state.data)`` returns the step's parameters by local name (checked and
     converted for the backend); ``convert_input(array, is_int, name, node)`` one input;
-    ``to_state(value)`` a new state value as the ModelState holds it (a NumPy array).
+    ``to_state(value)`` a new state value as the ModelState holds it (a NumPy array);
+    ``kernel_of(step, kernel)`` the kernel a step runs (a backend's fused form of it).
     Each intermediate is released after its last use; an exception inside a kernel comes
     back as a GraphDSLError naming the layer. An output that may share the model's memory
     (``plan.copy_out``) is returned as ``copy(array)``, so editing it changes nothing.
@@ -90,8 +92,8 @@ def plan_runner(plan: Any, kernels: Mapping[str, Kernel],
                                   "register one with the backend's register_kernel",
                                   cls=BackendError)
         refs = {r.local: (r.owner, r.name) for r in step.params}
-        prog.append((kernels[step.op], step, step.ins, step.out, step.free, step.attrs,
-                     make_ctx(step), refs))
+        prog.append((kernel_of(step, kernels[step.op]), step, step.ins, step.out, step.free,
+                     step.attrs, make_ctx(step), refs))
     inputs = [(slot, node.dtype.startswith("int"), name, node)
               for name, slot, node in plan.inputs]
     n_slots, out_slot = plan.n_slots, plan.output
