@@ -232,16 +232,16 @@ def test_numpy_runs_the_activation_in_place_only_on_a_buffer_of_its_own():
     reader (the activation overwrites the layer's new buffer); where another layer also
     reads the layer's output (here a view of it, by reshape), the activation gets a new
     buffer and the other reader still sees the values before the activation."""
-    from graphdsl.backends.numpy_backend import KERNELS, _in_place
+    from graphdsl.backends.numpy_backend import in_place
 
     x = gd.input("x", (None, 4))
     h = gd.dense(x, 6, name="fc")
     shared = gd.container([gd.reshape(h, (None, 2, 3)), gd.relu(h), gd.tanh(
         gd.dense(x, 6, activation="relu", name="fc2"))])
     plan = make_plan(shared)
-    kernel_of = _in_place(plan)
-    fused = [s.op for s in plan.steps if kernel_of(s, KERNELS[s.op]) is not KERNELS[s.op]]
-    assert fused == ["relu"]  # fc2's relu; not fc's relu (two readers), not the tanh
+    fused = in_place(plan)
+    # fc2's relu; not fc's relu (two readers), not the tanh (its input is a relu)
+    assert [s.op for s in plan.steps if s.out in fused] == ["relu"]
     v = np.random.default_rng(2).normal(size=(3, 4)).astype(np.float32)
     st = gd.build(shared)[0](v)
     r, a, t = gd.predict(shared, st, v)
@@ -251,13 +251,30 @@ def test_numpy_runs_the_activation_in_place_only_on_a_buffer_of_its_own():
     np.testing.assert_allclose(a, _relu(hv), rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(t, np.tanh(_relu(_dense(v, st, "fc2"))), rtol=1e-6, atol=1e-6)
     mlp = gd.dense(gd.dense(x, 8, activation="relu"), 3, activation="sigmoid")
-    kernel_of = _in_place(p := make_plan(mlp))
-    assert [s.op for s in p.steps if kernel_of(s, KERNELS[s.op]) is not KERNELS[s.op]] == [
-        "relu", "sigmoid"]
+    fused = in_place(p := make_plan(mlp))
+    assert [s.op for s in p.steps if s.out in fused] == ["relu", "sigmoid"]
     st, (got, ref) = _run(mlp, v)
     np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(got, 1 / (1 + np.exp(-_dense(_relu(_dense(v, st)), st,
                                                             "dense_1"))), rtol=1e-6)
+
+
+def test_the_fused_pair_keeps_the_layers_state_updates():
+    """A LoRA layer with dropout in train mode returns its new dropout key (Stateful); fused
+    with the relu after it, the pair still gives the key and relu of the same output."""
+    x = gd.input("x", (None, 5))
+    with_act = lora.lora_layer(x, 5, 4, rank=2, dropout=0.5, activation="relu", name="L")
+    plain = lora.lora_layer(x, 5, 4, rank=2, dropout=0.5, name="L")
+    from graphdsl.backends.numpy_backend import in_place
+
+    assert len(in_place(make_plan(with_act, mode="train"))) == 1
+    v = np.random.default_rng(6).normal(size=(8, 5)).astype(np.float32)
+    st = gd.build(plain, seed=4)[0](v)
+    st.data["L"]["B"] = np.random.default_rng(7).normal(size=(2, 4)).astype(np.float32)
+    got = gd.build(with_act, mode="train")[1](st, v)
+    ref = gd.build(plain, mode="train")[1](st, v)
+    np.testing.assert_array_equal(got["prediction"], _relu(ref["prediction"]))
+    assert got["state"].data["L"]["key"] == ref["state"].data["L"]["key"] != st.data["L"]["key"]
 
 
 # -- adapters on a layer with an activation node -----------------------------------------------

@@ -50,26 +50,19 @@ class NumpyBackend(Backend):
             lambda step: KernelContext(plan.training, dtype, step.name, step.op, np),
             state_fetch(plan, _state_array),
             lambda a, is_int, name, node: _convert_input(a, is_int, dtype, name, node),
-            lambda a: np.array(a, copy=True), kernel_of=_in_place(plan))
+            lambda a: np.array(a, copy=True), then=in_place(plan))
 
 
-def _in_place(plan: Plan) -> Callable:
-    """The ``kernel_of`` that fuses a layer and the activation after it (``dense(x, n,
-    activation="relu")``): an element-wise activation of :data:`IN_PLACE` that is the only
-    reader of a layer's new buffer (:data:`FRESH_OUTPUT`) overwrites that buffer, so the
-    pair costs what the layer costs, as the hand-written ``np.maximum(x @ k + b, 0)``."""
+def in_place(plan: Plan) -> dict[int, Callable]:
+    """The fusions of a layer and the activation after it (``dense(x, n,
+    activation="relu")``), as :func:`..base.plan_runner` takes them: an element-wise
+    activation of :data:`IN_PLACE` that is the only reader of a layer's new buffer
+    (:data:`FRESH_OUTPUT`) overwrites that buffer in the layer's call, so the pair costs
+    what the layer costs, as the hand-written ``np.maximum(x @ k + b, 0)``."""
     readers = Counter(i for step in plan.steps for i in step.ins)
     made_by = {step.out: step.op for step in plan.steps}
-    fused = {step.out for step in plan.steps if step.op in IN_PLACE
-             and readers[step.ins[0]] == 1 and made_by.get(step.ins[0]) in FRESH_OUTPUT}
-
-    def kernel_of(step: Any, kernel: Callable) -> Callable:
-        if step.out not in fused:
-            return kernel
-        fn = IN_PLACE[step.op]
-        return lambda ins, p, a, ctx: fn(ins[0], a)
-
-    return kernel_of
+    return {step.out: IN_PLACE[step.op] for step in plan.steps if step.op in IN_PLACE
+            and readers[step.ins[0]] == 1 and made_by.get(step.ins[0]) in FRESH_OUTPUT}
 
 
 def _state_array(arr: Any, ref: Any) -> np.ndarray:
