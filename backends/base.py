@@ -66,13 +66,17 @@ def plan_runner(plan: Any, kernels: Mapping[str, Kernel],
                 make_ctx: Callable[[Any], KernelContext],
                 fetch: Callable[[Any, Mapping], Mapping[str, Any]],
                 convert_input: Callable[[Any, bool, str, Any], Any],
-                copy: Callable[[Any], Any], to_state: Callable[[Any], Any] = lambda v: v
+                copy: Callable[[Any], Any], to_state: Callable[[Any], Any] = lambda v: v,
+                then: Mapping[int, Callable[[Any, Mapping[str, Any]], Any]] | None = None
                 ) -> Callable[[Any, list], tuple[Any, dict]]:
     """The executor every backend shares: a flat loop of kernel calls over numbered slots.
 
     ``fetch(step, state.data)`` returns the step's parameters by local name (checked and
     converted for the backend); ``convert_input(array, is_int, name, node)`` one input;
-    ``to_state(value)`` a new state value as the ModelState holds it (a NumPy array).
+    ``to_state(value)`` a new state value as the ModelState holds it (a NumPy array);
+    ``then`` a backend's fusions ``{slot: fn(x, attrs)}``: the step writing that slot
+    (an activation) runs ``fn`` on its one input, within the call of the step just before
+    it when that step makes the input (a failure there names that step's layer).
     Each intermediate is released after its last use; an exception inside a kernel comes
     back as a GraphDSLError naming the layer. An output that may share the model's memory
     (``plan.copy_out``) is returned as ``copy(array)``, so editing it changes nothing.
@@ -83,20 +87,28 @@ def plan_runner(plan: Any, kernels: Mapping[str, Kernel],
     container) and ``{(layer, entry): new value}`` of the state entries that kernels
     changed (:class:`Stateful`).
     """
-    prog = []
+    prog: list[tuple] = []
+    then = then or {}
     written: set = set()
     for step in plan.steps:
         if step.op not in kernels:
             raise plan.step_error(step, f"this backend has no kernel for op {step.op!r}",
                                   "register one with the backend's register_kernel",
                                   cls=BackendError)
+        fn = then.get(step.out)
+        if fn is not None and prog and prog[-1][3] == step.ins[0]:
+            kern, first, ins, _, free, attrs, ctx, refs, chain = prog.pop()
+            prog.append((_then(kern, fn, step.attrs), first, ins, step.out, free + step.free,
+                         attrs, ctx, refs, chain))
+            continue
+        kern = kernels[step.op] if fn is None else (lambda ins, p, a, ctx, f=fn: f(ins[0], a))
         refs = {r.local: (r.owner, r.name) for r in step.params}
         # state entries an earlier step (another use of a block's body) may have changed
         chain = tuple((r.local, (r.owner, r.name)) for r in step.params
                       if r.kind == "state" and (r.owner, r.name) in written)
         written.update((r.owner, r.name) for r in step.params if r.kind == "state")
-        prog.append((kernels[step.op], step, step.ins, step.out, step.free, step.attrs,
-                     make_ctx(step), refs, chain))
+        prog.append((kern, step, step.ins, step.out, step.free, step.attrs, make_ctx(step),
+                     refs, chain))
     inputs = [(slot, node.dtype.startswith("int"), name, node)
               for name, slot, node in plan.inputs]
     n_slots, out_slot = plan.n_slots, plan.output
@@ -133,6 +145,18 @@ def plan_runner(plan: Any, kernels: Mapping[str, Kernel],
         return out, updates
 
     copy_out = plan.copy_out if any(plan.copy_out) else None
+    return run
+
+
+def _then(kernel: Kernel, fn: Callable[[Any, Mapping[str, Any]], Any],
+          attrs: Mapping[str, Any]) -> Kernel:
+    """``kernel`` followed by ``fn(y, attrs)`` on its output (:class:`Stateful` kept)."""
+    def run(ins: list, p: Mapping[str, Any], a: Mapping[str, Any], ctx: KernelContext) -> Any:
+        y = kernel(ins, p, a, ctx)
+        if type(y) is Stateful:
+            return Stateful(fn(y.output, attrs), y.updates)
+        return fn(y, attrs)
+
     return run
 
 

@@ -6,7 +6,7 @@ Mirror of Elixir's ``Edifice.Meta.DoRA`` (``build``, ``dora_layer``, ``wrap``,
 ``B [r, out]``, magnitude ``m [out]`` and ``s = alpha / rank``::
 
     c_j = || K[:, j] + s * (A @ B)[:, j] ||_2       (column norm, per output unit)
-    y   = (m / c) * (x @ K + s * (x @ A) @ B) + b    (then the dense's activation)
+    y   = (m / c) * (x @ K + s * (x @ A) @ B) + b
 
 ``B`` starts at zero and ``m`` at ``c`` of the kernel the layer really has at init
 (also a pretrained kernel passed in ``initial_state``), so an adapted layer starts
@@ -56,8 +56,9 @@ def wrap(input: Node, original: Node, rank: int = 8, alpha: float = 16.0,
     graphdsl.adapters.kinds), applied to the input it reads (dense: ``(..., in)``).
 
     Reuses ``state.data[original.name]["kernel"/"bias"]`` (frozen) and adds ``A``, ``B``,
-    ``magnitude`` under ``state.data[name]`` (default ``"{original.name}_dora"``). Keeps
-    the layer's activation. ``output_size`` is inferred (checked when given). At init the
+    ``magnitude`` under ``state.data[name]`` (default ``"{original.name}_dora"``). An
+    activation node ``original`` (``dense(..., activation=)``) is kept after the DoRA
+    layer wrapping its input layer. ``output_size`` is inferred (checked when given). At init the
     output equals ``original``'s.
     """
     opts = _layers.options(OP, rank, alpha, dropout, rslora, detach_norm, eps)

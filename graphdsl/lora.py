@@ -3,7 +3,7 @@
 With a frozen kernel ``K [in, out]`` and bias ``b [out]``, ``A [in, r]``, ``B [r, out]``
 and ``s = alpha / rank`` (``alpha / sqrt(rank)`` with ``rslora=True``)::
 
-    y = x @ K + b + s * (dropout(x) @ A) @ B     (then the dense's activation)
+    y = x @ K + b + s * (dropout(x) @ A) @ B
 
 ``B`` starts at zero, so an adapted layer starts equal to the original.
 """
@@ -47,7 +47,8 @@ def wrap(input: Node, original: Node, rank: int = 8, alpha: float = 16.0,
     """LoRA around the named dense, conv or embedding layer ``original`` (a kind of
     graphdsl.adapters.kinds), applied to the input it reads (dense: ``(..., in)``):
     reuses its kernel and bias (frozen), adds ``A``, ``B`` under ``state.data[name]``
-    (default ``"{original.name}_lora"``), keeps its activation; equal to it at init."""
+    (default ``"{original.name}_lora"``), keeps an activation node ``original`` after it
+    (as dora.wrap); equal to it at init."""
     opts = _layers.options(OP, rank, alpha, dropout, rslora)
     return _layers.wrap(OP, input, original, name, output_size, opts, caller_location())
 

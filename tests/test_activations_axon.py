@@ -305,9 +305,9 @@ def test_fused_with_default_options(act):
                                rtol=1e-5, atol=1e-5)
 
 
-def test_log_sumexp_is_not_fusable():
-    with pytest.raises(GraphDSLError, match="reduces an axis"):
-        gd.dense(gd.input("x", (None, 3)), 4, activation="log_sumexp")
+def test_log_sumexp_as_a_layers_activation_is_its_own_node():
+    y = gd.dense(gd.input("x", (None, 3)), 4, activation="log_sumexp")
+    assert y.op == "log_sumexp" and y.inputs[0].op == "dense" and y.shape == (None, 1)
 
 
 @pytest.mark.parametrize("make", [lambda x: gd.celu(x, alpha=float("inf")),

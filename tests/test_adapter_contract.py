@@ -76,14 +76,14 @@ def test_a_small_but_genuine_column_is_fine_on_every_path():
 #: ``(input node, base layer, a batch)``
 _KIND_EXAMPLES = {
     "dense": lambda rng: _example(gd.input("x", (None, 3, 6)), rng.standard_normal((2, 3, 6)),
-                                  lambda x: gd.dense(x, 5, activation="tanh", name="base")),
+                                  lambda x: gd.dense(x, 5, name="base")),
     "conv last": lambda rng: _example(
         gd.input("x", (None, 5, 6, 3)), rng.standard_normal((2, 5, 6, 3)),
         lambda x: gd.conv(x, 4, (3, 2), strides=(2, 1), padding="same", name="base")),
     "conv first": lambda rng: _example(
         gd.input("x", (None, 3, 5, 6)), rng.standard_normal((2, 3, 5, 6)),
         lambda x: gd.conv(x, 4, (2, 3), kernel_dilation=(1, 2), channels="first",
-                          activation="relu", name="base")),
+                          name="base")),
     "embedding": lambda rng: _example(
         gd.input("ids", (None, 4), dtype="int64"), rng.integers(0, 7, (2, 4)),
         lambda x: gd.embedding(x, 7, 5, name="base")),

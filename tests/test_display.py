@@ -193,7 +193,7 @@ def test_dora_adapted_golden():
     assert "magnitude: f32[32] (trainable, adapter)" in t
     check_golden("dora_table.txt", t)
     m = display.as_graph(adapted)
-    assert "class n1,n2 adapter;" in m and "class n4,n5 frozen;" in m
+    assert "class n1,n3 adapter;" in m and "class n5,n6 frozen;" in m
     check_golden("dora_mermaid.txt", m)
     dot = display.to_dot(adapted)
     assert dot.count('fillcolor="#fde68a"') == 2 and dot.count('fillcolor="#e5e7eb"') == 2
@@ -334,7 +334,7 @@ def test_huge_shapes():
 def test_repr_mentions_inputs_outputs_nodes():
     r = repr(branching())
     assert r.startswith("#Node<") and "inputs: {x: (None, 16), ids: (None, 4)}" in r
-    assert "'logits': (None, 3)" in r and "nodes: 14" in r
+    assert "'logits': (None, 3)" in r and "nodes: 15" in r
 
 
 def test_tuple_container_same_parent_twice_and_edge_order():
@@ -368,7 +368,7 @@ def test_networkx_attributes_are_json_friendly():
     assert G.graph["output_shape"] == {"logits": (2, 3), "hidden": (2, 32)}  # custom layer probed
     assert list(nx.topological_sort(G))[0] == "x"
     # networkx agrees with the graph's own order and op counts
-    assert [d["order"] for _, d in G.nodes(data=True)] == list(range(14))
+    assert [d["order"] for _, d in G.nodes(data=True)] == list(range(15))
     ops = {}
     for _, d in G.nodes(data=True):
         ops[d["op"]] = ops.get(d["op"], 0) + 1

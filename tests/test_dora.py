@@ -285,8 +285,8 @@ def test_wrap_errors():
     with pytest.raises(gd.GraphDSLError, match="name it"):
         dora.wrap(x, gd.dense(x, 7))
     with pytest.raises(gd.GraphDSLError,
-                       match="needs a dense, conv or embedding layer, got a relu") as e:
-        dora.wrap(x, gd.relu(orig, name="r"))
+                       match="needs a dense, conv or embedding layer, got a dropout") as e:
+        dora.wrap(x, gd.dropout(orig, name="r"))
     assert "gd.dense" in e.value.fix
     with pytest.raises(gd.GraphDSLError, match="already an adapter"):
         dora.wrap(x, dora.wrap(x, orig))

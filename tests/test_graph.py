@@ -19,7 +19,7 @@ def test_design_example():
     assert state.data["fc1"]["kernel"].shape == (16, 32)
     out = predict_fn(state, np.ones((8, 16), np.float32))
     assert out.shape == (8, 4) and out.dtype == np.float32
-    assert "inputs: {x: (None, 16)}" in repr(y) and "nodes: 3" in repr(y)
+    assert "inputs: {x: (None, 16)}" in repr(y) and "nodes: 4" in repr(y)  # fc1, relu_0
 
 
 def test_default_names_are_deterministic_per_model():
@@ -81,10 +81,11 @@ def test_map_nodes_and_rewrite_nodes():
     y = gd.dense(gd.dense(x, 3, activation="relu", name="a"), 2, name="b")
     with_dropout = gd.rewrite_nodes(
         y, lambda n: (lambda ins, out: gd.dropout(out, 0.5)) if n.op == "dense" else None)
-    assert gd.get_op_counts(with_dropout) == {"input": 1, "dense": 2, "dropout": 2}
+    assert gd.get_op_counts(with_dropout) == {"input": 1, "dense": 2, "dropout": 2,
+                                              "relu": 1}
     swapped = gd.rewrite_nodes(
         y, lambda n: (lambda ins, out: gd.tanh(ins[0])) if n.name == "a" else None)
-    assert gd.get_op_counts(swapped) == {"input": 1, "tanh": 1, "dense": 1}
+    assert gd.get_op_counts(swapped) == {"input": 1, "tanh": 1, "relu": 1, "dense": 1}
     assert set(gd.get_parameters(swapped)) == {"b"}
     # rewrite keeps untouched subgraphs shared
     same = gd.rewrite_nodes(y, lambda n: None)

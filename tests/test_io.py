@@ -356,7 +356,7 @@ def _swap_json(path, tmp_path, member, fn, name="j.gdsl"):
     (lambda d: d["nodes"][0].update(inputs=["dropout_0"]), "cycle"),
     (lambda d: d["nodes"][1].update(inputs=["ghost"]), "not defined"),
     (lambda d: d["nodes"][1].update(name="attn"), "used twice"),
-    (lambda d: d["nodes"][1]["attrs"].update(units=4), "declares shape|has shape"),
+    (lambda d: d["nodes"][2]["attrs"].update(units=4), "declares shape|has shape"),
 ])
 def test_bad_model_json_in_a_file(saved, tmp_path, edit, msg):
     path, _, _ = saved

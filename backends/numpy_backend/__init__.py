@@ -10,6 +10,7 @@ layers).
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -20,7 +21,7 @@ from graphdsl.errors import BackendError, InputError
 
 from ..base import Backend, KernelContext, plan_runner, state_fetch
 from . import adapters, conv, conv_variants, kernels, pool, recurrent, special
-from .kernels import ACTIVATIONS, apply_activation, inverted_dropout
+from .kernels import ACTIVATIONS, FRESH_OUTPUT, IN_PLACE, inverted_dropout
 
 if TYPE_CHECKING:  # pragma: no cover
     from graphdsl.compiler import Plan
@@ -50,7 +51,19 @@ class NumpyBackend(Backend):
             lambda step: KernelContext(plan.training, dtype, step.name, step.op, np),
             state_fetch(plan, _state_array),
             lambda a, is_int, name, node: _convert_input(a, is_int, dtype, name, node),
-            lambda a: np.array(a, copy=True))
+            lambda a: np.array(a, copy=True), then=in_place(plan))
+
+
+def in_place(plan: Plan) -> dict[int, Callable]:
+    """The fusions of a layer and the activation after it (``dense(x, n,
+    activation="relu")``), as :func:`..base.plan_runner` takes them: an element-wise
+    activation of :data:`IN_PLACE` that is the only reader of a layer's new buffer
+    (:data:`FRESH_OUTPUT`) overwrites that buffer in the layer's call, so the pair costs
+    what the layer costs, as the hand-written ``np.maximum(x @ k + b, 0)``."""
+    readers = Counter(i for step in plan.steps for i in step.ins)
+    made_by = {step.out: step.op for step in plan.steps}
+    return {step.out: IN_PLACE[step.op] for step in plan.steps if step.op in IN_PLACE
+            and readers[step.ins[0]] == 1 and made_by.get(step.ins[0]) in FRESH_OUTPUT}
 
 
 def _state_array(arr: Any, ref: Any) -> np.ndarray:
@@ -79,5 +92,5 @@ def _convert_input(a: Any, is_int: bool, dtype: np.dtype, name: str, node: Any
 
 BACKEND = NumpyBackend()
 
-__all__ = ["ACTIVATIONS", "BACKEND", "KERNELS", "NumpyBackend", "apply_activation",
+__all__ = ["ACTIVATIONS", "BACKEND", "KERNELS", "NumpyBackend",
            "inverted_dropout", "register_kernel"]

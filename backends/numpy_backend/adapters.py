@@ -42,7 +42,7 @@ from graphdsl.adapters.contract import (
 from ..base import KernelContext, with_updates
 from . import conv, kernels
 from .conv import conv_window, from_last, im2col, to_last
-from .kernels import apply_activation, embed, inverted_dropout
+from .kernels import embed, inverted_dropout
 
 #: the plain forward of each adaptable kind: the base op's own kernel
 _PLAIN: dict[str, Callable] = {k: f for k, f in {**kernels.KERNELS, **conv.KERNELS}.items()
@@ -158,15 +158,14 @@ def _lora_rows(x2: np.ndarray, xd2: np.ndarray | None, p: Mapping, a: Mapping,
 
 def _on_rows(to_rows: Callable) -> Callable:
     """The unmerged forward of a kind whose input runs as rows against the flat kernel
-    (``to_rows``, see :func:`_rows`): DoRA's or LoRA's math on them, bias, layout, act."""
+    (``to_rows``, see :func:`_rows`): DoRA's or LoRA's math on them, bias, layout."""
     def forward(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
                 m: np.ndarray | None) -> Any:
         x2, xd2, updates, back = _rows(ins[0], a, p, to_rows)
         y = (_lora_rows if m is None else _dora_rows)(x2, xd2, p, a, ctx)
         if "bias" in p:  # on the channels-last rows
             y += p["bias"]
-        # the activation sees the output in the layer's own layout (Axon's softmax axis)
-        return with_updates(apply_activation(back(y), a["activation"]), updates)
+        return with_updates(back(y), updates)
     return forward
 
 

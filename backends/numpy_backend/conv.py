@@ -21,7 +21,6 @@ from graphdsl.windows import Window, kernel_hwio, window
 
 from .. import shared
 from ..base import KernelContext, Stateful
-from .kernels import apply_activation
 
 
 def to_last(x: np.ndarray, channels: str) -> np.ndarray:
@@ -90,7 +89,7 @@ def conv_matmul(cols: np.ndarray, K: np.ndarray, groups: int) -> np.ndarray:
 
 
 def conv_forward(x: np.ndarray, K: np.ndarray, a: Mapping) -> np.ndarray:
-    """Conv without bias/activation: channels-last ``x`` -> ``[N, *out, F]`` (HWIO K)."""
+    """Conv without bias: channels-last ``x`` -> ``[N, *out, F]`` (HWIO K)."""
     w = conv_window(x, a, K.shape[:-2])
     cols, out = im2col(x, w)
     return conv_matmul(cols, K, a["feature_group_size"]).reshape(x.shape[0], *out, K.shape[-1])
@@ -101,8 +100,7 @@ def _conv(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
     y = conv_forward(x, kernel_hwio(p["kernel"], a["channels"]), a)
     if "bias" in p:
         y += p["bias"]
-    # the activation sees the output in the layer's own layout (Axon: softmax on its last axis)
-    return apply_activation(from_last(y, a["channels"]), a["activation"])
+    return from_last(y, a["channels"])
 
 
 def batch_statistics(x: np.ndarray, ax: int, running_mean: Any, running_var: Any,

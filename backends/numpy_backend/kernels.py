@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 
-from graphdsl.ops.nn import ACTIVATIONS as OPTIONS
 from graphdsl.ops.tensor import pad_widths
 
 from .. import shared
@@ -156,26 +155,36 @@ ACTIVATIONS: dict[str, Callable[[np.ndarray, Mapping[str, Any]], np.ndarray]] = 
 }
 
 
+def _sigmoid_(x: np.ndarray) -> np.ndarray:
+    x *= 0.5
+    np.tanh(x, out=x)
+    x *= 0.5
+    x += 0.5
+    return x
+
+
+#: the element-wise activations that can overwrite their input ``fn(x, attrs) -> x``
+IN_PLACE: dict[str, Callable[[np.ndarray, Mapping[str, Any]], np.ndarray]] = {
+    "relu": lambda x, a: np.maximum(x, 0, out=x), "tanh": lambda x, a: np.tanh(x, out=x),
+    "sigmoid": lambda x, a: _sigmoid_(x), "exp": lambda x, a: np.exp(x, out=x),
+    "relu6": lambda x, a: np.clip(x, 0, 6, out=x),
+    "hard_tanh": lambda x, a: np.clip(x, -1, 1, out=x),
+}
+#: ops whose kernel returns a buffer of its own (or a view of one) that nothing else holds
+FRESH_OUTPUT = frozenset({"dense", "conv", "conv_transpose", "depthwise_conv",
+                          "separable_conv2d", "separable_conv3d", "dora", "lora"})
+
+
 def _as_float(y: np.ndarray, ctx: KernelContext) -> np.ndarray:
     """Keep the compute dtype when ints meet floats (NumPy would promote to float64)."""
     return y.astype(ctx.dtype) if y.dtype.kind == "f" and y.dtype != ctx.dtype else y
-
-
-def apply_activation(y: np.ndarray, name: str | None) -> np.ndarray:
-    """``y`` (any shape) through the fused activation ``name`` of dense or an adapter (None:
-    the identity), in place where it can be; same shape and dtype."""
-    if name is None:
-        return y
-    if name == "relu":
-        return np.maximum(y, 0, out=y)
-    return ACTIVATIONS[name](y, OPTIONS[name])
 
 
 def _dense(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
     y = ins[0] @ p["kernel"]
     if "bias" in p:
         y += p["bias"]
-    return apply_activation(y, a["activation"])
+    return y
 
 
 def inverted_dropout(x: np.ndarray, rate: float, key: Any) -> tuple[np.ndarray, np.ndarray]:

@@ -25,7 +25,7 @@ import numpy as np
 from graphdsl.windows import Window, split_channels, window
 
 from .builder import Builder
-from .layer import Layer, Rule, along, fused, normalized
+from .layer import Layer, Rule, along, normalized
 
 
 def to_first(b: Builder, x: str, rank: int, channels: str) -> str:
@@ -54,7 +54,7 @@ def _dilated(b: Builder, x: str, c: int, w: Window) -> str:
 
 def conv_nd(b: Builder, x: str, in_shape: tuple, a: Mapping[str, Any], kernel: str,
             bias: str | None) -> str:
-    """``activation(conv(x, kernel) + bias)`` for a conv layer's attributes ``a``:
+    """``conv(x, kernel) + bias`` for a conv layer's attributes ``a``:
     ``x`` as graphdsl lays it out (``[N, *S, C]`` or channels first), ``kernel`` an
     initializer in graphdsl's layout for ``a["channels"]``, ``bias [F]`` or None."""
     ch, rank = a["channels"], len(in_shape)
@@ -70,8 +70,7 @@ def conv_nd(b: Builder, x: str, in_shape: tuple, a: Mapping[str, Any], kernel: s
     y = b.op("Conv", [xf, kernel] + ([bias] if bias else []), kernel_shape=list(w.kernel),
              strides=list(w.strides), dilations=list(w.kernel_dilation),
              group=a["feature_group_size"], **opts)
-    # on the output in the layer's own layout, as the other backends (Axon's softmax axis)
-    return fused(b, from_first(b, y, rank, ch), a["activation"])
+    return from_first(b, y, rank, ch)
 
 
 def _conv(b: Builder, layer: Layer) -> str:

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 
 from graphdsl.node import Node
-from graphdsl.ops.nn import ACTIVATIONS as OPTIONS
 
 from .builder import Builder
 
@@ -94,20 +93,12 @@ ACTIVATIONS: dict[str, Callable[[Builder, str, Mapping[str, Any]], str]] = {
 }
 
 
-def fused(b: Builder, x: str, act: str | None) -> str:
-    """``x`` through the activation ``act`` fused into a layer (dense's ``activation=``),
-    with the activation's default options; ``x`` itself for None."""
-    if act is None:
-        return x
-    return ACTIVATIONS[act](b, x, OPTIONS[act])
-
-
-def affine(b: Builder, x: str, kernel: str, bias: str | None, act: str | None) -> str:
-    """``act(x @ kernel + bias)`` on the last axis (dense, tied_dense, merged adapters)."""
+def affine(b: Builder, x: str, kernel: str, bias: str | None) -> str:
+    """``x @ kernel + bias`` on the last axis (dense, tied_dense, merged adapters)."""
     y = b.op("MatMul", [x, kernel])
     if bias is not None:
         y = b.op("Add", [y, bias])
-    return fused(b, y, act)
+    return y
 
 
 def gather_rows(b: Builder, table: str, ids: str, vocab: int, ids_dtype: str) -> str:
@@ -134,5 +125,5 @@ def along(b: Builder, v: str, rank: int, axis: int) -> str:
     return b.op("Reshape", [v, b.ints([-1] + [1] * (rank - 1 - axis))])
 
 
-__all__ = ["ACTIVATIONS", "FLOOR", "fused", "Layer", "Rule", "affine", "along", "gather_rows",
+__all__ = ["ACTIVATIONS", "FLOOR", "Layer", "Rule", "affine", "along", "gather_rows",
            "normalized"]

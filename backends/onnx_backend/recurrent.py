@@ -15,10 +15,11 @@ import numpy as np
 from onnx import TensorProto
 
 from graphdsl.errors import GraphDSLError
+from graphdsl.ops.nn import ACTIVATIONS as OPTIONS
 
 from .builder import Builder
 from .conv import conv_nd
-from .layer import Layer, Rule, fused
+from .layer import ACTIVATIONS, Layer, Rule
 
 _ORDER = {"lstm": [0, 3, 1, 2], "gru": [1, 0, 2]}  # ONNX's gate k is graphdsl's _ORDER[k]
 _ACTS = {"sigmoid": "Sigmoid", "tanh": "Tanh", "relu": "Relu", "softsign": "Softsign",
@@ -108,7 +109,8 @@ def _masked(b: Builder, layer: Layer) -> str:
     is nonzero."""
     a, op, u = layer.attrs, layer.op, layer.attrs["units"]
     T, n, x = _steps(layer), 2 if layer.op == "lstm" else 1, layer.ins[0]
-    gate, act = (lambda v, k=k: fused(b, v, a[k]) for k in ("gate", "activation"))
+    gate, act = (lambda v, k=k: ACTIVATIONS[a[k]](b, v, OPTIONS[a[k]])
+                 for k in ("gate", "activation"))
     xw = b.op("MatMul", [x, layer.param("input_kernel")])
     bias = layer.param("bias") if "bias" in layer.arrays else None
     if bias is not None:
@@ -145,7 +147,7 @@ def _conv_lstm(b: Builder, layer: Layer) -> str:
     T = _steps(layer)
     conv = {"channels": "first", "kernel_size": a["kernel_size"], "strides": a["strides"],
             "padding": a["padding"], "input_dilation": 1, "kernel_dilation": 1,
-            "feature_group_size": 1, "activation": None}
+            "feature_group_size": 1}
     wi, wh = layer.param("input_kernel"), layer.param("hidden_kernel")
     bias = layer.param("bias") if "bias" in layer.arrays else None
     h_shape = (shape[0], a["units"], *shape[3:])

@@ -44,7 +44,7 @@ def _activation(op: str) -> Rule:
 
 def _dense(b: Builder, layer: Layer) -> str:
     bias = layer.param("bias") if "bias" in layer.arrays else None
-    return affine(b, layer.ins[0], layer.param("kernel"), bias, layer.attrs["activation"])
+    return affine(b, layer.ins[0], layer.param("kernel"), bias)
 
 
 def _adapter(b: Builder, layer: Layer) -> str:
@@ -261,7 +261,7 @@ def _positions(b: Builder, layer: Layer) -> str:
 def _tied_dense(b: Builder, layer: Layer) -> str:
     bias = layer.param("bias") if "bias" in layer.arrays else None
     kt = b.op("Transpose", [layer.param("kernel")], perm=[1, 0])
-    return affine(b, layer.ins[0], kt, bias, None)
+    return affine(b, layer.ins[0], kt, bias)
 
 
 # -- sources and plumbing ---------------------------------------------------------------------

@@ -32,7 +32,7 @@ from graphdsl.errors import BackendError, InputError
 from ..base import Backend, plan_runner, state_fetch
 from . import adapters, conv, conv_variants, kernels, pool, recurrent, special
 from .adapters import dora_column_norm_sq
-from .kernels import ACTIVATIONS, TorchContext, apply_activation, compiling
+from .kernels import ACTIVATIONS, TorchContext, compiling
 
 if TYPE_CHECKING:  # pragma: no cover
     from graphdsl.compiler import Plan
@@ -161,5 +161,5 @@ def integer_input(t: torch.Tensor, name: str, node: Any) -> torch.Tensor:
 BACKEND = TorchBackend()
 
 __all__ = ["BACKEND", "KERNELS", "ACTIVATIONS", "TorchBackend", "TorchContext",
-           "apply_activation", "compiling", "dora_column_norm_sq", "integer_input",
+           "compiling", "dora_column_norm_sq", "integer_input",
            "register_kernel", "resolve_device", "state_tensor", "to_tensor"]

@@ -17,7 +17,7 @@ from graphdsl.adapters.contract import base_kernel, flat_A, flat_kernel, layer_o
 
 from ..base import KernelContext, with_updates
 from .conv import conv_first, from_first, to_first, torch_weight
-from .kernels import apply_activation, compiling, drop, fail, linear, lookup
+from .kernels import compiling, drop, fail, linear, lookup
 
 
 def _colsum_sq(K: torch.Tensor) -> torch.Tensor:
@@ -240,8 +240,7 @@ def _dense(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
         y = _dense_dora(x2, xd, p, a, ctx, m)
     else:
         y = torch.addmm(linear(x2, K, b), xd @ A, B, alpha=a["scale"])
-    y = apply_activation(y.reshape(*x.shape[:-1], K.shape[1]), a.get("activation"))
-    return with_updates(y, updates)
+    return with_updates(y.reshape(*x.shape[:-1], K.shape[1]), updates)
 
 
 def _norm_ratio(p: Mapping, m: torch.Tensor | None, a: Mapping, ctx: KernelContext
@@ -299,8 +298,7 @@ def _conv(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
             y = y + (base - base_d)
     if b is not None:
         y = y + b.reshape(-1, *([1] * (y.dim() - 2)))
-    y = apply_activation(from_first(y, ch), a.get("activation"))
-    return with_updates(y, updates)
+    return with_updates(from_first(y, ch), updates)
 
 
 #: the forward of each adaptable kind (graphdsl.adapters.kinds): ``(ins, p, a, ctx, m)

@@ -17,7 +17,6 @@ from graphdsl.windows import Window, kernel_from_hwio, window
 
 from .. import shared
 from ..base import KernelContext, Stateful
-from .kernels import apply_activation
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -64,8 +63,7 @@ def torch_weight(K: torch.Tensor, channels: str) -> torch.Tensor:
 def _conv(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
     ch = a["channels"]
     y = conv_first(to_first(ins[0], ch), torch_weight(p["kernel"], ch), p.get("bias"), a)
-    # the activation sees the output in the layer's own layout (Axon: softmax on its last axis)
-    return apply_activation(from_first(y, ch), a["activation"])
+    return from_first(y, ch)
 
 
 def _batch_norm(ins: list, p: Mapping, a: Mapping, ctx: Any) -> Any:

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 
 from graphdsl.errors import GraphDSLError
-from graphdsl.ops.nn import ACTIVATIONS as OPTIONS
 from graphdsl.ops.tensor import pad_widths
 
 from .. import shared
@@ -77,14 +76,6 @@ ACTIVATIONS: dict[str, Callable[[torch.Tensor, Mapping[str, Any]], torch.Tensor]
 }
 
 
-def apply_activation(y: torch.Tensor, name: str | None) -> torch.Tensor:
-    """``y`` (any shape) through the fused activation ``name`` of dense or an adapter (None:
-    the identity); same shape and dtype."""
-    if name is None:
-        return y
-    return ACTIVATIONS[name](y, OPTIONS[name])
-
-
 def _as_float(y: torch.Tensor, ctx: KernelContext) -> torch.Tensor:
     return y.to(ctx.dtype) if y.is_floating_point() and y.dtype != ctx.dtype else y
 
@@ -98,7 +89,7 @@ def linear(x: torch.Tensor, K: torch.Tensor, b: torch.Tensor | None) -> torch.Te
 
 # -- core kernels ----------------------------------------------------------------------------
 def _dense(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
-    return apply_activation(linear(ins[0], p["kernel"], p.get("bias")), a["activation"])
+    return linear(ins[0], p["kernel"], p.get("bias"))
 
 
 def drop(x: torch.Tensor, rate: float, p: Mapping, ctx: KernelContext

@@ -229,7 +229,7 @@ def _merged_kernel(n: Node, p: dict[str, np.ndarray], layer: str) -> np.ndarray:
 def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
     """Fold every dora/lora layer into a plain layer of the kind it adapts (dense, conv,
     embedding): ``K' = (K + s*A@B) * (m/c)`` (DoRA) or ``K + s*A@B`` (LoRA) on the flat
-    kernel ``[fan_in, out]``, bias unchanged, activation kept.
+    kernel ``[fan_in, out]``, bias unchanged (an activation node after it stays).
 
     A wrapped layer becomes a layer named like the one it wrapped (its ``base``); a
     standalone adapter keeps its own name. A ``tied_dense`` layer reading a merged

@@ -25,7 +25,7 @@ from ..shapes import feature_dim
 from ..windows import kernel_from_hwio, kernel_hwio
 
 #: the options an adapter keeps from a dense layer (and gives back on merge)
-_DENSE = ("units", "use_bias", "activation", "kernel_initializer", "bias_initializer")
+_DENSE = ("units", "use_bias", "kernel_initializer", "bias_initializer")
 #: a conv's window options, kept by an adapter wrapping one
 _WINDOW = ("kernel_size", "strides", "padding", "input_dilation", "kernel_dilation",
            "feature_group_size", "channels")
@@ -69,7 +69,7 @@ class AdaptableKind:
     #: ``(given attrs, checked attrs) -> None``: checks the kind's own options and adds
     #: them to the checked attrs (RuleError with OptionError for a wrong one)
     check: Callable[[Mapping[str, Any], dict[str, Any]], None] = _no_checks
-    #: adapter attributes this kind fixes (an embedding has no bias or activation)
+    #: adapter attributes this kind fixes (an embedding has no bias)
     fixed: Mapping[str, Any] = field(default_factory=dict)
     #: the input is integer ids, looked up in K (the adapter checks its dtype)
     ids: bool = False
@@ -128,10 +128,10 @@ def _conv_unflat(W: np.ndarray, k: tuple, a: Mapping[str, Any]) -> np.ndarray:
 
 def _check_embedding(given: Mapping[str, Any], out: dict[str, Any]) -> None:
     out["vocab_size"] = positive_int(given.get("vocab_size"), "vocab_size")
-    if out["use_bias"] or out["activation"] is not None or out["dropout"] > 0:
-        raise RuleError("an embedding adapter has no bias, activation or dropout "
+    if out["use_bias"] or out["dropout"] > 0:
+        raise RuleError("an embedding adapter has no bias or dropout "
                         "(PEFT's embedding LoRA has none)",
-                        "leave use_bias, activation and dropout at their defaults",
+                        "leave use_bias and dropout at their defaults",
                         OptionError)
 
 
@@ -162,7 +162,7 @@ EMBEDDING = AdaptableKind(
     renames={"units": "embedding_size"},
     out_shape=lambda s, a: tuple(s[0]) + (a["units"],),
     kernel_shape=lambda s, a: (a["vocab_size"], a["units"]),
-    check=_check_embedding, fixed={"use_bias": False, "activation": None}, ids=True,
+    check=_check_embedding, fixed={"use_bias": False}, ids=True,
     init=("zeros", _standard_normal),
     # PEFT's Embedding keeps A [r, vocab] and B [dim, r] as bare parameters
     peft_keys={**_PEFT_LINEAR, "A": ("lora_embedding_A", True),

@@ -7,6 +7,8 @@ from typing import Any
 from ..errors import GraphDSLError, OptionError, ShapeError, fmt_shape
 from ..node import Node, make_node
 from ..ops.core import input as _input
+from ..ops.nn import with_activation
+from ..registry import OPS
 from ..shapes import is_int
 from .contract import ADAPTABLE, is_adapter, wrap_options
 from .kinds import KINDS, listed
@@ -46,7 +48,8 @@ def adapter_layer(op: str, x: Any, input_size: Any, output_size: Any, name: str 
                   opts: dict[str, Any], where: str, use_bias: bool = False,
                   activation: str | None = None,
                   kernel_initializer: Any = "glorot_uniform") -> Node:
-    """A standalone adapter owning its frozen ``base_weight [in, out]``."""
+    """A standalone adapter owning its frozen ``base_weight [in, out]`` (``activation``:
+    an activation node after it)."""
     x = _node_arg(x, "input", op, name, where)
     n_in = _check_size(input_size, "input_size", op, name, where)
     n_out = _check_size(output_size, "output_size", op, name, where)
@@ -55,9 +58,9 @@ def adapter_layer(op: str, x: Any, input_size: Any, output_size: Any, name: str 
             f"input_size={n_in} but the input's last axis has size {x.shape[-1]}",
             layer=name, op=op, where=where, shapes={"input": x.shape},
             fix=f"pass input_size={x.shape[-1]}, or feed an input of shape (..., {n_in})")
-    attrs = dict(opts, units=n_out, base=None, use_bias=use_bias, activation=activation,
+    attrs = dict(opts, units=n_out, base=None, use_bias=use_bias,
                  kernel_initializer=kernel_initializer)
-    return make_node(op, [x], attrs, name, where=where)
+    return with_activation(make_node(op, [x], attrs, name, where=where), activation, where)
 
 
 def build(op: str, input_size: Any, output_size: Any, name: str, opts: dict[str, Any],
@@ -72,13 +75,17 @@ def wrap(op: str, x: Any, original: Any, name: str | None, output_size: Any,
          opts: dict[str, Any], where: str) -> Node:
     """``op`` applied to ``x`` with the frozen kernel/bias of the dense, conv or embedding
     layer ``original`` (shared through the ParamSpec owner, so ``state.data[original.name]``
-    holds them)."""
+    holds them). An activation node after such a layer (``gd.dense(x, 8, activation="relu",
+    name="fc")``) wraps the layer and applies the same activation after the adapter."""
     x = _node_arg(x, "input", op, name, where)
     if not isinstance(original, Node):
         raise GraphDSLError(
             f"original must be the layer to wrap, got {type(original).__name__}",
             layer=name, op=op, where=where,
             fix="pass the node returned by gd.dense(x, units, name='...')")
+    if OPS[original.op].category == "activation" and original.inputs[0].op in ADAPTABLE:
+        inner = wrap(op, x, original.inputs[0], name, output_size, opts, where)
+        return make_node(original.op, [inner], dict(original.attrs), None, where=where)
     if original.op not in ADAPTABLE:
         extra = (" (it is already an adapter; wrap the layer it came from)"
                  if is_adapter(original) else "")
@@ -86,8 +93,8 @@ def wrap(op: str, x: Any, original: Any, name: str | None, output_size: Any,
             f"{op}.wrap needs a {listed('or')} layer, got a {original.op} layer "
             f"{original.label!r} defined at {original.where}{extra}",
             layer=name, op=op, where=where,
-            fix="pass the node returned by gd.dense(...) itself (a fused activation="
-                " is kept); to adapt a standalone projection use "
+            fix="pass the node returned by gd.dense(...) itself; to adapt a standalone "
+                "projection use "
                 f"{op}.{op}_layer(x, input_size, output_size)")
     if original.name is None:
         raise GraphDSLError(

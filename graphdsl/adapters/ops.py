@@ -4,9 +4,8 @@ One input ``x (..., in)`` (any rank >= 1, last axis known) -> ``(..., units)``.
 
 Attributes: ``units``, ``rank``, ``alpha``, ``rslora``, ``scale`` (derived: alpha/rank,
 or alpha/sqrt(rank) with rslora), ``dropout`` (PEFT's lora_dropout, train mode only),
-``activation`` (applied last, kept from a wrapped dense), ``base`` (name of the layer
-owning ``kernel``/``bias`` when wrapping; None: the layer owns ``base_weight``),
-``use_bias``, ``kernel_initializer``/``bias_initializer`` (used only when the base
+``base`` (name of the layer owning ``kernel``/``bias`` when wrapping; None: the layer owns
+``base_weight``), ``use_bias``, ``kernel_initializer``/``bias_initializer`` (used only when the base
 weights are created), ``A_initializer`` (None: PEFT's U(-1/sqrt(in), 1/sqrt(in))),
 ``B_initializer`` (default zeros); DoRA adds ``detach_norm`` (no gradient through the
 column norm, paper sec. 4.3) and ``eps`` (None: a zero-norm column is an error; a float
@@ -33,7 +32,6 @@ from ..errors import OptionError, RuleError
 from ..initializers import check_initializer
 from ..node import is_valid_name
 from ..ops._attrs import boolean, number, positive_int
-from ..ops.nn import activation_name
 from ..registry import RNG_KEY, DerivedInit, OpDef, ParamSpec, register_op
 from ._math import dora_column_norm, dora_merge, lora_merge, lora_scale, lora_uniform
 from .contract import ADAPTABLE, base_kernel, flat_A, flat_kernel, kind_of
@@ -64,8 +62,6 @@ def _check(op: str):
         out["rslora"] = boolean(a.get("rslora", False), "rslora")
         out["scale"] = lora_scale(alpha, out["rank"], out["rslora"])  # always re-derived
         out["dropout"] = number(a.get("dropout", 0.0), "dropout", 0.0, 1.0, hi_open=True)
-        act = a.get("activation")
-        out["activation"] = None if act is None else activation_name(act)
         base = a.get("base")
         if base is not None and not is_valid_name(base):
             raise RuleError(f"base must be the name of the wrapped layer, got {base!r}",
@@ -142,7 +138,7 @@ register_op(OpDef(
     "dora", _shape, params=_params("dora"), check_attrs=_check("dora"),
     infer_dtype=_dtype,
     category="adapter", extra={"merge": dora_merge},
-    doc="DoRA (Liu et al. 2024): y = act((m / c) * (x @ K + s * (x @ A) @ B) + b), "
+    doc="DoRA (Liu et al. 2024): y = (m / c) * (x @ K + s * (x @ A) @ B) + b, "
         "c_j = ||K[:, j] + s * (A @ B)[:, j]|| (column norm, treated as a constant in "
         "training). K [in, out] frozen (kernel of `base`, or own base_weight), A [in, r], "
         "B [r, out], magnitude m [out]; (..., in) -> (..., units). Also on conv and "
@@ -153,7 +149,7 @@ register_op(OpDef(
     "lora", _shape, params=_params("lora"), check_attrs=_check("lora"),
     infer_dtype=_dtype,
     category="adapter", extra={"merge": lora_merge},
-    doc="LoRA (Hu et al. 2021): y = act(x @ K + b + s * (dropout(x) @ A) @ B). "
+    doc="LoRA (Hu et al. 2021): y = x @ K + b + s * (dropout(x) @ A) @ B. "
         "K [in, out] frozen (kernel of `base`, or own base_weight), A [in, r], "
         "B [r, out]; (..., in) -> (..., units). Also on conv and embedding layers.",
 ))

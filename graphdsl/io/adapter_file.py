@@ -119,9 +119,17 @@ def _check_layers(doc: dict[str, Any], g: Graph, nodes: list[Node], label: str,
             raise SerializationError(f"{label}: adapter {e['name']!r} is a {e.get('op')!r} "
                                      f"layer in the file, a {m['op']} layer in the model",
                                      layer=e["name"], fix="use the same adapter kind")
-        fa = e.get("attrs") if isinstance(e.get("attrs"), dict) else {}
+        fa = dict(e.get("attrs")) if isinstance(e.get("attrs"), dict) else {}
+        node = next(n for n in nodes if g.name(n) == e["name"])
+        act = fa.pop("activation", None)  # fused into the adapter by older files
+        if act is not None and not any(n.op == act and n.inputs[0] is node for n in g.order
+                                       if n.inputs):
+            raise SerializationError(
+                f"{label}: adapter {e['name']!r} was saved with the activation {act!r} "
+                f"after it, but no {act} layer reads it in the model", layer=e["name"],
+                op=m["op"], fix=f"adapt a model whose layer has activation={act!r}")
         if doc["format_version"] == 1 and fa.get("padding") == "same":  # TensorFlow's rule
-            then = version1_same(next(n for n in nodes if g.name(n) == e["name"]))
+            then = version1_same(node)
             fa = {**fa, "padding": then or "TensorFlow's 'same' (format_version 1), which "
                                            "needs the input size"}
         diff = sorted(k for k in set(fa) | set(m["attrs"]) if fa.get(k) != m["attrs"].get(k))

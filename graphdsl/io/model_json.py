@@ -15,6 +15,7 @@ from ..graph import Graph, analyze
 from ..node import Node, make_node
 from ..ops._attrs import shape_tuple
 from ..ops.core import layer as custom_layer
+from ..ops.nn import with_activation
 from ..registry import OPS
 from .document import FORMAT_VERSION, version1_same
 from .json_text import format_document, parse_json
@@ -23,6 +24,9 @@ from .value_codec import decode_value, encode_value, lookup_function
 
 #: op names in earlier files -> today's (the custom-layer op was called "layer")
 RENAMED_OPS = {"layer": "custom"}
+#: ops that files written before activations were nodes of their own give an
+#: ``activation`` attribute (the activation fused into the layer, default options)
+FUSED_ACTIVATION = frozenset({"dense", "conv", "dora", "lora"})
 
 
 def _located(e: GraphDSLError, layer: str, op: str, where: str | None) -> SerializationError:
@@ -249,9 +253,13 @@ def _make(e: dict[str, Any], ins: list[Node], where: str, source: str,
             node = _make_layer(raw, ins, name, where, ctx, e.get("frozen", False))
         else:
             attrs = {k: decode_value(v, f"{ctx} {k!r}") for k, v in raw.items()}
+            act = attrs.pop("activation", None) if op in FUSED_ACTIVATION else None
             node = make_node(op, ins, attrs, name, frozen=e.get("frozen", False), where=where)
             if version == 1:
                 node = _legacy_same(node, name, where, source)
+            # an older file's fused activation: the layer, then the activation node that
+            # its name now stands for in the file (its readers read the activation)
+            node = with_activation(node, act, where)
     except SerializationError as err:
         if err.layer is not None:
             raise

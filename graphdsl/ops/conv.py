@@ -24,7 +24,7 @@ from ..windows import (
     window,
 )
 from ._attrs import MAX_SIZE, number, positive_int
-from .nn import kernel_and_bias, kernel_options, norm_initializers
+from .nn import kernel_and_bias, kernel_options, norm_initializers, with_activation
 
 
 def conv_attrs(a: dict) -> dict:
@@ -90,7 +90,7 @@ register_op(OpDef(
     "conv", conv_shape, params=conv_params, check_attrs=conv_attrs,
     doc="N-d convolution (1-3 spatial axes), Axon's options: kernel_size, strides, padding "
         "('valid', 'same', [(lo, hi), ...]), input_dilation, kernel_dilation, "
-        "feature_group_size, channels ('last': [batch, *spatial, C]; 'first'), activation. "
+        "feature_group_size, channels ('last': [batch, *spatial, C]; 'first'). "
         "kernel [*kernel_size, C/groups, filters] (channels first: [filters, C/groups, "
         "*kernel_size]), bias [filters].",
 ))
@@ -108,15 +108,16 @@ def conv(x: Node, filters: int, kernel_size: int | tuple = 1, strides: int | tup
     ``[filters, C/groups, *kernel_size]``) and ``bias [filters]``. A scalar option is
     broadcast over the spatial axes. ``padding="same"`` is Axon's: ``((k'-1)//2, (k'-1) -
     (k'-1)//2)`` with ``k' = (k-1)*kernel_dilation + 1`` whatever the strides, so
-    ``out = ceil(n_dilated / strides)``.
+    ``out = ceil(n_dilated / strides)``. ``activation`` adds an activation node after it.
     """
-    return make_node("conv", [x], {
+    where = caller_location()
+    return with_activation(make_node("conv", [x], {
         "filters": filters, "kernel_size": kernel_size, "strides": strides,
         "padding": padding, "input_dilation": input_dilation,
         "kernel_dilation": kernel_dilation, "feature_group_size": feature_group_size,
-        "channels": channels, "activation": activation, "use_bias": use_bias,
+        "channels": channels, "use_bias": use_bias,
         "kernel_initializer": kernel_initializer, "bias_initializer": bias_initializer,
-    }, name, where=caller_location())
+    }, name, where=where), activation, where)
 
 
 # -- normalization -------------------------------------------------------------------------

@@ -36,19 +36,11 @@ from ..windows import (
     window,
 )
 from ._attrs import MAX_SIZE, positive_int
-from .nn import activation as activation_node
-from .nn import kernel_options
+from .nn import kernel_options, with_activation
 
 #: the number of spatial axes each op takes (None: 1 to 3)
 SPATIAL = {"conv_transpose": None, "depthwise_conv": None, "separable_conv2d": 2,
            "separable_conv3d": 3}
-
-
-def _layer_options(a: dict) -> dict:
-    """``use_bias`` and the initializers, checked (``activation=`` is a node of its own)."""
-    opts = kernel_options({k: v for k, v in a.items() if k != "activation"})
-    del opts["activation"]
-    return opts
 
 
 def _window_options(a: dict, input_dilation: bool = True) -> dict:
@@ -90,11 +82,6 @@ def _kernel_shape(k: tuple, c_in: int, f: int, channels: str, op: str) -> tuple:
     return (*k, c_in, f) if channels == "last" else (f, c_in, *k)
 
 
-def _with_activation(node: Node, act: str | None) -> Node:
-    """Axon's ``activation:`` option: an activation node after the layer."""
-    return node if act is None else activation_node(node, act)
-
-
 # -- conv_transpose --------------------------------------------------------------------------
 def transpose_pads(kernel: tuple, dilation: tuple, strides: tuple, padding: Any
                    ) -> tuple[tuple[int, int], ...]:
@@ -131,7 +118,7 @@ def transpose_window(spatial: tuple, a: Any) -> Window:
 
 def _transpose_attrs(a: dict) -> dict:
     return {"filters": positive_int(a.get("filters"), "filters"),
-            **_window_options(a, input_dilation=False), **_layer_options(a)}
+            **_window_options(a, input_dilation=False), **kernel_options(a)}
 
 
 def _transpose_shape(s: list, a: dict) -> tuple:
@@ -176,25 +163,26 @@ def conv_transpose(x: Node, filters: int, kernel_size: int | tuple = 1,
     flipped spatially, as ``[C, filters, *kernel_size]``), and ``bias [filters]``.
     ``activation`` adds an activation node after the layer.
     """
+    where = caller_location()
     node = make_node("conv_transpose", [x], {
         "filters": filters, "kernel_size": kernel_size, "strides": strides,
         "padding": padding, "kernel_dilation": kernel_dilation, "channels": channels,
         "use_bias": use_bias, "kernel_initializer": kernel_initializer,
-        "bias_initializer": bias_initializer}, name, where=caller_location())
-    return _with_activation(node, activation)
+        "bias_initializer": bias_initializer}, name, where=where)
+    return with_activation(node, activation, where)
 
 
 # -- depthwise_conv, separable_conv2d, separable_conv3d --------------------------------------
 def _depthwise_attrs(a: dict) -> dict:
     return {"channel_multiplier": positive_int(a.get("channel_multiplier"),
                                                "channel_multiplier"),
-            **_window_options(a), **_layer_options(a)}
+            **_window_options(a), **kernel_options(a)}
 
 
 def conv_stages(op: str, in_shape: tuple, a: Any) -> list[tuple[dict, str, str]]:
     """The depthwise convs ``op`` runs, in order: ``(conv attrs, kernel name, bias name)``
     each, the attrs those of :func:`graphdsl.conv` (``filters``, ``feature_group_size``,
-    ``kernel_size`` as a tuple, ...; no activation), so any backend's conv runs them."""
+    ``kernel_size`` as a tuple, ...), so any backend's conv runs them."""
     c, spatial, _ = _channels(in_shape, a, op)
     n = len(spatial)
     k = expand(a["kernel_size"], n, "kernel_size")
@@ -203,11 +191,11 @@ def conv_stages(op: str, in_shape: tuple, a: Any) -> list[tuple[dict, str, str]]
                                     "channels", "use_bias", "kernel_initializer",
                                     "bias_initializer")}
     if op == "depthwise_conv":
-        return [({**base, "filters": f, "kernel_size": k, "feature_group_size": c,
-                  "activation": None}, "kernel", "bias")]
+        return [({**base, "filters": f, "kernel_size": k, "feature_group_size": c},
+                 "kernel", "bias")]
     return [({**base, "filters": f, "kernel_size": tuple(k[i] if j == i else 1
                                                          for j in range(n)),
-              "feature_group_size": c if i == 0 else f, "activation": None},
+              "feature_group_size": c if i == 0 else f},
              f"kernel_{i + 1}", f"bias_{i + 1}") for i in range(n)]
 
 
@@ -257,8 +245,8 @@ for _op, _doc in _DOCS.items():
 def _depthwise_node(op: str, x: Node, channel_multiplier: int, opts: dict, name: str | None,
                     where: str) -> Node:
     act = opts.pop("activation")
-    return _with_activation(make_node(op, [x], {"channel_multiplier": channel_multiplier,
-                                                **opts}, name, where=where), act)
+    return with_activation(make_node(op, [x], {"channel_multiplier": channel_multiplier,
+                                               **opts}, name, where=where), act, where)
 
 
 def depthwise_conv(x: Node, channel_multiplier: int, kernel_size: int | tuple = 1,

@@ -12,8 +12,8 @@ from ..shapes import check_rank, feature_dim, normalize_axis
 from ._attrs import boolean, number, positive_int
 
 # activation -> its options with defaults (axis counts the batch axis, like NumPy): the one
-# place they are said; a backend's activation function gets every option (an activation
-# node's checked attrs, or these defaults for the activation fused into dense and the like)
+# place they are said; a backend's activation function gets every option (the activation
+# node's checked attrs)
 ACTIVATIONS: dict[str, dict[str, Any]] = {
     "relu": {}, "gelu": {"approximate": False}, "sigmoid": {}, "tanh": {},
     "softmax": {"axis": -1}, "log_softmax": {"axis": -1}, "silu": {},
@@ -26,7 +26,7 @@ ACTIVATIONS: dict[str, dict[str, Any]] = {
              "gamma": 1.0507009873554804934193349852946},
     "softsign": {},
 }
-#: activations that reduce an axis (kept, of size 1, as Axon does): never fused into a layer
+#: activations that reduce an axis (kept, of size 1, as Axon does)
 REDUCING = frozenset({"log_sumexp"})
 
 
@@ -38,22 +38,37 @@ def _known(name: Any) -> str:
 
 
 def activation_name(name: Any) -> str:
-    """``name`` if it names an activation that can be fused into a layer's ``activation=``
-    (relu, gelu, ...: all but the reducing ones), else a RuleError."""
+    """``name`` if it names an element-wise activation (all but the reducing ones), as a
+    recurrent cell's ``activation``/``gate`` must, else a RuleError."""
     if _known(name) in REDUCING:
-        raise RuleError(f"activation {name!r} reduces an axis, so it cannot be fused "
-                        "into a layer", f"apply gd.{name}(...) to the layer's output",
+        raise RuleError(f"activation {name!r} reduces an axis, so it cannot be a cell's "
+                        "activation", "use an element-wise one (tanh, sigmoid, relu, ...)",
                         OptionError)
     return name
 
 
+def with_activation(layer: Node, act: Any, where: str) -> Node:
+    """Axon's ``activation:`` option of a layer constructor (dense, conv, ..., the adapter
+    layers): ``layer`` followed by an activation node of op ``act`` with its default
+    options and a default name (``relu_0``, as Axon names it), so ``get_op_counts``,
+    ``map_nodes`` and ``rewrite_nodes`` see two layers; ``layer`` itself for None. An
+    unknown ``act`` is an OptionError naming ``layer``."""
+    if act is None:
+        return layer
+    try:
+        _known(act)
+    except RuleError as e:
+        raise OptionError(e.what, layer=layer.name, op=layer.op, where=where, fix=e.fix,
+                          shapes={f"input{i}": x.shape for i, x in enumerate(layer.inputs)}
+                          ) from None
+    return make_node(act, [layer], {}, None, where=where)
+
+
 # -- dense -----------------------------------------------------------------------------
 def kernel_options(a: dict) -> dict:
-    """``activation`` (None: none), ``use_bias`` and the kernel/bias initializers of a layer
-    with a kernel (dense, conv), checked, with Axon's defaults."""
-    act = a.get("activation")
+    """``use_bias`` and the kernel/bias initializers of a layer with a kernel (dense, conv),
+    checked, with Axon's defaults (``activation=`` is a node of its own)."""
     return {
-        "activation": None if act is None else activation_name(act),
         "use_bias": boolean(a.get("use_bias", True), "use_bias"),
         "kernel_initializer": check_initializer(a.get("kernel_initializer", "glorot_uniform"),
                                                 "kernel_initializer"),
@@ -86,7 +101,7 @@ def dense_params(s: list, a: dict) -> list[ParamSpec]:
 
 register_op(OpDef(
     "dense", _dense_shape, params=dense_params, check_attrs=_dense_attrs,
-    doc="y = act(x @ kernel + bias) on the last axis of any rank. "
+    doc="y = x @ kernel + bias on the last axis of any rank. "
         "kernel [in, units], bias [units]; (..., in) -> (..., units).",
 ))
 
@@ -96,12 +111,14 @@ def dense(x: Node, units: int, activation: str | None = None, use_bias: bool = T
           name: str | None = None) -> Node:
     """Fully connected layer on the last axis: ``(..., in) -> (..., units)``.
 
-    Parameters: ``kernel [in, units]`` (Axon layout) and ``bias [units]``.
+    Parameters: ``kernel [in, units]`` (Axon layout) and ``bias [units]``. ``activation``
+    adds an activation node after it (Axon's: ``relu(dense(x, units))``).
     """
-    return make_node("dense", [x], {
-        "units": units, "activation": activation, "use_bias": use_bias,
+    where = caller_location()
+    return with_activation(make_node("dense", [x], {
+        "units": units, "use_bias": use_bias,
         "kernel_initializer": kernel_initializer, "bias_initializer": bias_initializer,
-    }, name, where=caller_location())
+    }, name, where=where), activation, where)
 
 
 # -- activations -------------------------------------------------------------------------
