@@ -34,6 +34,7 @@ from .conv import CONV_RULES
 from .conv_variants import VARIANT_RULES
 from .layer import ACTIVATIONS, FLOOR, Layer, Rule, affine, along, gather_rows, normalized
 from .pool import POOL_RULES
+from .resize import RESIZE_RULES
 from .special import SPECIAL_RULES
 
 
@@ -334,6 +335,7 @@ RULES: dict[str, Rule] = {
     **POOL_RULES,  # max/avg/lp pools, adaptive and global pools
     **SPECIAL_RULES,  # blur_pool, mask, cond
     **VARIANT_RULES,  # conv_transpose, depthwise_conv, separable_conv2d/3d
+    **RESIZE_RULES,  # resize, bilinear, spatial/alpha/feature_alpha dropout (identity)
     **{op: _activation(op) for op in ACTIVATIONS},
     **{op: Rule(_adapter) for op in adapter_ops()},  # dora, lora: exported merged
 }
