@@ -8,6 +8,8 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
+import numpy as np
+
 from graphdsl.errors import RuleError
 from graphdsl.ops.resize import nearest_indices, resize_weights, spatial_axes
 
@@ -30,7 +32,9 @@ def resize(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
         if "float" not in str(x.dtype):
             x = xp.asarray(x, dtype=ctx.dtype)
         w = xp.asarray(resize_weights(n_in, n_out, a["method"], a["antialias"]),
-                       dtype=x.dtype, device=x.device)
+                       dtype=x.dtype)
+        if not isinstance(x, np.ndarray):  # a torch tensor: the weights on its device
+            w = w.to(x.device)
         out = _AXES[:axis] + "z" + _AXES[axis + 1:]
         x = xp.einsum(f"z{_AXES[axis]},{_AXES}->{out}", w, x)
     return x
