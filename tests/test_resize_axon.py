@@ -132,7 +132,8 @@ def test_resize_axon_methods(method):
     x = iota(1, 2, 2, 3)
     want = np.array([AXON_METHODS[method]], np.float32)
     exact = method in ("nearest", "bilinear")
-    tol = {"rtol": 0, "atol": 1e-6} if exact else {"rtol": 0, "atol": 1e-3}
+    # Axon's (jax's) values are given to 4 decimals (Axon's own check: atol 1e-3)
+    tol = {"rtol": 0, "atol": 1e-6} if exact else {"rtol": 0, "atol": 6e-5}
     model = resize_model(x.shape, (3, 3), method=method)
     assert gd.build(model)[0]().data == {}  # Axon's "initializes with no params"
     assert_all(model, {"x": x}, want, tol)
@@ -148,7 +149,7 @@ def test_resize_axon_without_antialias():
                       [26.6915, 27.6915, 28.6915]],
                      [[35.0744, 36.0744, 37.0744], [39.2659, 40.2659, 41.2659],
                       [43.4573, 44.4573, 45.4573]]], np.float32)[None]
-    tol = {"rtol": 0, "atol": 1e-3}
+    tol = {"rtol": 0, "atol": 6e-5}  # 4 decimals given
     x = iota(1, 4, 4, 3)
     assert_all(resize_model(x.shape, (3, 3), method="bicubic", antialias=False), {"x": x},
                down, tol)
