@@ -45,8 +45,10 @@ from .ops.conv import (
 )
 from .ops.conv_variants import conv_transpose, depthwise_conv, separable_conv2d, separable_conv3d
 from .ops.core import constant, container, full_like, input, layer, optional, param
+from .ops.dropouts import alpha_dropout, feature_alpha_dropout, spatial_dropout
 from .ops.nn import (
     activation,
+    bilinear,
     celu,
     dense,
     dropout,
@@ -86,6 +88,7 @@ from .ops.pool import (
     max_pool,
 )
 from .ops.recurrent import bidirectional, conv_lstm, gru, lstm
+from .ops.resize import resize
 from .ops.special import blur_pool, cond, mask, nx, or_else, stack_columns
 from .ops.tensor import (
     add,
@@ -138,20 +141,21 @@ __version__ = "0.1.0"
 
 __all__ = [  # sorted
     "activation", "adapter_state", "adaptive_avg_pool", "adaptive_lp_pool", "adaptive_max_pool",
-    "add", "attach_adapters", "attention", "avg_pool", "batch_norm", "bias", "bidirectional",
-    "block", "blur_pool", "build", "celu", "concatenate", "cond", "constant", "container", "conv",
-    "conv_lstm", "conv_transpose", "dense", "depthwise_conv", "dora", "dropout", "elu",
-    "embedding", "exp", "flatten", "freeze", "from_json", "from_torch", "full_like", "gelu",
-    "get_inputs", "get_op_counts", "get_options", "get_output_shape", "get_parameters",
-    "global_avg_pool", "global_lp_pool", "global_max_pool", "GraphDSLError", "group_norm", "gru",
-    "hard_sigmoid", "hard_silu", "hard_tanh", "input", "instance_norm", "layer", "layer_norm",
-    "leaky_relu", "linear", "load", "load_adapters", "log_sigmoid", "log_softmax", "log_sumexp",
-    "lora", "loraplus_param_groups", "lp_pool", "lstm", "map_nodes", "mask", "matmul", "max_pool",
-    "merge_adapters", "mish", "ModelState", "multiply", "Node", "nx", "OPS", "optional", "or_else",
-    "pad", "param", "pop_node", "positions", "predict", "properties", "reduce_nodes",
-    "register_function", "register_onnx_rule", "relu", "relu6", "reshape", "rewrite_nodes",
-    "rms_norm", "rotary_embedding", "save", "save_adapters", "selu", "separable_conv2d",
-    "separable_conv3d", "set_options", "sigmoid", "silu", "slice", "softmax", "softplus",
-    "softsign", "split", "stack_columns", "subtract", "tanh", "tied_dense", "to_json",
-    "to_networkx", "to_onnx", "to_torch", "topo_order", "transpose", "untie",
+    "add", "alpha_dropout", "attach_adapters", "attention", "avg_pool", "batch_norm", "bias",
+    "bidirectional", "bilinear", "block", "blur_pool", "build", "celu", "concatenate", "cond",
+    "constant", "container", "conv", "conv_lstm", "conv_transpose", "dense", "depthwise_conv",
+    "dora", "dropout", "elu", "embedding", "exp", "feature_alpha_dropout", "flatten", "freeze",
+    "from_json", "from_torch", "full_like", "gelu", "get_inputs", "get_op_counts", "get_options",
+    "get_output_shape", "get_parameters", "global_avg_pool", "global_lp_pool", "global_max_pool",
+    "GraphDSLError", "group_norm", "gru", "hard_sigmoid", "hard_silu", "hard_tanh", "input",
+    "instance_norm", "layer", "layer_norm", "leaky_relu", "linear", "load", "load_adapters",
+    "log_sigmoid", "log_softmax", "log_sumexp", "lora", "loraplus_param_groups", "lp_pool", "lstm",
+    "map_nodes", "mask", "matmul", "max_pool", "merge_adapters", "mish", "ModelState", "multiply",
+    "Node", "nx", "OPS", "optional", "or_else", "pad", "param", "pop_node", "positions", "predict",
+    "properties", "reduce_nodes", "register_function", "register_onnx_rule", "relu", "relu6",
+    "reshape", "resize", "rewrite_nodes", "rms_norm", "rotary_embedding", "save", "save_adapters",
+    "selu", "separable_conv2d", "separable_conv3d", "set_options", "sigmoid", "silu", "slice",
+    "softmax", "softplus", "softsign", "spatial_dropout", "split", "stack_columns", "subtract",
+    "tanh", "tied_dense", "to_json", "to_networkx", "to_onnx", "to_torch", "topo_order",
+    "transpose", "untie",
 ]

@@ -527,6 +527,31 @@ _ROWS = [
     Case("reverse", "bidirectional", lambda: _rnn(gd.bidirectional(
         _x((None, 4, 3)), lambda x: gd.gru(x, 2, name="g"),
         lambda a, b: gd.concatenate([a, b], axis=1)))),
+    # resize, bilinear and the dropouts of issue 22 (their reference tests:
+    # tests/test_resize_axon.py)
+    Case("resize", "values", lambda: gd.resize(_x(_IMG), (4, 9), method="bicubic"), _IMG_IN),
+    Case("resize", "attrs", lambda: gd.resize(gd.input("img", (None, 3, 6, 5)), (9, 5),
+                                              channels="first")),
+    Case("resize", "lanczos", lambda: gd.resize(_img(), (3, 8), method="lanczos3",
+                                                antialias=False)),
+    Case("resize", "bilinear", lambda: gd.resize(_x(_IMG), (3, 2), method="bilinear"),
+         _IMG_IN),
+    Case("bilinear", "values", lambda: gd.bilinear(_x((None, 2, 6)), _x((None, 2, 4), "z"), 3,
+                                                   name="bl"),
+         _normal(x=(3, 2, 6), z=(3, 2, 4)), _set("bl", bias=lambda: _f(3))),
+    Case("bilinear", "attrs", lambda: gd.bilinear(_x(), _x((None, 5), "z"), 2, use_bias=False,
+                                                  activation="tanh",
+                                                  kernel_initializer="he_uniform")),
+    Case("spatial_dropout", "values", lambda: gd.dense(gd.spatial_dropout(_x(_IMG), 0.4), 3),
+         _IMG_IN),
+    Case("spatial_dropout", "attrs", lambda: gd.spatial_dropout(
+        gd.input("img", (None, 3, 6, 5)), 0.25, channels="first")),
+    Case("alpha_dropout", "values", lambda: gd.dense(gd.alpha_dropout(_x(), 0.4), 3), _X),
+    Case("alpha_dropout", "attrs", lambda: gd.alpha_dropout(gd.dense(_x(), 4), 0.25)),
+    Case("feature_alpha_dropout", "values", lambda: gd.dense(gd.feature_alpha_dropout(
+        _x(_IMG), 0.4), 3), _IMG_IN),
+    Case("feature_alpha_dropout", "attrs", lambda: gd.feature_alpha_dropout(
+        gd.input("seq", (None, 3, 5)), 0.25, channels="first")),
 ]
 
 #: ``{"op/label": Case}``, every sample

@@ -12,7 +12,7 @@ import numpy as np
 
 from graphdsl.ops.tensor import pad_widths
 
-from .. import shared
+from .. import dropouts, resize, shared
 from ..base import KernelContext, Stateful, with_updates
 
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
@@ -192,10 +192,22 @@ def inverted_dropout(x: np.ndarray, rate: float, key: Any) -> tuple[np.ndarray, 
     1/(1-rate), the mask drawn from the layer's RNG ``key`` (a uint64 scalar); returns
     ``(y, new key)``, y of x's shape and dtype. Shared by the dropout op and the adapters'
     lora_dropout, so both use the same mask rule."""
+    keep, new = keep_mask(x.shape, rate, key)
+    return np.where(keep, x / np.asarray(1.0 - rate, x.dtype), np.zeros((), x.dtype)), new
+
+
+def keep_mask(shape: tuple, rate: float, key: Any) -> tuple[np.ndarray, np.ndarray]:
+    """``(keep, new key)``: a boolean array of ``shape``, True with probability ``1 -
+    rate``, drawn from the RNG ``key`` (a uint64 scalar); every dropout's mask rule."""
     rng = np.random.default_rng(int(key))
-    keep = rng.random(x.shape, dtype=np.float32) >= rate
-    y = np.where(keep, x / np.asarray(1.0 - rate, x.dtype), np.zeros((), x.dtype))
-    return y, np.asarray(rng.integers(0, 2**63 - 1), dtype=np.uint64)
+    keep = rng.random(shape, dtype=np.float32) >= rate
+    return keep, np.asarray(rng.integers(0, 2**63 - 1), dtype=np.uint64)
+
+
+def _mask(shape: tuple, rate: float, p: Mapping, ctx: KernelContext, x: np.ndarray
+          ) -> tuple[np.ndarray, dict]:
+    keep, key = keep_mask(shape, rate, p["key"])
+    return keep, {"key": key}
 
 
 def _dropout(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
@@ -324,6 +336,8 @@ KERNELS: dict[str, Callable] = {
     "positions": _positions,
     "tied_dense": _tied_dense,
     **shared.KERNELS,
+    **resize.KERNELS,
+    **dropouts.kernels(_mask),
     **shared.activation_kernels(ACTIVATIONS),
 }
 

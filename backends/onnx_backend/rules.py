@@ -35,6 +35,7 @@ from .conv_variants import VARIANT_RULES
 from .layer import ACTIVATIONS, FLOOR, Layer, Rule, affine, along, gather_rows, normalized
 from .pool import POOL_RULES
 from .recurrent import RECURRENT_RULES
+from .resize import RESIZE_RULES
 from .special import SPECIAL_RULES
 
 
@@ -336,6 +337,7 @@ RULES: dict[str, Rule] = {
     **SPECIAL_RULES,  # blur_pool, mask, cond
     **VARIANT_RULES,  # conv_transpose, depthwise_conv, separable_conv2d/3d
     **RECURRENT_RULES,  # lstm, gru, conv_lstm, reverse
+    **RESIZE_RULES,  # resize, bilinear, spatial/alpha/feature_alpha dropout (identity)
     **{op: _activation(op) for op in ACTIVATIONS},
     **{op: Rule(_adapter) for op in adapter_ops()},  # dora, lora: exported merged
 }

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from graphdsl.errors import GraphDSLError
 from graphdsl.ops.tensor import pad_widths
 
-from .. import shared
+from .. import dropouts, resize, shared
 from ..base import KernelContext, with_updates
 
 
@@ -99,12 +99,23 @@ def drop(x: torch.Tensor, rate: float, p: Mapping, ctx: KernelContext
     ``(y, {state entry: new value})``."""
     if ctx.torch_rng or "key" not in p:
         return F.dropout(x, rate, True), {}
+    keep, updates = keep_mask(tuple(x.shape), rate, p, ctx, x)
+    return torch.where(keep, x / (1.0 - rate), torch.zeros((), dtype=x.dtype,
+                                                             device=x.device)), updates
+
+
+def keep_mask(shape: tuple, rate: float, p: Mapping, ctx: KernelContext, x: torch.Tensor
+              ) -> tuple[torch.Tensor, dict]:
+    """``(keep, {state entry: new value})``: a boolean tensor of ``shape`` on x's device,
+    True with probability ``1 - rate``, from torch's RNG (``ctx.torch_rng``) or the
+    layer's key state entry."""
+    if ctx.torch_rng or "key" not in p:
+        return torch.rand(shape, device=x.device) >= rate, {}
     g = torch.Generator(device="cpu")  # the mask drawn from the layer's uint64 key
     g.manual_seed(int(p["key"]) & (2**63 - 1))
-    keep = (torch.rand(tuple(x.shape), generator=g) >= rate).to(x.device)
+    keep = (torch.rand(shape, generator=g) >= rate).to(x.device)
     new = np.asarray(int(torch.randint(0, 2**62, (), generator=g)), dtype=np.uint64)
-    return torch.where(keep, x / (1.0 - rate), torch.zeros((), dtype=x.dtype,
-                                                             device=x.device)), {"key": new}
+    return keep, {"key": new}
 
 
 def _dropout(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
@@ -263,5 +274,7 @@ KERNELS: dict[str, Callable] = {
     "positions": _positions,
     "tied_dense": lambda ins, p, a, ctx: F.linear(ins[0], p["kernel"], p.get("bias")),
     **shared.KERNELS,
+    **resize.KERNELS,
+    **dropouts.kernels(keep_mask),
     **shared.activation_kernels(ACTIVATIONS),
 }

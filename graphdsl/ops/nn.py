@@ -4,11 +4,11 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from ..errors import OptionError, RuleError
+from ..errors import OptionError, RuleError, fmt_shape
 from ..initializers import check_initializer
 from ..node import Node, caller_location, make_node
 from ..registry import RNG_KEY, OpDef, ParamSpec, register_op
-from ..shapes import check_rank, feature_dim, normalize_axis
+from ..shapes import check_rank, feature_dim, merge_dim, normalize_axis
 from ._attrs import boolean, number, positive_int
 
 # activation -> its options with defaults (axis counts the batch axis, like NumPy): the one
@@ -121,6 +121,51 @@ def dense(x: Node, units: int, activation: str | None = None, use_bias: bool = T
     }, name, where=where), activation, where)
 
 
+# -- bilinear --------------------------------------------------------------------------
+def _bilinear_shape(s: list, a: dict) -> tuple:
+    x1, x2 = s
+    if len(x1) < 2 or len(x1) != len(x2):
+        raise RuleError(f"bilinear needs two inputs of one rank >= 2, got {fmt_shape(x1)} "
+                        f"and {fmt_shape(x2)}", "pass e.g. (None, in1) and (None, in2)")
+    try:
+        lead = tuple(merge_dim(d1, d2) for d1, d2 in zip(x1[:-1], x2[:-1]))
+    except ValueError:
+        raise RuleError(f"bilinear's inputs must agree on every axis but the last, got "
+                        f"{fmt_shape(x1)} and {fmt_shape(x2)}",
+                        "give both inputs the same leading sizes") from None
+    feature_dim(x1, "bilinear")
+    feature_dim(x2, "bilinear")
+    return (*lead, a["units"])
+
+
+def _bilinear_params(s: list, a: dict) -> list[ParamSpec]:
+    k = (a["units"], feature_dim(s[0][-1:], "bilinear"), feature_dim(s[1][-1:], "bilinear"))
+    return kernel_and_bias(k, a["units"], a)
+
+
+register_op(OpDef(
+    "bilinear", _bilinear_shape, params=_bilinear_params, arity=2,
+    check_attrs=lambda a: {"units": positive_int(a.get("units"), "units"),
+                           **kernel_options({**a, "activation": None})},
+    doc="y[..., u] = sum_ij x1[..., i] kernel[u, i, j] x2[..., j] + bias[u]: kernel [units, "
+        "in1, in2], bias [units]; (..., in1), (..., in2) -> (..., units) (torch's bilinear).",
+))
+
+
+def bilinear(input1: Node, input2: Node, units: int, *, activation: str | None = None,
+             use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
+             bias_initializer: Any = "zeros", name: str | None = None) -> Node:
+    """Axon's bilinear layer: ``y = x1^T K x2 + b`` per position, ``(..., in1)`` and
+    ``(..., in2)`` (leading axes equal) -> ``(..., units)``. Parameters ``kernel [units,
+    in1, in2]`` (torch's ``nn.Bilinear`` weight) and ``bias [units]``; ``activation`` adds
+    an activation node after it, as Axon does."""
+    where = caller_location()
+    node = make_node("bilinear", [input1, input2], {
+        "units": units, "use_bias": use_bias, "kernel_initializer": kernel_initializer,
+        "bias_initializer": bias_initializer}, name, where=where)
+    return with_activation(node, activation, where)
+
+
 # -- activations -------------------------------------------------------------------------
 def _act_attrs(op: str):
     defaults = ACTIVATIONS[op]
@@ -171,6 +216,8 @@ def activation(x: Node, fn: str, name: str | None = None, **opts: Any) -> Node:
         raise OptionError(e.what, layer=name, op="activation", where=where,
                               fix=e.fix) from None
     return make_node(fn, [x], opts, name, where=where)
+
+
 
 
 def relu(x: Node, name: str | None = None) -> Node:
