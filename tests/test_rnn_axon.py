@@ -26,6 +26,7 @@ R = np.random.default_rng(22)
 GOLDEN = np.load(os.path.join(os.path.dirname(__file__), "golden", "axon_lstm_fixtures.npz"))
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 BACKENDS = ("numpy", "torch", "onnxruntime")
+Z = {"recurrent_initializer": "zeros"}  # the zero initial state (torch's default)
 
 
 def _f(*shape):
@@ -33,6 +34,7 @@ def _f(*shape):
 
 
 def _rnn_model(op, T=5, F_=4, U=3, state=False, **kw):
+    kw.setdefault("recurrent_initializer", "zeros")
     x = gd.input("x", (None, T, F_))
     hs = None
     if state:
@@ -179,7 +181,7 @@ def test_states_feed_another_layer():
     """An encoder's (cell, hidden) as a decoder's hidden_state, as Axon's docs chain them:
     torch's decoder started from torch's encoder state."""
     B, T, F_, U = 2, 4, 3, 5
-    _, enc_state = gd.lstm(gd.input("x", (None, T, F_)), U, name="enc")
+    _, enc_state = gd.lstm(gd.input("x", (None, T, F_)), U, name="enc", **Z)
     dec, _ = gd.lstm(gd.input("y", (None, 3, F_)), U, enc_state, name="dec")
     st = gd.build(dec)[0]()
     feed = {"x": _f(B, T, F_), "y": _f(B, 3, F_)}
@@ -201,7 +203,8 @@ def test_mask_keeps_the_state_like_a_shorter_sequence(op):
     x, lengths = _f(B, T, F_), [6, 4, 1]
     m = np.array([[0] * n + [1] * (T - n) for n in lengths], np.int64)
     seq, states = getattr(gd, op)(gd.input("x", (None, T, F_)), U,
-                                  mask=gd.input("m", (None, T), dtype="int64"), name="rnn")
+                                  mask=gd.input("m", (None, T), dtype="int64"), name="rnn",
+                                  **Z)
     model = gd.container([seq, *states])
     st = gd.build(model)[0]()
     st.data["rnn"]["bias"] = _f(4 * U)
@@ -220,7 +223,7 @@ def test_masked_gradients_equal_torch_on_the_kept_steps():
     a row masked after step 2 equal torch's on its first 2 steps (zero after them)."""
     T, F_, U = 5, 3, 4
     seq, (c, h) = gd.lstm(gd.input("x", (None, T, F_)), U,
-                          mask=gd.input("m", (None, T), dtype="int64"), name="rnn")
+                          mask=gd.input("m", (None, T), dtype="int64"), name="rnn", **Z)
     st = gd.build(h)[0]()
     mod = gd.to_torch(h, st)
     x = torch.tensor(_f(1, T, F_), requires_grad=True)
@@ -267,7 +270,7 @@ def test_conv_lstm_equals_axons_cell(state):
     x = gd.input("x", (None, T, C, H, W))
     hs = (gd.input("c0", (None, 1, U, H, W)), gd.input("h0", (None, 1, U, H, W))) \
         if state else None
-    seq, (c, h) = gd.conv_lstm(x, U, hs, kernel_size=3, name="cl")
+    seq, (c, h) = gd.conv_lstm(x, U, hs, kernel_size=3, name="cl", **Z)
     model = gd.container([seq, c, h])
     st = gd.build(model)[0]()
     st.data["cl"]["bias"] = _f(4 * U)
@@ -288,7 +291,8 @@ def test_conv_lstm_equals_axons_cell(state):
 
 def test_conv_lstm_gradients_equal_the_hand_written_cell():
     B, T, C, H, W, U = 2, 3, 2, 4, 4, 2
-    seq, _ = gd.conv_lstm(gd.input("x", (None, T, C, H, W)), U, kernel_size=3, name="cl")
+    seq, _ = gd.conv_lstm(gd.input("x", (None, T, C, H, W)), U, kernel_size=3, name="cl",
+                          **Z)
     st = gd.build(seq)[0]()
     st.data["cl"]["bias"] = _f(4 * U)
     mod = gd.to_torch(seq, st)
@@ -323,7 +327,7 @@ def test_bidirectional_equals_torch_bidirectional_lstm():
     states come reversed along axis 1, as Axon's deep reverse leaves them."""
     B, T, F_, U = 2, 5, 3, 4
     seq, (c, h) = gd.bidirectional(gd.input("x", (None, T, F_)),
-                                   lambda x: gd.lstm(x, U, name="l"))
+                                   lambda x: gd.lstm(x, U, name="l", **Z))
     model = gd.container([seq, c, h])
     st = gd.build(model)[0]()
     st.data["l"]["bias"] = _f(4 * U)
@@ -348,7 +352,8 @@ def test_bidirectional_shared_parameters_get_both_directions_gradients():
     """One set of parameters: the to_torch module's gradient of each is the sum of torch's
     forward and reverse gradients (torch's bidirectional LSTM, reverse weights = forward)."""
     B, T, F_, U = 2, 4, 3, 2
-    seq, _ = gd.bidirectional(gd.input("x", (None, T, F_)), lambda x: gd.lstm(x, U, name="l"))
+    seq, _ = gd.bidirectional(gd.input("x", (None, T, F_)),
+                              lambda x: gd.lstm(x, U, name="l", **Z))
     st = gd.build(seq)[0]()
     st.data["l"]["bias"] = _f(4 * U)
     mod = gd.to_torch(seq, st)
@@ -393,14 +398,14 @@ def test_onnx_masked_is_unrolled(op):
     """A mask has no ONNX LSTM/GRU form: the export unrolls the cell (any activation) over
     a known sequence length, and refuses an unknown one."""
     seq, _ = getattr(gd, op)(gd.input("x", (None, 4, 3)), 2, activation="gelu",
-                             mask=gd.input("m", (None, 4), dtype="int64"), name="rnn")
+                             mask=gd.input("m", (None, 4), dtype="int64"), name="rnn", **Z)
     st = gd.build(seq)[0]()
     st.data["rnn"]["bias"] = _f(8)
     feed = {"x": _f(3, 4, 3), "m": np.array([[0, 0, 1, 1], [0, 1, 0, 1], [1, 1, 1, 1]])}
     np.testing.assert_allclose(export_and_run(seq, st, feed)[0][0],
                                gd.predict(seq, st, feed), **TOL)
     seq, _ = getattr(gd, op)(gd.input("x", (None, None, 3)), 2,
-                             mask=gd.input("m", (None, None), dtype="int64"))
+                             mask=gd.input("m", (None, None), dtype="int64"), **Z)
     with pytest.raises(GraphDSLError, match="known sequence length"):
         gd.to_onnx(seq, gd.build(seq)[0]())
 
@@ -409,7 +414,7 @@ def test_onnx_masked_is_unrolled(op):
 def test_zero_steps_are_refused_everywhere(op):
     """0 steps: a GraphDSLError on numpy/torch, a run error in ONNX Runtime (whose GRU
     would abort the process on them)."""
-    seq, _ = getattr(gd, op)(gd.input("x", (None, None, 3)), 2)
+    seq, _ = getattr(gd, op)(gd.input("x", (None, None, 3)), 2, **Z)
     st = gd.build(seq)[0]()
     x = np.zeros((2, 0, 3), np.float32)
     for backend in ("numpy", "torch"):
@@ -420,13 +425,13 @@ def test_zero_steps_are_refused_everywhere(op):
 
 
 def test_onnx_conv_lstm_needs_a_known_sequence_length():
-    seq, _ = gd.conv_lstm(gd.input("x", (None, None, 2, 4, 4)), 2)
+    seq, _ = gd.conv_lstm(gd.input("x", (None, None, 2, 4, 4)), 2, **Z)
     with pytest.raises(GraphDSLError, match="known sequence length"):
         gd.to_onnx(seq, gd.build(seq)[0]())
 
 
 def test_onnx_refuses_activations_it_lacks():
-    seq, _ = gd.lstm(gd.input("x", (None, 4, 3)), 2, activation="gelu")
+    seq, _ = gd.lstm(gd.input("x", (None, 4, 3)), 2, activation="gelu", **Z)
     with pytest.raises(GraphDSLError, match="gelu"):
         gd.to_onnx(seq, gd.build(seq)[0]())
 
@@ -437,8 +442,9 @@ def test_onnx_refuses_activations_it_lacks():
     (lambda: gd.gru(gd.input("x", (None, 4, 3)), 2, (gd.input("h", (None, 3)),)), "state"),
     (lambda: gd.lstm(gd.input("x", (None, 4, 3)), 2, (gd.input("h", (None, 2)),)), "tuple"),
     (lambda: gd.lstm(gd.input("x", (None, 4, 3)), 2, unroll="eager"), "unroll"),
-    (lambda: gd.gru(gd.input("x", (None, 4, 3)), 2, recurrent_initializer="glorot_uniform"),
-     "random initial state"),
+    (lambda: gd.gru(gd.input("x", (None, 4, 3)), 2, recurrent_initializer="orthogonal"),
+     "unknown recurrent_initializer"),
+    (lambda: gd.gru(gd.input("x", (None, 4, 3)), 2, seed=1.5), "seed must be an integer"),
     (lambda: gd.lstm(gd.input("x", (None, 4, 3)), 2, gate="nope"), "unknown activation"),
     (lambda: gd.lstm(gd.input("x", (None, 4, 3)), 2, mask=gd.input("m", (None, 4, 1))),
      "mask"),
