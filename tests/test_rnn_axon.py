@@ -436,6 +436,115 @@ def test_onnx_refuses_activations_it_lacks():
         gd.to_onnx(seq, gd.build(seq)[0]())
 
 
+# -- Axon's random initial state (rnn_state) ----------------------------------------------------
+def _initial_states(seq):
+    """The recurrent_state layers feeding the recurrent layer behind ``seq``."""
+    rnn = seq.inputs[0]
+    return [n for n in rnn.inputs[1:] if n.op == "recurrent_state"]
+
+
+def _glorot_limit(shape):
+    """Glorot's limit sqrt(6 / (fan_in + fan_out)) with Axon's fans (receptive field: every
+    axis but the last two), on the state's own shape."""
+    receptive = int(np.prod(shape[:-2]))
+    return np.sqrt(6 / ((shape[-2] + shape[-1]) * receptive))
+
+
+@pytest.mark.parametrize("op, shape", [("lstm", (None, 3, 2)), ("gru", (None, 3, 2)),
+                                       ("conv_lstm", (None, 2, 3, 5, 4))])
+def test_random_state_has_axons_shape_names_and_glorot_statistics(op, shape):
+    """Axon's rnn_state: a recurrent_state layer per state, named {name}_{c|h}_initial_state,
+    of Axon.Shape.rnn_hidden_state ([batch, units], conv_lstm [batch, 1, units, *spatial]),
+    glorot_uniform drawn on that shape (limit sqrt(6/(fan_in+fan_out)) of it, variance
+    limit^2/3); c and h differ; the same state array starts the recurrence (torch's LSTM
+    from it gives the sequence)."""
+    B, U = 60, 40
+    seq, states = getattr(gd, op)(gd.input("x", shape), U, name="r", kernel_size=3) \
+        if op == "conv_lstm" else getattr(gd, op)(gd.input("x", shape), U, name="r")
+    init = _initial_states(seq)
+    parts = ["c", "h"] if op != "gru" else ["h"]
+    assert [n.name for n in init] == [f"r_{p}_initial_state" for p in parts]
+    model = gd.container([seq, *states, *init])
+    st = gd.build(model)[0]()
+    assert st.data["r_h_initial_state"]["key"].dtype == np.uint64
+    x = _f(B, *shape[1:])
+    out = gd.predict(model, st, x)
+    drawn = out[len(parts) + 1:]
+    want = (B, U) if op != "conv_lstm" else (B, 1, U, *shape[3:])
+    for v in drawn:
+        lim = _glorot_limit(want)
+        assert v.shape == want and v.dtype == np.float32
+        assert np.abs(v).max() <= lim and np.abs(v).max() > 0.97 * lim
+        assert abs(v.mean()) < 0.05 * lim and abs(v.var() / (lim**2 / 3) - 1) < 0.1
+    if op != "gru":
+        assert not np.allclose(drawn[0], drawn[1])
+    if op == "lstm":  # torch from (h0, c0) = the drawn states
+        ref = _torch_ref(op, {k: np.asarray(v) for k, v in st.data["r"].items()}, 2, U)
+        h0, c0 = (torch.tensor(v)[None] for v in (drawn[1], drawn[0]))
+        y = ref(torch.tensor(x), (h0, c0))[0].detach().numpy()
+        np.testing.assert_allclose(out[0], y, **TOL)
+
+
+def test_inference_repeats_train_mode_advances_the_key_numpy_equals_torch():
+    """Inference draws the same state every call, on NumPy, functional torch and a to_torch
+    module alike; train mode returns the advanced key (Axon's StatefulOutput), whose next
+    draw differs, equal on NumPy, torch and the module's key buffer."""
+    seq, _ = gd.gru(gd.input("x", (None, 4, 3)), 5, name="g")
+    (h0,) = _initial_states(seq)
+    model = gd.container([seq, h0])
+    st = gd.build(model)[0]()
+    x = _f(2, 4, 3)
+    ref = gd.predict(model, st, x)
+    def same(got, want):  # the state exactly, the sequence to float rounding
+        np.testing.assert_array_equal(np.asarray(got[1]), want[1])
+        np.testing.assert_allclose(np.asarray(got[0]), want[0], **TOL)
+
+    for backend in ("numpy", "torch"):
+        for _ in range(2):
+            same(gd.predict(model, st, x, backend=backend), ref)
+    mod = gd.to_torch(model, st).eval()
+    with torch.no_grad():
+        same([t.numpy() for t in mod(torch.tensor(x))], ref)
+    steps = {b: gd.build(model, backend=b, mode="train")[1] for b in ("numpy", "torch")}
+    s1 = {b: step(st, x) for b, step in steps.items()}
+    key0 = st.data["g_h_initial_state"]["key"]
+    key1 = s1["numpy"]["state"].data["g_h_initial_state"]["key"]
+    assert key1 != key0 and s1["torch"]["state"] == s1["numpy"]["state"]
+    np.testing.assert_array_equal(np.asarray(s1["numpy"]["prediction"][1]), ref[1])
+    nxt = gd.predict(model, s1["numpy"]["state"], x)
+    assert np.abs(nxt[1] - ref[1]).min() > 0 and not np.allclose(nxt[0], ref[0])
+    mod.train()
+    with torch.no_grad():
+        first, second = mod(torch.tensor(x)), mod(torch.tensor(x))
+    same([t.numpy() for t in first], ref)
+    same([t.numpy() for t in second], nxt)
+    s2 = steps["numpy"](s1["numpy"]["state"], x)["state"]
+    assert gd.from_torch(mod) == s2
+
+
+def test_seed_fixes_the_key_and_the_build_seed_does_not():
+    """seed= (Axon's option) alone decides the state: equal across build seeds, a new seed
+    gives new values; without it the build seed does; an empty batch gives [0, units]."""
+    def draw(seed, build_seed, batch=3):
+        seq, _ = gd.lstm(gd.input("x", (None, 2, 3)), 4, name="l", seed=seed)
+        model = gd.container(_initial_states(seq))
+        st = gd.build(model, seed=build_seed)[0]()
+        return gd.predict(model, st, _f(batch, 2, 3))
+
+    a, b = draw(7, 0), draw(7, 1)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.allclose(draw(8, 0)[0], a[0])
+    assert not np.allclose(draw(None, 0)[0], draw(None, 1)[0])
+    assert draw(7, 0, batch=0)[1].shape == (0, 4)
+
+
+def test_onnx_refuses_a_random_initial_state():
+    seq, _ = gd.lstm(gd.input("x", (None, 4, 3)), 2, name="l")
+    with pytest.raises(GraphDSLError, match="hidden_state.*recurrent_initializer='zeros'") as e:
+        gd.to_onnx(seq, gd.build(seq)[0]())
+    assert "l_c_initial_state" in str(e.value) and "test_rnn_axon.py" in str(e.value)
+
+
 # -- construction errors ------------------------------------------------------------------------
 @pytest.mark.parametrize("make, match", [
     (lambda: gd.lstm(gd.input("x", (None, 4)), 2), "rank 3"),
