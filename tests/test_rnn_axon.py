@@ -318,6 +318,9 @@ def test_bidirectional_as_axon():
                               lambda a, b: gd.concatenate([a, b], axis=1), name="bidirectional")
     st = gd.build(seq)[0]()
     assert [k for k in st.data if "kernel" in str(st.data[k].keys())] == ["embedding_0", "lstm"]
+    assert [k for k in st.data if "initial" in k] == [  # each direction draws its own state
+        "lstm_c_initial_state", "lstm_h_initial_state", "lstm_c_initial_state_backward",
+        "lstm_h_initial_state_backward"]
     assert gd.predict(seq, st, np.ones((1, 10), np.int64)).shape == (1, 20, 32)
 
 
