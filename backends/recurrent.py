@@ -14,7 +14,12 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .base import KernelContext
+import numpy as np
+
+from graphdsl.initializers import INITIALIZERS
+from graphdsl.ops.recurrent import state_shape
+
+from .base import KernelContext, Stateful
 
 Fn = Callable[[Any], Any]
 
@@ -113,6 +118,29 @@ def conv_lstm_kernel(conv: Callable[[Any, Any, Any, Mapping], Any], sigmoid: Fn,
         xw = conv(flat, p["input_kernel"], p.get("bias"), st).reshape(T, B, 4 * u, *spatial)
         return lstm_loop(xw, *states, None, lambda h: conv(h, p["hidden_kernel"], None, st),
                          sigmoid, tanh, ctx.xp, order="igfo", forget_bias=1.0)
+
+    return kernel
+
+
+def draw_state(x_shape: tuple, a: Mapping, key: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Axon's ``rnn_state`` in NumPy on every backend (so they agree): ``(initializer(shape,
+    float32, rng), next key)``, shape :func:`state_shape` of the input's, ``key`` (uint64)
+    split in two as Axon splits its key: one seeds the draw, the other is the next key."""
+    sub, nxt = np.random.default_rng(int(key)).integers(0, 2**63 - 1, 2)
+    init = a["initializer"]
+    fn = INITIALIZERS[init] if isinstance(init, str) else init
+    shape = state_shape(tuple(int(d) for d in x_shape), a["units"], a["rnn"])
+    y = np.asarray(fn(shape, np.dtype(np.float32), np.random.default_rng(int(sub))))
+    return y.reshape(shape), np.asarray(nxt, np.uint64)
+
+
+def state_kernel(convert: Callable[[np.ndarray, Any, KernelContext], Any]) -> Callable:
+    """The recurrent_state kernel of a backend: ``convert(y, x, ctx)`` makes the NumPy draw
+    its array (compute dtype, x's device); in train mode it returns the next key too."""
+    def kernel(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
+        y, key = draw_state(tuple(ins[0].shape), a, p["key"])
+        y = convert(y, ins[0], ctx)
+        return Stateful(y, {"key": key}) if ctx.training else y
 
     return kernel
 

@@ -20,6 +20,7 @@ from helpers import TOL, random_inputs
 
 import graphdsl as gd
 from graphdsl import dora, lora
+from graphdsl.node import make_node
 from graphdsl.ops.recurrent import reverse
 
 #: torch parity, ONNX export, JSON round trip, model files, batch 0 on every backend
@@ -173,6 +174,14 @@ def _tied():
 def _set(layer, **values):
     """A tweak: ``state.data[layer][param] = make()`` for each ``param=make``."""
     return lambda st: st.data[layer].update({k: make() for k, make in values.items()})
+
+
+_Z = {"recurrent_initializer": "zeros"}  # the zero initial state (ONNX exports it)
+
+
+def recurrent_state(x, **attrs):
+    """A bare recurrent_state layer of ``x`` (gd.lstm & co. make it for a random state)."""
+    return make_node("recurrent_state", [x], attrs)
 
 
 def _rnn(out):
@@ -499,33 +508,42 @@ _ROWS = [
     Case("separable_conv3d", "attrs", lambda: gd.separable_conv3d(
         gd.input("vol", (None, 2, 6, 5, 4)), 1, 2, strides=(2, 1, 1), channels="first")),
     # Axon's recurrent layers (their reference tests: tests/test_rnn_axon.py)
-    Case("lstm", "values", lambda: _rnn(gd.lstm(_x((None, 5, 4)), 3, name="rnn")),
+    Case("lstm", "values", lambda: _rnn(gd.lstm(_x((None, 5, 4)), 3, name="rnn", **_Z)),
          tweak=_set("rnn", bias=lambda: _f(12))),
     Case("lstm", "attrs", lambda: _rnn(gd.lstm(
         _x((None, 4, 3)), 2, (_x((None, 2), "c0"), _x((None, 2), "h0")), activation="relu",
         unroll="static", use_bias=False))),
     Case("lstm", "mask", lambda: _rnn(gd.lstm(_x((None, 5, 4)), 3, mask=_ids(5, "m"),
-                                              name="rnn")),
+                                              name="rnn", **_Z)),
          lambda: {"x": _f(3, 5, 4), "m": R.integers(0, 2, (3, 5))},
          _set("rnn", bias=lambda: _f(12))),
-    Case("gru", "values", lambda: _rnn(gd.gru(_x((None, 5, 4)), 3, name="rnn")),
+    Case("gru", "values", lambda: _rnn(gd.gru(_x((None, 5, 4)), 3, name="rnn", **_Z)),
          tweak=_set("rnn", bias=lambda: _f(12))),
     Case("gru", "attrs", lambda: _rnn(gd.gru(
         _x((None, 4, 3)), 2, (_x((None, 2), "h0"),), gate="softsign", unroll="static",
         use_bias=False))),
     Case("gru", "mask", lambda: _rnn(gd.gru(_x((None, 5, 4)), 3, mask=_ids(5, "m"),
-                                            name="rnn")),
+                                            name="rnn", **_Z)),
          lambda: {"x": _f(3, 5, 4), "m": R.integers(0, 2, (3, 5))},
          _set("rnn", bias=lambda: _f(12))),
     Case("conv_lstm", "values", lambda: _rnn(gd.conv_lstm(
-        _x((None, 3, 2, 5, 4)), 3, kernel_size=3, name="rnn")),
+        _x((None, 3, 2, 5, 4)), 3, kernel_size=3, name="rnn", **_Z)),
          tweak=_set("rnn", bias=lambda: _f(12))),
     Case("conv_lstm", "attrs", lambda: _rnn(gd.conv_lstm(
         _x((None, 2, 3, 6)), 2, (_x((None, 1, 2, 6), "c0"), _x((None, 1, 2, 6), "h0")),
         kernel_size=3, padding=[(1, 1)], use_bias=False))),
+    # Axon's random initial state (rnn_state): no ONNX export, zeros exports
+    Case("recurrent_state", "values", lambda: _rnn(gd.lstm(_x((None, 5, 4)), 3, name="rnn")),
+         skip=_NO_ONNX, train=True),
+    Case("recurrent_state", "attrs", lambda: _rnn(gd.conv_lstm(
+        _x((None, 2, 3, 6)), 2, kernel_size=3, recurrent_initializer="he_normal", seed=5)),
+         skip=_NO_ONNX, train=True),
+    Case("recurrent_state", "zeros", lambda: recurrent_state(
+        _x((None, 2, 3, 5, 4)), units=4, rnn="conv_lstm", initializer="zeros"),
+         reference=lambda i, st: np.zeros((3, 1, 4, 5, 4), np.float32)),
     Case("reverse", "values", lambda: reverse(_x((None, 4, 3)), axis=1)),
     Case("reverse", "bidirectional", lambda: _rnn(gd.bidirectional(
-        _x((None, 4, 3)), lambda x: gd.gru(x, 2, name="g"),
+        _x((None, 4, 3)), lambda x: gd.gru(x, 2, name="g", **_Z),
         lambda a, b: gd.concatenate([a, b], axis=1)))),
     # resize, bilinear and the dropouts of issue 22 (their reference tests:
     # tests/test_resize_axon.py)

@@ -26,6 +26,7 @@ R = np.random.default_rng(22)
 GOLDEN = np.load(os.path.join(os.path.dirname(__file__), "golden", "axon_lstm_fixtures.npz"))
 TOL = {"rtol": 1e-5, "atol": 1e-5}
 BACKENDS = ("numpy", "torch", "onnxruntime")
+Z = {"recurrent_initializer": "zeros"}  # the zero initial state (torch's default)
 
 
 def _f(*shape):
@@ -33,6 +34,7 @@ def _f(*shape):
 
 
 def _rnn_model(op, T=5, F_=4, U=3, state=False, **kw):
+    kw.setdefault("recurrent_initializer", "zeros")
     x = gd.input("x", (None, T, F_))
     hs = None
     if state:
@@ -179,7 +181,7 @@ def test_states_feed_another_layer():
     """An encoder's (cell, hidden) as a decoder's hidden_state, as Axon's docs chain them:
     torch's decoder started from torch's encoder state."""
     B, T, F_, U = 2, 4, 3, 5
-    _, enc_state = gd.lstm(gd.input("x", (None, T, F_)), U, name="enc")
+    _, enc_state = gd.lstm(gd.input("x", (None, T, F_)), U, name="enc", **Z)
     dec, _ = gd.lstm(gd.input("y", (None, 3, F_)), U, enc_state, name="dec")
     st = gd.build(dec)[0]()
     feed = {"x": _f(B, T, F_), "y": _f(B, 3, F_)}
@@ -201,7 +203,8 @@ def test_mask_keeps_the_state_like_a_shorter_sequence(op):
     x, lengths = _f(B, T, F_), [6, 4, 1]
     m = np.array([[0] * n + [1] * (T - n) for n in lengths], np.int64)
     seq, states = getattr(gd, op)(gd.input("x", (None, T, F_)), U,
-                                  mask=gd.input("m", (None, T), dtype="int64"), name="rnn")
+                                  mask=gd.input("m", (None, T), dtype="int64"), name="rnn",
+                                  **Z)
     model = gd.container([seq, *states])
     st = gd.build(model)[0]()
     st.data["rnn"]["bias"] = _f(4 * U)
@@ -220,7 +223,7 @@ def test_masked_gradients_equal_torch_on_the_kept_steps():
     a row masked after step 2 equal torch's on its first 2 steps (zero after them)."""
     T, F_, U = 5, 3, 4
     seq, (c, h) = gd.lstm(gd.input("x", (None, T, F_)), U,
-                          mask=gd.input("m", (None, T), dtype="int64"), name="rnn")
+                          mask=gd.input("m", (None, T), dtype="int64"), name="rnn", **Z)
     st = gd.build(h)[0]()
     mod = gd.to_torch(h, st)
     x = torch.tensor(_f(1, T, F_), requires_grad=True)
@@ -267,7 +270,7 @@ def test_conv_lstm_equals_axons_cell(state):
     x = gd.input("x", (None, T, C, H, W))
     hs = (gd.input("c0", (None, 1, U, H, W)), gd.input("h0", (None, 1, U, H, W))) \
         if state else None
-    seq, (c, h) = gd.conv_lstm(x, U, hs, kernel_size=3, name="cl")
+    seq, (c, h) = gd.conv_lstm(x, U, hs, kernel_size=3, name="cl", **Z)
     model = gd.container([seq, c, h])
     st = gd.build(model)[0]()
     st.data["cl"]["bias"] = _f(4 * U)
@@ -288,7 +291,8 @@ def test_conv_lstm_equals_axons_cell(state):
 
 def test_conv_lstm_gradients_equal_the_hand_written_cell():
     B, T, C, H, W, U = 2, 3, 2, 4, 4, 2
-    seq, _ = gd.conv_lstm(gd.input("x", (None, T, C, H, W)), U, kernel_size=3, name="cl")
+    seq, _ = gd.conv_lstm(gd.input("x", (None, T, C, H, W)), U, kernel_size=3, name="cl",
+                          **Z)
     st = gd.build(seq)[0]()
     st.data["cl"]["bias"] = _f(4 * U)
     mod = gd.to_torch(seq, st)
@@ -314,6 +318,9 @@ def test_bidirectional_as_axon():
                               lambda a, b: gd.concatenate([a, b], axis=1), name="bidirectional")
     st = gd.build(seq)[0]()
     assert [k for k in st.data if "kernel" in str(st.data[k].keys())] == ["embedding_0", "lstm"]
+    assert [k for k in st.data if "initial" in k] == [  # each direction draws its own state
+        "lstm_c_initial_state", "lstm_h_initial_state", "lstm_c_initial_state_backward",
+        "lstm_h_initial_state_backward"]
     assert gd.predict(seq, st, np.ones((1, 10), np.int64)).shape == (1, 20, 32)
 
 
@@ -323,7 +330,7 @@ def test_bidirectional_equals_torch_bidirectional_lstm():
     states come reversed along axis 1, as Axon's deep reverse leaves them."""
     B, T, F_, U = 2, 5, 3, 4
     seq, (c, h) = gd.bidirectional(gd.input("x", (None, T, F_)),
-                                   lambda x: gd.lstm(x, U, name="l"))
+                                   lambda x: gd.lstm(x, U, name="l", **Z))
     model = gd.container([seq, c, h])
     st = gd.build(model)[0]()
     st.data["l"]["bias"] = _f(4 * U)
@@ -348,7 +355,8 @@ def test_bidirectional_shared_parameters_get_both_directions_gradients():
     """One set of parameters: the to_torch module's gradient of each is the sum of torch's
     forward and reverse gradients (torch's bidirectional LSTM, reverse weights = forward)."""
     B, T, F_, U = 2, 4, 3, 2
-    seq, _ = gd.bidirectional(gd.input("x", (None, T, F_)), lambda x: gd.lstm(x, U, name="l"))
+    seq, _ = gd.bidirectional(gd.input("x", (None, T, F_)),
+                              lambda x: gd.lstm(x, U, name="l", **Z))
     st = gd.build(seq)[0]()
     st.data["l"]["bias"] = _f(4 * U)
     mod = gd.to_torch(seq, st)
@@ -393,14 +401,14 @@ def test_onnx_masked_is_unrolled(op):
     """A mask has no ONNX LSTM/GRU form: the export unrolls the cell (any activation) over
     a known sequence length, and refuses an unknown one."""
     seq, _ = getattr(gd, op)(gd.input("x", (None, 4, 3)), 2, activation="gelu",
-                             mask=gd.input("m", (None, 4), dtype="int64"), name="rnn")
+                             mask=gd.input("m", (None, 4), dtype="int64"), name="rnn", **Z)
     st = gd.build(seq)[0]()
     st.data["rnn"]["bias"] = _f(8)
     feed = {"x": _f(3, 4, 3), "m": np.array([[0, 0, 1, 1], [0, 1, 0, 1], [1, 1, 1, 1]])}
     np.testing.assert_allclose(export_and_run(seq, st, feed)[0][0],
                                gd.predict(seq, st, feed), **TOL)
     seq, _ = getattr(gd, op)(gd.input("x", (None, None, 3)), 2,
-                             mask=gd.input("m", (None, None), dtype="int64"))
+                             mask=gd.input("m", (None, None), dtype="int64"), **Z)
     with pytest.raises(GraphDSLError, match="known sequence length"):
         gd.to_onnx(seq, gd.build(seq)[0]())
 
@@ -409,7 +417,7 @@ def test_onnx_masked_is_unrolled(op):
 def test_zero_steps_are_refused_everywhere(op):
     """0 steps: a GraphDSLError on numpy/torch, a run error in ONNX Runtime (whose GRU
     would abort the process on them)."""
-    seq, _ = getattr(gd, op)(gd.input("x", (None, None, 3)), 2)
+    seq, _ = getattr(gd, op)(gd.input("x", (None, None, 3)), 2, **Z)
     st = gd.build(seq)[0]()
     x = np.zeros((2, 0, 3), np.float32)
     for backend in ("numpy", "torch"):
@@ -420,15 +428,124 @@ def test_zero_steps_are_refused_everywhere(op):
 
 
 def test_onnx_conv_lstm_needs_a_known_sequence_length():
-    seq, _ = gd.conv_lstm(gd.input("x", (None, None, 2, 4, 4)), 2)
+    seq, _ = gd.conv_lstm(gd.input("x", (None, None, 2, 4, 4)), 2, **Z)
     with pytest.raises(GraphDSLError, match="known sequence length"):
         gd.to_onnx(seq, gd.build(seq)[0]())
 
 
 def test_onnx_refuses_activations_it_lacks():
-    seq, _ = gd.lstm(gd.input("x", (None, 4, 3)), 2, activation="gelu")
+    seq, _ = gd.lstm(gd.input("x", (None, 4, 3)), 2, activation="gelu", **Z)
     with pytest.raises(GraphDSLError, match="gelu"):
         gd.to_onnx(seq, gd.build(seq)[0]())
+
+
+# -- Axon's random initial state (rnn_state) ----------------------------------------------------
+def _initial_states(seq):
+    """The recurrent_state layers feeding the recurrent layer behind ``seq``."""
+    rnn = seq.inputs[0]
+    return [n for n in rnn.inputs[1:] if n.op == "recurrent_state"]
+
+
+def _glorot_limit(shape):
+    """Glorot's limit sqrt(6 / (fan_in + fan_out)) with Axon's fans (receptive field: every
+    axis but the last two), on the state's own shape."""
+    receptive = int(np.prod(shape[:-2]))
+    return np.sqrt(6 / ((shape[-2] + shape[-1]) * receptive))
+
+
+@pytest.mark.parametrize("op, shape", [("lstm", (None, 3, 2)), ("gru", (None, 3, 2)),
+                                       ("conv_lstm", (None, 2, 3, 5, 4))])
+def test_random_state_has_axons_shape_names_and_glorot_statistics(op, shape):
+    """Axon's rnn_state: a recurrent_state layer per state, named {name}_{c|h}_initial_state,
+    of Axon.Shape.rnn_hidden_state ([batch, units], conv_lstm [batch, 1, units, *spatial]),
+    glorot_uniform drawn on that shape (limit sqrt(6/(fan_in+fan_out)) of it, variance
+    limit^2/3); c and h differ; the same state array starts the recurrence (torch's LSTM
+    from it gives the sequence)."""
+    B, U = 60, 40
+    seq, states = getattr(gd, op)(gd.input("x", shape), U, name="r", kernel_size=3) \
+        if op == "conv_lstm" else getattr(gd, op)(gd.input("x", shape), U, name="r")
+    init = _initial_states(seq)
+    parts = ["c", "h"] if op != "gru" else ["h"]
+    assert [n.name for n in init] == [f"r_{p}_initial_state" for p in parts]
+    model = gd.container([seq, *states, *init])
+    st = gd.build(model)[0]()
+    assert st.data["r_h_initial_state"]["key"].dtype == np.uint64
+    x = _f(B, *shape[1:])
+    out = gd.predict(model, st, x)
+    drawn = out[len(parts) + 1:]
+    want = (B, U) if op != "conv_lstm" else (B, 1, U, *shape[3:])
+    for v in drawn:
+        lim = _glorot_limit(want)
+        assert v.shape == want and v.dtype == np.float32
+        assert np.abs(v).max() <= lim and np.abs(v).max() > 0.97 * lim
+        assert abs(v.mean()) < 0.05 * lim and abs(v.var() / (lim**2 / 3) - 1) < 0.1
+    if op != "gru":
+        assert not np.allclose(drawn[0], drawn[1])
+    if op == "lstm":  # torch from (h0, c0) = the drawn states
+        ref = _torch_ref(op, {k: np.asarray(v) for k, v in st.data["r"].items()}, 2, U)
+        h0, c0 = (torch.tensor(v)[None] for v in (drawn[1], drawn[0]))
+        y = ref(torch.tensor(x), (h0, c0))[0].detach().numpy()
+        np.testing.assert_allclose(out[0], y, **TOL)
+
+
+def test_inference_repeats_train_mode_advances_the_key_numpy_equals_torch():
+    """Inference draws the same state every call, on NumPy, functional torch and a to_torch
+    module alike; train mode returns the advanced key (Axon's StatefulOutput), whose next
+    draw differs, equal on NumPy, torch and the module's key buffer."""
+    seq, _ = gd.gru(gd.input("x", (None, 4, 3)), 5, name="g")
+    (h0,) = _initial_states(seq)
+    model = gd.container([seq, h0])
+    st = gd.build(model)[0]()
+    x = _f(2, 4, 3)
+    ref = gd.predict(model, st, x)
+    def same(got, want):  # the state exactly, the sequence to float rounding
+        np.testing.assert_array_equal(np.asarray(got[1]), want[1])
+        np.testing.assert_allclose(np.asarray(got[0]), want[0], **TOL)
+
+    for backend in ("numpy", "torch"):
+        for _ in range(2):
+            same(gd.predict(model, st, x, backend=backend), ref)
+    mod = gd.to_torch(model, st).eval()
+    with torch.no_grad():
+        same([t.numpy() for t in mod(torch.tensor(x))], ref)
+    steps = {b: gd.build(model, backend=b, mode="train")[1] for b in ("numpy", "torch")}
+    s1 = {b: step(st, x) for b, step in steps.items()}
+    key0 = st.data["g_h_initial_state"]["key"]
+    key1 = s1["numpy"]["state"].data["g_h_initial_state"]["key"]
+    assert key1 != key0 and s1["torch"]["state"] == s1["numpy"]["state"]
+    np.testing.assert_array_equal(np.asarray(s1["numpy"]["prediction"][1]), ref[1])
+    nxt = gd.predict(model, s1["numpy"]["state"], x)
+    assert np.abs(nxt[1] - ref[1]).min() > 0 and not np.allclose(nxt[0], ref[0])
+    mod.train()
+    with torch.no_grad():
+        first, second = mod(torch.tensor(x)), mod(torch.tensor(x))
+    same([t.numpy() for t in first], ref)
+    same([t.numpy() for t in second], nxt)
+    s2 = steps["numpy"](s1["numpy"]["state"], x)["state"]
+    assert gd.from_torch(mod) == s2
+
+
+def test_seed_fixes_the_key_and_the_build_seed_does_not():
+    """seed= (Axon's option) alone decides the state: equal across build seeds, a new seed
+    gives new values; without it the build seed does; an empty batch gives [0, units]."""
+    def draw(seed, build_seed, batch=3):
+        seq, _ = gd.lstm(gd.input("x", (None, 2, 3)), 4, name="l", seed=seed)
+        model = gd.container(_initial_states(seq))
+        st = gd.build(model, seed=build_seed)[0]()
+        return gd.predict(model, st, _f(batch, 2, 3))
+
+    a, b = draw(7, 0), draw(7, 1)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert not np.allclose(draw(8, 0)[0], a[0])
+    assert not np.allclose(draw(None, 0)[0], draw(None, 1)[0])
+    assert draw(7, 0, batch=0)[1].shape == (0, 4)
+
+
+def test_onnx_refuses_a_random_initial_state():
+    seq, _ = gd.lstm(gd.input("x", (None, 4, 3)), 2, name="l")
+    with pytest.raises(GraphDSLError, match="hidden_state.*recurrent_initializer='zeros'") as e:
+        gd.to_onnx(seq, gd.build(seq)[0]())
+    assert "l_c_initial_state" in str(e.value) and "test_rnn_axon.py" in str(e.value)
 
 
 # -- construction errors ------------------------------------------------------------------------
@@ -437,8 +554,9 @@ def test_onnx_refuses_activations_it_lacks():
     (lambda: gd.gru(gd.input("x", (None, 4, 3)), 2, (gd.input("h", (None, 3)),)), "state"),
     (lambda: gd.lstm(gd.input("x", (None, 4, 3)), 2, (gd.input("h", (None, 2)),)), "tuple"),
     (lambda: gd.lstm(gd.input("x", (None, 4, 3)), 2, unroll="eager"), "unroll"),
-    (lambda: gd.gru(gd.input("x", (None, 4, 3)), 2, recurrent_initializer="glorot_uniform"),
-     "random initial state"),
+    (lambda: gd.gru(gd.input("x", (None, 4, 3)), 2, recurrent_initializer="orthogonal"),
+     "unknown recurrent_initializer"),
+    (lambda: gd.gru(gd.input("x", (None, 4, 3)), 2, seed=1.5), "seed must be an integer"),
     (lambda: gd.lstm(gd.input("x", (None, 4, 3)), 2, gate="nope"), "unknown activation"),
     (lambda: gd.lstm(gd.input("x", (None, 4, 3)), 2, mask=gd.input("m", (None, 4, 1))),
      "mask"),

@@ -35,4 +35,5 @@ KERNELS: dict[str, Callable[..., Any]] = {
     "gru": recurrent.rnn_kernel("gru", _ACTS, _zeros),
     "conv_lstm": recurrent.conv_lstm_kernel(_conv, _ACTS["sigmoid"], _ACTS["tanh"], _zeros),
     "reverse": recurrent.reverse,
+    "recurrent_state": recurrent.state_kernel(lambda y, x, ctx: y.astype(ctx.dtype)),
 }

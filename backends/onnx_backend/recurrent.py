@@ -170,6 +170,20 @@ def _conv_lstm(b: Builder, layer: Layer) -> str:
     return b.op("Concat", [b.unsqueeze(c, [1]), b.unsqueeze(h, [1]), *outs], axis=1)
 
 
+def _state(b: Builder, layer: Layer) -> str:
+    """A zeros recurrent_state (its batch read from x); a random one has no exact export."""
+    a, x = layer.attrs, layer.in_shapes[0]
+    if not (isinstance(a["initializer"], str) and a["initializer"] == "zeros"):
+        raise _refuse(layer, f"the random initial {a['rnn']} state (recurrent_initializer="
+                      f"{a['initializer']!r}) has no ONNX export: ONNX cannot draw it from "
+                      "the layer's key", f"pass hidden_state=(...) to gd.{a['rnn']} (e.g. "
+                      "gd.input nodes) or recurrent_initializer='zeros'")
+    dims = [b.dim(layer.ins[0], 0)] + ([b.ints([1, a["units"]])] + [
+        b.dim(layer.ins[0], i, x[i]) for i in range(3, len(x))] if a["rnn"] == "conv_lstm"
+        else [b.ints([a["units"]])])
+    return b.op("ConstantOfShape", [b.op("Concat", dims, axis=0)])
+
+
 def _reverse(b: Builder, layer: Layer) -> str:
     ax = layer.attrs["axis"] % len(layer.in_shapes[0])
     return b.op("Slice", [layer.ins[0], b.ints([-1]), b.ints([_INT64_MIN]), b.ints([ax]),
@@ -177,6 +191,7 @@ def _reverse(b: Builder, layer: Layer) -> str:
 
 
 RECURRENT_RULES: dict[str, Rule] = {"lstm": Rule(_rnn), "gru": Rule(_rnn),
-                                    "conv_lstm": Rule(_conv_lstm), "reverse": Rule(_reverse)}
+                                    "conv_lstm": Rule(_conv_lstm), "reverse": Rule(_reverse),
+                                    "recurrent_state": Rule(_state)}
 
 __all__ = ["RECURRENT_RULES"]

@@ -28,4 +28,6 @@ KERNELS: dict[str, Callable[..., Any]] = {
     "gru": recurrent.rnn_kernel("gru", _ACTS, _zeros),
     "conv_lstm": recurrent.conv_lstm_kernel(conv_first, _ACTS["sigmoid"], _ACTS["tanh"], _zeros),
     "reverse": recurrent.reverse,
+    "recurrent_state": recurrent.state_kernel(
+        lambda y, x, ctx: torch.as_tensor(y, dtype=ctx.dtype, device=x.device)),
 }

@@ -14,6 +14,10 @@ gate block is drawn by the initializer on its own, as Axon draws its per-gate ma
 conv_lstm: Axon's channels-first conv kernels ``input_kernel [4u, C, *k]``, ``hidden_kernel
 [4u, u, *k]``, ``bias [4u]`` (gates i, g, f, o; forget gate ``sigmoid(f + 1)``).
 
+``recurrent_state`` is Axon's random initial state (``rnn_state``): without ``hidden_state``
+and with a ``recurrent_initializer`` other than zeros, each state is such a layer of x,
+drawing ``initializer(shape, rng)`` from its ``key`` state entry (advanced in train mode).
+
 ``reverse`` (x flipped along one axis) is the op bidirectional runs the backward pass on.
 """
 from __future__ import annotations
@@ -24,9 +28,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import GraphDSLError, OptionError, RuleError, fmt_shape
-from ..initializers import INITIALIZERS, check_initializer
+from ..initializers import INITIALIZERS, check_initializer, param_rng
 from ..node import Node, caller_location, make_node, rebuild, topo_order
-from ..registry import OpDef, ParamSpec, register_op
+from ..registry import RNG_KEY, OpDef, ParamSpec, register_op
 from ..shapes import normalize_axis
 from ..windows import expand, padding_option, spatial_option, window
 from ._attrs import boolean, positive_int
@@ -104,6 +108,18 @@ def _check_state(op: str, s: list, want: tuple, a: dict) -> None:
                     "pass a [batch, seq] mask (1: keep the previous state at that step)")
 
 
+def check_input(op: str, x: tuple) -> tuple:
+    """``x`` when its rank and feature (channel) axis suit ``op``'s input."""
+    if op == "conv_lstm" and (not 4 <= len(x) <= 6 or x[2] is None):
+        raise RuleError(f"conv_lstm input must be [batch, seq, channels, *spatial] with 1 to 3 "
+                    f"spatial axes and known channels, got {fmt_shape(x)}",
+                    "pass e.g. gd.input('x', (None, 4, 3, 8, 8)) (channels first, as Axon)")
+    if op != "conv_lstm" and (len(x) != 3 or x[2] is None):
+        raise RuleError(f"{op} input must be rank 3 [batch, seq, features] with known "
+                        f"features, got {fmt_shape(x)}", "pass e.g. gd.input('x', (None, 10, 8))")
+    return x
+
+
 def _seq(x: tuple, op: str) -> Any:
     if x[1] == 0:
         raise RuleError(f"{op} over a sequence of 0 steps (input {fmt_shape(x)})",
@@ -113,10 +129,7 @@ def _seq(x: tuple, op: str) -> Any:
 
 def _rnn_shape(op: str) -> Callable:
     def shape(s: list, a: dict) -> tuple:
-        x = s[0]
-        if len(x) != 3 or x[2] is None:
-            raise RuleError(f"{op} input must be rank 3 [batch, seq, features] with known "
-                        f"features, got {fmt_shape(x)}", "pass e.g. gd.input('x', (None, 10, 8))")
+        x = check_input(op, s[0])
         _check_state(op, s, (x[0], a["units"]), a)
         return (x[0], _seq(x, op), a["units"])
 
@@ -142,10 +155,7 @@ def _rnn_params(op: str) -> Callable:
 def conv_geometry(x: tuple, a: Any) -> tuple[int, tuple]:
     """conv_lstm's ``(channels, spatial)`` of ``x [batch, seq, C, *spatial]``; the convs of
     the input and of the hidden state must keep the spatial sizes (Axon adds them)."""
-    if not 4 <= len(x) <= 6 or x[2] is None:
-        raise RuleError(f"conv_lstm input must be [batch, seq, channels, *spatial] with 1 to 3 "
-                    f"spatial axes and known channels, got {fmt_shape(x)}",
-                    "pass e.g. gd.input('x', (None, 4, 3, 8, 8)) (channels first, as Axon)")
+    check_input("conv_lstm", x)
     spatial = tuple(x[3:])
     w = window(spatial, a["kernel_size"], {**a, "channels": "first"}, "the conv_lstm window")
     if any(o is not None and o != n for o, n in zip(w.out, spatial)):
@@ -215,6 +225,49 @@ def reverse(x: Node, axis: int = 1, name: str | None = None) -> Node:
     return make_node("reverse", [x], {"axis": axis}, name, where=caller_location())
 
 
+# -- recurrent_state: Axon's rnn_state --------------------------------------------------------
+def state_shape(x: tuple, units: int, rnn: str) -> tuple:
+    """``Axon.Shape.rnn_hidden_state`` of input ``x``: ``[batch, units]`` (lstm, gru) or
+    ``[batch, 1, units, *spatial]`` (conv_lstm)."""
+    return (x[0], 1, units, *x[3:]) if rnn == "conv_lstm" else (x[0], units)
+
+
+def _state_attrs(a: dict) -> dict:
+    rnn, seed, part = a.get("rnn"), a.get("seed"), a.get("part", "h")
+    if rnn not in RECURRENT or part not in ("c", "h"):
+        raise RuleError(f"recurrent_state needs rnn in {sorted(RECURRENT)} and part 'c' or "
+                        f"'h', got {rnn!r}, {part!r}", "build it with gd.lstm / gd.gru / "
+                        "gd.conv_lstm", OptionError)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, (int, np.integer))):
+        raise RuleError(f"seed must be an integer or None, got {seed!r}",
+                        "pass seed=42, or leave it out (the key then comes from the build "
+                        "seed)", OptionError)
+    return {"units": positive_int(a.get("units"), "units"), "rnn": rnn, "part": part,
+            "seed": None if seed is None else int(seed),
+            "initializer": check_initializer(a.get("initializer", "glorot_uniform"),
+                                             "recurrent_initializer")}
+
+
+def _seeded_key(seed: int, part: str) -> ParamSpec:
+    """The key entry drawn from ``seed`` alone (Axon's ``Nx.Random.key(seed)``), not the
+    build seed; c and h get keys of their own."""
+    def draw(shape: tuple, dtype: Any, rng: np.random.Generator) -> np.ndarray:
+        return INITIALIZERS["rng_key"](shape, dtype, param_rng(seed, "recurrent_state", part))
+
+    return ParamSpec("key", (), draw, False, kind="state", dtype="uint64")
+
+
+register_op(OpDef(
+    "recurrent_state", lambda s, a: state_shape(check_input(a["rnn"], s[0]), a["units"],
+                                                a["rnn"]),
+    check_attrs=_state_attrs, params=lambda s, a: [
+        RNG_KEY if a["seed"] is None else _seeded_key(a["seed"], a["part"])],
+    doc="Axon's random initial RNN state (rnn_state) of x [batch, seq, ...]: "
+        "initializer(shape, rng) with shape [batch, units] (lstm, gru) or [batch, 1, units, "
+        "*spatial] (conv_lstm), the rng from the key state entry; in train mode the key "
+        "advances, at inference it stays. State: key (from seed=, else the build seed)."))
+
+
 # -- constructors ------------------------------------------------------------------------------
 def _unpack(op: str, node: Node, units: int, spatial: tuple, name: str | None, where: str
             ) -> tuple:
@@ -244,15 +297,14 @@ def _rnn(op: str, x: Node, units: int, hidden_state: Any, mask: Node | None, att
                                 f"{hidden_state!r}", layer=name, op=op, where=where,
                                 fix=f"pass hidden_state={want} (e.g. a previous {op}'s state)")
         states = list(hidden_state)
-    init = attrs.pop("recurrent_initializer")
-    if hidden_state is None and init != "zeros":
-        raise GraphDSLError(
-            f"{op}: recurrent_initializer={init!r} would draw a random initial state per "
-            "call (Axon's default glorot_uniform does); graphdsl starts from zeros",
-            layer=name, op=op, where=where, fix="use recurrent_initializer='zeros' (the "
-            "default), or pass hidden_state=(...) nodes, e.g. gd.input(...) values")
+    init, seed = attrs.pop("recurrent_initializer"), attrs.pop("seed")
+    if hidden_state is None and not (isinstance(init, str) and init == "zeros"):
+        states = [make_node("recurrent_state", [x], {
+            "units": units, "rnn": op, "part": part, "initializer": init, "seed": seed},
+            None if name is None else f"{name}_{part}_initial_state", where=where)
+            for part in ("c", "h")[2 - STATES[op]:]]
     ins = [x, *states] + ([mask] if mask is not None else [])
-    node = make_node(op, ins, {"units": units, "state": hidden_state is not None,
+    node = make_node(op, ins, {"units": units, "state": bool(states),
                                "mask": mask is not None, **attrs}, name, where=where)
     spatial = tuple(node.shape[3:])
     return _unpack(op, node, units, spatial, name, where)
@@ -261,7 +313,7 @@ def _rnn(op: str, x: Node, units: int, hidden_state: Any, mask: Node | None, att
 def lstm(x: Node, units: int, hidden_state: tuple[Node, Node] | None = None, *,
          activation: str = "tanh", gate: str = "sigmoid", unroll: str = "dynamic",
          use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
-         recurrent_initializer: Any = "zeros", bias_initializer: Any = "zeros",
+         recurrent_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
          mask: Node | None = None, seed: int | None = None, name: str | None = None) -> tuple:
     """Axon's LSTM over ``x [batch, seq, features]``: returns ``(output_sequence [batch,
     seq, units], (cell [batch, units], hidden [batch, units]))``.
@@ -271,22 +323,28 @@ def lstm(x: Node, units: int, hidden_state: tuple[Node, Node] | None = None, *,
     gate(o)*activation(c')``. Parameters ``input_kernel [features, 4u]``, ``hidden_kernel
     [u, 4u]``, ``bias [4u]``, gates concatenated in that order (torch's ``weight_ih_l0``
     is ``input_kernel.T``, ``bias_ih_l0`` the bias and ``bias_hh_l0`` zeros).
-    ``hidden_state`` is ``(cell, hidden)`` nodes; without it the state starts at zeros
-    (``recurrent_initializer='zeros'``; Axon draws a glorot_uniform state). ``mask`` [batch,
-    seq]: where nonzero the step keeps the previous state (and outputs the previous
-    hidden), as Axon's. ``unroll`` ('dynamic' or 'static') changes nothing in the values;
-    nor does ``seed`` (Axon's, for drawing its random initial state).
+    ``hidden_state`` is ``(cell, hidden)`` nodes. Without it, as Axon's ``rnn_state``, each
+    state is a ``recurrent_state`` layer ``{name}_c_initial_state`` / ``{name}_h_initial_state``
+    ``[batch, units]`` drawn by ``recurrent_initializer`` (default glorot_uniform, on that
+    shape) from its ``key`` state entry: repeatable at inference, the key advancing per
+    train-mode call. The key comes from ``seed`` when given (Axon's option; Axon defaults it
+    to the clock), else from the build seed and the layer's name. ``recurrent_initializer=
+    'zeros'`` starts from zeros with no extra layer (torch's default; exports to ONNX, a
+    random state does not). ``mask`` [batch, seq]: where nonzero the step keeps the
+    previous state (and outputs the previous hidden), as Axon's. ``unroll`` ('dynamic' or
+    'static') changes nothing in the values.
     """
     return _rnn("lstm", x, units, hidden_state, mask, {
         "activation": activation, "gate": gate, "unroll": unroll, "use_bias": use_bias,
         "kernel_initializer": kernel_initializer, "bias_initializer": bias_initializer,
-        "recurrent_initializer": recurrent_initializer}, name, caller_location())
+        "recurrent_initializer": recurrent_initializer, "seed": seed}, name,
+        caller_location())
 
 
 def gru(x: Node, units: int, hidden_state: tuple[Node] | None = None, *,
         activation: str = "tanh", gate: str = "sigmoid", unroll: str = "dynamic",
         use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
-        recurrent_initializer: Any = "zeros", bias_initializer: Any = "zeros",
+        recurrent_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
         mask: Node | None = None, seed: int | None = None, name: str | None = None) -> tuple:
     """Axon's GRU over ``x [batch, seq, features]``: returns ``(output_sequence [batch, seq,
     units], (hidden [batch, units],))``.
@@ -301,18 +359,21 @@ def gru(x: Node, units: int, hidden_state: tuple[Node] | None = None, *,
     return _rnn("gru", x, units, hidden_state, mask, {
         "activation": activation, "gate": gate, "unroll": unroll, "use_bias": use_bias,
         "kernel_initializer": kernel_initializer, "bias_initializer": bias_initializer,
-        "recurrent_initializer": recurrent_initializer}, name, caller_location())
+        "recurrent_initializer": recurrent_initializer, "seed": seed}, name,
+        caller_location())
 
 
 def conv_lstm(x: Node, units: int, hidden_state: tuple[Node, Node] | None = None, *,
               padding: Any = "same", kernel_size: int | tuple = 1, strides: int | tuple = 1,
               unroll: str = "dynamic", use_bias: bool = True,
-              kernel_initializer: Any = "glorot_uniform", recurrent_initializer: Any = "zeros",
-              bias_initializer: Any = "zeros", mask: Node | None = None,
-              seed: int | None = None, name: str | None = None) -> tuple:
+              kernel_initializer: Any = "glorot_uniform",
+              recurrent_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
+              mask: Node | None = None, seed: int | None = None, name: str | None = None
+              ) -> tuple:
     """Axon's ConvLSTM over ``x [batch, seq, C, *spatial]`` (channels first, 1-3 spatial
     axes): returns ``(output_sequence [batch, seq, units, *spatial], (cell, hidden))``, the
-    states ``[batch, 1, units, *spatial]`` as Axon shapes them.
+    states ``[batch, 1, units, *spatial]`` as Axon shapes them (the random initial state
+    too).
 
     Per step (Axon's ``conv_lstm_cell``): gates = ``conv(x_t, input_kernel) + bias +
     conv(h, hidden_kernel)`` split into i, g, f, o; ``c' = sigmoid(f + 1)*c +
@@ -329,8 +390,8 @@ def conv_lstm(x: Node, units: int, hidden_state: tuple[Node, Node] | None = None
     return _rnn("conv_lstm", x, units, hidden_state, None, {
         "padding": padding, "kernel_size": kernel_size, "strides": strides, "unroll": unroll,
         "use_bias": use_bias, "kernel_initializer": kernel_initializer,
-        "bias_initializer": bias_initializer, "recurrent_initializer": recurrent_initializer},
-        name, where)
+        "bias_initializer": bias_initializer, "recurrent_initializer": recurrent_initializer,
+        "seed": seed}, name, where)
 
 
 # -- bidirectional ------------------------------------------------------------------------------
@@ -354,7 +415,7 @@ def _mirror(leaves: list[Node], x: Node, rx: Node, where: str) -> list[Node]:
         if n.id in new or not any(i.id in new for i in n.inputs):
             continue
         attrs, name = dict(n.attrs), None if n.name is None else f"{n.name}_backward"
-        if n.params and n.op not in RECURRENT:
+        if n.params and n.op not in RECURRENT | {"recurrent_state"}:
             raise GraphDSLError(f"bidirectional shares forward_fun's parameters between the "
                                 f"directions (Axon's block); a {n.op} layer in it cannot "
                                 "share yet", layer=n.name, op="bidirectional", where=where,
