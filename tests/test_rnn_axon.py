@@ -34,7 +34,8 @@ def _f(*shape):
 
 
 def _rnn_model(op, T=5, F_=4, U=3, state=False, **kw):
-    kw.setdefault("recurrent_initializer", "zeros")
+    if not state:
+        kw.setdefault("recurrent_initializer", "zeros")
     x = gd.input("x", (None, T, F_))
     hs = None
     if state:
@@ -270,7 +271,7 @@ def test_conv_lstm_equals_axons_cell(state):
     x = gd.input("x", (None, T, C, H, W))
     hs = (gd.input("c0", (None, 1, U, H, W)), gd.input("h0", (None, 1, U, H, W))) \
         if state else None
-    seq, (c, h) = gd.conv_lstm(x, U, hs, kernel_size=3, name="cl", **Z)
+    seq, (c, h) = gd.conv_lstm(x, U, hs, kernel_size=3, name="cl", **({} if state else Z))
     model = gd.container([seq, c, h])
     st = gd.build(model)[0]()
     st.data["cl"]["bias"] = _f(4 * U)
@@ -570,4 +571,14 @@ def test_onnx_refuses_a_random_initial_state():
 def test_mistakes_are_graphdsl_errors(make, match):
     with pytest.raises(GraphDSLError, match=match) as e:
         make()
+    assert "test_rnn_axon.py" in str(e.value)
+
+
+@pytest.mark.parametrize("extra", [{"seed": 3}, {"recurrent_initializer": "zeros"}])
+def test_an_initial_state_option_beside_hidden_state_is_refused(extra):
+    # Axon's lstm/4 and gru/4 (with a hidden state) do not take these options
+    x = gd.input("x", (None, 4, 3))
+    h = gd.input("h", (None, 2))
+    with pytest.raises(gd.GraphDSLError, match="hidden_state") as e:
+        gd.gru(x, 2, (h,), name="g", **extra)
     assert "test_rnn_axon.py" in str(e.value)

@@ -298,6 +298,12 @@ def _rnn(op: str, x: Node, units: int, hidden_state: Any, mask: Node | None, att
                                 fix=f"pass hidden_state={want} (e.g. a previous {op}'s state)")
         states = list(hidden_state)
     init, seed = attrs.pop("recurrent_initializer"), attrs.pop("seed")
+    if hidden_state is not None and (seed is not None or init != "glorot_uniform"):
+        raise GraphDSLError(f"{op} was given hidden_state and also "
+                            f"{'seed' if seed is not None else 'recurrent_initializer'}, "
+                            "which only draw a state when none is given", layer=name, op=op,
+                            where=where, fix="drop recurrent_initializer/seed, or drop "
+                            "hidden_state to draw the initial state (Axon refuses both too)")
     if hidden_state is None and not (isinstance(init, str) and init == "zeros"):
         states = [make_node("recurrent_state", [x], {
             "units": units, "rnn": op, "part": part, "initializer": init, "seed": seed},
