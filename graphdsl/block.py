@@ -10,6 +10,12 @@ live once under the block's name, a dot, and the body layer's name:
 counting blocks, not calls, as Axon does. Calls are named ``mlp``, ``mlp_1``, ...
 (unnamed: ``block_0``, ``block_1``, ... as any layer).
 
+A function may return a tuple or dict of layers (nested, or a ``gd.container``), as
+Axon's block of ``Axon.container(...)``: the body is then a container, the call's shape
+the structure of its outputs' shapes, and ``blk(x)`` returns that structure of
+``block_output`` nodes, each picking one output of the call (``path``: the positions and
+keys leading to it); the call itself is no input of any other layer.
+
 The compiler inlines every call (:func:`expand_blocks`): each backend and the ONNX export
 run the body's layers once per call, all reading the shared parameters, so gradients from
 every use add up. A stateful body (batch norm in training, dropout keys) runs its uses in
@@ -25,18 +31,18 @@ from typing import Any
 
 from .errors import GraphDSLError, OptionError, RuleError, ShapeError, fmt_shape
 from .graph import Graph, analyze, infer_shapes, input_fits
-from .node import Node, caller_location, is_valid_name, make_node, node_list
+from .node import Node, caller_location, is_valid_name, make_node, node_list, output_structure
 from .registry import OpDef, ParamSpec, register_op
+from .shapes import is_structure
 
 PLACEHOLDER = "subgraph{}"  # the body's i-th input (Axon's name)
 
 
 def _attrs(a: dict) -> dict:
     body, name = a.get("body"), a.get("block")
-    if not isinstance(body, Node) or body.op == "container":
-        raise RuleError(f"a block's body must be one graph node, got "
-                        f"{getattr(body, 'op', type(body).__name__)}",
-                        "build blocks with gd.block(fn): fn returns one layer", OptionError)
+    if not isinstance(body, Node):
+        raise RuleError(f"a block's body must be a graph node, got {type(body).__name__}",
+                        "build blocks with gd.block(fn)", OptionError)
     if name is not None and not is_valid_name(name):
         raise RuleError(f"invalid block name {name!r}", "pass a name like name=\"mlp\"",
                         OptionError)
@@ -56,7 +62,7 @@ def _shape(in_shapes: Sequence[Any], attrs: Mapping[str, Any]) -> Any:
                 f"for {fmt_shape(w)} (at its first call; its parameters have those sizes)",
                 f"call the block on inputs of shape {fmt_shape(w)} (None = any size), or "
                 "use a second gd.block for these shapes", ShapeError)
-    return infer_shapes(g, dict(zip(g.inputs, in_shapes)))[g.output.id]
+    return output_structure(g.output, infer_shapes(g, dict(zip(g.inputs, in_shapes))))
 
 
 def _params(in_shapes: Sequence[Any], attrs: Mapping[str, Any]) -> list[ParamSpec]:
@@ -67,15 +73,63 @@ def _params(in_shapes: Sequence[Any], attrs: Mapping[str, Any]) -> list[ParamSpe
 
 register_op(OpDef(
     "block", _shape, _params, _attrs, arity=(1, None), category="special",
-    infer_dtype=lambda dts, a: a["body"].dtype,
+    infer_dtype=lambda dts, a: output_structure(
+        a["body"], {n.id: n.dtype for n in analyze(a["body"]).order}),
     doc="One function's layers (its body, built once) applied to this call's inputs, "
-        "with the parameters every call of the block shares (Axon's block)."))
+        "with the parameters every call of the block shares (Axon's block). A container "
+        "body: the shape is the structure of its outputs' shapes (see block_output)."))
+
+
+def _pick(tree: Any, path: Sequence[Any]) -> Any:
+    """The item of a tuple / dict structure (of shapes, dtypes or container nodes) at
+    ``path``; a container node is walked through its inputs."""
+    for k in path:
+        if isinstance(tree, Node):
+            keys = tree.attrs["keys"]
+            tree = tree.inputs[k if keys is None else keys.index(k)]
+        else:
+            tree = tree[k]
+    return tree
+
+
+def _output_attrs(a: dict) -> dict:
+    path = a.get("path")
+    if not isinstance(path, (tuple, list)) or not path or not all(
+            type(k) in (int, str) for k in path):
+        raise RuleError(f"block_output's path must be a non-empty list of positions and "
+                        f"keys, got {path!r}", "let a block call make its outputs: blk(x) "
+                        "returns them", OptionError)
+    return {"path": tuple(path)}
+
+
+def _output_shape(s: Sequence[Any], a: Mapping[str, Any]) -> Any:
+    tree = s[0]
+    for k in a["path"]:
+        ok = isinstance(tree, dict) and k in tree or is_structure(tree) and isinstance(
+            tree, tuple) and isinstance(k, int) and 0 <= k < len(tree)
+        if not ok:
+            raise RuleError(f"the block call's outputs {fmt_shape(s[0])} have no item at "
+                            f"path {list(a['path'])}", "pick an output the block's function "
+                            "returns (positions for tuples, keys for dicts)")
+        tree = tree[k]
+    if is_structure(tree):
+        raise RuleError(f"path {list(a['path'])} leads to several outputs "
+                        f"{fmt_shape(tree)}", "extend the path to one output")
+    return tree
+
+
+register_op(OpDef(
+    "block_output", _output_shape, check_attrs=_output_attrs, category="special",
+    infer_dtype=lambda dts, a: _pick(dts[0], a["path"]),
+    doc="One output of a block call whose function returns a tuple / dict of layers: "
+        "the item at `path` (positions and keys) of the call's structure of outputs."))
 
 
 class Block:
     """The callable ``gd.block`` returns: ``blk(x, ...)`` (or ``blk([x, ...])``, Axon's
     list form) is a ``block`` layer of the output shape the body gives for the inputs'
-    shapes. ``body`` is None until the first call."""
+    shapes; for a function returning a tuple / dict of layers, that structure of
+    ``block_output`` nodes of the call. ``body`` is None until the first call."""
 
     def __init__(self, fn: Callable[..., Any], name: str | None, where: str) -> None:
         self.fn, self.name, self.where = fn, name, where
@@ -85,7 +139,7 @@ class Block:
     def __repr__(self) -> str:
         return f"#Block<{self.name or 'unnamed'} calls: {self.calls}>"
 
-    def __call__(self, *args: Any) -> Node:
+    def __call__(self, *args: Any) -> Any:
         where = caller_location()
         if len(args) == 1 and isinstance(args[0], (list, tuple)):
             args = tuple(args[0])
@@ -100,24 +154,19 @@ class Block:
         node = make_node("block", ins, {"body": self.body, "block": self.name}, name,
                          where=where)
         self.calls += 1
-        return node
+        return _outputs(self.body, node, (), where)
 
     def _build(self, ins: list[Node], where: str) -> Node:
         from .ops.core import input as make_input
         ph = [make_input(PLACEHOLDER.format(i), x.shape, x.dtype) for i, x in enumerate(ins)]
-        out = self.fn(*ph)
 
         def bad(what: str, fix: str) -> GraphDSLError:
             return GraphDSLError(what, layer=self.name, op="block", where=where, fix=fix)
 
+        out = _as_container(self.fn(*ph))
         if not isinstance(out, Node):
             raise bad(f"the block's function returned {type(out).__name__}, not a layer "
-                      "(containers of several outputs are not supported in a block)",
-                      "return one layer; for several outputs use one block per output")
-        if out.op == "container":
-            raise bad("the block's function returned a container of several outputs; a "
-                      "block has one output", "return one layer; for several outputs "
-                      "use one block per output")
+                      "or a tuple / dict of layers", "return the layer(s) it builds")
         g = analyze(out)
         mine = {id(p) for p in ph}
         other = [g.name(n) for n in g.input_nodes if id(n) not in mine]
@@ -130,11 +179,33 @@ class Block:
         return out
 
 
+def _as_container(out: Any) -> Any:
+    """A tuple / list / dict of layers (nested) as ``gd.container`` nodes."""
+    from .ops.core import container
+    if isinstance(out, Mapping) or type(out) in (tuple, list):
+        items = out.items() if isinstance(out, Mapping) else enumerate(out)
+        done = {k: _as_container(v) for k, v in items}
+        return container(done if isinstance(out, Mapping) else list(done.values()))
+    return out
+
+
+def _outputs(body: Node, call: Node, path: tuple, where: str) -> Any:
+    """What a call returns: the call, or its ``block_output`` nodes shaped as ``body``."""
+    if body.op != "container":
+        return make_node("block_output", [call], {"path": path}, where=where) if path \
+            else call
+    keys = body.attrs["keys"]
+    items = [_outputs(b, call, (*path, k), where)
+             for k, b in zip(range(len(body.inputs)) if keys is None else keys, body.inputs)]
+    return tuple(items) if keys is None else dict(zip(keys, items))
+
+
 def block(fn: Callable[..., Any], name: str | None = None) -> Block:
     """Axon's ``block``: a callable applying ``fn`` with one shared set of parameters.
 
-    ``fn(*nodes) -> node`` builds layers (any number of arguments, one output); it runs
-    once, at the first call, on placeholder inputs of that call's shapes. Every later
+    ``fn(*nodes) -> node`` builds layers (any number of arguments; one output, or a tuple /
+    dict of them, nested, which each call then returns as that structure of nodes); it
+    runs once, at the first call, on placeholder inputs of that call's shapes. Every later
     call must pass inputs of those shapes (None axes any size). Parameters live under
     ``"{name}.{body layer}"``, e.g. ``state.data["mlp.dense_0"]["kernel"]`` of shape
     ``[in, out]``; ``name`` None is ``block_0``, ``block_1``, ... per block::
@@ -182,6 +253,9 @@ def _copy(g: Graph, given: dict[int, Node], prefix: str, call: str, frozen: bool
             new[n.id] = given.get(n.id, n)
             continue
         ins = [new[i.id] for i in n.inputs]
+        if n.op == "block_output":  # the inlined call's container: its output at path
+            new[n.id] = _pick(ins[0], n.attrs["path"])
+            continue
         label = call + g.name(n)
         name = out_name if out_name and n is g.output else label
         if n.op == "block":

@@ -189,7 +189,8 @@ def type_shape(shape: tuple, dtype: str) -> str:
 def shape_str(shape: Any, dtype: str = "float32") -> str:
     """``(None, 16)``; the dtype is appended when it is not float32 (``(None, 8) int64``)."""
     s = fmt_shape(shape)
-    return s if dtype == "float32" or shape is None or isinstance(shape, dict) else f"{s} {dtype}"
+    plain = dtype == "float32" or shape is None or not isinstance(dtype, str)
+    return s if plain or isinstance(shape, dict) else f"{s} {dtype}"
 
 
 def readable_bytes(n: int) -> str:
@@ -235,7 +236,8 @@ def options(node: Node) -> list[str]:
         elif (node.op, k) == ("custom", "fn"):
             lines.append(f"fn: {node.attrs.get('fn_name') or fmt_value(v)}")
         elif (node.op, k) == ("block", "body"):  # the body's layers, not the node's repr
-            lines.append(f"body layers: {sum(n.op != 'input' for n in topo_order(v))}")
+            n_layers = sum(n.op not in ("input", "container") for n in topo_order(v))
+            lines.append(f"body layers: {n_layers}")
         elif (node.op, k, v) == ("block", "block", None):  # named in its parameters' keys
             continue
         elif (node.op, k) == ("custom", "opts") and isinstance(v, Mapping):

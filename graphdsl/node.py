@@ -183,6 +183,10 @@ def _as_node(x: Any, op: str, where: str, pos: int) -> Node:
                 f"input {pos} of {op} is a container of several outputs, not a tensor",
                 op=op, where=where, fix="pass one element of the container instead",
             )
+        if x.op == "block" and op != "block_output" and x.attrs["body"].op == "container":
+            raise ShapeError(f"input {pos} of {op} is a block call of several outputs",
+                             op=op, where=where, fix="use the nodes the block call "
+                             "returned (a tuple or dict of them), one at a time")
         return x
     raise GraphDSLError(
         f"input {pos} of {op} is a {type(x).__name__}, not a graph node",

@@ -114,3 +114,10 @@ def feature_dim(shape: Shape, what: str) -> int:
 def check_rank(shape: Shape, lo: int, what: str, fix: str) -> None:
     if len(shape) < lo:
         raise RuleError(f"{what} needs an input of rank >= {lo}, got {fmt_shape(shape)}", fix)
+
+
+def is_structure(shape: Any) -> bool:
+    """Whether ``shape`` is a structure of shapes (a block call of several outputs: a
+    tuple or dict of shapes, nested) rather than one tensor's shape."""
+    return isinstance(shape, dict) or (isinstance(shape, tuple) and bool(shape) and all(
+        isinstance(s, (tuple, dict)) for s in shape))

@@ -243,6 +243,14 @@ def _block_stateful():
     return blk(blk(_x()))
 
 
+def _block_outputs():
+    """A block returning a tuple and a dict (nested), used twice; the outputs mixed."""
+    blk = gd.block(lambda h: (gd.dense(h, 4, name="a"), {"r": gd.relu(h), "t": gd.tanh(
+        gd.dense(h, 6))}), name="two")
+    (a, d), (a2, d2) = blk(_x()), blk(_x(name="z"))
+    return gd.container({"a": a * a2, "r": d2["r"], "t": d["t"] + d2["t"]})
+
+
 # "values": chosen inputs and a tweaked state; "attrs": the op's non-default attributes
 _ROWS = [
     Case("input", "values", lambda: gd.container([_x()]), _X),
@@ -471,6 +479,7 @@ _ROWS = [
     Case("block", "shared", _block_twice, _X),
     Case("block", "nested", _block_nested, _XZ),
     Case("block", "stateful", _block_stateful, _X),
+    Case("block_output", "tuple_and_dict", _block_outputs, _XZ),
     # Axon's special layers (their reference tests: tests/test_axon_misc.py)
     Case("blur_pool", "values", lambda: gd.blur_pool(_x(_IMG)), _IMG_IN,
          reference=lambda i, st: _blurred(i["x"])),

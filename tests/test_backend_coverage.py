@@ -11,8 +11,9 @@ import graphdsl as gd
 from graphdsl.registry import OPS
 
 # ops that never reach a backend: inputs are bound by the compiler, not run as kernels, and
-# block calls are inlined by it (graphdsl.block.expand_blocks) into their bodies' layers
-NOT_KERNELS = {"input", "block"}
+# block calls are inlined by it (graphdsl.block.expand_blocks) into their bodies' layers,
+# a call's block_output nodes into the body's output they pick
+NOT_KERNELS = {"input", "block", "block_output"}
 
 
 def test_numpy_and_torch_are_known():

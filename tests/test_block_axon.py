@@ -16,11 +16,12 @@ import re
 import numpy as np
 import pytest
 import torch
-from helpers import check_onnx, export_and_run
+from helpers import check_onnx, export_and_run, flat
 
 import graphdsl as gd
 from graphdsl import GraphDSLError, lora
 from graphdsl.compiler import make_plan
+from graphdsl.node import make_node
 
 R = np.random.default_rng(905)
 TOL = {"rtol": 1e-5, "atol": 1e-6}
@@ -361,8 +362,6 @@ def test_a_later_call_of_other_shapes_is_refused():
 
 def test_bad_functions_and_names_are_refused():
     x = gd.input("x", (None, 4))
-    with pytest.raises(GraphDSLError, match="container of several outputs"):
-        gd.block(lambda h: gd.container([h, gd.relu(h)]))(x)
     with pytest.raises(GraphDSLError, match="returned int"):
         gd.block(lambda h: 3)(x)
     with pytest.raises(GraphDSLError, match=r"reads the input\(s\) \['x'\]"):
@@ -416,3 +415,141 @@ def test_the_inlined_layers_are_named_after_their_call():
     st = init(model, {"features": (2, 3)})
     _, proto = export_and_run(model, st, {"features": np.ones((2, 3), np.float32)})
     assert [o.name for o in proto.graph.output] == ["outer_1"]
+
+
+# -- a function returning several outputs (Axon's block of Axon.container(...)) --------------
+def _two_blocks():
+    """``pair`` returns a tuple, ``named`` (two inputs) a dict; each is called twice."""
+    pair = gd.block(lambda h: (gd.dense(h, 3, name="a"),
+                               gd.relu(gd.dense(h, 3, name="b"))), name="pair")
+    named = gd.block(lambda u, v: {"x": gd.dense(u, 3, name="fc") + v, "y": gd.tanh(v)},
+                     name="named")
+    x = gd.input("x", (None, 4))
+    a1, b1 = pair(x)
+    a2, b2 = pair(gd.relu(x))
+    d1, d2 = named(a1, b2), named(a2, b1)
+    return gd.container({"s": d1["x"] * d2["y"], "t": d2["x"] - d1["y"], "a": a1})
+
+
+def _two_blocks_numpy(st, x):
+    p = st.data
+
+    def pair(h):
+        return dense(h, p["pair.a"]), relu(dense(h, p["pair.b"]))
+
+    def named(u, v):
+        return {"x": dense(u, p["named.fc"]) + v, "y": np.tanh(v)}
+
+    (a1, b1), (a2, b2) = pair(x), pair(relu(x))
+    d1, d2 = named(a1, b2), named(a2, b1)
+    return {"s": d1["x"] * d2["y"], "t": d2["x"] - d1["y"], "a": a1}
+
+
+def test_a_block_returning_a_tuple_and_a_dict_used_twice():
+    """Each call returns the function's structure of nodes; the parameters exist once, under
+    the block's name; NumPy, the torch backend, the to_torch module and ONNX Runtime give
+    the hand-written NumPy values."""
+    model = _two_blocks()
+    st = init(model, {"x": (3, 4)})
+    assert layout(st) == {"named.fc": ["bias", "kernel"], "pair.a": ["bias", "kernel"],
+                          "pair.b": ["bias", "kernel"]}
+    assert gd.get_op_counts(model)["block"] == 4
+    x0 = R.standard_normal((3, 4)).astype(np.float32)
+    want = flat(_two_blocks_numpy(st, x0))
+    for got in (gd.predict(model, st, x0), gd.predict(model, st, x0, backend="torch"),
+                gd.to_torch(model, st)(torch.from_numpy(x0))):
+        assert len(flat(got)) == 3
+        for g, w in zip(flat(got), want):
+            np.testing.assert_allclose(g, w, **TOL)
+    proto = check_onnx(model, st, {"x": x0})
+    assert sorted(i.name for i in proto.graph.initializer if "kernel" in i.name) == [
+        "named.fc.kernel", "pair.a.kernel", "pair.b.kernel"]
+    assert gd.get_output_shape(model, {"x": (5, 4)}) == {"s": (5, 3), "t": (5, 3),
+                                                         "a": (5, 3)}
+    call = next(n for n in gd.topo_order(model) if n.op == "block")
+    assert call.shape == ((None, 3), (None, 3))
+    table = gd.display.as_table(model)
+    assert "((None, 3), (None, 3))" in table and "{'x': (None, 3), 'y': (None, 3)}" in table
+    assert "path: ('y'" in table and "path: (1,)" in table
+
+
+def test_shared_parameters_of_a_several_output_block_get_both_uses_gradients():
+    """to_torch: one parameter per shared value, its gradient the sum over both calls, as a
+    hand-written torch function calling each nn.Linear twice."""
+    model = _two_blocks()
+    st = init(model, {"x": (3, 4)})
+    mod = gd.to_torch(model, st)
+    assert sorted(n for n, _ in mod.named_parameters()) == [
+        f"{layer}.{p}" for layer in ("named.fc", "pair.a", "pair.b") for p in ("bias", "kernel")]
+    lin = {k: torch.nn.Linear(*np.shape(st.data[k]["kernel"]))
+           for k in ("pair.a", "pair.b", "named.fc")}
+    with torch.no_grad():
+        for k, m in lin.items():
+            m.weight.copy_(torch.from_numpy(np.array(st.data[k]["kernel"]).T))
+            m.bias.copy_(torch.from_numpy(np.array(st.data[k]["bias"])))
+    xt = torch.from_numpy(R.standard_normal((3, 4)).astype(np.float32))
+
+    def pair(h):
+        return lin["pair.a"](h), torch.relu(lin["pair.b"](h))
+
+    def named(u, v):
+        return {"x": lin["named.fc"](u) + v, "y": torch.tanh(v)}
+
+    (a1, b1), (a2, b2) = pair(xt), pair(torch.relu(xt))
+    d1, d2 = named(a1, b2), named(a2, b1)
+    ref = {"s": d1["x"] * d2["y"], "t": d2["x"] - d1["y"], "a": a1}
+    got = mod(xt)
+    w = {k: torch.from_numpy(R.standard_normal((3, 3)).astype(np.float32)) for k in ref}
+    sum((ref[k] * w[k]).sum() for k in ref).backward()
+    sum((got[k] * w[k]).sum() for k in ref).backward()
+    p = dict(mod.named_parameters())
+    for k, m in lin.items():
+        assert m.weight.grad.abs().sum() > 0
+        np.testing.assert_allclose(p[f"{k}.kernel"].grad.numpy(), m.weight.grad.numpy().T,
+                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(p[f"{k}.bias"].grad.numpy(), m.bias.grad.numpy(),
+                                   rtol=1e-5, atol=1e-5)
+
+
+def test_several_output_blocks_round_trip_json_and_files(tmp_path):
+    model = _two_blocks()
+    text = gd.to_json(model)
+    assert text.count('"body": {') == 2 and '"body": "pair"' in text
+    assert '"path": ["y"]' in text
+    again = gd.from_json(text)
+    assert gd.to_json(again) == text
+    st = init(model, {"x": (2, 4)})
+    x0 = R.standard_normal((2, 4)).astype(np.float32)
+    for g, w in zip(flat(gd.predict(again, st, x0)), flat(gd.predict(model, st, x0))):
+        np.testing.assert_array_equal(g, w)
+    gd.save(tmp_path / "m.gdsl", model, st)
+    m2, st2 = gd.load(tmp_path / "m.gdsl")
+    assert st2 == st and gd.to_json(m2) == text
+    for bad in ('["z"]', '[1]', '["y", 0]'):
+        with pytest.raises(GraphDSLError, match=r"have no item at path"):
+            gd.from_json(text.replace('"path": ["y"]', f'"path": {bad}'))
+    with pytest.raises(GraphDSLError, match=r"path must be a non-empty list"):
+        gd.from_json(text.replace('"path": ["y"]', '"path": []'))
+
+
+def test_a_several_output_call_feeds_only_its_outputs():
+    """A nested structure and a gd.container come back as nodes; the call node itself is no
+    layer input; the nodes of the first call work alone (the second's body is shared)."""
+    blk = gd.block(lambda h: gd.container([h, gd.container([gd.relu(h), gd.container(
+        {"n": gd.dense(h, 2)})])]))
+    x = gd.input("x", (None, 4))
+    out = blk(x)
+    assert isinstance(out, tuple) and isinstance(out[1][1], dict)
+    assert out[1][1]["n"].shape == (None, 2) and out[0].op == "block_output"
+    with pytest.raises(GraphDSLError, match="block call of several outputs") as e:
+        gd.dense(out[0].inputs[0], 2)
+    assert "test_block_axon.py:" in str(e.value)
+    with pytest.raises(GraphDSLError, match="several outputs"):
+        gd.container([out[0].inputs[0]])
+    with pytest.raises(GraphDSLError, match=r"path \[1\] leads to several outputs"):
+        make_node("block_output", [out[0].inputs[0]], {"path": (1,)})
+    x0 = R.standard_normal((2, 4)).astype(np.float32)
+    model = out[1][0] + out[0]
+    st = init(model, {"x": (2, 4)})
+    assert st.data == {}
+    everywhere(model, st, {"x": x0}, relu(x0) + x0)

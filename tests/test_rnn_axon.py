@@ -313,15 +313,16 @@ def test_conv_lstm_gradients_equal_the_hand_written_cell():
 # -- bidirectional --------------------------------------------------------------------------
 def test_bidirectional_as_axon():
     """compiler_test "bidirectional": embedding(10, 16) -> bidirectional lstm(32, name
-    "lstm") merged on axis 1 -> {1, 20, 32}; one set of parameters ("lstm")."""
+    "lstm") merged on axis 1 -> {1, 20, 32}; one set of parameters under the block's name
+    (Axon's %{"bidirectional" => %{"lstm" => _}})."""
     ids = gd.input("input", (None, 10), dtype="int64")
     seq, _ = gd.bidirectional(gd.embedding(ids, 10, 16), lambda x: gd.lstm(x, 32, name="lstm"),
                               lambda a, b: gd.concatenate([a, b], axis=1), name="bidirectional")
     st = gd.build(seq)[0]()
-    assert [k for k in st.data if "kernel" in str(st.data[k].keys())] == ["embedding_0", "lstm"]
-    assert [k for k in st.data if "initial" in k] == [  # each direction draws its own state
-        "lstm_c_initial_state", "lstm_h_initial_state", "lstm_c_initial_state_backward",
-        "lstm_h_initial_state_backward"]
+    # one block: the directions share the lstm and its initial-state layers (the same draw
+    # at inference), as Axon's block of one rnn_state does
+    assert list(st.data) == ["embedding_0", "bidirectional.lstm_c_initial_state",
+                             "bidirectional.lstm_h_initial_state", "bidirectional.lstm"]
     assert gd.predict(seq, st, np.ones((1, 10), np.int64)).shape == (1, 20, 32)
 
 
@@ -334,8 +335,9 @@ def test_bidirectional_equals_torch_bidirectional_lstm():
                                    lambda x: gd.lstm(x, U, name="l", **Z))
     model = gd.container([seq, c, h])
     st = gd.build(model)[0]()
-    st.data["l"]["bias"] = _f(4 * U)
-    p = {k: np.asarray(v) for k, v in st.data["l"].items()}
+    assert list(st.data) == ["block_0.l"]  # the unnamed block's name, as Axon's
+    st.data["block_0.l"]["bias"] = _f(4 * U)
+    p = {k: np.asarray(v) for k, v in st.data["block_0.l"].items()}
     one = _torch_ref("lstm", p, F_, U)
     ref = torch.nn.LSTM(F_, U, batch_first=True, bidirectional=True)
     with torch.no_grad():
@@ -359,14 +361,15 @@ def test_bidirectional_shared_parameters_get_both_directions_gradients():
     seq, _ = gd.bidirectional(gd.input("x", (None, T, F_)),
                               lambda x: gd.lstm(x, U, name="l", **Z))
     st = gd.build(seq)[0]()
-    st.data["l"]["bias"] = _f(4 * U)
+    st.data["block_0.l"]["bias"] = _f(4 * U)
     mod = gd.to_torch(seq, st)
-    assert [k for k, _ in mod.named_parameters()] == ["l.input_kernel", "l.hidden_kernel",
-                                                      "l.bias"]
+    assert [k for k, _ in mod.named_parameters()] == [
+        "block_0.l.input_kernel", "block_0.l.hidden_kernel", "block_0.l.bias"]
     x = torch.tensor(_f(B, T, F_))
     w = torch.tensor(_f(B, T, 2 * U))
     (mod(x) * w).sum().backward()
-    one = _torch_ref("lstm", {k: np.asarray(v) for k, v in st.data["l"].items()}, F_, U)
+    one = _torch_ref("lstm", {k: np.asarray(v) for k, v in st.data["block_0.l"].items()},
+                     F_, U)
     ref = torch.nn.LSTM(F_, U, batch_first=True, bidirectional=True)
     with torch.no_grad():
         for name, v in one.named_parameters():
@@ -376,16 +379,59 @@ def test_bidirectional_shared_parameters_get_both_directions_gradients():
     g = dict(mod.named_parameters())
     for ours, theirs in (("input_kernel", "weight_ih_l0"), ("hidden_kernel", "weight_hh_l0")):
         want = getattr(ref, theirs).grad + getattr(ref, theirs + "_reverse").grad
-        np.testing.assert_allclose(g[f"l.{ours}"].grad.numpy(), want.numpy().T, **TOL)
+        np.testing.assert_allclose(g[f"block_0.l.{ours}"].grad.numpy(), want.numpy().T, **TOL)
     want = ref.bias_ih_l0.grad + ref.bias_ih_l0_reverse.grad
-    np.testing.assert_allclose(g["l.bias"].grad.numpy(), want.numpy(), **TOL)
+    np.testing.assert_allclose(g["block_0.l.bias"].grad.numpy(), want.numpy(), **TOL)
 
 
-def test_bidirectional_needs_named_recurrent_layers():
-    with pytest.raises(GraphDSLError, match="named"):
-        gd.bidirectional(gd.input("x", (None, 4, 3)), lambda x: gd.gru(x, 2))
-    with pytest.raises(GraphDSLError, match="cannot share"):
-        gd.bidirectional(gd.input("x", (None, 4, 3)), lambda x: gd.dense(x, 2))
+def test_bidirectional_holds_any_layers_and_exports_each_parameter_once():
+    """forward_fun = dense then an unnamed lstm (Axon's block takes any layers): the two
+    directions share both under the block's name; since the dense acts per step, the
+    sequence is torch's bidirectional LSTM (reverse weights = forward) on dense(x), on
+    every backend and ONNX Runtime, whose export holds each parameter once."""
+    B, T, F_, H, U = 2, 5, 3, 4, 3
+    seq, (c, h) = gd.bidirectional(gd.input("x", (None, T, F_)),
+                                   lambda v: gd.lstm(gd.dense(v, H), U, **Z), name="bi")
+    model = gd.container([seq, c, h])
+    st = gd.build(model)[0]()
+    assert {k: sorted(v) for k, v in st.data.items()} == {
+        "bi.dense_0": ["bias", "kernel"], "bi.lstm_0": ["bias", "hidden_kernel", "input_kernel"]}
+    st.data["bi.lstm_0"]["bias"] = _f(4 * U)
+    st.data["bi.dense_0"]["bias"] = _f(H)
+    d = {k: np.asarray(v) for k, v in st.data["bi.dense_0"].items()}
+    one = _torch_ref("lstm", {k: np.asarray(v) for k, v in st.data["bi.lstm_0"].items()}, H, U)
+    ref = torch.nn.LSTM(H, U, batch_first=True, bidirectional=True)
+    with torch.no_grad():
+        for name, v in one.named_parameters():
+            getattr(ref, name).copy_(v)
+            getattr(ref, name + "_reverse").copy_(v)
+    x = _f(B, T, F_)
+    y, (hn, cn) = ref(torch.tensor(x @ d["kernel"] + d["bias"]))
+    for backend in BACKENDS:
+        got = _predict(model, st, {"x": x}, backend)
+        np.testing.assert_allclose(got[0], y.detach().numpy(), **TOL)
+        np.testing.assert_allclose(got[2][:, U:], hn[1].detach().numpy()[:, ::-1], **TOL)
+        np.testing.assert_allclose(got[1][:, :U], cn[0].detach().numpy(), **TOL)
+    inits = sorted(i.name for i in gd.to_onnx(model, st).graph.initializer
+                   if "/const" not in i.name)  # the LSTM node's W, R, B: once
+    assert inits == ["bi.dense_0.bias", "bi.dense_0.kernel", "bi.lstm_0.B", "bi.lstm_0.R",
+                     "bi.lstm_0.W"]
+
+
+def test_bidirectional_keeps_a_dict_and_a_single_layer():
+    """forward_fun's structure comes back: a dict of layers, or one layer."""
+    x = gd.input("x", (None, 4, 3))
+    out = gd.bidirectional(x, lambda v: {"s": gd.gru(v, 2)[0], "d": gd.dense(v, 5)},
+                           lambda a, b: a + b)
+    assert set(out) == {"s", "d"} and out["s"].shape == (None, 4, 2)
+    one = gd.bidirectional(x, lambda v: gd.dense(v, 5))
+    st = gd.build(one)[0]()
+    assert list(st.data) == ["block_0.dense_0"] and one.shape == (None, 4, 10)
+    x0 = _f(2, 4, 3)
+    p = st.data["block_0.dense_0"]
+    want = x0 @ p["kernel"] + p["bias"]
+    np.testing.assert_allclose(gd.predict(one, st, x0), np.concatenate([want, want], -1),
+                               **TOL)
 
 
 # -- ONNX -----------------------------------------------------------------------------------
@@ -582,3 +628,17 @@ def test_an_initial_state_option_beside_hidden_state_is_refused(extra):
     with pytest.raises(gd.GraphDSLError, match="hidden_state") as e:
         gd.gru(x, 2, (h,), name="g", **extra)
     assert "test_rnn_axon.py" in str(e.value)
+
+
+def test_models_with_rnns_deepcopy_and_pickle():
+    import copy
+    import pickle
+    x = gd.input("x", (None, 4, 3))
+    seq, (c, h) = gd.lstm(x, 2, name="l")
+    model = gd.container([gd.gru(seq, 2, name="g")[0], c, h])
+    st = gd.build(model)[0]()
+    feed = _f(2, 4, 3)
+    want = gd.predict(model, st, feed)
+    for m in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        for a, b in zip(gd.predict(m, st, feed), want):
+            np.testing.assert_array_equal(a, b)

@@ -73,8 +73,12 @@ def _rnn(b: Builder, layer: Layer) -> str:
         if a["state"] else ["", ""]
     acts = [_ACTS[a["gate"]], _ACTS[a["activation"]]] + (
         [_ACTS[a["activation"]]] if op == "lstm" else [])
-    ins = [x, b.weight(W, f"{layer.name}.W"), b.weight(R, f"{layer.name}.R"),
-           b.weight(B, f"{layer.name}.B"), ""]
+    # named by the parameters' owner: the calls of one block (bidirectional's two
+    # directions) share one W, R, B as they share the parameters
+    owner = (layer.node.params[0].owner if layer.node else None) or layer.name
+    names = [f"{owner}.{k}" for k in "WRB"]
+    ins = [x, *(n if n in b.initializers else b.weight(v, n)
+                for n, v in zip(names, (W, R, B))), ""]
     if op == "lstm":  # initial_h, initial_c: graphdsl's states are (c, h)
         ins += [states[1], states[0]]
         y, yh, yc = b.op("LSTM", ins, 3, hidden_size=a["units"], activations=acts)

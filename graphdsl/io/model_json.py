@@ -17,6 +17,7 @@ from ..ops._attrs import shape_tuple
 from ..ops.core import layer as custom_layer
 from ..ops.nn import with_activation
 from ..registry import OPS
+from ..shapes import is_structure
 from .document import FORMAT_VERSION, version1_same
 from .json_text import format_document, parse_json
 from .model_schema import FORMAT, check_structure
@@ -79,7 +80,7 @@ def model_to_dict(model: Node, graph: Graph | None = None) -> dict[str, Any]:
                                  "inputs": [g.name(i) for i in n.inputs], "attrs": attrs}
         if n.frozen:
             entry["frozen"] = True
-        if n.shape is not None:
+        if n.shape is not None and not is_structure(n.shape):  # a block of several outputs
             entry["shape"] = _shape_json(n.shape)
         nodes.append(entry)
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "inputs": inputs,

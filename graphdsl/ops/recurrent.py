@@ -22,14 +22,16 @@ drawing ``initializer(shape, rng)`` from its ``key`` state entry (advanced in tr
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from functools import partial
 from typing import Any
 
 import numpy as np
 
+from ..block import block as make_block
 from ..errors import GraphDSLError, OptionError, RuleError, fmt_shape
 from ..initializers import INITIALIZERS, check_initializer, param_rng
-from ..node import Node, caller_location, make_node, rebuild, topo_order
+from ..node import Node, caller_location, make_node
 from ..registry import RNG_KEY, OpDef, ParamSpec, register_op
 from ..shapes import normalize_axis
 from ..windows import expand, padding_option, spatial_option, window
@@ -46,20 +48,14 @@ RECURRENT = frozenset(GATES)
 def per_gate(init: Any, gates: int) -> Callable:
     """An initializer drawing each of ``gates`` blocks of the last axis on its own (Axon's
     per-gate maps ``wii, wif, ...``), the blocks concatenated."""
+    return partial(_draw_gates, init, gates)  # a partial of the name: models pickle
+
+
+def _draw_gates(init: Any, gates: int, shape: tuple, dtype: Any,
+                rng: np.random.Generator) -> np.ndarray:
     fn = INITIALIZERS[init] if isinstance(init, str) else init
-
-    def draw(shape: tuple, dtype: Any, rng: np.random.Generator) -> np.ndarray:
-        part = (*shape[:-1], shape[-1] // gates)
-        return np.concatenate([np.asarray(fn(part, dtype, rng)) for _ in range(gates)], -1)
-
-    return draw
-
-
-def _owner(v: Any) -> str | None:
-    if v is not None and not isinstance(v, str):
-        raise RuleError(f"params_of must be a layer name, got {v!r}",
-                        "leave params_of to bidirectional", OptionError)
-    return v
+    part = (*shape[:-1], shape[-1] // gates)
+    return np.concatenate([np.asarray(fn(part, dtype, rng)) for _ in range(gates)], -1)
 
 
 def _attrs(op: str) -> Callable[[dict], dict]:
@@ -75,8 +71,7 @@ def _attrs(op: str) -> Callable[[dict], dict]:
                "bias_initializer": check_initializer(a.get("bias_initializer", "zeros"),
                                                      "bias_initializer"),
                "state": boolean(a.get("state", False), "state"),
-               "mask": boolean(a.get("mask", False), "mask"),
-               "params_of": _owner(a.get("params_of"))}
+               "mask": boolean(a.get("mask", False), "mask")}
         if op == "conv_lstm":
             return {**out, "kernel_size": spatial_option(a.get("kernel_size", 1), "kernel_size"),
                     "strides": spatial_option(a.get("strides", 1), "strides"),
@@ -138,15 +133,12 @@ def _rnn_shape(op: str) -> Callable:
 
 def _rnn_params(op: str) -> Callable:
     def params(s: list, a: dict) -> list[ParamSpec]:
-        u, g, own = a["units"], GATES[op], a["params_of"]
-        ps = [ParamSpec("input_kernel", (s[0][2], g * u), per_gate(a["kernel_initializer"], g),
-                        owner=own),
-              ParamSpec("hidden_kernel", (u, g * u), per_gate(a["kernel_initializer"], g),
-                        owner=own)]
+        u, g = a["units"], GATES[op]
+        ps = [ParamSpec("input_kernel", (s[0][2], g * u), per_gate(a["kernel_initializer"], g)),
+              ParamSpec("hidden_kernel", (u, g * u), per_gate(a["kernel_initializer"], g))]
         if a["use_bias"]:
             nb = 4 if op == "gru" else g
-            ps.append(ParamSpec("bias", (nb * u,), per_gate(a["bias_initializer"], nb),
-                                owner=own))
+            ps.append(ParamSpec("bias", (nb * u,), per_gate(a["bias_initializer"], nb)))
         return ps
 
     return params
@@ -175,11 +167,11 @@ def _conv_shape(s: list, a: dict) -> tuple:
 def _conv_params(s: list, a: dict) -> list[ParamSpec]:
     c, spatial = conv_geometry(s[0], a)
     k = expand(a["kernel_size"], len(spatial), "kernel_size")
-    u, own = a["units"], a["params_of"]
-    ps = [ParamSpec("input_kernel", (4 * u, c, *k), a["kernel_initializer"], owner=own),
-          ParamSpec("hidden_kernel", (4 * u, u, *k), a["kernel_initializer"], owner=own)]
+    u = a["units"]
+    ps = [ParamSpec("input_kernel", (4 * u, c, *k), a["kernel_initializer"]),
+          ParamSpec("hidden_kernel", (4 * u, u, *k), a["kernel_initializer"])]
     if a["use_bias"]:
-        ps.append(ParamSpec("bias", (4 * u,), a["bias_initializer"], owner=own))
+        ps.append(ParamSpec("bias", (4 * u,), a["bias_initializer"]))
     return ps
 
 
@@ -404,58 +396,37 @@ def conv_lstm(x: Node, units: int, hidden_state: tuple[Node, Node] | None = None
 def _leaves(out: Any) -> list[Node]:
     if isinstance(out, Node):
         return [out]
-    return [leaf for item in out for leaf in _leaves(item)]
+    return [leaf for item in (out.values() if isinstance(out, dict) else out)
+            for leaf in _leaves(item)]
 
 
-def _rebuild_like(out: Any, leaves: list[Node]) -> Any:
+def _rebuild_like(out: Any, leaves: Iterator[Node]) -> Any:
     if isinstance(out, Node):
-        return leaves.pop(0)
+        return next(leaves)
+    if isinstance(out, dict):
+        return {k: _rebuild_like(v, leaves) for k, v in out.items()}
     return tuple(_rebuild_like(item, leaves) for item in out)
-
-
-def _mirror(leaves: list[Node], x: Node, rx: Node, where: str) -> list[Node]:
-    """The graph from ``x`` to ``leaves`` rebuilt on ``rx``; its recurrent layers share the
-    parameters of the originals (``params_of``), as Axon's block does."""
-    new: dict[int, Node] = {x.id: rx}
-    for n in topo_order(leaves):
-        if n.id in new or not any(i.id in new for i in n.inputs):
-            continue
-        attrs, name = dict(n.attrs), None if n.name is None else f"{n.name}_backward"
-        if n.params and n.op not in RECURRENT | {"recurrent_state"}:
-            raise GraphDSLError(f"bidirectional shares forward_fun's parameters between the "
-                                f"directions (Axon's block); a {n.op} layer in it cannot "
-                                "share yet", layer=n.name, op="bidirectional", where=where,
-                                fix="keep forward_fun to lstm / gru / conv_lstm layers and "
-                                    "parameter-free ops; add other layers after the merge")
-        if n.op in RECURRENT:
-            if n.name is None:
-                raise GraphDSLError(f"bidirectional needs the {n.op} layer in forward_fun "
-                                    "named: the backward direction shares its parameters by "
-                                    "name", op="bidirectional", where=where,
-                                    fix=f"pass name= to gd.{n.op} in forward_fun")
-            attrs["params_of"] = n.attrs["params_of"] or n.name
-        new[n.id] = rebuild(n, [new.get(i.id, i) for i in n.inputs], attrs=attrs, name=name)
-    return [new.get(leaf.id, leaf) for leaf in leaves]
 
 
 def bidirectional(x: Node, forward_fun: Callable[[Node], Any],
                   merge_fun: Callable[[Node, Node], Node] | None = None, *, axis: int = 1,
                   name: str | None = None) -> Any:
-    """Axon's ``bidirectional``: ``forward_fun(x)`` and the same layers on ``x`` reversed
-    along ``axis``, each leaf of the backward output reversed back along ``axis`` (the
-    states too, as Axon does) and merged with its forward leaf by ``merge_fun(fwd, bwd)``
-    (default: concatenate on the last axis). Returns forward_fun's structure (e.g. lstm's
-    ``(sequence, (cell, hidden))``). The directions share one set of parameters, as
-    Axon's block does: recurrent layers in ``forward_fun`` need explicit names."""
+    """Axon's ``bidirectional``: ``fun = gd.block(forward_fun, name=name)`` applied to ``x``
+    and to ``x`` reversed along ``axis``; each leaf of the backward output is reversed back
+    along ``axis`` (the states too, as Axon does) and merged with its forward leaf by
+    ``merge_fun(fwd, bwd)`` (default: concatenate on the last axis). Returns forward_fun's
+    structure (e.g. lstm's ``(sequence, (cell, hidden))``, a tuple / dict of layers, or
+    one layer). Both directions are calls of the one block, so they share its parameters,
+    which live under the block's name: ``"{name}.lstm_0"`` (unnamed: ``"block_0.lstm_0"``;
+    Axon nests them, ``%{"bidirectional" => %{"lstm" => ...}}``). ``forward_fun`` may hold
+    any layers."""
     where = caller_location()
-    fwd = forward_fun(x)
-    leaves = _leaves(fwd)
-    rx = make_node("reverse", [x], {"axis": axis}, None if name is None else f"{name}_reverse",
-                   where=where)
-    back = [make_node("reverse", [b], {"axis": axis}, where=where)
-            for b in _mirror(leaves, x, rx, where)]
+    fun = make_block(forward_fun, name=name)
+    fwd = fun(x)
+    bwd = fun(make_node("reverse", [x], {"axis": axis}, where=where))
+    back = [make_node("reverse", [b], {"axis": axis}, where=where) for b in _leaves(bwd)]
     merge = merge_fun or (lambda a, b: concatenate([a, b], axis=-1))
-    return _rebuild_like(fwd, [merge(f, b) for f, b in zip(leaves, back)])
+    return _rebuild_like(fwd, iter([merge(f, b) for f, b in zip(_leaves(fwd), back)]))
 
 
 __all__ = ["bidirectional", "conv_lstm", "gru", "lstm", "reverse"]
