@@ -14,9 +14,11 @@ from .base import Backend, KernelContext  # noqa: F401
 _MODULES: dict[str, str] = {
     "numpy": "graphdsl.backends.numpy_backend",
     "torch": "graphdsl.backends.torch_backend",
+    "onnxruntime": "graphdsl.backends.onnxruntime_backend",
 }
 _LOADED: dict[str, Backend] = {}
-_INSTALL_HINT = {"torch": "pip install 'graphdsl[torch]'"}
+_INSTALL_HINT = {"torch": "pip install 'graphdsl[torch]'",
+                 "onnxruntime": "pip install 'graphdsl[onnx]'"}
 
 
 def register_backend(name: str, module: str) -> None:

@@ -1,7 +1,8 @@
 """ONNX Runtime (CPU) running ``gd.to_onnx`` exports vs graphdsl's NumPy backend on the same
 models and weights, 2 threads each (ONNX Runtime's intra-op pool; threadpoolctl for
 NumPy's BLAS): the MLP of bench_core and the LLaMA of bench_llama (hidden 512, 2 layers,
-8 heads / 4 kv heads, intermediate 1376, vocab 1000, batch 4 x 128 tokens).
+8 heads / 4 kv heads, intermediate 1376, vocab 1000, batch 4 x 128 tokens); and the MLP
+through ``gd.predict(backend="onnxruntime")`` (the ONNX Runtime backend) vs ``gd.predict``.
 
     python -m benchmarks.bench_onnx
 """
@@ -60,6 +61,27 @@ def _pair(name: str, model, feed: dict, reps: int) -> Row:
                "graphdsl NumPy backend")
 
 
+def _backend_pair(name: str, model, x: np.ndarray, reps: int) -> Row:
+    """The user's path, ``gd.predict(..., backend="onnxruntime")`` (input checks, the
+    export cached on the state values) vs ``gd.predict`` on the NumPy backend."""
+    from threadpoolctl import threadpool_limits
+
+    state = gd.build(model)[0]()
+    with threadpool_limits(THREADS):
+        np.testing.assert_allclose(gd.predict(model, state, x, backend="onnxruntime",
+                                              threads=THREADS),
+                                   gd.predict(model, state, x), rtol=1e-4, atol=1e-4)
+        t_np, t_ort = [], []
+        for _ in range(BLOCKS):
+            t_np.append(median_time(lambda: gd.predict(model, state, x), repeat=reps // BLOCKS))
+            t_ort.append(median_time(lambda: gd.predict(model, state, x,
+                                                        backend="onnxruntime",
+                                                        threads=THREADS),
+                                     repeat=reps // BLOCKS))
+    return Row(name, statistics.median(t_ort), statistics.median(t_np),
+               "gd.predict, NumPy backend")
+
+
 def run(quick: bool = False) -> list[Row]:
     rng = np.random.default_rng(0)
     rows = []
@@ -68,6 +90,8 @@ def run(quick: bool = False) -> list[Row]:
         x = rng.normal(size=(batch, 784)).astype(np.float32)
         rows.append(_pair(f"MLP 784-512-512-10, batch {batch}: ONNX Runtime", mlp, {"x": x},
                           reps))
+        rows.append(_backend_pair(f"MLP 784-512-512-10, batch {batch}: gd.predict(backend="
+                                  "'onnxruntime')", mlp, x, reps))
     batch, seq = (1, 32) if quick else (4, 128)
     ids = rng.integers(0, 1000, (batch, seq))
     rows.append(_pair(f"LLaMA 512x2 layers, batch {batch}x{seq}: ONNX Runtime", _llama(),

@@ -202,6 +202,10 @@ def build(model: Node, backend: str = "numpy", mode: str = "inference", seed: in
     and creates the missing ones from ``seed``. ``predict_fn(state, inputs)`` takes a bare
     array for a 1-input model, else ``{name: array}``; in ``mode="train"`` it returns
     ``{"prediction": ..., "state": ModelState}`` with dropout active.
+
+    ``backend``: "numpy", "torch" (``device=``) or "onnxruntime" (inference, float32: the
+    model exported with ``gd.to_onnx``'s rules, re-exported when a state value is
+    replaced, run in an ``InferenceSession``; ``threads=2``, ``opset=None``).
     """
     if not is_int(seed) or int(seed) < 0:
         raise GraphDSLError(f"seed must be a non-negative integer, got {seed!r}",
@@ -234,7 +238,8 @@ _PREDICT_CACHE: OrderedDict[tuple, tuple[Node, Callable]] = OrderedDict()
 
 def predict(model: Node, state: ModelState, inputs: Any, backend: str = "numpy",
             mode: str = "inference", **kwargs: Any) -> Any:
-    """Build (cached for the last few models) and run ``model`` once."""
+    """Build (cached for the last few models) and run ``model`` once on ``backend``
+    ("numpy", "torch" or "onnxruntime", options as :func:`build` takes them)."""
     key = (id(model), backend, mode, tuple(sorted(kwargs.items())))
     hit = _PREDICT_CACHE.get(key)
     if hit is None or hit[0] is not model:

@@ -50,7 +50,7 @@ class NumpyBackend(Backend):
             plan, KERNELS,
             lambda step: KernelContext(plan.training, dtype, step.name, step.op, np),
             state_fetch(plan, _state_array),
-            lambda a, is_int, name, node: _convert_input(a, is_int, dtype, name, node),
+            lambda a, is_int, name, node: convert_input(a, is_int, dtype, name, node),
             lambda a: np.array(a, copy=True), then=in_place(plan))
 
 
@@ -75,8 +75,11 @@ def _state_array(arr: Any, ref: Any) -> np.ndarray:
     return out
 
 
-def _convert_input(a: Any, is_int: bool, dtype: np.dtype, name: str, node: Any
-                   ) -> np.ndarray:
+def convert_input(a: Any, is_int: bool, dtype: np.dtype, name: str, node: Any
+                  ) -> np.ndarray:
+    """Input ``name`` (any shape) as a NumPy array: int64 for an integer input (bools
+    and whole-number floats accepted), else ``dtype``; fractions in an integer input are
+    an InputError. The onnxruntime backend converts its inputs with it too."""
     if type(a) is not np.ndarray or not a.dtype.isnative:
         a = as_numpy(a)
     if is_int:  # bool, or floats holding whole numbers (a mask as transformers takes it)
@@ -92,5 +95,5 @@ def _convert_input(a: Any, is_int: bool, dtype: np.dtype, name: str, node: Any
 
 BACKEND = NumpyBackend()
 
-__all__ = ["ACTIVATIONS", "BACKEND", "KERNELS", "NumpyBackend",
+__all__ = ["ACTIVATIONS", "BACKEND", "KERNELS", "NumpyBackend", "convert_input",
            "inverted_dropout", "register_kernel"]

@@ -143,9 +143,18 @@ def to_onnx(model: Node, state: ModelState, path: str | os.PathLike | None = Non
         raise GraphDSLError(f"to_onnx needs a ModelState, got {type(state).__name__}",
                             op="to_onnx", fix="pass the state init_fn returned")
     plan = make_plan(model)
-    opset = choose_opset(plan, opset)
+    proto = export_plan(plan, state.data, choose_opset(plan, opset),
+                        _kept_optional(plan.graph, optional_inputs))
+    if path is not None:
+        save_model(proto, os.fspath(path))
+    return proto
+
+
+def export_plan(plan: Any, data: Any, opset: int, kept: set[str]) -> onnx.ModelProto:
+    """The ``ModelProto`` of ``plan`` with the weights of ``data`` (``state.data``) at
+    ``opset`` (checked by :func:`choose_opset`); ``kept``: the optional inputs exported as
+    graph inputs (the others' default subgraphs are exported in their place)."""
     g = plan.graph
-    kept = _kept_optional(g, optional_inputs)
     outs = output_names(plan)
     in_names = [name for name, _, _ in plan.inputs]
     b = Builder(opset, reserved=in_names)
@@ -164,7 +173,7 @@ def to_onnx(model: Node, state: ModelState, path: str | os.PathLike | None = Non
     weights: dict = {}
     for step in plan.steps:
         b.layer = step.name
-        layer = _layer(plan, step, tensors, state.data, b, weights)
+        layer = _layer(plan, step, tensors, data, b, weights)
         tensors[step.out] = RULES[step.op].fn(b, layer)
     slot_of = {n.id: i for i, n in enumerate(g.order)}
     graph_outputs = []
@@ -178,8 +187,6 @@ def to_onnx(model: Node, state: ModelState, path: str | os.PathLike | None = Non
     ops = [helper.make_opsetid("", opset)]
     proto = helper.make_model(graph, opset_imports=ops, producer_name="graphdsl")
     proto.ir_version = helper.find_min_ir_version_for(ops)
-    if path is not None:
-        save_model(proto, os.fspath(path))
     return proto
 
 
@@ -229,4 +236,5 @@ def _externalized(proto: onnx.ModelProto, file: str, location: str) -> onnx.Mode
     return copy
 
 
-__all__ = ["RULES", "choose_opset", "output_names", "is_large", "save_model", "to_onnx"]
+__all__ = ["RULES", "choose_opset", "export_plan", "output_names", "is_large", "save_model",
+           "to_onnx"]
