@@ -48,7 +48,9 @@ def run(quick: bool = False) -> list[Row]:
     xt = torch.from_numpy(x)
     rows = []
     for op in ("lstm", "gru"):
-        seq, _ = getattr(gd, op)(gd.input("x", (None, T, F)), U, name="rnn")
+        # torch starts from zeros; Axon (and graphdsl) by default from a random draw
+        seq, _ = getattr(gd, op)(gd.input("x", (None, T, F)), U, name="rnn",
+                                 recurrent_initializer="zeros")
         init, pred = gd.build(seq)
         st = init()
         st.data["rnn"]["bias"] = np.linspace(-1, 1, 4 * U, dtype=np.float32)
