@@ -26,6 +26,7 @@ from .node import Node, rebuild, topo_order
 from .ops.core import container
 from .ops.core import input as input_node
 from .ops.tensor import concatenate
+from .ops.transformer import slice as slice_node
 from .transforms import rewrite_nodes
 
 _STEP_INPUTS = ("attention_mask", "position_ids")
@@ -54,10 +55,13 @@ def _attentions(model: Node) -> list[Node]:
     return atts
 
 
-def decoder(model: Node) -> Node:
+def decoder(model: Node, last_logits: bool = False) -> Node:
     """The decode step of the causal LM ``model`` (see the module docstring): a container
     ``{"logits", "present.{i}.key", "present.{i}.value"}``. ``attention_mask`` and
-    ``position_ids`` become required inputs (they follow from the cache length)."""
+    ``position_ids`` become required inputs (they follow from the cache length).
+    ``last_logits``: logits ``[batch, 1, vocab]`` of the last position only, when the
+    output layer is a plain ``dense``/``tied_dense`` (transformers' ``logits_to_keep=1``:
+    a prefill then skips the vocabulary projection of the other prompt tokens)."""
     atts = _attentions(model)
     index = {n.id: i for i, n in enumerate(atts)}
     presents: dict[str, Node] = {}
@@ -79,6 +83,8 @@ def decoder(model: Node) -> Node:
             return with_cache(index[n.id])
         if n.op == "optional" and n.inputs[0].name in _STEP_INPUTS:
             return lambda ins, out: ins[0]
+        if last_logits and n is model and n.op in ("dense", "tied_dense"):
+            return lambda ins, out: rebuild(out, [slice_node(ins[0], -1, None, axis=1)])
         return None
 
     logits = rewrite_nodes(model, rule, keep_names=True)
@@ -115,7 +121,7 @@ def _step(model: Node, backend: str, device: Any) -> _Step:
         raise _fail(f"expected a graphdsl model, got {type(model).__name__}", "model",
                     "pass the model of hf.from_pretrained or graphdsl.models")
     atts = _attentions(model)
-    dec = decoder(model)
+    dec = decoder(model, last_logits=True)
     opts = {"device": device} if device is not None else {}
     run = build(dec, backend=backend, **opts)[1]
     ids = [n for n in topo_order(model) if n.op == "input" and n.name == "input_ids"]
