@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import graphdsl as gd
-from graphdsl import dora, hf
+from graphdsl import dora, hf, lora
 from graphdsl.generate import decoder, optimum_name
 
 torch = pytest.importorskip("torch")
@@ -111,9 +111,10 @@ def test_step_logits_equal_full_forward(models, kind):
         np.testing.assert_allclose(out["logits"][:, -1], full[:, -1], atol=1e-5)
 
 
-def test_dora_unmerged_equals_merged(models):
+@pytest.mark.parametrize("method", [dora, lora])
+def test_adapted_unmerged_equals_merged(models, method):
     _, model, state = models["llama"]
-    adapted = dora.adapt(model, targets=["q_proj", "v_proj"], rank=2)
+    adapted = method.adapt(model, targets=["q_proj", "v_proj"], rank=2)
     tuned = gd.build(adapted, seed=3)[0](None, state)
     rng = np.random.default_rng(0)
     for layer, values in tuned.data.items():
