@@ -13,7 +13,7 @@
    load both into transformers + PEFT and show identical logits and the same greedy
    continuation.
 5. Merge, ``hf.save_pretrained`` the merged model, read it back with
-   ``hf.from_pretrained`` (NumPy only) and generate greedily with the NumPy backend.
+   ``hf.from_pretrained`` (NumPy only) and generate greedily with ``gd.generate`` (NumPy).
 6. The paper's weight-decomposition analysis (Liu et al. 2024, sec. 3.2) on the q/v
    projections: magnitude vs direction change across checkpoints for each method.
 Writes the loss plot, the decomposition plot and ``results.json`` to the output folder.
@@ -146,13 +146,10 @@ def qv_kernels(model: gd.Node, state: gd.ModelState) -> dict[str, np.ndarray]:
 
 # -- serving -----------------------------------------------------------------------------------
 def greedy_numpy(model: gd.Node, state: gd.ModelState, prompt: bytes, n: int) -> bytes:
-    """Greedy decoding with the NumPy backend (the whole prefix each step)."""
-    _, predict = gd.build(model)
-    ids = list(prompt)
-    for _ in range(n):
-        logits = predict(state, {"input_ids": np.asarray([ids], np.int64)})
-        ids.append(int(logits[0, -1].argmax()))
-    return bytes(ids)
+    """Greedy decoding with the NumPy backend: ``gd.generate`` (one prefill over the
+    prompt, then one step per token over the key/value cache)."""
+    ids = np.frombuffer(prompt, np.uint8).astype(np.int64)[None]
+    return bytes(gd.generate(model, state, ids, n)[0].tolist())
 
 
 def peft_roundtrip(out: str, model: gd.Node, base: gd.ModelState,

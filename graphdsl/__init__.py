@@ -23,6 +23,7 @@ from .block import block
 from .compiler import build, predict
 from .custom import register_function, register_onnx_rule
 from .errors import GraphDSLError
+from .generate import generate
 from .graph import (
     get_inputs,
     get_op_counts,
@@ -145,7 +146,8 @@ __all__ = [  # sorted
     "bidirectional", "bilinear", "block", "blur_pool", "build", "celu", "concatenate", "cond",
     "constant", "container", "conv", "conv_lstm", "conv_transpose", "dense", "depthwise_conv",
     "dora", "dropout", "elu", "embedding", "exp", "feature_alpha_dropout", "flatten", "freeze",
-    "from_json", "from_torch", "full_like", "gelu", "get_inputs", "get_op_counts", "get_options",
+    "from_json", "from_torch", "full_like", "gelu", "generate", "get_inputs", "get_op_counts",
+    "get_options",
     "get_output_shape", "get_parameters", "global_avg_pool", "global_lp_pool", "global_max_pool",
     "GraphDSLError", "group_norm", "gru", "hard_sigmoid", "hard_silu", "hard_tanh", "input",
     "instance_norm", "layer", "layer_norm", "leaky_relu", "linear", "load", "load_adapters",

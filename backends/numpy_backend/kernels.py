@@ -180,8 +180,16 @@ def _as_float(y: np.ndarray, ctx: KernelContext) -> np.ndarray:
     return y.astype(ctx.dtype) if y.dtype.kind == "f" and y.dtype != ctx.dtype else y
 
 
+def _rows_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``x [..., in] @ w [in, out]`` as one 2-D product: NumPy runs a stacked ``matmul``
+    slice by slice (8 rows of one token each read the weights 8 times)."""
+    if x.ndim <= 2:
+        return x @ w
+    return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
+
+
 def _dense(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
-    y = ins[0] @ p["kernel"]
+    y = _rows_matmul(ins[0], p["kernel"])
     if "bias" in p:
         y += p["bias"]
     return y
@@ -304,7 +312,7 @@ def _positions(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndar
 
 
 def _tied_dense(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
-    y = ins[0] @ p["kernel"].T
+    y = _rows_matmul(ins[0], p["kernel"].T)
     if "bias" in p:
         y += p["bias"]
     return y

@@ -1,0 +1,129 @@
+"""Greedy generation with a key/value cache, side by side in one process with 2 threads:
+``gd.generate`` on NumPy and on torch against transformers' ``generate`` (its dynamic
+cache, default attention) on the same weights, on the user's path (save_pretrained, then
+``hf.from_pretrained``). LLaMA hidden 512, 4 layers, 8 heads / 4 kv heads, intermediate
+1376, vocab 32000; batch 1, prompt 16, 256 new tokens (``--quick``: 32). Rows: time per
+token (the goal: tokens/s >= 1.5x transformers' on NumPy, >= 1.2x on torch), the cost of
+the 256th token against the 16th (flat: <= 1.3x), and batch 8 left-padded against batch 1
+(tokens/s >= 5x: time per token of the batch <= 0.2x)."""
+from __future__ import annotations
+
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from benchmarks.harness import Row, machine, table
+
+THREADS = 2
+
+
+def _setup(path: str):
+    import torch
+    import transformers
+
+    from graphdsl import hf
+
+    torch.manual_seed(0)
+    torch.set_num_threads(THREADS)
+    cfg = transformers.LlamaConfig(
+        vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
+        num_attention_heads=8, num_key_value_heads=4, bos_token_id=None, eos_token_id=None,
+        pad_token_id=None)
+    ref = transformers.LlamaForCausalLM(cfg).eval()
+    ref.save_pretrained(path)
+    model, state = hf.from_pretrained(path)
+    return ref, model, state
+
+
+def _timed(fn, ids, mask, n: int) -> tuple[float, list[float], np.ndarray]:
+    """(total seconds, per-token step times, tokens) of one generation."""
+    stamps: list[float] = []
+    t0 = time.perf_counter()
+    out = fn(ids, mask, n, lambda tok: stamps.append(time.perf_counter()))
+    total = time.perf_counter() - t0
+    return total, list(np.diff([t0, *stamps])), out
+
+
+def _runners(ref, model, state) -> dict:
+    import torch
+
+    import graphdsl as gd
+
+    class Streamer:  # transformers calls put() with the prompt first, then each token
+        def __init__(self, cb):
+            self.cb, self.first = cb, True
+
+        def put(self, value):
+            if not self.first:
+                self.cb(value)
+            self.first = False
+
+        def end(self):
+            pass
+
+    def hf_gen(ids, mask, n, cb):
+        with torch.no_grad():
+            return ref.generate(torch.from_numpy(ids), attention_mask=torch.from_numpy(mask),
+                                max_new_tokens=n, min_new_tokens=n, do_sample=False,
+                                streamer=Streamer(cb)).numpy()
+
+    def ours(backend):
+        return lambda ids, mask, n, cb: gd.generate(model, state, ids, n, attention_mask=mask,
+                                                    backend=backend, stream=cb)
+
+    return {"numpy": ours("numpy"), "torch": ours("torch"), "hf": hf_gen}
+
+
+def run(quick: bool = False) -> list[Row]:
+    from threadpoolctl import threadpool_limits
+
+    n, reps = (32, 1) if quick else (256, 3)
+    with tempfile.TemporaryDirectory() as path:
+        ref, model, state = _setup(path)
+    f = _runners(ref, model, state)
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 32000, (1, 16))
+    ones = np.ones_like(ids)
+    big = rng.integers(0, 32000, (8, 16))
+    big_mask = np.ones_like(big)
+    for r in range(8):  # left padding: row r has r padding tokens
+        big_mask[r, :r] = 0
+    per: dict[str, list] = {k: [] for k in f}
+    with threadpool_limits(THREADS):
+        outs = {k: fn(ids, ones, 8, lambda t: None) for k, fn in f.items()}  # warm
+        np.testing.assert_array_equal(outs["numpy"], outs["hf"])
+        np.testing.assert_array_equal(outs["torch"], outs["hf"])
+        for _ in range(reps):
+            for k, fn in f.items():
+                per[k].append(_timed(fn, ids, ones, n))
+        batch = {k: [_timed(f[k], big, big_mask, n)[0] for _ in range(reps)]
+                 for k in ("numpy", "torch")}
+    tok = {k: statistics.median(t[0] for t in v) / n for k, v in per.items()}
+
+    def cost(k: str, i: int) -> float:  # median over runs of the median of 5 steps
+        return statistics.median(statistics.median(t[1][i - 3:i + 2]) for t in per[k])
+
+    last = n
+    name = "LLaMA 512x4 layers, vocab 32000, prompt 16"
+    rows = [
+        Row(f"{name}: NumPy gd.generate, time per token ({n} new)", tok["numpy"], tok["hf"],
+            "transformers generate", round(1 / 1.5, 3)),
+        Row(f"{name}: torch gd.generate, time per token ({n} new)", tok["torch"], tok["hf"],
+            "transformers generate", round(1 / 1.2, 3)),
+    ]
+    for k in ("numpy", "torch", "hf"):
+        rows.append(Row(f"{name}: {k} token {last} vs token 16", cost(k, last), cost(k, 16),
+                        "the 16th token", 1.3 if k != "hf" else None))
+    for k in ("numpy", "torch"):
+        t8 = statistics.median(batch[k]) / (8 * n)
+        rows.append(Row(f"{name}: {k} batch 8 (left-padded) time per token", t8, tok[k],
+                        "batch 1", 0.2))
+    return rows
+
+
+if __name__ == "__main__":
+    print(machine())
+    print(table(run("--quick" in sys.argv)))
