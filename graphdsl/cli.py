@@ -7,6 +7,7 @@
     graphdsl predict FILE --input x=data.npy [-o out.npy] [--backend numpy|torch]
     graphdsl merge FILE -o merged.gdsl
     graphdsl export FILE -o model.onnx [--opset N] [--optional-inputs all|NAME,...]
+    graphdsl generate DIR|FILE --prompt TEXT|--ids 1,2,3 [--max-new-tokens N] [--sample ...]
 
 FILE is a saved model (``gd.save``, a zip) or a JSON definition (``gd.to_json``); a JSON
 model gets fresh weights from ``--seed`` (default 0) for predict and merge (summary and
@@ -303,6 +304,12 @@ def _export(args: argparse.Namespace) -> None:
                  note)
 
 
+def _generate(args: argparse.Namespace) -> None:
+    from .cli_generate import run_generate
+
+    run_generate(args)
+
+
 # -- parser --------------------------------------------------------------------------------
 def make_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Inspect, run and merge graphdsl models. FILE is a "
@@ -348,6 +355,19 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--optional-inputs", metavar="all|NAME,...",
                    help="optional inputs (e.g. attention_mask) to export as graph inputs; "
                         "default: none, their defaults are computed in the graph")
+
+    s = command("generate", _generate, "continue a prompt with a causal LM, printing the "
+                "text as it is produced (DIR: a Hugging Face checkpoint folder)")
+    s.add_argument("--prompt", help="the text to continue (needs a tokenizer.json)")
+    s.add_argument("--ids", metavar="1,2,3", help="prompt token ids instead of --prompt")
+    s.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json (default: DIR's)")
+    s.add_argument("--max-new-tokens", type=int, default=32, help="default 32")
+    s.add_argument("--backend", choices=("numpy", "torch", "onnxruntime"), default="numpy")
+    s.add_argument("--sample", action="store_true", help="sample (default: greedy); "
+                   "--seed seeds the draws")
+    s.add_argument("--temperature", type=float, help="with --sample (default 1)")
+    s.add_argument("--top-k", type=int, help="with --sample (default: no top-k filter)")
+    s.add_argument("--top-p", type=float, help="with --sample, in (0, 1]")
     return p
 
 
