@@ -35,6 +35,7 @@ import numpy as np
 from . import __version__, display
 from .adapters import merge_adapters
 from .arrays import as_numpy
+from .cli_generate import run_generate
 from .compiler import build
 from .errors import GraphDSLError
 from .graph import analyze
@@ -305,9 +306,7 @@ def _export(args: argparse.Namespace) -> None:
 
 
 def _generate(args: argparse.Namespace) -> None:
-    from .cli_generate import run_generate
-
-    run_generate(args)
+    run_generate(args, load_any)
 
 
 # -- parser --------------------------------------------------------------------------------

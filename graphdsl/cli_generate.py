@@ -9,11 +9,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-from .cli import load_any
 from .errors import GraphDSLError
 from .generate import generate
 from .hf import from_pretrained, load_tokenizer
@@ -68,8 +68,9 @@ class _Printer:
         sys.stdout.flush()
 
 
-def run_generate(args: argparse.Namespace) -> None:
-    """The ``generate`` subcommand (see the module docstring)."""
+def run_generate(args: argparse.Namespace, load_file: Callable[..., tuple]) -> None:
+    """The ``generate`` subcommand (see the module docstring); ``load_file(path, seed)``
+    reads FILE (the CLI's ``load_any``)."""
     if (args.prompt is None) == (args.ids is None):
         raise GraphDSLError("pass exactly one of --prompt TEXT and --ids 1,2,3",
                             fix="--prompt needs a tokenizer (tokenizer.json); --ids does not")
@@ -80,7 +81,7 @@ def run_generate(args: argparse.Namespace) -> None:
             raise GraphDSLError(f"{', '.join(given)} only apply with --sample",
                                 fix="add --sample (default: greedy decoding)")
     is_dir = os.path.isdir(args.file)
-    model, state = from_pretrained(args.file) if is_dir else load_any(args.file, args.seed)[:2]
+    model, state = from_pretrained(args.file) if is_dir else load_file(args.file, args.seed)[:2]
     tok = _tokenizer(args, is_dir) if args.prompt is not None else None
     ids = _parse_ids(args.ids) if tok is None else \
         np.array([tok.encode(args.prompt).ids], dtype=np.int64)
