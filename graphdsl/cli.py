@@ -317,15 +317,15 @@ def make_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    def command(name: str, func: Callable[[argparse.Namespace], None], help: str
+    def command(name: str, func: Callable[[argparse.Namespace], None], help: str,
+                file: tuple[str, str] = ("FILE", MODEL_FILES), seed: str = ""
                 ) -> argparse.ArgumentParser:
         """A subcommand running ``func(args)``, with the FILE and --seed every one takes."""
         sp = sub.add_parser(name, help=help)
         sp.set_defaults(func=func)
-        sp.add_argument("file", metavar="FILE", help=MODEL_FILES)
+        sp.add_argument("file", metavar=file[0], help=file[1])
         sp.add_argument("--seed", type=int, default=0,
-                        help="seed for the weights of a JSON definition (predict, merge; "
-                             "default 0)")
+                        help=f"seed for the weights of a JSON definition{seed} (default 0)")
         return sp
 
     command("summary", _summary, "print the layer table and parameter counts")
@@ -356,7 +356,8 @@ def make_parser() -> argparse.ArgumentParser:
                         "default: none, their defaults are computed in the graph")
 
     s = command("generate", _generate, "continue a prompt with a causal LM, printing the "
-                "text as it is produced (DIR: a Hugging Face checkpoint folder)")
+                "text as it is produced", ("DIR|FILE", "a Hugging Face checkpoint folder, or "
+                + MODEL_FILES), " and of the --sample draws")
     s.add_argument("--prompt", help="the text to continue (needs a tokenizer.json)")
     s.add_argument("--ids", metavar="1,2,3", help="prompt token ids instead of --prompt")
     s.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json (default: DIR's)")

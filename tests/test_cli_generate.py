@@ -4,6 +4,8 @@ tokenizer.json prints the text of transformers' greedy generate; --ids on a .gds
 bad argument is one error line naming it (exit status 1)."""
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import pytest
 
@@ -65,6 +67,12 @@ def test_load_tokenizer(ckpt):
         hf.load_tokenizer(folder / "missing.json")
     with pytest.raises(GraphDSLError, match="not a tokenizers file"):
         hf.load_tokenizer(folder / "config.json")
+
+
+def test_load_tokenizer_without_the_package(ckpt, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # import tokenizers fails
+    with pytest.raises(GraphDSLError, match=r"(?s)needs the tokenizers package.*graphdsl\[hf\]"):
+        hf.load_tokenizer(ckpt[0])
 
 
 def test_prompt_matches_transformers_greedy(ckpt, capsys):
