@@ -167,3 +167,30 @@ def test_errors(ckpt, capsys, tmp_path):
         intermediate_size=16, max_position_embeddings=16))
     bert_path = gd.save(tmp_path / "bert.gdsl", bert, gd.build(bert, seed=0)[0]())
     assert "only causal language models generate" in _error(capsys, bert_path, "--ids", "1")
+
+
+def test_eos_from_config_and_as_a_process(ckpt, tmp_path):
+    """The checkpoint's eos_token_id ends generation (as transformers' generate); the
+    command runs as ``python -m graphdsl``."""
+    import json
+    import os
+    import shutil
+    import subprocess
+
+    folder, ref, _ = ckpt
+    with torch.no_grad():
+        full = ref.generate(torch.tensor([[3, 7, 1]]), max_new_tokens=6, do_sample=False)
+    new = full[0, 3:].tolist()
+    eos = new[2]
+    stop = new.index(eos) + 1  # the first occurrence ends it, eos printed
+    copy = tmp_path / "with_eos"
+    shutil.copytree(folder, copy)
+    config = json.loads((copy / "config.json").read_text())
+    (copy / "config.json").write_text(json.dumps({**config, "eos_token_id": eos}))
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-m", "graphdsl", "generate", str(copy), "--ids",
+                           "3,7,1", "--max-new-tokens", "6"], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout == ",".join(map(str, new[:stop])) + "\n"
+    assert stop < 6
