@@ -7,6 +7,7 @@
     graphdsl predict FILE --input x=data.npy [-o out.npy] [--backend numpy|torch]
     graphdsl merge FILE -o merged.gdsl
     graphdsl export FILE -o model.onnx [--opset N] [--optional-inputs all|NAME,...]
+    graphdsl generate DIR|FILE --prompt TEXT|--ids 1,2,3 [--max-new-tokens N] [--sample ...]
 
 FILE is a saved model (``gd.save``, a zip) or a JSON definition (``gd.to_json``); a JSON
 model gets fresh weights from ``--seed`` (default 0) for predict and merge (summary and
@@ -34,6 +35,7 @@ import numpy as np
 from . import __version__, display
 from .adapters import merge_adapters
 from .arrays import as_numpy
+from .cli_generate import run_generate
 from .compiler import build
 from .errors import GraphDSLError
 from .graph import analyze
@@ -303,6 +305,10 @@ def _export(args: argparse.Namespace) -> None:
                  note)
 
 
+def _generate(args: argparse.Namespace) -> None:
+    run_generate(args, load_any)
+
+
 # -- parser --------------------------------------------------------------------------------
 def make_parser() -> argparse.ArgumentParser:
     p = _Parser(prog=PROG, description="Inspect, run and merge graphdsl models. FILE is a "
@@ -311,15 +317,15 @@ def make_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
-    def command(name: str, func: Callable[[argparse.Namespace], None], help: str
+    def command(name: str, func: Callable[[argparse.Namespace], None], help: str,
+                file: tuple[str, str] = ("FILE", MODEL_FILES), seed: str = ""
                 ) -> argparse.ArgumentParser:
         """A subcommand running ``func(args)``, with the FILE and --seed every one takes."""
         sp = sub.add_parser(name, help=help)
         sp.set_defaults(func=func)
-        sp.add_argument("file", metavar="FILE", help=MODEL_FILES)
+        sp.add_argument("file", metavar=file[0], help=file[1])
         sp.add_argument("--seed", type=int, default=0,
-                        help="seed for the weights of a JSON definition (predict, merge; "
-                             "default 0)")
+                        help=f"seed for the weights of a JSON definition{seed} (default 0)")
         return sp
 
     command("summary", _summary, "print the layer table and parameter counts")
@@ -348,6 +354,20 @@ def make_parser() -> argparse.ArgumentParser:
     s.add_argument("--optional-inputs", metavar="all|NAME,...",
                    help="optional inputs (e.g. attention_mask) to export as graph inputs; "
                         "default: none, their defaults are computed in the graph")
+
+    s = command("generate", _generate, "continue a prompt with a causal LM, printing the "
+                "text as it is produced", ("DIR|FILE", "a Hugging Face checkpoint folder, or "
+                + MODEL_FILES), " and of the --sample draws")
+    s.add_argument("--prompt", help="the text to continue (needs a tokenizer.json)")
+    s.add_argument("--ids", metavar="1,2,3", help="prompt token ids instead of --prompt")
+    s.add_argument("--tokenizer", metavar="PATH", help="tokenizer.json (default: DIR's)")
+    s.add_argument("--max-new-tokens", type=int, default=32, help="default 32")
+    s.add_argument("--backend", choices=("numpy", "torch", "onnxruntime"), default="numpy")
+    s.add_argument("--sample", action="store_true", help="sample (default: greedy); "
+                   "--seed seeds the draws")
+    s.add_argument("--temperature", type=float, help="with --sample (default 1)")
+    s.add_argument("--top-k", type=int, help="with --sample (default: no top-k filter)")
+    s.add_argument("--top-p", type=float, help="with --sample, in (0, 1]")
     return p
 
 

@@ -1,0 +1,31 @@
+"""Hugging Face tokenizers: ``tokenizer.json`` read by the ``tokenizers`` package (the
+``hf`` extra), for :func:`graphdsl.generate` and ``graphdsl generate``."""
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from ..errors import GraphDSLError
+
+
+def load_tokenizer(path: str | os.PathLike) -> Any:
+    """A ``tokenizers.Tokenizer`` from ``path``: a ``tokenizer.json`` file, or a folder
+    holding one (a ``save_pretrained`` checkpoint). Encode with ``tok.encode(text).ids``,
+    decode with ``tok.decode(ids)``. A missing file or package is a GraphDSLError."""
+    path = os.fspath(path)
+    file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
+    if not os.path.isfile(file):
+        raise GraphDSLError(f"hf.load_tokenizer: no tokenizer file {file}",
+                            fix="pass a tokenizer.json or a checkpoint folder that holds "
+                                "one (tokenizer.save_pretrained(folder) writes it)")
+    try:
+        from tokenizers import Tokenizer
+    except ImportError:
+        raise GraphDSLError("hf.load_tokenizer needs the tokenizers package",
+                            fix="pip install 'graphdsl[hf]'") from None
+    try:
+        return Tokenizer.from_file(file)
+    except Exception as e:  # the Rust parser's error: one message, no traceback
+        raise GraphDSLError(f"hf.load_tokenizer: {file} is not a tokenizers file ({e})",
+                            fix="pass the tokenizer.json a Hugging Face tokenizer "
+                                "(a 'fast' one) saves") from None
