@@ -132,6 +132,8 @@ def test_kv_cache_needs_a_causal_model():
     gd.to_onnx(bert, state)  # a plain export of the same model works
     with pytest.raises(gd.GraphDSLError, match="causal"):
         gd.to_onnx(bert, state, kv_cache=True)
+    with pytest.raises(gd.GraphDSLError, match="kv_cache"):
+        gd.to_onnx(bert, state, kv_cache="yes")
 
 
 @pytest.mark.parametrize("kind", ["llama", "gpt2"])

@@ -150,6 +150,9 @@ def to_onnx(model: Node, state: ModelState, path: str | os.PathLike | None = Non
     if not isinstance(state, ModelState):
         raise GraphDSLError(f"to_onnx needs a ModelState, got {type(state).__name__}",
                             op="to_onnx", fix="pass the state init_fn returned")
+    if not isinstance(kv_cache, bool):
+        raise OptionError(f"kv_cache must be True or False, got {kv_cache!r}", op="to_onnx",
+                          fix="pass kv_cache=True for a causal LM's decode step")
     if kv_cache:
         from graphdsl.generate import decoder
         model = decoder(model)  # a GraphDSLError for a model that is not a causal LM
