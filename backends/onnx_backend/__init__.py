@@ -192,7 +192,7 @@ def _as_optimum(proto: onnx.ModelProto) -> None:
         node.input[:] = [renamed.get(x, x) for x in node.input]
     for v in [*g.input, *g.output]:
         v.name = renamed.get(v.name, v.name)
-        axes = _AXES[v.name.split(".")[0]]
+        axes = _AXES.get(v.name.split(".")[0], ())  # other inputs keep their own names
         for dim, label in zip(v.type.tensor_type.shape.dim, axes):
             if label is not None:
                 dim.dim_param = label
