@@ -2,7 +2,7 @@
 ``gd.generate(..., backend="onnxruntime")``: optimum's input/output names and dynamic
 axes, onnx.checker, an ONNX Runtime loop (prefill over a left-padded batch with an empty
 past, then steps) equal to graphdsl's decoder steps on NumPy and to transformers' greedy
-tokens (tiny LLaMA and GPT-2 saved by transformers and loaded by hf.from_pretrained); one
+tokens (tiny LLaMA, Mistral with a sliding window and GPT-2 saved by transformers and loaded by hf.from_pretrained); one
 export serves every step of generate."""
 from __future__ import annotations
 
@@ -32,10 +32,12 @@ def _make(kind: str):
         return transformers.GPT2LMHeadModel(transformers.GPT2Config(
             vocab_size=VOCAB, n_positions=32, n_embd=16, n_layer=LAYERS, n_head=KV_HEADS,
             attn_implementation="eager", **NO_SPECIAL))
-    return transformers.LlamaForCausalLM(transformers.LlamaConfig(
+    cls = {"llama": "Llama", "mistral": "Mistral"}[kind]
+    extra = {"sliding_window": 4} if kind == "mistral" else {}  # exceeded by the text
+    return getattr(transformers, f"{cls}ForCausalLM")(getattr(transformers, f"{cls}Config")(
         vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=LAYERS,
         num_attention_heads=4, num_key_value_heads=KV_HEADS, max_position_embeddings=64,
-        attn_implementation="eager", **NO_SPECIAL))
+        attn_implementation="eager", **NO_SPECIAL, **extra))
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +45,7 @@ def models(tmp_path_factory):
     """{kind: (transformers model, graphdsl model, state)}: save_pretrained, then
     hf.from_pretrained, with weights large enough for decisive argmaxes."""
     out = {}
-    for kind in ("llama", "gpt2"):
+    for kind in ("llama", "mistral", "gpt2"):
         torch.manual_seed(0)
         ref = _make(kind).eval()
         g = torch.Generator().manual_seed(1)
@@ -88,7 +90,7 @@ def test_names_axes_and_checker(models, kind, tmp_path):
     assert outs["present.0.key"] == ["batch_size", KV_HEADS, TOTAL, head_dim]
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("kind", ["llama", "mistral", "gpt2"])
 def test_ort_loop_equals_numpy_steps_and_transformers(models, kind, tmp_path):
     ref, model, state = models[kind]
     path = tmp_path / "decoder.onnx"
@@ -136,7 +138,7 @@ def test_kv_cache_needs_a_causal_model():
         gd.to_onnx(bert, state, kv_cache="yes")
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2"])
+@pytest.mark.parametrize("kind", ["llama", "mistral", "gpt2"])
 def test_generate_on_onnxruntime(models, kind, monkeypatch):
     ref, model, state = models[kind]
     exports = []
