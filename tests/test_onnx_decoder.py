@@ -2,8 +2,8 @@
 ``gd.generate(..., backend="onnxruntime")``: optimum's input/output names and dynamic
 axes, onnx.checker, an ONNX Runtime loop (prefill over a left-padded batch with an empty
 past, then steps) equal to graphdsl's decoder steps on NumPy and to transformers' greedy
-tokens (tiny LLaMA, Mistral with a sliding window and GPT-2 saved by transformers and loaded by hf.from_pretrained); one
-export serves every step of generate."""
+tokens (tiny LLaMA, Mistral with a sliding window and GPT-2 saved by transformers and
+loaded by hf.from_pretrained); one export serves every step of generate."""
 from __future__ import annotations
 
 import numpy as np
