@@ -1,9 +1,10 @@
 """Greedy generation with a key/value cache, side by side in one process with 2 threads:
-``gd.generate`` on NumPy and on torch against transformers' ``generate`` (its dynamic
+``gd.generate`` on NumPy, torch and ONNX Runtime against transformers' ``generate`` (its dynamic
 cache, default attention) on the same weights, on the user's path (save_pretrained, then
 ``hf.from_pretrained``). LLaMA hidden 512, 4 layers, 8 heads / 4 kv heads, intermediate
 1376, vocab 32000; batch 1, prompt 16, 256 new tokens (``--quick``: 32). Rows: time per
-token (the goal: tokens/s >= 1.5x transformers' on NumPy, >= 1.2x on torch), the cost of
+token (the goal: tokens/s >= 1.5x transformers' on NumPy, >= 1.2x on torch, >= 2x on
+onnxruntime), the cost of
 the 256th token against the 16th (flat: <= 1.3x), and batch 8 left-padded against batch 1
 (tokens/s >= 5x: time per token of the batch <= 0.2x)."""
 from __future__ import annotations
@@ -74,7 +75,8 @@ def _runners(ref, model, state) -> dict:
         return lambda ids, mask, n, cb: gd.generate(model, state, ids, n, attention_mask=mask,
                                                     backend=backend, stream=cb)
 
-    return {"numpy": ours("numpy"), "torch": ours("torch"), "hf": hf_gen}
+    return {"numpy": ours("numpy"), "torch": ours("torch"),
+            "onnxruntime": ours("onnxruntime"), "hf": hf_gen}
 
 
 def run(quick: bool = False) -> list[Row]:
@@ -96,11 +98,12 @@ def run(quick: bool = False) -> list[Row]:
         outs = {k: fn(ids, ones, 8, lambda t: None) for k, fn in f.items()}  # warm
         np.testing.assert_array_equal(outs["numpy"], outs["hf"])
         np.testing.assert_array_equal(outs["torch"], outs["hf"])
+        np.testing.assert_array_equal(outs["onnxruntime"], outs["hf"])
         for _ in range(reps):
             for k, fn in f.items():
                 per[k].append(_timed(fn, ids, ones, n))
         batch = {k: [_timed(f[k], big, big_mask, n)[0] for _ in range(reps)]
-                 for k in ("numpy", "torch")}
+                 for k in ("numpy", "torch", "onnxruntime")}
     tok = {k: statistics.median(t[0] for t in v) / n for k, v in per.items()}
 
     def cost(k: str, i: int) -> float:  # median over runs of the median of 5 steps
@@ -113,11 +116,13 @@ def run(quick: bool = False) -> list[Row]:
             "transformers generate", round(1 / 1.5, 3)),
         Row(f"{name}: torch gd.generate, time per token ({n} new)", tok["torch"], tok["hf"],
             "transformers generate", round(1 / 1.2, 3)),
+        Row(f"{name}: onnxruntime gd.generate, time per token ({n} new)", tok["onnxruntime"],
+            tok["hf"], "transformers generate", 0.5),
     ]
-    for k in ("numpy", "torch", "hf"):
+    for k in ("numpy", "torch", "onnxruntime", "hf"):
         rows.append(Row(f"{name}: {k} token {last} vs token 16", cost(k, last), cost(k, 16),
                         "the 16th token", 1.3 if k != "hf" else None))
-    for k in ("numpy", "torch"):
+    for k in ("numpy", "torch", "onnxruntime"):
         t8 = statistics.median(batch[k]) / (8 * n)
         rows.append(Row(f"{name}: {k} batch 8 (left-padded) time per token", t8, tok[k],
                         "batch 1", 0.2))

@@ -120,7 +120,8 @@ from .transforms import freeze, map_nodes, rewrite_nodes, set_options
 def to_onnx(model: Node, state: ModelState, path: str | None = None, opset: int | None = None,
             **options: object) -> object:
     """Export ``model`` and ``state`` as an ``onnx.ModelProto`` (written to ``path`` if
-    given); see :func:`graphdsl.backends.onnx_backend.to_onnx`. Needs the ``onnx`` extra
+    given; ``kv_cache=True``: a causal LM's decode step with optimum's cache inputs and
+    outputs); see :func:`graphdsl.backends.onnx_backend.to_onnx`. Needs the ``onnx`` extra
     (``pip install 'graphdsl[onnx]'``), imported only when called."""
     try:
         from .backends.onnx_backend import to_onnx as export

@@ -123,8 +123,8 @@ def _layer(plan: Any, step: Any, tensors: dict, data: Any, b: Builder,
 
 
 def to_onnx(model: Node, state: ModelState, path: str | os.PathLike | None = None,
-            opset: int | None = None, *, optional_inputs: bool | Sequence[str] = False
-            ) -> onnx.ModelProto:
+            opset: int | None = None, *, optional_inputs: bool | Sequence[str] = False,
+            kv_cache: bool = False) -> onnx.ModelProto:
     """Export ``model`` with the weights of ``state`` as an ONNX model (float32).
 
     Inputs keep their names, dtypes and shapes (each None axis dynamic); outputs are
@@ -134,6 +134,14 @@ def to_onnx(model: Node, state: ModelState, path: str | os.PathLike | None = Non
     inputs (True: all); the others are left out and their default subgraph is exported
     (e.g. positions computed from ``input_ids``). ``path``: also write the file (weights
     over ~1.8 GB go to ``path + ".data"`` beside it). Returns the ``ModelProto``.
+
+    ``kv_cache=True`` (causal LMs): the decode step :func:`graphdsl.generate.decoder`
+    with optimum's names and axes (:func:`_as_optimum`): inputs ``input_ids`` and
+    ``position_ids [batch_size, sequence_length]``, ``attention_mask [batch_size,
+    past_sequence_length + sequence_length]``, ``past_key_values.{i}.key|value
+    [batch_size, kv_heads, past_sequence_length, head_dim]``; outputs ``logits
+    [batch_size, sequence_length, vocab]`` and ``present.{i}.key|value`` (the past and
+    the new keys/values on axis 2). Prefill: a past of length 0.
     """
     if not isinstance(model, Node):
         raise GraphDSLError(f"to_onnx needs a model (a graph node), got "
@@ -142,12 +150,52 @@ def to_onnx(model: Node, state: ModelState, path: str | os.PathLike | None = Non
     if not isinstance(state, ModelState):
         raise GraphDSLError(f"to_onnx needs a ModelState, got {type(state).__name__}",
                             op="to_onnx", fix="pass the state init_fn returned")
+    if not isinstance(kv_cache, bool):
+        raise OptionError(f"kv_cache must be True or False, got {kv_cache!r}", op="to_onnx",
+                          fix="pass kv_cache=True for a causal LM's decode step")
+    if kv_cache:
+        from graphdsl.generate import decoder
+        model = decoder(model)  # a GraphDSLError for a model that is not a causal LM
     plan = make_plan(model)
     proto = export_plan(plan, state.data, choose_opset(plan, opset),
                         _kept_optional(plan.graph, optional_inputs))
+    if kv_cache:
+        _as_optimum(proto)
     if path is not None:
         save_model(proto, os.fspath(path))
     return proto
+
+
+_TOTAL = "past_sequence_length + sequence_length"
+_AXES = {"input_ids": ("batch_size", "sequence_length"),
+         "position_ids": ("batch_size", "sequence_length"),
+         "attention_mask": ("batch_size", _TOTAL),
+         "logits": ("batch_size", "sequence_length"),
+         "past_key_values": ("batch_size", None, "past_sequence_length"),
+         "present": ("batch_size", None, _TOTAL)}
+
+
+def _as_optimum(proto: onnx.ModelProto) -> None:
+    """Rename a decoder's cache inputs as optimum does (``past_key_values_0_key`` ->
+    ``past_key_values.0.key``), order the inputs as optimum does (ids, mask, positions,
+    then the cache by layer) and name the dynamic axes as optimum does (``_AXES``)."""
+    from graphdsl.generate import optimum_name
+
+    g = proto.graph
+    first = ("input_ids", "attention_mask", "position_ids")
+    ordered = sorted(g.input, key=lambda v: first.index(v.name) if v.name in first else 3)
+    ordered = [type(v).FromString(v.SerializeToString()) for v in ordered]
+    del g.input[:]
+    g.input.extend(ordered)
+    renamed = {v.name: optimum_name(v.name) for v in g.input}
+    for node in g.node:
+        node.input[:] = [renamed.get(x, x) for x in node.input]
+    for v in [*g.input, *g.output]:
+        v.name = renamed.get(v.name, v.name)
+        axes = _AXES.get(v.name.split(".")[0], ())  # other inputs keep their own names
+        for dim, label in zip(v.type.tensor_type.shape.dim, axes):
+            if label is not None:
+                dim.dim_param = label
 
 
 def export_plan(plan: Any, data: Any, opset: int, kept: set[str]) -> onnx.ModelProto:
