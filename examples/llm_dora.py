@@ -13,7 +13,8 @@
    load both into transformers + PEFT and show identical logits and the same greedy
    continuation.
 5. Merge, ``hf.save_pretrained`` the merged model, read it back with
-   ``hf.from_pretrained`` (NumPy only) and generate greedily with ``gd.generate`` (NumPy).
+   ``hf.from_pretrained`` (NumPy only) and generate greedily with ``gd.generate`` on NumPy
+   and on ONNX Runtime.
 6. The paper's weight-decomposition analysis (Liu et al. 2024, sec. 3.2) on the q/v
    projections: magnitude vs direction change across checkpoints for each method.
 Writes the loss plot, the decomposition plot and ``results.json`` to the output folder.
@@ -145,11 +146,12 @@ def qv_kernels(model: gd.Node, state: gd.ModelState) -> dict[str, np.ndarray]:
 
 
 # -- serving -----------------------------------------------------------------------------------
-def greedy_numpy(model: gd.Node, state: gd.ModelState, prompt: bytes, n: int) -> bytes:
-    """Greedy decoding with the NumPy backend: ``gd.generate`` (one prefill over the
-    prompt, then one step per token over the key/value cache)."""
+def greedy(model: gd.Node, state: gd.ModelState, prompt: bytes, n: int,
+           backend: str = "numpy") -> bytes:
+    """Greedy decoding with ``gd.generate`` on ``backend`` ("numpy" or "onnxruntime"): one
+    prefill over the prompt, then one step per token over the key/value cache."""
     ids = np.frombuffer(prompt, np.uint8).astype(np.int64)[None]
-    return bytes(gd.generate(model, state, ids, n)[0].tolist())
+    return bytes(gd.generate(model, state, ids, n, backend=backend)[0].tolist())
 
 
 def peft_roundtrip(out: str, model: gd.Node, base: gd.ModelState,
@@ -232,9 +234,11 @@ def main() -> None:
     merged, merged_state = gd.merge_adapters(methods["dora"], states["dora"])
     hf.save_pretrained(os.path.join(args.out, "merged"), merged, merged_state)
     served, served_state = hf.from_pretrained(os.path.join(args.out, "merged"))
-    text = greedy_numpy(served, served_state, prompt, n_gen).decode("utf-8", "replace")
+    text = greedy(served, served_state, prompt, n_gen).decode("utf-8", "replace")
+    ort_text = greedy(served, served_state, prompt, n_gen, "onnxruntime").decode(
+        "utf-8", "replace")
     assert rt["max_abs_logit_diff"] < 1e-4, rt
-    assert text == rt["peft_greedy"], (text, rt["peft_greedy"])
+    assert text == ort_text == rt["peft_greedy"], (text, ort_text, rt["peft_greedy"])
 
     # -- 6. decomposition: correlation of dD and dM over (layer, checkpoint) points ----------
     corr = {}
@@ -243,7 +247,8 @@ def main() -> None:
         corr[name] = float(np.corrcoef(dd, dm)[0, 1]) if len(dm) > 2 else float("nan")
 
     results = {"config": cfg, "before": before, "after": after, "trainable_fraction": fractions,
-               "peft": rt, "numpy_greedy": text, "decomposition_corr": corr,
+               "peft": rt, "numpy_greedy": text, "onnxruntime_greedy": ort_text,
+               "decomposition_corr": corr,
                "decomposition": decomp, "seconds": time.perf_counter() - t0}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
