@@ -80,3 +80,47 @@ def check_onnx(model: gd.Node, st: gd.ModelState, feed: dict[str, np.ndarray],
         assert (g.dtype.kind == "f") == (r.dtype.kind == "f")
         np.testing.assert_allclose(g, r, **tol)
     return proto
+
+
+TINY_VOCAB = 40
+
+
+def tiny_causal_lms(tmp_path_factory: Any, kinds: tuple[str, ...], gpt2_heads: int = 4
+                    ) -> dict[str, tuple]:
+    """``{kind: (transformers model, graphdsl model, state)}`` for tiny random LLaMA,
+    Mistral (``sliding_window=4``, exceeded by the tests' texts), Qwen2 and GPT-2
+    (``gpt2_heads`` heads), each saved by transformers and read back by
+    ``hf.from_pretrained`` (the user's path), with weights large enough for decisive
+    argmaxes (the default init leaves near-ties)."""
+    import torch
+    import transformers
+
+    from graphdsl import hf
+
+    special = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
+
+    def make(kind: str):
+        if kind == "gpt2":
+            return transformers.GPT2LMHeadModel(transformers.GPT2Config(
+                vocab_size=TINY_VOCAB, n_positions=32, n_embd=16, n_layer=2, n_head=gpt2_heads,
+                attn_implementation="eager", **special))
+        cls = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}[kind]
+        extra = {"sliding_window": 4} if kind == "mistral" else {}
+        cfg = getattr(transformers, f"{cls}Config")(
+            vocab_size=TINY_VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
+            num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
+            attn_implementation="eager", **special, **extra)
+        return getattr(transformers, f"{cls}ForCausalLM")(cfg)
+
+    out = {}
+    for kind in kinds:
+        torch.manual_seed(0)
+        ref = make(kind).eval()
+        g = torch.Generator().manual_seed(1)
+        with torch.no_grad():
+            for p in ref.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3 + (1.0 if p.ndim == 1 else 0))
+        path = tmp_path_factory.mktemp(kind)
+        ref.save_pretrained(path)
+        out[kind] = (ref, *hf.from_pretrained(path))
+    return out

@@ -6,50 +6,25 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import TINY_VOCAB, tiny_causal_lms
 
 import graphdsl as gd
-from graphdsl import dora, hf, lora
+from graphdsl import dora, lora
 from graphdsl.generate import decoder, optimum_name
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-VOCAB = 40
+VOCAB = TINY_VOCAB
 PROMPT = np.array([[0, 0, 3, 7, 1, 9], [5, 5, 8, 2, 6, 1]])
 MASK = np.array([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
-NO_SPECIAL = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
-
-
-def _make(kind: str):
-    if kind == "gpt2":
-        return transformers.GPT2LMHeadModel(transformers.GPT2Config(
-            vocab_size=VOCAB, n_positions=32, n_embd=16, n_layer=2, n_head=4,
-            attn_implementation="eager", **NO_SPECIAL))
-    cls = {"llama": "Llama", "mistral": "Mistral", "qwen2": "Qwen2"}[kind]
-    extra = {"sliding_window": 4} if kind == "mistral" else {}  # exceeded by the text
-    cfg = getattr(transformers, f"{cls}Config")(
-        vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
-        attn_implementation="eager", **NO_SPECIAL, **extra)
-    return getattr(transformers, f"{cls}ForCausalLM")(cfg)
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """{kind: (transformers model, graphdsl model, state)} on the user's path:
     save_pretrained, then hf.from_pretrained."""
-    out = {}
-    for kind in ("llama", "mistral", "qwen2", "gpt2"):
-        torch.manual_seed(0)
-        ref = _make(kind).eval()
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():  # larger weights than the default init: decisive argmaxes
-            for p in ref.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3 + (1.0 if p.ndim == 1 else 0))
-        path = tmp_path_factory.mktemp(kind)
-        ref.save_pretrained(path)
-        out[kind] = (ref, *hf.from_pretrained(path))
-    return out
+    return tiny_causal_lms(tmp_path_factory, ("llama", "mistral", "qwen2", "gpt2"))
 
 
 def _hf_generate(ref, ids, mask, n, **kw):

@@ -15,47 +15,23 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 from graphdsl.backends import onnxruntime_backend  # noqa: E402
+from helpers import TINY_VOCAB, tiny_causal_lms  # noqa: E402
 
 import graphdsl as gd  # noqa: E402
-from graphdsl import hf  # noqa: E402
 from graphdsl.generate import _STEPS, decoder  # noqa: E402
 
-VOCAB, LAYERS, KV_HEADS = 40, 2, 2
+VOCAB, LAYERS, KV_HEADS = TINY_VOCAB, 2, 2  # as tiny_causal_lms builds them
 PROMPT = np.array([[0, 0, 3, 7, 1, 9], [5, 5, 8, 2, 6, 1]])
 MASK = np.array([[0, 0, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
-NO_SPECIAL = {"bos_token_id": None, "eos_token_id": None, "pad_token_id": None}
 TOTAL = "past_sequence_length + sequence_length"
-
-
-def _make(kind: str):
-    if kind == "gpt2":  # GPT-2 has no grouped heads: kv_heads = heads
-        return transformers.GPT2LMHeadModel(transformers.GPT2Config(
-            vocab_size=VOCAB, n_positions=32, n_embd=16, n_layer=LAYERS, n_head=KV_HEADS,
-            attn_implementation="eager", **NO_SPECIAL))
-    cls = {"llama": "Llama", "mistral": "Mistral"}[kind]
-    extra = {"sliding_window": 4} if kind == "mistral" else {}  # exceeded by the text
-    return getattr(transformers, f"{cls}ForCausalLM")(getattr(transformers, f"{cls}Config")(
-        vocab_size=VOCAB, hidden_size=16, intermediate_size=24, num_hidden_layers=LAYERS,
-        num_attention_heads=4, num_key_value_heads=KV_HEADS, max_position_embeddings=64,
-        attn_implementation="eager", **NO_SPECIAL, **extra))
 
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
     """{kind: (transformers model, graphdsl model, state)}: save_pretrained, then
-    hf.from_pretrained, with weights large enough for decisive argmaxes."""
-    out = {}
-    for kind in ("llama", "mistral", "gpt2"):
-        torch.manual_seed(0)
-        ref = _make(kind).eval()
-        g = torch.Generator().manual_seed(1)
-        with torch.no_grad():
-            for p in ref.parameters():
-                p.copy_(torch.randn(p.shape, generator=g) * 0.3 + (1.0 if p.ndim == 1 else 0))
-        path = tmp_path_factory.mktemp(kind)
-        ref.save_pretrained(path)
-        out[kind] = (ref, *hf.from_pretrained(path))
-    return out
+    hf.from_pretrained, with weights large enough for decisive argmaxes. GPT-2 has no
+    grouped heads: its heads are KV_HEADS."""
+    return tiny_causal_lms(tmp_path_factory, ("llama", "mistral", "gpt2"), gpt2_heads=KV_HEADS)
 
 
 def _hf_greedy(ref, ids, mask, n):
