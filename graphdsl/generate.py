@@ -2,16 +2,17 @@
 (:func:`decoder`) and the loop that drives it (:func:`generate`, transformers' meanings).
 
 The decoder is the model's own graph with each attention's keys and values prefixed by the
-cache (one ``concatenate`` on the cache axis): same layers, names and parameters, so the
-model's ModelState runs it, adapted (DoRA/LoRA) and merged models included. Its inputs are
-``input_ids [batch, seq]``, ``attention_mask [batch, past + seq]``, ``position_ids
-[batch, seq]`` and, per attention layer ``i``, ``past_key_values_{i}_key`` /
-``past_key_values_{i}_value`` ``[batch, kv_heads, past, head_dim]`` (input names are
-identifiers: optimum's ``past_key_values.{i}.key`` with ``_`` for the dots, see
-:func:`optimum_name`); its outputs ``{"logits": [batch, seq, vocab], "present.{i}.key":
-..., "present.{i}.value": ...}``, each present the past and the new keys/values (keys
-after the rotary embedding, kv heads not repeated). Prefill is the same graph over the
-prompt with an empty past (``past`` = 0)."""
+cache (one :func:`~graphdsl.ops.transformer.cache_append` on the cache axis, which on NumPy
+writes a step's new entries into a buffer that grows geometrically, so no step copies the
+cache): same layers, names and parameters, so the model's ModelState runs it, adapted
+(DoRA/LoRA) and merged models included. Its inputs are ``input_ids [batch, seq]``,
+``attention_mask [batch, past + seq]``, ``position_ids [batch, seq]`` and, per attention
+layer ``i``, ``past_key_values_{i}_key`` / ``past_key_values_{i}_value`` ``[batch, kv_heads,
+past, head_dim]`` (input names are identifiers: optimum's ``past_key_values.{i}.key`` with
+``_`` for the dots, see :func:`optimum_name`); its outputs ``{"logits": [batch, seq, vocab],
+"present.{i}.key": ..., "present.{i}.value": ...}``, each present the past and the new
+keys/values (keys after the rotary embedding, kv heads not repeated). Prefill is the same
+graph over the prompt with an empty past (``past`` = 0)."""
 from __future__ import annotations
 
 from collections import OrderedDict
@@ -25,7 +26,7 @@ from .errors import GraphDSLError
 from .node import Node, rebuild, topo_order
 from .ops.core import container
 from .ops.core import input as input_node
-from .ops.tensor import concatenate
+from .ops.transformer import cache_append
 from .ops.transformer import slice as slice_node
 from .transforms import rewrite_nodes
 
@@ -73,7 +74,7 @@ def decoder(model: Node, last_logits: bool = False) -> Node:
             for kind, x in (("key", k), ("value", v)):
                 past = input_node(f"past_key_values_{i}_{kind}",
                                   (None, x.shape[1], None, x.shape[3]))
-                new.append(concatenate([past, x], axis=2, name=f"present.{i}.{kind}"))
+                new.append(cache_append(past, x, axis=2, name=f"present.{i}.{kind}"))
                 presents[f"present.{i}.{kind}"] = new[-1]
             return rebuild(out, [q, *new, *mask])
         return rewrite

@@ -411,6 +411,12 @@ _ROWS = [
         *gd.split(x, [2, 4], name="sp"), gd.slice(x, -3, None, axis=1)]), (None, 4, 6)), _X46),
     Case("slice", "attrs", lambda: _on(lambda x: gd.container([*gd.split(x, 3, name="parts"),
                                                                gd.slice(x, -2, None)]))),
+    Case("cache_append", "values", lambda: gd.cache_append(
+        gd.input("past", (None, 2, None, 3)), gd.input("new", (None, 2, None, 3))),
+        lambda: {"past": _f(2, 2, 4, 3), "new": _f(2, 2, 1, 3)},
+        reference=lambda i, st: np.concatenate([i["past"], i["new"]], axis=2)),
+    Case("cache_append", "attrs", lambda: gd.cache_append(
+        gd.input("past", (None, 5, 3)), gd.input("new", (None, 2, 3)), axis=1)),
     Case("positions", "values", lambda: gd.positions(_ids(), offset=2), _token_ids),
     Case("positions", "attrs", lambda: gd.positions(_ids(), offset=3)),
     Case("tied_dense", "values", _tied, _token_ids, _set("head", bias=lambda: _f(11))),

@@ -20,7 +20,7 @@ from graphdsl.arrays import as_numpy
 from graphdsl.errors import BackendError, InputError
 
 from ..base import Backend, KernelContext, plan_runner, state_fetch
-from . import adapters, conv, conv_variants, kernels, pool, recurrent, special
+from . import adapters, cache, conv, conv_variants, kernels, pool, recurrent, special
 from .kernels import ACTIVATIONS, FRESH_OUTPUT, IN_PLACE, inverted_dropout
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -28,7 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 KERNELS: dict[str, Callable] = {**kernels.KERNELS, **conv.KERNELS, **pool.KERNELS,
                                 **adapters.KERNELS, **special.KERNELS, **conv_variants.KERNELS,
-                                **recurrent.KERNELS}
+                                **recurrent.KERNELS, **cache.KERNELS}
 
 
 def register_kernel(op: str, kernel: Callable) -> None:

@@ -319,6 +319,7 @@ RULES: dict[str, Rule] = {
     "subtract": _variadic("Sub"),
     "multiply": _variadic("Mul"),
     "concatenate": Rule(_concatenate),
+    "cache_append": Rule(_concatenate),
     "reshape": Rule(_reshape),
     "flatten": Rule(lambda b, layer: b.op("Flatten", [layer.ins[0]], axis=1)),
     "transpose": Rule(_transpose),

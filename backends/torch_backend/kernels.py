@@ -264,6 +264,7 @@ KERNELS: dict[str, Callable] = {
     "subtract": _variadic(torch.sub),
     "multiply": _variadic(torch.mul),
     "concatenate": _concatenate,
+    "cache_append": _concatenate,
     "transpose": _transpose,
     "pad": _pad,
     "bias": lambda ins, p, a, ctx: _as_float(ins[0] + p["bias"], ctx),

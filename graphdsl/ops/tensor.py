@@ -58,7 +58,7 @@ def multiply(a: Node | Sequence[Node], b: Node | None = None,
 
 
 # -- concatenate ---------------------------------------------------------------------------
-def _concat_shape(s: list, a: dict) -> tuple:
+def concat_shape(s: list, a: dict) -> tuple:
     rank = len(s[0])
     if any(len(x) != rank for x in s):
         raise RuleError("concatenate needs inputs of equal rank, got "
@@ -82,7 +82,7 @@ def _concat_shape(s: list, a: dict) -> tuple:
 
 
 register_op(OpDef(
-    "concatenate", _concat_shape, arity=(1, None), infer_dtype=_int_if_all,
+    "concatenate", concat_shape, arity=(1, None), infer_dtype=_int_if_all,
     check_attrs=lambda a: {"axis": a.get("axis", -1)}, category="combinator",
     doc="Joins inputs along `axis`; other axes must agree.",
 ))

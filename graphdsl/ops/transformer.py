@@ -16,6 +16,7 @@ from ..node import Node, caller_location, is_valid_name, make_node, validate_nam
 from ..registry import RNG_KEY, OpDef, ParamSpec, register_op
 from ..shapes import check_rank, is_int, merge_dim, normalize_axis
 from ._attrs import boolean, number, positive_int
+from .tensor import concat_shape
 
 
 def _merge(a: int | None, b: int | None, what: str, shapes: Sequence[tuple], fix: str
@@ -339,6 +340,29 @@ def positions(x: Node, axis: int = 1, offset: int = 0, name: str | None = None) 
     """Integer positions ``offset .. offset+n-1`` along ``axis`` of ``x``, shape
     ``x.shape[:axis+1]`` (``[batch, seq]`` for ``input_ids``), dtype int64."""
     return make_node("positions", [x], {"axis": axis, "offset": offset}, name,
+                     where=caller_location())
+
+
+# -- cache_append ---------------------------------------------------------------------------
+register_op(OpDef(
+    "cache_append", concat_shape, arity=(2, 2), infer_dtype=lambda d, a: d[0],
+    check_attrs=lambda a: {"axis": _int(a.get("axis", 2), "axis")}, category="combinator",
+    doc="A key/value cache grown by new entries: concatenate([past, new], axis). On NumPy "
+        "the result is a view of a buffer with room to grow, so a decode step writes only "
+        "the new entries.",
+))
+
+
+def cache_append(past: Node, new: Node, axis: int = 2, name: str | None = None) -> Node:
+    """``concatenate([past, new], axis)`` for a key/value cache: ``past [batch, kv_heads,
+    cache, head_dim]`` and ``new [batch, kv_heads, seq, head_dim]`` give ``[batch, kv_heads,
+    cache + seq, head_dim]`` (axis 2). Same values as ``concatenate`` on every backend; on
+    NumPy the result is a view of a buffer whose capacity doubles when full, and passing
+    that result back as ``past`` (as a decode loop does) writes the new entries in place,
+    so a step costs a copy of its new entries only (amortized). The result then shares
+    memory with ``past``; any other ``past`` (an older result, a foreign array) is copied
+    once into a fresh buffer, so no array a caller holds ever changes."""
+    return make_node("cache_append", [past, new], {"axis": axis}, name,
                      where=caller_location())
 
 
