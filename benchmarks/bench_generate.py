@@ -1,12 +1,12 @@
 """Greedy generation with a key/value cache, side by side in one process with 2 threads:
-``gd.generate`` on NumPy, torch and ONNX Runtime against transformers' ``generate`` (its dynamic
-cache, default attention) on the same weights, on the user's path (save_pretrained, then
-``hf.from_pretrained``). LLaMA hidden 512, 4 layers, 8 heads / 4 kv heads, intermediate
-1376, vocab 32000; batch 1, prompt 16, 256 new tokens (``--quick``: 32). Rows: time per
-token (the goal: tokens/s >= 1.5x transformers' on NumPy, >= 1.2x on torch, >= 2x on
-onnxruntime), the cost of
-the 256th token against the 16th (flat: <= 1.3x), and batch 8 left-padded against batch 1
-(tokens/s >= 5x: time per token of the batch <= 0.2x)."""
+``gd.generate`` on NumPy, torch and ONNX Runtime against transformers' ``generate`` (its
+dynamic cache, default attention) on the same weights, on the user's path
+(save_pretrained, then ``hf.from_pretrained``). LLaMA hidden 512, 4 layers, 8 heads / 4
+kv heads, intermediate 1376, vocab 32000, and a GPT-2 of the same size (512, 4 layers, 8
+heads, vocab 32000); batch 1, prompt 16, 256 new tokens (``--quick``: 32). Rows: time
+per token (the goal: tokens/s >= 1.5x transformers' on NumPy, >= 1.2x on torch, >= 2x on
+onnxruntime), the cost of the 256th token against the 16th (flat: <= 1.3x), and batch 8
+left-padded against batch 1 (tokens/s >= 5x: time per token of the batch <= 0.2x)."""
 from __future__ import annotations
 
 import statistics
@@ -21,7 +21,17 @@ from benchmarks.harness import Row, machine, table
 THREADS = 2
 
 
-def _setup(path: str):
+#: the two families of the issue at the same size: hidden 512, 4 layers, 8 heads, vocab 32000
+FAMILIES = {
+    "LLaMA 512x4 layers, vocab 32000, prompt 16": ("LlamaConfig", "LlamaForCausalLM", dict(
+        vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
+        num_attention_heads=8, num_key_value_heads=4)),
+    "GPT-2 512x4 layers, vocab 32000, prompt 16": ("GPT2Config", "GPT2LMHeadModel", dict(
+        vocab_size=32000, n_embd=512, n_layer=4, n_head=8, n_positions=1024)),
+}
+
+
+def _setup(path: str, family: str):
     import torch
     import transformers
 
@@ -29,11 +39,10 @@ def _setup(path: str):
 
     torch.manual_seed(0)
     torch.set_num_threads(THREADS)
-    cfg = transformers.LlamaConfig(
-        vocab_size=32000, hidden_size=512, intermediate_size=1376, num_hidden_layers=4,
-        num_attention_heads=8, num_key_value_heads=4, bos_token_id=None, eos_token_id=None,
-        pad_token_id=None)
-    ref = transformers.LlamaForCausalLM(cfg).eval()
+    cfg_name, cls_name, kw = FAMILIES[family]
+    cfg = getattr(transformers, cfg_name)(**kw, bos_token_id=None, eos_token_id=None,
+                                          pad_token_id=None)
+    ref = getattr(transformers, cls_name)(cfg).eval()
     ref.save_pretrained(path)
     model, state = hf.from_pretrained(path)
     return ref, model, state
@@ -79,12 +88,19 @@ def _runners(ref, model, state) -> dict:
             "onnxruntime": ours("onnxruntime"), "hf": hf_gen}
 
 
-def run(quick: bool = False) -> list[Row]:
+def run(quick: bool = False, families: tuple[str, ...] | None = None) -> list[Row]:
+    rows: list[Row] = []
+    for name in families or tuple(FAMILIES):
+        rows += _family_rows(name, quick)
+    return rows
+
+
+def _family_rows(name: str, quick: bool) -> list[Row]:
     from threadpoolctl import threadpool_limits
 
     n, reps = (32, 1) if quick else (256, 3)
     with tempfile.TemporaryDirectory() as path:
-        ref, model, state = _setup(path)
+        ref, model, state = _setup(path, name)
     f = _runners(ref, model, state)
     rng = np.random.default_rng(0)
     ids = rng.integers(0, 32000, (1, 16))
@@ -96,9 +112,8 @@ def run(quick: bool = False) -> list[Row]:
     per: dict[str, list] = {k: [] for k in f}
     with threadpool_limits(THREADS):
         outs = {k: fn(ids, ones, 8, lambda t: None) for k, fn in f.items()}  # warm
-        np.testing.assert_array_equal(outs["numpy"], outs["hf"])
-        np.testing.assert_array_equal(outs["torch"], outs["hf"])
-        np.testing.assert_array_equal(outs["onnxruntime"], outs["hf"])
+        for k in ("numpy", "torch", "onnxruntime"):
+            np.testing.assert_array_equal(outs[k], outs["hf"])
         for _ in range(reps):
             for k, fn in f.items():
                 per[k].append(_timed(fn, ids, ones, n))
@@ -109,20 +124,13 @@ def run(quick: bool = False) -> list[Row]:
     def cost(k: str, i: int) -> float:  # median over runs of the median of 5 steps
         return statistics.median(statistics.median(t[1][i - 3:i + 2]) for t in per[k])
 
-    last = n
-    name = "LLaMA 512x4 layers, vocab 32000, prompt 16"
-    rows = [
-        Row(f"{name}: NumPy gd.generate, time per token ({n} new)", tok["numpy"], tok["hf"],
-            "transformers generate", round(1 / 1.5, 3)),
-        Row(f"{name}: torch gd.generate, time per token ({n} new)", tok["torch"], tok["hf"],
-            "transformers generate", round(1 / 1.2, 3)),
-        Row(f"{name}: onnxruntime gd.generate, time per token ({n} new)", tok["onnxruntime"],
-            tok["hf"], "transformers generate", 0.5),
-    ]
+    goals = {"numpy": round(1 / 1.5, 3), "torch": round(1 / 1.2, 3), "onnxruntime": 0.5}
+    rows = [Row(f"{name}: {k} gd.generate, time per token ({n} new)", tok[k], tok["hf"],
+                "transformers generate", goal) for k, goal in goals.items()]
     for k in ("numpy", "torch", "onnxruntime", "hf"):
-        rows.append(Row(f"{name}: {k} token {last} vs token 16", cost(k, last), cost(k, 16),
+        rows.append(Row(f"{name}: {k} token {n} vs token 16", cost(k, n), cost(k, 16),
                         "the 16th token", 1.3 if k != "hf" else None))
-    for k in ("numpy", "torch", "onnxruntime"):
+    for k in goals:
         t8 = statistics.median(batch[k]) / (8 * n)
         rows.append(Row(f"{name}: {k} batch 8 (left-padded) time per token", t8, tok[k],
                         "batch 1", 0.2))
