@@ -243,3 +243,42 @@ def test_numpy_dora_over_a_half_base_caches_the_merged_kernel_in_the_base_dtype(
     finally:
         na.cached_merge = real
     assert len(made) == 2 and all(w.dtype == BF16 for w in made)  # two adapted layers
+
+
+def test_a_large_half_kernel_is_upcast_in_column_blocks(monkeypatch):
+    """A dense layer over a half kernel upcasts it a block of columns at a time (no
+    float32 copy of a vocabulary-sized head at once); the result is the float32 product
+    of the widened kernel exactly (each output column is the same dot product)."""
+    import graphdsl.backends.numpy_backend.half as half
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 3, 16)).astype(np.float32)
+    k = rng.normal(size=(16, 50)).astype(BF16)
+    model = gd.dense(gd.input("x", (None, 3, 16)), 50, name="fc")
+    st = gd.ModelState({"fc": {"kernel": k, "bias": np.ones(50, BF16)}})
+    want = gd.predict(model, st.astype("float32"), x)
+    blocks = []
+    real = np.matmul
+
+    def spy(a, b, out):
+        blocks.append(b.shape)
+        return real(a, b, out=out)
+
+    monkeypatch.setattr(half, "BLOCK", 16 * 7)  # 7 columns a block
+    monkeypatch.setattr(half.np, "matmul", spy)  # only the blocked path calls it by name
+    out = gd.predict(model, st, x)
+    assert blocks == [(16, 7)] * 7 + [(16, 1)]
+    assert out.dtype == np.float32
+    # float32 round-off only: BLAS may sum a block's columns in another order
+    np.testing.assert_allclose(out, want, rtol=0, atol=1e-6 * np.abs(want).max())
+
+
+def test_half_attribute_arrays_and_constants_round_trip():
+    c = np.array([[1.5, 0.1, -3.0]], BF16)
+    from graphdsl.io import decode_value, encode_value
+    back = decode_value(encode_value(c, "attr"), "attr")
+    assert back.dtype == BF16 and np.array_equal(_np_bits(back), _np_bits(c))
+    model = gd.add(gd.input("x", (None, 3)), gd.constant(c[0], name="c"))
+    y = gd.predict(gd.from_json(gd.to_json(model)), gd.ModelState(), np.zeros((1, 3),
+                                                                             np.float32))
+    np.testing.assert_array_equal(y, c.astype(np.float32))  # computed in float32

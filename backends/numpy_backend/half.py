@@ -13,9 +13,11 @@ import numpy as np
 
 from graphdsl.dtypes import HALF
 
-#: ops whose kernels take half values themselves (an embedding gathers rows, then
-#: upcasts only those)
-TAKES_HALF = frozenset({"embedding"})
+#: ops whose kernels take half values themselves: an embedding gathers rows, then upcasts
+#: only those; a dense layer upcasts its kernel in column blocks (:func:`matmul`)
+TAKES_HALF = frozenset({"embedding", "dense", "tied_dense"})
+#: the most elements of a half kernel upcast at once by :func:`matmul` (8 MiB of float32)
+BLOCK = 1 << 21
 
 
 class Upcast(dict):
@@ -49,3 +51,16 @@ def upcast_fetch(fetch: Callable[[Any, Mapping], Mapping[str, Any]], dtype: np.d
 def as_compute(y: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """``y`` in ``dtype`` when it is a half-precision array (any shape), else ``y``."""
     return y.astype(dtype) if y.dtype.name in HALF else y
+
+
+def matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """``x [M, in] @ w [in, out]`` in ``x``'s dtype for a half-precision ``w``: ``w``
+    upcast in blocks of columns (:data:`BLOCK` elements), so a large kernel (an output
+    head over the vocabulary) never exists in float32 whole. Returns ``[M, out]``."""
+    step = max(1, BLOCK // max(w.shape[0], 1))
+    if step >= w.shape[1]:
+        return x @ w.astype(x.dtype)
+    y = np.empty((x.shape[0], w.shape[1]), x.dtype)
+    for j in range(0, w.shape[1], step):
+        np.matmul(x, w[:, j:j + step].astype(x.dtype), out=y[:, j:j + step])
+    return y
