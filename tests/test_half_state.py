@@ -282,3 +282,37 @@ def test_half_attribute_arrays_and_constants_round_trip():
     y = gd.predict(gd.from_json(gd.to_json(model)), gd.ModelState(), np.zeros((1, 3),
                                                                              np.float32))
     np.testing.assert_array_equal(y, c.astype(np.float32))  # computed in float32
+
+
+@pytest.mark.parametrize("mod", ["dora", "lora"])
+def test_adapters_over_a_half_base_train_and_merge(mod, llama):
+    """Training mode computes the unmerged adapter in float32 from the half base: the
+    same as from the widened base (float32 round-off); merging keeps the base's dtype
+    (PEFT's merge into a bf16 model), within bfloat16 rounding of the merged kernel."""
+    from graphdsl import lora
+    _, path = llama["bfloat16"]
+    model, st = hf.from_pretrained(path)
+    make = dora if mod == "dora" else lora
+    adapted = make.adapt(model, ["q_proj", "down_proj"], rank=2, alpha=4.0)
+    st = gd.build(adapted, seed=1)[0](initial_state=st)
+    data = {k: dict(v) for k, v in st.data.items()}
+    for layer in data:
+        if layer.endswith(f"_{mod}"):
+            data[layer]["B"] = np.full(data[layer]["B"].shape, 0.2, np.float32)
+    st = gd.ModelState(data, st.frozen, st.entries)
+    train = gd.build(adapted, mode="train")[1]
+    got = train(st, {"input_ids": IDS})["prediction"]
+    got2 = train(st, {"input_ids": IDS})["prediction"]  # cached norms on the stored K
+    want = train(st.astype("float32"), {"input_ids": IDS})["prediction"]
+    scale = float(np.abs(want).max())
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-5 * scale)
+    np.testing.assert_array_equal(got, got2)
+    merged, mst = gd.merge_adapters(adapted, st)
+    k = mst.data["model.layers.0.self_attn.q_proj"]["kernel"]
+    assert k.dtype == BF16
+    _, m32 = gd.merge_adapters(adapted, st.astype("float32"))
+    np.testing.assert_array_equal(  # the float32 merge rounded once to bfloat16
+        _np_bits(k), _np_bits(m32.data["model.layers.0.self_attn.q_proj"]["kernel"]
+                               .astype(BF16)))
+    y = gd.predict(merged, mst, {"input_ids": IDS})
+    np.testing.assert_allclose(y, want, rtol=0, atol=2e-2 * scale)
