@@ -187,7 +187,7 @@ def test_save_peft_over_a_bfloat16_base_loads_in_peft(llama, tmp_path):
     autocast_adapter_dtype); save_peft writes them as held and PEFT loads them exactly."""
     import peft
 
-    ref, path = llama["bfloat16"]
+    _, path = llama["bfloat16"]
     model, st = hf.from_pretrained(path)
     adapted = dora.adapt(model, ["q_proj", "v_proj"], rank=2, alpha=4.0)
     st = gd.build(adapted, seed=1)[0](initial_state=st)
@@ -200,7 +200,8 @@ def test_save_peft_over_a_bfloat16_base_loads_in_peft(llama, tmp_path):
             data[layer]["B"] = rng.normal(size=data[layer]["B"].shape).astype(np.float32)
     st = gd.ModelState(data, st.frozen, st.entries)
     hf.save_peft(str(tmp_path), adapted, st)
-    pm = peft.PeftModel.from_pretrained(ref, str(tmp_path), autocast_adapter_dtype=True)
+    base = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    pm = peft.PeftModel.from_pretrained(base, str(tmp_path), autocast_adapter_dtype=True)
     lin = pm.base_model.model.model.layers[0].self_attn.q_proj
     assert lin.lora_B["default"].weight.dtype == torch.float32
     np.testing.assert_array_equal(lin.lora_B["default"].weight.detach().numpy(),
@@ -208,6 +209,12 @@ def test_save_peft_over_a_bfloat16_base_loads_in_peft(llama, tmp_path):
     np.testing.assert_array_equal(
         lin.lora_magnitude_vector["default"].weight.detach().numpy(), st.data[a]["magnitude"])
     assert lin.base_layer.weight.dtype == torch.bfloat16
+    # and the same outputs: PEFT runs the bf16 base in bfloat16, so the bound is bf16's
+    with torch.no_grad():
+        ref_out = pm.eval()(torch.tensor(IDS)).logits.float().numpy()
+    ours = gd.predict(adapted, st, {"input_ids": IDS})
+    scale = float(np.abs(ref_out).max())
+    np.testing.assert_allclose(ours, ref_out, rtol=0, atol=4e-2 * scale)
 
 
 def test_numpy_dora_over_a_half_base_caches_the_merged_kernel_in_the_base_dtype(llama):
@@ -316,3 +323,31 @@ def test_adapters_over_a_half_base_train_and_merge(mod, llama):
                                .astype(BF16)))
     y = gd.predict(merged, mst, {"input_ids": IDS})
     np.testing.assert_allclose(y, want, rtol=0, atol=2e-2 * scale)
+
+
+def test_from_transformers_keeps_a_bfloat16_models_dtype(llama):
+    ref, _ = llama["bfloat16"]
+    _, st = hf.from_transformers(ref)
+    k = st.data["model.layers.1.mlp.down_proj"]["kernel"]
+    assert k.dtype == BF16
+    np.testing.assert_array_equal(_np_bits(k),
+                                  _bits(ref.state_dict()["model.layers.1.mlp.down_proj.weight"].T))
+
+
+def test_without_ml_dtypes_a_bfloat16_checkpoint_needs_dtype_float32(llama):
+    """bfloat16 values need ml_dtypes; widening on read (dtype="float32") does not."""
+    import subprocess
+    import sys
+    _, path = llama["bfloat16"]
+    code = ("import sys; sys.modules['ml_dtypes'] = None\n"
+            "import numpy as np\nfrom graphdsl import hf, GraphDSLError\n"
+            f"_, st = hf.from_pretrained({path!r}, dtype='float32')\n"
+            "assert st.data['model.norm']['gamma'].dtype == np.float32\n"
+            "try:\n"
+            f"    hf.from_pretrained({path!r})\n"
+            "except GraphDSLError as e:\n"
+            "    print(e)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "ml_dtypes" in out.stdout and "graphdsl[half]" in out.stdout
