@@ -351,3 +351,13 @@ def test_without_ml_dtypes_a_bfloat16_checkpoint_needs_dtype_float32(llama):
                          timeout=60)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "ml_dtypes" in out.stdout and "graphdsl[half]" in out.stdout
+
+
+def test_the_bfloat16_upcast_is_exact_for_every_bit_pattern():
+    """The NumPy backend's bfloat16 -> float32 (a 16-bit shift) against torch's own
+    conversion, on all 65536 patterns (NaNs compared by bits: payloads kept)."""
+    from graphdsl.backends.numpy_backend.half import upcast
+    bits = np.arange(-32768, 32768, dtype=np.int32).astype(np.int16)
+    ours = upcast(bits.view(BF16).reshape(256, 256).T, np.float32)
+    want = torch.from_numpy(bits).view(torch.bfloat16).float().numpy().reshape(256, 256).T
+    np.testing.assert_array_equal(ours.view(np.int32), want.view(np.int32))

@@ -27,6 +27,15 @@ class Upcast(dict):
     stored: Mapping[str, Any]
 
 
+def upcast(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Half ``a`` as a new ``dtype`` array (same shape and layout). bfloat16 -> float32
+    shifts the 16 bits into a float32's high half (exact, and about twice as fast as
+    ml_dtypes' cast)."""
+    if a.dtype.name == "bfloat16" and dtype == np.float32:
+        return np.left_shift(a.view(np.uint16), 16, dtype=np.uint32).view(np.float32)
+    return a.astype(dtype)
+
+
 def stored(p: Mapping[str, Any]) -> Mapping[str, Any]:
     """The parameters ``p`` as stored (before any upcast), by local name."""
     return p.stored if type(p) is Upcast else p
@@ -40,7 +49,7 @@ def upcast_fetch(fetch: Callable[[Any, Mapping], Mapping[str, Any]], dtype: np.d
         p = fetch(step, data)
         if step.op in TAKES_HALF or not any(v.dtype.name in HALF for v in p.values()):
             return p
-        out = Upcast({k: v.astype(dtype) if v.dtype.name in HALF else v
+        out = Upcast({k: upcast(v, dtype) if v.dtype.name in HALF else v
                       for k, v in p.items()})
         out.stored = p
         return out
@@ -50,7 +59,7 @@ def upcast_fetch(fetch: Callable[[Any, Mapping], Mapping[str, Any]], dtype: np.d
 
 def as_compute(y: np.ndarray, dtype: np.dtype) -> np.ndarray:
     """``y`` in ``dtype`` when it is a half-precision array (any shape), else ``y``."""
-    return y.astype(dtype) if y.dtype.name in HALF else y
+    return upcast(y, dtype) if y.dtype.name in HALF else y
 
 
 def matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
@@ -59,8 +68,8 @@ def matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     head over the vocabulary) never exists in float32 whole. Returns ``[M, out]``."""
     step = max(1, BLOCK // max(w.shape[0], 1))
     if step >= w.shape[1]:
-        return x @ w.astype(x.dtype)
+        return x @ upcast(w, x.dtype)
     y = np.empty((x.shape[0], w.shape[1]), x.dtype)
     for j in range(0, w.shape[1], step):
-        np.matmul(x, w[:, j:j + step].astype(x.dtype), out=y[:, j:j + step])
+        np.matmul(x, upcast(w[:, j:j + step], x.dtype), out=y[:, j:j + step])
     return y
