@@ -10,10 +10,13 @@ from typing import Any
 
 import numpy as np
 
+from graphdsl.dtypes import HALF
 from graphdsl.ops.tensor import pad_widths
 
 from .. import dropouts, resize, shared
 from ..base import KernelContext, Stateful, with_updates
+from . import half
+from .half import as_compute
 
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
 _ERF_SERIES_TERMS = 60  # both expansions converge to float64 round-off within 60 terms
@@ -182,7 +185,11 @@ def _as_float(y: np.ndarray, ctx: KernelContext) -> np.ndarray:
 
 def _rows_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``x [..., in] @ w [in, out]`` as one 2-D product: NumPy runs a stacked ``matmul``
-    slice by slice (8 rows of one token each read the weights 8 times)."""
+    slice by slice (8 rows of one token each read the weights 8 times). A half ``w`` is
+    upcast by blocks (.half.matmul); a half bias is added to the float32 rows as is."""
+    if w.dtype.name in HALF:
+        rows = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
+        return half.matmul(rows, w).reshape(*x.shape[:-1], w.shape[-1])
     if x.ndim <= 2:
         return x @ w
     return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])
@@ -247,7 +254,7 @@ def embed(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 
 def _embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
-    return embed(ins[0], p["kernel"])
+    return as_compute(embed(ins[0], p["kernel"]), ctx.dtype)  # a half table: rows upcast
 
 
 def _constant(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
