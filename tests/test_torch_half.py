@@ -12,7 +12,9 @@ reference gives (those differ by O(1)).
 """
 from __future__ import annotations
 
+import functools
 import time
+from typing import Any
 
 import numpy as np
 import pytest
@@ -49,18 +51,18 @@ def _flat(y) -> list:
     return [y]
 
 
-@pytest.fixture(scope="module")
-def llama():
-    """A tiny random LLaMA: PEFT's bfloat16 DoRA (adapters float32: autocast_adapter_dtype)
-    with trained-looking adapters, and graphdsl's DoRA of the same weights (float32 state,
-    PEFT's adapter values)."""
+@functools.cache
+def _llama(dtype: torch.dtype = torch.bfloat16):
+    """A tiny random LLaMA: PEFT's DoRA on its ``dtype`` base (adapters float32:
+    autocast_adapter_dtype) with trained-looking adapters, and graphdsl's DoRA of the same
+    weights (float32 state, PEFT's adapter values)."""
     cfg = transformers.LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                                    num_attention_heads=4, num_key_value_heads=2,
                                    vocab_size=96, attn_implementation="eager")
     torch.manual_seed(0)
     base = transformers.LlamaForCausalLM(cfg)
     model, state = hf.from_transformers(base)  # float32, read before PEFT wraps the layers
-    net = peft.get_peft_model(base.to(torch.bfloat16), peft.LoraConfig(
+    net = peft.get_peft_model(base.to(dtype), peft.LoraConfig(
         r=RANK, lora_alpha=ALPHA, target_modules=TARGETS, use_dora=True))
     with torch.no_grad():  # an adapter that moves the output (PEFT's B starts at zero)
         for n, p in net.named_parameters():
@@ -80,9 +82,14 @@ def llama():
     return net, adapted, state, ids
 
 
-def _bf16_state(state: gd.ModelState) -> gd.ModelState:
-    """``state`` with every float value rounded to bfloat16 (as transformers' .to(bf16))."""
-    data = {k: {n: v.astype(ml_dtypes.bfloat16) if v.dtype.kind == "f" else v
+@pytest.fixture
+def llama():
+    return _llama()
+
+
+def _half_state(state: gd.ModelState, dtype: Any = ml_dtypes.bfloat16) -> gd.ModelState:
+    """``state`` with every float value rounded to ``dtype`` (as transformers' .to())."""
+    data = {k: {n: v.astype(dtype) if v.dtype.kind == "f" else v
                 for n, v in d.items()} for k, d in state.data.items()}
     return gd.ModelState(data, state.frozen, state.entries)
 
@@ -108,7 +115,7 @@ def test_to_torch_dtypes_and_adapter_dtype(llama):
     _, adapted, state, ids = llama
     q = "model.layers.0.self_attn.q_proj"
     for m in (gd.to_torch(adapted, state, dtype="bfloat16"),
-              gd.to_torch(adapted, _bf16_state(state))):  # cast, or kept from the state
+              gd.to_torch(adapted, _half_state(state))):  # cast, or kept from the state
         assert m.get_parameter(f"{q}.kernel").dtype == torch.bfloat16
         for p in ("A", "B", "magnitude"):  # PEFT's autocast_adapter_dtype
             assert m.get_parameter(f"{q}_dora.{p}").dtype == torch.float32
@@ -127,13 +134,17 @@ def test_to_torch_dtypes_and_adapter_dtype(llama):
     np.testing.assert_array_equal(back.data[f"{q}_dora"]["A"], state.data[f"{q}_dora"]["A"])
 
 
-def test_bf16_llama_dora_forward_and_gradients_match_peft(llama):
-    net, adapted, state, ids = llama
-    m = gd.to_torch(adapted, _bf16_state(state))
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_llama_dora_forward_and_gradients_match_peft(dtype):
+    """u below is the dtype's own unit roundoff (float16: 2^-11)."""
+    net, adapted, state, ids = _llama(dtype)
+    U = torch.finfo(dtype).eps / 2
+    m = gd.to_torch(adapted, _half_state(state, np.float16 if dtype == torch.float16 else
+                                         ml_dtypes.bfloat16))
     net.zero_grad(set_to_none=True)
     ref = net(input_ids=ids).logits
     got = m(ids)
-    assert got.dtype == ref.dtype == torch.bfloat16
+    assert got.dtype == ref.dtype == dtype
     # logits of order 1 through 2 layers: a few bf16 roundings apart (4u of the largest;
     # measured 1.5u)
     assert _rel(got, ref) < 4 * U

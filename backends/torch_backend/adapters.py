@@ -198,37 +198,41 @@ class _DoRAFactored(torch.autograd.Function):
                 h.add_(xA @ B.to(md), alpha=s)
             if cols is not None:  # columns whose h cancels too: from their own kernel
                 h[:, cols] = (xm.to(W.dtype) @ W).to(h.dtype)
-            y = torch.addcmul(b.to(nd), h, scale) if b is not None else h * scale
-        fctx.save_for_backward(x2, Kc, A, B, xA, h, scale, c)
-        fctx.s, fctx.has_bias, fctx.ac = s, b is not None, ac
-        return y.to(cd)
+            y = h.new_empty(h.shape, dtype=cd)  # computed in nd, written in cd
+            if b is not None:
+                torch.addcmul(b.to(nd), h, scale, out=y)
+            else:
+                torch.mul(h, scale, out=y)
+        fctx.save_for_backward(xm, Kc, A, B, xA, h, scale, c)  # xm: x2 for the adapter
+        fctx.s, fctx.has_bias, fctx.ac, fctx.x_dtype = s, b is not None, ac, x2.dtype
+        return y
 
     @staticmethod
     def backward(fctx, gy):  # noqa: ANN001
-        x2, Kc, A, B, xA, h, scale, c = fctx.saved_tensors
+        xm, Kc, A, B, xA, h, scale, c = fctx.saved_tensors
         s, ac, need = fctx.s, fctx.ac, fctx.needs_input_grad
         nd, cd = A.dtype, Kc.dtype
         md = ac or nd
-        with _no_autocast(x2, ac):
-            gy = gy.to(nd)
+        with _no_autocast(xm, ac):
             # one [n, out] buffer for gy*h (the magnitude's gradient) and then gh: every
             # fresh buffer of that size costs page faults comparable to the small ops around
+            # it; gy (cd) promotes to nd in the products
             gh = torch.mul(gy, h)
             gm = gh.sum(0).div_(c) if need[5] else None
             torch.mul(gy, scale, out=gh)
             ghm = gh.to(md)
             g_xA = (ghm @ B.to(md).t()).mul_(s) if need[0] or need[3] else None
             gx = None
-            if need[0]:
+            if need[0]:  # x@K's part in cd, the adapter's added in (bf16 += fp32: one rounding)
                 gx = gh.to(cd) @ Kc.t()
                 if gx.dtype == md:
                     gx.addmm_(g_xA, A.to(md).t())
                 else:
-                    gx = torch.add(gx.to(nd), g_xA @ A.to(md).t())
-                gx = gx.to(x2.dtype)
-            gK = x2.to(cd).t() @ gh.to(cd) if need[1] else None
-            gb = gy.sum(0) if need[2] and fctx.has_bias else None
-            gA = x2.to(md).t() @ g_xA if need[3] else None
+                    gx.add_(g_xA @ A.to(md).t())
+                gx = gx.to(fctx.x_dtype)
+            gK = xm.to(cd).t() @ gh.to(cd) if need[1] else None
+            gb = gy.sum(0, dtype=nd) if need[2] and fctx.has_bias else None
+            gA = xm.t() @ g_xA if need[3] else None
             gB = (xA.t() @ ghm).mul_(s) if need[4] else None
         return gx, gK, gb, gA, gB, gm, None, None, None  # autograd casts to each input's dtype
 
@@ -280,8 +284,10 @@ def _dense(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
         y = _dense_dora(x2, xd, p, a, ctx, m).to(_autocast(x) or x.dtype)  # the base's
     else:  # PEFT: the base in its dtype, the adapter in A's (x cast), the sum back
         base = linear(x2, K, b)
-        y = torch.addmm(base.to(A.dtype), xd.to(A.dtype) @ A, B, alpha=a["scale"])
-        y = y.to(base.dtype)
+        if base.dtype == A.dtype:
+            y = torch.addmm(base, xd @ A, B, alpha=a["scale"])
+        else:  # bf16 += fp32: the sum in fp32, rounded once (a fresh output: in place is safe)
+            y = base.add_((xd.to(A.dtype) @ A) @ B, alpha=a["scale"])
     return with_updates(y.reshape(*x.shape[:-1], K.shape[1]), updates)
 
 
