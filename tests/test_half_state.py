@@ -367,3 +367,34 @@ def test_the_bfloat16_upcast_is_exact_for_every_bit_pattern():
     ours = upcast(bits.view(BF16).reshape(256, 256).T, np.float32)
     want = torch.from_numpy(bits).view(torch.bfloat16).float().numpy().reshape(256, 256).T
     np.testing.assert_array_equal(ours.view(np.int32), want.view(np.int32))
+
+
+def test_load_peft_over_a_bfloat16_base_keeps_saved_modules_in_the_base_dtype(llama,
+                                                                               tmp_path):
+    """PEFT over a bf16 base: adapters float32 (autocast_adapter_dtype), a module it
+    trains whole (modules_to_save) stays bf16; load_peft gives the same dtypes and bits,
+    and PEFT's outputs within bfloat16 tolerance."""
+    import peft
+
+    ref, path = llama["bfloat16"]
+    base = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.bfloat16)
+    pm = peft.get_peft_model(base, peft.LoraConfig(r=2, lora_alpha=4, target_modules=[
+        "q_proj"], modules_to_save=["lm_head"]))
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for n, p in pm.named_parameters():
+            if "lora_B" in n or "modules_to_save" in n:
+                p.copy_(torch.randn(p.shape, generator=g).to(p.dtype) * 0.5)
+    pm.save_pretrained(str(tmp_path))
+    head = pm.base_model.model.lm_head.modules_to_save["default"].weight
+    assert head.dtype == torch.bfloat16
+    model, st = hf.from_pretrained(path)
+    adapted, st2 = hf.load_peft(str(tmp_path), model, st)
+    k = st2.data["lm_head"]["kernel"]
+    assert k.dtype == BF16
+    np.testing.assert_array_equal(_np_bits(k), _bits(head.T))
+    assert st2.data["model.layers.0.self_attn.q_proj_lora"]["B"].dtype == np.float32
+    with torch.no_grad():
+        want = pm.eval()(torch.tensor(IDS)).logits.float().numpy()
+    ours = gd.predict(adapted, st2, {"input_ids": IDS})
+    np.testing.assert_allclose(ours, want, rtol=0, atol=4e-2 * float(np.abs(want).max()))
