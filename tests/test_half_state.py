@@ -398,3 +398,23 @@ def test_load_peft_over_a_bfloat16_base_keeps_saved_modules_in_the_base_dtype(ll
         want = pm.eval()(torch.tensor(IDS)).logits.float().numpy()
     ours = gd.predict(adapted, st2, {"input_ids": IDS})
     np.testing.assert_allclose(ours, want, rtol=0, atol=4e-2 * float(np.abs(want).max()))
+
+
+def test_a_tied_bfloat16_gpt2_on_numpy_matches_the_float32_forward(tmp_path, monkeypatch):
+    """GPT-2 ties its head to the embedding (tied_dense reads the table transposed) and
+    uses Conv1D kernels as stored: both upcast in blocks (forced small here) give the
+    float32 forward of the same weights within float32 round-off."""
+    import graphdsl.backends.numpy_backend.half as half
+
+    torch.manual_seed(0)
+    cfg = transformers.GPT2Config(vocab_size=40, n_positions=16, n_embd=16, n_layer=2,
+                                  n_head=4, bos_token_id=None, eos_token_id=None)
+    ref = transformers.GPT2LMHeadModel(cfg).eval()
+    ref.to(torch.bfloat16).save_pretrained(tmp_path)
+    model, st = hf.from_pretrained(str(tmp_path))
+    assert st.data["transformer.wte"]["kernel"].dtype == BF16
+    monkeypatch.setattr(half, "BLOCK", 16 * 6)
+    ours = gd.predict(model, st, {"input_ids": IDS})
+    with torch.no_grad():
+        want = ref.float()(torch.tensor(IDS)).logits.numpy()
+    np.testing.assert_allclose(ours, want, rtol=0, atol=1e-5 * float(np.abs(want).max()))
