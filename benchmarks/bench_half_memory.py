@@ -8,7 +8,9 @@ transformers in bfloat16 and its float32 twin; each figure is the peak RSS growt
   once) against the checkpoint's bytes (goal <= 1.15x), and ``gd.load`` of the same state
   saved with ``gd.save``;
 - NumPy inference (load + one forward of batch 1 x 128) of the bfloat16 model against
-  the float32 twin (goal <= 0.55x), and the logits' difference.
+  the float32 twin (goal <= 0.55x), and the logits' difference;
+- the same with DoRA r=16 on all seven projections (unmerged over bfloat16, merged and
+  cached over float32).
 
 ``python -m benchmarks.bench_half_memory [--large]``."""
 from __future__ import annotations
@@ -44,6 +46,11 @@ def _child(what: str, folder: str) -> None:
     else:
         def fn():
             model, st = hf.from_pretrained(folder)
+            if what == "dora":
+                from graphdsl import dora
+                model = dora.adapt(model, ["q_proj", "k_proj", "v_proj", "o_proj",
+                                           "gate_proj", "up_proj", "down_proj"], rank=16)
+                st = gd.build(model)[0](initial_state=st)
             out["y"] = gd.predict(model, st, {"input_ids": IDS})
     t0 = time.perf_counter()
     grown = peak_rss_growth(fn)
@@ -77,7 +84,7 @@ def main() -> None:
         for d in dirs.values():
             gd.save(os.path.join(d, "m.gdsl"), *hf.from_pretrained(d))
         res = {(w, k): [float(x) for x in in_child("benchmarks.bench_half_memory", w, d).split()]
-               for w in ("load", "gdload", "forward") for k, d in dirs.items()}
+               for w in ("load", "gdload", "forward", "dora") for k, d in dirs.items()}
         logits = {k: np.load(os.path.join(d, "logits.npy")) for k, d in dirs.items()}
         for k, d in dirs.items():
             size = os.path.getsize(os.path.join(d, "model.safetensors"))
@@ -85,7 +92,8 @@ def main() -> None:
                   f"{res[('load', k)][0] / size:.2f}x its bytes ({res[('load', k)][1]:.2f} s); "
                   f"gd.load + read all {res[('gdload', k)][0] / size:.2f}x; NumPy load + "
                   f"forward peak {res[('forward', k)][0] / 2**20:.0f} MiB "
-                  f"({res[('forward', k)][1]:.2f} s)")
+                  f"({res[('forward', k)][1]:.2f} s); with DoRA "
+                  f"{res[('dora', k)][0] / 2**20:.0f} MiB ({res[('dora', k)][1]:.2f} s)")
     ratio = res[("forward", "bfloat16")][0] / res[("forward", "float32")][0]
     diff = float(np.abs(logits["bfloat16"] - logits["float32"]).max())
     print(f"NumPy inference memory bfloat16 / float32: {ratio:.2f}x (goal <= 0.55x); "

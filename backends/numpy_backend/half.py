@@ -1,8 +1,9 @@
 """Half-precision state values on the NumPy backend: kept as stored (float16, bfloat16),
 computed in the plan's float dtype. NumPy has no fast half-precision matmul, so each
 kernel call gets its layer's half values upcast (:func:`upcast_fetch`): one layer's
-float32 copy lives for one call, never a float32 copy of the whole model. Caches that key
-on a value's identity (a merged adapter kernel) key on the stored value (:func:`stored`).
+float32 copy lives for one call, never a float32 copy of the whole model (a dense layer's
+kernel not even that: :func:`matmul`). Caches that key on a value's identity (DoRA's
+norm) key on the stored value (:func:`stored`).
 """
 from __future__ import annotations
 

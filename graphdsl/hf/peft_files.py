@@ -27,6 +27,7 @@ from ..adapters import attach_adapters, untie
 from ..adapters.adapt import tied_pairs
 from ..adapters.contract import is_adapter, kind_of, layer_of, owns
 from ..adapters.kinds import KINDS
+from ..dtypes import is_float
 from ..errors import GraphDSLError, StateError
 from ..graph import Graph, analyze, state_value
 from ..io.archive import atomic_writer
@@ -200,7 +201,11 @@ def load_peft(folder: str, model: Node, state: ModelState) -> tuple[Node, ModelS
                              layer=layer, where=where,
                              fix="check that the adapter belongs to this model and config")
         arr = arr.T if transpose else arr
-        data.setdefault(layer, {})[param] = arr.astype(np.float32, copy=False)
+        # adapters in float32 (PEFT's autocast_adapter_dtype); a layer's own weights
+        # (modules_to_save, base_layer) in the dtype its base value has, as PEFT loads them
+        held = state.data.get(layer, {}).get(param)
+        dt = held.dtype if held is not None and is_float(held.dtype) else np.float32
+        data.setdefault(layer, {})[param] = arr.astype(dt, copy=False)
         if key.endswith(".base_layer.weight") and layer in untied:
             # PEFT loads it into the weight the output layer shares with the embedding
             data.setdefault(untied[layer], {})["kernel"] = data[layer][param].T
