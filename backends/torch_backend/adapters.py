@@ -2,7 +2,9 @@
 layout: K [in, out], A [in, r], B [r, out], magnitude [out]); x (..., in) -> (..., out).
 On conv and embedding layers (:func:`_conv`, :func:`_embedding`, one row each of
 :data:`_FORWARD`): PEFT's Conv/Embedding LoRA and DoRA, the norm taken on the flat kernel
-``[fan_in, out]``.
+``[fan_in, out]``. Dtypes as PEFT's: over a base in another dtype than the adapter's (a
+bfloat16 base, float32 A, B, magnitude) the adapter computes in its own dtype and the
+result comes back in the base's; under ``torch.autocast`` the products run in its dtype.
 """
 from __future__ import annotations
 
@@ -148,9 +150,12 @@ def _dora_ratio(K: torch.Tensor, A: torch.Tensor, B: torch.Tensor, m: torch.Tens
 
 
 def _autocast(x: torch.Tensor) -> torch.dtype | None:
-    """The dtype of the ``torch.autocast`` region running on ``x``'s device, or None."""
+    """The dtype of the ``torch.autocast`` region running on ``x``'s device, or None
+    (also for float64 ``x``: autocast leaves float64 alone)."""
     dev = x.device.type
-    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+    if x.dtype == torch.float64 or not torch.is_autocast_enabled(dev):
+        return None
+    return torch.get_autocast_dtype(dev)
 
 
 def _no_autocast(x: torch.Tensor, ac: torch.dtype | None) -> Any:
