@@ -14,6 +14,7 @@ from . import (  # noqa: F401  (gd.display.as_table, as_graph, to_dot, render)
     display,
     dora,
     lora,
+    mixed_precision,
     windows,
 )
 from . import ops as _ops  # noqa: F401  (registers the ops)

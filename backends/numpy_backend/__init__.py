@@ -18,6 +18,7 @@ import numpy as np
 
 from graphdsl.arrays import as_numpy
 from graphdsl.errors import BackendError, InputError
+from graphdsl.mixed_precision import widened
 
 from ..base import Backend, KernelContext, plan_runner, state_fetch
 from . import adapters, conv, conv_variants, kernels, pool, recurrent, special
@@ -68,9 +69,9 @@ def in_place(plan: Plan) -> dict[int, Callable]:
 
 def _state_array(arr: Any, ref: Any) -> np.ndarray:
     """A state value (any shape) as the read-only plain array kernels get, in the
-    parameter's dtype."""
-    dt = np.dtype(ref.dtype)
-    out = arr.astype(dt) if arr.dtype != dt else arr.view(np.ndarray)
+    parameter's dtype; a half-precision one rounded to it and computed in float32
+    (NumPy has no fast half-precision path)."""
+    out = widened(arr.view(np.ndarray), ref.dtype)
     out.flags.writeable = False
     return out
 

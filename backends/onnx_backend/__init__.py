@@ -22,7 +22,9 @@ import onnx
 from onnx import external_data_helper, helper
 
 from graphdsl.compiler import make_plan
+from graphdsl.dtypes import HALF
 from graphdsl.errors import GraphDSLError, OptionError
+from graphdsl.mixed_precision import widened
 from graphdsl.node import Node
 from graphdsl.state import ModelState
 
@@ -107,7 +109,9 @@ def _kept_optional(g: Any, optional_inputs: bool | Sequence[str]) -> set[str]:
 
 def _layer(plan: Any, step: Any, tensors: dict, data: Any, b: Builder,
            weights: dict) -> Layer:
-    arrays = {ref.local: plan.param_value(step, i, data) for i, ref in enumerate(step.params)}
+    # a policy's half-precision compute dtype: the values rounded to it, held in float32
+    arrays = {ref.local: widened(v, ref.dtype) if ref.dtype in HALF else v for ref, v in (
+        (ref, plan.param_value(step, i, data)) for i, ref in enumerate(step.params))}
     owners = {r.local: (r.owner, r.name) for r in step.params}
 
     def param(local: str) -> str:

@@ -14,6 +14,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 #: graphdsl dtype -> ONNX element type (float64 values are computed in float32)
 ELEM = {"float32": TensorProto.FLOAT, "float64": TensorProto.FLOAT,
+        "float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16,
         "int32": TensorProto.INT32, "int64": TensorProto.INT64}
 INT64_MAX = np.iinfo(np.int64).max
 _REDUCE_AXES_INPUT = {"ReduceSum": 13}  # the others take axes as an input from opset 18

@@ -26,6 +26,7 @@ from onnx import TensorProto, helper
 
 from graphdsl.adapters.contract import adapter_ops, base_options, merged_kernel
 from graphdsl.custom import onnx_rule_for
+from graphdsl.dtypes import is_float
 from graphdsl.errors import GraphDSLError, RuleError
 from graphdsl.ops.tensor import pad_widths
 
@@ -298,6 +299,16 @@ def custom_min_opset(fn: Any) -> int:
     return FLOOR if found is None else found[1]
 
 
+def _cast(b: Builder, layer: Layer) -> str:
+    """graphdsl.mixed_precision's cast as Cast nodes; a compute cast to a half dtype is
+    cast back to float32 (the export computes in float32, as NumPy does)."""
+    have, want = layer.in_dtypes[0], layer.attrs["dtype"]
+    if not is_float(have):
+        return layer.ins[0]
+    y = b.cast(layer.ins[0], have, want)
+    return b.cast(y, want, "float32") if layer.attrs["compute"] else y
+
+
 RULES: dict[str, Rule] = {
     # a graph input as declared: a float64 one is declared float32 (ELEM), the dtype its
     # values are computed in
@@ -320,6 +331,7 @@ RULES: dict[str, Rule] = {
     "multiply": _variadic("Mul"),
     "concatenate": Rule(_concatenate),
     "reshape": Rule(_reshape),
+    "cast": Rule(_cast),
     "flatten": Rule(lambda b, layer: b.op("Flatten", [layer.ins[0]], axis=1)),
     "transpose": Rule(_transpose),
     "pad": Rule(_pad),

@@ -26,6 +26,7 @@ import torch
 
 from graphdsl.arrays import as_numpy
 from graphdsl.compiler import InputChecker, make_plan
+from graphdsl.dtypes import FLOATS
 from graphdsl.errors import BackendError, GraphDSLError, InputError, StateError, fmt_shape
 from graphdsl.graph import check_input_names, check_known_keys, state_value
 from graphdsl.node import Node
@@ -34,6 +35,7 @@ from graphdsl.state import ModelState, need_state
 from ..base import Stateful, copy_outputs
 from . import KERNELS, TorchContext, compiling, integer_input, resolve_device
 from . import blocks as tblocks
+from .kernels import step_dtype
 
 _DTYPES = ("float32", "float64")
 
@@ -149,7 +151,8 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
     for (owner, name), spec in g.params.items():
         value = state.data[owner][name].view(np.ndarray)
         u64 = spec.kind == "state" and value.dtype == np.uint64
-        t = _module_tensor(value.view(np.int64) if u64 else value, dev, tdtype)
+        t = _module_tensor(value.view(np.int64) if u64 else value, dev,  # policy: as stored
+                           getattr(torch, spec.dtype) if spec.dtype in FLOATS else tdtype)
         if spec.kind == "state":
             _register(holder(owner), owner, name, t, "buffer")
         else:
@@ -233,7 +236,7 @@ def _generate(plan: Any, tdtype: Any, blocks: dict[str, tuple[int, int]]
     function}``."""
 
     glb: dict[str, Any] = {"_bind": _bind, "_compiling": compiling,
-                           "_write_state": _write_state}
+                           "_write_state": _write_state, "torch": torch}
     for i, step in enumerate(plan.steps):
         if step.op not in KERNELS:
             raise plan.step_error(step, f"the torch backend has no kernel for op {step.op!r}",
@@ -242,7 +245,8 @@ def _generate(plan: Any, tdtype: Any, blocks: dict[str, tuple[int, int]]
         glb[f"_k{i}"] = KERNELS[step.op]
         glb[f"_a{i}"] = dict(step.attrs)
         cache: dict = {}  # one cache per layer (e.g. colsum(K*K)), in both modes
-        glb[f"_c{i}"] = tuple(TorchContext(tr, tdtype, step.name, step.op, torch, cache,
+        glb[f"_c{i}"] = tuple(TorchContext(tr, step_dtype(step, tdtype), step.name, step.op,
+                                           torch, cache,
                                            where=step.node.where, torch_rng=True)
                               for tr in (False, True))
 
@@ -251,7 +255,10 @@ def _generate(plan: Any, tdtype: Any, blocks: dict[str, tuple[int, int]]
         items = []
         for ref in step.params:
             coll = "_buffers" if ref.kind == "state" else "_parameters"
-            items.append(f"{ref.local!r}: {local[ref.owner]}.{coll}[{ref.name!r}]")
+            cast = ref.dtype in FLOATS and ref.dtype != (
+                plan.graph.params[(ref.owner, ref.name)].dtype or plan.dtype)
+            items.append(f"{ref.local!r}: {local[ref.owner]}.{coll}[{ref.name!r}]"
+                         + (f".to(torch.{ref.dtype})" if cast else ""))  # a policy's
         if step.op == "constant":
             items.append(f"'value': {local[step.name]}._buffers['value']")
         ins = ", ".join(f"v{s}" for s in step.ins)
