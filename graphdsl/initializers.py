@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from .dtypes import HALF
 from .errors import OptionError, RuleError
 from .registry import DerivedInit
 
@@ -79,9 +80,12 @@ def initialize(init: Any, shape: tuple, dtype: Any, seed: int, layer: str, param
     """One new array of ``shape`` and ``dtype`` from initializer ``init``, drawn from
     ``seed`` and ``"layer.param"``. ``derived_from`` (``{local name: array}`` of the
     layer's parameters made before it) feeds a DerivedInit, e.g. DoRA's magnitude
-    ``[out]`` from the kernel ``[in, out]``."""
+    ``[out]`` from the kernel ``[in, out]``, computed in ``dtype`` from a half-precision
+    kernel (as PEFT computes the magnitude in the adapter's float32)."""
     if isinstance(init, DerivedInit):
-        return np.asarray(init.fn(derived_from or {}), dtype=dtype).reshape(shape)
+        src = {k: v.astype(dtype) if v.dtype.name in HALF else v
+               for k, v in (derived_from or {}).items()}
+        return np.asarray(init.fn(src), dtype=dtype).reshape(shape)
     fn = INITIALIZERS[init] if isinstance(init, str) else init
     arr = np.asarray(fn(tuple(shape), np.dtype(dtype), param_rng(seed, layer, param)))
     if arr.shape != tuple(shape):

@@ -9,12 +9,14 @@ in-place write (``arr[...] = v``, ``arr += 1``) raises a :class:`StateError` tha
 """
 from __future__ import annotations
 
+import mmap
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import numpy as np
 
 from .arrays import as_numpy
+from .dtypes import is_float, np_dtype
 from .errors import ImmutableStateError, StateError
 
 Predicate = Callable[[str, str], bool]
@@ -64,12 +66,16 @@ for _name in ("__setitem__", "fill", "__iadd__", "__isub__", "__imul__", "__imat
 
 def _immutable_memory(a: np.ndarray) -> bool:
     """Whether ``a``'s memory can be written through no reference at all: read-only,
-    and every array in its base chain read-only down to an immutable ``bytes``."""
+    and every array in its base chain read-only down to an immutable ``bytes`` or a
+    read-only map of a file (``mmap.ACCESS_READ``, as graphdsl's loaders map weights; a
+    save replaces a file by renaming a new one over it, so the mapped bytes stay)."""
     while isinstance(a, np.ndarray):
         if a.flags.writeable or a.flags.owndata:
             return False
         a = a.base
-    return isinstance(a, bytes)
+    if isinstance(a, memoryview) and a.readonly:
+        a = a.obj
+    return isinstance(a, bytes) or (isinstance(a, mmap.mmap) and memoryview(a).readonly)
 
 
 def _numeric(value: Any, where: str) -> np.ndarray:
@@ -78,9 +84,9 @@ def _numeric(value: Any, where: str) -> np.ndarray:
     except (TypeError, ValueError) as e:
         raise StateError(f"state value {where} is not an array ({type(value).__name__}: {e})",
                          fix="pass a NumPy array (or a tensor, list or number)") from None
-    if arr.dtype.kind not in "biuf":
+    if arr.dtype.kind not in "biuf" and not is_float(arr.dtype):  # bfloat16's kind is 'V'
         raise StateError(f"state value {where} has dtype {arr.dtype}; values must be real "
-                         "numbers (bool, int or float)",
+                         "numbers (bool, int or float: float16, bfloat16, float32, float64)",
                          fix="pass a real numeric array (e.g. arr.real.astype(np.float32))")
     return arr
 
@@ -225,6 +231,22 @@ class ModelState:
         """New dicts and new arrays (equal values)."""
         return ModelState({k: {p: np.array(a, copy=True) for p, a in v.items()}
                            for k, v in self._data.items()}, self.frozen, self.entries)
+
+    def astype(self, dtype: Any) -> ModelState:
+        """A new ModelState whose floating parameters are cast to ``dtype`` ("bfloat16",
+        "float16", "float32", "float64", a NumPy or torch dtype); integer values and state
+        entries (a dropout key, batch-norm statistics) stay as they are, as do the frozen
+        flags. A value already of ``dtype`` is shared, not copied. Shapes unchanged."""
+        dt = np_dtype(dtype)
+        if not is_float(dt):
+            raise StateError(f"ModelState.astype({dtype!r}): not a floating dtype",
+                             fix="use one of float16, bfloat16, float32, float64")
+        out = self.copy()
+        for layer, params in out.data.items():
+            for p, a in params.items():
+                if a.dtype != dt and is_float(a.dtype) and not self.is_state(layer, p):
+                    params[p] = a.astype(dt)
+        return out
 
     def __deepcopy__(self, memo: dict) -> ModelState:
         return self.deepcopy()

@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from .arrays import as_numpy
+from .dtypes import HALF, is_float
 from .errors import RuleError, StateError, fmt_shape
 from .graph import (
     Graph,
@@ -66,13 +67,16 @@ def init_state(g: Graph, template: Any = None, initial_state: ModelState | None 
 
 def _given_value(g: Graph, n: Node, spec: ParamSpec, value: Any, dt: str) -> np.ndarray:
     """An ``initial_state`` value (numeric: a ModelState seals only real numbers) of the
-    spec's shape, finite, in dtype ``dt``."""
+    spec's shape, finite, in dtype ``dt``; a float16/bfloat16 value of a floating
+    parameter keeps its dtype (a half-precision checkpoint stays half)."""
     arr = as_numpy(value)
     owner, pname = g.param_ref(n, spec)
     check_value(g, n, spec, arr, "initial_state")
-    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+    if is_float(arr.dtype) and not np.all(np.isfinite(arr)):
         raise g.error(n, f"initial_state value {owner}.{pname} holds NaN or infinity",
                       "pass finite values", cls=StateError)
+    if arr.dtype.name in HALF and is_float(dt):
+        return arr
     return arr if arr.dtype == np.dtype(dt) else arr.astype(dt)
 
 

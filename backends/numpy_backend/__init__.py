@@ -6,7 +6,8 @@ each intermediate released after its last use. Kernels: :mod:`.kernels` (core an
 transformer ops), :mod:`.conv` (conv, norms), :mod:`.conv_variants` (conv_transpose,
 depthwise and separable convs), :mod:`.pool` (pools), one module per further family
 (special, recurrent, ...) and :mod:`.adapters` (dora, lora on dense, conv and embedding
-layers).
+layers). Half-precision state values stay as stored and are computed in float32
+(:mod:`.half`).
 """
 from __future__ import annotations
 
@@ -17,11 +18,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from graphdsl.arrays import as_numpy
+from graphdsl.dtypes import HALF, np_dtype
 from graphdsl.errors import BackendError, InputError
-from graphdsl.mixed_precision import widened
 
 from ..base import Backend, KernelContext, plan_runner, state_fetch
 from . import adapters, conv, conv_variants, kernels, pool, recurrent, special
+from .half import upcast_fetch
 from .kernels import ACTIVATIONS, FRESH_OUTPUT, IN_PLACE, inverted_dropout
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -50,7 +52,7 @@ class NumpyBackend(Backend):
         return plan_runner(
             plan, KERNELS,
             lambda step: KernelContext(plan.training, dtype, step.name, step.op, np),
-            state_fetch(plan, _state_array),
+            upcast_fetch(state_fetch(plan, _state_array), dtype),
             lambda a, is_int, name, node: convert_input(a, is_int, dtype, name, node),
             lambda a: np.array(a, copy=True), then=in_place(plan))
 
@@ -69,9 +71,11 @@ def in_place(plan: Plan) -> dict[int, Callable]:
 
 def _state_array(arr: Any, ref: Any) -> np.ndarray:
     """A state value (any shape) as the read-only plain array kernels get, in the
-    parameter's dtype; a half-precision one rounded to it and computed in float32
-    (NumPy has no fast half-precision path)."""
-    out = widened(arr.view(np.ndarray), ref.dtype)
+    parameter's dtype; a float16/bfloat16 value of a float parameter as stored (upcast
+    per kernel call: .half), one a policy reads in half precision rounded to it."""
+    dt = np_dtype(ref.dtype)
+    keep = arr.dtype == dt or (arr.dtype.name in HALF and ref.dtype in ("float32", "float64"))
+    out = arr.view(np.ndarray) if keep else arr.astype(dt)
     out.flags.writeable = False
     return out
 

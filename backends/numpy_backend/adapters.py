@@ -5,8 +5,11 @@ layers: a conv works on the im2col rows of its input against the flat kernel
 Inference (``ctx.training`` False) uses the merged kernel ``W`` (DoRA: ``(K + s*A@B) *
 (m/c)``; LoRA: ``K + s*A@B``), so an adapted layer costs what the plain layer costs. ``W`` is
 cached in ``ctx.cache`` keyed on the identity of the arrays it came from (K, bias, A, B,
-m). State values are immutable (graphdsl.state), so an unchanged identity means
-unchanged weights, and a value replaced in ``state.data`` is a cache miss.
+m) as the state stores them. State values are immutable (graphdsl.state), so an
+unchanged identity means unchanged weights, and a value replaced in ``state.data`` is a
+cache miss. Over a half-precision base kernel, ``W`` is kept in the base's dtype (as
+PEFT's merge into a bfloat16 model) and upcast per call like the base (.half), so the
+cache costs what the base kernel costs, not a float32 copy of it.
 
 Training (``ctx.training`` True) computes the unmerged form with the factored column
 norm (``x @ K`` and ``A.T @ K`` in one matmul; ``colsum(K*K)`` of the frozen kernel
@@ -42,6 +45,7 @@ from graphdsl.adapters.contract import (
 from ..base import KernelContext, with_updates
 from . import conv, kernels
 from .conv import conv_window, from_last, im2col, to_last
+from .half import as_compute, stored
 from .kernels import embed, inverted_dropout
 
 #: the plain forward of each adaptable kind: the base op's own kernel
@@ -91,13 +95,13 @@ def _conv_rows(xs: list, a: Mapping) -> tuple[list, Callable]:
     return [c[0] for c in cols], lambda y: from_last(y.reshape(n, *out, y.shape[-1]), ch)
 
 
-def _dora_norm_ratio(ctx: KernelContext, K: np.ndarray, K2: np.ndarray, A2: np.ndarray,
+def _dora_norm_ratio(ctx: KernelContext, K: Any, K2: np.ndarray, A2: np.ndarray,
                      AtK: np.ndarray, B: np.ndarray, m: np.ndarray, a: Mapping) -> tuple:
     """``(m / c [out], cols, W)``: c the factored column norm of ``K2 + s*A2@B`` (a
     constant: no autograd here), ``cols`` the columns where it cancels and ``W [fan_in,
     len(cols)]`` their materialized kernel or None (the caller takes their output from
-    ``W``, which does not cancel); ``colsum(K2*K2)`` of the frozen kernel cached on K's
-    identity."""
+    ``W``, which does not cancel); ``colsum(K2*K2)`` of the frozen kernel cached on the
+    identity of ``K`` (the stored base kernel)."""
     kk = cached_merge(ctx, (K,), lambda: colsum_prod(K2, K2), "kk")
     c2, noise = column_norm_sq_parts(kk, AtK, A2, B, a["scale"])
     cols, W = exact_columns(c2, noise, K2, A2, B, a["scale"])
@@ -113,7 +117,7 @@ def _embedding_adapter(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
     y = embed(ids, K)
     y += np.asarray(a["scale"], y.dtype) * (embed(ids, A) @ B)
     if m is not None:
-        r, cols, W = _dora_norm_ratio(ctx, K, K, A, A.T @ K, B, m, a)
+        r, cols, W = _dora_norm_ratio(ctx, base_kernel(stored(p)), K, A, A.T @ K, B, m, a)
         if W is not None:
             y[..., cols] = embed(ids, W)
         y *= r
@@ -131,7 +135,7 @@ def _dora_rows(x2: np.ndarray, xd2: np.ndarray | None, p: Mapping, a: Mapping,
     parts = [x2, A2.T] if xd2 is None else [x2, xd2, A2.T]
     # one matmul gives x @ K (and xd @ K) and A.T @ K: a thin A.T @ K alone runs slowly
     prod = np.concatenate(parts) @ K2
-    r, cols, W = _dora_norm_ratio(ctx, K, K2, A2, prod[-rank:], B, m, a)
+    r, cols, W = _dora_norm_ratio(ctx, base_kernel(stored(p)), K2, A2, prod[-rank:], B, m, a)
     y = prod[:rows]
     if xd2 is None:
         y += sd * ((x2 @ A2) @ B)
@@ -185,8 +189,11 @@ def _kernel(op: str) -> Callable:
         m, b = p.get("magnitude"), p.get("bias")  # LoRA has no magnitude
         if ctx.training:
             return _UNMERGED[layer_of(a)](ins, p, a, ctx, m)
-        W = cached_merge(ctx, (base_kernel(p), b, p["A"], p["B"], m),
-                         lambda: merged_kernel(op, p, a))
+        src = stored(p)
+        K = base_kernel(src)
+        W = as_compute(cached_merge(
+            ctx, (K, src.get("bias"), src["A"], src["B"], src.get("magnitude")),
+            lambda: merged_kernel(op, p, a).astype(K.dtype, copy=False)), ctx.dtype)
         base = ctx.cache.get("base") or ctx.cache.setdefault("base", base_options(a))
         return _PLAIN[base[0]](ins, {"kernel": W} if b is None else {"kernel": W, "bias": b},
                                base[1], ctx)

@@ -16,6 +16,7 @@ from graphdsl.ops.tensor import pad_widths
 
 from .. import dropouts, resize, shared
 from ..base import KernelContext, Stateful, with_updates
+from .half import as_compute
 
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
 _ERF_SERIES_TERMS = 60  # both expansions converge to float64 round-off within 60 terms
@@ -249,7 +250,7 @@ def embed(ids: np.ndarray, table: np.ndarray) -> np.ndarray:
 
 
 def _embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
-    return embed(ins[0], p["kernel"])
+    return as_compute(embed(ins[0], p["kernel"]), ctx.dtype)  # a half table: rows upcast
 
 
 def _constant(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..dtypes import dtype_name, is_float, np_dtype
 from ..errors import GraphDSLError, StateError
 from ..graph import Graph, analyze
 from ..initializers import initialize
@@ -42,7 +43,7 @@ _LOADS_AS = {**{a: a for a in _FAMILY},
 #: a config's ``model_type`` -> the architecture of a config that names none
 _BY_TYPE = {kind: arch for f in FAMILIES for kind, arch in f.model_types.items()}
 _HF_PARAM = {"kernel": "weight", "gamma": "weight", "beta": "bias", "bias": "bias"}
-#: what a checkpoint's arrays may be: every dtype the reader decodes (made float32)
+#: what a checkpoint's arrays may be: every dtype the reader decodes
 _DECODED = tuple(ST_DTYPES.values())
 WEIGHTS, INDEX = "model.safetensors", "model.safetensors.index.json"
 _SHARD = re.compile(r"model-\d{5}-of-\d{5}\.safetensors")
@@ -137,12 +138,15 @@ def _pair(key: str) -> tuple[str, str]:
 
 
 def state_from_tensors(model: Node, tensors: Mapping[str, np.ndarray], f: HFFamily,
-                       source: str) -> ModelState:
-    """The model's ModelState (float32) from the Hugging Face tensors ``{key: array}`` of a
-    family ``f`` model: every key and shape is checked with io.weights' checks (a missing
-    or extra key, a wrong shape is a StateError naming it); the weight of a head tied to
-    the embedding may be there. Dropout RNG keys (state entries, not weights) are created
-    from seed 0."""
+                       source: str, dtype: Any = None) -> ModelState:
+    """The model's ModelState from the Hugging Face tensors ``{key: array}`` of a family
+    ``f`` model: every key and shape is checked with io.weights' checks (a missing or
+    extra key, a wrong shape is a StateError naming it); the weight of a head tied to
+    the embedding may be there. Floating tensors keep their dtype (float16, bfloat16,
+    float32: no copy of a mapped file), or are cast to ``dtype`` when given; integer ones
+    become float32. Dropout RNG keys (state entries, not weights) are created from seed
+    0."""
+    target = None if dtype is None else _float_dtype(dtype)
     g = analyze(model)
     keys = key_map(g, f)
     shapes = {k: tuple(g.params[k].shape) for k in keys}
@@ -164,9 +168,29 @@ def state_from_tensors(model: Node, tensors: Mapping[str, np.ndarray], f: HFFami
             continue
         hf, transpose = keys[(layer, param)]
         arr = have[_pair(hf)]
-        data.setdefault(layer, {})[param] = (arr.T if transpose else arr).astype(
-            np.float32, copy=False)
+        arr = arr.T if transpose else arr
+        if target is not None or not is_float(arr.dtype):
+            arr = arr.astype(np.float32 if target is None else target, copy=False)
+        data.setdefault(layer, {})[param] = arr
     return ModelState(data, (), entries)
+
+
+def _float_dtype(dtype: Any) -> np.dtype:
+    """The NumPy dtype of a floating ``dtype=`` argument; anything else is an error."""
+    if not is_float(dtype_name(dtype)):
+        raise GraphDSLError(f"dtype={dtype!r} is not a floating dtype",
+                            fix="pass None (keep the checkpoint's), 'bfloat16', 'float16', "
+                                "'float32' or 'float64'")
+    return np_dtype(dtype)
+
+
+def _numpy_of(t: Any) -> np.ndarray:
+    """A CPU tensor as NumPy, its dtype kept (bfloat16 as ``ml_dtypes.bfloat16``, through
+    its bits)."""
+    if str(t.dtype) == "torch.bfloat16":
+        import torch
+        return t.view(torch.int16).numpy().view(np_dtype("bfloat16"))
+    return t.numpy()
 
 
 def from_transformers(hf_model: Any) -> tuple[Node, ModelState]:
@@ -184,7 +208,7 @@ def from_transformers(hf_model: Any) -> tuple[Node, ModelState]:
     sd = hf_model.state_dict()
     names = renamed(sd, f)
     model = _build(f, config, names)
-    tensors = {k: sd[old].detach().cpu().float().numpy() for k, old in names.items()}
+    tensors = {k: _numpy_of(sd[old].detach().cpu()) for k, old in names.items()}
     return model, state_from_tensors(model, tensors, f, type(hf_model).__name__)
 
 
@@ -268,12 +292,15 @@ def _check_sizes(config: Mapping[str, Any], f: HFFamily,
                                 "one folder")
 
 
-def from_pretrained(folder: str) -> tuple[Node, ModelState]:
+def from_pretrained(folder: str, dtype: Any = None) -> tuple[Node, ModelState]:
     """``(model, state)`` from a local ``save_pretrained`` folder: ``config.json`` and
     ``model.safetensors`` (or the shards ``model.safetensors.index.json`` names), with or
     without the base model's key prefix. Imports neither torch, transformers nor
     safetensors; the config is checked against the weights' headers before the graph is
-    built."""
+    built. ``dtype=None`` keeps the checkpoint's dtype (bfloat16 needs ml_dtypes), and
+    the values are read-only maps of the files (zero-copy: the state costs about the
+    files' size); ``dtype="float32"`` (etc.) widens or narrows them into new arrays."""
+    target = None if dtype is None else _float_dtype(dtype)
     folder = need_folder(folder, "hf.from_pretrained(folder)")
     path = os.path.join(folder, "config.json")
     if not os.path.isfile(path):
@@ -284,7 +311,8 @@ def from_pretrained(folder: str) -> tuple[Node, ModelState]:
     entries = {k: entries[old] for k, old in renamed(entries, f).items()}
     _check_sizes(config, f, entries, folder)
     model = _build(f, config, entries)
-    return model, state_from_tensors(model, map_tensors(entries), f, folder)
+    widen = target is not None and target.name != "bfloat16"  # no ml_dtypes needed then
+    return model, state_from_tensors(model, map_tensors(entries, widen), f, folder, target)
 
 
 def save_pretrained(folder: str, model: Node, state: ModelState) -> str:

@@ -156,7 +156,7 @@ def load_adapters(path: str | os.PathLike, model: Node, base_state: ModelState, 
     label = file_label(path)
     need_state(base_state, "base_state must be",
                "pass the base model's state (e.g. from gd.load or init_fn)")
-    members = read_archive(path, ADAPTER_MEMBERS, limits, what="adapter file")
+    members = read_archive(path, ADAPTER_MEMBERS, limits, what="adapter file", mapped=WEIGHTS)
     source = f"{label}:{ADAPTERS_JSON}"
     doc = parse_json(members[ADAPTERS_JSON], source)
     if not isinstance(doc, dict) or set(doc) != _ADAPTERS_KEYS:

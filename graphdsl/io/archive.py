@@ -2,16 +2,19 @@
 (:func:`read_archive`) never extracts, unpickles or executes anything, checks the file kind,
 member count and names (no traversal), compression, encryption, declared sizes and ratios
 against :class:`LoadLimits`, and reads each member in bounded chunks that must match its
-declared size and CRC; writing (:func:`atomic_writer`, :func:`write_archive`) goes through
+declared size and CRC (or maps a stored member read-only, :func:`read_archive`'s
+``mapped``); writing (:func:`atomic_writer`, :func:`write_archive`) goes through
 a temp file renamed into place, with fixed timestamps (same content, same bytes).
 """
 from __future__ import annotations
 
 import contextlib
+import mmap
 import os
 import secrets
 import stat
 import zipfile
+import zlib
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, BinaryIO
@@ -75,12 +78,17 @@ def _is_traversal(name: str) -> bool:
 
 
 def read_archive(path: str | os.PathLike, members: Iterable[str],
-                 limits: LoadLimits | None = None, what: str = "model file") -> dict[str, bytes]:
+                 limits: LoadLimits | None = None, what: str = "model file",
+                 mapped: str | None = None) -> dict[str, Any]:
     """Read exactly ``members`` from the zip at ``path`` with every safety check.
 
-    Returns ``{member: bytes}``. Raises SerializationError for anything else: a missing,
-    empty, truncated or non-zip file, a pickle, unknown/duplicate/traversal member names,
-    encrypted or exotic compression, sizes or ratios over ``limits``.
+    Returns ``{member: bytes}``; the member ``mapped``, when stored uncompressed (as
+    graphdsl writes weights), is instead a read-only memoryview of the file mapped into
+    memory (zero-copy; its CRC is checked): a later save renames a new file over
+    ``path``, which leaves the mapped bytes as they were. Raises SerializationError for
+    anything else: a missing, empty, truncated or non-zip file, a pickle,
+    unknown/duplicate/traversal member names, encrypted or exotic compression, sizes or
+    ratios over ``limits``.
     """
     lim = limits or DEFAULT_LIMITS
     p = need_path(path, "graphdsl.io.read_archive")
@@ -116,7 +124,7 @@ def read_archive(path: str | os.PathLike, members: Iterable[str],
                 raise bad(f"the file is {size} bytes, over the limit of {lim.max_file_bytes}",
                           "raise LoadLimits.max_file_bytes if the file is trusted")
             fh.seek(0)
-            return _read_members(fh, wanted, lim, bad, what)
+            return _read_members(fh, wanted, lim, bad, what, mapped)
     except GraphDSLError:
         raise
     except MemoryError:
@@ -127,7 +135,7 @@ def read_archive(path: str | os.PathLike, members: Iterable[str],
 
 
 def _read_members(fh: Any, wanted: tuple[str, ...], lim: LoadLimits, bad: Any,
-                  what: str) -> dict[str, bytes]:
+                  what: str, mapped: str | None) -> dict[str, Any]:
     with zipfile.ZipFile(fh) as zf:
         infos = zf.infolist()
         if len(infos) > lim.max_members:
@@ -179,7 +187,29 @@ def _read_members(fh: Any, wanted: tuple[str, ...], lim: LoadLimits, bad: Any,
         if missing:
             raise bad(f"the archive lacks {missing} (it has {sorted(seen)})",
                       f"a {what} holds exactly {list(wanted)}; save it again")
-        return {name: _bounded_read(zf, info, bad) for name, info in seen.items()}
+        return {name: _mapped_member(fh, info, bad)
+                if name == mapped and info.compress_type == zipfile.ZIP_STORED
+                else _bounded_read(zf, info, bad) for name, info in seen.items()}
+
+
+def _mapped_member(fh: Any, info: zipfile.ZipInfo, bad: Any) -> memoryview:
+    """The bytes of the stored member ``info`` as a read-only view of the file ``fh``
+    mapped into memory: found after its local header, checked against its CRC."""
+    fh.seek(info.header_offset)
+    local = fh.read(30)
+    if len(local) != 30 or local[:4] != b"PK\x03\x04":
+        raise bad(f"member {info.filename!r} has no local header (corrupt archive)",
+                  "the file is damaged; save the model again")
+    start = (info.header_offset + 30 + int.from_bytes(local[26:28], "little")
+             + int.from_bytes(local[28:30], "little"))
+    view = memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+    if start + info.file_size > len(view):
+        raise bad(f"member {info.filename!r} is truncated", "save the model again")
+    view = view[start:start + info.file_size]
+    if zlib.crc32(view) != info.CRC:
+        raise bad(f"member {info.filename!r} fails its CRC check (corrupt or hostile)",
+                  "the file is damaged; save the model again")
+    return view
 
 
 def _bounded_read(zf: zipfile.ZipFile, info: zipfile.ZipInfo, bad: Any) -> bytes:

@@ -127,7 +127,7 @@ def load(path: str | os.PathLike, *, limits: LoadLimits | None = None
     """
     path = need_path(path, "gd.load")
     label = file_label(path)
-    members = read_archive(path, MODEL_MEMBERS, limits)
+    members = read_archive(path, MODEL_MEMBERS, limits, mapped=WEIGHTS)
     g = read_model(members[MODEL_JSON], f"{label}:{MODEL_JSON}")
     want = expected_tensors(g)
     source = f"{label}:{STATE_JSON}"

@@ -3,7 +3,8 @@
 validates the header itself (length, JSON, names, dtypes, shapes, contiguous offsets) and
 compares names, shapes and dtypes with the graph before the safetensors library decodes
 the bytes. Safetensors *files* (checkpoints, adapters) are also read with NumPy alone,
-mapped read-only from disk (:func:`file_header`, :func:`map_tensors`).
+mapped read-only from disk (:func:`file_header`, :func:`map_tensors`); decoded arrays are
+views of the bytes they come from (zero-copy), bfloat16 as ``ml_dtypes.bfloat16``.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from ..dtypes import FLOATS, np_dtype
 from ..errors import GraphDSLError, SerializationError, StateError, fmt_shape
 from ..graph import Graph
 from ..state import ModelState, need_state
@@ -23,8 +25,8 @@ from .json_text import parse_json
 # safetensors dtype code <-> NumPy dtype
 ST_DTYPES = {"BOOL": "bool", "U8": "uint8", "I8": "int8", "U16": "uint16", "I16": "int16",
              "U32": "uint32", "I32": "int32", "U64": "uint64", "I64": "int64",
-             "F16": "float16", "F32": "float32", "F64": "float64"}
-_FLOAT_DTYPES = ("float32", "float64")  # compute dtypes a parameter without a fixed dtype may have
+             "F16": "float16", "BF16": "bfloat16", "F32": "float32", "F64": "float64"}
+_FLOAT_DTYPES = FLOATS  # the dtypes a parameter without a fixed dtype may have
 
 
 def _safetensors() -> Any:
@@ -106,7 +108,8 @@ def state_tensors(g: Graph, state: ModelState, want: Expected) -> dict[str, np.n
 
 
 #: bytes per element of every safetensors dtype code graphdsl can decode
-ST_ITEMSIZE = {**{code: np.dtype(name).itemsize for code, name in ST_DTYPES.items()}, "BF16": 2}
+ST_ITEMSIZE = {code: 2 if code == "BF16" else np.dtype(name).itemsize
+               for code, name in ST_DTYPES.items()}
 Entry = tuple[str, tuple[int, ...], int, int]  # (dtype code, shape, begin, end) in the data
 
 
@@ -175,70 +178,77 @@ def file_header(path: str) -> dict[str, Entry]:
     allowed, see :func:`map_tensors`); damage is a SerializationError naming the file."""
     with open(path, "rb") as fh:
         entries, start = read_header(fh, os.fstat(fh.fileno()).st_size,
-                                     f"cannot read {os.path.basename(path)}",
-                                     (*ST_DTYPES, "BF16"))
+                                     f"cannot read {os.path.basename(path)}")
     return {k: (dt, shape, start + b, start + e) for k, (dt, shape, b, e) in entries.items()}
 
 
-def map_tensors(entries: Mapping[str, tuple[str, Entry]]) -> dict[str, np.ndarray]:
+def decode(buf: Any, entry: Entry, start: int = 0, widen_bf16: bool = False
+           ) -> np.ndarray:
+    """The array of ``entry`` (from :func:`read_header`) in ``buf`` (bytes, a read-only
+    memoryview or mmap) whose offsets count from ``start``: a read-only view, no copy.
+    Shape: the entry's. BF16 is ``ml_dtypes.bfloat16``, or with ``widen_bf16`` float32
+    (a new array; exact: bfloat16's 16 bits are a float32's high half, and this path
+    needs no ml_dtypes)."""
+    dt, shape, b, e = entry
+    if dt == "BF16" and widen_bf16:
+        raw = np.frombuffer(buf, "<u2", (e - b) // 2, start + b)
+        return (raw.astype("<u4") << 16).view("<f4").reshape(shape)
+    code = np_dtype(ST_DTYPES[dt]).newbyteorder("<")
+    return np.frombuffer(buf, code, (e - b) // ST_ITEMSIZE[dt], start + b).reshape(shape)
+
+
+def map_tensors(entries: Mapping[str, tuple[str, Entry]], widen_bf16: bool = False
+                ) -> dict[str, np.ndarray]:
     """``{name: array}`` of ``{name: (file path, its entry from file_header)}``, mapped from
-    the files read-only (no copy), BF16 widened to float32 exactly (its 16 bits are the high
-    half of a float32); each array has the entry's shape."""
+    the files read-only (no copy; :func:`decode`, BF16 as bfloat16 unless ``widen_bf16``);
+    each array has the entry's shape."""
     maps: dict[str, mmap.mmap] = {}
     out = {}
-    for key, (path, (dt, shape, b, e)) in entries.items():
+    for key, (path, entry) in entries.items():
         if path not in maps:
             with open(path, "rb") as fh:
                 maps[path] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        code = "<u2" if dt == "BF16" else np.dtype(ST_DTYPES[dt]).newbyteorder("<")
-        arr = np.frombuffer(maps[path], code, (e - b) // ST_ITEMSIZE[dt], b)
-        if dt == "BF16":
-            arr = (arr.astype("<u4") << 16).view("<f4")
-        out[key] = arr.reshape(shape)
+        out[key] = decode(maps[path], entry, 0, widen_bf16)
     return out
 
 
-def read_safetensors_file(path: str) -> dict[str, np.ndarray]:
+def read_safetensors_file(path: str, widen_bf16: bool = True) -> dict[str, np.ndarray]:
     """``{name: array}`` of one ``.safetensors`` file, read with NumPy only (its header is
-    checked first; bfloat16 is widened to float32 exactly)."""
-    return map_tensors({k: (path, e) for k, e in file_header(path).items()})
+    checked first; bfloat16 is widened to float32 exactly unless ``widen_bf16`` is False)."""
+    return map_tensors({k: (path, e) for k, e in file_header(path).items()}, widen_bf16)
 
 
-def _parse_header(blob: bytes, source: str) -> dict[tuple[str, str], tuple[tuple, str]]:
-    """Validate a safetensors header ourselves before the library sees the bytes."""
-    entries, _ = read_header(io.BytesIO(blob), len(blob), source)
+def _parse_header(blob: Any, source: str
+                  ) -> tuple[dict[tuple[str, str], Entry], int]:
+    """``({(layer, param): entry}, data start)`` of safetensors bytes, checked ourselves."""
+    n = int.from_bytes(bytes(blob[:8]), "little")
+    head = io.BytesIO(bytes(blob[:8 + min(n, 100 << 20)]))
+    entries, start = read_header(head, len(blob), source)
     out = {}
-    for key, (dt, shape, _, _) in entries.items():
+    for key, entry in entries.items():
         layer, dot, param = key.rpartition(".")  # layer names may hold dots, params not
         if not (layer and dot and param):
             raise SerializationError(f"{source}: tensor name {key!r} is not 'layer.param'",
                                      fix="the weights are damaged; save the model again")
-        out[(layer, param)] = (shape, ST_DTYPES[dt])
-    return out
+        out[(layer, param)] = entry
+    return out, start
 
 
-def read_weights(blob: bytes, want: Expected, source: str) -> dict[tuple[str, str], np.ndarray]:
-    """Decode safetensors bytes, checking names, shapes and dtypes against ``want``.
+def read_weights(blob: Any, want: Expected, source: str) -> dict[tuple[str, str], np.ndarray]:
+    """Decode safetensors bytes (``bytes``, or a read-only memoryview of a mapped file),
+    checking names, shapes and dtypes against ``want``.
 
     Returns ``{(layer, param): array}``, one NumPy array per key of ``want``, each of the
-    shape and one of the dtypes ``want`` gives. Any mismatch or damage is a
-    SerializationError prefixed with ``source``.
+    shape and one of the dtypes ``want`` gives (float16 and bfloat16 as stored), a
+    read-only view of ``blob`` (no copy). Any mismatch or damage is a SerializationError
+    prefixed with ``source``.
     """
-    header = _parse_header(blob, source)
+    header, start = _parse_header(blob, source)
     check_keys(header, want, source, SerializationError,
                 "the weights do not belong to this model; save model and state together")
-    for key, (shape, dt) in header.items():
-        check_array(key, shape, dt, want, source, SerializationError)
-    stnp = _safetensors()
-    try:
-        arrays = stnp.load(blob)
-    except BaseException as e:  # includes pyo3's PanicException
-        if isinstance(e, (KeyboardInterrupt, SystemExit, GeneratorExit)):
-            raise
-        raise SerializationError(f"{source}: the weights could not be decoded "
-                                 f"({type(e).__name__}: {str(e)[:200]})",
-                                 fix="the file is damaged; save the model again") from None
-    return {tuple(name.rsplit(".", 1)): arr for name, arr in arrays.items()}
+    for key, (dt, shape, _, _) in header.items():
+        check_array(key, shape, ST_DTYPES[dt], want, source, SerializationError)
+    return {key: decode(blob, entry, start) for key, entry in header.items()}
 
 
 def encode_weights(tensors: dict[str, np.ndarray], kind: str) -> bytes:
