@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from graphdsl.arrays import as_numpy
+from graphdsl.dtypes import dtype_name, np_dtype
 from graphdsl.errors import BackendError, InputError
 
 from ..base import Backend, plan_runner, state_fetch
@@ -122,16 +123,36 @@ def _to_state(v: Any) -> Any:
 
 def state_tensor(arr: np.ndarray, device: torch.device, dtype: Any) -> torch.Tensor:
     """A tensor on ``device`` reading the immutable state array ``arr`` (any shape; no copy
-    on CPU when the dtype matches: kernels never write into parameters)."""
+    on CPU when the dtype matches: kernels never write into parameters); floats in
+    ``dtype`` (None: their own)."""
+    t = numpy_view(arr)
+    if t.is_floating_point() and dtype is not None:
+        return t.to(device=device, dtype=dtype)
+    return t.to(device=device)
+
+
+def numpy_view(arr: np.ndarray) -> torch.Tensor:
+    """A CPU tensor reading ``arr``'s memory (any shape, no copy; the caller never writes
+    into it): a uint64 RNG key as int64, an ``ml_dtypes.bfloat16`` array as torch.bfloat16
+    (torch.from_numpy knows no bfloat16: its bits are viewed as uint16)."""
     arr = arr.view(np.ndarray)
-    if arr.dtype == np.uint64:
-        arr = arr.view(np.int64)
+    bf16 = arr.dtype.kind == "V" and dtype_name(arr.dtype) == "bfloat16"
+    if arr.dtype == np.uint64 or bf16:
+        arr = arr.view(np.int64 if arr.dtype == np.uint64 else np.uint16)
     with warnings.catch_warnings():  # read-only memory: torch warns that writes are UB
         warnings.simplefilter("ignore", UserWarning)
         t = torch.from_numpy(arr)
-    if t.is_floating_point():
-        return t.to(device=device, dtype=dtype)
-    return t.to(device=device)
+    return t.view(torch.bfloat16) if bf16 else t
+
+
+def tensor_numpy(t: torch.Tensor) -> np.ndarray:
+    """``t`` (any shape, any device) as a NumPy array of its own dtype: bfloat16 as
+    ``ml_dtypes.bfloat16`` (a GraphDSLError naming the ``half`` extra without
+    ml_dtypes)."""
+    t = t.detach().cpu()
+    if t.dtype == torch.bfloat16:
+        return t.view(torch.uint16).numpy().view(np_dtype("bfloat16"))
+    return as_numpy(t)
 
 
 def _convert_input(a: Any, is_int: bool, dtype: torch.dtype, dev: torch.device, name: str,
@@ -163,4 +184,5 @@ BACKEND = TorchBackend()
 
 __all__ = ["BACKEND", "KERNELS", "ACTIVATIONS", "TorchBackend", "TorchContext",
            "compiling", "dora_column_norm_sq", "integer_input",
-           "register_kernel", "resolve_device", "state_tensor", "to_tensor"]
+           "numpy_view", "register_kernel", "resolve_device", "state_tensor", "tensor_numpy",
+           "to_tensor"]

@@ -98,7 +98,10 @@ def _instance_norm(ins: list, p: Mapping, a: Mapping, ctx: Any) -> Any:
 def _group_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
     x = ins[0]
     ax = a["axis"] % x.dim()
-    y = F.group_norm(x.movedim(ax, 1), a["num_groups"], p["gamma"], p["beta"], a["epsilon"])
+    # contiguous: torch's CPU group_norm backward crashes (segfault, torch 2.13) on the
+    # strided view movedim gives for a channels-last input
+    y = F.group_norm(x.movedim(ax, 1).contiguous(), a["num_groups"], p["gamma"], p["beta"],
+                     a["epsilon"])
     return y.movedim(1, ax)
 
 

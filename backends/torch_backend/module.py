@@ -18,39 +18,67 @@ from __future__ import annotations
 import hashlib
 import linecache
 from collections.abc import Iterable, Mapping
-from functools import partial
+from functools import partial, reduce
 from typing import Any
 
 import numpy as np
 import torch
 
-from graphdsl.arrays import as_numpy
+from graphdsl.adapters.contract import owns
 from graphdsl.compiler import InputChecker, make_plan
-from graphdsl.dtypes import FLOATS
+from graphdsl.dtypes import FLOATS, HALF, dtype_name, is_float
 from graphdsl.errors import BackendError, GraphDSLError, InputError, StateError, fmt_shape
 from graphdsl.graph import check_input_names, check_known_keys, state_value
 from graphdsl.node import Node
 from graphdsl.state import ModelState, need_state
 
 from ..base import Stateful, copy_outputs
-from . import KERNELS, TorchContext, compiling, integer_input, resolve_device
+from . import (
+    KERNELS,
+    TorchContext,
+    compiling,
+    integer_input,
+    numpy_view,
+    resolve_device,
+    tensor_numpy,
+)
 from . import blocks as tblocks
 from .kernels import step_dtype
 
-_DTYPES = ("float32", "float64")
 
-
-def _dtype_name(dtype: Any) -> str:
+def _dtype_name(dtype: Any, what: str) -> str | None:
+    """The float dtype name of ``dtype`` (a name, NumPy or torch dtype); None stays None."""
     if dtype is None:
-        return "float32"
-    if isinstance(dtype, torch.dtype):
-        name = str(dtype).removeprefix("torch.")
-    else:
-        name = str(np.dtype(dtype)) if not isinstance(dtype, str) else dtype
-    if name not in _DTYPES:
-        raise GraphDSLError(f"unsupported module dtype {dtype!r}",
-                            fix="use dtype=None (float32), 'float32' or 'float64'")
+        return None
+    try:
+        name = dtype_name(dtype)
+    except GraphDSLError:
+        name = repr(dtype)
+    if name not in FLOATS:
+        raise GraphDSLError(f"unsupported module {what} {dtype!r}",
+                            fix=f"use {what}=None (keep the state's dtypes) or one of "
+                                f"{', '.join(FLOATS)}")
     return name
+
+
+def _value_dtype(stored: np.dtype, adapter: bool, dtype: str | None,
+                 adapter_dtype: str | None) -> Any:
+    """The torch dtype a float state value stored as ``stored`` gets in the module:
+    ``dtype`` (None: its own); an adapter's value (A, B, magnitude) ``adapter_dtype``,
+    by default float32 over a half-precision base (PEFT's ``autocast_adapter_dtype``).
+    None for integer values (kept)."""
+    if not is_float(stored):
+        return None
+    name = dtype or dtype_name(stored)
+    if adapter:
+        name = adapter_dtype or ("float32" if name in HALF else name)
+    return getattr(torch, name)
+
+
+def _adapter_keys(g: Any) -> frozenset:
+    """``{(layer, param)}`` of the values adapters own (A, B, magnitude, not the base's)."""
+    return frozenset(g.param_ref(n, spec) for n in g.order for spec in n.params
+                     if owns(n, spec))
 
 
 class ModuleInfo:
@@ -58,8 +86,9 @@ class ModuleInfo:
     Immutable and shared by copies (deepcopy returns it as is)."""
 
     def __init__(self, model: Node, plan: Any, entries: list, dtype: Any,
-                 blocks: tuple[str, ...] = ()) -> None:
+                 blocks: tuple[str, ...] = (), adapters: frozenset = frozenset()) -> None:
         self.model, self.plan, self.entries, self.dtype = model, plan, entries, dtype
+        self.adapters = adapters  # (layer, param) of adapter values (their own dtype)
         self.blocks = blocks  # submodules that run as calls (.blocks)
         self.input_names = [name for name, _, _ in plan.inputs]
         self.input_nodes = [node for _, _, node in plan.inputs]
@@ -128,31 +157,39 @@ def _check_state(plan: Any, state: ModelState) -> None:
             state_value(g, node, spec, state.data)
 
 
-def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = None
-             ) -> torch.nn.Module:
+def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = None,
+             adapter_dtype: Any = None) -> torch.nn.Module:
     """An ``nn.Module`` computing ``model`` with a copy of ``state``'s values.
 
     Parameters are registered in the model's parameter order as ``<layer>.<param>``
     (frozen ones with ``requires_grad=False``); state entries (dropout keys) are int64
     buffers. ``train()``/``eval()`` switch dropout (torch's RNG). ``device``: "cpu",
-    "cuda", ...; ``dtype``: float32 (default) or float64. Training the module never
-    changes ``state``; read the values back with :func:`from_torch`.
+    "cuda", ...; ``dtype``: None keeps each value's dtype (a bfloat16 state gives a
+    module computing in bfloat16, as transformers' bfloat16 models), or "bfloat16",
+    "float16", "float32", "float64" casts the values. Adapter values (A, B, magnitude)
+    over a half-precision base are float32 (PEFT's ``autocast_adapter_dtype``) unless
+    ``adapter_dtype`` says otherwise; the adapters then compute in their dtype and return
+    the base's, as PEFT does. Training the module never changes ``state``; read the values
+    back with :func:`from_torch`.
     """
     dev = resolve_device(device)
-    dname = _dtype_name(dtype)
-    tdtype = getattr(torch, dname)
-    plan = make_plan(model, "train", dname)
+    dname, aname = _dtype_name(dtype, "dtype"), _dtype_name(adapter_dtype, "adapter_dtype")
+    plan = make_plan(model, "train", "float64" if dname == "float64" else "float32")
     _check_state(plan, state)
     g = plan.graph
     root = Module()  # submodules along the dots of the layer names
     holder = partial(_holder, root, create=True)
+    adapters = _adapter_keys(g)
 
     entries = []  # (owner, name, kind, uint64)
+    base_dtypes = []  # the module computes in these (promoted), adapters in their own
     for (owner, name), spec in g.params.items():
         value = state.data[owner][name].view(np.ndarray)
         u64 = spec.kind == "state" and value.dtype == np.uint64
-        t = _module_tensor(value.view(np.int64) if u64 else value, dev,  # policy: as stored
-                           getattr(torch, spec.dtype) if spec.dtype in FLOATS else tdtype)
+        vdt = _value_dtype(value.dtype, (owner, name) in adapters, dname, aname)
+        t = _module_tensor(value.view(np.int64) if u64 else value, dev, vdt)
+        if vdt is not None and spec.kind != "state" and (owner, name) not in adapters:
+            base_dtypes.append(vdt)
         if spec.kind == "state":
             _register(holder(owner), owner, name, t, "buffer")
         else:
@@ -160,6 +197,8 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
             _register(holder(owner), owner, name,
                       torch.nn.Parameter(t, requires_grad=trainable), "param")
         entries.append((owner, name, spec.kind, u64))
+    tdtype = (getattr(torch, dname) if dname else
+              reduce(torch.promote_types, base_dtypes) if base_dtypes else torch.float32)
     for step in plan.steps:  # constants travel with .to(device) but stay out of state_dict
         if step.op == "constant":
             _register(holder(step.name), step.name, "value",
@@ -168,7 +207,7 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
     # the holders that group layers (have child holders) may run as block calls
     blocks = tblocks.choose_blocks(
         plan, [name for name, m in root.named_modules() if name and m._modules])
-    meta = ModuleInfo(model, plan, entries, tdtype, tuple(blocks))
+    meta = ModuleInfo(model, plan, entries, tdtype, tuple(blocks), adapters)
     code, glb, block_fns = _generate(plan, tdtype, blocks)
     cls = type(f"GraphModule_{_ident(g.name(g.output))}", (GraphModule,),
                {"_graph_forward": glb["forward"], "code": code,
@@ -185,10 +224,12 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
 
 
 def _module_tensor(value: Any, dev: Any, tdtype: Any) -> torch.Tensor:
-    """A copy of ``value`` (any shape) on ``dev``, floats (running statistics too) in the
-    module dtype ``tdtype``."""
-    t = torch.tensor(value, device=dev)
-    return t.to(tdtype) if t.is_floating_point() else t
+    """A copy of ``value`` (an array of any shape; bfloat16 from ml_dtypes too) on
+    ``dev``, floats (running statistics too) in ``tdtype`` (None: their own dtype)."""
+    t = numpy_view(np.asarray(value))
+    if not t.is_floating_point():
+        tdtype = None
+    return t.to(device=dev, dtype=tdtype, copy=True)
 
 
 def _holder(root: Any, layer: str, create: bool = False) -> Any:
@@ -255,10 +296,9 @@ def _generate(plan: Any, tdtype: Any, blocks: dict[str, tuple[int, int]]
         items = []
         for ref in step.params:
             coll = "_buffers" if ref.kind == "state" else "_parameters"
-            cast = ref.dtype in FLOATS and ref.dtype != (
-                plan.graph.params[(ref.owner, ref.name)].dtype or plan.dtype)
+            cast = step.node.policy is not None and ref.dtype in FLOATS  # read in compute
             items.append(f"{ref.local!r}: {local[ref.owner]}.{coll}[{ref.name!r}]"
-                         + (f".to(torch.{ref.dtype})" if cast else ""))  # a policy's
+                         + (f".to(torch.{ref.dtype})" if cast else ""))
         if step.op == "constant":
             items.append(f"'value': {local[step.name]}._buffers['value']")
         ins = ", ".join(f"v{s}" for s in step.ins)
@@ -375,9 +415,15 @@ def _too_many(meta: ModuleInfo, args: tuple) -> InputError:
 
 
 def _module_device_dtype(self: Any, meta: ModuleInfo) -> tuple[Any, Any]:
-    for _, _, t in module_parameters(self):
+    """The device and the float dtype of the module's base parameters (the inputs')."""
+    first = None
+    for owner, name, t in module_parameters(self):
         if t.is_floating_point():
-            return t.device, t.dtype
+            if (owner, name) not in meta.adapters:
+                return t.device, t.dtype
+            first = first if first is not None else t
+    if first is not None:  # adapters alone
+        return first.device, first.dtype
     for b in self.buffers():  # constants only
         return b.device, meta.dtype
     return None, meta.dtype
@@ -435,8 +481,9 @@ def unwrap(module: Any) -> Any:
 def from_torch(module: Any, state_dict: Mapping[str, Any] | None = None) -> ModelState:
     """The module's current values as a NumPy :class:`ModelState` (copies).
 
-    Frozen flags: parameters with ``requires_grad=False``. A bfloat16 or float16 module
-    (``module.to(torch.bfloat16)``) reads as float32 values, exactly. Accepts the module from
+    Frozen flags: parameters with ``requires_grad=False``. Values keep their dtype: a
+    bfloat16 module (``module.to(torch.bfloat16)``) gives bfloat16 values
+    (``ml_dtypes.bfloat16``, the ``half`` extra). Accepts the module from
     :func:`to_torch`, or a DDP / ``torch.compile`` / FSDP wrapper around it. ``state_dict``
     (keys as in ``module.state_dict()``) gives the values to read instead of the module's
     own tensors: for a module sharded with ``fully_shard``, gather one on every rank with
@@ -464,9 +511,7 @@ def from_torch(module: Any, state_dict: Mapping[str, Any] | None = None) -> Mode
                          fix="pass the state dict of this module (module.state_dict() keys)")
     for (owner, name, kind, u64), t in zip(meta.entries, tensors):
         v = t if state_dict is None else state_dict[f"{owner}.{name}"]
-        arr = as_numpy(v)  # bfloat16 -> float32 (exact)
-        if arr.dtype == np.float16:  # the state holds float32/float64: widen, exactly
-            arr = arr.astype(np.float32)
+        arr = tensor_numpy(v)
         if kind == "state":
             if u64:
                 arr = arr.view(np.uint64)
