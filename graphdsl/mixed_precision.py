@@ -137,9 +137,10 @@ def apply_policy(model: Node, policy: Policy, filter: Callable[[Node], bool] | N
     names, ``"lm_head"`` matching every layer ending in ``.lm_head``, or a predicate;
     Axon's ``except: [:batch_norm]`` is ``exclude=lambda n: n.op == "batch_norm"``).
 
-    A layer outside the policy that reads a half-precision result reads it as float32
-    (the promotion Nx applies with its float32 parameters), so every backend sees one
-    floating-point dtype per layer. Names and state keys do not move; the casts are new
+    A layer that reads a half-precision result and has no compute dtype (outside the
+    policy, or a policy without ``compute``) reads it as float32 (the promotion Nx
+    applies with float32 parameters), so every backend sees one floating-point dtype per
+    layer. Names and state keys do not move; the casts are new
     layers (``cast_0``, ...). Parameters are created in ``policy.params``
     (``init_fn``); values given in a state keep their dtype and are read in ``compute``.
     """
@@ -155,15 +156,16 @@ def apply_policy(model: Node, policy: Policy, filter: Callable[[Node], bool] | N
     out_dtype = policy.output or policy.compute  # a layer's result without an output cast
 
     def rewrite(n: Node, inputs: list[Node], out: Node) -> Node:  # out: its name pinned
-        if n.op not in _UNCAST and pick(out):
-            y = out if n.op == "constant" else rebuild(out, [
-                _cast(i, policy.compute, True) if policy.compute and is_float(i.dtype) else i
-                for i in inputs], policy=policy)
-            return _cast(y, out_dtype) if out_dtype and is_float(y.dtype) else y
-        if n.op in ("container", "cast", "block_output") or not any(
-                i.dtype in HALF for i in inputs):
+        if n.op in ("container", "cast", "block_output"):
             return out
-        return rebuild(out, [_cast(i, "float32") if i.dtype in HALF else i for i in inputs])
+        chosen = n.op not in _UNCAST and pick(out)
+        compute = policy.compute if chosen else None
+        ins = [_cast(i, compute, True) if compute and is_float(i.dtype) else
+               _cast(i, "float32") if i.dtype in HALF else i for i in inputs]
+        if not chosen:
+            return out if all(a is b for a, b in zip(ins, inputs)) else rebuild(out, ins)
+        y = out if n.op == "constant" else rebuild(out, ins, policy=policy)
+        return _cast(y, out_dtype) if out_dtype and is_float(y.dtype) else y
 
     return rewrite_nodes(model, lambda n: lambda inputs, out: rewrite(n, inputs, out),
                          keep_names=True)

@@ -75,6 +75,13 @@ def _value_dtype(stored: np.dtype, adapter: bool, dtype: str | None,
     return getattr(torch, name)
 
 
+def policied_keys(g: Any) -> frozenset:
+    """``{(layer, param)}`` read by layers with a mixed-precision policy: their dtype is
+    the policy's, not the one the module's inputs and other layers compute in."""
+    return frozenset(g.param_ref(n, s) for n in g.order if n.policy is not None
+                     for s in n.params)
+
+
 def _adapter_keys(g: Any) -> frozenset:
     """``{(layer, param)}`` of the values adapters own (A, B, magnitude, not the base's)."""
     return frozenset(g.param_ref(n, spec) for n in g.order for spec in n.params
@@ -89,6 +96,7 @@ class ModuleInfo:
                  blocks: tuple[str, ...] = (), adapters: frozenset = frozenset()) -> None:
         self.model, self.plan, self.entries, self.dtype = model, plan, entries, dtype
         self.adapters = adapters  # (layer, param) of adapter values (their own dtype)
+        self.policied = policied_keys(plan.graph)
         self.blocks = blocks  # submodules that run as calls (.blocks)
         self.input_names = [name for name, _, _ in plan.inputs]
         self.input_nodes = [node for _, _, node in plan.inputs]
@@ -179,7 +187,7 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
     g = plan.graph
     root = Module()  # submodules along the dots of the layer names
     holder = partial(_holder, root, create=True)
-    adapters = _adapter_keys(g)
+    adapters, policied = _adapter_keys(g), policied_keys(g)
 
     entries = []  # (owner, name, kind, uint64)
     base_dtypes = []  # the module computes in these (promoted), adapters in their own
@@ -188,7 +196,8 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
         u64 = spec.kind == "state" and value.dtype == np.uint64
         vdt = _value_dtype(value.dtype, (owner, name) in adapters, dname, aname)
         t = _module_tensor(value.view(np.int64) if u64 else value, dev, vdt)
-        if vdt is not None and spec.kind != "state" and (owner, name) not in adapters:
+        if vdt is not None and spec.kind != "state" and (owner, name) not in adapters \
+                and (owner, name) not in policied:
             base_dtypes.append(vdt)
         if spec.kind == "state":
             _register(holder(owner), owner, name, t, "buffer")
@@ -418,7 +427,7 @@ def _module_device_dtype(self: Any, meta: ModuleInfo) -> tuple[Any, Any]:
     """The device and the float dtype of the module's base parameters (the inputs')."""
     first = None
     for owner, name, t in module_parameters(self):
-        if t.is_floating_point():
+        if t.is_floating_point() and (owner, name) not in meta.policied:
             if (owner, name) not in meta.adapters:
                 return t.device, t.dtype
             first = first if first is not None else t
