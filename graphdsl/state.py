@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .arrays import as_numpy
+from .dtypes import is_float
 from .errors import ImmutableStateError, StateError
 
 Predicate = Callable[[str, str], bool]
@@ -78,7 +79,7 @@ def _numeric(value: Any, where: str) -> np.ndarray:
     except (TypeError, ValueError) as e:
         raise StateError(f"state value {where} is not an array ({type(value).__name__}: {e})",
                          fix="pass a NumPy array (or a tensor, list or number)") from None
-    if arr.dtype.kind not in "biuf":
+    if arr.dtype.kind not in "biuf" and not is_float(arr.dtype):  # bfloat16: kind V
         raise StateError(f"state value {where} has dtype {arr.dtype}; values must be real "
                          "numbers (bool, int or float)",
                          fix="pass a real numeric array (e.g. arr.real.astype(np.float32))")
