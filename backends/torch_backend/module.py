@@ -300,12 +300,16 @@ def _generate(plan: Any, tdtype: Any, blocks: dict[str, tuple[int, int]]
                                            where=step.node.where, torch_rng=True)
                               for tr in (False, True))
 
+    # with a policy, each layer reads its values as on the other backends: in its compute
+    # dtype, else the plan's (not in the dtypes they are stored in)
+    policied = any(step.node.policy is not None for step in plan.steps)
+
     def step_line(i: int, local: dict[str, str]) -> str:
         step = plan.steps[i]
         items = []
         for ref in step.params:
             coll = "_buffers" if ref.kind == "state" else "_parameters"
-            cast = step.node.policy is not None and ref.dtype in FLOATS  # read in compute
+            cast = policied and ref.dtype in FLOATS  # the plan's read dtype (a policy's)
             items.append(f"{ref.local!r}: {local[ref.owner]}.{coll}[{ref.name!r}]"
                          + (f".to(torch.{ref.dtype})" if cast else ""))
         if step.op == "constant":
