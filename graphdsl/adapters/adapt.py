@@ -131,7 +131,8 @@ def match_targets(targets: Any, g: Graph, candidates: list[str], what: str, wher
                                     "this model (a name matches itself and every layer "
                                     f"ending in '.{t}')", where=where,
                                     fix=f"{noun}s in this model: {candidates}" + (
-                                        "; a gd.block's body layers are not selectable"
+                                        "; a gd.block's body layers are not " + (
+                                            noun.split()[0] if " " in noun else "selectable")
                                         if g.blocks else ""))
         return lambda n: any(_list_match(t, n.name) for t in names)
     raise OptionError(f"{what}: targets must be a regex, a list of names or a "
