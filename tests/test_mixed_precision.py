@@ -111,6 +111,27 @@ def test_computes_forward_pass_with_output_policy(case):
         assert _dtypes(gd.predict(mp_model, st, arg, backend=backend)) == want, backend
 
 
+def test_a_layer_outside_the_policy_reads_float32():
+    """cond with one branch excluded: the branches differ in dtype (bfloat16, float32);
+    cond, a policied layer without a compute dtype, reads both as float32 (Nx's
+    promotion), then casts its result to the output dtype."""
+    inp = gd.input("input", (None, 1, 32))
+    model = gd.cond(inp, lambda x, xp: x.sum() > 0, gd.relu(inp, name="t"),
+                    gd.sigmoid(inp, name="f"))
+    mp_model = mp.apply_policy(model, OUT_BF16, exclude=["t"])
+    c = next(n for n in gd.topo_order(mp_model) if n.op == "cond")
+    assert [i.dtype for i in c.inputs[1:]] == ["float32", "float32"]
+    x = np.random.default_rng(0).normal(size=(1, 1, 32)).astype(np.float32)
+    for arg in (np.abs(x), -np.abs(x)):  # each branch
+        ref = gd.predict(model, gd.ModelState.empty(), arg)
+        for backend in ("numpy", "torch"):
+            got = gd.predict(mp_model, gd.ModelState.empty(), arg, backend=backend)
+            assert dtype_name(got.dtype) == "bfloat16"
+            got = got.float().numpy() if isinstance(got, torch.Tensor) else got
+            # one bfloat16 rounding (the sigmoid branch's own, then the output's): 2^-8
+            np.testing.assert_allclose(got.astype(np.float32), ref, rtol=2 ** -7)
+
+
 def test_constant_with_output_policy():
     """Axon: a constant gets only the output cast; its value is exact in bfloat16."""
     model = mp.apply_policy(gd.constant(np.array(1.0, np.float32)), OUT_BF16)
