@@ -392,3 +392,30 @@ def test_policied_llama_on_cuda_matches_the_cpu(llama):
     gpu = gd.build(mp_model, backend="torch", device="cuda")[1](st16, ids)
     assert gpu.device.type == "cuda" and gpu.dtype == torch.float32
     np.testing.assert_allclose(gpu.cpu().numpy(), cpu.numpy(), atol=0.06)
+
+
+def test_adapt_and_merge_keep_the_policy():
+    """dora.adapt after apply_policy: the DoRA layer takes the dense layer's policy (its
+    adapter values float32 under params=None); merge_adapters gives it back to the merged
+    dense. Values within bfloat16 rounding (0.01 as above) on NumPy and torch."""
+    from graphdsl import dora
+    x = gd.input("x", (None, 8))
+    model = gd.dense(gd.dense(x, 16, name="fc1", activation="relu"), 4, name="lm_head")
+    pol = mp.create_policy(compute="bfloat16", output="float32")
+    adapted = dora.adapt(mp.apply_policy(model, pol, exclude=["lm_head"]), "fc1", rank=4)
+    assert next(n for n in gd.topo_order(adapted) if n.op == "dora").policy is pol
+    st = gd.build(adapted)[0](np.zeros((1, 8), np.float32))
+    assert {dtype_name(v.dtype) for v in st.data["fc1_dora"].values()} == {"float32"}
+    st.data["fc1_dora"]["B"] = np.full(st.data["fc1_dora"]["B"].shape, 0.05, np.float32)
+    plain = gd.build(model)[0](np.zeros((1, 8), np.float32), gd.ModelState(
+        {k: v for k, v in st.data.items() if k != "fc1_dora"}))
+    xx = np.random.default_rng(0).normal(size=(3, 8)).astype(np.float32)
+    merged, mst = gd.merge_adapters(adapted, st)
+    assert next(n for n in gd.topo_order(merged) if n.name == "fc1").policy is pol
+    ref = gd.predict(*gd.merge_adapters(dora.adapt(model, "fc1", rank=4), st), xx)
+    for backend in ("numpy", "torch"):
+        for m, s in ((adapted, st), (merged, mst)):
+            got = gd.predict(m, s, xx, backend=backend)
+            got = got.numpy() if isinstance(got, torch.Tensor) else got
+            np.testing.assert_allclose(got, ref, atol=0.01)
+    assert np.abs(gd.predict(model, plain, xx) - ref).max() > 0.01  # the adapter counts

@@ -58,7 +58,8 @@ def adapt(op: str, model: Node, targets: Targets, opts: dict[str, Any],
                     where=where, fix=f"rename that layer, or leave {n.name!r} out of "
                                      "targets")
             adapted.append(n.name)
-            return make_node(op, [inputs[0]], wrap_options(n, opts), new_name, where=n.where)
+            return make_node(op, [inputs[0]], wrap_options(n, opts), new_name, where=n.where,
+                             policy=n.policy)  # a mixed-precision policy carries over
         if n.params and not is_adapter(n):
             return rebuild(n, inputs, frozen=n.name not in saved)
         return n
@@ -312,7 +313,7 @@ def _merged_layer(inputs: list[Node], n: Node) -> Node:
     ``base``) or, standalone, like ``n``; frozen, as the adapted model's weights were."""
     op, attrs = base_options(n)
     return make_node(op, [inputs[0]], attrs, n.attrs["base"] or n.name, frozen=True,
-                     where=n.where)
+                     where=n.where, policy=n.policy)
 
 
 # -- adapter-only state -------------------------------------------------------------------
