@@ -5,11 +5,11 @@ layers: a conv works on the im2col rows of its input against the flat kernel
 Inference (``ctx.training`` False) uses the merged kernel ``W`` (DoRA: ``(K + s*A@B) *
 (m/c)``; LoRA: ``K + s*A@B``), so an adapted layer costs what the plain layer costs. ``W`` is
 cached in ``ctx.cache`` keyed on the identity of the arrays it came from (K, bias, A, B,
-m) as the state stores them. State values are immutable (graphdsl.state), so an
-unchanged identity means unchanged weights, and a value replaced in ``state.data`` is a
-cache miss. Over a half-precision base kernel, ``W`` is kept in the base's dtype (as
-PEFT's merge into a bfloat16 model) and upcast per call like the base (.half), so the
-cache costs what the base kernel costs, not a float32 copy of it.
+m). State values are immutable (graphdsl.state), so an unchanged identity means
+unchanged weights, and a value replaced in ``state.data`` is a cache miss. Over a
+half-precision base (kept as stored, upcast per call: .half) inference runs the
+unmerged form instead, with DoRA's norm ratio ``m/c`` (a vector) cached on the stored
+values: no merged copy of the base kernel is kept at all.
 
 Training (``ctx.training`` True) computes the unmerged form with the factored column
 norm (``x @ K`` and ``A.T @ K`` in one matmul; ``colsum(K*K)`` of the frozen kernel
@@ -45,7 +45,7 @@ from graphdsl.adapters.contract import (
 from ..base import KernelContext, with_updates
 from . import conv, kernels
 from .conv import conv_window, from_last, im2col, to_last
-from .half import as_compute, stored
+from .half import stored
 from .kernels import embed, inverted_dropout
 
 #: the plain forward of each adaptable kind: the base op's own kernel
@@ -108,6 +108,20 @@ def _dora_norm_ratio(ctx: KernelContext, K: Any, K2: np.ndarray, A2: np.ndarray,
     return m / finish_norm(c2, noise, a["eps"]), cols, W
 
 
+def _ratio(ctx: KernelContext, p: Mapping, K2: np.ndarray, A2: np.ndarray, B: np.ndarray,
+           m: np.ndarray, a: Mapping, AtK: np.ndarray | None) -> tuple:
+    """:func:`_dora_norm_ratio` of the layer with parameters ``p``. With ``AtK`` None
+    (inference over a half base, see :func:`_kernel`) the norm is a constant: computed
+    once and cached on the stored K, A, B and m."""
+    src = stored(p)
+    K0 = base_kernel(src)
+    if AtK is not None:
+        return _dora_norm_ratio(ctx, K0, K2, A2, AtK, B, m, a)
+    return cached_merge(ctx, (K0, src["A"], src["B"], src["magnitude"]),
+                        lambda: _dora_norm_ratio(ctx, K0, K2, A2, A2.T @ K2, B, m, a),
+                        "ratio")
+
+
 def _embedding_adapter(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
                        m: np.ndarray | None) -> Any:
     """PEFT's embedding LoRA/DoRA, unmerged: ``r * (K[ids] + s * A[ids] @ B)`` with
@@ -117,7 +131,7 @@ def _embedding_adapter(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
     y = embed(ids, K)
     y += np.asarray(a["scale"], y.dtype) * (embed(ids, A) @ B)
     if m is not None:
-        r, cols, W = _dora_norm_ratio(ctx, base_kernel(stored(p)), K, A, A.T @ K, B, m, a)
+        r, cols, W = _ratio(ctx, p, K, A, B, m, a, A.T @ K if ctx.training else None)
         if W is not None:
             y[..., cols] = embed(ids, W)
         y *= r
@@ -132,10 +146,14 @@ def _dora_rows(x2: np.ndarray, xd2: np.ndarray | None, p: Mapping, a: Mapping,
     sd = np.asarray(a["scale"], x2.dtype)
     K2, A2 = flat_kernel(K, a), flat_A(A)
     rows, rank = x2.shape[0], A2.shape[1]
-    parts = [x2, A2.T] if xd2 is None else [x2, xd2, A2.T]
-    # one matmul gives x @ K (and xd @ K) and A.T @ K: a thin A.T @ K alone runs slowly
-    prod = np.concatenate(parts) @ K2
-    r, cols, W = _dora_norm_ratio(ctx, base_kernel(stored(p)), K2, A2, prod[-rank:], B, m, a)
+    if ctx.training:
+        parts = [x2, A2.T] if xd2 is None else [x2, xd2, A2.T]
+        # one matmul gives x @ K (and xd @ K) and A.T @ K: a thin A.T @ K alone runs slowly
+        prod = np.concatenate(parts) @ K2
+        AtK = prod[-rank:]
+    else:  # inference over a half base (see _kernel): the norm is cached
+        prod, AtK = x2 @ K2, None
+    r, cols, W = _ratio(ctx, p, K2, A2, B, m, a, AtK)
     y = prod[:rows]
     if xd2 is None:
         y += sd * ((x2 @ A2) @ B)
@@ -182,18 +200,17 @@ _UNMERGED: dict[str, Callable] = {"dense": _on_rows(_dense_rows),
 
 def _kernel(op: str) -> Callable:
     """The kernel of adapter ``op``. Inference: the base op's own kernel (:data:`_PLAIN`)
-    with the merged kernel ``W`` (cached), so it costs what the plain layer costs.
+    with the merged kernel ``W`` (cached), so it costs what the plain layer costs; over a
+    half-precision base, the unmerged forward without dropout (no merged copy kept).
     Training: the kind's unmerged forward (:data:`_UNMERGED`); see graphdsl.adapters.ops
     for the math."""
     def kernel(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
         m, b = p.get("magnitude"), p.get("bias")  # LoRA has no magnitude
-        if ctx.training:
-            return _UNMERGED[layer_of(a)](ins, p, a, ctx, m)
-        src = stored(p)
-        K = base_kernel(src)
-        W = as_compute(cached_merge(
-            ctx, (K, src.get("bias"), src["A"], src["B"], src.get("magnitude")),
-            lambda: merged_kernel(op, p, a).astype(K.dtype, copy=False)), ctx.dtype)
+        if ctx.training or stored(p) is not p:
+            return _UNMERGED[layer_of(a)](ins, p, a if ctx.training else {**a, "dropout": 0},
+                                          ctx, m)
+        W = cached_merge(ctx, (base_kernel(p), b, p["A"], p["B"], m),
+                         lambda: merged_kernel(op, p, a))
         base = ctx.cache.get("base") or ctx.cache.setdefault("base", base_options(a))
         return _PLAIN[base[0]](ins, {"kernel": W} if b is None else {"kernel": W, "bias": b},
                                base[1], ctx)

@@ -10,12 +10,13 @@ from typing import Any
 
 import numpy as np
 
-from graphdsl.dtypes import is_float, np_dtype
+from graphdsl.dtypes import HALF, is_float, np_dtype
 from graphdsl.mixed_precision import widened
 from graphdsl.ops.tensor import pad_widths
 
 from .. import dropouts, resize, shared
 from ..base import KernelContext, Stateful, with_updates
+from . import half
 from .half import as_compute
 
 _SQRT1_2 = 1.0 / math.sqrt(2.0)
@@ -185,7 +186,11 @@ def _as_float(y: np.ndarray, ctx: KernelContext) -> np.ndarray:
 
 def _rows_matmul(x: np.ndarray, w: np.ndarray) -> np.ndarray:
     """``x [..., in] @ w [in, out]`` as one 2-D product: NumPy runs a stacked ``matmul``
-    slice by slice (8 rows of one token each read the weights 8 times)."""
+    slice by slice (8 rows of one token each read the weights 8 times). A half ``w`` is
+    upcast by blocks (.half.matmul); a half bias is added to the float32 rows as is."""
+    if w.dtype.name in HALF:
+        rows = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
+        return half.matmul(rows, w).reshape(*x.shape[:-1], w.shape[-1])
     if x.ndim <= 2:
         return x @ w
     return (x.reshape(-1, x.shape[-1]) @ w).reshape(*x.shape[:-1], w.shape[-1])

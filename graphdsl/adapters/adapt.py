@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..dtypes import HALF, is_float
 from ..errors import GraphDSLError, OptionError, RuleError, StateError, fmt_shape
 from ..graph import Graph, analyze, state_value
 from ..node import Node, caller_location, make_node, rebuild
@@ -233,11 +234,12 @@ def _merged_kernel(n: Node, p: dict[str, np.ndarray], layer: str) -> np.ndarray:
     that the zero-norm rule sees the rounding of the stored weights; the columns that
     cancel are summed in float64 there), returned in the base kernel's dtype."""
     K = base_kernel(p)
-    try:
-        W = merged_kernel(n.op, dict(p), n.attrs)
+    half = {k: v.astype(np.float32) for k, v in p.items() if v.dtype.name in HALF}
+    try:  # a half-precision base is merged in float32 (NumPy has no half matmul path)
+        W = merged_kernel(n.op, {**p, **half}, n.attrs)
     except RuleError as e:
         raise e.cls(e.what, layer=layer, op=n.op, where=n.where, fix=e.fix) from None
-    return W.astype(K.dtype if K.dtype.kind == "f" else np.float32)
+    return W.astype(K.dtype if is_float(K.dtype) else np.float32)
 
 
 def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:

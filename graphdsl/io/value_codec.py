@@ -13,12 +13,13 @@ from typing import Any
 import numpy as np
 
 from ..custom import FUNCTIONS, function_name
+from ..dtypes import is_float, np_dtype
 from ..errors import SerializationError
 from ..registry import DerivedInit
 
 #: dtypes an inline ``{"$array": ...}`` attribute may have
 ARRAY_DTYPES = ("bool", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32",
-                "uint64", "float16", "float32", "float64")
+                "uint64", "float16", "bfloat16", "float32", "float64")
 MAX_DEPTH = 32  # nesting of attribute values (lists in lists ...); also the most axes of a shape
 
 
@@ -45,10 +46,10 @@ def encode_value(value: Any, ctx: str, depth: int = 0) -> Any:
         if value.dtype.name not in ARRAY_DTYPES:
             raise SerializationError(f"{ctx} is an array of dtype {value.dtype}",
                                      fix=f"use one of {ARRAY_DTYPES}")
-        if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+        if is_float(value.dtype) and not np.all(np.isfinite(value)):
             raise SerializationError(f"{ctx} holds NaN or infinity", fix="use finite values")
         return {"$array": {"dtype": value.dtype.name, "shape": list(value.shape),
-                           "data": value.tolist()}}
+                           "data": value.tolist()}}  # a half value's decimal is exact
     if isinstance(value, Mapping):
         out = {}
         for k in sorted(value, key=str):
@@ -113,11 +114,11 @@ def _decode_array(spec: Any, ctx: str) -> np.ndarray:
             isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)):
         raise SerializationError(f"{ctx}: array shape {shape!r} is not a list of sizes",
                                  fix="write the shape as a list of non-negative ints")
-    kind = np.dtype(dt).kind
+    kind = "f" if is_float(dt) else np.dtype(dt).kind
     _check_nested(spec["data"], tuple(shape), kind, ctx)
     try:
         with np.errstate(over="ignore", invalid="ignore"):  # checked just below
-            arr = np.array(spec["data"], dtype=dt).reshape(shape)
+            arr = np.array(spec["data"], dtype=np_dtype(dt)).reshape(shape)
     except (ValueError, OverflowError, TypeError) as e:
         raise SerializationError(f"{ctx}: array data does not fit dtype {dt} ({e})",
                                  fix="write values in the dtype's range") from None

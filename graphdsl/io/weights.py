@@ -1,10 +1,11 @@
 """Weights as safetensors bytes (the format of Hugging Face and PEFT), keyed
 ``"layer.param"``: writing checks a state against the tensors the graph reads; reading
 validates the header itself (length, JSON, names, dtypes, shapes, contiguous offsets) and
-compares names, shapes and dtypes with the graph before the safetensors library decodes
-the bytes. Safetensors *files* (checkpoints, adapters) are also read with NumPy alone,
-mapped read-only from disk (:func:`file_header`, :func:`map_tensors`); decoded arrays are
-views of the bytes they come from (zero-copy), bfloat16 as ``ml_dtypes.bfloat16``.
+compares names, shapes and dtypes with the graph before any value is decoded (by NumPy,
+as views of the bytes: the safetensors library only writes). Safetensors *files*
+(checkpoints, adapters) are also read with NumPy alone, mapped read-only from disk
+(:func:`file_header`, :func:`map_tensors`). Decoded arrays are views of the bytes they
+come from (zero-copy), bfloat16 as ``ml_dtypes.bfloat16``.
 """
 from __future__ import annotations
 

@@ -60,10 +60,10 @@ def input(name: str, shape: Sequence[int | None], dtype: str = "float32",
 # -- constant ---------------------------------------------------------------------------
 def _const_attrs(a: dict) -> dict:
     arr = np.asarray(a.get("value"))
-    if arr.dtype.kind not in "iufb":
+    if arr.dtype.kind not in "iufb" and not is_float(arr.dtype):  # bfloat16: kind 'V'
         raise RuleError(f"constant must be numeric, got dtype {arr.dtype}",
                         "pass a NumPy array or number", OptionError)
-    if arr.dtype.kind == "f" and not np.all(np.isfinite(arr)):
+    if is_float(arr.dtype) and not np.all(np.isfinite(arr)):
         raise RuleError("constant holds NaN or infinity", "pass finite values",
                         OptionError)
     arr = arr.astype(np.int64 if arr.dtype.kind in "iub" else np.float32, copy=True)
