@@ -30,8 +30,8 @@ def _cached_norm_node():
 
     class CachedNorm(adapters._DoRAFactored):
         @staticmethod
-        def forward(fctx, x2, K, b, A, B, m, s, finish):  # noqa: ANN001
-            assert b is None  # LLaMA's projections have no bias
+        def forward(fctx, x2, K, b, A, B, m, s, finish, ac):  # noqa: ANN001
+            assert b is None and ac is None  # LLaMA's projections have no bias; no autocast
             c = norms.get(id(K))
             if c is None:
                 c = norms[id(K)] = finish(*adapters.dora_column_norm_sq(
@@ -40,7 +40,7 @@ def _cached_norm_node():
             xA = x2 @ A
             h = torch.addmm(x2 @ K, xA, B, alpha=s)
             fctx.save_for_backward(x2, K, A, B, xA, h, scale, c)
-            fctx.s, fctx.has_bias = s, False
+            fctx.s, fctx.has_bias, fctx.ac, fctx.x_dtype = s, False, None, x2.dtype
             return h * scale
 
     return CachedNorm

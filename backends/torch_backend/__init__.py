@@ -79,13 +79,8 @@ def to_tensor(a: Any, device: torch.device | None = None, dtype: Any = None) -> 
     if isinstance(a, torch.Tensor):
         t = a
     else:
-        arr = as_numpy(a)
-        if arr.dtype == np.uint64:
-            arr = arr.view(np.int64)
-        if arr.flags.writeable and arr.flags.c_contiguous and arr.dtype.isnative:
-            t = torch.from_numpy(arr)
-        else:
-            t = torch.tensor(arr)
+        arr = as_numpy(a)  # native order
+        t = numpy_view(arr if arr.flags.writeable and arr.flags.c_contiguous else np.array(arr))
     if (device is not None and t.device != device) or (dtype is not None and t.dtype != dtype):
         t = t.to(device=device, dtype=dtype)
     return t

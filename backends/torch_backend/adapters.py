@@ -7,15 +7,16 @@ On conv and embedding layers (:func:`_conv`, :func:`_embedding`, one row each of
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from graphdsl.adapters._math import ZERO_NORM_ULPS, exact_norm_tau
-from graphdsl.adapters.contract import base_kernel, flat_A, flat_kernel, layer_of
+from graphdsl.adapters.contract import BASE_PARAMS, base_kernel, flat_A, flat_kernel, layer_of
 
-from ..base import KernelContext, with_updates
+from ..base import KernelContext, Stateful, with_updates
 from .conv import conv_first, from_first, to_first, torch_weight
 from .kernels import compiling, drop, fail, linear, lookup
 
@@ -146,6 +147,17 @@ def _dora_ratio(K: torch.Tensor, A: torch.Tensor, B: torch.Tensor, m: torch.Tens
     return m / _finish_norm(c2.detach() if detach else c2, noise, a.get("eps"), ctx), cols, W
 
 
+def _autocast(x: torch.Tensor) -> torch.dtype | None:
+    """The dtype of the ``torch.autocast`` region running on ``x``'s device, or None."""
+    dev = x.device.type
+    return torch.get_autocast_dtype(dev) if torch.is_autocast_enabled(dev) else None
+
+
+def _no_autocast(x: torch.Tensor, ac: torch.dtype | None) -> Any:
+    """A region without autocast on ``x``'s device when ``ac`` (the casts are explicit)."""
+    return torch.autocast(x.device.type, enabled=False) if ac else nullcontext()
+
+
 class _DoRAFactored(torch.autograd.Function):
     """DoRA with a detached norm as one autograd node: ``y = (m/c) * (x@K + s*(x@A)@B) + b``
     and its hand-written backward, c treated as a constant (PEFT's and the paper's
@@ -153,46 +165,76 @@ class _DoRAFactored(torch.autograd.Function):
     bookkeeping of ~15 small nodes. ``x@K`` and ``A.T@K`` are one GEMM of
     ``cat([x, A.T])`` for few rows, two BLAS calls for many (``_FUSE_ROWS``).
     x2 [n, in], K [in, out], b [out] or None, A [in, r], B [r, out], m [out] -> y [n, out];
-    ``finish(c2, noise) -> c`` applies the eps/zero-norm rule."""
+    ``finish(c2, noise) -> c`` applies the eps/zero-norm rule.
+
+    Dtypes, as PEFT's: ``x@K`` runs in the base's dtype (x2's), the adapter (x@A, @B, the
+    norm, the combination) in A's, y comes back in the base's: a bfloat16 base with float32
+    adapters (PEFT's autocast_adapter_dtype) casts x and K up for the adapter's part. Under
+    ``torch.autocast`` (``ac``, its dtype) the products run in ``ac`` as torch's autocast
+    runs linear, forward and backward, the norm and the combination in A's dtype (float32
+    accumulation, as PEFT's DoRA under autocast) and y in ``ac``."""
 
     @staticmethod
-    def forward(fctx, x2, K, b, A, B, m, s: float, finish: Callable):  # noqa: ANN001
-        n = x2.shape[0]
-        if n < _FUSE_ROWS:  # few rows: A.T's r rows are a large share, one GEMM wins
-            big = torch.cat([x2, A.t()]) @ K
-            h, AtK = big[:n], big[n:]
-        else:
-            h, AtK = x2 @ K, A.t() @ K
-        c2, noise = dora_column_norm_sq(A, B, s, AtK, _colsum_squares(K))
-        c2, noise, cols, W = exact_columns(c2, noise, K, A, B, s)
-        c = finish(c2, noise)
-        scale = m / c
-        xA = x2 @ A
-        h.addmm_(xA, B, alpha=s)  # h = x@K + s*(x@A)@B, in the buffer we own
-        if cols is not None:  # columns whose h cancels too: from their own kernel
-            h[:, cols] = (x2.to(W.dtype) @ W).to(h.dtype)
-        y = torch.addcmul(b, h, scale) if b is not None else h * scale
-        fctx.save_for_backward(x2, K, A, B, xA, h, scale, c)
-        fctx.s, fctx.has_bias = s, b is not None
+    def forward(fctx, x2, K, b, A, B, m, s: float, finish: Callable, ac):  # noqa: ANN001
+        nd = A.dtype  # the adapter's dtype: the norm and the combination
+        cd, md = ac or x2.dtype, ac or nd  # the base's products, the adapter's
+        with _no_autocast(x2, ac):
+            n, Kc, Kn = x2.shape[0], K.to(cd), K.to(nd)
+            if n < _FUSE_ROWS and cd == nd == K.dtype == x2.dtype:  # few rows: one GEMM
+                big = torch.cat([x2, A.t()]) @ K
+                h, AtK = big[:n], big[n:]
+            else:
+                h, AtK = x2.to(cd) @ Kc, A.t() @ Kn
+            c2, noise = dora_column_norm_sq(A, B, s, AtK, _colsum_squares(Kn))
+            c2, noise, cols, W = exact_columns(c2, noise, Kn, A, B, s)
+            c = finish(c2, noise)
+            scale = m / c
+            xm = x2.to(md)
+            xA = xm @ A.to(md)
+            h = h.to(nd)  # h = x@K + s*(x@A)@B, in a buffer we own
+            if md == nd:
+                h.addmm_(xA, B, alpha=s)
+            else:
+                h.add_(xA @ B.to(md), alpha=s)
+            if cols is not None:  # columns whose h cancels too: from their own kernel
+                h[:, cols] = (xm.to(W.dtype) @ W).to(h.dtype)
+            y = h.new_empty(h.shape, dtype=cd)  # computed in nd, written in cd
+            if b is not None:
+                torch.addcmul(b.to(nd), h, scale, out=y)
+            else:
+                torch.mul(h, scale, out=y)
+        fctx.save_for_backward(xm, Kc, A, B, xA, h, scale, c)  # xm: x2 for the adapter
+        fctx.s, fctx.has_bias, fctx.ac, fctx.x_dtype = s, b is not None, ac, x2.dtype
         return y
 
     @staticmethod
     def backward(fctx, gy):  # noqa: ANN001
-        x2, K, A, B, xA, h, scale, c = fctx.saved_tensors
-        s = fctx.s
-        need = fctx.needs_input_grad
-        # one [n, out] buffer for gy*h (the magnitude's gradient) and then gh: every fresh
-        # buffer of that size costs page faults comparable to the small ops around it
-        gh = torch.mul(gy, h)
-        gm = gh.sum(0).div_(c) if need[5] else None
-        torch.mul(gy, scale, out=gh)
-        g_xA = (gh @ B.t()).mul_(s) if need[0] or need[3] else None
-        gx = (gh @ K.t()).addmm_(g_xA, A.t()) if need[0] else None
-        gK = x2.t() @ gh if need[1] else None
-        gb = gy.sum(0) if need[2] and fctx.has_bias else None
-        gA = x2.t() @ g_xA if need[3] else None
-        gB = (xA.t() @ gh).mul_(s) if need[4] else None
-        return gx, gK, gb, gA, gB, gm, None, None
+        xm, Kc, A, B, xA, h, scale, c = fctx.saved_tensors
+        s, ac, need = fctx.s, fctx.ac, fctx.needs_input_grad
+        nd, cd = A.dtype, Kc.dtype
+        md = ac or nd
+        with _no_autocast(xm, ac):
+            # one [n, out] buffer for gy*h (the magnitude's gradient) and then gh: every
+            # fresh buffer of that size costs page faults comparable to the small ops around
+            # it; gy (cd) promotes to nd in the products
+            gh = torch.mul(gy, h)
+            gm = gh.sum(0).div_(c) if need[5] else None
+            torch.mul(gy, scale, out=gh)
+            ghm = gh.to(md)
+            g_xA = (ghm @ B.to(md).t()).mul_(s) if need[0] or need[3] else None
+            gx = None
+            if need[0]:  # x@K's part in cd, the adapter's added in (bf16 += fp32: one rounding)
+                gx = gh.to(cd) @ Kc.t()
+                if gx.dtype == md:
+                    gx.addmm_(g_xA, A.to(md).t())
+                else:
+                    gx.add_(g_xA @ A.to(md).t())
+                gx = gx.to(fctx.x_dtype)
+            gK = xm.to(cd).t() @ gh.to(cd) if need[1] else None
+            gb = gy.sum(0, dtype=nd) if need[2] and fctx.has_bias else None
+            gA = xm.t() @ g_xA if need[3] else None
+            gB = (xA.t() @ ghm).mul_(s) if need[4] else None
+        return gx, gK, gb, gA, gB, gm, None, None, None  # autograd casts to each input's dtype
 
 
 def _dense_dora(x2: torch.Tensor, xd: torch.Tensor, p: Mapping, a: Mapping,
@@ -207,7 +249,9 @@ def _dense_dora(x2: torch.Tensor, xd: torch.Tensor, p: Mapping, a: Mapping,
     dropping = xd is not x2
     if detach and not dropping:
         return _DoRAFactored.apply(
-            x2, K, b, A, B, m, s, lambda c2, noise: _finish_norm(c2, noise, a.get("eps"), ctx))
+            x2, K, b, A, B, m, s, lambda c2, noise: _finish_norm(c2, noise, a.get("eps"), ctx),
+            _autocast(x2))
+    x2, xd, K, b = _in_dtype(A.dtype, x2, xd, K, b)  # PEFT's form computes in A's dtype
     n = x2.shape[0]
     At = A.detach().t() if detach else A.t()
     big = torch.cat(([x2, xd] if dropping else [x2]) + [At]) @ K
@@ -237,9 +281,13 @@ def _dense(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
     x2 = x.reshape(-1, K.shape[0])
     xd, updates = _lora_dropout(x2, p, a, ctx)
     if m is not None:
-        y = _dense_dora(x2, xd, p, a, ctx, m)
-    else:
-        y = torch.addmm(linear(x2, K, b), xd @ A, B, alpha=a["scale"])
+        y = _dense_dora(x2, xd, p, a, ctx, m).to(_autocast(x) or x.dtype)  # the base's
+    else:  # PEFT: the base in its dtype, the adapter in A's (x cast), the sum back
+        base = linear(x2, K, b)
+        if base.dtype == A.dtype:
+            y = torch.addmm(base, xd @ A, B, alpha=a["scale"])
+        else:  # bf16 += fp32: the sum in fp32, rounded once (a fresh output: in place is safe)
+            y = base.add_((xd.to(A.dtype) @ A) @ B, alpha=a["scale"])
     return with_updates(y.reshape(*x.shape[:-1], K.shape[1]), updates)
 
 
@@ -306,10 +354,25 @@ def _conv(ins: list, p: Mapping, a: Mapping, ctx: KernelContext,
 _FORWARD: dict[str, Callable] = {"dense": _dense, "conv": _conv, "embedding": _embedding}
 
 
+def _in_dtype(dt: torch.dtype, *ts: Any) -> list:
+    """The float tensors among ``ts`` in ``dt`` (None and integer ids as they are)."""
+    return [t.to(dt) if t is not None and t.is_floating_point() else t for t in ts]
+
+
 def _adapter(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     """The kernel of dora and lora: the adapted kind's forward (:data:`_FORWARD`), with
-    DoRA's magnitude (LoRA has none)."""
-    return _FORWARD[layer_of(a)](ins, p, a, ctx, p.get("magnitude"))
+    DoRA's magnitude (LoRA has none). Conv and embedding adapters over a base in another
+    dtype than A's (a bfloat16 base, float32 adapters) compute in A's dtype, as PEFT's
+    (x and the weight cast up), and return the base's dtype (dense: :func:`_dense`)."""
+    kind, m, A, K, x = layer_of(a), p.get("magnitude"), p["A"], base_kernel(p), ins[0]
+    same = K.dtype == A.dtype and (x.dtype == A.dtype or not x.is_floating_point())
+    if kind == "dense" or same:
+        return _FORWARD[kind](ins, p, a, ctx, m)
+    p = {k: _in_dtype(A.dtype, v)[0] if k in BASE_PARAMS else v for k, v in p.items()}
+    y = _FORWARD[kind](_in_dtype(A.dtype, *ins), p, a, ctx, m)
+    if isinstance(y, Stateful):
+        return y._replace(output=y.output.to(K.dtype))
+    return y.to(K.dtype)
 
 
 KERNELS: dict[str, Callable] = {"dora": _adapter, "lora": _adapter}

@@ -233,7 +233,8 @@ def _attention(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
 def _rms_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
     x = ins[0]
     ax = a["axis"] % x.dim()
-    y = x * torch.rsqrt(x.pow(2).mean(ax, keepdim=True) + a["epsilon"])
+    xf = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x  # as transformers'
+    y = (xf * torch.rsqrt(xf.pow(2).mean(ax, keepdim=True) + a["epsilon"])).to(x.dtype)
     return shared.along(shared.shifted(p["gamma"], a), x, ax) * y
 
 

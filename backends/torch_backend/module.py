@@ -450,8 +450,8 @@ def _check_inputs(self: Any, meta: ModuleInfo, args: tuple) -> tuple:
             out.append(None)
             continue
         if not isinstance(a, torch.Tensor):
-            if isinstance(a, np.ndarray) and a.dtype.kind in "biuf":
-                a = torch.from_numpy(np.ascontiguousarray(a)).to(device=dev)
+            if isinstance(a, np.ndarray) and (a.dtype.kind in "biuf" or is_float(a.dtype)):
+                a = numpy_view(np.ascontiguousarray(a)).to(device=dev)
                 if a.is_floating_point():
                     a = a.to(fdt)
             else:

@@ -28,16 +28,25 @@ _AVG = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
+def _avg(xp: torch.Tensor, w: Window) -> torch.Tensor:
+    """``F.avg_pool`` of ``xp``; torch's CPU avg_pool3d has no half-precision kernel
+    (torch 2.13): there in float32, rounded back."""
+    if len(w.kernel) == 3 and xp.device.type == "cpu" and xp.dtype in (torch.bfloat16,
+                                                                        torch.float16):
+        return F.avg_pool3d(xp.float(), w.kernel, w.strides).to(xp.dtype)
+    return _AVG[len(w.kernel)](xp, w.kernel, w.strides)
+
+
 def _window_mean(xp: torch.Tensor, w: Window) -> torch.Tensor:
     """The mean of each window of padded channels-first ``xp`` over its taps."""
     if w.trivial_dilation:
-        return _AVG[len(w.kernel)](xp, w.kernel, w.strides)
+        return _avg(xp, w)
     return _window_sum(xp, w) / math.prod(w.kernel)
 
 
 def _window_sum(xp: torch.Tensor, w: Window) -> torch.Tensor:
     if w.trivial_dilation:  # F.lp_pool's own way
-        return _AVG[len(w.kernel)](xp, w.kernel, w.strides) * math.prod(w.kernel)
+        return _avg(xp, w) * math.prod(w.kernel)
     n, c = xp.shape[:2]
     ones = xp.new_ones((1, 1, *w.kernel))
     y = _CONV[len(w.kernel)](xp.reshape(n * c, 1, *xp.shape[2:]), ones, stride=w.strides,
