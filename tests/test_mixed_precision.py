@@ -419,3 +419,13 @@ def test_adapt_and_merge_keep_the_policy():
             got = got.numpy() if isinstance(got, torch.Tensor) else got
             np.testing.assert_allclose(got, ref, atol=0.01)
     assert np.abs(gd.predict(model, plain, xx) - ref).max() > 0.01  # the adapter counts
+
+
+def test_to_torch_refuses_a_half_dtype_over_a_policy():
+    x = gd.input("x", (None, 3))
+    model = mp.apply_policy(gd.dense(x, 2, name="fc"), DESIGN_POLICY)
+    st = gd.build(model)[0](np.zeros((1, 3), np.float32))
+    with pytest.raises(gd.GraphDSLError, match="the policy sets each layer's dtypes") as e:
+        gd.to_torch(model, st, dtype="bfloat16")
+    assert "dtype=None" in e.value.fix
+    assert gd.to_torch(model, st, dtype="float32")(torch.zeros(1, 3)).dtype == torch.float32

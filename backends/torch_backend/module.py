@@ -188,6 +188,11 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
     root = Module()  # submodules along the dots of the layer names
     holder = partial(_holder, root, create=True)
     adapters, policied = _adapter_keys(g), policied_keys(g)
+    if policied and dname in HALF:
+        raise GraphDSLError(f"to_torch(dtype={dname!r}) of a model with a mixed-precision "
+                            "policy: the policy sets each layer's dtypes", op="to_torch",
+                            fix="pass dtype=None (the state's and the policy's dtypes), or "
+                                "apply_policy a policy with params=" + repr(dname))
 
     entries = []  # (owner, name, kind, uint64)
     base_dtypes = []  # the module computes in these (promoted), adapters in their own
