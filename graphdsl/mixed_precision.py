@@ -20,7 +20,7 @@ nodes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -140,9 +140,11 @@ def apply_policy(model: Node, policy: Policy, filter: Callable[[Node], bool] | N
     A layer that reads a half-precision result and has no compute dtype (outside the
     policy, or a policy without ``compute``) reads it as float32 (the promotion Nx
     applies with float32 parameters), so every backend sees one floating-point dtype per
-    layer. Names and state keys do not move; the casts are new
-    layers (``cast_0``, ...). Parameters are created in ``policy.params``
-    (``init_fn``); values given in a state keep their dtype and are read in ``compute``.
+    layer. Names and state keys do not move; the casts are new layers (``cast_0``, ...).
+    Applied again, a policy replaces the earlier one on the layers it selects (their
+    earlier casts go) and leaves the others' as they are, as Axon's does. Parameters are
+    created in ``policy.params`` (``init_fn``); values given in a state keep their dtype
+    and are read in ``compute``.
     """
     if not isinstance(policy, Policy):
         raise OptionError(f"apply_policy takes a Policy, got {type(policy).__name__}",
@@ -153,16 +155,23 @@ def apply_policy(model: Node, policy: Policy, filter: Callable[[Node], bool] | N
     where = caller_location()
     g = analyze(model)
     pick = _selection(g, filter, only, exclude, where)
+    chosen = {n.id for n in g.order if n.op not in _UNCAST and pick(replace(n, name=g.name(n)))}
     out_dtype = policy.output or policy.compute  # a layer's result without an output cast
 
-    def rewrite(n: Node, inputs: list[Node], out: Node) -> Node:  # out: its name pinned
-        if n.op in ("container", "cast", "block_output"):
+    def rewrite(n: Node, inputs: list[Node], out: Node) -> Node:
+        src = n.inputs[0] if n.inputs else n
+        if n.op == "cast" and not n.attrs["compute"] and src.id in chosen and src.policy:
+            return inputs[0]  # an earlier policy's output cast: this one replaces it
+        if n.op in ("container", "cast", "block_output") or (
+                n.id not in chosen and n.policy is not None):  # an earlier policy's layer
             return out
-        chosen = n.op not in _UNCAST and pick(out)
-        compute = policy.compute if chosen else None
+        if n.id in chosen and n.policy is not None:  # its earlier compute casts go
+            inputs = [i.inputs[0] if i.op == "cast" and i.attrs["compute"] else i
+                      for i in inputs]
+        compute = policy.compute if n.id in chosen else None
         ins = [_cast(i, compute, True) if compute and is_float(i.dtype) else
                _cast(i, "float32") if i.dtype in HALF else i for i in inputs]
-        if not chosen:
+        if n.id not in chosen:
             return out if all(a is b for a, b in zip(ins, inputs)) else rebuild(out, ins)
         y = out if n.op == "constant" else rebuild(out, ins, policy=policy)
         return _cast(y, out_dtype) if out_dtype and is_float(y.dtype) else y

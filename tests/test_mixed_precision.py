@@ -99,7 +99,8 @@ def test_initializes_with_parameter_policy(case):
                 assert dtype_name(v.dtype) == "bfloat16", (layer, name, v.dtype)
 
 
-@pytest.mark.parametrize("case", cases_for("json"))
+# (cast/compute holds a policy already: a second one replaces it, tested below)
+@pytest.mark.parametrize("case", cases_for("json", lambda c: c.id != "cast/compute"))
 def test_computes_forward_pass_with_output_policy(case):
     """Axon: ``create_policy(output: {:bf, 16})`` gives a bfloat16 prediction (integer
     outputs stay integers), on NumPy and on torch."""
@@ -169,6 +170,26 @@ def test_filters_as_axon_takes_them():
         == ["dense_2"]
     rx = mp.apply_policy(model, p, exclude=r"dense_[01]")
     assert [n.name for n in gd.topo_order(rx) if n.op == "dense" and n.policy] == ["dense_2"]
+
+
+def test_a_second_policy_replaces_the_first_where_it_applies():
+    """As Axon's apply_policy sets each selected node's policy: the earlier casts of a
+    re-policied layer go (the same graph as applying the second policy alone); layers the
+    second policy does not select keep the first one."""
+    model = _axon_doc_model()
+    p1 = mp.create_policy(params="float16", compute="float16", output="float16")
+    p2 = mp.create_policy(compute="bfloat16", output="float32")
+    twice = mp.apply_policy(mp.apply_policy(model, p1), p2)
+    assert gd.to_json(twice) == gd.to_json(mp.apply_policy(model, p2))
+    both = mp.apply_policy(mp.apply_policy(model, p1, only=["dense"]), p2,
+                           only=["batch_norm"])
+    got = {n.op: n.policy for n in gd.topo_order(both) if n.op in ("dense", "batch_norm")}
+    assert got == {"dense": p1, "batch_norm": p2}
+    st = gd.build(both)[0](np.zeros((2, 784), np.float32))
+    assert st.data["dense_0"]["kernel"].dtype == np.float16
+    x = np.random.default_rng(0).normal(size=(3, 784)).astype(np.float32)
+    for backend in ("numpy", "torch"):  # softmax, outside both, reads float32
+        assert _dtypes(gd.predict(both, st, x, backend=backend)) == ["float32"]
 
 
 def test_filter_mistakes_are_graphdsl_errors():
