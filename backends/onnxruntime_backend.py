@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import onnxruntime as ort
 
+from graphdsl.dtypes import HALF, np_dtype
 from graphdsl.errors import BackendError, GraphDSLError
 from graphdsl.node import Node
 from graphdsl.shapes import is_int
@@ -93,9 +94,12 @@ def _value(data: Any, key: tuple[str, str]) -> Any:
 
 def _rebuild(node: Node, outs: Any) -> Any:
     """The output of ``node`` from ONNX Runtime's flat outputs, in the order of
-    :func:`.onnx_backend.output_names`: containers as tuples or dicts."""
+    :func:`.onnx_backend.output_names`: containers as tuples or dicts; an output a
+    policy's cast makes half precision (the export holds it in float32, rounded) as
+    NumPy gives it."""
     if node.op != "container":
-        return next(outs)
+        y = next(outs)
+        return y.astype(np_dtype(node.dtype)) if node.dtype in HALF else y
     parts = [_rebuild(x, outs) for x in node.inputs]
     keys = node.attrs["keys"]
     return dict(zip(keys, parts)) if keys is not None else tuple(parts)

@@ -14,6 +14,7 @@ from . import (  # noqa: F401  (gd.display.as_table, as_graph, to_dot, render)
     display,
     dora,
     lora,
+    mixed_precision,
     windows,
 )
 from . import ops as _ops  # noqa: F401  (registers the ops)
@@ -155,8 +156,8 @@ __all__ = [  # sorted
     "hard_tanh", "input", "instance_norm", "layer", "layer_norm", "leaky_relu", "linear",
     "load", "load_adapters", "log_sigmoid", "log_softmax", "log_sumexp", "lora",
     "loraplus_param_groups", "lp_pool", "lstm", "map_nodes", "mask", "matmul", "max_pool",
-    "merge_adapters", "mish", "ModelState", "multiply", "Node", "nx", "OPS", "optional",
-    "or_else", "pad", "param", "pop_node", "positions", "predict", "properties",
+    "merge_adapters", "mish", "mixed_precision", "ModelState", "multiply", "Node", "nx", "OPS",
+    "optional", "or_else", "pad", "param", "pop_node", "positions", "predict", "properties",
     "reduce_nodes", "register_function", "register_onnx_rule", "relu", "relu6", "reshape",
     "resize", "rewrite_nodes", "rms_norm", "rotary_embedding", "save", "save_adapters", "selu",
     "separable_conv2d", "separable_conv3d", "set_options", "sigmoid", "silu", "slice",

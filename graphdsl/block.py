@@ -265,10 +265,10 @@ def _copy(g: Graph, given: dict[int, Node], prefix: str, call: str, frozen: bool
                               name)
             continue
         m = make_node(n.op, ins, dict(n.attrs), name, frozen=frozen or n.frozen,
-                      where=n.where)
+                      where=n.where, policy=n.policy)
         if prefix:
             m = Node(m.op, m.inputs, m.attrs, m.name, m.shape, m.dtype, tuple(
                 replace(p, owner=prefix + (p.owner or g.name(n))) for p in m.params),
-                m.where, m.frozen)
+                m.where, m.frozen, m.policy)
         new[n.id] = m
     return new[g.output.id]

@@ -15,10 +15,11 @@ import numpy as np
 from . import state_init
 from .backends import get_backend
 from .block import expand_blocks
+from .dtypes import FLOATS
 from .errors import GraphDSLError, InputError, RuleError, fmt_shape
 from .graph import Graph, analyze, check_input_names, state_value
 from .node import Node
-from .registry import OPS
+from .registry import OPS, ParamSpec
 from .shapes import is_int
 from .signatures import SignatureChecker
 from .state import ModelState, need_state
@@ -113,13 +114,23 @@ def make_plan(model: Node, mode: str = "inference", dtype: str = "float32") -> P
     for i, n in enumerate(g.order):
         if n.op == "input":
             continue
-        refs = tuple(ParamRef(p.name, *g.param_ref(n, p), p.shape, p.dtype or dtype, p.kind)
-                     for p in n.params)
+        refs = tuple(ParamRef(p.name, *g.param_ref(n, p), p.shape, read_dtype(n, p, dtype),
+                              p.kind) for p in n.params)
         steps.append(Step(n, g.name(n), n.op, n.attrs, tuple(slot[x.id] for x in n.inputs),
                           slot[n.id], refs, tuple(frees.get(i, ()))))
     inputs = tuple((g.name(n), slot[n.id], n) for n in g.input_nodes)
     return Plan(g, tuple(steps), inputs, slot[model.id], len(g.order), mode, dtype,
                 output_aliases(g, model))
+
+
+def read_dtype(n: Node, p: ParamSpec, dtype: str) -> str:
+    """The dtype layer ``n``'s kernel reads parameter ``p`` in: a floating-point
+    parameter of a layer with a mixed-precision policy is cast to the policy's ``compute``
+    dtype (``dtype`` when it has none: a half-precision value is widened, as Nx promotes
+    it with float32 inputs); other parameters in their own dtype, else ``dtype``."""
+    if n.policy is not None and p.dtype in (None, *FLOATS):
+        return n.policy.compute or dtype
+    return p.dtype or dtype
 
 
 def output_aliases(g: Graph, model: Node) -> tuple[bool, ...]:

@@ -246,6 +246,8 @@ def options(node: Node) -> list[str]:
             lines.append(f"{k}: {fmt_value(v)}")
     if node.frozen:
         lines.append("frozen: True")
+    if node.policy is not None:
+        lines.append(f"policy: {node.policy!r}")
     return lines
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from .dtypes import HALF
+from .dtypes import HALF, np_dtype
 from .errors import OptionError, RuleError
 from .registry import DerivedInit
 
@@ -82,13 +82,15 @@ def initialize(init: Any, shape: tuple, dtype: Any, seed: int, layer: str, param
     layer's parameters made before it) feeds a DerivedInit, e.g. DoRA's magnitude
     ``[out]`` from the kernel ``[in, out]``, computed in ``dtype`` from a half-precision
     kernel (as PEFT computes the magnitude in the adapter's float32)."""
+    dt = np_dtype(dtype)  # a half dtype (a policy's params) is drawn in float32, rounded
+    draw = np.dtype(np.float32) if dt.name in HALF else dt
     if isinstance(init, DerivedInit):
-        src = {k: v.astype(dtype) if v.dtype.name in HALF else v
+        src = {k: v.astype(draw) if v.dtype.name in HALF else v
                for k, v in (derived_from or {}).items()}
-        return np.asarray(init.fn(src), dtype=dtype).reshape(shape)
+        return np.asarray(init.fn(src), dtype=draw).reshape(shape).astype(dt, copy=False)
     fn = INITIALIZERS[init] if isinstance(init, str) else init
-    arr = np.asarray(fn(tuple(shape), np.dtype(dtype), param_rng(seed, layer, param)))
+    arr = np.asarray(fn(tuple(shape), draw, param_rng(seed, layer, param)))
     if arr.shape != tuple(shape):
         raise RuleError(f"initializer for {layer}.{param} returned shape {arr.shape}, "
                         f"expected {tuple(shape)}", "return an array of the given shape")
-    return arr.astype(dtype, copy=False)
+    return arr.astype(dt, copy=False)

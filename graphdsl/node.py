@@ -58,6 +58,7 @@ class Node:
     params: tuple[ParamSpec, ...]
     where: str
     frozen: bool = False
+    policy: Any = None  # a graphdsl.mixed_precision.Policy, or None (no casts)
     id: int = field(default_factory=lambda: next(_ids))
 
     # -- Axon-style sugar: x + y, x - y, x * y, x @ y (the registry's ops) --------------
@@ -94,7 +95,7 @@ class Node:
         proxies = tuple(k for k, v in self.attrs.items() if isinstance(v, MappingProxyType))
         attrs = {k: dict(v) if k in proxies else v for k, v in self.attrs.items()}
         return (self.op, attrs, proxies, self.name, self.shape, self.dtype, self.params,
-                self.where, self.frozen)
+                self.where, self.frozen, self.policy)
 
     @property
     def label(self) -> str:
@@ -203,10 +204,13 @@ def make_node(
     *,
     frozen: bool = False,
     where: str | None = None,
+    policy: Any = None,
 ) -> Node:
     """Create a node: check its name and attributes, infer its shape and its parameters.
 
     Every constructor goes through here, so every check runs at construction time.
+    ``policy`` (:mod:`graphdsl.mixed_precision`): its ``params`` dtype becomes the dtype
+    of the layer's floating-point parameters.
     """
     where = where or caller_location()
     opdef: OpDef = get_op(op)
@@ -233,7 +237,10 @@ def make_node(
         ) from None
     if frozen:
         params = tuple(_freeze_spec(p) for p in params)
-    return Node(op, ins, MappingProxyType(attrs), name, shape, dtype, params, where, frozen)
+    if policy is not None and policy.params is not None:  # None: a float parameter
+        params = tuple(p if p.dtype else replace(p, dtype=policy.params) for p in params)
+    return Node(op, ins, MappingProxyType(attrs), name, shape, dtype, params, where, frozen,
+                policy)
 
 
 def _freeze_spec(p: ParamSpec) -> ParamSpec:
@@ -253,7 +260,8 @@ def _check_arity(opdef: OpDef, ins: tuple, where: str, name: str | None) -> None
 
 def rebuild(node: Node, inputs: Sequence[Node], **changes: Any) -> Node:
     """The same layer on new inputs (shape and params re-inferred); ``changes`` may
-    override ``name``, ``attrs`` or ``frozen``. Returns ``node`` itself if nothing changed."""
+    override ``name``, ``attrs``, ``frozen`` or ``policy``. Returns ``node`` itself if
+    nothing changed."""
     if not changes and len(inputs) == len(node.inputs) and all(
         a is b for a, b in zip(inputs, node.inputs)
     ):
@@ -261,6 +269,7 @@ def rebuild(node: Node, inputs: Sequence[Node], **changes: Any) -> Node:
     return make_node(
         node.op, inputs, dict(changes.get("attrs", node.attrs)), changes.get("name", node.name),
         frozen=changes.get("frozen", node.frozen), where=node.where,
+        policy=changes.get("policy", node.policy),
     )
 
 

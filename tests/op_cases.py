@@ -20,6 +20,7 @@ from helpers import TOL, random_inputs
 
 import graphdsl as gd
 from graphdsl import dora, lora
+from graphdsl import mixed_precision as mp
 from graphdsl.node import make_node
 from graphdsl.ops.recurrent import reverse
 
@@ -320,6 +321,16 @@ _ROWS = [
         [_x((None, 2, 6)), _x((None, 3, 6), "z")], axis=1), _normal(x=(4, 2, 6), z=(4, 3, 6)),
         reference=lambda i, st: np.concatenate([i["x"], i["z"]], axis=1)),
     Case("concatenate", "attrs", lambda: gd.concatenate([_x(), _x((None, 3), "y")], axis=-1)),
+    # mixed precision's cast: float16 out (every backend returns it); the casts of a
+    # policied dense computing in float16 (torch in float16, NumPy and ONNX in float32 on
+    # values rounded to float16: float16's 2^-11 rounding of a 6-term dot product of
+    # normal draws is well under 5e-3); integers unchanged
+    Case("cast", "values", lambda: mp.cast(_x(), "float16"), _X,
+         reference=lambda i, st: i["x"].astype(np.float16)),
+    Case("cast", "compute", lambda: mp.apply_policy(gd.dense(_x(), 3), mp.create_policy(
+        compute="float16", output="float32")), _X, tol={"rtol": 5e-3, "atol": 5e-3}),
+    Case("cast", "ints", lambda: gd.embedding(mp.cast(_ids(), "float16"), 11, 4),
+         _token_ids),
     Case("reshape", "values", lambda: gd.reshape(_x((None, 4, 6)), (None, -1, 2)), _X46,
          reference=lambda i, st: i["x"].reshape(3, 12, 2)),
     Case("reshape", "attrs", lambda: gd.reshape(_x(), (None, 3, -1))),

@@ -236,8 +236,8 @@ def test_every_op_runs_under_autocast(case, device):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("case", cases_for("torch"))
-def test_every_op_in_a_half_precision_module(case, dtype):
+@pytest.mark.parametrize("case", cases_for("torch", lambda c: c.op != "cast"))  # a cast (a
+def test_every_op_in_a_half_precision_module(case, dtype):  # policy's) sets its own dtype
     """``to_torch(dtype=...)``: each op computes in half precision (adapters in float32),
     forward and backward, the float32 module's result within 16u of the largest value (u
     of that dtype; measured at most 9u, an LSTM)."""

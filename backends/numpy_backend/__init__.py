@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from graphdsl.arrays import as_numpy
-from graphdsl.dtypes import HALF
+from graphdsl.dtypes import HALF, np_dtype
 from graphdsl.errors import BackendError, InputError
 
 from ..base import Backend, KernelContext, plan_runner, state_fetch
@@ -72,9 +72,9 @@ def in_place(plan: Plan) -> dict[int, Callable]:
 def _state_array(arr: Any, ref: Any) -> np.ndarray:
     """A state value (any shape) as the read-only plain array kernels get, in the
     parameter's dtype; a float16/bfloat16 value of a float parameter as stored (upcast
-    per kernel call: .half)."""
-    dt = np.dtype(ref.dtype)
-    keep = arr.dtype == dt or (arr.dtype.name in HALF and dt.kind == "f")
+    per kernel call: .half), one a policy reads in half precision rounded to it."""
+    dt = np_dtype(ref.dtype)
+    keep = arr.dtype == dt or (arr.dtype.name in HALF and ref.dtype in ("float32", "float64"))
     out = arr.view(np.ndarray) if keep else arr.astype(dt)
     out.flags.writeable = False
     return out

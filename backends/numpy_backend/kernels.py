@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from graphdsl.dtypes import HALF
+from graphdsl.dtypes import HALF, is_float, np_dtype
+from graphdsl.mixed_precision import widened
 from graphdsl.ops.tensor import pad_widths
 
 from .. import dropouts, resize, shared
@@ -325,6 +326,16 @@ def _tied_dense(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.nda
     return y
 
 
+def _cast(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
+    """graphdsl.mixed_precision's cast: a compute cast to a half dtype rounds and keeps
+    float32 (NumPy computes half precision in float32); integers pass unchanged."""
+    x = ins[0]
+    if not is_float(x.dtype):
+        return x
+    return widened(x, a["dtype"]) if a["compute"] else x.astype(np_dtype(a["dtype"]),
+                                                                 copy=False)
+
+
 def _reduce_kernel(ufunc: np.ufunc):
     return lambda ins, p, a, ctx: _as_float(reduce(ufunc, ins), ctx)
 
@@ -350,6 +361,7 @@ KERNELS: dict[str, Callable] = {
     "rotary_embedding": _rotary_embedding,
     "positions": _positions,
     "tied_dense": _tied_dense,
+    "cast": _cast,
     **shared.KERNELS,
     **resize.KERNELS,
     **dropouts.kernels(_mask),

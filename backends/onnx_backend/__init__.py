@@ -12,6 +12,7 @@ its default subgraph is exported in its place.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -22,11 +23,13 @@ import onnx
 from onnx import external_data_helper, helper
 
 from graphdsl.compiler import make_plan
+from graphdsl.dtypes import HALF, dtype_name, is_float
 from graphdsl.errors import GraphDSLError, OptionError
+from graphdsl.mixed_precision import widened
 from graphdsl.node import Node
 from graphdsl.state import ModelState
 
-from .builder import ELEM, Builder, prune
+from .builder import Builder, prune
 from .rules import FLOOR, RULES, Layer, custom_min_opset
 
 _LARGE = 1_800_000_000  # bytes of weights beyond which a file keeps them in a side file
@@ -107,7 +110,9 @@ def _kept_optional(g: Any, optional_inputs: bool | Sequence[str]) -> set[str]:
 
 def _layer(plan: Any, step: Any, tensors: dict, data: Any, b: Builder,
            weights: dict) -> Layer:
-    arrays = {ref.local: plan.param_value(step, i, data) for i, ref in enumerate(step.params)}
+    # a policy's half-precision compute dtype: the values rounded to it, held in float32
+    arrays = {ref.local: widened(v, ref.dtype) if ref.dtype in HALF else v for ref, v in (
+        (ref, plan.param_value(step, i, data)) for i, ref in enumerate(step.params))}
     owners = {r.local: (r.owner, r.name) for r in step.params}
 
     def param(local: str) -> str:
@@ -124,8 +129,15 @@ def _layer(plan: Any, step: Any, tensors: dict, data: Any, b: Builder,
 
 def to_onnx(model: Node, state: ModelState, path: str | os.PathLike | None = None,
             opset: int | None = None, *, optional_inputs: bool | Sequence[str] = False,
-            kv_cache: bool = False) -> onnx.ModelProto:
-    """Export ``model`` with the weights of ``state`` as an ONNX model (float32).
+            kv_cache: bool = False, dtype: str | None = None) -> onnx.ModelProto:
+    """Export ``model`` with the weights of ``state`` as an ONNX model.
+
+    ``dtype`` (float32, float16, bfloat16; None: the half dtype of the state's float
+    values if it has one, else float32): the dtype of every float weight, graph input and
+    output and of the computation, except norms, the attention softmax and rotary angles,
+    computed in float32 as transformers does; adapters are merged in float32 first.
+    bfloat16 is refused when ONNX Runtime's CPU provider (when installed) has no bfloat16
+    kernel for an op of the graph (1.32 has none for MatMul, Add, Mul).
 
     Inputs keep their names, dtypes and shapes (each None axis dynamic); outputs are
     named as :func:`output_names` says. ``opset`` None: the lowest opset that covers the
@@ -157,8 +169,11 @@ def to_onnx(model: Node, state: ModelState, path: str | os.PathLike | None = Non
         from graphdsl.generate import decoder
         model = decoder(model)  # a GraphDSLError for a model that is not a causal LM
     plan = make_plan(model)
+    dtype = export_dtype(state, dtype)
     proto = export_plan(plan, state.data, choose_opset(plan, opset),
-                        _kept_optional(plan.graph, optional_inputs))
+                        _kept_optional(plan.graph, optional_inputs), dtype)
+    if dtype == "bfloat16":
+        _check_bfloat16(proto)
     if kv_cache:
         _as_optimum(proto)
     if path is not None:
@@ -198,14 +213,52 @@ def _as_optimum(proto: onnx.ModelProto) -> None:
                 dim.dim_param = label
 
 
-def export_plan(plan: Any, data: Any, opset: int, kept: set[str]) -> onnx.ModelProto:
+def export_dtype(state: ModelState, dtype: str | None) -> str:
+    """The float dtype of an export (see :func:`to_onnx`'s ``dtype``)."""
+    if dtype is None:
+        half = {dtype_name(v.dtype) for layer in state.data.values() for v in layer.values()
+                if dtype_name(v.dtype) in HALF}
+        if len(half) > 1:
+            raise OptionError("the state holds both float16 and bfloat16 values",
+                              op="to_onnx", fix="pass dtype='float16' (or 'float32')")
+        return half.pop() if half else "float32"
+    name = dtype_name(dtype) if is_float(dtype) else None
+    if name not in ("float32", *HALF):
+        raise OptionError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}",
+                          op="to_onnx", fix="pass dtype='float16', or None for the state's")
+    return name
+
+
+def _check_bfloat16(proto: onnx.ModelProto) -> None:
+    """A GraphDSLError naming the first op ONNX Runtime's CPU provider cannot run in
+    bfloat16 (it says so when a session is made); nothing when ONNX Runtime is absent."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return
+    try:
+        ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    except Exception as e:  # noqa: BLE001 - ORT raises its own NotImplemented, Fail, ...
+        found = re.search(r"implementation for (\w+)\(\d+\) node with name '([^'/]*)", str(e))
+        if found is None:
+            raise
+        raise GraphDSLError(f"ONNX Runtime's CPU provider has no bfloat16 kernel for "
+                            f"{found[1]} (layer {found[2]!r}), so this bfloat16 export "
+                            "cannot run there", layer=found[2], op="to_onnx",
+                            fix="export float16 (dtype='float16'), or float32 "
+                                "(dtype='float32' or state.astype('float32'))") from None
+
+
+def export_plan(plan: Any, data: Any, opset: int, kept: set[str],
+                dtype: str = "float32") -> onnx.ModelProto:
     """The ``ModelProto`` of ``plan`` with the weights of ``data`` (``state.data``) at
     ``opset`` (checked by :func:`choose_opset`); ``kept``: the optional inputs exported as
-    graph inputs (the others' default subgraphs are exported in their place)."""
+    graph inputs (the others' default subgraphs are exported in their place); ``dtype``:
+    the float dtype it computes in (:func:`export_dtype`)."""
     g = plan.graph
     outs = output_names(plan)
     in_names = [name for name, _, _ in plan.inputs]
-    b = Builder(opset, reserved=in_names)
+    b = Builder(opset, reserved=in_names, dtype=dtype)
     out_names = [b.fresh(name) for name, _ in outs]
     tensors: dict[int, Any] = {}
     graph_inputs = []
@@ -213,7 +266,7 @@ def export_plan(plan: Any, data: Any, opset: int, kept: set[str]) -> onnx.ModelP
         if name in g.optional and name not in kept:
             tensors[slot] = None
             continue
-        graph_inputs.append(helper.make_tensor_value_info(name, ELEM[node.dtype],
+        graph_inputs.append(helper.make_tensor_value_info(name, b.elem(node.dtype),
                                                           _dims(node.shape, name)))
         b.layer = name
         tensors[slot] = RULES["input"].fn(b, Layer(name, "input", node, [name], [],
@@ -228,7 +281,7 @@ def export_plan(plan: Any, data: Any, opset: int, kept: set[str]) -> onnx.ModelP
     b.layer = "output"
     for (_, node), oname in zip(outs, out_names):
         b.op("Identity", [tensors[slot_of[node.id]]], [oname])
-        graph_outputs.append(helper.make_tensor_value_info(oname, ELEM[node.dtype],
+        graph_outputs.append(helper.make_tensor_value_info(oname, b.elem(node.dtype),
                                                            list(node.shape)))
     nodes, inits = prune(b.nodes, b.initializers, out_names)
     graph = helper.make_graph(nodes, "graphdsl", graph_inputs, graph_outputs, inits)

@@ -12,8 +12,11 @@ from typing import Any
 import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
+from graphdsl.dtypes import is_float, np_dtype
+
 #: graphdsl dtype -> ONNX element type (float64 values are computed in float32)
 ELEM = {"float32": TensorProto.FLOAT, "float64": TensorProto.FLOAT,
+        "float16": TensorProto.FLOAT16, "bfloat16": TensorProto.BFLOAT16,
         "int32": TensorProto.INT32, "int64": TensorProto.INT64}
 INT64_MAX = np.iinfo(np.int64).max
 _REDUCE_AXES_INPUT = {"ReduceSum": 13}  # the others take axes as an input from opset 18
@@ -23,11 +26,14 @@ class Builder:
     """Collects ONNX nodes and initializers for one export at ``opset``.
 
     ``layer`` is the graphdsl layer being lowered: it prefixes the names of the tensors
-    and nodes a rule creates, so the ONNX graph reads like the graphdsl one.
+    and nodes a rule creates, so the ONNX graph reads like the graphdsl one. ``dtype``:
+    the float dtype the graph computes in (float32, float16, bfloat16): every float
+    tensor, weight and constant has it unless a rule asks for float32 (:meth:`f32`).
     """
 
-    def __init__(self, opset: int, reserved: Sequence[str] = ()) -> None:
+    def __init__(self, opset: int, reserved: Sequence[str] = (), dtype: str = "float32") -> None:
         self.opset = opset
+        self.dtype = dtype
         self.nodes: list[Any] = []
         self.initializers: dict[str, Any] = {}
         self.used: set[str] = set(reserved)
@@ -54,23 +60,45 @@ class Builder:
                                            **attrs))
         return outs[0] if isinstance(outputs, int) and outputs == 1 else outs
 
+    def elem(self, dtype: str) -> int:
+        """The ONNX element type of graphdsl ``dtype`` in this export (floats: ``self.dtype``)."""
+        return ELEM[self.dtype if is_float(dtype) else dtype]
+
     def weight(self, array: np.ndarray, name: str) -> str:
-        """An initializer holding ``array`` (a weight; float arrays stored as float32)."""
+        """An initializer holding ``array`` (a weight; float arrays stored in ``self.dtype``)."""
         arr = np.asarray(array)
-        if arr.dtype.kind == "f" and arr.dtype != np.float32:
-            arr = arr.astype(np.float32)
+        if is_float(arr.dtype):
+            arr = arr.astype(np_dtype(self.dtype), copy=False)
+        return self._initializer(arr, name)
+
+    def _initializer(self, arr: np.ndarray, name: str) -> str:
         name = self.fresh(name)
         self.initializers[name] = numpy_helper.from_array(np.array(arr, order="C"), name)
         return name
 
-    def const(self, value: Any, dtype: str = "float32") -> str:
-        """A small constant initializer (``dtype``: float32 or int64), shared by equal
-        values."""
-        arr = np.asarray(value, dtype=dtype)
+    def const(self, value: Any, dtype: str | None = None) -> str:
+        """A small constant initializer (``dtype``: int64, float32, or None for the
+        export's float dtype), shared by equal values."""
+        arr = np.asarray(value, dtype=np_dtype(dtype or self.dtype))
         key = (arr.dtype.str, arr.shape, arr.tobytes())
         if key not in self._consts:
-            self._consts[key] = self.weight(arr, f"{self.layer}/const")
+            self._consts[key] = self._initializer(arr, f"{self.layer}/const")
         return self._consts[key]
+
+    def full(self, shape: str, value: float = 0.0, dtype: str | None = None) -> str:
+        """A tensor of ``shape`` (a 1-D int64 tensor) filled with ``value``, of ``dtype``
+        (None: the export's float dtype)."""
+        arr = np.full([1], value, np_dtype(dtype or self.dtype))
+        return self.op("ConstantOfShape", [shape], value=numpy_helper.from_array(arr, "value"))
+
+    def f32(self, x: str) -> str:
+        """Float tensor ``x`` in float32 (no node in a float32 export): for what half
+        precision loses, as transformers computes norms, softmax and rotary angles."""
+        return x if self.dtype == "float32" else self.op("Cast", [x], to=TensorProto.FLOAT)
+
+    def narrow(self, x: str) -> str:
+        """Float32 tensor ``x`` back in the export's float dtype (the inverse of :meth:`f32`)."""
+        return x if self.dtype == "float32" else self.op("Cast", [x], to=ELEM[self.dtype])
 
     def ints(self, values: Sequence[int]) -> str:
         """A 1-D int64 constant (shapes, axes, starts)."""
@@ -78,9 +106,9 @@ class Builder:
 
     def cast(self, x: str, have: str, want: str) -> str:
         """``x`` (graphdsl dtype ``have``) as dtype ``want`` (no node if they agree)."""
-        if ELEM[have] == ELEM[want]:
+        if self.elem(have) == self.elem(want):
             return x
-        return self.op("Cast", [x], to=ELEM[want])
+        return self.op("Cast", [x], to=self.elem(want))
 
     def reduce(self, op_type: str, x: str, axes: Sequence[int], keepdims: int = 1) -> str:
         """``op_type`` (ReduceMean, ReduceSum, ReduceMax) over ``axes``, in the form the

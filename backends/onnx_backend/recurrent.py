@@ -12,7 +12,6 @@ biases; gru's bhn is the recurrent bias of h).
 from __future__ import annotations
 
 import numpy as np
-from onnx import TensorProto
 
 from graphdsl.errors import GraphDSLError
 from graphdsl.ops.nn import ACTIVATIONS as OPTIONS
@@ -119,9 +118,9 @@ def _masked(b: Builder, layer: Layer) -> str:
     bias = layer.param("bias") if "bias" in layer.arrays else None
     if bias is not None:
         xw = b.op("Add", [xw, bias if op == "lstm" else b.slice(bias, 0, 3 * u, 0)])
-    zeros = b.op("ConstantOfShape", [b.op("Concat", [b.dim(x, 0), b.ints([u])], axis=0)])
+    zeros = b.full(b.op("Concat", [b.dim(x, 0), b.ints([u])], axis=0))
     states = list(layer.ins[1:1 + n]) if a["state"] else [zeros] * n
-    m = b.op("Cast", [layer.ins[-1]], to=TensorProto.FLOAT)
+    m = b.op("Cast", [layer.ins[-1]], to=b.elem("float32"))
     outs = []
     for t in range(T):
         keep = b.op("Not", [b.op("Equal", [b.op("Gather", [m, b.ints([t])], axis=1),
@@ -185,7 +184,7 @@ def _state(b: Builder, layer: Layer) -> str:
     dims = [b.dim(layer.ins[0], 0)] + ([b.ints([1, a["units"]])] + [
         b.dim(layer.ins[0], i, x[i]) for i in range(3, len(x))] if a["rnn"] == "conv_lstm"
         else [b.ints([a["units"]])])
-    return b.op("ConstantOfShape", [b.op("Concat", dims, axis=0)])
+    return b.full(b.op("Concat", dims, axis=0))
 
 
 def _reverse(b: Builder, layer: Layer) -> str:

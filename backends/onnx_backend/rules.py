@@ -22,10 +22,11 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from graphdsl.adapters.contract import adapter_ops, base_options, merged_kernel
 from graphdsl.custom import onnx_rule_for
+from graphdsl.dtypes import is_float
 from graphdsl.errors import GraphDSLError, RuleError
 from graphdsl.ops.tensor import pad_widths
 
@@ -86,12 +87,13 @@ def _layer_norm(b: Builder, layer: Layer) -> str:
 
 def _rms_norm(b: Builder, layer: Layer) -> str:
     """gamma * (x * 1/sqrt(mean(x^2) + eps)), the NumPy kernel's order of operations
-    (RMSNormalization needs opset 23; this form runs everywhere)."""
-    x, rank = layer.ins[0], len(layer.shape)
+    (RMSNormalization needs opset 23; this form runs everywhere); in float32 in a half
+    export, as transformers does (x^2 overflows float16 from |x| > 256)."""
+    x, rank = b.f32(layer.ins[0]), len(layer.shape)
     ax = layer.attrs["axis"] % rank
     ms = b.op("Add", [b.reduce("ReduceMean", b.op("Mul", [x, x]), [ax]),
-                      b.const(layer.attrs["epsilon"])])
-    y = b.op("Mul", [x, b.op("Reciprocal", [b.op("Sqrt", [ms])])])
+                      b.const(layer.attrs["epsilon"], "float32")])
+    y = b.narrow(b.op("Mul", [x, b.op("Reciprocal", [b.op("Sqrt", [ms])])]))
     gamma = layer.param("gamma")
     if layer.attrs["shift"]:
         gamma = b.op("Add", [gamma, b.const(layer.attrs["shift"])])
@@ -140,7 +142,7 @@ def _pad(b: Builder, layer: Layer) -> str:
     pads = b.ints([lo for lo, _ in widths] + [hi for _, hi in widths])
     dtype = "int64" if layer.in_dtypes[0].startswith("int") else "float32"
     x = b.cast(layer.ins[0], layer.in_dtypes[0], dtype)
-    value = b.const(layer.attrs["value"], dtype)
+    value = b.const(layer.attrs["value"], "int64" if dtype == "int64" else None)
     return b.cast(b.op("Pad", [x, pads, value], mode="constant"), dtype, layer.dtype)
 
 
@@ -179,15 +181,15 @@ def _attention(b: Builder, layer: Layer) -> str:
     if scale is None and qs[3] is not None:
         scale = qs[3] ** -0.5
     sc = b.const(scale) if scale is not None else b.op("Reciprocal", [b.op(
-        "Sqrt", [b.op("Cast", [_scalar(b, d)], to=TensorProto.FLOAT)])])
-    s = b.op("Mul", [s, sc])
+        "Sqrt", [b.op("Cast", [_scalar(b, d)], to=b.elem("float32"))])])
+    s = b.f32(b.op("Mul", [s, sc]))  # masked softmax in float32, as transformers does
     if grouped:
         s = b.reshape(s, [0, H, N, M])
     keep = _keep_mask(b, layer, n, m)
     if keep is not None:
-        low = b.const(np.finfo(np.float32).min)
+        low = b.const(np.finfo(np.float32).min, "float32")
         s = b.op("Where", [keep, s, low])
-    p = b.op("Softmax", [s], axis=-1)
+    p = b.narrow(b.op("Softmax", [s], axis=-1))
     if grouped:
         p = b.reshape(p, [0, KV, rep, N, M])
     y = b.op("MatMul", [p, v])
@@ -225,14 +227,14 @@ def _rotary(b: Builder, layer: Layer) -> str:
     if d_static is not None:  # the NumPy kernel's float32 inverse frequencies, exactly
         d = d_static
         inv = b.const(1.0 / (layer.attrs["theta"] ** (np.arange(0, d, 2, dtype=np.float32)
-                                                      / d)))
+                                                      / d)), "float32")
         half = b.ints([d // 2])
     else:
         d = b.dim(x, 3)
         df = b.op("Cast", [_scalar(b, d)], to=TensorProto.FLOAT)
         idx = b.op("Cast", [b.op("Range", [b.const(0, "int64"), _scalar(b, d),
                                            b.const(2, "int64")])], to=TensorProto.FLOAT)
-        inv = b.op("Reciprocal", [b.op("Pow", [b.const(layer.attrs["theta"]),
+        inv = b.op("Reciprocal", [b.op("Pow", [b.const(layer.attrs["theta"], "float32"),
                                                b.op("Div", [idx, df])])])
         half = b.op("Div", [d, b.ints([2])])
     posf = b.op("Cast", [pos], to=TensorProto.FLOAT)
@@ -241,7 +243,8 @@ def _rotary(b: Builder, layer: Layer) -> str:
     def full(t: str) -> str:  # [batch, 1, seq, d]
         return b.unsqueeze(b.op("Concat", [t, t], axis=-1), [1])
 
-    cos, sin = full(b.op("Cos", [ang])), full(b.op("Sin", [ang]))
+    # angles in float32, cos/sin in the export's dtype (transformers' rotary embedding)
+    cos, sin = (full(b.narrow(b.op(f, [ang]))) for f in ("Cos", "Sin"))
     lo, hi = b.slice(x, 0, half, -1), b.slice(x, half, None, -1)
     rot = b.op("Concat", [b.op("Neg", [hi]), lo], axis=-1)
     return b.op("Add", [b.op("Mul", [x, cos]), b.op("Mul", [rot, sin])])
@@ -267,9 +270,9 @@ def _tied_dense(b: Builder, layer: Layer) -> str:
 
 # -- sources and plumbing ---------------------------------------------------------------------
 def _full_like(b: Builder, layer: Layer) -> str:
-    # ELEM maps float64 to float32, the dtype float64 values are computed in
-    value = helper.make_tensor("value", ELEM[layer.dtype], [1], [layer.attrs["value"]])
-    return b.op("ConstantOfShape", [b.op("Shape", [layer.ins[0]])], value=value)
+    # float64 is computed in the export's float dtype, as every float
+    return b.full(b.op("Shape", [layer.ins[0]]), layer.attrs["value"],
+                  None if is_float(layer.dtype) else layer.dtype)
 
 
 def _custom(b: Builder, layer: Layer) -> str:
@@ -298,6 +301,17 @@ def custom_min_opset(fn: Any) -> int:
     return FLOOR if found is None else found[1]
 
 
+def _cast(b: Builder, layer: Layer) -> str:
+    """graphdsl.mixed_precision's cast: the value rounded to the cast's dtype by a Cast
+    there and back, as the export keeps one float dtype (a policy's half-precision
+    results come out in it, holding the rounded values)."""
+    have, want = layer.in_dtypes[0], layer.attrs["dtype"]
+    t = b.elem(have)
+    if not is_float(have) or ELEM[want] == t:
+        return layer.ins[0]
+    return b.op("Cast", [b.op("Cast", [layer.ins[0]], to=ELEM[want])], to=t)
+
+
 RULES: dict[str, Rule] = {
     # a graph input as declared: a float64 one is declared float32 (ELEM), the dtype its
     # values are computed in
@@ -321,6 +335,7 @@ RULES: dict[str, Rule] = {
     "concatenate": Rule(_concatenate),
     "cache_append": Rule(_concatenate),
     "reshape": Rule(_reshape),
+    "cast": Rule(_cast),
     "flatten": Rule(lambda b, layer: b.op("Flatten", [layer.ins[0]], axis=1)),
     "transpose": Rule(_transpose),
     "pad": Rule(_pad),

@@ -33,12 +33,13 @@ from graphdsl.errors import BackendError, InputError
 from ..base import Backend, plan_runner, state_fetch
 from . import adapters, conv, conv_variants, kernels, pool, recurrent, special
 from .adapters import dora_column_norm_sq
-from .kernels import ACTIVATIONS, TorchContext, compiling
+from .kernels import ACTIVATIONS, TorchContext, compiling, step_dtype
 
 if TYPE_CHECKING:  # pragma: no cover
     from graphdsl.compiler import Plan
 
-_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+_TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64,
+                 "float16": torch.float16, "bfloat16": torch.bfloat16}
 KERNELS: dict[str, Callable] = {**kernels.KERNELS, **conv.KERNELS, **pool.KERNELS,
                                 **adapters.KERNELS, **special.KERNELS, **conv_variants.KERNELS,
                                 **recurrent.KERNELS}
@@ -102,8 +103,8 @@ class TorchBackend(Backend):
 
         return plan_runner(
             plan, KERNELS,
-            lambda step: TorchContext(plan.training, dtype, step.name, step.op, torch,
-                                      where=step.node.where, device=dev),
+            lambda step: TorchContext(plan.training, step_dtype(step, dtype), step.name,
+                                      step.op, torch, where=step.node.where, device=dev),
             state_fetch(plan, convert),
             lambda a, is_int, name, node: _convert_input(a, is_int, dtype, dev, name,
                                                                  node),

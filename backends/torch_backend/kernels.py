@@ -254,6 +254,17 @@ def _positions(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.T
     return r.expand(x.shape[:ax + 1]).contiguous()  # writable, like the NumPy kernel's
 
 
+def _cast(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
+    x = ins[0]  # integers are never cast (Axon's rule)
+    return x.to(getattr(torch, a["dtype"])) if x.is_floating_point() else x
+
+
+def step_dtype(step: Any, dtype: Any) -> Any:
+    """The dtype a step's kernel computes in: its policy's compute dtype, else ``dtype``."""
+    policy = step.node.policy
+    return getattr(torch, policy.compute) if policy and policy.compute else dtype
+
+
 KERNELS: dict[str, Callable] = {
     "constant": _constant,
     "custom": _custom,
@@ -275,6 +286,7 @@ KERNELS: dict[str, Callable] = {
     "rotary_embedding": _rotary_embedding,
     "positions": _positions,
     "tied_dense": lambda ins, p, a, ctx: F.linear(ins[0], p["kernel"], p.get("bias")),
+    "cast": _cast,
     **shared.KERNELS,
     **resize.KERNELS,
     **dropouts.kernels(keep_mask),

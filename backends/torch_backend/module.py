@@ -43,6 +43,7 @@ from . import (
     tensor_numpy,
 )
 from . import blocks as tblocks
+from .kernels import step_dtype
 
 
 def _dtype_name(dtype: Any, what: str) -> str | None:
@@ -74,6 +75,13 @@ def _value_dtype(stored: np.dtype, adapter: bool, dtype: str | None,
     return getattr(torch, name)
 
 
+def policied_keys(g: Any) -> frozenset:
+    """``{(layer, param)}`` read by layers with a mixed-precision policy: their dtype is
+    the policy's, not the one the module's inputs and other layers compute in."""
+    return frozenset(g.param_ref(n, s) for n in g.order if n.policy is not None
+                     for s in n.params)
+
+
 def _adapter_keys(g: Any) -> frozenset:
     """``{(layer, param)}`` of the values adapters own (A, B, magnitude, not the base's)."""
     return frozenset(g.param_ref(n, spec) for n in g.order for spec in n.params
@@ -88,6 +96,7 @@ class ModuleInfo:
                  blocks: tuple[str, ...] = (), adapters: frozenset = frozenset()) -> None:
         self.model, self.plan, self.entries, self.dtype = model, plan, entries, dtype
         self.adapters = adapters  # (layer, param) of adapter values (their own dtype)
+        self.policied = policied_keys(plan.graph)
         self.blocks = blocks  # submodules that run as calls (.blocks)
         self.input_names = [name for name, _, _ in plan.inputs]
         self.input_nodes = [node for _, _, node in plan.inputs]
@@ -178,7 +187,12 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
     g = plan.graph
     root = Module()  # submodules along the dots of the layer names
     holder = partial(_holder, root, create=True)
-    adapters = _adapter_keys(g)
+    adapters, policied = _adapter_keys(g), policied_keys(g)
+    if policied and dname in HALF:
+        raise GraphDSLError(f"to_torch(dtype={dname!r}) of a model with a mixed-precision "
+                            "policy: the policy sets each layer's dtypes", op="to_torch",
+                            fix="pass dtype=None (the state's and the policy's dtypes), or "
+                                "apply_policy a policy with params=" + repr(dname))
 
     entries = []  # (owner, name, kind, uint64)
     base_dtypes = []  # the module computes in these (promoted), adapters in their own
@@ -187,7 +201,8 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
         u64 = spec.kind == "state" and value.dtype == np.uint64
         vdt = _value_dtype(value.dtype, (owner, name) in adapters, dname, aname)
         t = _module_tensor(value.view(np.int64) if u64 else value, dev, vdt)
-        if vdt is not None and spec.kind != "state" and (owner, name) not in adapters:
+        if vdt is not None and spec.kind != "state" and (owner, name) not in adapters \
+                and (owner, name) not in policied:
             base_dtypes.append(vdt)
         if spec.kind == "state":
             _register(holder(owner), owner, name, t, "buffer")
@@ -276,7 +291,7 @@ def _generate(plan: Any, tdtype: Any, blocks: dict[str, tuple[int, int]]
     function}``."""
 
     glb: dict[str, Any] = {"_bind": _bind, "_compiling": compiling,
-                           "_write_state": _write_state}
+                           "_write_state": _write_state, "torch": torch}
     for i, step in enumerate(plan.steps):
         if step.op not in KERNELS:
             raise plan.step_error(step, f"the torch backend has no kernel for op {step.op!r}",
@@ -285,16 +300,23 @@ def _generate(plan: Any, tdtype: Any, blocks: dict[str, tuple[int, int]]
         glb[f"_k{i}"] = KERNELS[step.op]
         glb[f"_a{i}"] = dict(step.attrs)
         cache: dict = {}  # one cache per layer (e.g. colsum(K*K)), in both modes
-        glb[f"_c{i}"] = tuple(TorchContext(tr, tdtype, step.name, step.op, torch, cache,
+        glb[f"_c{i}"] = tuple(TorchContext(tr, step_dtype(step, tdtype), step.name, step.op,
+                                           torch, cache,
                                            where=step.node.where, torch_rng=True)
                               for tr in (False, True))
+
+    # with a policy, each layer reads its values as on the other backends: in its compute
+    # dtype, else the plan's (not in the dtypes they are stored in)
+    policied = any(step.node.policy is not None for step in plan.steps)
 
     def step_line(i: int, local: dict[str, str]) -> str:
         step = plan.steps[i]
         items = []
         for ref in step.params:
             coll = "_buffers" if ref.kind == "state" else "_parameters"
-            items.append(f"{ref.local!r}: {local[ref.owner]}.{coll}[{ref.name!r}]")
+            cast = policied and ref.dtype in FLOATS  # the plan's read dtype (a policy's)
+            items.append(f"{ref.local!r}: {local[ref.owner]}.{coll}[{ref.name!r}]"
+                         + (f".to(torch.{ref.dtype})" if cast else ""))
         if step.op == "constant":
             items.append(f"'value': {local[step.name]}._buffers['value']")
         ins = ", ".join(f"v{s}" for s in step.ins)
@@ -414,7 +436,7 @@ def _module_device_dtype(self: Any, meta: ModuleInfo) -> tuple[Any, Any]:
     """The device and the float dtype of the module's base parameters (the inputs')."""
     first = None
     for owner, name, t in module_parameters(self):
-        if t.is_floating_point():
+        if t.is_floating_point() and (owner, name) not in meta.policied:
             if (owner, name) not in meta.adapters:
                 return t.device, t.dtype
             first = first if first is not None else t

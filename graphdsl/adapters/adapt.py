@@ -59,7 +59,8 @@ def adapt(op: str, model: Node, targets: Targets, opts: dict[str, Any],
                     where=where, fix=f"rename that layer, or leave {n.name!r} out of "
                                      "targets")
             adapted.append(n.name)
-            return make_node(op, [inputs[0]], wrap_options(n, opts), new_name, where=n.where)
+            return make_node(op, [inputs[0]], wrap_options(n, opts), new_name, where=n.where,
+                             policy=n.policy)  # a mixed-precision policy carries over
         if n.params and not is_adapter(n):
             return rebuild(n, inputs, frozen=n.name not in saved)
         return n
@@ -76,16 +77,37 @@ def adapt(op: str, model: Node, targets: Targets, opts: dict[str, Any],
 
 def _matcher(op: str, targets: Any, g: Graph, dense: list[str], where: str
              ) -> Callable[[Node], bool]:
+    if isinstance(targets, Iterable) and not isinstance(targets, (str, re.Pattern)):
+        by_name = {g.name(n): n for n in g.order}
+        for t in targets:
+            n = by_name.get(t) if isinstance(t, str) else None
+            if n is not None and n.op not in ADAPTABLE:
+                raise GraphDSLError(
+                    f"{op}.adapt: target {t!r} is a {n.op} layer, not dense, conv "
+                    "or embedding", layer=t, op=n.op, where=n.where,
+                    fix="untie it first (gd.untie(model, state)): it becomes a dense layer"
+                        if n.op == "tied_dense" else
+                        f"adapters wrap dense, conv and embedding layers; those in this "
+                        f"model: {dense}")
+    return match_targets(targets, g, dense, f"{op}.adapt", where, "adaptable layer")
+
+
+def match_targets(targets: Any, g: Graph, candidates: list[str], what: str, where: str,
+                  noun: str = "layer") -> Callable[[Node], bool]:
+    """The predicate on a node (resolved name) that ``targets`` selects, as ``adapt``
+    takes them: a regex (full match on the name), a list of names (PEFT's rule: a name
+    matches itself and every layer ending in ``.name``; each must match one of
+    ``candidates``) or a predicate on a node. ``what`` names the caller in errors."""
     if isinstance(targets, re.Pattern):
         return lambda n: targets.fullmatch(n.name) is not None
     if isinstance(targets, str):
         try:
             rx = re.compile(targets)
         except re.error as e:
-            raise OptionError(f"{op}.adapt: targets {targets!r} is not a valid regex: "
-                                  f"{e}", where=where,
-                                  fix="pass a regex (full match on the layer name), a list "
-                                      "of names or a predicate on a node") from None
+            raise OptionError(f"{what}: targets {targets!r} is not a valid regex: "
+                              f"{e}", where=where,
+                              fix="pass a regex (full match on the layer name), a list "
+                                  "of names or a predicate on a node") from None
         return lambda n: rx.fullmatch(n.name) is not None
     if callable(targets):
         def pred(n: Node) -> bool:
@@ -96,36 +118,28 @@ def _matcher(op: str, targets: Any, g: Graph, dense: list[str], where: str
             except Exception as e:
                 raise GraphDSLError(
                     f"the targets predicate failed on layer {n.name!r}: "
-                    f"{type(e).__name__}: {e}", layer=n.name, op="dense", where=where,
-                    fix="the predicate receives a dense, conv or embedding node (n.name, "
-                        "n.op, n.attrs, n.shape) and returns True to adapt it") from None
+                    f"{type(e).__name__}: {e}", layer=n.name, op=n.op, where=where,
+                    fix="the predicate receives a node (n.name, n.op, n.attrs, n.shape) "
+                        "and returns True to select it") from None
         return pred
     if isinstance(targets, Iterable):
         names = list(targets)
         if not all(isinstance(t, str) for t in names):
-            raise OptionError(f"{op}.adapt: targets must be names (str), got {names!r}",
-                                  where=where, fix=f"dense layers in this model: {dense}")
-        by_name = {g.name(n): n for n in g.order}
+            raise OptionError(f"{what}: targets must be names (str), got {names!r}",
+                              where=where, fix=f"layers in this model: {candidates}")
         for t in names:
-            if t in by_name and by_name[t].op not in ADAPTABLE:
-                raise GraphDSLError(
-                    f"{op}.adapt: target {t!r} is a {by_name[t].op} layer, not dense, conv "
-                    "or embedding", layer=t, op=by_name[t].op, where=by_name[t].where,
-                    fix="untie it first (gd.untie(model, state)): it becomes a dense layer"
-                        if by_name[t].op == "tied_dense" else
-                        f"adapters wrap dense, conv and embedding layers; those in this "
-                        f"model: {dense}")
-            if not any(_list_match(t, d) for d in dense):
-                raise GraphDSLError(f"{op}.adapt: target {t!r} matches no adaptable layer of "
+            if not any(_list_match(t, d) for d in candidates):
+                raise GraphDSLError(f"{what}: target {t!r} matches no {noun} of "
                                     "this model (a name matches itself and every layer "
                                     f"ending in '.{t}')", where=where,
-                                    fix=f"adaptable layers in this model: {dense}" + (
-                                        "; a gd.block's body layers are not adaptable"
+                                    fix=f"{noun}s in this model: {candidates}" + (
+                                        "; a gd.block's body layers are not " + (
+                                            noun.split()[0] if " " in noun else "selectable")
                                         if g.blocks else ""))
         return lambda n: any(_list_match(t, n.name) for t in names)
-    raise OptionError(f"{op}.adapt: targets must be a regex, a list of names or a "
-                          f"predicate, got {type(targets).__name__}", where=where,
-                          fix=f"e.g. targets=r'attn_.*'; dense layers: {dense}")
+    raise OptionError(f"{what}: targets must be a regex, a list of names or a "
+                      f"predicate, got {type(targets).__name__}", where=where,
+                      fix=f"e.g. targets=r'attn_.*'; layers: {candidates}")
 
 
 def _list_match(entry: str, name: str) -> bool:
@@ -301,7 +315,7 @@ def _merged_layer(inputs: list[Node], n: Node) -> Node:
     ``base``) or, standalone, like ``n``; frozen, as the adapted model's weights were."""
     op, attrs = base_options(n)
     return make_node(op, [inputs[0]], attrs, n.attrs["base"] or n.name, frozen=True,
-                     where=n.where)
+                     where=n.where, policy=n.policy)
 
 
 # -- adapter-only state -------------------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import Any
 from ..custom import function_name
 from ..errors import GraphDSLError, RuleError, SerializationError, fmt_shape
 from ..graph import Graph, analyze
+from ..mixed_precision import policy_from_json
 from ..node import Node, make_node
 from ..ops._attrs import shape_tuple
 from ..ops.core import layer as custom_layer
@@ -80,6 +81,8 @@ def model_to_dict(model: Node, graph: Graph | None = None) -> dict[str, Any]:
                                  "inputs": [g.name(i) for i in n.inputs], "attrs": attrs}
         if n.frozen:
             entry["frozen"] = True
+        if n.policy is not None:
+            entry["policy"] = n.policy.to_json()
         if n.shape is not None and not is_structure(n.shape):  # a block of several outputs
             entry["shape"] = _shape_json(n.shape)
         nodes.append(entry)
@@ -255,7 +258,8 @@ def _make(e: dict[str, Any], ins: list[Node], where: str, source: str,
         else:
             attrs = {k: decode_value(v, f"{ctx} {k!r}") for k, v in raw.items()}
             act = attrs.pop("activation", None) if op in FUSED_ACTIVATION else None
-            node = make_node(op, ins, attrs, name, frozen=e.get("frozen", False), where=where)
+            node = make_node(op, ins, attrs, name, frozen=e.get("frozen", False), where=where,
+                             policy=policy_from_json(e["policy"]) if "policy" in e else None)
             if version == 1:
                 node = _legacy_same(node, name, where, source)
             # an older file's fused activation: the layer, then the activation node that

@@ -19,7 +19,7 @@ _INPUT_DTYPES = ("float32", "float64", "int32", "int64")
 _MAX_NODES = 1_000_000
 _TOP_KEYS = ("format", "format_version", "inputs", "nodes", "outputs")
 _INPUT_KEYS = ("name", "shape", "dtype", "meta")
-_NODE_KEYS = ("op", "name", "inputs", "attrs", "frozen", "shape")
+_NODE_KEYS = ("op", "name", "inputs", "attrs", "frozen", "policy", "shape")
 
 
 def _is_name(x: Any) -> bool:

@@ -235,7 +235,7 @@ def _optional_shape(s: list, a: dict) -> tuple:
 
 
 def _optional_dtype(d: list, a: dict) -> str:
-    if d[0] != d[1]:
+    if d[0] != d[1] and not (is_float(d[0]) and is_float(d[1])):  # a policy's casts
         raise RuleError(f"the default has dtype {d[1]}, the optional input {d[0]}",
                         "give the default the input's dtype", OptionError)
     return d[0]

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..dtypes import is_float
 from ..errors import GraphDSLError, OptionError, RuleError, fmt_shape
 from ..node import Node, caller_location, make_node, node_list
 from ..registry import OpDef, register_op
@@ -110,7 +111,7 @@ def _cond_shape(s: list, a: dict) -> tuple:
 
 
 def _cond_dtype(d: list, a: dict) -> str:
-    if d[1] != d[2]:
+    if d[1] != d[2] and not (is_float(d[1]) and is_float(d[2])):  # a policy's casts
         raise RuleError(f"cond's branches must have the same dtype, got {d[1]} and {d[2]}",
                         "give both graphs one dtype", OptionError)
     return d[1]

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from ..dtypes import is_float
 from ..errors import GraphDSLError, OptionError, RuleError, ShapeError, fmt_shape
 from ..initializers import check_initializer
 from ..node import Node, caller_location, is_valid_name, make_node, validate_name
@@ -31,7 +32,7 @@ def _merge(a: int | None, b: int | None, what: str, shapes: Sequence[tuple], fix
 def _floats(op: str, n: int):
     """An infer_dtype: the first ``n`` inputs must be float; the output is float."""
     def rule(d: Sequence[str], a: Any) -> str:
-        bad = [i for i, x in enumerate(d[:n]) if not x.startswith("float")]
+        bad = [i for i, x in enumerate(d[:n]) if not is_float(x)]  # bfloat16 too
         if bad:
             raise RuleError(f"{op} needs float inputs, but input {bad[0]} has dtype "
                             f"{d[bad[0]]}", "pass the float activations, not ids or masks",
