@@ -24,9 +24,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGES = {"graphdsl": "graphdsl", "backends": "graphdsl.backends"}  # folder -> module
 #: code lines of the library (graphdsl/ + backends/): 8,825 when the count changed to code
 #: lines (issue 21); 11,506 after Axon's whole layer set (issue 22, about 2,300 lines for
-#: some 60 ops on three backends) and the first half of generation (issue 23); room for the
-#: rest of generation and the precision policies
-LINE_BUDGET = 12_000
+#: some 60 ops on three backends) and the first half of generation (issue 23); about 12,500
+#: after the rest of generation and half precision (issue 24: float16/bfloat16 through the
+#: state, files, Hugging Face loading, three backends and ONNX, Axon's policies, ~800
+#: lines); what is left on the list (the docs site) adds docstrings, not code
+LINE_BUDGET = 13_000
 
 
 def modules() -> dict[str, str]:
