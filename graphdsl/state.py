@@ -98,9 +98,12 @@ def seal(value: Any, where: str = "value") -> StateArray:
     if type(value) is StateArray and not value.flags.writeable:
         return value
     arr = _numeric(value, where)
-    if not _immutable_memory(arr):
-        buf = np.ascontiguousarray(arr).tobytes()
-        arr = np.frombuffer(buf, dtype=arr.dtype).reshape(arr.shape)
+    if not _immutable_memory(arr):  # one copy, in the array's own layout (a kernel read
+        # transposed from a Hugging Face weight stays Fortran-ordered: no transposing copy)
+        fortran = arr.flags.f_contiguous and not arr.flags.c_contiguous
+        buf = arr.tobytes(order="F" if fortran else "C")
+        flat = np.frombuffer(buf, dtype=arr.dtype)
+        arr = flat.reshape(arr.shape[::-1]).T if fortran else flat.reshape(arr.shape)
     return arr.view(StateArray)
 
 

@@ -135,8 +135,11 @@ def test_from_pretrained_keeps_the_checkpoint_dtype_or_casts_on_request(name, ll
     np.testing.assert_array_equal(_np_bits(q), want)
     assert {a.dtype.name for v in st.data.values() for a in v.values()} == {name}
     _, st32 = hf.from_pretrained(path, dtype="float32")  # widening is exact
-    np.testing.assert_array_equal(st32.data["model.layers.0.self_attn.q_proj"]["kernel"],
-                                  sd["model.layers.0.self_attn.q_proj.weight"].T.float().numpy())
+    k32 = st32.data["model.layers.0.self_attn.q_proj"]["kernel"]
+    np.testing.assert_array_equal(k32, sd["model.layers.0.self_attn.q_proj.weight"].T.float()
+                                  .numpy())
+    # sealed in one copy that keeps the weight's layout: the kernel is its transpose
+    assert k32.flags.f_contiguous and not k32.flags.writeable
     other = "float16" if name == "bfloat16" else "bfloat16"
     _, st_o = hf.from_pretrained(path, dtype=other)
     np.testing.assert_array_equal(

@@ -193,7 +193,7 @@ def decode(buf: Any, entry: Entry, start: int = 0, widen_bf16: bool = False
     dt, shape, b, e = entry
     if dt == "BF16" and widen_bf16:
         raw = np.frombuffer(buf, "<u2", (e - b) // 2, start + b)
-        return (raw.astype("<u4") << 16).view("<f4").reshape(shape)
+        return np.left_shift(raw, 16, dtype="<u4").view("<f4").reshape(shape)
     code = np_dtype(ST_DTYPES[dt]).newbyteorder("<")
     return np.frombuffer(buf, code, (e - b) // ST_ITEMSIZE[dt], start + b).reshape(shape)
 
