@@ -39,7 +39,7 @@ LOSS_RTOL = 2e-2  # see the module docstring
 _DIR = os.path.join(tempfile.gettempdir(), "graphdsl_bench_precision")
 
 
-def _config(quick: bool):
+def config(quick: bool):
     import transformers
 
     size = (dict(hidden_size=128, intermediate_size=352, num_hidden_layers=2,
@@ -60,14 +60,14 @@ def checkpoint(quick: bool) -> tuple[str, int]:
     folder = os.path.join(_DIR, "quick" if quick else "full")
     if not glob.glob(os.path.join(folder, "*.safetensors")):
         torch.manual_seed(0)
-        model = transformers.LlamaForCausalLM(_config(quick)).to(torch.bfloat16)
+        model = transformers.LlamaForCausalLM(config(quick)).to(torch.bfloat16)
         model.save_pretrained(folder)
         del model
     files = glob.glob(os.path.join(folder, "*.safetensors"))
     return folder, sum(os.path.getsize(f) for f in files)
 
 
-def _ids(quick: bool, vocab: int):
+def token_ids(quick: bool, vocab: int):
     return np.random.default_rng(0).integers(0, vocab, (1, (32 if quick else 128) + 1))
 
 
@@ -95,13 +95,13 @@ def _load_hf(folder: str):
         folder, dtype=torch.bfloat16, attn_implementation="eager")
 
 
-def _peft(folder: str):
+def _peft(folder: str, device: str = "cpu"):
     import torch
     from peft import LoraConfig, get_peft_model
 
     torch.manual_seed(1)
-    net = get_peft_model(_load_hf(folder), LoraConfig(r=RANK, lora_alpha=ALPHA,
-                                                      target_modules=TARGETS, use_dora=True))
+    net = get_peft_model(_load_hf(folder).to(device), LoraConfig(
+        r=RANK, lora_alpha=ALPHA, target_modules=TARGETS, use_dora=True))
     with torch.no_grad():  # a trained adapter, not the zero init
         for n, p in net.named_parameters():
             if "lora_B" in n:
@@ -109,7 +109,7 @@ def _peft(folder: str):
     return net
 
 
-def _ours(folder: str, peft_model=None):
+def _ours(folder: str, peft_model=None, device: str = "cpu"):
     """graphdsl's DoRA over the bfloat16 base (adapters float32) with PEFT's adapter
     values, or (no ``peft_model``, for the memory rows) B drawn as PEFT's are here."""
     import graphdsl as gd
@@ -125,18 +125,19 @@ def _ours(folder: str, peft_model=None):
     for name, mod in (peft_model.get_base_model().named_modules() if peft_model else ()):
         if hasattr(mod, "lora_A") and "default" in mod.lora_A:
             data[f"{name}_dora"].update(
-                A=mod.lora_A["default"].weight.detach().float().numpy().T,
-                B=mod.lora_B["default"].weight.detach().float().numpy().T,
-                magnitude=mod.lora_magnitude_vector["default"].weight.detach().float().numpy())
+                A=mod.lora_A["default"].weight.detach().float().cpu().numpy().T,
+                B=mod.lora_B["default"].weight.detach().float().cpu().numpy().T,
+                magnitude=mod.lora_magnitude_vector["default"].weight.detach().float().cpu()
+                .numpy())
     state = gd.ModelState(data, frozen=state.frozen)
-    return gd.to_torch(adapted, state, dtype=None, adapter_dtype="float32")
+    return gd.to_torch(adapted, state, device=device, dtype=None, adapter_dtype="float32")
 
 
-def _step(fn, params, ids):
+def _step(fn, params, ids, device: str = "cpu"):
     import torch
 
     opt = torch.optim.SGD([p for p in params if p.requires_grad], lr=LR)
-    t = torch.from_numpy(ids)
+    t = torch.from_numpy(ids).to(device)
     inputs, labels = t[:, :-1], t[:, 1:].reshape(-1)
 
     def step():
@@ -151,12 +152,14 @@ def _step(fn, params, ids):
     return step
 
 
-def _steps(folder: str, ids) -> dict:
-    peft_model = _peft(folder)
-    ours = _ours(folder, peft_model)
-    return {"ours": _step(ours, ours.parameters(), ids),
+def steps(folder: str, ids, device: str = "cpu") -> dict:
+    """``{"ours", "peft"}``: one bfloat16 DoRA SGD step each (returning the loss) on
+    ``device``, both starting from the same weights and adapter values."""
+    peft_model = _peft(folder, device)
+    ours = _ours(folder, peft_model, device)
+    return {"ours": _step(ours, ours.parameters(), ids, device),
             "peft": _step(lambda x: peft_model(input_ids=x).logits, peft_model.parameters(),
-                          ids)}
+                          ids, device)}
 
 
 def _child(kind: str, folder: str, quick: bool) -> float:
@@ -168,9 +171,15 @@ def _child(kind: str, folder: str, quick: bool) -> float:
 
     torch.set_num_threads(THREADS)
     keep: list = []
-    ids = _ids(quick, _config(quick).vocab_size)
-    import peft  # noqa: F401 - imported (transformers' lazy LLaMA module too) before
-    _ = _config(quick), __import__("transformers").LlamaForCausalLM  # measuring
+    ids = token_ids(quick, config(quick).vocab_size)
+    # imported before measuring: peft, transformers' lazy LLaMA module, graphdsl's backend
+    # and bfloat16 support (ml_dtypes), which both runs of a pair would otherwise pay apart
+    import graphdsl.backends.numpy_backend  # noqa: F401
+    import peft  # noqa: F401
+
+    from graphdsl.dtypes import np_dtype
+
+    _ = config(quick), __import__("transformers").LlamaForCausalLM, np_dtype("bfloat16")
 
     def job() -> None:
         if kind == "load_ours":
@@ -216,8 +225,8 @@ def run(quick: bool = False) -> list[Row]:
 
     torch.set_num_threads(THREADS)
     folder, ckpt = checkpoint(quick)
-    cfg = _config(quick)
-    ids = _ids(quick, cfg.vocab_size)
+    cfg = config(quick)
+    ids = token_ids(quick, cfg.vocab_size)
     n = f"LLaMA {cfg.hidden_size}x{cfg.num_hidden_layers} bfloat16"
     rows: list[Row] = []
     failed: list[str] = []
@@ -238,10 +247,10 @@ def run(quick: bool = False) -> list[Row]:
                         ckpt / 2**20, "the checkpoint's bytes", unit="MiB"))
 
     def timed_steps():
-        steps = _steps(folder, ids)
-        first = {k: float(f()) for k, f in steps.items()}
+        fns = steps(folder, ids)
+        first = {k: float(f().detach()) for k, f in fns.items()}
         assert abs(first["ours"] - first["peft"]) <= LOSS_RTOL * abs(first["peft"]), first
-        return first, settled(steps, lambda: None, repeat=3 if quick else 2, warmup=1)
+        return first, settled(fns, lambda: None, repeat=3 if quick else 2, warmup=1)
 
     with threadpool_limits(THREADS):
         got = _attempt("DoRA step", timed_steps, failed)
