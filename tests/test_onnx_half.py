@@ -142,6 +142,15 @@ def test_float16_llama_matches_transformers_float16(tmp_path):
     _close(got, want, "float16 LLaMA logits vs transformers float16", tol=2e-2)
     peer = _close(want, exact, "transformers float16 vs float32", tol=2e-2)
     _close(got, exact, "float16 export vs float32 forward", tol=1.5 * peer)
+    # the decode step (optimum's cache inputs) in float16 too: a prefill, empty past
+    dec = gd.to_onnx(model, st, kv_cache=True, dtype="float16")
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+            "position_ids": np.broadcast_to(np.arange(ids.shape[1]), ids.shape).copy()}
+    feed.update({v.name: np.zeros((2, 2, 0, 8), np.float16) for v in dec.graph.input
+                 if v.name.startswith("past_key_values")})
+    assert len(feed) == 3 + 2 * cfg.num_hidden_layers
+    _close(_run(dec, feed), got, "float16 decode step (prefill) vs the plain export",
+           tol=1e-3)  # the same float16 ops but for a concatenation with the empty past
 
 
 def test_dora_over_float16_base_matches_peft():
