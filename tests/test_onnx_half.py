@@ -204,6 +204,12 @@ def test_bfloat16_export_is_refused_with_the_op_and_the_fix():
     # float16 of the same bfloat16 state works and computes in float16
     proto = gd.to_onnx(model, st, dtype="float16")
     assert _float_types(proto) == ({10}, {10})
+    # a graph whose ops ONNX Runtime does run in bfloat16 (a Transpose) exports as asked
+    x = gd.input("x", (None, 4, 3))
+    moved = gd.transpose(x, axes=(0, 2, 1))
+    proto = gd.to_onnx(moved, gd.build(moved)[0]({"x": np.zeros((1, 4, 3), np.float32)}),
+                       dtype="bfloat16")
+    assert _float_types(proto) == (set(), {16})  # BFLOAT16 input and output
 
 
 def test_bad_export_dtype_is_an_option_error():
