@@ -3,13 +3,15 @@ bfloat16 (hidden 1024, 16 layers, 16 heads / 8 kv heads, intermediate 2816 = LLa
 11008/4096 ratio rounded to a multiple of 256, vocab 32000; eager attention; written here
 with ``save_pretrained``, no download), 2 threads. Rows: ``hf.from_pretrained`` time
 against transformers' ``from_pretrained(dtype=torch.bfloat16)`` and the peak memory of
-loading against the checkpoint's bytes; one DoRA SGD step (r=16, alpha 32, all seven
-projections, batch 1 x 128) through ``gd.to_torch`` (base bfloat16, adapters float32)
-against PEFT's bfloat16 DoRA step (adapters float32, PEFT's ``autocast_adapter_dtype``)
-with PEFT's adapter values copied in: time, peak memory (load + adapt + two steps, each in
-a fresh process), loss; NumPy inference of the bfloat16 checkpoint: peak memory (load +
-one forward, fresh processes) against the float32 run's, logits against transformers'
-bfloat16 forward. ``--quick``: hidden 128, 2 layers, vocab 1000, batch 1 x 32.
+loading against the checkpoint's bytes (both loaders map the file, so each load here
+reads every page of every weight once, from the page cache: the file was just written);
+one DoRA SGD step (r=16, alpha 32, all seven projections, batch 1 x 128) through
+``gd.to_torch`` (base bfloat16, adapters float32) against PEFT's bfloat16 DoRA step
+(adapters float32, PEFT's ``autocast_adapter_dtype``) with PEFT's adapter values copied
+in: time, peak memory (load + adapt + two steps, each in a fresh process), loss; NumPy
+inference of the bfloat16 checkpoint: peak memory (load + one forward, fresh processes)
+against the float32 run's, logits against transformers' bfloat16 forward. ``--quick``:
+hidden 128, 2 layers, vocab 1000, batch 1 x 32.
 
 Tolerances, bfloat16 (8 significant bits, 2**-9 ~ 2e-3 relative rounding per op):
 transformers' bfloat16 forward is itself ~1e-2 of max |logit| away from its float32
@@ -85,6 +87,25 @@ def _load_ours(folder: str, dtype: str | None = None):
         raise RuntimeError(f"hf.from_pretrained gave {sorted(have)}, not {want}: this row "
                            "needs issue 24's half-precision loading")
     return model, state
+
+
+def _loaded_ours(folder: str):
+    """``hf.from_pretrained`` with every page of every weight read once: a loader that maps
+    the file costs nothing until the weights are used, so the load rows count that use."""
+    model, state = _load_ours(folder)
+    for layer in state.data.values():
+        for v in layer.values():
+            # memory order (a view of a transposed kernel), one element per 4 KiB page
+            float(np.asarray(v).ravel(order="K")[::2048].astype(np.float32).sum())
+    return model, state
+
+
+def _loaded_hf(folder: str):
+    """transformers' ``from_pretrained`` with every page of every weight read once."""
+    model = _load_hf(folder)
+    for p in model.parameters():
+        float(p.detach().reshape(-1)[::2048].float().sum())
+    return model
 
 
 def _load_hf(folder: str):
@@ -183,9 +204,9 @@ def _child(kind: str, folder: str, quick: bool) -> float:
 
     def job() -> None:
         if kind == "load_ours":
-            keep.append(_load_ours(folder))
+            keep.append(_loaded_ours(folder))
         elif kind == "load_hf":
-            keep.append(_load_hf(folder))
+            keep.append(_loaded_hf(folder))
         elif kind in ("step_ours", "step_peft"):
             if kind == "step_ours":
                 ours = _ours(folder)
@@ -232,7 +253,7 @@ def run(quick: bool = False) -> list[Row]:
     failed: list[str] = []
     with threadpool_limits(THREADS):
         t = _attempt("load time", lambda: interleaved(
-            {"ours": lambda: _load_ours(folder), "hf": lambda: _load_hf(folder)},
+            {"ours": lambda: _loaded_ours(folder), "hf": lambda: _loaded_hf(folder)},
             repeat=3 if quick else 5, warmup=1), failed)
         if t:
             rows.append(Row(f"{n}: hf.from_pretrained", t["ours"], t["hf"],
