@@ -7,8 +7,9 @@ An analysis, not a benchmark row (the stripped variants compute a stale norm):
 Variants, each as a ratio to PEFT's DoRA step (median over steps of the per-step ratio):
 the shipped node; the column norm taken from a cache (no pass over K, no norm
 arithmetic); that plus a frozen magnitude (no magnitude gradient, which reads the saved
-[n, out] activation); graphdsl's LoRA; PEFT's LoRA. If the second is above 0.8, no way
-of computing the norm reaches the 0.8x goal of ``bench_llama_dora``."""
+[n, out] activation); graphdsl's LoRA; PEFT's LoRA. If the second is above PEFT's LoRA
+step, no way of computing the norm reaches the goal of ``bench_llama_dora`` (DoRA step
+<= 1.0x PEFT's LoRA step, issue 24)."""
 from __future__ import annotations
 
 import argparse

@@ -142,6 +142,15 @@ def test_float16_llama_matches_transformers_float16(tmp_path):
     _close(got, want, "float16 LLaMA logits vs transformers float16", tol=2e-2)
     peer = _close(want, exact, "transformers float16 vs float32", tol=2e-2)
     _close(got, exact, "float16 export vs float32 forward", tol=1.5 * peer)
+    # the decode step (optimum's cache inputs) in float16 too: a prefill, empty past
+    dec = gd.to_onnx(model, st, kv_cache=True, dtype="float16")
+    feed = {"input_ids": ids, "attention_mask": np.ones_like(ids),
+            "position_ids": np.broadcast_to(np.arange(ids.shape[1]), ids.shape).copy()}
+    feed.update({v.name: np.zeros((2, 2, 0, 8), np.float16) for v in dec.graph.input
+                 if v.name.startswith("past_key_values")})
+    assert len(feed) == 3 + 2 * cfg.num_hidden_layers
+    _close(_run(dec, feed), got, "float16 decode step (prefill) vs the plain export",
+           tol=1e-3)  # the same float16 ops but for a concatenation with the empty past
 
 
 def test_dora_over_float16_base_matches_peft():
@@ -195,6 +204,12 @@ def test_bfloat16_export_is_refused_with_the_op_and_the_fix():
     # float16 of the same bfloat16 state works and computes in float16
     proto = gd.to_onnx(model, st, dtype="float16")
     assert _float_types(proto) == ({10}, {10})
+    # a graph whose ops ONNX Runtime does run in bfloat16 (a Transpose) exports as asked
+    x = gd.input("x", (None, 4, 3))
+    moved = gd.transpose(x, axes=(0, 2, 1))
+    proto = gd.to_onnx(moved, gd.build(moved)[0]({"x": np.zeros((1, 4, 3), np.float32)}),
+                       dtype="bfloat16")
+    assert _float_types(proto) == (set(), {16})  # BFLOAT16 input and output
 
 
 def test_bad_export_dtype_is_an_option_error():
