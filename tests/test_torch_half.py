@@ -27,7 +27,7 @@ ml_dtypes = pytest.importorskip("ml_dtypes")
 from op_cases import cases_for  # noqa: E402
 
 import graphdsl as gd  # noqa: E402
-from graphdsl import dora, hf  # noqa: E402
+from graphdsl import dora, hf, lora  # noqa: E402
 from graphdsl.errors import GraphDSLError  # noqa: E402
 
 U = 2.0 ** -8  # bfloat16's unit roundoff
@@ -304,3 +304,32 @@ def test_dora_under_autocast_matches_peft(device, bias):
         g = m.get_parameter(f"lin_dora.{mine}").grad
         assert g.dtype == torch.float32
         assert _rel(g, theirs) < 8 * U, mine
+
+
+@pytest.mark.parametrize("mod", [dora, lora])
+@pytest.mark.parametrize("kind", ["dense", "conv"])
+def test_adapter_dropout_in_a_bf16_module(mod, kind):
+    """Train mode with adapter dropout (PEFT's form, not the fused node) over a bf16 base
+    with float32 adapters: the float32 module's output with the same torch seed (the same
+    mask: torch draws it the same for both dtypes) within 4u, and float32 gradients."""
+    if kind == "dense":
+        x, xin = gd.input("x", (None, 16)), torch.randn(8, 16)
+        base = gd.dense(x, 12, name="fc")
+    else:
+        x, xin = gd.input("x", (None, 6, 6, 4)), torch.randn(2, 6, 6, 4)
+        base = gd.conv(x, 5, kernel_size=3, name="fc")
+    y = mod.wrap(x, base, rank=4, alpha=8.0, dropout=0.3)
+    st = gd.build(y)[0]({"x": xin.numpy()})
+    ad = f"fc_{mod.__name__.rsplit('.', 1)[-1]}"
+    rng = np.random.default_rng(0)
+    st = gd.ModelState({**st.data, ad: {**st.data[ad], "B": rng.standard_normal(
+        st.data[ad]["B"].shape).astype(np.float32) * 0.3}}, st.frozen, st.entries)
+    outs = []
+    for dtype in (torch.float32, torch.bfloat16):
+        m = gd.to_torch(y, st, dtype=dtype).train()
+        torch.manual_seed(0)
+        outs.append(m(xin.to(dtype)))
+        outs[-1].float().sum().backward()
+        assert m.get_parameter(f"{ad}.A").grad.dtype == torch.float32
+    assert outs[1].dtype == torch.bfloat16
+    assert _rel(outs[1], outs[0]) < 4 * U

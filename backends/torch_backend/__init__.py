@@ -113,7 +113,7 @@ class TorchBackend(Backend):
 
 def _to_state(v: Any) -> Any:
     """A new state value from a kernel as the ModelState holds it (NumPy)."""
-    return v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else v
+    return tensor_numpy(v) if isinstance(v, torch.Tensor) else v
 
 
 def state_tensor(arr: np.ndarray, device: torch.device, dtype: Any) -> torch.Tensor:
