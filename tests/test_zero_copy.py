@@ -4,6 +4,7 @@ renamed into place) leaves an already loaded state as it was."""
 from __future__ import annotations
 
 import mmap
+import os
 import subprocess
 import sys
 import textwrap
@@ -136,3 +137,56 @@ def test_loading_costs_about_the_weights_bytes(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     ratio = float(res.stdout.split()[-1])
     assert 0.9 < ratio <= 1.15, ratio
+
+
+def _file_mapped(address: int, path) -> bool:
+    """Whether ``address`` lies in a map of the file ``path`` (/proc/self/maps)."""
+    if not os.path.exists("/proc/self/maps"):
+        pytest.skip("no /proc/self/maps here")
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            span, *_, name = line.split(maxsplit=5)
+            lo, hi = (int(v, 16) for v in span.split("-"))
+            if lo <= address < hi and name.strip() == str(path):
+                return True
+    return False
+
+
+def test_to_torch_of_a_loaded_state_maps_the_file_copy_on_write(tmp_path):
+    """The module's parameters over a loaded state are copy-on-write maps of the weights
+    file (no second copy of the weights until written); training writes stay in the
+    module: the state, the file and a second module never see them."""
+    torch = pytest.importorskip("torch")
+    model = _mlp()
+    st = gd.build(model)[0]()
+    gd.save(tmp_path / "m.gdsl", model, st)
+    before = (tmp_path / "m.gdsl").read_bytes()
+    _, st2 = gd.load(tmp_path / "m.gdsl")
+    m1, m2 = gd.to_torch(model, st2), gd.to_torch(model, st2)
+    k1 = dict(m1.named_parameters())["a.kernel"]
+    assert _file_mapped(k1.data_ptr(), tmp_path / "m.gdsl")  # not an anonymous copy
+    x = torch.randn(4, 6)
+    want = m2(x).detach().clone()
+    opt = torch.optim.SGD(m1.parameters(), lr=0.5)
+    m1(x).square().sum().backward()
+    opt.step()  # writes every parameter of m1 in place
+    assert not torch.equal(m1(x), want)
+    torch.testing.assert_close(m2(x), want, rtol=0, atol=0)
+    np.testing.assert_array_equal(st2.data["a"]["kernel"], st.data["a"]["kernel"])
+    assert (tmp_path / "m.gdsl").read_bytes() == before
+    np.testing.assert_array_equal(gd.from_torch(m2).data["a"]["kernel"], st.data["a"]["kernel"])
+
+
+def test_to_torch_after_a_save_over_the_file_copies_from_the_state(tmp_path):
+    """A file renamed over the mapped one is not the mapped bytes any more: the module
+    then copies the state's values (the ones it was asked for), never the new file's."""
+    pytest.importorskip("torch")
+    model = _mlp()
+    st = gd.build(model)[0]()
+    gd.save(tmp_path / "m.gdsl", model, st)
+    _, loaded = gd.load(tmp_path / "m.gdsl")
+    gd.save(tmp_path / "m.gdsl", model, gd.build(model, seed=1)[0]())
+    m = gd.to_torch(model, loaded)
+    k = dict(m.named_parameters())["a.kernel"]
+    assert not _file_mapped(k.data_ptr(), tmp_path / "m.gdsl")
+    np.testing.assert_array_equal(k.detach().numpy(), st.data["a"]["kernel"])

@@ -29,6 +29,7 @@ from graphdsl.compiler import InputChecker, make_plan
 from graphdsl.dtypes import FLOATS, HALF, dtype_name, is_float
 from graphdsl.errors import BackendError, GraphDSLError, InputError, StateError, fmt_shape
 from graphdsl.graph import check_input_names, check_known_keys, state_value
+from graphdsl.io.filemap import private_view
 from graphdsl.node import Node
 from graphdsl.state import ModelState, need_state
 
@@ -239,10 +240,17 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
 
 def _module_tensor(value: Any, dev: Any, tdtype: Any) -> torch.Tensor:
     """A copy of ``value`` (an array of any shape; bfloat16 from ml_dtypes too) on
-    ``dev``, floats (running statistics too) in ``tdtype`` (None: their own dtype)."""
+    ``dev``, floats (running statistics too) in ``tdtype`` (None: their own dtype). A
+    value mapped from a weights file (gd.load, hf.from_pretrained) that needs no cast is
+    "copied" as a copy-on-write map of the same file bytes: its pages are shared with the
+    state's until the module writes them, so a loaded model is not held twice."""
     t = numpy_view(np.asarray(value))
     if not t.is_floating_point():
         tdtype = None
+    if dev.type == "cpu" and tdtype in (None, t.dtype):
+        cow = private_view(np.asarray(value))
+        if cow is not None:
+            return numpy_view(cow)
     return t.to(device=dev, dtype=tdtype, copy=True)
 
 

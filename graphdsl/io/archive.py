@@ -9,7 +9,6 @@ a temp file renamed into place, with fixed timestamps (same content, same bytes)
 from __future__ import annotations
 
 import contextlib
-import mmap
 import os
 import secrets
 import stat
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from ..errors import GraphDSLError, SerializationError
+from .filemap import map_file
 
 # member names of the two file kinds (model file: gd.save; adapter file: gd.save_adapters)
 MODEL_JSON = "model.json"
@@ -202,7 +202,7 @@ def _mapped_member(fh: Any, info: zipfile.ZipInfo, bad: Any) -> memoryview:
                   "the file is damaged; save the model again")
     start = (info.header_offset + 30 + int.from_bytes(local[26:28], "little")
              + int.from_bytes(local[28:30], "little"))
-    view = memoryview(mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ))
+    view = memoryview(map_file(fh.name, fh))
     if start + info.file_size > len(view):
         raise bad(f"member {info.filename!r} is truncated", "save the model again")
     view = view[start:start + info.file_size]

@@ -10,7 +10,6 @@ come from (zero-copy), bfloat16 as ``ml_dtypes.bfloat16``.
 from __future__ import annotations
 
 import io
-import mmap
 import os
 from collections.abc import Iterable, Mapping
 from typing import Any, BinaryIO
@@ -21,6 +20,7 @@ from ..dtypes import FLOATS, np_dtype
 from ..errors import GraphDSLError, SerializationError, StateError, fmt_shape
 from ..graph import Graph
 from ..state import ModelState, need_state
+from .filemap import FileMap, map_file
 from .json_text import parse_json
 
 # safetensors dtype code <-> NumPy dtype
@@ -203,12 +203,11 @@ def map_tensors(entries: Mapping[str, tuple[str, Entry]], widen_bf16: bool = Fal
     """``{name: array}`` of ``{name: (file path, its entry from file_header)}``, mapped from
     the files read-only (no copy; :func:`decode`, BF16 as bfloat16 unless ``widen_bf16``);
     each array has the entry's shape."""
-    maps: dict[str, mmap.mmap] = {}
+    maps: dict[str, FileMap] = {}
     out = {}
     for key, (path, entry) in entries.items():
         if path not in maps:
-            with open(path, "rb") as fh:
-                maps[path] = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            maps[path] = map_file(path)
         out[key] = decode(maps[path], entry, 0, widen_bf16)
     return out
 
