@@ -122,6 +122,38 @@ def peak_rss_growth(fn: Callable[[], object]) -> float:
     return float(status("VmHWM") - before)
 
 
+def peak_pss_growth(fn: Callable[[], object], every: float = 0.01) -> float:
+    """Bytes the proportional set size (Pss, /proc/self/smaps_rollup) grows to above its
+    level just before ``fn()``, sampled every ``every`` seconds (Linux). Unlike the
+    resident set, Pss counts a page once however many maps of it the process holds: a
+    file mapped twice (a loaded state and a module's copy-on-write map of the same
+    weights) costs its bytes once, as it does in physical memory."""
+    import re
+    import threading
+
+    def pss() -> int:
+        with open("/proc/self/smaps_rollup") as f:
+            return int(re.search(r"\nPss:\s+(\d+)", f.read()).group(1)) * 1024
+
+    gc.collect()
+    before = pss()
+    peak, done = [before], threading.Event()
+
+    def sample() -> None:
+        while not done.wait(every):
+            peak.append(max(peak[-1], pss()))
+
+    t = threading.Thread(target=sample, daemon=True)
+    t.start()
+    try:
+        fn()
+        peak.append(max(peak[-1], pss()))
+    finally:
+        done.set()
+        t.join()
+    return float(max(peak) - before)
+
+
 def in_child(module: str, *args: str) -> str:
     """stdout of ``python -m module *args`` in a fresh process with a fixed mmap threshold
     (glibc then returns every block over 128 KiB to the system when it is freed)."""
