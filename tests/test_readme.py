@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import ast
 import contextlib
-import io
 import glob
+import io
 import os
 import re
 import tokenize
@@ -29,7 +29,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = ["README.md"] + sorted(
     os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"),
                                                  recursive=True)
-    if "```python" in open(p, encoding="utf-8").read())
+    if re.search(r"^```python$", open(p, encoding="utf-8").read(), re.M))
 
 
 @dataclass
