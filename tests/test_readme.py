@@ -1,4 +1,5 @@
-"""The README is true as written: every ```python block runs, in order, in a fresh folder
+"""The README and every page of docs/ are true as written: every ```python block runs, in
+order, in a fresh folder
 (a block may use what an earlier block of the page defined, as a reader would), and the
 results the page shows are checked:
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import glob
 import io
 import os
 import re
@@ -23,7 +25,11 @@ import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PAGES = ["README.md"]
+#: README.md and every docs page with a python block (the API pages have none of their own)
+PAGES = ["README.md"] + sorted(
+    os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"),
+                                                 recursive=True)
+    if re.search(r"^```python$", open(p, encoding="utf-8").read(), re.M))
 
 
 @dataclass
