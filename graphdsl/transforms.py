@@ -4,7 +4,7 @@ in ``graphdsl.adapters``). Each returns a new graph and shares every subgraph it
 change."""
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from .errors import GraphDSLError
@@ -61,9 +61,26 @@ def _node_or_error(out: object, n: Node, what: str) -> Node:
     return out
 
 
-def freeze(model: Node, predicate: Callable[[Node], bool] | None = None) -> Node:
-    """Mark the parameters of the layers where ``predicate(node)`` holds (default: all)
-    as frozen; init_fn then records them frozen in the ModelState."""
+def freeze(model: Node, predicate: Callable[[Node], bool] | str | Iterable[str] | None = None
+           ) -> Node:
+    """Mark the parameters of the layers where ``predicate(node)`` holds (default: all;
+    a layer name or a list of names: those layers) as frozen; init_fn then records them
+    frozen in the ModelState. Anything else is a GraphDSLError."""
+    if isinstance(predicate, str) or (predicate is not None and not callable(predicate)):
+        names = {predicate} if isinstance(predicate, str) else set(predicate) \
+            if isinstance(predicate, Iterable) else None
+        if names is None or not all(isinstance(x, str) for x in names):
+            raise GraphDSLError(f"freeze: expected a predicate(node), a layer name or a list "
+                                f"of names, got {predicate!r}", op="freeze",
+                                fix="pass e.g. gd.freeze(model, ['fc1']) or "
+                                    "gd.freeze(model, lambda n: n.name == 'fc1')")
+        g = analyze(model)
+        unknown = sorted(names - {g.name(n) for n in g.order})
+        if unknown:
+            raise GraphDSLError(f"freeze: no layer named {unknown}", op="freeze",
+                                fix="use the names gd.properties(model) lists")
+        return rewrite_nodes(model, lambda n: (lambda ins, out: rebuild(
+            out, out.inputs, frozen=True)) if n.params and g.name(n) in names else None)
     return map_nodes(model, lambda n: rebuild(n, n.inputs, frozen=True)
                      if n.params and (predicate is None or predicate(n)) else n)
 

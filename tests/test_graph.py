@@ -197,3 +197,20 @@ def test_custom_layer_concrete_shape_is_probed():
     assert gd.get_output_shape(y, (4, 3)) == (8, 3)
     init, pred = gd.build(y)
     assert pred(init(), np.zeros((4, 3), np.float32)).shape == (8, 3)
+
+
+def test_freeze_takes_layer_names_as_state_freeze_does():
+    """gd.freeze(model, "fc1") / ["fc1"] freezes those layers (as ModelState.freeze
+    takes names); an unknown name or a non-predicate is a GraphDSLError, not a raw
+    TypeError from calling a list."""
+    x = gd.input("x", (None, 3))
+    y = gd.dense(gd.dense(x, 4, name="fc1"), 2, name="fc2")
+    init = lambda m: gd.build(m)[0](np.zeros((1, 3), np.float32))  # noqa: E731
+    assert init(gd.freeze(y, ["fc1"])).frozen == {("fc1", "kernel"), ("fc1", "bias")}
+    assert init(gd.freeze(y, "fc2")).frozen == {("fc2", "kernel"), ("fc2", "bias")}
+    assert init(gd.freeze(y, lambda n: n.name == "fc2")).frozen == \
+        init(gd.freeze(y, "fc2")).frozen
+    with pytest.raises(gd.GraphDSLError, match=r"no layer named \['nope'\]"):
+        gd.freeze(y, ["nope"])
+    with pytest.raises(gd.GraphDSLError, match="expected a predicate"):
+        gd.freeze(y, 3)
