@@ -18,9 +18,10 @@ frozen base kernels and biases, the adapters' A, B and magnitude), to one NumPy 
 file at PATH (keys ``"<layer>.<param>"``, e.g. ``"fc1_dora.A"``; ``np.load(PATH)`` reads
 it). Without ``--out`` nothing is written.
 
-Run time on the 2-core development machine (CPU, load ~6): about 8 s under torchrun with
-2 processes, 4 s in one process, mostly start-up (import torch, the process group); the
-training itself takes well under a second. ``--quick`` is barely faster.
+Run time on the 2-core development machine (CPU): about 4 s under torchrun with 2
+processes and 3 s in one process when lightly loaded (load average ~2.7), 8 s and 4 s at
+load ~7; nearly all of it start-up (importing torch, the process group): the 30 steps
+take well under a second. ``--quick`` (5 steps) is barely faster.
 """
 from __future__ import annotations
 
@@ -96,9 +97,8 @@ def train(model: gd.Node, state: gd.ModelState, x: np.ndarray, t: np.ndarray, st
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 epilog="Run time (2-core CPU machine): about 8 s under "
-                                 "torchrun with 2 processes, 4 s in one, mostly start-up.")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--quick", action="store_true", help="5 steps (a smoke run)")
     ap.add_argument("--lr", type=float, default=0.1)

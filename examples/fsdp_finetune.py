@@ -24,9 +24,10 @@ says ``.gdsl``). Read it back onto the base state with
 ``gd.load_adapters(PATH, make_model(), initial_state(make_model()))``. Without ``--out``
 nothing is written.
 
-Run time on the 2-core development machine (CPU, load ~6): about 10 s under torchrun
-with 2 processes, 8 s in one process, mostly start-up (import torch,
-the process group); ``--quick`` saves about a second.
+Run time on the 2-core development machine (CPU): about 5 s under torchrun with 2
+processes and 2.5 s in one process when lightly loaded (load average ~2.7), 10 s and 8 s
+at load ~7; nearly all of it start-up (importing torch, the process group): the 20 steps
+take about a second. ``--quick`` (3 steps) is barely faster.
 """
 from __future__ import annotations
 
@@ -128,9 +129,8 @@ def train(model: gd.Node, state: gd.ModelState, ids: np.ndarray, steps: int, lr:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
-                                 epilog="Run time (2-core CPU machine): about 10 s under "
-                                 "torchrun with 2 processes, 8 s in one, mostly start-up.")
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="3 steps (a smoke run)")
     ap.add_argument("--lr", type=float, default=0.5)
