@@ -317,14 +317,16 @@ def plots(out, pre_losses, curves, decomp, corr, every) -> None:
         k = min(k, len(v))
         return np.arange(k - 1, len(v)), np.convolve(v, np.ones(k) / k, mode="valid")
 
-    # one loss axis for both panels: the fine-tuning curves start where pretraining ended
-    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    # own loss axes: the panels' losses are on different text (a shared axis squashed the
+    # fine-tuning curves into one line); the methods, which are compared, share one panel
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
     a.plot(*smooth(pre_losses))
     a.set(title="pretraining (reference manual)", xlabel="step",
           ylabel="training loss, nats/byte (10-step mean)")
     for name, losses in curves.items():
         b.plot(*smooth(losses), label=name)
-    b.set(title="fine-tuning (stdlib docstrings)", xlabel="step")
+    b.set(title="fine-tuning (stdlib docstrings)", xlabel="step",
+          ylabel="training loss, nats/byte (10-step mean)")
     b.legend(title="method")
     for ax in (a, b):
         ax.grid(alpha=0.3)
