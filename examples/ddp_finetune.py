@@ -5,8 +5,23 @@ each process trains on its shard of the batch and DDP averages the gradients, so
 result equals full-batch training in one process. CPU + gloo by default, one GPU per
 process + nccl when CUDA is available.
 
-    torchrun --nproc_per_node=2 examples/ddp_finetune.py [--steps 30] [--out adapters.npz]
+    torchrun --nproc_per_node=2 examples/ddp_finetune.py [--steps 30] [--out state.npz]
     python examples/ddp_finetune.py            # the same training, one process, no DDP
+    python examples/ddp_finetune.py --quick    # 5 steps, a smoke run
+
+The logged loss is the global one: each rank's shard loss, all-reduced (mean over the
+ranks weighted by their shard sizes), i.e. the mean-squared error over the whole batch of
+64, the number one process training on the full batch prints.
+
+``--out PATH`` makes rank 0 write the trained state, every parameter of every layer (the
+frozen base kernels and biases, the adapters' A, B and magnitude), to one NumPy ``.npz``
+file at PATH (keys ``"<layer>.<param>"``, e.g. ``"fc1_dora.A"``; ``np.load(PATH)`` reads
+it). Without ``--out`` nothing is written.
+
+Run time on the 2-core development machine (CPU): about 4 s under torchrun with 2
+processes and 3 s in one process when lightly loaded (load average ~2.7), 8 s and 4 s at
+load ~7; nearly all of it start-up (importing torch, the process group): the 30 steps
+take well under a second. ``--quick`` (5 steps) is barely faster.
 """
 from __future__ import annotations
 
@@ -46,12 +61,23 @@ def initial_state(model: gd.Node, seed: int = 0) -> gd.ModelState:
     return gd.build(model, seed=seed)[0]({"x": np.zeros((1, IN), np.float32)})
 
 
+def global_mean(loss: torch.Tensor, n: int, ddp: bool) -> float:
+    """The mean of ``loss`` over the global batch: this rank's mean over its ``n`` values,
+    weighted by ``n`` and summed over the ranks (a collective: every rank calls it)."""
+    if not ddp:
+        return loss.item()
+    both = torch.stack([loss.detach() * n, torch.tensor(float(n), device=loss.device)])
+    dist.all_reduce(both)
+    return (both[0] / both[1]).item()
+
+
 def train(model: gd.Node, state: gd.ModelState, x: np.ndarray, t: np.ndarray, steps: int,
           lr: float, device: str = "cpu", ddp: bool = False, log: bool = False
           ) -> gd.ModelState:
     """``steps`` SGD steps of mean-squared error on (x, t); returns the trained state.
     With ``ddp=True`` the module is wrapped in DistributedDataParallel (process group
-    already initialized) and (x, t) is this rank's shard."""
+    already initialized) and (x, t) is this rank's shard. Every 10th step (and the last)
+    the global loss is computed (all ranks take part) and printed where ``log``."""
     module = gd.to_torch(model, state, device=device)
     net = DistributedDataParallel(module, device_ids=[device] if device != "cpu" else None
                                   ) if ddp else module
@@ -63,17 +89,26 @@ def train(model: gd.Node, state: gd.ModelState, x: np.ndarray, t: np.ndarray, st
         loss = torch.nn.functional.mse_loss(net(xb), tb)
         loss.backward()
         opt.step()
-        if log and (step % 10 == 0 or step == steps - 1):
-            print(f"step {step:3d}  loss {loss.item():.5f}", flush=True)
+        if step % 10 == 0 or step == steps - 1:
+            value = global_mean(loss, t.size, ddp)  # before the update: the loss it came from
+            if log:
+                print(f"step {step:3d}  loss {value:.6f}", flush=True)
     return gd.from_torch(module)
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--quick", action="store_true", help="5 steps (a smoke run)")
     ap.add_argument("--lr", type=float, default=0.1)
-    ap.add_argument("--out", default=None, help="save the trained state (npz) from rank 0")
+    ap.add_argument("--out", default=None, metavar="PATH",
+                    help="rank 0 writes the trained state (every layer's parameters: "
+                    "frozen base and adapters) to PATH as one NumPy .npz, keys "
+                    "'<layer>.<param>'; default: write nothing")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.steps = 5
 
     distributed = "WORLD_SIZE" in os.environ
     rank, world, device = 0, 1, "cpu"
@@ -93,7 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     shard = slice(rank * N // world, (rank + 1) * N // world)
     if rank == 0:
         print(f"{world} process(es) on {device}; trainable "
-              f"{state.trainable_parameter_count()} of {state.parameter_count()} parameters")
+              f"{state.trainable_parameter_count()} of {state.parameter_count()} parameters; "
+              f"loss: mean-squared error over the global batch of {N}")
     trained = train(model, state, x[shard], t[shard], args.steps, args.lr, device,
                     ddp=distributed, log=rank == 0)
     if rank == 0 and args.out:

@@ -11,6 +11,23 @@ default, one GPU per process + nccl when CUDA is available.
 
     torchrun --nproc_per_node=2 examples/fsdp_finetune.py [--steps 20] [--out adapters.gdsl]
     python examples/fsdp_finetune.py            # the same training, one process, no FSDP
+    python examples/fsdp_finetune.py --quick    # 3 steps, a smoke run
+
+The logged loss is the global one: each rank's next-token loss on its shard, all-reduced
+(mean over the ranks weighted by their predicted-token counts), i.e. the loss over the
+whole batch of 8 sequences, the number one process training on the full batch prints.
+
+``--out PATH`` makes rank 0 write the trained adapters, and only those (every
+``*_dora`` layer's A, B and magnitude with the adapters' settings; no base weights), with
+``gd.save_adapters`` to one graphdsl adapter file at PATH (any extension; the usage line
+says ``.gdsl``). Read it back onto the base state with
+``gd.load_adapters(PATH, make_model(), initial_state(make_model()))``. Without ``--out``
+nothing is written.
+
+Run time on the 2-core development machine (CPU): about 5 s under torchrun with 2
+processes and 2.5 s in one process when lightly loaded (load average ~2.7), 10 s and 8 s
+at load ~7; nearly all of it start-up (importing torch, the process group): the 20 steps
+take about a second. ``--quick`` (3 steps) is barely faster.
 """
 from __future__ import annotations
 
@@ -66,11 +83,23 @@ def shard(module: torch.nn.Module) -> None:
     fully_shard(module)
 
 
+def global_mean(loss: torch.Tensor, n: int, fsdp: bool) -> float:
+    """The mean of ``loss`` over the global batch: this rank's mean over its ``n`` values,
+    weighted by ``n`` and summed over the ranks (a collective: every rank calls it)."""
+    if not fsdp:
+        return loss.item()
+    both = torch.stack([loss.detach() * n, torch.tensor(float(n), device=loss.device)])
+    dist.all_reduce(both)
+    return (both[0] / both[1]).item()
+
+
 def train(model: gd.Node, state: gd.ModelState, ids: np.ndarray, steps: int, lr: float,
           device: str = "cpu", fsdp: bool = False, log: bool = False) -> gd.ModelState | None:
     """``steps`` SGD steps of next-token loss on ``ids``; returns the trained state. With
     ``fsdp=True`` (process group initialized, ``ids`` this rank's shard) the module is
-    sharded per block and the state is gathered to rank 0: other ranks return None."""
+    sharded per block and the state is gathered to rank 0: other ranks return None. Every
+    5th step (and the last) the global loss is computed (all ranks take part) and printed
+    where ``log``."""
     module = gd.to_torch(model, state, device=device)
     if fsdp:
         shard(module)
@@ -84,8 +113,11 @@ def train(model: gd.Node, state: gd.ModelState, ids: np.ndarray, steps: int, lr:
         loss = next_token_loss(module(xb), xb)
         loss.backward()
         opt.step()
-        if log and (step % 5 == 0 or step == steps - 1):
-            print(f"step {step:3d}  loss {loss.item():.5f}", flush=True)
+        if step % 5 == 0 or step == steps - 1:
+            # the loss the step came from, over every predicted token of the global batch
+            value = global_mean(loss, ids.shape[0] * (ids.shape[1] - 1), fsdp)
+            if log:
+                print(f"step {step:3d}  loss {value:.6f}", flush=True)
     if not fsdp:
         return gd.from_torch(module)
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
@@ -97,11 +129,18 @@ def train(model: gd.Node, state: gd.ModelState, ids: np.ndarray, steps: int, lr:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=20)
+    ap.add_argument("--quick", action="store_true", help="3 steps (a smoke run)")
     ap.add_argument("--lr", type=float, default=0.5)
-    ap.add_argument("--out", default=None, help="save the trained adapters from rank 0")
+    ap.add_argument("--out", default=None, metavar="PATH",
+                    help="rank 0 writes the trained adapters only (A, B, magnitude of "
+                    "every DoRA layer; no base weights) with gd.save_adapters to PATH; "
+                    "read back with gd.load_adapters; default: write nothing")
     args = ap.parse_args(argv)
+    if args.quick:
+        args.steps = 3
 
     distributed = "WORLD_SIZE" in os.environ
     rank, world, device = 0, 1, "cpu"
@@ -121,7 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     part = ids[rank * N // world:(rank + 1) * N // world]
     if rank == 0:
         print(f"{world} process(es) on {device}; trainable "
-              f"{state.trainable_parameter_count()} of {state.parameter_count()} parameters")
+              f"{state.trainable_parameter_count()} of {state.parameter_count()} parameters; "
+              f"loss: next-token cross-entropy over the global batch of {N} sequences")
     trained = train(model, state, part, args.steps, args.lr, device, fsdp=distributed,
                     log=rank == 0)
     if rank == 0 and args.out:

@@ -18,6 +18,14 @@
 6. The paper's weight-decomposition analysis (Liu et al. 2024, sec. 3.2) on the q/v
    projections: magnitude vs direction change across checkpoints for each method.
 Writes the loss plot, the decomposition plot and ``results.json`` to the output folder.
+
+Run time on the 2-core development machine, one torch thread (``--threads 1``, the
+default): 4.1 min in full mode (measured 248 s at load average ~2.5: pretraining 900
+steps 154 s, fine-tuning 150 steps each 23 s full, 26 s LoRA, 35 s DoRA, the rest 10 s);
+a heavily loaded machine took 38 min. ``--quick`` (a 2-layer, 32-wide model, 30 + 3 x 12
+steps) about 10 s. The script prints its estimate at the start, updates it from the
+measured speed after 20 pretraining steps, and shows a progress bar per phase (1/5 ...
+5/5).
 """
 from __future__ import annotations
 
@@ -31,7 +39,7 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
-from dora_finetune import decomposition  # (dM, dD) per [in, out] kernel, the paper's sec. 3.2
+from dora_finetune import decomposition, plot_decomposition  # the paper's sec. 3.2
 from tqdm import tqdm
 
 import graphdsl as gd
@@ -43,6 +51,41 @@ DOMAIN_MODULES = ("collections", "itertools", "functools", "pathlib", "json", "r
                   "string", "textwrap", "argparse", "datetime", "random", "statistics",
                   "heapq", "bisect", "contextlib", "dataclasses", "enum", "typing", "shutil")
 PROMPT = "Return a new list"
+# Measured on the 2-core development machine with one torch thread, lightly loaded (load
+# average ~2): seconds per pretraining step, a fine-tuning step's cost relative to one,
+# and the seconds outside the training loops (start-up, data, the PEFT round trip,
+# export, generation). A heavily loaded machine took up to 10x longer.
+TIMING = {"quick": (0.01, 1.0, 8.0), "full": (0.17, 1.1, 12.0)}
+
+
+def minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
+class Estimate:
+    """Prints the run's expected time at the start, and again from this machine's measured
+    speed once ``at`` pretraining steps have run (``on_step`` is the ``train`` hook)."""
+
+    def __init__(self, mode: str, pre_steps: int, ft_steps: int, at: int = 20):
+        self.step, self.ratio, self.overhead = TIMING[mode]
+        self.pre_steps, self.ft_steps, self.at = pre_steps, ft_steps, min(at, pre_steps - 1)
+        self.t1 = 0.0
+        total = self.overhead + self.step * (pre_steps + 3 * self.ratio * ft_steps)
+        print(f"{mode} mode: {pre_steps} pretraining steps, then 3 x {ft_steps} fine-tuning "
+              f"steps; expect about {minutes(total)} (one torch thread, 2-core machine, "
+              f"lightly loaded; a heavily loaded one took up to 10x longer). Updated after "
+              f"{self.at} steps.", flush=True)
+
+    def on_step(self, step: int) -> None:
+        if step == 0:  # the first step warms up: time from its end
+            self.t1 = time.perf_counter()
+        elif step == self.at:
+            rate = (time.perf_counter() - self.t1) / step
+            left = rate * (self.pre_steps - step - 1 + 3 * self.ratio * self.ft_steps)
+            left += self.overhead / 2  # about half of it (start-up, data) is behind us
+            done = time.strftime("%H:%M", time.localtime(time.time() + left))
+            tqdm.write(f"{rate:.3f} s per step here: about {minutes(left)} left, done "
+                       f"around {done}")
 
 
 def config(quick: bool) -> dict:
@@ -176,8 +219,12 @@ def peft_roundtrip(out: str, model: gd.Node, base: gd.ModelState,
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out", "llm"))
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "out", "llm"),
+                    metavar="DIR", help="folder for llm_loss.png, llm_decomposition.png, "
+                    "results.json and the Hugging Face folders base/, dora_adapter/, merged/ "
+                    "(default: examples/out/llm)")
     ap.add_argument("--quick", action="store_true", help="a tiny model, a few steps")
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on a loaded 2-core machine two took "
@@ -189,6 +236,7 @@ def main() -> None:
     q = args.quick
     seq, batch = (32, 8) if q else (128, 16)
     pre_steps, ft_steps, n_gen = (30, 12, 16) if q else (900, 150, 48)
+    estimate = Estimate("quick" if q else "full", pre_steps, ft_steps)
     cfg = config(q)
     pre_train, pre_val = split(reference_manual())
     dom_train, dom_val = split(docstrings())
@@ -196,7 +244,8 @@ def main() -> None:
     # -- 1. pretrain ---------------------------------------------------------------------
     model = models.llama(cfg)
     module = gd.to_torch(model, gd.build(model, seed=0)[0]())
-    pre_losses = train(module, pre_train, pre_steps, 3e-3, seq, batch, "pretrain")
+    pre_losses = train(module, pre_train, pre_steps, 3e-3, seq, batch, "1/5 pretrain",
+                       on_step=estimate.on_step)
     base = gd.from_torch(module)
     before = {"reference_val": evaluate(module, pre_val, seq),
               "docstrings_val": evaluate(module, dom_val, seq)}
@@ -208,7 +257,7 @@ def main() -> None:
                "dora": dora.adapt(model, targets=TARGETS, rank=RANK, alpha=ALPHA)}
     curves, after, decomp, states, fractions = {}, {}, {}, {}, {}
     every = max(1, ft_steps // 6)
-    for name, m in methods.items():
+    for i, (name, m) in enumerate(methods.items()):
         mod = gd.to_torch(m, gd.build(m, seed=1)[0](None, base.copy()))
         points: list[dict] = []
 
@@ -218,8 +267,8 @@ def main() -> None:
                 points.append({k: decomposition(ks[k], W0[k]) for k in ks})
 
         lr = 3e-4 if name == "full" else 3e-3
-        curves[name] = train(mod, dom_train, ft_steps, lr, seq, batch, f"fine-tune {name}",
-                             on_step=checkpoint, seed=2)
+        curves[name] = train(mod, dom_train, ft_steps, lr, seq, batch,
+                             f"{i + 2}/5 fine-tune {name}", on_step=checkpoint, seed=2)
         after[name] = {"docstrings_val": evaluate(mod, dom_val, seq),
                        "reference_val": evaluate(mod, pre_val, seq)}
         decomp[name], states[name] = points, gd.from_torch(mod)
@@ -227,6 +276,7 @@ def main() -> None:
         fractions[name] = n_train / sum(p.numel() for p in mod.parameters())
 
     # -- 4. PEFT round trip of the DoRA adapter ----------------------------------------------
+    print("5/5 PEFT round trip, merge, generation on NumPy and ONNX Runtime", flush=True)
     prompt = PROMPT.encode()
     rt = peft_roundtrip(args.out, model, base, methods["dora"], states["dora"], prompt, n_gen)
 
@@ -252,39 +302,44 @@ def main() -> None:
                "decomposition": decomp, "seconds": time.perf_counter() - t0}
     with open(os.path.join(args.out, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    plots(args.out, pre_losses, curves, decomp, corr)
+    plots(args.out, pre_losses, curves, decomp, corr, every)
     report(results)
 
 
-def plots(out, pre_losses, curves, decomp, corr) -> None:
+def plots(out, pre_losses, curves, decomp, corr, every) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     def smooth(v, k=10):
+        """(steps, moving average of the k steps up to each)."""
         k = min(k, len(v))
-        return np.convolve(v, np.ones(k) / k, mode="valid")
+        return np.arange(k - 1, len(v)), np.convolve(v, np.ones(k) / k, mode="valid")
 
+    # own loss axes: the panels' losses are on different text (a shared axis squashed the
+    # fine-tuning curves into one line); the methods, which are compared, share one panel
     fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
-    a.plot(smooth(pre_losses))
-    a.set(title="pretraining (reference manual)", xlabel="step", ylabel="loss (nats/byte)")
+    a.plot(*smooth(pre_losses))
+    a.set(title="pretraining (reference manual)", xlabel="step",
+          ylabel="training loss, nats/byte (10-step mean)")
     for name, losses in curves.items():
-        b.plot(smooth(losses), label=name)
-    b.set(title="fine-tuning (stdlib docstrings)", xlabel="step", ylabel="loss (nats/byte)")
-    b.legend()
+        b.plot(*smooth(losses), label=name)
+    b.set(title="fine-tuning (stdlib docstrings)", xlabel="step",
+          ylabel="training loss, nats/byte (10-step mean)")
+    b.legend(title="method")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(os.path.join(out, "llm_loss.png"), dpi=120)
     plt.close(fig)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.8))
-    for ax, (name, points) in zip(axes, decomp.items()):
-        colour = np.repeat(np.arange(len(points)), len(points[0]) if points else 0)
-        ax.scatter(*scatter_points(points), c=colour)
-        ax.set(title=f"{name}: r = {corr[name]:+.2f}", xlabel="ΔD (1 - cos)", ylabel="ΔM")
-    fig.suptitle("q/v projections: magnitude vs direction change (colour = checkpoint)")
-    fig.tight_layout()
-    fig.savefig(os.path.join(out, "llm_decomposition.png"), dpi=120)
-    plt.close(fig)
+    layers = list(decomp["full"][0])
+    plot_decomposition(
+        os.path.join(out, "llm_decomposition.png"), decomp,
+        [every * (i + 1) for i in range(len(decomp["full"]))], "after fine-tuning step",
+        {s: [k for k in layers if k.endswith(s)] for s in ("q_proj", "v_proj")},
+        {name: f"{name}: r = {corr[name]:+.2f}" for name in decomp},
+        "q/v projections of every block: magnitude vs direction change per checkpoint")
 
 
 def report(r: dict) -> None:

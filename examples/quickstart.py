@@ -1,10 +1,20 @@
 """Quickstart (NumPy only): define an MLP, inspect it, initialize it, predict.
 
     python examples/quickstart.py
+
+Run time: under a second (0.5 s on the 2-core development machine); it is quick
+already, so ``--quick`` runs the same.
 """
+import argparse
+
 import numpy as np
 
 import graphdsl as gd
+
+ap = argparse.ArgumentParser(description=__doc__,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+ap.add_argument("--quick", action="store_true", help="the same run (it is quick already)")
+ap.parse_args()
 
 # 1. Define: a lazy, immutable graph. Nothing runs yet.
 x = gd.input("x", shape=(None, 16))  # None = any batch size

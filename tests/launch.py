@@ -47,6 +47,12 @@ def torchrun_example(name: str, *args: str) -> subprocess.CompletedProcess:
         env=env)
 
 
+def logged_losses(stdout: str) -> dict[int, float]:
+    """{step: loss} from the ``step N  loss L`` lines the distributed examples print."""
+    return {int(w[1]): float(w[3]) for w in map(str.split, stdout.splitlines())
+            if len(w) == 4 and w[0] == "step" and w[2] == "loss"}
+
+
 def console_script() -> str:
     """The ``graphdsl`` script installed beside the running interpreter (not whatever PATH
     finds, and never a skip: a missing script is a broken install)."""

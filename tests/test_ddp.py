@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from launch import load_example, needs_gloo, teardown_order, torchrun_example
+from launch import load_example, logged_losses, needs_gloo, teardown_order, torchrun_example
+
+import graphdsl as gd
 
 torch = pytest.importorskip("torch")
 
@@ -12,7 +14,10 @@ STEPS, LR = 6, 0.1
 
 
 @needs_gloo
-def test_two_process_ddp_matches_full_batch(tmp_path):
+def test_two_process_ddp_matches_full_batch(tmp_path, capsys):
+    """The same parameters, and the same logged loss: rank 0 prints the loss all-reduced
+    over the whole batch, what one process training on the full batch prints (not rank
+    0's shard loss)."""
     out = tmp_path / "ddp.npz"
     proc = torchrun_example("ddp_finetune", "--steps", str(STEPS), "--lr", str(LR),
                             "--out", str(out))
@@ -24,7 +29,17 @@ def test_two_process_ddp_matches_full_batch(tmp_path):
     model = ex.make_model()
     state = ex.initial_state(model)
     x, t = ex.make_data()
-    ref = ex.train(model, state, x, t, STEPS, LR)  # one process, the full batch
+    capsys.readouterr()
+    ref = ex.train(model, state, x, t, STEPS, LR, log=True)  # one process, the full batch
+    got_loss, want_loss = logged_losses(proc.stdout), logged_losses(capsys.readouterr().out)
+    assert set(got_loss) == set(want_loss) == {0, STEPS - 1}
+    # printed to 6 decimals (losses ~0.9): 1e-6 of rounding; float32 sums over 2 shards
+    # instead of one batch differ by ~1e-7
+    for step, want in want_loss.items():
+        assert got_loss[step] == pytest.approx(want, abs=2e-6), step
+    half = len(x) // 2  # the check can fail: rank 0's shard alone has another loss
+    shard0 = float(np.mean((gd.predict(model, state, x[:half]) - t[:half]) ** 2))
+    assert abs(shard0 - want_loss[0]) > 1e-3
     assert set(got.files) == {f"{layer}.{p}" for layer, ps in ref.data.items() for p in ps}
     moved = 0
     for layer, ps in ref.data.items():

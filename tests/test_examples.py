@@ -47,6 +47,10 @@ def test_llm_dora_quick(tmp_path):
     pytest.importorskip("peft")
     r = run("examples/llm_dora.py", "--quick", "--out", str(tmp_path))
     assert r.returncode == 0, r.stderr[-3000:]
+    # the run time is estimated at the start, then from the measured speed
+    assert "quick mode: 30 pretraining steps, then 3 x 12 fine-tuning steps; expect about" \
+        in r.stdout
+    assert " s per step here: about " in r.stdout + r.stderr
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["peft"]["max_abs_logit_diff"] < 1e-4
     assert res["numpy_greedy"] == res["peft"]["peft_greedy"] != ""
@@ -76,3 +80,22 @@ def test_cnn_dora_quick(tmp_path):
     assert res["trainable_fraction"] < 0.2
     for name in ("summary.md", "model_dora.mmd", "cnn_merged.gdsl"):
         assert (tmp_path / name).stat().st_size > 0
+
+
+@pytest.mark.parametrize("name", ["quickstart", "dora_finetune", "cnn_dora", "llm_dora",
+                                  "ddp_finetune", "fsdp_finetune"])
+def test_help_states_run_time_and_quick_mode(name, monkeypatch, capsys):
+    """Every example's --help prints its docstring with the measured run time and offers
+    --quick; the distributed ones say what --out writes."""
+    pytest.importorskip("torch")
+    from launch import EXAMPLES, load_example
+
+    monkeypatch.syspath_prepend(str(EXAMPLES))  # llm_dora imports from dora_finetune
+    monkeypatch.setattr(sys, "argv", [f"{name}.py", "--help"])
+    with pytest.raises(SystemExit) as e:
+        load_example(name).main()  # quickstart, without a main, parses them on import
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    assert "Run time" in out and "--quick" in out, out
+    if name in ("ddp_finetune", "fsdp_finetune"):
+        assert "--out PATH" in out and "rank 0 writes" in out

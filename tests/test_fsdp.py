@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from launch import load_example, needs_gloo, teardown_order, torchrun_example
+from launch import load_example, logged_losses, needs_gloo, teardown_order, torchrun_example
 
 import graphdsl as gd
 from graphdsl import hf, models
@@ -19,7 +19,9 @@ STEPS, LR = 6, 0.5
 
 
 @needs_gloo
-def test_two_process_fsdp_per_block_matches_full_batch(tmp_path):
+def test_two_process_fsdp_per_block_matches_full_batch(tmp_path, capsys):
+    """The same adapters, and the same logged loss: rank 0 prints the next-token loss
+    all-reduced over the whole batch, what one process on the full batch prints."""
     out = tmp_path / "adapters.gdsl"
     proc = torchrun_example("fsdp_finetune", "--steps", str(STEPS), "--lr", str(LR),
                             "--out", str(out))
@@ -33,7 +35,18 @@ def test_two_process_fsdp_per_block_matches_full_batch(tmp_path):
     model = ex.make_model()
     state = ex.initial_state(model)
     got = gd.load_adapters(out, model, state)
-    ref = ex.train(model, state, ex.make_data(), STEPS, LR)  # one process, the full batch
+    capsys.readouterr()
+    ref = ex.train(model, state, ex.make_data(), STEPS, LR, log=True)  # one process
+    got_loss, want_loss = logged_losses(proc.stdout), logged_losses(capsys.readouterr().out)
+    assert set(got_loss) == set(want_loss) == {0, STEPS - 1}
+    # printed to 6 decimals (losses ~4): 1e-6 of rounding; sharded float32 sums differ
+    # by ~1e-6 (the parameters agree to 1e-5 below)
+    for step, want in want_loss.items():
+        assert got_loss[step] == pytest.approx(want, abs=1e-5), step
+    with torch.no_grad():  # the check can fail: rank 0's shard alone has another loss
+        ids = torch.from_numpy(ex.make_data()[:ex.N // 2])
+        shard0 = ex.next_token_loss(gd.to_torch(model, state)(ids), ids).item()
+    assert abs(shard0 - want_loss[0]) > 1e-3
     trainable = ref.trainable_parameters()
     assert len(trainable) == 6  # q_proj, v_proj, down_proj adapters of both blocks
     for layer, ps in trainable.items():
