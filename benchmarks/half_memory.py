@@ -1,4 +1,5 @@
-"""Memory of half-precision state on NumPy (issue 24): a LLaMA (hidden 512, 8 layers, 8
+"""Memory of half-precision state on NumPy (issue 24; a study beside bench_precision,
+whose rows RESULTS.md carries, so benchmarks.run leaves it out): a LLaMA (hidden 512, 8 layers, 8
 heads / 4 kv heads, intermediate 1376, vocab 32000: 56M parameters; ``--large``: the
 issue's size, hidden 1024, 16 layers, 16 heads, intermediate 2560: 258M) saved by
 transformers in bfloat16 and its float32 twin; each figure is the peak RSS growth of a fresh process
@@ -12,7 +13,7 @@ transformers in bfloat16 and its float32 twin; each figure is the peak RSS growt
 - the same with DoRA r=16 on all seven projections (unmerged over bfloat16, merged and
   cached over float32).
 
-``python -m benchmarks.bench_half_memory [--large]``."""
+``python -m benchmarks.half_memory [--large]``."""
 from __future__ import annotations
 
 import os
@@ -83,7 +84,7 @@ def main() -> None:
         ref.float().save_pretrained(dirs["float32"])  # the same (widened) weights
         for d in dirs.values():
             gd.save(os.path.join(d, "m.gdsl"), *hf.from_pretrained(d))
-        res = {(w, k): [float(x) for x in in_child("benchmarks.bench_half_memory", w, d).split()]
+        res = {(w, k): [float(x) for x in in_child("benchmarks.half_memory", w, d).split()]
                for w in ("load", "gdload", "forward", "dora") for k, d in dirs.items()}
         logits = {k: np.load(os.path.join(d, "logits.npy")) for k, d in dirs.items()}
         for k, d in dirs.items():
