@@ -326,7 +326,7 @@ def run(quick: bool = False) -> list[Row]:
     with threadpool_limits(THREADS):
         err = _attempt("logits", logits, failed)
     if err:
-        rows.append(Row(f"{n}: NumPy logits, max error / max |logit| (x1e-3)", err[0] * 1e3,
+        rows.append(Row(f"{n}: NumPy logits, max error / max abs(logit) (x1e-3)", err[0] * 1e3,
                         err[1] * 1e3, "transformers bf16 vs its fp32 forward", 1.5,
                         unit="e-3"))
     for line in failed:
