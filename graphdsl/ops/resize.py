@@ -122,13 +122,34 @@ register_op(OpDef(
 
 def resize(x: Node, size: tuple[int, int], *, method: str = "nearest",
            antialias: bool = True, channels: str = "last", name: str | None = None) -> Node:
-    """Resize a ``[batch, H, W, C]`` image (``channels="first"``: ``[batch, C, H, W]``) to
-    ``[batch, *size, C]`` as Axon's ``resize`` (jax.image.resize's sampling; see the
-    module). ``method``: "nearest" (default; torch's ``nearest-exact``), "bilinear"
-    (with ``antialias=False``: torch's ``bilinear``, ``align_corners=False``), "bicubic"
-    (Keys' cubic with a = -0.5, torch's antialiased bicubic's; torch's plain bicubic uses
-    -0.75), "lanczos3", "lanczos5". ``antialias`` (default True) widens the filter by the
-    scale when downsampling and has no effect when upsampling or with "nearest". The
-    input's spatial sizes must be known."""
+    """Resize a ``[batch, H, W, C]`` image to ``[batch, *size, C]`` (Axon's ``resize``).
+
+    jax.image.resize's sampling. Methods: ``"nearest"`` (torch's ``nearest-exact``),
+    ``"bilinear"`` (with ``antialias=False``: torch's ``bilinear``, ``align_corners=False``),
+    ``"bicubic"`` (Keys' cubic with a = -0.5, torch's antialiased bicubic's; torch's plain
+    bicubic uses -0.75), ``"lanczos3"``, ``"lanczos5"``.
+
+    Args:
+        x: ``[batch, H, W, C]`` (``channels="first"``: ``[batch, C, H, W]``), spatial sizes
+            known.
+        size: ``(H', W')``.
+        method: the sampling method above.
+        antialias: widen the filter by the scale when downsampling (no effect when
+            upsampling or with ``"nearest"``).
+        channels: ``"last"`` or ``"first"``.
+        name: layer name (default ``"resize_{n}"``).
+
+    Returns:
+        Node: ``[batch, H', W', C]``.
+
+    Raises:
+        ShapeError: rank is not 4 or a spatial size is unknown.
+        OptionError: an unknown method or a bad size.
+
+    Example:
+        >>> x = gd.input("x", shape=(None, 4, 4, 3))
+        >>> gd.get_output_shape(gd.resize(x, (8, 8), method="bilinear"), (1, 4, 4, 3))
+        (1, 8, 8, 3)
+    """
     return make_node("resize", [x], {"size": size, "method": method, "antialias": antialias,
                                      "channels": channels}, name, where=caller_location())
