@@ -212,13 +212,15 @@ def adapt(model: Node, targets: _adapt.Targets, rank: int = 8, alpha: float = 16
         detach_norm: treat the column norm ``c`` as a constant for gradients (the paper,
             sec. 4.3, and PEFT).
         eps: None: a zero-norm column is an error; a float: ``c = max(c, eps)``.
-        modules_to_save: layer names (as ``targets``) left trainable, PEFT's option.
+        modules_to_save: a layer name or a list of exact names (layers with parameters)
+            left trainable, PEFT's option.
 
     Returns:
         Node: the adapted model.
 
     Raises:
-        GraphDSLError: a target that matches no adaptable layer (the message lists them).
+        GraphDSLError: a target that matches no adaptable layer (the message lists them),
+            or a ``modules_to_save`` name that is no layer with parameters or is a target.
         OptionError: an option out of range.
 
     Example:
