@@ -9,9 +9,27 @@ from ..errors import GraphDSLError
 
 
 def load_tokenizer(path: str | os.PathLike) -> Any:
-    """A ``tokenizers.Tokenizer`` from ``path``: a ``tokenizer.json`` file, or a folder
-    holding one (a ``save_pretrained`` checkpoint). Encode with ``tok.encode(text).ids``,
-    decode with ``tok.decode(ids)``. A missing file or package is a GraphDSLError."""
+    """A ``tokenizers.Tokenizer`` from a ``tokenizer.json`` file or a folder holding one.
+
+    Encode with ``tok.encode(text).ids``, decode with ``tok.decode(ids)``. Needs the
+    ``hf`` extra (tokenizers).
+
+    Args:
+        path: a ``tokenizer.json`` file, or a folder (a ``save_pretrained`` checkpoint).
+
+    Returns:
+        tokenizers.Tokenizer: the tokenizer.
+
+    Raises:
+        GraphDSLError: no such file, or tokenizers is not installed (names the extra).
+
+    Example:
+        ```python
+        from graphdsl import hf
+        tok = hf.load_tokenizer("ckpt_dir")
+        ids = np.array([tok.encode("Hello").ids])
+        ```
+    """
     path = os.fspath(path)
     file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
     if not os.path.isfile(file):
