@@ -138,7 +138,7 @@ def to_onnx(model: Node, state: ModelState, path: str | None = None, opset: int 
             inputs and outputs (``past_key_values.{i}.key`` ... ``present.{i}.value``).
 
     Returns:
-        onnx.ModelProto: the model.
+        (onnx.ModelProto): the model.
 
     Raises:
         GraphDSLError: onnx is not installed, or a custom layer without an ONNX rule
@@ -146,7 +146,7 @@ def to_onnx(model: Node, state: ModelState, path: str | None = None, opset: int 
         OptionError: an opset below what a layer needs or newer than onnx knows.
         StateError: ``state`` does not fit ``model``.
 
-    Example:
+    Examples:
         >>> model = gd.relu(gd.dense(gd.input("x", shape=(None, 4)), 2, name="fc"))
         >>> proto = gd.to_onnx(model, gd.build(model)[0](np.zeros((1, 4), np.float32)))
         >>> [i.name for i in proto.graph.input], [o.name for o in proto.graph.output]

@@ -213,13 +213,13 @@ def block(fn: Callable[..., Any], name: str | None = None) -> Block:
         name: the block's name; None is ``block_0``, ``block_1``, ... per block.
 
     Returns:
-        Block: call it as ``blk(x, ...)`` (or ``blk([x, ...])``) to get a ``block`` layer.
+        (Block): call it as ``blk(x, ...)`` (or ``blk([x, ...])``) to get a ``block`` layer.
 
     Raises:
         GraphDSLError: ``fn`` is not callable, returns no node, or a later call's shapes
             differ from the first's.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> blk = gd.block(lambda t: gd.dense(gd.dense(t, 8), 4), name="mlp")
         >>> y = blk(blk(x))                     # one kernel pair used twice

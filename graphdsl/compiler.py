@@ -228,7 +228,7 @@ def build(model: Node, backend: str = "numpy", mode: str = "inference", seed: in
         **backend_options: options of the backend (``device``, ``threads``, ``opset``).
 
     Returns:
-        tuple[Callable, Callable]: ``(init_fn, predict_fn)``.
+        (tuple[Callable, Callable]): ``(init_fn, predict_fn)``.
 
     Raises:
         GraphDSLError: a bad seed or mode; an invalid graph (duplicate name, ...).
@@ -237,7 +237,7 @@ def build(model: Node, backend: str = "numpy", mode: str = "inference", seed: in
         StateError: (from ``init_fn``/``predict_fn``) a state with unknown, missing or
             mis-shaped values.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 16))
         >>> y = gd.dense(gd.dense(x, 32, activation="relu", name="fc1"), 4, name="out")
         >>> init_fn, predict_fn = gd.build(y, backend="numpy", seed=0)
@@ -290,14 +290,14 @@ def predict(model: Node, state: ModelState, inputs: Any, backend: str = "numpy",
         **kwargs: :func:`build`'s other options (``seed``, ``device``, ...).
 
     Returns:
-        Any: the output array (a tuple/dict for a container).
+        (Any): the output array (a tuple/dict for a container).
 
     Raises:
         InputError: inputs that do not fit the model.
         StateError: missing or mis-shaped values in ``state``.
         BackendError: an unknown or unavailable backend.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 2))
         >>> y = gd.dense(x, 1, kernel_initializer="ones", name="fc")
         >>> state = gd.build(y)[0](np.zeros((1, 2), np.float32))

@@ -13,7 +13,8 @@ from .errors import GraphDSLError
 FUNCTIONS: dict[str, Callable[..., Any]] = {}
 
 
-def register_function(name: str | None = None, fn: Callable[..., Any] | None = None):
+def register_function(name: str | None = None, fn: Callable[..., Any] | None = None
+                      ) -> Callable[..., Any]:
     """Register ``fn`` under ``name`` so models using it can be saved and loaded by name.
 
     JSON model files refer to the function by that name, and loading resolves the name in
@@ -25,12 +26,12 @@ def register_function(name: str | None = None, fn: Callable[..., Any] | None = N
         fn: the function; None returns a decorator.
 
     Returns:
-        Callable: ``fn`` itself, or the decorator when ``fn`` is None.
+        (Callable): ``fn`` itself, or the decorator when ``fn`` is None.
 
     Raises:
         GraphDSLError: a different function is already registered as ``name``.
 
-    Example:
+    Examples:
         >>> @gd.register_function("doc_double")
         ... def double(x, *, xp):
         ...     return x * 2
@@ -71,7 +72,7 @@ ONNX_RULES: dict[Callable[..., Any], tuple[Callable[..., str], int]] = {}
 
 
 def register_onnx_rule(fn: Callable[..., Any] | str, rule: Callable[..., str] | None = None,
-                       *, min_opset: int = 13):
+                       *, min_opset: int = 13) -> Callable[..., Any]:
     """Give the custom-layer function ``fn`` an ONNX rule, so ``gd.to_onnx`` exports its layers.
 
     ``rule(b, *inputs, **opts) -> str``: ``inputs`` are the names of the layer's input
@@ -86,12 +87,12 @@ def register_onnx_rule(fn: Callable[..., Any] | str, rule: Callable[..., str] | 
         min_opset: the lowest ONNX opset the operators used need.
 
     Returns:
-        Callable: ``rule``, or the decorator when ``rule`` is None.
+        (Callable): ``rule``, or the decorator when ``rule`` is None.
 
     Raises:
         GraphDSLError: ``fn`` is not a registered function.
 
-    Example:
+    Examples:
         >>> @gd.register_function("doc_scaled_tanh")
         ... def scaled_tanh(x, *, xp, scale=1.0):
         ...     return xp.tanh(x) * scale

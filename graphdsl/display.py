@@ -58,7 +58,7 @@ class ParamInfo:
         adapter: owned by an adapter layer and not a base weight.
         initializer: the initializer's name.
 
-    Example:
+    Examples:
         >>> view = gd.display.ModelView(gd.dense(gd.input("x", shape=(None, 4)), 2, name="fc"))
         >>> info = view.params[("fc", "kernel")]
         >>> info.shape, info.status, info.shared
@@ -81,7 +81,7 @@ class ParamInfo:
         """Whether several layers read it (a tied or wrapped weight).
 
         Returns:
-            bool: True when shared.
+            (bool): True when shared.
         """
         return len(set(self.users)) > 1
 
@@ -90,7 +90,7 @@ class ParamInfo:
         """Whether its status is ``"trainable"``.
 
         Returns:
-            bool: True when trainable.
+            (bool): True when trainable.
         """
         return self.status == "trainable"
 
@@ -113,7 +113,7 @@ class ModelView:
         StateError: ``state`` is not a ModelState.
         InputError: ``inputs`` that do not fit the model.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> model = gd.dense(x, 2, name="fc")
         >>> gd.display.ModelView(model, (1, 4)).totals()["trainable"]
@@ -172,7 +172,7 @@ class ModelView:
             node: a node of the model.
 
         Returns:
-            str: its name.
+            (str): its name.
         """
         return self.graph.names[node.id]
 
@@ -183,7 +183,7 @@ class ModelView:
             node: a node of the model.
 
         Returns:
-            list[tuple[ParamSpec, ParamInfo]]: one pair per parameter.
+            (list[tuple[ParamSpec, ParamInfo]]): one pair per parameter.
         """
         return [(spec, self.params[self.graph.param_ref(node, spec)]) for spec in node.params]
 
@@ -194,7 +194,7 @@ class ModelView:
             node: a node of the model.
 
         Returns:
-            bool: True when it has parameters and all are frozen.
+            (bool): True when it has parameters and all are frozen.
         """
         ps = [info for _, info in self.node_params(node) if info.status != "state"]
         return bool(ps) and all(p.status == "frozen" for p in ps)
@@ -203,7 +203,7 @@ class ModelView:
         """The parameter counts by group.
 
         Returns:
-            dict[str, tuple[int, int, bool]]: ``{"total"|"trainable"|"frozen"|"adapter"|"state":
+            (dict[str, tuple[int, int, bool]]): ``{"total"|"trainable"|"frozen"|"adapter"|"state":
             (count, bytes, partial)}``; ``partial`` is True when some parameter has an unknown
             size (not counted).
         """
@@ -347,13 +347,13 @@ def as_table(model: Node, inputs: Any = None, *, state: ModelState | None = None
         title: the table's title.
 
     Returns:
-        str: the table text.
+        (str): the table text.
 
     Raises:
         InputError: ``inputs`` that do not fit the model.
         StateError: ``state`` is not a ModelState.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> model = gd.dense(x, 2, name="fc")
         >>> print(gd.display.as_table(model, (1, 4)).splitlines()[-4])
@@ -458,13 +458,13 @@ def as_graph(model: Node, direction: str = "TD", *, inputs: Any = None,
         state: a ModelState for frozen flags and sizes.
 
     Returns:
-        str: the Mermaid text.
+        (str): the Mermaid text.
 
     Raises:
         GraphDSLError: an unknown direction.
         InputError: ``inputs`` that do not fit the model.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> model = gd.dense(x, 2, name="fc")
         >>> print(gd.display.as_graph(model))
@@ -585,13 +585,13 @@ def to_dot(model: Node, *, inputs: Any = None, state: ModelState | None = None,
         title: the graph's label (default: the parameter counts).
 
     Returns:
-        str: the DOT text.
+        (str): the DOT text.
 
     Raises:
         GraphDSLError: an unknown direction.
         InputError: ``inputs`` that do not fit the model.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> model = gd.dense(x, 2, name="fc")
         >>> gd.display.to_dot(model).splitlines()[0]
@@ -659,13 +659,13 @@ def render(model: Node, path: str | os.PathLike, *, inputs: Any = None,
         timeout: seconds ``dot`` may run.
 
     Returns:
-        str: the path written.
+        (str): the path written.
 
     Raises:
         GraphDSLError: Graphviz is not installed (with the install command), ``dot``
             fails, or an unknown format.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> model = gd.dense(x, 2, name="fc")
         >>> gd.display.render(model, "model.dot")

@@ -20,12 +20,12 @@ def np_dtype(name: Any) -> np.dtype:
         name: a dtype name, a NumPy dtype, or a torch dtype such as ``torch.bfloat16``.
 
     Returns:
-        np.dtype: the dtype.
+        (np.dtype): the dtype.
 
     Raises:
         GraphDSLError: an unknown name, or bfloat16 without ml_dtypes (with the fix).
 
-    Example:
+    Examples:
         >>> from graphdsl.dtypes import np_dtype
         >>> np_dtype("float16"), np_dtype("bfloat16").name
         (dtype('float16'), 'bfloat16')
@@ -53,12 +53,12 @@ def dtype_name(dtype: Any) -> str:
         dtype: e.g. ``"torch.bfloat16"``, ``np.float32``, ``torch.float16``.
 
     Returns:
-        str: ``"bfloat16"``, ``"float32"``, ...
+        (str): ``"bfloat16"``, ``"float32"``, ...
 
     Raises:
         GraphDSLError: not a dtype.
 
-    Example:
+    Examples:
         >>> from graphdsl.dtypes import dtype_name
         >>> dtype_name("torch.bfloat16"), dtype_name(np.float32)
         ('bfloat16', 'float32')
@@ -81,12 +81,12 @@ def is_float(dtype: Any) -> bool:
         dtype: a dtype, as :func:`dtype_name` takes it.
 
     Returns:
-        bool: True for the four floating dtypes.
+        (bool): True for the four floating dtypes.
 
     Raises:
         GraphDSLError: not a dtype.
 
-    Example:
+    Examples:
         >>> from graphdsl.dtypes import is_float
         >>> is_float("bfloat16"), is_float(np.int64)
         (True, False)

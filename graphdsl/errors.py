@@ -38,7 +38,7 @@ class GraphDSLError(Exception):
         where: where the layer was defined (``file:line``), or None.
         fix: how to fix it, or None.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> try:
         ...     gd.dense(x, 0, name="fc")
@@ -83,7 +83,7 @@ class GraphDSLError(Exception):
 class ShapeError(GraphDSLError):
     """The shapes of a layer's inputs do not fit its op.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> try:
         ...     gd.add(x, gd.input("y", shape=(None, 3)))
@@ -96,7 +96,7 @@ class ShapeError(GraphDSLError):
 class OptionError(GraphDSLError):
     """A layer option (units, rate, axis, activation, ...) is invalid.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> try:
         ...     gd.dropout(x, rate=1.5)
@@ -109,7 +109,7 @@ class OptionError(GraphDSLError):
 class LayerNameError(GraphDSLError):
     """A layer name is malformed or used twice.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> try:
         ...     gd.dense(x, 2, name="bad name")
@@ -127,7 +127,7 @@ NameError_ = LayerNameError
 class InputError(GraphDSLError):
     """The arrays passed to predict do not match the model's inputs.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> try:
         ...     gd.predict(gd.relu(x), gd.ModelState.empty(), np.zeros((1, 5), np.float32))
@@ -140,7 +140,7 @@ class InputError(GraphDSLError):
 class StateError(GraphDSLError):
     """A ModelState does not fit the model (missing, unknown or mis-shaped values).
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> try:
         ...     gd.predict(gd.dense(x, 2), gd.ModelState.empty(), np.zeros((1, 4), np.float32))
@@ -155,7 +155,7 @@ class ImmutableStateError(StateError, ValueError):
 
     Also a ValueError, the exception NumPy raises for a write into read-only memory.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> state = gd.build(gd.dense(x, 2, name="fc"))[0](np.zeros((1, 4), np.float32))
         >>> try:
@@ -170,7 +170,7 @@ class ImmutableStateError(StateError, ValueError):
 class BackendError(GraphDSLError):
     """An unknown or unavailable backend, or a backend-specific failure.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> try:
         ...     gd.build(x, backend="jax")
@@ -183,7 +183,7 @@ class BackendError(GraphDSLError):
 class SerializationError(GraphDSLError):
     """A model file or JSON definition is invalid, corrupt or hostile.
 
-    Example:
+    Examples:
         >>> try:
         ...     gd.from_json("{")
         ... except gd.errors.SerializationError as e:

@@ -40,9 +40,9 @@ def optimum_name(name: str) -> str:
         name: a :func:`decoder` input name.
 
     Returns:
-        str: e.g. ``past_key_values.3.key``.
+        (str): e.g. ``past_key_values.3.key``.
 
-    Example:
+    Examples:
         >>> from graphdsl.generate import optimum_name
         >>> optimum_name("past_key_values_3_key"), optimum_name("input_ids")
         ('past_key_values.3.key', 'input_ids')
@@ -84,12 +84,12 @@ def decoder(model: Node, last_logits: bool = False) -> Node:
             layer is a plain ``dense``/``tied_dense`` (transformers' ``logits_to_keep=1``).
 
     Returns:
-        Node: the decoder's container.
+        (Node): the decoder's container.
 
     Raises:
         GraphDSLError: the model has no causal attention or no ``input_ids`` input.
 
-    Example:
+    Examples:
         >>> from graphdsl import models
         >>> cfg = {"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
         ...        "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -308,14 +308,14 @@ def generate(model: Node, state: Any, input_ids: Any, max_new_tokens: int = 32, 
         stream: ``stream(tokens)`` is called with each step's new tokens, int64 ``[batch]``.
 
     Returns:
-        np.ndarray: int64 ``[batch, prompt_len + generated]``, the prompt included.
+        (np.ndarray): int64 ``[batch, prompt_len + generated]``, the prompt included.
 
     Raises:
         GraphDSLError: not a causal LM, ids outside the vocabulary or of the wrong shape, a
             prompt plus ``max_new_tokens`` longer than the position table, a bad sampling
             option (each names the argument and the fix).
 
-    Example:
+    Examples:
         >>> from graphdsl import models
         >>> cfg = {"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
         ...        "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,

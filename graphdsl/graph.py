@@ -203,13 +203,13 @@ def get_inputs(model: Node) -> dict[str, tuple]:
         model: the output node (or container) of the model.
 
     Returns:
-        dict[str, tuple]: e.g. ``{"x": (None, 16)}``.
+        (dict[str, tuple]): e.g. ``{"x": (None, 16)}``.
 
     Raises:
         GraphDSLError: ``model`` is not a Node, or the graph is invalid (e.g. a duplicate
             layer name).
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 16))
         >>> model = gd.dense(gd.dense(x, 32, activation="relu", name="fc1"), 4, name="out")
         >>> gd.get_inputs(model)
@@ -330,13 +330,13 @@ def get_output_shape(model: Node, inputs: Any = None) -> Any:
             symbolic shape (with None entries).
 
     Returns:
-        tuple | tuple[tuple, ...] | dict: the shape; containers give tuples/dicts of shapes.
+        (tuple | tuple[tuple, ...] | dict): the shape; containers give tuples/dicts of shapes.
 
     Raises:
         InputError: an input is missing, unknown or of the wrong rank.
         ShapeError: the shapes do not fit a layer.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 16))
         >>> model = gd.dense(gd.dense(x, 32, activation="relu", name="fc1"), 4, name="out")
         >>> gd.get_output_shape(model), gd.get_output_shape(model, (8, 16))
@@ -360,12 +360,12 @@ def get_parameters(model: Node) -> dict[str, dict[str, ParamSpec]]:
         model: the output node.
 
     Returns:
-        dict[str, dict[str, ParamSpec]]: the specs, in parameter order.
+        (dict[str, dict[str, ParamSpec]]): the specs, in parameter order.
 
     Raises:
         GraphDSLError: the graph is invalid.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 16))
         >>> model = gd.dense(gd.dense(x, 32, activation="relu", name="fc1"), 4, name="out")
         >>> {k: {p: s.shape for p, s in v.items()} for k, v in gd.get_parameters(model).items()}
@@ -384,12 +384,12 @@ def get_op_counts(model: Node) -> dict[str, int]:
         model: the output node.
 
     Returns:
-        dict[str, int]: layer counts by op.
+        (dict[str, int]): layer counts by op.
 
     Raises:
         GraphDSLError: the graph is invalid.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 16))
         >>> model = gd.dense(gd.dense(x, 32, activation="relu", name="fc1"), 4, name="out")
         >>> gd.get_op_counts(model)
@@ -410,12 +410,12 @@ def reduce_nodes(model: Node, acc: Any, fn: Callable[[Node, Any], Any]) -> Any:
         fn: ``fn(node, acc) -> acc``.
 
     Returns:
-        Any: the final ``acc``.
+        (Any): the final ``acc``.
 
     Raises:
         GraphDSLError: the graph is invalid.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 16))
         >>> model = gd.dense(gd.dense(x, 32, activation="relu", name="fc1"), 4, name="out")
         >>> gd.reduce_nodes(model, 0, lambda n, k: k + (n.op == "dense"))
@@ -436,12 +436,12 @@ def pop_node(model: Node) -> tuple[Node, Any]:
         model: the output node.
 
     Returns:
-        tuple[Node, Any]: the output layer and what remains.
+        (tuple[Node, Any]): the output layer and what remains.
 
     Raises:
         GraphDSLError: the layer has no parents (an input, constant or param).
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 16))
         >>> model = gd.dense(gd.dense(x, 32, activation="relu", name="fc1"), 4, name="out")
         >>> last, rest = gd.pop_node(model)
@@ -474,12 +474,12 @@ def get_options(model: Node, name: str | None = None) -> dict[str, Any]:
         name: a layer name as :func:`properties` gives it; None for the output layer.
 
     Returns:
-        dict[str, Any]: the layer's options.
+        (dict[str, Any]): the layer's options.
 
     Raises:
         GraphDSLError: no layer is called ``name`` (the message lists them).
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 16))
         >>> model = gd.dense(gd.dense(x, 32, activation="relu", name="fc1"), 4, name="out")
         >>> gd.get_options(model, "fc1")["units"]
@@ -499,12 +499,12 @@ def properties(model: Node) -> dict[str, str]:
         model: the output node.
 
     Returns:
-        dict[str, str]: layer name to op.
+        (dict[str, str]): layer name to op.
 
     Raises:
         GraphDSLError: the graph is invalid.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 16))
         >>> model = gd.dense(gd.dense(x, 32, activation="relu", name="fc1"), 4, name="out")
         >>> gd.properties(model)

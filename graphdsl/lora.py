@@ -40,12 +40,12 @@ def build(input_size: int, output_size: int, rank: int = 8, alpha: float = 16.0,
         use_bias: add a frozen ``bias [out]``.
 
     Returns:
-        Node: the lora layer (input ``"input"``).
+        (Node): the lora layer (input ``"input"``).
 
     Raises:
         OptionError: a size, rank, alpha or dropout out of range.
 
-    Example:
+    Examples:
         >>> from graphdsl import lora
         >>> m = lora.build(input_size=16, output_size=8, rank=4, name="lora")
         >>> state = gd.build(m)[0](np.zeros((1, 16), np.float32))
@@ -80,13 +80,13 @@ def lora_layer(input: Node, input_size: int, output_size: int, rank: int = 8,
         activation: an activation node after the layer, or None.
 
     Returns:
-        Node: ``(..., output_size)``.
+        (Node): ``(..., output_size)``.
 
     Raises:
         ShapeError: the input's last axis is not ``input_size``.
         OptionError: a size or option out of range.
 
-    Example:
+    Examples:
         >>> from graphdsl import lora
         >>> x = gd.input("x", shape=(None, 5, 16))
         >>> gd.get_output_shape(lora.lora_layer(x, 16, 8, rank=2), (2, 5, 16))
@@ -119,14 +119,14 @@ def wrap(input: Node, original: Node, rank: int = 8, alpha: float = 16.0,
         rslora: ``s = alpha / sqrt(rank)`` (rank-stabilized LoRA).
 
     Returns:
-        Node: the adapted layer, ``original``'s shape.
+        (Node): the adapted layer, ``original``'s shape.
 
     Raises:
         GraphDSLError: ``original`` is not a named dense/conv/embedding layer (or is
             already an adapter).
         ShapeError: ``input`` does not fit ``original``'s kernel, or ``output_size`` differs.
 
-    Example:
+    Examples:
         >>> from graphdsl import lora
         >>> x = gd.input("x", shape=(None, 16))
         >>> orig = gd.dense(x, 8, name="attn")
@@ -146,12 +146,12 @@ def output_size(output_size: int | None = None, **opts: Any) -> int:
         **opts: the layer's other options (ignored).
 
     Returns:
-        int: ``output_size``.
+        (int): ``output_size``.
 
     Raises:
         OptionError: ``output_size`` is missing or not a positive int.
 
-    Example:
+    Examples:
         >>> from graphdsl import lora
         >>> lora.output_size(output_size=768, rank=8)
         768
@@ -163,9 +163,9 @@ def recommended_defaults() -> dict[str, Any]:
     """The recommended options: ``{"rank": 8, "alpha": 16.0}``.
 
     Returns:
-        dict[str, Any]: a new dict.
+        (dict[str, Any]): a new dict.
 
-    Example:
+    Examples:
         >>> from graphdsl import lora
         >>> lora.recommended_defaults()
         {'rank': 8, 'alpha': 16.0}
@@ -196,14 +196,14 @@ def adapt(model: Node, targets: _adapt.Targets, rank: int = 8, alpha: float = 16
             left trainable, PEFT's option.
 
     Returns:
-        Node: the adapted model.
+        (Node): the adapted model.
 
     Raises:
         GraphDSLError: a target that matches no adaptable layer (the message lists them),
             or a ``modules_to_save`` name that is no layer with parameters or is a target.
         OptionError: an option out of range.
 
-    Example:
+    Examples:
         >>> from graphdsl import lora
         >>> x = gd.input("x", shape=(None, 8))
         >>> model = gd.dense(gd.dense(x, 8, name="attn_q"), 2, name="head")

@@ -52,7 +52,7 @@ class Policy:
             it), or None.
         output: the dtype of its result, or None.
 
-    Example:
+    Examples:
         >>> from graphdsl import mixed_precision as mp
         >>> mp.create_policy(params="float32", compute="bfloat16", output="float32")
         Policy<p=f32 c=bf16 o=f32>
@@ -70,7 +70,7 @@ class Policy:
         """The policy as the model file writes it: the fields that are set.
 
         Returns:
-            dict[str, str]: e.g. ``{"compute": "bfloat16"}``.
+            (dict[str, str]): e.g. ``{"compute": "bfloat16"}``.
         """
         return {k: getattr(self, k) for k in _FIELDS if getattr(self, k) is not None}
 
@@ -85,13 +85,13 @@ def create_policy(params: Any = None, compute: Any = None, output: Any = None) -
         output: the output dtype, as ``params``.
 
     Returns:
-        Policy: the policy.
+        (Policy): the policy.
 
     Raises:
         OptionError: anything but float16, bfloat16, float32, float64 or None (Axon never
             casts to an integer type).
 
-    Example:
+    Examples:
         >>> from graphdsl import mixed_precision as mp
         >>> p = mp.create_policy(compute="bfloat16")
         >>> p, p.to_json()
@@ -121,12 +121,12 @@ def policy_from_json(value: Any) -> Policy:
         value: ``{"params"?, "compute"?, "output"?: dtype name}``.
 
     Returns:
-        Policy: the policy.
+        (Policy): the policy.
 
     Raises:
         OptionError: not such an object, or a bad dtype.
 
-    Example:
+    Examples:
         >>> from graphdsl import mixed_precision as mp
         >>> mp.policy_from_json({"compute": "float16"})
         Policy<c=f16>
@@ -172,12 +172,12 @@ def cast(x: Node, dtype: Any, compute: bool = False, name: str | None = None) ->
         name: layer name (default ``"cast_{n}"``).
 
     Returns:
-        Node: ``x``'s shape, of ``dtype`` (integer inputs keep theirs).
+        (Node): ``x``'s shape, of ``dtype`` (integer inputs keep theirs).
 
     Raises:
         OptionError: ``dtype`` is not a floating dtype.
 
-    Example:
+    Examples:
         >>> from graphdsl import mixed_precision as mp
         >>> mp.cast(gd.input("x", shape=(None, 4)), "float16").dtype
         'float16'
@@ -197,12 +197,12 @@ def widened(arr: Any, dtype: str) -> np.ndarray:
         dtype: ``"float16"``, ``"bfloat16"``, ``"float32"`` or ``"float64"``.
 
     Returns:
-        np.ndarray: float32 for a half dtype, else of ``dtype``.
+        (np.ndarray): float32 for a half dtype, else of ``dtype``.
 
     Raises:
         GraphDSLError: an unknown dtype, or bfloat16 without ml_dtypes.
 
-    Example:
+    Examples:
         >>> from graphdsl import mixed_precision as mp
         >>> mp.widened(np.array([3.14159], np.float32), "bfloat16")
         array([3.140625], dtype=float32)
@@ -236,14 +236,14 @@ def apply_policy(model: Node, policy: Policy, filter: Callable[[Node], bool] | N
             Axon's ``except: [:batch_norm]`` is ``exclude=lambda n: n.op == "batch_norm"``).
 
     Returns:
-        Node: the model with policies and ``cast`` layers.
+        (Node): the model with policies and ``cast`` layers.
 
     Raises:
         OptionError: ``policy`` is not a Policy, both ``filter`` and ``only`` are given, or
             ``only`` names an unknown op.
         GraphDSLError: an ``exclude`` entry that matches no layer.
 
-    Example:
+    Examples:
         >>> from graphdsl import mixed_precision as mp
         >>> x = gd.input("x", shape=(None, 4))
         >>> model = gd.dense(gd.dense(x, 8, name="fc"), 2, name="lm_head")

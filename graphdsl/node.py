@@ -53,7 +53,7 @@ class Node:
     ``a + b``, ``a - b``, ``a * b`` and ``a @ b`` build add, subtract, multiply and matmul
     layers.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> y = gd.dense(x, 2, name="fc")
         >>> y.op, y.shape, y.inputs[0] is x
@@ -115,7 +115,7 @@ class Node:
         """The explicit name, or ``<unnamed {op}>`` until the graph resolves it.
 
         Returns:
-            str: e.g. ``"fc1"`` or ``"<unnamed dense>"``.
+            (str): e.g. ``"fc1"`` or ``"<unnamed dense>"``.
         """
         return self.name if self.name is not None else f"<unnamed {self.op}>"
 
@@ -300,9 +300,9 @@ def topo_order(output: Node | Iterable[Node]) -> list[Node]:
         output: a node, or several.
 
     Returns:
-        list[Node]: every node once.
+        (list[Node]): every node once.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 2))
         >>> [n.op for n in gd.topo_order(gd.relu(gd.dense(x, 3)))]
         ['input', 'dense', 'relu']

@@ -65,12 +65,12 @@ def to_networkx(model: Node, inputs: Any = None, *,
         state: a ModelState whose frozen flags and values set ``trainable``/``status``.
 
     Returns:
-        networkx.DiGraph: the graph.
+        (networkx.DiGraph): the graph.
 
     Raises:
         InputError: ``inputs`` that do not fit the model.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> g = gd.to_networkx(gd.relu(gd.dense(x, 2, name="fc")), (3, 4))
         >>> list(g.nodes), g.nodes["fc"]["shape"]

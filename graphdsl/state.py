@@ -208,7 +208,7 @@ class ModelState:
         StateError: ``data`` is not a mapping of mappings.
         ImmutableStateError: an in-place write into a value.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> model = gd.dense(gd.dense(x, 8, name="base"), 2, name="head")
         >>> state = gd.build(model)[0](np.zeros((1, 4), np.float32))
@@ -236,7 +236,7 @@ class ModelState:
         """``{layer: {param: array}}``: the values; an assigned value is sealed read-only.
 
         Returns:
-            StateData: the mutable mapping of layers.
+            (StateData): the mutable mapping of layers.
         """
         return self._data
 
@@ -254,7 +254,7 @@ class ModelState:
         """A state with nothing in it (``init_fn`` then creates every value).
 
         Returns:
-            ModelState: empty.
+            (ModelState): empty.
         """
         return cls()
 
@@ -262,7 +262,7 @@ class ModelState:
         """A new state with new dicts and the same (immutable) arrays.
 
         Returns:
-            ModelState: the copy.
+            (ModelState): the copy.
         """
         return ModelState(self._data.copy(), self.frozen, self.entries)
 
@@ -270,7 +270,7 @@ class ModelState:
         """A new state with new dicts and new arrays (equal values).
 
         Returns:
-            ModelState: the copy.
+            (ModelState): the copy.
         """
         return ModelState({k: {p: np.array(a, copy=True) for p, a in v.items()}
                            for k, v in self._data.items()}, self.frozen, self.entries)
@@ -286,7 +286,7 @@ class ModelState:
                 dtype (bfloat16 needs the ``half`` extra, ml_dtypes).
 
         Returns:
-            ModelState: the cast state, shapes unchanged.
+            (ModelState): the cast state, shapes unchanged.
 
         Raises:
             StateError: ``dtype`` is not a floating dtype.
@@ -315,7 +315,7 @@ class ModelState:
             param: value name under it.
 
         Returns:
-            bool: True for an entry such as a dropout ``key`` or batch-norm ``mean``.
+            (bool): True for an entry such as a dropout ``key`` or batch-norm ``mean``.
         """
         return param in self.entries.get(layer, ())
 
@@ -327,7 +327,7 @@ class ModelState:
             param: parameter name.
 
         Returns:
-            bool: True when frozen.
+            (bool): True when frozen.
         """
         return (layer, param) in self.frozen
 
@@ -346,7 +346,7 @@ class ModelState:
                 None for every parameter.
 
         Returns:
-            ModelState: sharing the arrays.
+            (ModelState): sharing the arrays.
         """
         pred = _predicate(predicate)
         out = self.copy()
@@ -361,7 +361,7 @@ class ModelState:
             predicate: as :meth:`freeze` takes it; None for every parameter.
 
         Returns:
-            ModelState: sharing the arrays.
+            (ModelState): sharing the arrays.
         """
         pred = _predicate(predicate)
         out = self.copy()
@@ -380,7 +380,7 @@ class ModelState:
         """The parameters that are not frozen.
 
         Returns:
-            dict[str, dict[str, np.ndarray]]: ``{layer: {param: array}}``, each of the shape its
+            (dict[str, dict[str, np.ndarray]]): ``{layer: {param: array}}``, each of the shape its
             layer declares (e.g. ``kernel [in, out]``).
         """
         return self._parameters(frozen=False)
@@ -389,7 +389,7 @@ class ModelState:
         """The frozen parameters.
 
         Returns:
-            dict[str, dict[str, np.ndarray]]: ``{layer: {param: array}}``.
+            (dict[str, dict[str, np.ndarray]]): ``{layer: {param: array}}``.
         """
         return self._parameters(frozen=True)
 
@@ -397,7 +397,7 @@ class ModelState:
         """The number of scalars in all parameters (state entries excluded).
 
         Returns:
-            int: the count.
+            (int): the count.
         """
         return sum(int(a.size) for _, _, a in self._params())
 
@@ -405,7 +405,7 @@ class ModelState:
         """The number of scalars in the trainable parameters.
 
         Returns:
-            int: the count.
+            (int): the count.
         """
         return sum(int(a.size) for v in self.trainable_parameters().values()
                    for a in v.values())
@@ -414,7 +414,7 @@ class ModelState:
         """The number of scalars in the frozen parameters.
 
         Returns:
-            int: the count.
+            (int): the count.
         """
         return sum(int(a.size) for v in self.frozen_parameters().values()
                    for a in v.values())

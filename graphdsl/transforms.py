@@ -36,12 +36,12 @@ def rewrite_nodes(model: Node, fn: Callable[[Node], Rewriter | None], *,
             after it; rewrites that keep a state (adapt, merge, untie) use it.
 
     Returns:
-        Node: the rewritten model (``model`` itself when nothing changed).
+        (Node): the rewritten model (``model`` itself when nothing changed).
 
     Raises:
         GraphDSLError: a rewriter returns anything but a node.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> model = gd.dense(gd.relu(gd.dense(x, 8)), 2)
         >>> rule = lambda n: (lambda ins, out: gd.dropout(out, 0.1)) if n.op == "relu" else None
@@ -70,12 +70,12 @@ def map_nodes(model: Node, fn: Callable[[Node], Node]) -> Node:
             ``graphdsl.node.rebuild(node, node.inputs, frozen=True)`` or the node itself).
 
     Returns:
-        Node: the mapped model.
+        (Node): the mapped model.
 
     Raises:
         GraphDSLError: ``fn`` returns anything but a node.
 
-    Example:
+    Examples:
         >>> from graphdsl.node import rebuild
         >>> x = gd.input("x", shape=(None, 4))
         >>> model = gd.map_nodes(gd.dense(x, 2), lambda n: rebuild(n, n.inputs, frozen=True))
@@ -104,12 +104,12 @@ def freeze(model: Node, predicate: Callable[[Node], bool] | None = None) -> Node
         predicate: ``predicate(node) -> bool``; None freezes every layer.
 
     Returns:
-        Node: the model with those layers frozen.
+        (Node): the model with those layers frozen.
 
     Raises:
         GraphDSLError: ``predicate`` is not callable.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> model = gd.dense(gd.dense(x, 8, name="base"), 2, name="head")
         >>> model = gd.freeze(model, lambda n: n.name == "base")
@@ -134,13 +134,13 @@ def set_options(model: Node, options: Mapping[str, Mapping[str, Any]]) -> Node:
             gives them.
 
     Returns:
-        Node: the new model.
+        (Node): the new model.
 
     Raises:
         GraphDSLError: a name that is no layer (the message lists them).
         OptionError: an option the layer does not take or a bad value.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> model = gd.set_options(gd.dropout(x, 0.5), {"dropout_0": {"rate": 0.1}})
         >>> gd.get_options(model)["rate"]

@@ -190,14 +190,14 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
         adapter_dtype: the adapters' dtype over a half-precision base (default float32).
 
     Returns:
-        torch.nn.Module: the module.
+        (torch.nn.Module): the module.
 
     Raises:
         BackendError: torch is not installed (names the ``torch`` extra).
         StateError: ``state`` does not fit ``model``.
         GraphDSLError: a half-precision ``dtype`` over a mixed-precision policy.
 
-    Example:
+    Examples:
         >>> import torch
         >>> model = gd.dense(gd.input("x", shape=(None, 4)), 2, name="fc")
         >>> module = gd.to_torch(model, gd.build(model)[0](np.zeros((1, 4), np.float32)))
@@ -535,13 +535,13 @@ def from_torch(module: Any, state_dict: Mapping[str, Any] | None = None) -> Mode
             options=StateDictOptions(full_state_dict=True))``.
 
     Returns:
-        ModelState: the values (``kernel [in, out]`` layout, as graphdsl keeps it).
+        (ModelState): the values (``kernel [in, out]`` layout, as graphdsl keeps it).
 
     Raises:
         GraphDSLError: ``module`` was not made by :func:`to_torch`, or ``state_dict``
             misses or mis-shapes a value.
 
-    Example:
+    Examples:
         >>> import torch
         >>> model = gd.dense(gd.input("x", shape=(None, 4)), 2, name="fc")
         >>> state = gd.build(model)[0](np.zeros((1, 4), np.float32))

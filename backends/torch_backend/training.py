@@ -24,12 +24,12 @@ def loraplus_param_groups(module: Any, lr: float, ratio: float = 16.0,
         weight_decay: every group's weight decay.
 
     Returns:
-        list[dict[str, Any]]: param groups for a ``torch.optim`` optimizer.
+        (list[dict[str, Any]]): param groups for a ``torch.optim`` optimizer.
 
     Raises:
         GraphDSLError: a bad ``lr``/``ratio``, or a module with no trainable parameter.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from graphdsl import lora
         >>> model = lora.adapt(gd.dense(gd.input("x", shape=(None, 4)), 4, name="q"), ["q"])

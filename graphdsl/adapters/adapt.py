@@ -191,13 +191,13 @@ def untie(model: Node, state: ModelState, layers: Iterable[str] | None = None
         layers: names of ``tied_dense`` layers, or of embeddings they read; None for all.
 
     Returns:
-        tuple[Node, ModelState]: the untied model and state.
+        (tuple[Node, ModelState]): the untied model and state.
 
     Raises:
         GraphDSLError: a name that is neither a ``tied_dense`` layer nor an embedding one
             reads.
 
-    Example:
+    Examples:
         >>> ids = gd.input("ids", shape=(None, 3), dtype="int64")
         >>> emb = gd.embedding(ids, 10, 4, name="wte")
         >>> model = gd.tied_dense(emb, emb, name="lm_head")
@@ -279,14 +279,14 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
         state: its complete state (not modified).
 
     Returns:
-        tuple[Node, ModelState]: the merged model and state; outputs equal the adapted
+        (tuple[Node, ModelState]): the merged model and state; outputs equal the adapted
         model's.
 
     Raises:
         StateError: ``state`` does not fit ``model``.
         GraphDSLError: a zero-norm DoRA column without ``eps``.
 
-    Example:
+    Examples:
         >>> from graphdsl import dora
         >>> x = gd.input("x", shape=(None, 4))
         >>> base = gd.dense(x, 4, name="attn")
@@ -385,13 +385,13 @@ def adapter_state(model: Node, state: ModelState, modules_to_save: Iterable[str]
         modules_to_save: more layer names to keep whole.
 
     Returns:
-        ModelState: the adapter-only state (arrays shared).
+        (ModelState): the adapter-only state (arrays shared).
 
     Raises:
         StateError: ``state`` lacks an adapter value.
         GraphDSLError: a ``modules_to_save`` name that is no layer.
 
-    Example:
+    Examples:
         >>> from graphdsl import dora
         >>> x = gd.input("x", shape=(None, 4))
         >>> base = gd.dense(x, 4, name="attn")
@@ -447,12 +447,12 @@ def attach_adapters(model: Node, base_state: ModelState, adapters: ModelState,
         seed: seed for missing state entries.
 
     Returns:
-        ModelState: the complete state.
+        (ModelState): the complete state.
 
     Raises:
         StateError: unknown entries, wrong shapes or missing parameters.
 
-    Example:
+    Examples:
         >>> from graphdsl import dora
         >>> x = gd.input("x", shape=(None, 4))
         >>> base = gd.dense(x, 4, name="attn")

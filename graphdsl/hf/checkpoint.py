@@ -201,13 +201,13 @@ def from_transformers(hf_model: Any) -> tuple[Node, ModelState]:
             ``GPT2LMHeadModel`` or ``BertModel`` (any dtype).
 
     Returns:
-        tuple[Node, ModelState]: as :func:`from_pretrained` gives them.
+        (tuple[Node, ModelState]): as :func:`from_pretrained` gives them.
 
     Raises:
         GraphDSLError: an unsupported architecture or config field.
         StateError: weights that do not fit the config.
 
-    Example:
+    Examples:
         >>> import transformers
         >>> from graphdsl import hf
         >>> cfg = transformers.GPT2Config(vocab_size=40, n_positions=16, n_embd=8, n_layer=1,
@@ -331,7 +331,7 @@ def from_pretrained(folder: str, dtype: Any = None) -> tuple[Node, ModelState]:
             the files' size); ``"float32"`` (etc.) widens or narrows them into new arrays.
 
     Returns:
-        tuple[Node, ModelState]: the model (inputs ``input_ids`` int64 ``[batch, seq]`` and
+        (tuple[Node, ModelState]): the model (inputs ``input_ids`` int64 ``[batch, seq]`` and
         the optional ``attention_mask``, ``position_ids``, ``token_type_ids``) and its values.
 
     Raises:
@@ -339,7 +339,7 @@ def from_pretrained(folder: str, dtype: Any = None) -> tuple[Node, ModelState]:
             config field, a config that disagrees with the weights, a bad ``dtype``.
         StateError: a missing, extra or mis-shaped tensor (named).
 
-    Example:
+    Examples:
         >>> from graphdsl import hf, models
         >>> cfg = {"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
         ...        "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -382,14 +382,14 @@ def save_pretrained(folder: str, model: Node, state: ModelState) -> str:
         state: its values (dtypes kept).
 
     Returns:
-        str: ``folder``.
+        (str): ``folder``.
 
     Raises:
         GraphDSLError: the model carries no Hugging Face config, holds unmerged adapters or
             a layer with no Hugging Face name.
         StateError: ``state`` does not fit ``model``.
 
-    Example:
+    Examples:
         >>> from graphdsl import hf, models
         >>> cfg = {"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
         ...        "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,

@@ -58,14 +58,14 @@ def save_peft(folder: str, adapted: Node, state: ModelState) -> str:
         state: its complete state.
 
     Returns:
-        str: ``folder``.
+        (str): ``folder``.
 
     Raises:
         GraphDSLError: no adapters, or adapters that do not share one op, rank, alpha,
             rslora and dropout (a PEFT config holds one of each), or a DoRA ``eps``.
         StateError: ``state`` does not fit ``adapted``.
 
-    Example:
+    Examples:
         >>> from graphdsl import hf, models
         >>> cfg = {"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
         ...        "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
@@ -198,14 +198,14 @@ def load_peft(folder: str, model: Node, state: ModelState) -> tuple[Node, ModelS
         state: its values (not modified).
 
     Returns:
-        tuple[Node, ModelState]: the adapted model and its complete state.
+        (tuple[Node, ModelState]): the adapted model and its complete state.
 
     Raises:
         GraphDSLError: a config field graphdsl does not implement, a target that matches
             no layer, a corrupt file.
         StateError: a missing, extra or mis-shaped tensor (named).
 
-    Example:
+    Examples:
         >>> from graphdsl import hf, models
         >>> cfg = {"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
         ...        "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,

@@ -18,12 +18,12 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
         path: a ``tokenizer.json`` file, or a folder (a ``save_pretrained`` checkpoint).
 
     Returns:
-        tokenizers.Tokenizer: the tokenizer.
+        (tokenizers.Tokenizer): the tokenizer.
 
     Raises:
         GraphDSLError: no such file, or tokenizers is not installed (names the extra).
 
-    Example:
+    Examples:
         ```python
         from graphdsl import hf
         tok = hf.load_tokenizer("ckpt_dir")

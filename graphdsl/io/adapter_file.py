@@ -82,13 +82,13 @@ def save_adapters(path: str | os.PathLike, model: Node, state: ModelState,
         modules_to_save: more layer names to save whole.
 
     Returns:
-        str: the path written.
+        (str): the path written.
 
     Raises:
         GraphDSLError: the model has no adapter layers.
         StateError: ``state`` does not fit the model.
 
-    Example:
+    Examples:
         >>> from graphdsl import lora
         >>> base = gd.dense(gd.input("x", shape=(None, 4)), 4, name="attn")
         >>> model = lora.adapt(base, ["attn"], rank=2)
@@ -179,14 +179,14 @@ def load_adapters(path: str | os.PathLike, model: Node, base_state: ModelState, 
         limits: size limits, as :func:`load` takes them.
 
     Returns:
-        ModelState: the complete state, adapter values of the shapes the graph gives (A
+        (ModelState): the complete state, adapter values of the shapes the graph gives (A
         ``[in, r]``, B ``[r, out]``, magnitude ``[out]``).
 
     Raises:
         SerializationError: a corrupt file, or adapter layers that do not match ``model``.
         StateError: unknown, missing or mis-shaped values.
 
-    Example:
+    Examples:
         >>> from graphdsl import lora
         >>> base = gd.dense(gd.input("x", shape=(None, 4)), 4, name="attn")
         >>> base_state = gd.build(base)[0](np.zeros((1, 4), np.float32))

@@ -114,14 +114,14 @@ def save(path: str | os.PathLike, model: Node, state: ModelState) -> str:
             float16/bfloat16 kept as they are.
 
     Returns:
-        str: the path written.
+        (str): the path written.
 
     Raises:
         SerializationError: an unregistered custom function or initializer.
         StateError: a state that misses, adds or mis-shapes a parameter.
         GraphDSLError: safetensors is missing (names the extra), or the path is unwritable.
 
-    Example:
+    Examples:
         >>> model = gd.dense(gd.input("x", shape=(None, 4)), 2, name="fc")
         >>> state = gd.build(model)[0](np.zeros((1, 4), np.float32))
         >>> gd.save("model.gdsl", model, state)
@@ -151,7 +151,7 @@ def load(path: str | os.PathLike, *, limits: LoadLimits | None = None
             ``graphdsl.io.DEFAULT_LIMITS``.
 
     Returns:
-        tuple[Node, ModelState]: the model and its values (``state.data[layer][param]``,
+        (tuple[Node, ModelState]): the model and its values (``state.data[layer][param]``,
         NumPy arrays of the shapes the graph gives).
 
     Raises:
@@ -159,7 +159,7 @@ def load(path: str | os.PathLike, *, limits: LoadLimits | None = None
             format_version, an unknown op, a cycle, a dangling reference, or weights that do
             not fit the graph.
 
-    Example:
+    Examples:
         >>> model = gd.dense(gd.input("x", shape=(None, 4)), 2, name="fc")
         >>> _ = gd.save("m.gdsl", model, gd.build(model)[0](np.zeros((1, 4), np.float32)))
         >>> model, state = gd.load("m.gdsl")

@@ -104,12 +104,12 @@ def to_json(model: Node, compact: bool = False) -> str:
         compact: a single line.
 
     Returns:
-        str: the JSON text (layout in docs/format.md).
+        (str): the JSON text (layout in docs/format.md).
 
     Raises:
         SerializationError: a custom layer or initializer is an unregistered function.
 
-    Example:
+    Examples:
         >>> model = gd.relu(gd.dense(gd.input("x", shape=(None, 4)), 2))
         >>> text = gd.to_json(model)
         >>> gd.to_json(gd.from_json(text)) == text
@@ -129,14 +129,14 @@ def from_json(text: str | bytes | Mapping[str, Any], source: str = "model JSON")
         source: what to call the text in error messages.
 
     Returns:
-        Node: the model's output.
+        (Node): the model's output.
 
     Raises:
         SerializationError: invalid JSON, an unknown op, a cycle, a dangling reference, a
             duplicate name or an unregistered function.
         GraphDSLError: a bad attribute or shape (the constructor's error).
 
-    Example:
+    Examples:
         >>> model = gd.from_json(gd.to_json(gd.dense(gd.input("x", shape=(None, 4)), 2)))
         >>> gd.get_output_shape(model, (3, 4))
         (3, 2)

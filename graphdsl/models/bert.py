@@ -29,7 +29,7 @@ def bert(config: Any, add_pooling_layer: bool = False) -> Node:
         add_pooling_layer: add the pooler (dense + tanh on the first token).
 
     Returns:
-        Node: ``input_ids`` int64 ``[batch, seq]`` (optional ``attention_mask``,
+        (Node): ``input_ids`` int64 ``[batch, seq]`` (optional ``attention_mask``,
         ``position_ids``, ``token_type_ids``) -> ``last_hidden_state [batch, seq, hidden]``;
         with the pooler a container ``{"last_hidden_state", "pooler_output [batch,
         hidden]"}``.
@@ -37,7 +37,7 @@ def bert(config: Any, add_pooling_layer: bool = False) -> Node:
     Raises:
         GraphDSLError: a missing required field or an unsupported value.
 
-    Example:
+    Examples:
         >>> from graphdsl import models
         >>> model = models.bert({"vocab_size": 30, "hidden_size": 8, "num_hidden_layers": 1,
         ...                      "num_attention_heads": 2, "intermediate_size": 16,

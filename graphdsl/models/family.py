@@ -39,7 +39,7 @@ class HFFamily:
         options: ``{checkpoint key: constructor flag}`` turned on when a checkpoint holds
             the key.
 
-    Example:
+    Examples:
         >>> from graphdsl import models
         >>> [f.name for f in models.FAMILIES], models.LLAMA.model_types["mistral"]
         (['llama', 'gpt2', 'bert'], 'MistralForCausalLM')

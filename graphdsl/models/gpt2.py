@@ -26,13 +26,13 @@ def gpt2(config: Any) -> Node:
             ``n_head``, ``n_positions``, ...).
 
     Returns:
-        Node: ``input_ids`` int64 ``[batch, seq]`` (optional ``attention_mask``,
+        (Node): ``input_ids`` int64 ``[batch, seq]`` (optional ``attention_mask``,
         ``position_ids``) -> ``logits [batch, seq, vocab]``.
 
     Raises:
         GraphDSLError: a missing required field or an unsupported value.
 
-    Example:
+    Examples:
         >>> from graphdsl import models
         >>> model = models.gpt2({"vocab_size": 40, "n_positions": 16, "n_embd": 8,
         ...                      "n_layer": 1, "n_head": 2})

@@ -55,14 +55,14 @@ def llama(config: Any) -> Node:
             class' defaults.
 
     Returns:
-        Node: ``input_ids`` int64 ``[batch, seq]`` (optional ``attention_mask``,
+        (Node): ``input_ids`` int64 ``[batch, seq]`` (optional ``attention_mask``,
         ``position_ids``) -> ``logits [batch, seq, vocab]``.
 
     Raises:
         GraphDSLError: a missing required field, or a field value graphdsl does not
             implement (it guesses nothing).
 
-    Example:
+    Examples:
         >>> from graphdsl import models
         >>> model = models.llama({"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
         ...                       "intermediate_size": 32, "num_hidden_layers": 1,

@@ -127,13 +127,13 @@ def conv(x: Node, filters: int, kernel_size: int | tuple = 1, strides: int | tup
         name: layer name (default ``"conv_{n}"``).
 
     Returns:
-        Node: ``[batch, *out, filters]`` (``channels="first"``: ``[batch, filters, *out]``).
+        (Node): ``[batch, *out, filters]`` (``channels="first"``: ``[batch, filters, *out]``).
 
     Raises:
         ShapeError: the input rank is not 3-5 or a spatial size is too small for the window.
         OptionError: a bad size, padding, channels, activation or initializer.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 28, 28, 1))
         >>> y = gd.conv(x, 8, kernel_size=3, padding="same", activation="relu")
         >>> gd.get_output_shape(y, (2, 28, 28, 1))
@@ -210,13 +210,13 @@ def batch_norm(x: Node, axis: int = -1, epsilon: float = 1e-5, momentum: float =
         name: layer name (default ``"batch_norm_{n}"``).
 
     Returns:
-        Node: the shape of ``x``.
+        (Node): the shape of ``x``.
 
     Raises:
         ShapeError: unknown channel size.
         OptionError: a bad ``epsilon``, ``momentum`` or initializer.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> y = gd.batch_norm(x, name="bn")
         >>> sorted(gd.build(y)[0](np.zeros((1, 3), np.float32)).data["bn"])
@@ -264,13 +264,13 @@ def instance_norm(x: Node, axis: int = -1, epsilon: float = 1e-5, momentum: floa
         name: layer name (default ``"instance_norm_{n}"``).
 
     Returns:
-        Node: the shape of ``x``.
+        (Node): the shape of ``x``.
 
     Raises:
         ShapeError: rank below 3 or unknown channels.
         OptionError: a bad option.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 8, 8, 3))
         >>> gd.get_output_shape(gd.instance_norm(x), (2, 8, 8, 3))
         (2, 8, 8, 3)
@@ -323,13 +323,13 @@ def group_norm(x: Node, num_groups: int, axis: int = -1, epsilon: float = 1e-5,
         name: layer name (default ``"group_norm_{n}"``).
 
     Returns:
-        Node: the shape of ``x``.
+        (Node): the shape of ``x``.
 
     Raises:
         ShapeError: ``C`` unknown or not a multiple of ``num_groups``.
         OptionError: a bad option.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4, 4, 6))
         >>> gd.get_output_shape(gd.group_norm(x, 3), (2, 4, 4, 6))
         (2, 4, 4, 6)

@@ -176,13 +176,13 @@ def conv_transpose(x: Node, filters: int, kernel_size: int | tuple = 1,
         name: layer name (default ``"conv_transpose_{n}"``).
 
     Returns:
-        Node: ``[batch, *out, filters]``.
+        (Node): ``[batch, *out, filters]``.
 
     Raises:
         ShapeError: the input rank is not 3-5 or a spatial size is too small for the window.
         OptionError: a bad size, padding, channels, activation or initializer.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 7, 7, 4))
         >>> gd.get_output_shape(gd.conv_transpose(x, 2, kernel_size=2, strides=2), (1, 7, 7, 4))
         (1, 14, 14, 2)
@@ -303,13 +303,13 @@ def depthwise_conv(x: Node, channel_multiplier: int, kernel_size: int | tuple = 
         name: layer name (default ``"depthwise_conv_{n}"``).
 
     Returns:
-        Node: ``[batch, *out, C*channel_multiplier]``.
+        (Node): ``[batch, *out, C*channel_multiplier]``.
 
     Raises:
         ShapeError: the input rank is not 3-5 or a spatial size is too small for the window.
         OptionError: a bad size, padding, channels, activation or initializer.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 8, 8, 3))
         >>> gd.get_output_shape(gd.depthwise_conv(x, 2, kernel_size=3), (1, 8, 8, 3))
         (1, 6, 6, 6)
@@ -352,13 +352,13 @@ def separable_conv2d(x: Node, channel_multiplier: int, kernel_size: int | tuple 
         name: layer name (default ``"separable_conv2d_{n}"``).
 
     Returns:
-        Node: ``[batch, H', W', C*m]``.
+        (Node): ``[batch, H', W', C*m]``.
 
     Raises:
         ShapeError: the input rank is not 3-5 or a spatial size is too small for the window.
         OptionError: a bad size, padding, channels, activation or initializer.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 8, 8, 3))
         >>> gd.get_output_shape(gd.separable_conv2d(x, 2, kernel_size=3), (1, 8, 8, 3))
         (1, 6, 6, 6)
@@ -401,13 +401,13 @@ def separable_conv3d(x: Node, channel_multiplier: int, kernel_size: int | tuple 
         name: layer name (default ``"separable_conv3d_{n}"``).
 
     Returns:
-        Node: ``[batch, D', H', W', C*m]``.
+        (Node): ``[batch, D', H', W', C*m]``.
 
     Raises:
         ShapeError: the input rank is not 3-5 or a spatial size is too small for the window.
         OptionError: a bad size, padding, channels, activation or initializer.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 6, 6, 6, 2))
         >>> gd.get_output_shape(gd.separable_conv3d(x, 1, kernel_size=3), (1, 6, 6, 6, 2))
         (1, 4, 4, 4, 2)

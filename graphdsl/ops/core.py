@@ -54,13 +54,13 @@ def input(name: str, shape: Sequence[int | None], dtype: str = "float32",
             config of a model from ``graphdsl.models``), never used in computing.
 
     Returns:
-        Node: the input, of ``shape`` and ``dtype``.
+        (Node): the input, of ``shape`` and ``dtype``.
 
     Raises:
         LayerNameError: ``name`` is not an identifier.
         OptionError: a bad shape, dtype or non-JSON ``meta``.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 16))
         >>> gd.get_inputs(gd.dense(x, 4))
         {'x': (None, 16)}
@@ -103,12 +103,12 @@ def constant(value: Any, name: str | None = None) -> Node:
         name: layer name (default ``"constant_{n}"``).
 
     Returns:
-        Node: of ``value``'s shape and dtype.
+        (Node): of ``value``'s shape and dtype.
 
     Raises:
         OptionError: ``value`` is not a numeric array.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 2))
         >>> y = gd.add(x, gd.constant([10.0, 20.0]))
         >>> gd.predict(y, gd.ModelState.empty(), np.ones((1, 2), np.float32))
@@ -146,12 +146,12 @@ def param(name: str, shape: Sequence[int], initializer: Any = "glorot_uniform",
         trainable: False freezes it.
 
     Returns:
-        Node: of ``shape``, float32.
+        (Node): of ``shape``, float32.
 
     Raises:
         OptionError: an unknown size or initializer.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> y = gd.multiply(x, gd.param("scale", (3,), initializer="ones"))
         >>> gd.build(y)[0](np.zeros((1, 3), np.float32)).data["scale"]["value"].tolist()
@@ -206,12 +206,12 @@ def layer(fn: Callable[..., Any] | str, inputs: Node | Sequence[Node], *,
         **opts: keyword options passed to ``fn`` (JSON values, saved with the model).
 
     Returns:
-        Node: of the inferred (or given) shape.
+        (Node): of the inferred (or given) shape.
 
     Raises:
         OptionError: ``fn`` is neither callable nor registered, or fails on zeros.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 2))
         >>> y = gd.layer(lambda a, *, xp, k: a * k, x, k=3.0)
         >>> gd.predict(y, gd.ModelState.empty(), np.ones((1, 2), np.float32))
@@ -287,12 +287,12 @@ def container(outputs: Sequence[Node] | Mapping[str, Node], name: str | None = N
         name: layer name (default ``"container_{n}"``).
 
     Returns:
-        Node: a container node (``shape`` None).
+        (Node): a container node (``shape`` None).
 
     Raises:
         OptionError: an entry is not a node.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 2))
         >>> out = gd.predict(gd.container({"a": x, "b": gd.relu(x)}), gd.ModelState.empty(),
         ...                  np.array([[-1.0, 1.0]], np.float32))
@@ -350,12 +350,12 @@ def optional(x: Node, default: Node, name: str | None = None) -> Node:
         name: layer name (default ``"optional_{n}"``).
 
     Returns:
-        Node: ``x`` when given, else ``default``.
+        (Node): ``x`` when given, else ``default``.
 
     Raises:
         OptionError: ``x`` is not an input, or ``default`` differs in shape or dtype.
 
-    Example:
+    Examples:
         >>> ids = gd.input("ids", shape=(None, 3), dtype="int64")
         >>> mask = gd.optional(gd.input("mask", shape=(None, 3), dtype="int64"),
         ...                    gd.full_like(ids, 1))
@@ -401,12 +401,12 @@ def full_like(x: Node, value: float, dtype: str | None = None, name: str | None 
         name: layer name (default ``"full_like_{n}"``).
 
     Returns:
-        Node: ``x.shape``, ``dtype``.
+        (Node): ``x.shape``, ``dtype``.
 
     Raises:
         OptionError: a bad value or dtype.
 
-    Example:
+    Examples:
         >>> ids = gd.input("input_ids", shape=(None, 4), dtype="int64")
         >>> gd.predict(gd.full_like(ids, 1), gd.ModelState.empty(), np.zeros((1, 4), np.int64))
         array([[1, 1, 1, 1]])

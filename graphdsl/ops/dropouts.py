@@ -91,13 +91,13 @@ def spatial_dropout(x: Node, rate: float = 0.5, channels: str = "last",
         name: layer name (default ``"spatial_dropout_{n}"``).
 
     Returns:
-        Node: the shape of ``x``.
+        (Node): the shape of ``x``.
 
     Raises:
         ShapeError: rank below 3.
         OptionError: ``rate`` outside ``[0, 1)`` or a bad ``channels``.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4, 4, 3))
         >>> gd.get_output_shape(gd.spatial_dropout(x, 0.2), (1, 4, 4, 3))
         (1, 4, 4, 3)
@@ -118,12 +118,12 @@ def alpha_dropout(x: Node, rate: float = 0.5, name: str | None = None) -> Node:
         name: layer name (default ``"alpha_dropout_{n}"``).
 
     Returns:
-        Node: the shape of ``x``.
+        (Node): the shape of ``x``.
 
     Raises:
         OptionError: ``rate`` outside ``[0, 1)``.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> y = gd.alpha_dropout(x, 0.1)
         >>> init_fn, predict_fn = gd.build(y)           # inference: the identity
@@ -147,13 +147,13 @@ def feature_alpha_dropout(x: Node, rate: float = 0.5, channels: str = "last",
         name: layer name (default ``"feature_alpha_dropout_{n}"``).
 
     Returns:
-        Node: the shape of ``x``.
+        (Node): the shape of ``x``.
 
     Raises:
         ShapeError: rank below 3.
         OptionError: ``rate`` outside ``[0, 1)``.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4, 3))
         >>> gd.get_output_shape(gd.feature_alpha_dropout(x, 0.1), (2, 4, 3))
         (2, 4, 3)

@@ -127,14 +127,14 @@ def dense(x: Node, units: int, activation: str | None = None, use_bias: bool = T
         name: layer name (default ``"dense_{n}"``).
 
     Returns:
-        Node: ``(..., units)``, the activation node when ``activation`` is given.
+        (Node): ``(..., units)``, the activation node when ``activation`` is given.
 
     Raises:
         OptionError: ``units`` not a positive int, an unknown activation or initializer.
         ShapeError: ``x``'s last axis is unknown (None).
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 16))
         >>> y = gd.dense(x, 4, activation="relu", name="fc1")
         >>> gd.get_output_shape(y, (8, 16))
@@ -200,13 +200,13 @@ def bilinear(input1: Node, input2: Node, units: int, *, activation: str | None =
         name: layer name (default ``"bilinear_{n}"``).
 
     Returns:
-        Node: ``(..., units)``.
+        (Node): ``(..., units)``.
 
     Raises:
         ShapeError: ranks differ, are below 2, or leading axes disagree.
         OptionError: a bad ``units``, activation or initializer.
 
-    Example:
+    Examples:
         >>> a, b = gd.input("a", shape=(None, 3)), gd.input("b", shape=(None, 5))
         >>> gd.get_output_shape(gd.bilinear(a, b, 2), {"a": (4, 3), "b": (4, 5)})
         (4, 2)
@@ -270,12 +270,12 @@ def activation(x: Node, fn: str, name: str | None = None, **opts: Any) -> Node:
         **opts: the activation's options (``axis`` for softmax, ``alpha`` for elu, ...).
 
     Returns:
-        Node: the shape of ``x`` (``log_sumexp`` keeps its axis with size 1).
+        (Node): the shape of ``x`` (``log_sumexp`` keeps its axis with size 1).
 
     Raises:
         OptionError: an unknown ``fn`` (the message lists them) or option.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> y = gd.activation(x, "leaky_relu", alpha=0.5)
         >>> gd.predict(y, gd.ModelState.empty(), np.array([[-2.0, 0.0, 2.0]], np.float32))
@@ -300,12 +300,12 @@ def relu(x: Node, name: str | None = None) -> Node:
         name: layer name (default ``"relu_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
         >>> gd.predict(gd.relu(x), gd.ModelState.empty(), xs).round(4)
@@ -323,13 +323,13 @@ def gelu(x: Node, approximate: bool = False, name: str | None = None) -> Node:
         name: layer name (default ``"gelu_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         OptionError: an option is out of range.
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
         >>> gd.predict(gd.gelu(x), gd.ModelState.empty(), xs).round(4)
@@ -346,12 +346,12 @@ def sigmoid(x: Node, name: str | None = None) -> Node:
         name: layer name (default ``"sigmoid_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
         >>> gd.predict(gd.sigmoid(x), gd.ModelState.empty(), xs).round(4)
@@ -368,12 +368,12 @@ def tanh(x: Node, name: str | None = None) -> Node:
         name: layer name (default ``"tanh_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
         >>> gd.predict(gd.tanh(x), gd.ModelState.empty(), xs).round(4)
@@ -391,13 +391,13 @@ def softmax(x: Node, axis: int = -1, name: str | None = None) -> Node:
         name: layer name (default ``"softmax_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         OptionError: an option is out of range.
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[0.0, 0.0, 0.0]], np.float32)
         >>> gd.predict(gd.softmax(x), gd.ModelState.empty(), xs).round(4)
@@ -415,13 +415,13 @@ def log_softmax(x: Node, axis: int = -1, name: str | None = None) -> Node:
         name: layer name (default ``"log_softmax_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         OptionError: an option is out of range.
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[0.0, 0.0, 0.0]], np.float32)
         >>> gd.predict(gd.log_softmax(x), gd.ModelState.empty(), xs).round(4)
@@ -438,12 +438,12 @@ def silu(x: Node, name: str | None = None) -> Node:
         name: layer name (default ``"silu_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
         >>> gd.predict(gd.silu(x), gd.ModelState.empty(), xs).round(4)
@@ -461,13 +461,13 @@ def elu(x: Node, alpha: float = 1.0, name: str | None = None) -> Node:
         name: layer name (default ``"elu_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         OptionError: an option is out of range.
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
         >>> gd.predict(gd.elu(x), gd.ModelState.empty(), xs).round(4)
@@ -485,13 +485,13 @@ def leaky_relu(x: Node, alpha: float = 0.01, name: str | None = None) -> Node:
         name: layer name (default ``"leaky_relu_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         OptionError: an option is out of range.
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
         >>> gd.predict(gd.leaky_relu(x), gd.ModelState.empty(), xs).round(4)
@@ -508,12 +508,12 @@ def softplus(x: Node, name: str | None = None) -> Node:
         name: layer name (default ``"softplus_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
         >>> gd.predict(gd.softplus(x), gd.ModelState.empty(), xs).round(4)
@@ -531,13 +531,13 @@ def celu(x: Node, alpha: float = 1.0, name: str | None = None) -> Node:
         name: layer name (default ``"celu_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         OptionError: an option is out of range.
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
         >>> gd.predict(gd.celu(x), gd.ModelState.empty(), xs).round(4)
@@ -554,12 +554,12 @@ def exp(x: Node, name: str | None = None) -> Node:
         name: layer name (default ``"exp_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[0.0, 1.0, 2.0]], np.float32)
         >>> gd.predict(gd.exp(x), gd.ModelState.empty(), xs).round(4)
@@ -581,13 +581,13 @@ def hard_sigmoid(x: Node, alpha: float = 0.2, beta: float = 0.2, name: str | Non
         name: layer name (default ``"hard_sigmoid_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         OptionError: an option is out of range.
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
         >>> gd.predict(gd.hard_sigmoid(x), gd.ModelState.empty(), xs).round(4)
@@ -608,13 +608,13 @@ def hard_silu(x: Node, alpha: float = 0.2, beta: float = 0.2, name: str | None =
         name: layer name (default ``"hard_silu_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         OptionError: an option is out of range.
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
         >>> gd.predict(gd.hard_silu(x), gd.ModelState.empty(), xs).round(4)
@@ -632,12 +632,12 @@ def hard_tanh(x: Node, name: str | None = None) -> Node:
         name: layer name (default ``"hard_tanh_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
         >>> gd.predict(gd.hard_tanh(x), gd.ModelState.empty(), xs).round(4)
@@ -654,12 +654,12 @@ def linear(x: Node, name: str | None = None) -> Node:
         name: layer name (default ``"linear_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
         >>> gd.predict(gd.linear(x), gd.ModelState.empty(), xs).round(4)
@@ -676,12 +676,12 @@ def log_sigmoid(x: Node, name: str | None = None) -> Node:
         name: layer name (default ``"log_sigmoid_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
         >>> gd.predict(gd.log_sigmoid(x), gd.ModelState.empty(), xs).round(4)
@@ -701,13 +701,13 @@ def log_sumexp(x: Node, axis: int = -1, name: str | None = None) -> Node:
         name: layer name (default ``"log_sumexp_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         OptionError: an option is out of range.
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[0.0, 0.0, 0.0]], np.float32)
         >>> gd.predict(gd.log_sumexp(x), gd.ModelState.empty(), xs).round(4)
@@ -724,12 +724,12 @@ def mish(x: Node, name: str | None = None) -> Node:
         name: layer name (default ``"mish_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
         >>> gd.predict(gd.mish(x), gd.ModelState.empty(), xs).round(4)
@@ -746,12 +746,12 @@ def relu6(x: Node, name: str | None = None) -> Node:
         name: layer name (default ``"relu6_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[-1.0, 3.0, 8.0]], np.float32)
         >>> gd.predict(gd.relu6(x), gd.ModelState.empty(), xs).round(4)
@@ -771,13 +771,13 @@ def selu(x: Node, alpha: float = 1.6732632423543772848170429916717,
         name: layer name (default ``"selu_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         OptionError: an option is out of range.
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
         >>> gd.predict(gd.selu(x), gd.ModelState.empty(), xs).round(4)
@@ -795,12 +795,12 @@ def softsign(x: Node, name: str | None = None) -> Node:
         name: layer name (default ``"softsign_{n}"``).
 
     Returns:
-        Node: the activation's output, the shape of ``x``.
+        (Node): the activation's output, the shape of ``x``.
 
     Raises:
         LayerNameError: ``name`` is malformed.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
         >>> gd.predict(gd.softsign(x), gd.ModelState.empty(), xs).round(4)
@@ -831,12 +831,12 @@ def dropout(x: Node, rate: float = 0.5, name: str | None = None) -> Node:
         name: layer name (default ``"dropout_{n}"``).
 
     Returns:
-        Node: the shape of ``x``.
+        (Node): the shape of ``x``.
 
     Raises:
         OptionError: ``rate`` outside ``[0, 1)``.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> y = gd.dropout(x, rate=0.5)
         >>> init_fn, predict_fn = gd.build(y)            # inference: the identity
@@ -916,13 +916,13 @@ def layer_norm(x: Node, axis: int = -1, epsilon: float = 1e-5, center: bool = Tr
         name: layer name (default ``"layer_norm_{n}"``).
 
     Returns:
-        Node: the shape of ``x``.
+        (Node): the shape of ``x``.
 
     Raises:
         ShapeError: the size on ``axis`` is unknown, or ``axis`` is out of range.
         OptionError: a bad ``epsilon`` or initializer.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4))
         >>> y = gd.layer_norm(x, name="ln")
         >>> state = gd.build(y)[0](np.zeros((1, 4), np.float32))
@@ -975,12 +975,12 @@ def embedding(x: Node, vocab_size: int, embedding_size: int,
         name: layer name (default ``"embedding_{n}"``).
 
     Returns:
-        Node: float32 ``(*x.shape, embedding_size)``.
+        (Node): float32 ``(*x.shape, embedding_size)``.
 
     Raises:
         OptionError: ``x`` is not an integer input, or a size is not a positive int.
 
-    Example:
+    Examples:
         >>> ids = gd.input("ids", shape=(None, 5), dtype="int64")
         >>> gd.get_output_shape(gd.embedding(ids, 100, 8), (2, 5))
         (2, 5, 8)

@@ -185,13 +185,13 @@ def max_pool(x: Node, kernel_size: int | tuple = 1, strides: int | tuple | None 
         name: layer name (default ``"max_pool_{n}"``).
 
     Returns:
-        Node: ``[batch, *out, C]``.
+        (Node): ``[batch, *out, C]``.
 
     Raises:
         ShapeError: rank below 3 or a window larger than the padded input.
         OptionError: a bad size, padding or channels.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 8, 8, 3))
         >>> gd.get_output_shape(gd.max_pool(x, kernel_size=2), (1, 8, 8, 3))
         (1, 4, 4, 3)
@@ -220,13 +220,13 @@ def avg_pool(x: Node, kernel_size: int | tuple = 1, strides: int | tuple | None 
         name: layer name (default ``"avg_pool_{n}"``).
 
     Returns:
-        Node: ``[batch, *out, C]``.
+        (Node): ``[batch, *out, C]``.
 
     Raises:
         ShapeError: rank below 3 or a window larger than the padded input.
         OptionError: a bad size, padding or channels.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 8, 8, 3))
         >>> gd.get_output_shape(gd.avg_pool(x, 3, strides=1, padding='same'), (1, 8, 8, 3))
         (1, 8, 8, 3)
@@ -259,13 +259,13 @@ def lp_pool(x: Node, kernel_size: int | tuple = 1, strides: int | tuple | None =
         name: layer name (default ``"lp_pool_{n}"``).
 
     Returns:
-        Node: ``[batch, *out, C]``.
+        (Node): ``[batch, *out, C]``.
 
     Raises:
         ShapeError: rank below 3 or a window larger than the padded input.
         OptionError: a bad size, padding or channels.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 8, 8, 3))
         >>> gd.get_output_shape(gd.lp_pool(x, kernel_size=2, norm=2), (1, 8, 8, 3))
         (1, 4, 4, 3)
@@ -290,12 +290,12 @@ def adaptive_avg_pool(x: Node, output_size: int | tuple | None = None,
         name: layer name (default ``"adaptive_avg_pool_{n}"``).
 
     Returns:
-        Node: ``[batch, *output_size, C]``.
+        (Node): ``[batch, *output_size, C]``.
 
     Raises:
         ShapeError: an unknown spatial size or ``output_size`` above it.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 8, 8, 3))
         >>> gd.get_output_shape(gd.adaptive_avg_pool(x, output_size=2), (1, 8, 8, 3))
         (1, 2, 2, 3)
@@ -316,12 +316,12 @@ def adaptive_max_pool(x: Node, output_size: int | tuple | None = None,
         name: layer name (default ``"adaptive_max_pool_{n}"``).
 
     Returns:
-        Node: ``[batch, *output_size, C]``.
+        (Node): ``[batch, *output_size, C]``.
 
     Raises:
         ShapeError: an unknown spatial size or ``output_size`` above it.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 8, 8, 3))
         >>> gd.get_output_shape(gd.adaptive_max_pool(x, output_size=(4, 2)), (1, 8, 8, 3))
         (1, 4, 2, 3)
@@ -346,12 +346,12 @@ def adaptive_lp_pool(x: Node, output_size: int | tuple | None = None,
         name: layer name (default ``"adaptive_lp_pool_{n}"``).
 
     Returns:
-        Node: ``[batch, *output_size, C]``.
+        (Node): ``[batch, *output_size, C]``.
 
     Raises:
         ShapeError: an unknown spatial size or ``output_size`` above it.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 8, 8, 3))
         >>> gd.get_output_shape(gd.adaptive_lp_pool(x, output_size=4), (1, 8, 8, 3))
         (1, 4, 4, 3)
@@ -398,12 +398,12 @@ def global_avg_pool(x: Node, keep_axes: bool = False, channels: str = "last",
         name: layer name (default ``"global_avg_pool_{n}"``).
 
     Returns:
-        Node: ``[batch, C]`` (or ``[batch, 1, ..., C]`` with ``keep_axes``).
+        (Node): ``[batch, C]`` (or ``[batch, 1, ..., C]`` with ``keep_axes``).
 
     Raises:
         ShapeError: rank below 3.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 8, 8, 3))
         >>> gd.get_output_shape(gd.global_avg_pool(x), (2, 8, 8, 3))
         (2, 3)
@@ -423,12 +423,12 @@ def global_max_pool(x: Node, keep_axes: bool = False, channels: str = "last",
         name: layer name (default ``"global_max_pool_{n}"``).
 
     Returns:
-        Node: ``[batch, C]`` (or ``[batch, 1, ..., C]`` with ``keep_axes``).
+        (Node): ``[batch, C]`` (or ``[batch, 1, ..., C]`` with ``keep_axes``).
 
     Raises:
         ShapeError: rank below 3.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 8, 8, 3))
         >>> gd.get_output_shape(gd.global_max_pool(x, keep_axes=True), (2, 8, 8, 3))
         (2, 1, 1, 3)
@@ -449,13 +449,13 @@ def global_lp_pool(x: Node, keep_axes: bool = False, channels: str = "last",
         name: layer name (default ``"global_lp_pool_{n}"``).
 
     Returns:
-        Node: ``[batch, C]`` (or ``[batch, 1, ..., C]`` with ``keep_axes``).
+        (Node): ``[batch, C]`` (or ``[batch, 1, ..., C]`` with ``keep_axes``).
 
     Raises:
         ShapeError: rank below 3.
         OptionError: a bad ``norm``.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 8, 8, 3))
         >>> gd.get_output_shape(gd.global_lp_pool(x), (2, 8, 8, 3))
         (2, 3)

@@ -346,14 +346,14 @@ def lstm(x: Node, units: int, hidden_state: tuple[Node, Node] | None = None, *,
         name: layer name (default ``"lstm_{n}"``).
 
     Returns:
-        tuple: ``(output_sequence [batch, seq, units], (cell, hidden))``, states ``[batch,
+        (tuple): ``(output_sequence [batch, seq, units], (cell, hidden))``, states ``[batch,
         units]``.
 
     Raises:
         ShapeError: ``x`` is not rank 3 or ``hidden_state`` does not fit.
         OptionError: a bad ``units``, activation, ``unroll`` or initializer.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 5, 3))
         >>> seq, (c, h) = gd.lstm(x, 4, recurrent_initializer="zeros")
         >>> gd.get_output_shape(seq, (2, 5, 3)), gd.get_output_shape(h, (2, 5, 3))
@@ -398,13 +398,13 @@ def gru(x: Node, units: int, hidden_state: tuple[Node] | None = None, *,
         name: layer name (default ``"gru_{n}"``).
 
     Returns:
-        tuple: ``(output_sequence [batch, seq, units], (hidden [batch, units],))``.
+        (tuple): ``(output_sequence [batch, seq, units], (hidden [batch, units],))``.
 
     Raises:
         ShapeError: ``x`` is not rank 3 or ``hidden_state`` does not fit.
         OptionError: a bad option.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 5, 3))
         >>> seq, (h,) = gd.gru(x, 4, recurrent_initializer="zeros")
         >>> gd.get_output_shape(seq, (2, 5, 3))
@@ -452,14 +452,14 @@ def conv_lstm(x: Node, units: int, hidden_state: tuple[Node, Node] | None = None
         name: layer name (default ``"conv_lstm_{n}"``).
 
     Returns:
-        tuple: ``(output_sequence [batch, seq, units, *spatial], (cell, hidden))``, the
+        (tuple): ``(output_sequence [batch, seq, units, *spatial], (cell, hidden))``, the
         states ``[batch, 1, units, *spatial]`` as Axon shapes them.
 
     Raises:
         ShapeError: the convs change the spatial sizes, or a bad rank.
         OptionError: a ``mask`` or a bad option.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4, 2, 6, 6))
         >>> seq, _ = gd.conv_lstm(x, 3, kernel_size=3, recurrent_initializer="zeros")
         >>> gd.get_output_shape(seq, (1, 4, 2, 6, 6))
@@ -514,13 +514,13 @@ def bidirectional(x: Node, forward_fun: Callable[[Node], Any],
         name: the block's name.
 
     Returns:
-        Any: ``forward_fun``'s structure with merged leaves (for lstm ``(sequence, (cell,
+        (Any): ``forward_fun``'s structure with merged leaves (for lstm ``(sequence, (cell,
         hidden))``).
 
     Raises:
         OptionError: ``forward_fun`` or ``merge_fun`` is not callable or returns no node.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 5, 3))
         >>> seq, _ = gd.bidirectional(x, lambda t: gd.lstm(t, 4, recurrent_initializer="zeros"))
         >>> gd.get_output_shape(seq, (2, 5, 3))

@@ -140,13 +140,13 @@ def resize(x: Node, size: tuple[int, int], *, method: str = "nearest",
         name: layer name (default ``"resize_{n}"``).
 
     Returns:
-        Node: ``[batch, H', W', C]``.
+        (Node): ``[batch, H', W', C]``.
 
     Raises:
         ShapeError: rank is not 4 or a spatial size is unknown.
         OptionError: an unknown method or a bad size.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4, 4, 3))
         >>> gd.get_output_shape(gd.resize(x, (8, 8), method="bilinear"), (1, 4, 4, 3))
         (1, 8, 8, 3)

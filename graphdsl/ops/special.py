@@ -71,12 +71,12 @@ def blur_pool(x: Node, channels: str = "last", name: str | None = None) -> Node:
         name: layer name (default ``"blur_pool_{n}"``).
 
     Returns:
-        Node: the shape of ``x``, float.
+        (Node): the shape of ``x``, float.
 
     Raises:
         ShapeError: rank is not 4.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3, 3, 1))
         >>> img = np.zeros((1, 3, 3, 1), np.float32); img[0, 1, 1, 0] = 16.0
         >>> gd.predict(gd.blur_pool(x), gd.ModelState.empty(), img)[0, :, :, 0]
@@ -116,12 +116,12 @@ def mask(x: Node, eos_token: int, name: str | None = None) -> Node:
         name: layer name (default ``"mask_{n}"``).
 
     Returns:
-        Node: int64 of ``x``'s shape (Axon's is u8).
+        (Node): int64 of ``x``'s shape (Axon's is u8).
 
     Raises:
         OptionError: ``eos_token`` is not an int.
 
-    Example:
+    Examples:
         >>> ids = gd.input("ids", shape=(None, 4), dtype="int64")
         >>> gd.predict(gd.mask(ids, 0), gd.ModelState.empty(), np.array([[5, 7, 0, 0]]))
         array([[0, 0, 1, 1]])
@@ -179,12 +179,12 @@ def cond(parent: Node, cond_fn: Callable[..., Any] | str, true_graph: Node,
         name: layer name (default ``"cond_{n}"``).
 
     Returns:
-        Node: the shape of the branches.
+        (Node): the shape of the branches.
 
     Raises:
         ShapeError: the branches differ in shape or dtype.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 2))
         >>> y = gd.cond(x, lambda a, *, xp: xp.all(a > 0), gd.relu(x), gd.exp(x))
         >>> gd.predict(y, gd.ModelState.empty(), np.array([[1.0, 2.0]], np.float32))
@@ -208,12 +208,12 @@ def or_else(a: Node, b: Node, name: str | None = None) -> Node:
         name: layer name.
 
     Returns:
-        Node: ``a`` when given, else ``b``.
+        (Node): ``a`` when given, else ``b``.
 
     Raises:
         OptionError: ``a`` is not an input or ``b`` does not fit it.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 2))
         >>> y = gd.or_else(gd.input("bias", shape=(None, 2)), gd.full_like(x, 0.5))
         >>> gd.predict(gd.add(x, y), gd.ModelState.empty(), {"x": np.ones((1, 2), np.float32)})
@@ -254,13 +254,13 @@ def stack_columns(columns: Mapping[str, Node] | Sequence[Node] | Node,
         name: layer name.
 
     Returns:
-        Node: ``S + (n,)``, int64 when every column is an integer, else float32.
+        (Node): ``S + (n,)``, int64 when every column is an integer, else float32.
 
     Raises:
         ShapeError: the columns differ in shape.
         OptionError: an ``ignore`` key that is no column (Axon skips it silently).
 
-    Example:
+    Examples:
         >>> a, b = gd.input("a", shape=(None,)), gd.input("b", shape=(None,))
         >>> gd.get_output_shape(gd.stack_columns({"a": a, "b": b}), {"a": (4,), "b": (4,)})
         (4, 2)
@@ -299,12 +299,12 @@ def nx(x: Node, fn: Callable[..., Any] | str, name: str | None = None) -> Node:
         name: layer name.
 
     Returns:
-        Node: of the shape ``fn`` gives.
+        (Node): of the shape ``fn`` gives.
 
     Raises:
         OptionError: ``fn`` is neither callable nor registered.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 2))
         >>> gd.predict(gd.nx(x, lambda a, *, xp: a * 2), gd.ModelState.empty(),
         ...            np.ones((1, 2), np.float32))

@@ -49,12 +49,12 @@ def add(a: Node | Sequence[Node], b: Node | None = None, name: str | None = None
         name: layer name (default ``"add_{n}"``).
 
     Returns:
-        Node: the broadcast shape.
+        (Node): the broadcast shape.
 
     Raises:
         ShapeError: the shapes do not broadcast.
 
-    Example:
+    Examples:
         >>> x, y = gd.input("x", shape=(None, 2)), gd.input("y", shape=(None, 2))
         >>> xs = {"x": np.array([[6.0, 4.0]], np.float32), "y": np.array([[2.0, 2.0]], np.float32)}
         >>> gd.predict(gd.add(x, y), gd.ModelState.empty(), xs)
@@ -73,12 +73,12 @@ def subtract(a: Node | Sequence[Node], b: Node | None = None,
         name: layer name (default ``"subtract_{n}"``).
 
     Returns:
-        Node: the broadcast shape.
+        (Node): the broadcast shape.
 
     Raises:
         ShapeError: the shapes do not broadcast.
 
-    Example:
+    Examples:
         >>> x, y = gd.input("x", shape=(None, 2)), gd.input("y", shape=(None, 2))
         >>> xs = {"x": np.array([[6.0, 4.0]], np.float32), "y": np.array([[2.0, 2.0]], np.float32)}
         >>> gd.predict(gd.subtract(x, y), gd.ModelState.empty(), xs)
@@ -97,12 +97,12 @@ def multiply(a: Node | Sequence[Node], b: Node | None = None,
         name: layer name (default ``"multiply_{n}"``).
 
     Returns:
-        Node: the broadcast shape.
+        (Node): the broadcast shape.
 
     Raises:
         ShapeError: the shapes do not broadcast.
 
-    Example:
+    Examples:
         >>> x, y = gd.input("x", shape=(None, 2)), gd.input("y", shape=(None, 2))
         >>> xs = {"x": np.array([[6.0, 4.0]], np.float32), "y": np.array([[2.0, 2.0]], np.float32)}
         >>> gd.predict(gd.multiply(x, y), gd.ModelState.empty(), xs)
@@ -153,12 +153,12 @@ def concatenate(inputs: Sequence[Node] | Node, b: Node | None = None, axis: int 
         name: layer name (default ``"concatenate_{n}"``).
 
     Returns:
-        Node: the inputs' shape with the sizes on ``axis`` summed.
+        (Node): the inputs' shape with the sizes on ``axis`` summed.
 
     Raises:
         ShapeError: ranks or the other axes differ.
 
-    Example:
+    Examples:
         >>> a, b = gd.input("a", shape=(None, 2)), gd.input("b", shape=(None, 3))
         >>> gd.get_output_shape(gd.concatenate([a, b]), {"a": (4, 2), "b": (4, 3)})
         (4, 5)
@@ -198,12 +198,12 @@ def reshape(x: Node, shape: Sequence[int | None], name: str | None = None) -> No
         name: layer name (default ``"reshape_{n}"``).
 
     Returns:
-        Node: of ``shape`` (resolved).
+        (Node): of ``shape`` (resolved).
 
     Raises:
         ShapeError: the sizes do not fit ``x``'s.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 6))
         >>> gd.get_output_shape(gd.reshape(x, (None, 2, -1)), (5, 6))
         (5, 2, 3)
@@ -232,12 +232,12 @@ def flatten(x: Node, name: str | None = None) -> Node:
         name: layer name (default ``"flatten_{n}"``).
 
     Returns:
-        Node: ``(N, prod(rest))``.
+        (Node): ``(N, prod(rest))``.
 
     Raises:
         ShapeError: rank below 2 or an unknown size after the first.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3, 4))
         >>> gd.get_output_shape(gd.flatten(x), (2, 3, 4))
         (2, 12)
@@ -287,12 +287,12 @@ def transpose(x: Node, axes: Sequence[int] | None = None, name: str | None = Non
         name: layer name (default ``"transpose_{n}"``).
 
     Returns:
-        Node: the permuted shape.
+        (Node): the permuted shape.
 
     Raises:
         ShapeError: ``axes`` is not a permutation of the input's axes.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3, 4))
         >>> gd.get_output_shape(gd.transpose(x, (0, 2, 1)), (2, 3, 4))
         (2, 4, 3)
@@ -340,12 +340,12 @@ def matmul(a: Node, b: Node, name: str | None = None) -> Node:
         name: layer name (default ``"matmul_{n}"``).
 
     Returns:
-        Node: ``(..., n, m)``.
+        (Node): ``(..., n, m)``.
 
     Raises:
         ShapeError: the inner sizes differ or batch axes do not broadcast.
 
-    Example:
+    Examples:
         >>> q, k = gd.input("q", shape=(None, 4, 8)), gd.input("k", shape=(None, 8, 5))
         >>> gd.get_output_shape(gd.matmul(q, k), {"q": (2, 4, 8), "k": (2, 8, 5)})
         (2, 4, 5)
@@ -374,13 +374,13 @@ def bias(x: Node, bias_initializer: Any = "zeros", name: str | None = None) -> N
         name: layer name (default ``"bias_{n}"``).
 
     Returns:
-        Node: ``(..., f)``.
+        (Node): ``(..., f)``.
 
     Raises:
         ShapeError: the last axis is unknown.
         OptionError: an unknown initializer.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 3))
         >>> y = gd.bias(x, bias_initializer="ones", name="b")
         >>> state = gd.build(y)[0](np.zeros((1, 3), np.float32))
@@ -443,12 +443,12 @@ def pad(x: Node, config: Sequence[tuple[int, int]], value: float = 0.0,
         name: layer name (default ``"pad_{n}"``).
 
     Returns:
-        Node: each spatial size grown by ``low + high``.
+        (Node): each spatial size grown by ``low + high``.
 
     Raises:
         OptionError: ``config`` does not have one pair per spatial axis, or a bad ``channels``.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 4, 4, 3))
         >>> gd.get_output_shape(gd.pad(x, [(1, 1), (0, 2)]), (1, 4, 4, 3))
         (1, 6, 6, 3)

@@ -140,13 +140,13 @@ def attention(q: Node, k: Node, v: Node, mask: Node | None = None, causal: bool 
             (transformers' ``attention_dropout``), drawn from the layer's RNG ``key``.
 
     Returns:
-        Node: ``[batch, heads, q_len, head_dim]``.
+        (Node): ``[batch, heads, q_len, head_dim]``.
 
     Raises:
         ShapeError: head counts or sizes disagree, or the mask does not broadcast.
         OptionError: a bad ``scale``, ``window`` or ``dropout``.
 
-    Example:
+    Examples:
         >>> q = gd.input("q", shape=(None, 4, 5, 8))
         >>> kv = gd.input("kv", shape=(None, 2, 5, 8))
         >>> gd.get_output_shape(gd.attention(q, kv, kv, causal=True),
@@ -206,13 +206,13 @@ def rms_norm(x: Node, axis: int = -1, epsilon: float = 1e-6, shift: float = 0.0,
         name: layer name (default ``"rms_norm_{n}"``).
 
     Returns:
-        Node: the shape of ``x``.
+        (Node): the shape of ``x``.
 
     Raises:
         ShapeError: unknown size on ``axis``.
         OptionError: a bad ``epsilon`` or initializer.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 2))
         >>> y = gd.rms_norm(x, epsilon=0.0)
         >>> state = gd.build(y)[0](np.zeros((1, 2), np.float32))
@@ -282,12 +282,12 @@ def rotary_embedding(x: Node, positions: Node, theta: float = 10000.0,
         name: layer name (default ``"rotary_embedding_{n}"``).
 
     Returns:
-        Node: the shape of ``x``.
+        (Node): the shape of ``x``.
 
     Raises:
         ShapeError: ``head_dim`` is odd or ``positions`` does not fit.
 
-    Example:
+    Examples:
         >>> q = gd.input("q", shape=(None, 2, 3, 4))
         >>> ids = gd.input("ids", shape=(None, 3), dtype="int64")
         >>> y = gd.rotary_embedding(q, gd.positions(ids))
@@ -350,12 +350,12 @@ def slice(x: Node, start: int, stop: int | None, axis: int = -1,
         name: layer name (default ``"slice_{n}"``).
 
     Returns:
-        Node: the shape of ``x`` with the sliced size on ``axis``.
+        (Node): the shape of ``x`` with the sliced size on ``axis``.
 
     Raises:
         ShapeError: ``axis`` is out of range.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 10))
         >>> gd.get_output_shape(gd.slice(x, 2, -1), (3, 10))
         (3, 7)
@@ -378,12 +378,12 @@ def split(x: Node, n_or_sizes: int | Sequence[int], axis: int = -1,
         name: base name of the parts.
 
     Returns:
-        tuple[Node, ...]: the parts, in order.
+        (tuple[Node, ...]): the parts, in order.
 
     Raises:
         ShapeError: the size is unknown or not divisible, or the sizes do not sum to it.
 
-    Example:
+    Examples:
         >>> x = gd.input("x", shape=(None, 12))
         >>> q, k, v = gd.split(x, 3)
         >>> gd.get_output_shape(k, (2, 12))
@@ -453,12 +453,12 @@ def positions(x: Node, axis: int = 1, offset: int = 0, name: str | None = None) 
         name: layer name (default ``"positions_{n}"``).
 
     Returns:
-        Node: int64 of shape ``x.shape[:axis+1]``.
+        (Node): int64 of shape ``x.shape[:axis+1]``.
 
     Raises:
         ShapeError: ``axis`` is out of range.
 
-    Example:
+    Examples:
         >>> ids = gd.input("ids", shape=(None, 4), dtype="int64")
         >>> gd.predict(gd.positions(ids, offset=2), gd.ModelState.empty(),
         ...            np.zeros((1, 4), np.int64))
@@ -494,12 +494,12 @@ def cache_append(past: Node, new: Node, axis: int = 2, name: str | None = None) 
         name: layer name (default ``"cache_append_{n}"``).
 
     Returns:
-        Node: ``[batch, kv_heads, cache + seq, head_dim]``.
+        (Node): ``[batch, kv_heads, cache + seq, head_dim]``.
 
     Raises:
         ShapeError: the other axes differ.
 
-    Example:
+    Examples:
         >>> past = gd.input("past", shape=(None, 2, None, 8))
         >>> new = gd.input("new", shape=(None, 2, 1, 8))
         >>> gd.get_output_shape(gd.cache_append(past, new),
@@ -564,13 +564,13 @@ def tied_dense(x: Node, embedding: Node, use_bias: bool = False,
         name: layer name (default ``"tied_dense_{n}"``).
 
     Returns:
-        Node: ``(..., vocab)``.
+        (Node): ``(..., vocab)``.
 
     Raises:
         OptionError: ``embedding`` is not a named embedding layer.
         ShapeError: ``dim`` differs from the embedding's.
 
-    Example:
+    Examples:
         >>> ids = gd.input("ids", shape=(None, 5), dtype="int64")
         >>> emb = gd.embedding(ids, 50, 8, name="wte")
         >>> gd.get_output_shape(gd.tied_dense(emb, emb), (2, 5))
