@@ -3,7 +3,7 @@
 Mirror of Elixir's ``Edifice.Meta.DoRA`` (``build``, ``dora_layer``, ``wrap``,
 ``output_size``, ``recommended_defaults``) with the paper's math, plus graph-wide
 ``adapt``. With a frozen kernel ``K [in, out]`` and bias ``b [out]``, ``A [in, r]``,
-``B [r, out]``, magnitude ``m [out]`` and ``s = alpha / rank``::
+``B [r, out]``, magnitude ``m [out]`` and ``s = alpha / rank``:
 
     c_j = || K[:, j] + s * (A @ B)[:, j] ||_2       (column norm, per output unit)
     y   = (m / c) * (x @ K + s * (x @ A) @ B) + b

@@ -1,7 +1,7 @@
 """LoRA: Low-Rank Adaptation (Hu et al. 2021), the same surface as ``graphdsl.dora``.
 
 With a frozen kernel ``K [in, out]`` and bias ``b [out]``, ``A [in, r]``, ``B [r, out]``
-and ``s = alpha / rank`` (``alpha / sqrt(rank)`` with ``rslora=True``)::
+and ``s = alpha / rank`` (``alpha / sqrt(rank)`` with ``rslora=True``):
 
     y = x @ K + b + s * (dropout(x) @ A) @ B
 

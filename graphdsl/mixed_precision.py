@@ -2,7 +2,7 @@
 layer the dtype its parameters are stored in (``params``), the dtype it computes in
 (``compute``: its floating-point inputs and parameters are cast to it before the op) and
 the dtype of its result (``output``); ``None`` casts nothing (Axon's ``nil``). Integer
-values (token ids, masks) are never cast::
+values (token ids, masks) are never cast:
 
     from graphdsl import mixed_precision as mp
     policy = mp.create_policy(params="float32", compute="bfloat16", output="float32")
