@@ -15,6 +15,7 @@ package is needed: objects are read with ``inspect``, the pages with a regex.
 """
 from __future__ import annotations
 
+import dataclasses
 import doctest
 import importlib
 import inspect
@@ -44,6 +45,8 @@ SURFACE: dict[str, list[str] | None] = {
     "graphdsl.models": None,
     "graphdsl.dtypes": ["np_dtype", "dtype_name", "is_float"],
     "graphdsl.display": None,
+    "graphdsl.registry": ["ParamSpec", "OpDef"],  # the types of gd.OPS and gd.get_parameters
+    "graphdsl.io": ["LoadLimits", "DEFAULT_LIMITS"],  # gd.load's limits=
     "graphdsl.errors": ["GraphDSLError", "ShapeError", "OptionError", "LayerNameError",
                         "InputError", "StateError", "ImmutableStateError", "BackendError",
                         "SerializationError"],
@@ -174,9 +177,12 @@ def problems(name: str, obj, kind: str = "function") -> list[str]:
 
 
 def methods(cls) -> list[tuple[str, object, str]]:
+    """The public methods and properties ``cls`` defines (a dataclass field whose default
+    is a function is a field, not a method)."""
+    fields = {f.name for f in dataclasses.fields(cls)} if dataclasses.is_dataclass(cls) else set()
     out = []
     for k, v in vars(cls).items():
-        if k.startswith("_"):
+        if k.startswith("_") or k in fields:
             continue
         if isinstance(v, property):
             out.append((k, v.fget, "property"))

@@ -33,10 +33,30 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same model gives the 
 
 @dataclass(frozen=True)
 class LoadLimits:
-    """Bounds that make a hostile archive (zip bomb, huge JSON) fail fast.
+    """Bounds that make a hostile archive (zip bomb, huge JSON) fail fast, for ``gd.load``.
 
     Sizes are in bytes; ``max_ratio`` bounds uncompressed/compressed size for members larger
-    than ``ratio_floor`` (the files graphdsl writes store weights uncompressed).
+    than ``ratio_floor`` (the files graphdsl writes store weights uncompressed). The
+    defaults are ``graphdsl.io.DEFAULT_LIMITS``.
+
+    Attributes:
+        max_file_bytes: the whole file (64 GiB).
+        max_members: zip members (8).
+        max_json_bytes: each JSON member (64 MiB).
+        max_weights_bytes: the weights member (32 GiB).
+        max_total_bytes: all members uncompressed (33 GiB).
+        max_ratio: uncompressed/compressed size of a large member (200).
+        ratio_floor: members below this size are not ratio-checked (1 MiB).
+
+    Examples:
+        >>> from graphdsl.io import LoadLimits
+        >>> model = gd.dense(gd.input("x", shape=(None, 4)), 2)
+        >>> _ = gd.save("m.gdsl", model, gd.build(model)[0](np.zeros((1, 4), np.float32)))
+        >>> try:
+        ...     gd.load("m.gdsl", limits=LoadLimits(max_file_bytes=100))
+        ... except gd.errors.SerializationError:
+        ...     print("refused")
+        refused
     """
 
     max_file_bytes: int = 64 << 30
