@@ -216,8 +216,8 @@ def block(fn: Callable[..., Any], name: str | None = None) -> Block:
         (Block): call it as ``blk(x, ...)`` (or ``blk([x, ...])``) to get a ``block`` layer.
 
     Raises:
-        GraphDSLError: ``fn`` is not callable, returns no node, or a later call's shapes
-            differ from the first's.
+        GraphDSLError: ``fn`` is not callable or returns no node.
+        ShapeError: a later call's shapes differ from the first's.
 
     Examples:
         >>> x = gd.input("x", shape=(None, 4))

@@ -90,7 +90,8 @@ def register_onnx_rule(fn: Callable[..., Any] | str, rule: Callable[..., str] | 
         (Callable): ``rule``, or the decorator when ``rule`` is None.
 
     Raises:
-        GraphDSLError: ``fn`` is not a registered function.
+        GraphDSLError: ``fn`` is not callable (or names no registered function), ``rule``
+            is not callable, or ``min_opset`` is not a positive int.
 
     Examples:
         >>> @gd.register_function("doc_scaled_tanh")

@@ -477,7 +477,7 @@ def get_options(model: Node, name: str | None = None) -> dict[str, Any]:
         (dict[str, Any]): the layer's options.
 
     Raises:
-        GraphDSLError: no layer is called ``name`` (the message lists them).
+        LayerNameError: no layer is called ``name`` (the message lists them).
 
     Examples:
         >>> x = gd.input("x", shape=(None, 16))

@@ -137,7 +137,7 @@ def set_options(model: Node, options: Mapping[str, Mapping[str, Any]]) -> Node:
         (Node): the new model.
 
     Raises:
-        GraphDSLError: a name that is no layer (the message lists them).
+        LayerNameError: a name that is no layer (the message lists them).
         OptionError: an option the layer does not take or a bad value.
 
     Examples:

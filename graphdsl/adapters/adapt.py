@@ -194,8 +194,7 @@ def untie(model: Node, state: ModelState, layers: Iterable[str] | None = None
         (tuple[Node, ModelState]): the untied model and state.
 
     Raises:
-        GraphDSLError: a name that is neither a ``tied_dense`` layer nor an embedding one
-            reads.
+        StateError: ``state`` lacks the embedding's kernel.
 
     Examples:
         >>> ids = gd.input("ids", shape=(None, 3), dtype="int64")

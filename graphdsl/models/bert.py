@@ -35,7 +35,8 @@ def bert(config: Any, add_pooling_layer: bool = False) -> Node:
         hidden]"}``.
 
     Raises:
-        GraphDSLError: a missing required field or an unsupported value.
+        GraphDSLError: a config that is neither a dict nor an object, or an unsupported
+            value.
 
     Examples:
         >>> from graphdsl import models

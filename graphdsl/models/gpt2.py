@@ -30,7 +30,8 @@ def gpt2(config: Any) -> Node:
         ``position_ids``) -> ``logits [batch, seq, vocab]``.
 
     Raises:
-        GraphDSLError: a missing required field or an unsupported value.
+        GraphDSLError: a config that is neither a dict nor an object, or an unsupported
+            value.
 
     Examples:
         >>> from graphdsl import models

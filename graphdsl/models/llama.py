@@ -59,8 +59,8 @@ def llama(config: Any) -> Node:
         ``position_ids``) -> ``logits [batch, seq, vocab]``.
 
     Raises:
-        GraphDSLError: a missing required field, or a field value graphdsl does not
-            implement (it guesses nothing).
+        GraphDSLError: a config that is neither a dict nor an object, or a field value
+            graphdsl does not implement (it guesses nothing).
 
     Examples:
         >>> from graphdsl import models

@@ -326,8 +326,8 @@ def group_norm(x: Node, num_groups: int, axis: int = -1, epsilon: float = 1e-5,
         (Node): the shape of ``x``.
 
     Raises:
-        ShapeError: ``C`` unknown or not a multiple of ``num_groups``.
-        OptionError: a bad option.
+        ShapeError: ``C`` unknown.
+        OptionError: ``C`` not a multiple of ``num_groups``, or a bad option.
 
     Examples:
         >>> x = gd.input("x", shape=(None, 4, 4, 6))

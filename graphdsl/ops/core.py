@@ -58,7 +58,7 @@ def input(name: str, shape: Sequence[int | None], dtype: str = "float32",
 
     Raises:
         LayerNameError: ``name`` is not an identifier.
-        OptionError: a bad shape, dtype or non-JSON ``meta``.
+        OptionError: a bad shape or dtype.
 
     Examples:
         >>> x = gd.input("x", shape=(None, 16))
@@ -209,7 +209,7 @@ def layer(fn: Callable[..., Any] | str, inputs: Node | Sequence[Node], *,
         (Node): of the inferred (or given) shape.
 
     Raises:
-        OptionError: ``fn`` is neither callable nor registered, or fails on zeros.
+        GraphDSLError: ``fn`` is neither callable nor registered, or fails on zeros.
 
     Examples:
         >>> x = gd.input("x", shape=(None, 2))
@@ -290,7 +290,7 @@ def container(outputs: Sequence[Node] | Mapping[str, Node], name: str | None = N
         (Node): a container node (``shape`` None).
 
     Raises:
-        OptionError: an entry is not a node.
+        GraphDSLError: an entry is not a node.
 
     Examples:
         >>> x = gd.input("x", shape=(None, 2))
@@ -353,7 +353,8 @@ def optional(x: Node, default: Node, name: str | None = None) -> Node:
         (Node): ``x`` when given, else ``default``.
 
     Raises:
-        OptionError: ``x`` is not an input, or ``default`` differs in shape or dtype.
+        GraphDSLError: ``x`` is not a ``gd.input``.
+        ShapeError: ``default`` differs from ``x`` in shape or dtype.
 
     Examples:
         >>> ids = gd.input("ids", shape=(None, 3), dtype="int64")

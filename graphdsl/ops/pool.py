@@ -293,7 +293,8 @@ def adaptive_avg_pool(x: Node, output_size: int | tuple | None = None,
         (Node): ``[batch, *output_size, C]``.
 
     Raises:
-        ShapeError: an unknown spatial size or ``output_size`` above it.
+        ShapeError: rank below 3.
+        OptionError: ``output_size`` above the input's size.
 
     Examples:
         >>> x = gd.input("x", shape=(None, 8, 8, 3))
@@ -319,7 +320,8 @@ def adaptive_max_pool(x: Node, output_size: int | tuple | None = None,
         (Node): ``[batch, *output_size, C]``.
 
     Raises:
-        ShapeError: an unknown spatial size or ``output_size`` above it.
+        ShapeError: rank below 3.
+        OptionError: ``output_size`` above the input's size.
 
     Examples:
         >>> x = gd.input("x", shape=(None, 8, 8, 3))
@@ -349,7 +351,8 @@ def adaptive_lp_pool(x: Node, output_size: int | tuple | None = None,
         (Node): ``[batch, *output_size, C]``.
 
     Raises:
-        ShapeError: an unknown spatial size or ``output_size`` above it.
+        ShapeError: rank below 3.
+        OptionError: ``output_size`` above the input's size.
 
     Examples:
         >>> x = gd.input("x", shape=(None, 8, 8, 3))

@@ -457,7 +457,8 @@ def conv_lstm(x: Node, units: int, hidden_state: tuple[Node, Node] | None = None
 
     Raises:
         ShapeError: the convs change the spatial sizes, or a bad rank.
-        OptionError: a ``mask`` or a bad option.
+        GraphDSLError: a ``mask`` was given.
+        OptionError: a bad option.
 
     Examples:
         >>> x = gd.input("x", shape=(None, 4, 2, 6, 6))
@@ -518,7 +519,7 @@ def bidirectional(x: Node, forward_fun: Callable[[Node], Any],
         hidden))``).
 
     Raises:
-        OptionError: ``forward_fun`` or ``merge_fun`` is not callable or returns no node.
+        GraphDSLError: ``forward_fun`` or ``merge_fun`` is not callable or returns no node.
 
     Examples:
         >>> x = gd.input("x", shape=(None, 5, 3))

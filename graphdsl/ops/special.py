@@ -211,7 +211,8 @@ def or_else(a: Node, b: Node, name: str | None = None) -> Node:
         (Node): ``a`` when given, else ``b``.
 
     Raises:
-        OptionError: ``a`` is not an input or ``b`` does not fit it.
+        GraphDSLError: ``a`` is not a ``gd.input``.
+        ShapeError: ``b`` does not fit it.
 
     Examples:
         >>> x = gd.input("x", shape=(None, 2))
@@ -258,7 +259,7 @@ def stack_columns(columns: Mapping[str, Node] | Sequence[Node] | Node,
 
     Raises:
         ShapeError: the columns differ in shape.
-        OptionError: an ``ignore`` key that is no column (Axon skips it silently).
+        GraphDSLError: an ``ignore`` key that is no column (Axon skips it silently).
 
     Examples:
         >>> a, b = gd.input("a", shape=(None,)), gd.input("b", shape=(None,))

@@ -235,7 +235,7 @@ def flatten(x: Node, name: str | None = None) -> Node:
         (Node): ``(N, prod(rest))``.
 
     Raises:
-        ShapeError: rank below 2 or an unknown size after the first.
+        ShapeError: rank below 2.
 
     Examples:
         >>> x = gd.input("x", shape=(None, 3, 4))
@@ -290,7 +290,7 @@ def transpose(x: Node, axes: Sequence[int] | None = None, name: str | None = Non
         (Node): the permuted shape.
 
     Raises:
-        ShapeError: ``axes`` is not a permutation of the input's axes.
+        OptionError: ``axes`` is not a permutation of the input's axes.
 
     Examples:
         >>> x = gd.input("x", shape=(None, 3, 4))
@@ -446,7 +446,8 @@ def pad(x: Node, config: Sequence[tuple[int, int]], value: float = 0.0,
         (Node): each spatial size grown by ``low + high``.
 
     Raises:
-        OptionError: ``config`` does not have one pair per spatial axis, or a bad ``channels``.
+        ShapeError: ``config`` does not have one pair per spatial axis.
+        OptionError: a bad pair or ``channels``.
 
     Examples:
         >>> x = gd.input("x", shape=(None, 4, 4, 3))

@@ -381,7 +381,8 @@ def split(x: Node, n_or_sizes: int | Sequence[int], axis: int = -1,
         (tuple[Node, ...]): the parts, in order.
 
     Raises:
-        ShapeError: the size is unknown or not divisible, or the sizes do not sum to it.
+        OptionError: the size is not divisible by ``n``, or the sizes do not sum to it.
+        ShapeError: the size on ``axis`` is unknown.
 
     Examples:
         >>> x = gd.input("x", shape=(None, 12))
