@@ -302,6 +302,9 @@ def topo_order(output: Node | Iterable[Node]) -> list[Node]:
     Returns:
         (list[Node]): every node once.
 
+    Raises:
+        GraphDSLError: ``output`` is not a node (or nodes).
+
     Examples:
         >>> x = gd.input("x", shape=(None, 2))
         >>> [n.op for n in gd.topo_order(gd.relu(gd.dense(x, 3)))]

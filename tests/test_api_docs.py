@@ -4,9 +4,9 @@
    section 3 names) is rendered by a ``::: path`` directive of a ``docs/api/*.md`` page,
    directly or as a member of a module directive.
 2. Every public callable has a Google-style docstring (mkdocstrings' default parser): a
-   summary, ``Args:`` naming every parameter of its signature, ``Returns:`` and
-   ``Example:``; a public class has a summary and an ``Example:``, its public methods
-   ``Args:`` (when they take any) and ``Returns:``.
+   summary, ``Args:`` naming every parameter of its signature, ``Returns:``, ``Raises:``
+   (but the few in :data:`RAISE_NOTHING`) and ``Examples:``; a public class has a summary
+   and ``Examples:``, its public methods ``Args:`` (when they take any) and ``Returns:``.
 3. Every ``>>>`` example runs and prints what it shows (doctest, with ``np`` and ``gd`` in
    scope as the reference's index page says).
 
@@ -51,6 +51,9 @@ SURFACE: dict[str, list[str] | None] = {
                         "InputError", "StateError", "ImmutableStateError", "BackendError",
                         "SerializationError"],
 }
+#: public functions that raise nothing (every other one has a ``Raises:`` section)
+RAISE_NOTHING = {"graphdsl.dora.recommended_defaults", "graphdsl.lora.recommended_defaults",
+                 "graphdsl.generate.optimum_name"}
 SECTION = re.compile(r"^(Args|Returns|Raises|Example|Examples|Attributes|Yields|Note):\s*$")
 
 
@@ -136,7 +139,7 @@ def sections(doc: str) -> dict[str, list[str]]:
     for line in doc.splitlines():
         m = SECTION.match(line)
         if m:
-            cur = "Example" if m.group(1) == "Examples" else m.group(1)
+            cur = m.group(1)
             out[cur] = []
         else:
             out[cur].append(line)
@@ -162,9 +165,11 @@ def problems(name: str, obj, kind: str = "function") -> list[str]:
         return [f"{name}: no docstring"]
     s = sections(doc)
     out = []
-    need = ["Example"] if kind == "class" else (["Returns"] if kind == "property" else [])
+    need = ["Examples"] if kind == "class" else (["Returns"] if kind == "property" else [])
     if kind in ("function", "method"):
-        need = ["Returns"] + (["Example"] if kind == "function" else [])
+        need = ["Returns"] + (["Examples"] if kind == "function" else [])
+        if kind == "function" and name not in RAISE_NOTHING:
+            need.append("Raises")
         names = params(obj)
         if names:
             undocumented = [p for p in names if p not in arg_names(s.get("Args", []))]
@@ -173,6 +178,8 @@ def problems(name: str, obj, kind: str = "function") -> list[str]:
             elif undocumented:
                 out.append(f"{name}: Args lacks {undocumented}")
     out += [f"{name}: no {k} section" for k in need if k not in s]
+    if "Example" in s:  # griffe renders "Examples:" as code, "Example:" as prose
+        out.append(f"{name}: write 'Examples:', not 'Example:'")
     return out
 
 
