@@ -176,7 +176,7 @@ class BackendError(GraphDSLError):
         ...     gd.build(x, backend="jax")
         ... except gd.errors.BackendError as e:
         ...     print(type(e).__name__, "|", e.fix)
-        BackendError | use one of: numpy, torch, onnxruntime...
+        BackendError | use one of: numpy...
     """
 
 
