@@ -127,7 +127,7 @@ def to_onnx(model: Node, state: ModelState, path: str | None = None, opset: int 
     graphdsl's names; every ``None`` axis is a dynamic axis; a container output becomes
     several named outputs; adapters export merged. Checked by ``onnx.checker``. Needs the
     ``onnx`` extra (``pip install 'graphdsl[onnx]'``), imported only when called; see
-    :func:`graphdsl.backends.onnx_backend.to_onnx`.
+    ``graphdsl.backends.onnx_backend.to_onnx``.
 
     Args:
         model: the output node.
@@ -142,7 +142,7 @@ def to_onnx(model: Node, state: ModelState, path: str | None = None, opset: int 
 
     Raises:
         GraphDSLError: onnx is not installed, or a custom layer without an ONNX rule
-            (:func:`graphdsl.register_onnx_rule`).
+            (``graphdsl.register_onnx_rule``).
         OptionError: an opset below what a layer needs or newer than onnx knows.
         StateError: ``state`` does not fit ``model``.
 

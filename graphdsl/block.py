@@ -16,7 +16,7 @@ the structure of its outputs' shapes, and ``blk(x)`` returns that structure of
 ``block_output`` nodes, each picking one output of the call (``path``: the positions and
 keys leading to it); the call itself is no input of any other layer.
 
-The compiler inlines every call (:func:`expand_blocks`): each backend and the ONNX export
+The compiler inlines every call (``expand_blocks``): each backend and the ONNX export
 run the body's layers once per call, all reading the shared parameters, so gradients from
 every use add up. A stateful body (batch norm in training, dropout keys) runs its uses in
 topological order, each reading the state entries as the previous use left them (what

@@ -78,7 +78,7 @@ class Plan:
 
     def param_value(self, step: Step, i: int, data: Mapping) -> Any:
         """``step``'s ``i``-th parameter in ``data`` (``{layer: {param: array}}``), checked
-        as :func:`graphdsl.graph.state_value` checks it (a StateError naming the layer)."""
+        as ``graphdsl.graph.state_value`` checks it (a StateError naming the layer)."""
         return state_value(self.graph, step.node, step.node.params[i], data)
 
     def kernel_failure(self, step: Step, exc: BaseException, slots: list) -> GraphDSLError:
@@ -282,12 +282,12 @@ def predict(model: Node, state: ModelState, inputs: Any, backend: str = "numpy",
 
     Args:
         model: the output node.
-        state: a :class:`ModelState` holding every value the model reads.
+        state: a ``ModelState`` holding every value the model reads.
         inputs: a bare array for a 1-input model, else ``{name: array}``.
         backend: ``"numpy"``, ``"torch"`` or ``"onnxruntime"``.
         mode: ``"inference"`` or ``"train"`` (then ``{"prediction", "state"}`` as
-            :func:`build`'s ``predict_fn``).
-        **kwargs: :func:`build`'s other options (``seed``, ``device``, ...).
+            ``build``'s ``predict_fn``).
+        **kwargs: ``build``'s other options (``seed``, ``device``, ...).
 
     Returns:
         (Any): the output array (a tuple/dict for a container).

@@ -1,6 +1,6 @@
 """Inspecting a model before running it: Axon's table, Mermaid, Graphviz DOT, rendering.
 
-Every view is built from one analysis of the graph (:class:`ModelView`): the
+Every view is built from one analysis of the graph (``ModelView``): the
 topological order, the resolved layer names, the shapes (symbolic, or concrete for
 given input shapes) and the merged parameter table, in which a parameter shared by
 several layers appears once, under its owner. Nothing here recurses over the graph,
@@ -96,7 +96,7 @@ class ParamInfo:
 
 
 class ModelView:
-    """Everything the views need, computed once (the analysis behind :func:`as_table`).
+    """Everything the views need, computed once (the analysis behind ``as_table``).
 
     Attributes: ``graph`` (the analysis), ``shapes`` ``{node id: shape}`` (concrete when
     ``inputs`` are given), ``params`` ``{(owner, param): ParamInfo}``, ``by_name``
@@ -454,7 +454,7 @@ def as_graph(model: Node, direction: str = "TD", *, inputs: Any = None,
         model: the output node.
         direction: ``"TD"`` (default), ``"LR"``, ``"BT"``, ``"RL"`` (or Axon's
             ``"top_down"``/``"left_right"``).
-        inputs: concrete input shapes, as for :func:`as_table`.
+        inputs: concrete input shapes, as for ``as_table``.
         state: a ModelState for frozen flags and sizes.
 
     Returns:
@@ -579,7 +579,7 @@ def to_dot(model: Node, *, inputs: Any = None, state: ModelState | None = None,
 
     Args:
         model: the output node.
-        inputs: concrete input shapes, as for :func:`as_table`.
+        inputs: concrete input shapes, as for ``as_table``.
         state: a ModelState for frozen flags and sizes.
         direction: Graphviz ``rankdir`` (``"TB"``, ``"LR"``, ...).
         title: the graph's label (default: the parameter counts).
@@ -652,7 +652,7 @@ def render(model: Node, path: str | os.PathLike, *, inputs: Any = None,
     Args:
         model: the output node.
         path: the file to write; its suffix picks the format unless ``format`` is given.
-        inputs: concrete input shapes, as for :func:`as_table`.
+        inputs: concrete input shapes, as for ``as_table``.
         state: a ModelState for frozen flags and sizes.
         direction: Graphviz ``rankdir``.
         format: ``"svg"``, ``"png"``, ``"pdf"`` or ``"dot"``, overriding the suffix.

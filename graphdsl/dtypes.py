@@ -78,7 +78,7 @@ def is_float(dtype: Any) -> bool:
     """Whether ``dtype`` is float16, bfloat16, float32 or float64 (bfloat16's NumPy kind is 'V').
 
     Args:
-        dtype: a dtype, as :func:`dtype_name` takes it.
+        dtype: a dtype, as ``dtype_name`` takes it.
 
     Returns:
         (bool): True for the four floating dtypes.

@@ -1,6 +1,6 @@
 """The one exception family users see.
 
-Every error caused by user input is a :class:`GraphDSLError` whose message names
+Every error caused by user input is a ``GraphDSLError`` whose message names
 the layer, its op, the shapes involved, where the layer was defined and the fix.
 """
 from __future__ import annotations

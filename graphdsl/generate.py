@@ -1,15 +1,15 @@
 """Text generation with a key/value cache: the decode step of a causal LM as a graph
-(:func:`decoder`) and the loop that drives it (:func:`generate`, transformers' meanings).
+(``decoder``) and the loop that drives it (``generate``, transformers' meanings).
 
 The decoder is the model's own graph with each attention's keys and values prefixed by the
-cache (one :func:`~graphdsl.ops.transformer.cache_append` on the cache axis, which on NumPy
+cache (one ``cache_append`` on the cache axis, which on NumPy
 writes a step's new entries into a buffer that grows geometrically, so no step copies the
 cache): same layers, names and parameters, so the model's ModelState runs it, adapted
 (DoRA/LoRA) and merged models included. Its inputs are ``input_ids [batch, seq]``,
 ``attention_mask [batch, past + seq]``, ``position_ids [batch, seq]`` and, per attention
 layer ``i``, ``past_key_values_{i}_key`` / ``past_key_values_{i}_value`` ``[batch, kv_heads,
 past, head_dim]`` (input names are identifiers: optimum's ``past_key_values.{i}.key`` with
-``_`` for the dots, see :func:`optimum_name`); its outputs ``{"logits": [batch, seq, vocab],
+``_`` for the dots, see ``optimum_name``); its outputs ``{"logits": [batch, seq, vocab],
 "present.{i}.key": ..., "present.{i}.value": ...}``, each present the past and the new
 keys/values (keys after the rotary embedding, kv heads not repeated). Prefill is the same
 graph over the prompt with an empty past (``past`` = 0)."""
@@ -37,7 +37,7 @@ def optimum_name(name: str) -> str:
     """A decoder input's name as optimum's ONNX decoders spell it (other names unchanged).
 
     Args:
-        name: a :func:`decoder` input name.
+        name: a ``decoder`` input name.
 
     Returns:
         (str): e.g. ``past_key_values.3.key``.
@@ -71,7 +71,7 @@ def decoder(model: Node, last_logits: bool = False) -> Node:
     """The decode step of the causal LM ``model``, with optimum's cache inputs and outputs.
 
     The model's own graph with each attention's keys and values prefixed by the cache
-    (:func:`graphdsl.cache_append`): same layers, names and parameters, so the model's
+    (``graphdsl.cache_append``): same layers, names and parameters, so the model's
     ModelState runs it. Inputs: ``input_ids [batch, seq]``, ``attention_mask [batch, past +
     seq]``, ``position_ids [batch, seq]`` (both now required) and per attention layer ``i``
     ``past_key_values_{i}_key`` / ``_value`` ``[batch, kv_heads, past, head_dim]``. Output: a
@@ -283,7 +283,7 @@ def generate(model: Node, state: Any, input_ids: Any, max_new_tokens: int = 32, 
     """Continue ``input_ids`` by up to ``max_new_tokens`` tokens, as transformers' ``generate``.
 
     One prefill over the prompt, then one decoder step per token over the key/value cache
-    (:func:`decoder`), never a pass over the whole prefix. Greedy decoding gives
+    (``decoder``), never a pass over the whole prefix. Greedy decoding gives
     transformers' tokens exactly. Every causal LM family (LLaMA, Mistral, Qwen2, GPT-2),
     plain, adapted (DoRA/LoRA, unmerged) or merged.
 

@@ -28,7 +28,7 @@ from .shapes import is_int
 @dataclass(frozen=True)
 class Graph:
     """The analyzed graph of a model (its output node). Shared by every caller that
-    analyzes the same node (:func:`analyze` memoizes it): read it, never change it."""
+    analyzes the same node (``analyze`` memoizes it): read it, never change it."""
 
     output: Node
     order: list[Node]
@@ -466,12 +466,12 @@ def pop_node(model: Node) -> tuple[Node, Any]:
 def get_options(model: Node, name: str | None = None) -> dict[str, Any]:
     """Axon's ``get_options``: the options of the output layer, or of the layer ``name``.
 
-    Checked attributes with defaults filled in, as a new dict; :func:`graphdsl.set_options`
+    Checked attributes with defaults filled in, as a new dict; ``graphdsl.set_options``
     changes them.
 
     Args:
         model: the output node.
-        name: a layer name as :func:`properties` gives it; None for the output layer.
+        name: a layer name as ``properties`` gives it; None for the output layer.
 
     Returns:
         (dict[str, Any]): the layer's options.
@@ -558,7 +558,7 @@ def missing_value(g: Graph, node: Node, spec: ParamSpec, data: Mapping) -> State
 
 def state_value(g: Graph, node: Node, spec: ParamSpec, data: Mapping) -> Any:
     """``data[owner][param]`` for one of ``node``'s parameters, checked to exist and to
-    have the shape the node needs (:func:`check_value`)."""
+    have the shape the node needs (``check_value``)."""
     owner, pname = g.param_ref(node, spec)
     try:
         arr = data[owner][pname]

@@ -1,4 +1,4 @@
-"""Mixed-precision policies, Axon's ``Axon.MixedPrecision``: a :class:`Policy` sets per
+"""Mixed-precision policies, Axon's ``Axon.MixedPrecision``: a ``Policy`` sets per
 layer the dtype its parameters are stored in (``params``), the dtype it computes in
 (``compute``: its floating-point inputs and parameters are cast to it before the op) and
 the dtype of its result (``output``); ``None`` casts nothing (Axon's ``nil``). Integer
@@ -8,7 +8,7 @@ values (token ids, masks) are never cast:
     policy = mp.create_policy(params="float32", compute="bfloat16", output="float32")
     model = mp.apply_policy(model, policy, exclude=["lm_head"])
 
-A policy is a rewrite rule: :func:`apply_policy` returns a new graph in which each
+A policy is a rewrite rule: ``apply_policy`` returns a new graph in which each
 policied layer carries the policy (its parameters' dtype; read in ``compute``) between
 explicit ``cast`` layers (its inputs to ``compute``, its result to ``output``), so the
 model file, ``as_table`` and every backend see the casts. Backends: torch computes in the
@@ -44,7 +44,7 @@ _UNCAST = frozenset({"input", "container", "block", "block_output", "optional", 
 class Policy:
     """The dtypes of one layer (Axon's ``Axon.MixedPrecision.Policy``).
 
-    Make one with :func:`create_policy`; frozen and hashable.
+    Make one with ``create_policy``; frozen and hashable.
 
     Attributes:
         params: the dtype parameters are stored in, or None.
@@ -76,7 +76,7 @@ class Policy:
 
 
 def create_policy(params: Any = None, compute: Any = None, output: Any = None) -> Policy:
-    """Axon's ``create_policy``: a :class:`Policy` from three dtypes.
+    """Axon's ``create_policy``: a ``Policy`` from three dtypes.
 
     Args:
         params: the parameters' dtype: a name (``"bfloat16"``), a NumPy or a torch dtype,
@@ -115,7 +115,7 @@ def _checked(field: str, value: Any) -> str | None:
 
 
 def policy_from_json(value: Any) -> Policy:
-    """A policy as :meth:`Policy.to_json` wrote it (a model file's ``"policy"`` entry).
+    """A policy as ``Policy.to_json`` wrote it (a model file's ``"policy"`` entry).
 
     Args:
         value: ``{"params"?, "compute"?, "output"?: dtype name}``.
@@ -228,7 +228,7 @@ def apply_policy(model: Node, policy: Policy, filter: Callable[[Node], bool] | N
 
     Args:
         model: the model.
-        policy: from :func:`create_policy`.
+        policy: from ``create_policy``.
         filter: a predicate on a node (Axon's filter); exclusive with ``only``.
         only: op names (Axon's ``only: [:dense]``).
         exclude: targets as ``adapt`` takes them (a regex on the layer name, a list of
@@ -291,7 +291,7 @@ def _cast(x: Node, dtype: str, compute: bool = False) -> Node:
 
 def _selection(g: Any, filter: Any, only: Any, exclude: Any, where: str
                ) -> Callable[[Node], bool]:
-    """The predicate of the layers :func:`apply_policy` applies the policy to."""
+    """The predicate of the layers ``apply_policy`` applies the policy to."""
     names = [g.name(n) for n in g.order if n.op not in _UNCAST]
     base: Callable[[Node], bool] = lambda n: True  # noqa: E731
     if filter is not None:

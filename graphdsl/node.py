@@ -225,7 +225,7 @@ def make_node(
     """Create a node: check its name and attributes, infer its shape and its parameters.
 
     Every constructor goes through here, so every check runs at construction time.
-    ``policy`` (:mod:`graphdsl.mixed_precision`): its ``params`` dtype becomes the dtype
+    ``policy`` (``graphdsl.mixed_precision``): its ``params`` dtype becomes the dtype
     of the layer's floating-point parameters.
     """
     where = where or caller_location()

@@ -1,6 +1,6 @@
 """The op registry: one entry per op, holding everything backends do not own.
 
-An :class:`OpDef` carries the shape rule, the parameter specs, the attribute
+An ``OpDef`` carries the shape rule, the parameter specs, the attribute
 check and the docstring. Backends hold only kernels keyed by the op name.
 """
 from __future__ import annotations
@@ -27,7 +27,7 @@ class DerivedInit:
 class ParamSpec:
     """A parameter (or non-trainable state entry) a node reads from the ModelState.
 
-    What ``node.params`` and :func:`graphdsl.get_parameters` hold, and what an op's
+    What ``node.params`` and ``graphdsl.get_parameters`` hold, and what an op's
     ``params`` rule returns.
 
     Attributes:

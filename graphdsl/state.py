@@ -5,7 +5,7 @@ Values are immutable, as in Axon: storing an array in a ``ModelState`` (construc
 it into read-only memory that nobody else can write, so a backend may cache anything it
 derives from a value on the value's identity (a merged adapter kernel, a converted
 tensor) and never serve stale weights. To change a weight, store a new array; an
-in-place write (``arr[...] = v``, ``arr += 1``) raises a :class:`StateError` that says so.
+in-place write (``arr[...] = v``, ``arr += 1``) raises a ``StateError`` that says so.
 """
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ _IMMUTABLE_FIX = ("state values are immutable; store a new array instead, e.g. "
 
 
 class StateArray(np.ndarray):
-    """A read-only ``np.ndarray`` whose memory belongs to a :class:`ModelState`.
+    """A read-only ``np.ndarray`` whose memory belongs to a ``ModelState``.
 
     It behaves as any array in expressions (results are plain, writable arrays); views of
     it (``a[0]``, ``a.reshape(-1)``, ``a.T``) are read-only too, and any in-place write
-    raises a :class:`StateError` explaining how to replace the value. Shape: any.
+    raises a ``StateError`` explaining how to replace the value. Shape: any.
     """
 
     def __array_wrap__(self, obj: np.ndarray, context: Any = None,
@@ -92,7 +92,7 @@ def _numeric(value: Any, where: str) -> np.ndarray:
 
 
 def seal(value: Any, where: str = "value") -> StateArray:
-    """``value`` (array, number, tensor) as a :class:`StateArray`: no copy when it is one
+    """``value`` (array, number, tensor) as a ``StateArray``: no copy when it is one
     already or its memory is immutable (e.g. read from a file), one copy otherwise.
     Non-numeric values (object, complex, strings) raise a StateError. Shape: unchanged."""
     if type(value) is StateArray and not value.flags.writeable:
@@ -246,7 +246,7 @@ class ModelState:
 
     @property
     def state(self) -> dict[str, list[str]]:
-        """Deprecated alias of :attr:`entries`."""
+        """Deprecated alias of ``entries``."""
         return self.entries
 
     @classmethod
@@ -358,7 +358,7 @@ class ModelState:
         """A new state with the parameters where ``predicate(layer, param)`` holds unfrozen.
 
         Args:
-            predicate: as :meth:`freeze` takes it; None for every parameter.
+            predicate: as ``freeze`` takes it; None for every parameter.
 
         Returns:
             (ModelState): sharing the arrays.
@@ -446,7 +446,7 @@ class ModelState:
 
 
 def need_state(value: Any, what: str, fix: str, where: str | None = None) -> None:
-    """Refuse a ``value`` that is not a :class:`ModelState`: the StateError
+    """Refuse a ``value`` that is not a ``ModelState``: the StateError
     ``"{what} a ModelState, got {type}"`` (``what`` such as ``"predict needs"``)."""
     if not isinstance(value, ModelState):
         raise StateError(f"{what} a ModelState, got {type(value).__name__}", where=where,

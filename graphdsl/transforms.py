@@ -1,4 +1,4 @@
-"""Graph transforms with Axon's semantics: one rewrite engine (:func:`rewrite_nodes`) and
+"""Graph transforms with Axon's semantics: one rewrite engine (``rewrite_nodes``) and
 the rules run on it (``map_nodes``, ``freeze``; ``adapt``, ``merge_adapters`` and ``untie``
 in ``graphdsl.adapters``). Each returns a new graph and shares every subgraph it does not
 change."""
@@ -97,7 +97,7 @@ def freeze(model: Node, predicate: Callable[[Node], bool] | None = None) -> Node
     """Axon's ``freeze``: freeze the parameters of the layers where ``predicate(node)`` holds.
 
     ``init_fn`` then records them frozen in the ModelState (``requires_grad=False`` in
-    :func:`to_torch`).
+    ``to_torch``).
 
     Args:
         model: the output node.
@@ -125,12 +125,12 @@ def set_options(model: Node, options: Mapping[str, Mapping[str, Any]]) -> Node:
     """Axon's ``set_options`` for several layers: rebuild each with new options.
 
     Each named layer is rebuilt with its other options kept, and the layers after it
-    re-infer their shapes (one :func:`rewrite_nodes` pass, ``keep_names=True``, so no
+    re-infer their shapes (one ``rewrite_nodes`` pass, ``keep_names=True``, so no
     layer's name or state key moves). Options are checked as the constructor checks them.
 
     Args:
         model: the output node.
-        options: ``{layer name: {option: value}}``, names as :func:`graphdsl.properties`
+        options: ``{layer name: {option: value}}``, names as ``graphdsl.properties``
             gives them.
 
     Returns:

@@ -18,7 +18,7 @@ def loraplus_param_groups(module: Any, lr: float, ratio: float = 16.0,
     left out. Also ``graphdsl.lora.loraplus_param_groups``.
 
     Args:
-        module: a module from :func:`graphdsl.to_torch` (or a wrapper around it).
+        module: a module from ``graphdsl.to_torch`` (or a wrapper around it).
         lr: the base learning rate.
         ratio: the ``B`` matrices' learning-rate multiplier (the paper's lambda).
         weight_decay: every group's weight decay.

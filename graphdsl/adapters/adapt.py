@@ -269,7 +269,7 @@ def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
     ``K' = (K + s*A@B) * (m/c)`` (DoRA) or ``K + s*A@B`` (LoRA) on the flat kernel
     ``[fan_in, out]``, bias unchanged (an activation node after it stays). A wrapped layer
     becomes a layer named like the one it wrapped; a standalone adapter keeps its own name.
-    A ``tied_dense`` layer reading a merged embedding is first untied (:func:`untie`). The
+    A ``tied_dense`` layer reading a merged embedding is first untied (``untie``). The
     merged model comes out with every parameter frozen (the adapted model's flags);
     ``merged_state.unfreeze()`` makes them trainable again.
 
@@ -433,7 +433,7 @@ def adapter_state(model: Node, state: ModelState, modules_to_save: Iterable[str]
 
 def attach_adapters(model: Node, base_state: ModelState, adapters: ModelState,
                     seed: int = 0) -> ModelState:
-    """``base_state`` plus an :func:`adapter_state`: a complete state for the adapted ``model``.
+    """``base_state`` plus an ``adapter_state``: a complete state for the adapted ``model``.
 
     Validated against ``model``. Values in ``adapters`` win over ``base_state``; frozen flags
     come from the state that supplied each value, plus every parameter the model marks

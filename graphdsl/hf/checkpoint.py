@@ -1,8 +1,8 @@
 """Hugging Face weights <-> ModelState. A Linear ``weight [out, in]`` is our ``kernel`` [in,
-out] transposed, a Conv1D ``weight [in, out]`` (a family's :attr:`HFFamily.conv1d`) is the
+out] transposed, a Conv1D ``weight [in, out]`` (a family's ``HFFamily.conv1d``) is the
 kernel as it is; norms' ``weight``/``bias`` are ``gamma``/``beta``; an embedding's
 ``weight`` is its ``kernel``. What each family calls things is its record in
-:data:`graphdsl.models.FAMILIES`; this module knows no family by name."""
+``graphdsl.models.FAMILIES``; this module knows no family by name."""
 from __future__ import annotations
 
 import json
@@ -71,7 +71,7 @@ def architecture(config: Mapping[str, Any]) -> str:
 
 
 def family(arch: str) -> HFFamily:
-    """The record of the family that builds ``arch`` (an :func:`architecture`)."""
+    """The record of the family that builds ``arch`` (an ``architecture``)."""
     return _FAMILY[arch]
 
 
@@ -112,16 +112,16 @@ def config_of(model: Node) -> dict[str, Any]:
 
 def _build(f: HFFamily, config: dict[str, Any], keys: Iterable[str]) -> Node:
     """The family ``f`` graph for ``config``, with the constructor flags of the optional
-    parts (:attr:`HFFamily.options`) the checkpoint's ``keys`` hold."""
+    parts (``HFFamily.options``) the checkpoint's ``keys`` hold."""
     keys = set(keys)
     return f.build(config, **{flag: True for key, flag in f.options.items() if key in keys})
 
 
 def renamed(keys: Iterable[str], f: HFFamily) -> dict[str, str]:
     """``{our hf key: checkpoint key}`` of the weights: transformers reads a checkpoint with
-    or without the base model's prefix (:attr:`HFFamily.base_model_prefix`: added to the
+    or without the base model's prefix (``HFFamily.base_model_prefix``: added to the
     keys where our names carry it, else dropped), decided for the whole checkpoint as
-    transformers does. The family's buffers (:attr:`HFFamily.ignored`) are left out."""
+    transformers does. The family's buffers (``HFFamily.ignored``) are left out."""
     prefix, keys = f.base_model_prefix, list(keys)
     if f.prefixed and not any(k.startswith(prefix) for k in keys):
         names = {(k if f.head and k.startswith(f.head + ".") else prefix + k): k for k in keys}
@@ -201,7 +201,7 @@ def from_transformers(hf_model: Any) -> tuple[Node, ModelState]:
             ``GPT2LMHeadModel`` or ``BertModel`` (any dtype).
 
     Returns:
-        (tuple[Node, ModelState]): as :func:`from_pretrained` gives them.
+        (tuple[Node, ModelState]): as ``from_pretrained`` gives them.
 
     Raises:
         GraphDSLError: an unsupported architecture or config field.
@@ -371,7 +371,7 @@ def save_pretrained(folder: str, model: Node, state: ModelState) -> str:
     """Write ``config.json`` and ``model.safetensors``, which transformers can load.
 
     The config is the model's own (models from ``graphdsl.models``/``graphdsl.hf`` carry
-    it); adapters must be merged first (:func:`graphdsl.merge_adapters`). An earlier sharded
+    it); adapters must be merged first (``graphdsl.merge_adapters``). An earlier sharded
     checkpoint in ``folder`` (its index and ``model-*-of-*`` shards) is removed, so the
     folder holds one checkpoint; each file is written atomically. Needs safetensors (the
     ``io`` extra).

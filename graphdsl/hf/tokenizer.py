@@ -1,5 +1,5 @@
 """Hugging Face tokenizers: ``tokenizer.json`` read by the ``tokenizers`` package (the
-``hf`` extra), for :func:`graphdsl.generate` and ``graphdsl generate``."""
+``hf`` extra), for ``graphdsl.generate`` and ``graphdsl generate``."""
 from __future__ import annotations
 
 import os

@@ -57,7 +57,7 @@ def adapter_keys(model: Node) -> list[tuple[str, str]]:
 
 
 def _owned_keys(g: Graph, nodes: list[Node]) -> list[tuple[str, str]]:
-    """:func:`adapter_keys` of the analyzed model ``g`` and its adapter ``nodes``."""
+    """``adapter_keys`` of the analyzed model ``g`` and its adapter ``nodes``."""
     return [(g.name(n), spec.name) for n in nodes for spec in n.params if owns(n, spec)]
 
 
@@ -71,7 +71,7 @@ def save_adapters(path: str | os.PathLike, model: Node, state: ModelState,
                   modules_to_save: Iterable[str] = ()) -> str:
     """Write only the adapter parameters of ``state``, with the adapter layers' ops and attributes.
 
-    What :func:`graphdsl.adapter_state` keeps (A ``[in, r]``, B ``[r, out]``, magnitude
+    What ``graphdsl.adapter_state`` keeps (A ``[in, r]``, B ``[r, out]``, magnitude
     ``[out]``, dropout keys; every layer ``adapt`` left trainable and the layers named in
     ``modules_to_save``) and the frozen flags: a small file beside a shared base model.
 
@@ -165,9 +165,9 @@ def _check_layers(doc: dict[str, Any], g: Graph, nodes: list[Node], label: str,
 
 def load_adapters(path: str | os.PathLike, model: Node, base_state: ModelState, *,
                   seed: int = 0, limits: LoadLimits | None = None) -> ModelState:
-    """Attach the adapter parameters saved by :func:`save_adapters` to ``base_state``.
+    """Attach the adapter parameters saved by ``save_adapters`` to ``base_state``.
 
-    Goes through :func:`graphdsl.attach_adapters`, which validates the complete state;
+    Goes through ``graphdsl.attach_adapters``, which validates the complete state;
     ``base_state`` is not modified.
 
     Args:
@@ -176,7 +176,7 @@ def load_adapters(path: str | os.PathLike, model: Node, base_state: ModelState, 
             the file.
         base_state: the base model's values.
         seed: seed for missing state entries (dropout keys).
-        limits: size limits, as :func:`load` takes them.
+        limits: size limits, as ``load`` takes them.
 
     Returns:
         (ModelState): the complete state, adapter values of the shapes the graph gives (A

@@ -1,9 +1,9 @@
 """Safe reading and atomic writing of the zip archives graphdsl files are made of: reading
-(:func:`read_archive`) never extracts, unpickles or executes anything, checks the file kind,
+(``read_archive``) never extracts, unpickles or executes anything, checks the file kind,
 member count and names (no traversal), compression, encryption, declared sizes and ratios
-against :class:`LoadLimits`, and reads each member in bounded chunks that must match its
-declared size and CRC (or maps a stored member read-only, :func:`read_archive`'s
-``mapped``); writing (:func:`atomic_writer`, :func:`write_archive`) goes through
+against ``LoadLimits``, and reads each member in bounded chunks that must match its
+declared size and CRC (or maps a stored member read-only, ``read_archive``'s
+``mapped``); writing (``atomic_writer``, ``write_archive``) goes through
 a temp file renamed into place, with fixed timestamps (same content, same bytes).
 """
 from __future__ import annotations
@@ -343,8 +343,8 @@ def zip_to(fh: BinaryIO, members: Mapping[str, tuple[bytes, int]]) -> None:
 
 def write_archive(path: str, members: Mapping[str, tuple[bytes, int]],
                   what: str = "gd.save") -> str:
-    """Write ``{name: (bytes, compression)}`` atomically (:func:`atomic_writer`) to
-    ``path`` (a :func:`need_path` result); returns ``path``."""
+    """Write ``{name: (bytes, compression)}`` atomically (``atomic_writer``) to
+    ``path`` (a ``need_path`` result); returns ``path``."""
     with atomic_writer(path, what) as fh:
         zip_to(fh, members)
     return path

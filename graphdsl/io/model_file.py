@@ -135,13 +135,13 @@ def save(path: str | os.PathLike, model: Node, state: ModelState) -> str:
 
 
 def write_model(fh: BinaryIO, model: Node, state: ModelState) -> None:
-    """Write the bytes :func:`save` would write to an open binary file (e.g. a stream)."""
+    """Write the bytes ``save`` would write to an open binary file (e.g. a stream)."""
     zip_to(fh, _model_members(model, state))
 
 
 def load(path: str | os.PathLike, *, limits: LoadLimits | None = None
          ) -> tuple[Node, ModelState]:
-    """Read a model file written by :func:`save`: ``(model, state)``.
+    """Read a model file written by ``save``: ``(model, state)``.
 
     Nothing is executed (no pickle, no import) and nothing is written.
 

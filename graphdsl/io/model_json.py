@@ -1,8 +1,8 @@
 """The model definition document (``model.json``; layout in ``docs/format.md``):
 ``to_json(model) -> str`` and ``from_json(text) -> Node``. Loading checks the layout
-(:func:`~graphdsl.io.model_schema.check_structure`), never imports or executes anything
-named in the file (functions are looked up in :mod:`graphdsl.custom`) and rebuilds every
-node through :func:`graphdsl.node.make_node`, so every attribute and shape check runs.
+(``check_structure``), never imports or executes anything
+named in the file (functions are looked up in ``graphdsl.custom``) and rebuilds every
+node through ``graphdsl.node.make_node``, so every attribute and shape check runs.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _shape_json(shape: Any) -> Any:
 
 
 def model_to_dict(model: Node, graph: Graph | None = None) -> dict[str, Any]:
-    """The JSON data of ``model`` (see :func:`to_json`); ``graph`` is ``analyze(model)``
+    """The JSON data of ``model`` (see ``to_json``); ``graph`` is ``analyze(model)``
     where the caller has it already."""
     g = graph or analyze(model)
     inputs, nodes = [], []
@@ -125,7 +125,7 @@ def from_json(text: str | bytes | Mapping[str, Any], source: str = "model JSON")
     ``outputs`` may name one node, or be a list / an object of names (a container).
 
     Args:
-        text: the JSON definition :func:`to_json` writes.
+        text: the JSON definition ``to_json`` writes.
         source: what to call the text in error messages.
 
     Returns:
@@ -145,7 +145,7 @@ def from_json(text: str | bytes | Mapping[str, Any], source: str = "model JSON")
 
 
 def read_model(text: str | bytes | Mapping[str, Any], source: str = "model JSON") -> Graph:
-    """:func:`from_json`, returning the rebuilt model's analysis (``.output`` is the
+    """``from_json``, returning the rebuilt model's analysis (``.output`` is the
     model), so that a caller needing both analyzes the graph once."""
     doc = dict(text) if isinstance(text, Mapping) else parse_json(text, source)
     check_structure(doc, source)

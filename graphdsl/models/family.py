@@ -1,6 +1,6 @@
 """A model family's Hugging Face conventions in one record, declared next to its
 constructor (``llama.LLAMA``, ``gpt2.GPT2``, ``bert.BERT``) and collected in
-:data:`graphdsl.models.FAMILIES`. graphdsl.hf reads these records and knows no family by
+``graphdsl.models.FAMILIES``. graphdsl.hf reads these records and knows no family by
 name: adding a family takes its module and its record."""
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ class HFFamily:
 
     Layer names are ours (the Hugging Face module paths); a checkpoint key is a layer name,
     a dot and transformers' parameter name (``model.embed_tokens.weight``). graphdsl.hf
-    reads these records (:data:`graphdsl.models.FAMILIES`) and knows no family by name:
+    reads these records (``graphdsl.models.FAMILIES``) and knows no family by name:
     adding a family takes its module and its record (see the architecture page).
 
     Attributes:

@@ -1,9 +1,9 @@
 """Convolutional layers with Axon's names, options and layouts: conv, batch_norm,
-instance_norm, group_norm (the pools are :mod:`.pool`).
+instance_norm, group_norm (the pools are ``.pool``).
 
 Inputs are ``[batch, *spatial, channels]`` (``channels="last"``, Axon's default) or
 ``[batch, channels, *spatial]`` (``channels="first"``), with 1 to 3 spatial axes. The
-window arithmetic (strides, padding, dilations) is :mod:`graphdsl.windows`.
+window arithmetic (strides, padding, dilations) is ``graphdsl.windows``.
 """
 from __future__ import annotations
 
@@ -252,7 +252,7 @@ def instance_norm(x: Node, axis: int = -1, epsilon: float = 1e-5, momentum: floa
     """Instance normalization of ``x [batch, *spatial, C]`` over the spatial axes.
 
     Parameters ``gamma``/``beta [C]``, state ``mean``/``var [C]`` (running statistics, as
-    :func:`batch_norm`).
+    ``batch_norm``).
 
     Args:
         x: input node of rank >= 3, channels on ``axis`` known.

@@ -3,7 +3,7 @@
 Each is an XLA conv with Axon's bookkeeping (``Axon.Layers`` / ``Axon.Shape``):
 
 - ``conv_transpose`` is Axon's fractionally strided conv: the input is dilated by the
-  strides (``s - 1`` zeros between elements), padded by :func:`transpose_pads` (Axon's
+  strides (``s - 1`` zeros between elements), padded by ``transpose_pads`` (Axon's
   ``conv_transpose_padding``; explicit pads are used as given, on the dilated input) and
   convolved with stride 1 by the kernel as it is stored, never flipped. That equals
   torch's ``conv_transpose`` with the kernel flipped spatially and its in/out axes
@@ -15,7 +15,7 @@ Each is an XLA conv with Axon's bookkeeping (``Axon.Layers`` / ``Axon.Shape``):
   first growing the channels by ``channel_multiplier``; strides, padding and dilations
   apply to each conv, as Axon applies them.
 
-:func:`conv_stages` gives every backend the plain conv attributes of each stage.
+``conv_stages`` gives every backend the plain conv attributes of each stage.
 """
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def transpose_pads(kernel: tuple, dilation: tuple, strides: tuple, padding: Any
 
 def transpose_window(spatial: tuple, a: Any) -> Window:
     """The stride-1 window conv_transpose runs over its input dilated by the strides:
-    ``input_dilation`` = ``a["strides"]``, pads from :func:`transpose_pads`."""
+    ``input_dilation`` = ``a["strides"]``, pads from ``transpose_pads``."""
     n = len(spatial)
     k = expand(a["kernel_size"], n, "kernel_size")
     s = expand(a["strides"], n, "strides")
@@ -205,7 +205,7 @@ def _depthwise_attrs(a: dict) -> dict:
 
 def conv_stages(op: str, in_shape: tuple, a: Any) -> list[tuple[dict, str, str]]:
     """The depthwise convs ``op`` runs, in order: ``(conv attrs, kernel name, bias name)``
-    each, the attrs those of :func:`graphdsl.conv` (``filters``, ``feature_group_size``,
+    each, the attrs those of ``graphdsl.conv`` (``filters``, ``feature_group_size``,
     ``kernel_size`` as a tuple, ...), so any backend's conv runs them."""
     c, spatial, _ = _channels(in_shape, a, op)
     n = len(spatial)

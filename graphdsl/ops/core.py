@@ -196,7 +196,7 @@ def layer(fn: Callable[..., Any] | str, inputs: Node | Sequence[Node], *,
 
     ``xp`` is the backend's array namespace (``numpy`` or ``torch``); write ``fn`` with
     functions both provide (``xp.tanh``, ``xp.exp``, ``@``, ...). Save/load and ONNX need
-    ``fn`` registered (:func:`graphdsl.register_function`, :func:`graphdsl.register_onnx_rule`).
+    ``fn`` registered (``graphdsl.register_function``, ``graphdsl.register_onnx_rule``).
 
     Args:
         fn: a function, or the name it was registered under.

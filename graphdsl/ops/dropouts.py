@@ -1,6 +1,6 @@
 """Axon's other dropout layers: spatial_dropout, alpha_dropout, feature_alpha_dropout.
 
-Like :func:`graphdsl.dropout` each draws its mask from the layer's RNG ``key`` state entry
+Like ``graphdsl.dropout`` each draws its mask from the layer's RNG ``key`` state entry
 (or torch's RNG in a ``to_torch`` module) in train mode only, and is the identity at
 inference (``rate`` 0: always). With ``q = 1 - rate``:
 
@@ -137,7 +137,7 @@ def feature_alpha_dropout(x: Node, rate: float = 0.5, channels: str = "last",
                           name: str | None = None) -> Node:
     """Axon's feature alpha dropout (rank >= 3), in train mode only.
 
-    The mask of :func:`spatial_dropout`; kept elements become ``x/(1-rate)``, dropped ones
+    The mask of ``spatial_dropout``; kept elements become ``x/(1-rate)``, dropped ones
     ``-selu(x)``.
 
     Args:

@@ -193,7 +193,7 @@ def bilinear(input1: Node, input2: Node, units: int, *, activation: str | None =
         input1: node ``(..., in1)``.
         input2: node ``(..., in2)``, the same leading axes as ``input1``.
         units: output size, a positive int.
-        activation: activation added after the layer (as in :func:`dense`), or None.
+        activation: activation added after the layer (as in ``dense``), or None.
         use_bias: add ``bias [units]``.
         kernel_initializer: initializer for ``kernel`` (default ``"glorot_uniform"``).
         bias_initializer: initializer for ``bias`` (default ``"zeros"``).

@@ -4,8 +4,8 @@ global pools (global_avg_pool, global_max_pool, global_lp_pool).
 
 Inputs are ``[batch, *spatial, channels]`` (``channels="last"``, Axon's default) or
 ``[batch, channels, *spatial]`` (``channels="first"``), with 1 to 3 spatial axes. The
-window arithmetic (strides, padding, dilations) is :mod:`graphdsl.windows`;
-:func:`pool_window` resolves a pool's window for every backend, the adaptive pools' too.
+window arithmetic (strides, padding, dilations) is ``graphdsl.windows``;
+``pool_window`` resolves a pool's window for every backend, the adaptive pools' too.
 """
 from __future__ import annotations
 
@@ -207,7 +207,7 @@ def avg_pool(x: Node, kernel_size: int | tuple = 1, strides: int | tuple | None 
     """Mean over windows of ``kernel_size`` (Axon's ``window_mean``).
 
     Padded positions count as zeros (torch's ``count_include_pad=True``) and the mean
-    divides by ``prod(kernel_size)``. Shapes as :func:`max_pool`.
+    divides by ``prod(kernel_size)``. Shapes as ``max_pool``.
 
     Args:
         x: input node ``[batch, *spatial, C]`` (rank >= 3).
@@ -245,7 +245,7 @@ def lp_pool(x: Node, kernel_size: int | tuple = 1, strides: int | tuple | None =
 
     No ``abs`` (Axon's and torch's formula), so where a negative value would make NaN (a
     negative input with a fractional norm, a negative window sum with an odd one) the run
-    is refused. Shapes as :func:`max_pool`.
+    is refused. Shapes as ``max_pool``.
 
     Args:
         x: input node ``[batch, *spatial, C]`` (rank >= 3).
@@ -307,7 +307,7 @@ def adaptive_avg_pool(x: Node, output_size: int | tuple | None = None,
 
 def adaptive_max_pool(x: Node, output_size: int | tuple | None = None,
                       channels: str = "last", name: str | None = None) -> Node:
-    """Max over Axon's adaptive windows (see :func:`adaptive_avg_pool`).
+    """Max over Axon's adaptive windows (see ``adaptive_avg_pool``).
 
     Args:
         x: input node ``[batch, *spatial, C]``, spatial sizes known.
@@ -335,9 +335,9 @@ def adaptive_max_pool(x: Node, output_size: int | tuple | None = None,
 def adaptive_lp_pool(x: Node, output_size: int | tuple | None = None,
                      channels: str = "last", norm: float = 2,
                      name: str | None = None) -> Node:
-    """:func:`lp_pool`'s power average over Axon's adaptive windows.
+    """``lp_pool``'s power average over Axon's adaptive windows.
 
-    Windows as :func:`adaptive_avg_pool`.
+    Windows as ``adaptive_avg_pool``.
 
     Args:
         x: input node ``[batch, *spatial, C]``, spatial sizes known.

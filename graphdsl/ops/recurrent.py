@@ -339,7 +339,7 @@ def lstm(x: Node, units: int, hidden_state: tuple[Node, Node] | None = None, *,
             state (default ``"glorot_uniform"``; ``"zeros"`` starts from zeros with no extra
             layer, torch's default, and exports to ONNX, a random state does not).
         bias_initializer: initializer for ``bias`` (default ``"zeros"``).
-        mask: optional ``[batch, seq]`` node (e.g. :func:`graphdsl.mask`): where nonzero the
+        mask: optional ``[batch, seq]`` node (e.g. ``graphdsl.mask``): where nonzero the
             step keeps the previous state and outputs the previous hidden, as Axon's.
         seed: the initial state's RNG seed (Axon's option); default from the build seed and
             the layer's name.
@@ -378,7 +378,7 @@ def gru(x: Node, units: int, hidden_state: tuple[Node] | None = None, *,
     Parameters ``input_kernel [features, 3u]`` and ``hidden_kernel [u, 3u]`` (r, z, n),
     ``bias [4u]`` (br, bz, bin, bhn): torch's ``bias_ih_l0`` is ``[br, bz, bin]`` with
     ``bias_hh_l0 = [0, 0, bhn]``. Initial state, ``mask``, ``unroll`` and ``seed`` as
-    :func:`lstm`.
+    ``lstm``.
 
     Args:
         x: input node ``[batch, seq, features]``.
@@ -431,7 +431,7 @@ def conv_lstm(x: Node, units: int, hidden_state: tuple[Node, Node] | None = None
     sigmoid(i)*tanh(g)``, ``h' = sigmoid(o)*tanh(c')``. Parameters ``input_kernel [4u, C,
     *k]``, ``hidden_kernel [4u, u, *k]``, ``bias [4u]``. Both convs use ``strides`` and
     ``padding`` and must keep the spatial sizes. Initial state, ``unroll`` and ``seed`` as
-    :func:`lstm`.
+    ``lstm``.
 
     Args:
         x: input node ``[batch, seq, C, *spatial]``.

@@ -5,7 +5,7 @@ with jax.image.resize's (``scale_and_translate``'s) arithmetic, as Axon has it.
 Each spatial axis is resized on its own (an axis whose size does not change is left as
 it is). ``nearest`` takes input ``floor((j + 0.5) * n_in / n_out)`` for output ``j``
 (torch's "nearest-exact"), in float32 as Axon computes it. The other methods multiply the
-axis by a weight matrix ``[n_out, n_in]`` (:func:`resize_weights`): output ``j`` samples
+axis by a weight matrix ``[n_out, n_in]`` (``resize_weights``): output ``j`` samples
 the input at ``(j + 0.5) * n_in / n_out - 0.5``, each input ``i`` weighted by the
 method's filter at ``|sample - i| / s`` (``s = max(1, n_in / n_out)`` with ``antialias``,
 so downsampling widens the filter; 1 without), the weights normalized to sum to 1 and

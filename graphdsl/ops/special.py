@@ -165,7 +165,7 @@ def cond(parent: Node, cond_fn: Callable[..., Any] | str, true_graph: Node,
          false_graph: Node, name: str | None = None) -> Node:
     """Axon's ``cond``: ``true_graph`` when ``cond_fn(parent)`` is true, else ``false_graph``.
 
-    ``cond_fn(x, *, xp)`` returns a scalar (e.g. ``xp.all(x)``); like a :func:`graphdsl.layer`
+    ``cond_fn(x, *, xp)`` returns a scalar (e.g. ``xp.all(x)``); like a ``graphdsl.layer``
     function it runs on every backend, is saved by its registered name and exports to ONNX
     through its rule. It becomes a custom layer (``{name}_predicate`` when ``name`` is given)
     feeding the ``cond`` layer. Both branches are computed and the predicate selects one
@@ -296,7 +296,7 @@ def nx(x: Node, fn: Callable[..., Any] | str, name: str | None = None) -> Node:
     Args:
         x: input node.
         fn: ``fn(x, *, xp)`` written with functions NumPy and torch share, or a registered
-            name (:func:`graphdsl.register_function`).
+            name (``graphdsl.register_function``).
         name: layer name.
 
     Returns:

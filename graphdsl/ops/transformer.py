@@ -277,7 +277,7 @@ def rotary_embedding(x: Node, positions: Node, theta: float = 10000.0,
 
     Args:
         x: ``[batch, heads, seq, head_dim]``, ``head_dim`` even.
-        positions: integer ``[batch, seq]`` (see :func:`positions`).
+        positions: integer ``[batch, seq]`` (see ``positions``).
         theta: the base (``rope_theta``).
         name: layer name (default ``"rotary_embedding_{n}"``).
 
