@@ -7,8 +7,8 @@
    summary, ``Args:`` naming every parameter of its signature, ``Returns:``, ``Raises:``
    (but the few in :data:`RAISE_NOTHING`) and ``Examples:``; a public class has a summary
    and ``Examples:``, its public methods ``Args:`` (when they take any) and ``Returns:``.
-3. Every ``>>>`` example runs and prints what it shows (doctest, with ``np`` and ``gd`` in
-   scope as the reference's index page says).
+3. Every ``Examples:`` section has ``>>>`` lines, and each runs and prints what it shows
+   (doctest, with ``np`` and ``gd`` in scope as the reference's index page says).
 
 Each test lists every offender, so one run shows all that is missing. Objects are read
 with ``inspect`` and the pages with a regex (no mkdocs needed); an example that needs an
@@ -199,6 +199,8 @@ def problems(name: str, obj, kind: str = "function") -> list[str]:
             elif undocumented:
                 out.append(f"{name}: Args lacks {undocumented}")
     out += [f"{name}: no {k} section" for k in need if k not in s]
+    if "Examples" in s and not any(ln.lstrip().startswith(">>>") for ln in s["Examples"]):
+        out.append(f"{name}: its Examples have no >>> line (so no test runs them)")
     if "Example" in s:  # griffe renders "Examples:" as code, "Example:" as prose
         out.append(f"{name}: write 'Examples:', not 'Example:'")
     return out
@@ -258,7 +260,7 @@ def test_examples_run(tmp_path, monkeypatch):
         monkeypatch.setattr(custom, registry, dict(getattr(custom, registry)))
     runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     found = examples()
-    assert len(found) > 100, f"only {len(found)} docstrings with examples"
+    assert len(found) > 170, f"only {len(found)} docstrings with examples"
     failed, missing = [], []
     for name, t in found:
         out: list[str] = []

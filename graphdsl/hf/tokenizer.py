@@ -24,11 +24,15 @@ def load_tokenizer(path: str | os.PathLike) -> Any:
         GraphDSLError: no such file, or tokenizers is not installed (names the extra).
 
     Examples:
-        ```python
-        from graphdsl import hf
-        tok = hf.load_tokenizer("ckpt_dir")
-        ids = np.array([tok.encode("Hello").ids])
-        ```
+        >>> from tokenizers import Tokenizer, models, pre_tokenizers
+        >>> vocab = {"hello": 0, "world": 1, "[UNK]": 2}
+        >>> t = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+        >>> t.pre_tokenizer = pre_tokenizers.Whitespace()
+        >>> t.save("tokenizer.json")                    # as a checkpoint folder holds it
+        >>> from graphdsl import hf
+        >>> tok = hf.load_tokenizer("tokenizer.json")
+        >>> tok.encode("hello world").ids, tok.decode([1, 0])
+        ([0, 1], 'world hello')
     """
     path = os.fspath(path)
     file = os.path.join(path, "tokenizer.json") if os.path.isdir(path) else path
