@@ -341,8 +341,8 @@ def lstm(x: Node, units: int, hidden_state: tuple[Node, Node] | None = None, *,
         bias_initializer: initializer for ``bias`` (default ``"zeros"``).
         mask: optional ``[batch, seq]`` node (e.g. ``graphdsl.mask``): where nonzero the
             step keeps the previous state and outputs the previous hidden, as Axon's.
-        seed: the initial state's RNG seed (Axon's option); default from the build seed and
-            the layer's name.
+        seed: the initial state's RNG seed (Axon's option, which Axon defaults to the
+            clock); default from the build seed and the layer's name.
         name: layer name (default ``"lstm_{n}"``).
 
     Returns:
@@ -503,7 +503,8 @@ def bidirectional(x: Node, forward_fun: Callable[[Node], Any],
     along ``axis``; each leaf of the backward output is reversed back along ``axis`` (the
     states too, as Axon does) and merged with its forward leaf. Both directions are calls of
     the one block, so they share its parameters, which live under the block's name
-    (``"{name}.lstm_0"``; unnamed ``"block_0.lstm_0"``).
+    (``"{name}.lstm_0"``; unnamed ``"block_0.lstm_0"``; Axon nests them,
+    ``%{"bidirectional" => %{"lstm" => ...}}``).
 
     Args:
         x: input node ``[batch, seq, ...]``.
