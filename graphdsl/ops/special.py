@@ -199,8 +199,9 @@ def cond(parent: Node, cond_fn: Callable[..., Any] | str, true_graph: Node,
 def or_else(a: Node, b: Node, name: str | None = None) -> Node:
     """Axon's ``or_else``: ``a`` when the model gets it, else ``b``.
 
-    graphdsl's missing value is an optional input left out, so ``a`` is a ``gd.input`` and
-    this is ``gd.optional(a, b)``.
+    graphdsl's missing value is an optional input left out (it does not flow through later
+    layers, as Axon's ``%Axon.None{}`` does), so ``a`` is a ``gd.input`` and this is
+    ``gd.optional(a, b)``.
 
     Args:
         a: a ``gd.input`` node.
