@@ -121,10 +121,37 @@ from .transforms import freeze, map_nodes, rewrite_nodes, set_options
 
 def to_onnx(model: Node, state: ModelState, path: str | None = None, opset: int | None = None,
             **options: object) -> object:
-    """Export ``model`` and ``state`` as an ``onnx.ModelProto`` (written to ``path`` if
-    given; ``kv_cache=True``: a causal LM's decode step with optimum's cache inputs and
-    outputs); see :func:`graphdsl.backends.onnx_backend.to_onnx`. Needs the ``onnx`` extra
-    (``pip install 'graphdsl[onnx]'``), imported only when called."""
+    """Export ``model`` and ``state`` as an ``onnx.ModelProto`` (written to ``path`` if given).
+
+    Built with the ``onnx`` package's helpers (no torch). Graph inputs and outputs keep
+    graphdsl's names; every ``None`` axis is a dynamic axis; a container output becomes
+    several named outputs; adapters export merged. Checked by ``onnx.checker``. Needs the
+    ``onnx`` extra (``pip install 'graphdsl[onnx]'``), imported only when called; see
+    ``graphdsl.backends.onnx_backend.to_onnx``.
+
+    Args:
+        model: the output node.
+        state: its values.
+        path: a file to write, or None.
+        opset: the ONNX opset; None for the lowest that covers every layer's rule.
+        **options: ``kv_cache=True`` exports a causal LM's decode step with optimum's cache
+            inputs and outputs (``past_key_values.{i}.key`` ... ``present.{i}.value``).
+
+    Returns:
+        (onnx.ModelProto): the model.
+
+    Raises:
+        GraphDSLError: onnx is not installed, or a custom layer without an ONNX rule
+            (``graphdsl.register_onnx_rule``).
+        OptionError: an opset below what a layer needs or newer than onnx knows.
+        StateError: ``state`` does not fit ``model``.
+
+    Examples:
+        >>> model = gd.relu(gd.dense(gd.input("x", shape=(None, 4)), 2, name="fc"))
+        >>> proto = gd.to_onnx(model, gd.build(model)[0](np.zeros((1, 4), np.float32)))
+        >>> [i.name for i in proto.graph.input], [o.name for o in proto.graph.output]
+        (['x'], ['relu_0'])
+    """
     try:
         from .backends.onnx_backend import to_onnx as export
     except ImportError as e:

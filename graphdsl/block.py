@@ -16,7 +16,7 @@ the structure of its outputs' shapes, and ``blk(x)`` returns that structure of
 ``block_output`` nodes, each picking one output of the call (``path``: the positions and
 keys leading to it); the call itself is no input of any other layer.
 
-The compiler inlines every call (:func:`expand_blocks`): each backend and the ONNX export
+The compiler inlines every call (``expand_blocks``): each backend and the ONNX export
 run the body's layers once per call, all reading the shared parameters, so gradients from
 every use add up. A stateful body (batch norm in training, dropout keys) runs its uses in
 topological order, each reading the state entries as the previous use left them (what
@@ -203,15 +203,28 @@ def _outputs(body: Node, call: Node, path: tuple, where: str) -> Any:
 def block(fn: Callable[..., Any], name: str | None = None) -> Block:
     """Axon's ``block``: a callable applying ``fn`` with one shared set of parameters.
 
-    ``fn(*nodes) -> node`` builds layers (any number of arguments; one output, or a tuple /
-    dict of them, nested, which each call then returns as that structure of nodes); it
-    runs once, at the first call, on placeholder inputs of that call's shapes. Every later
-    call must pass inputs of those shapes (None axes any size). Parameters live under
-    ``"{name}.{body layer}"``, e.g. ``state.data["mlp.dense_0"]["kernel"]`` of shape
-    ``[in, out]``; ``name`` None is ``block_0``, ``block_1``, ... per block::
+    ``fn`` runs once, at the first call, on placeholder inputs of that call's shapes;
+    every later call must pass inputs of those shapes (None axes any size). Parameters live
+    under ``"{name}.{body layer}"``, e.g. ``state.data["mlp.dense_0"]["kernel"] [in, out]``.
 
-        blk = gd.block(lambda x: gd.dense(gd.dense(x, 8), 4), name="mlp")
-        y = blk(blk(x))  # (None, 4) -> (None, 4), one kernel pair used twice
+    Args:
+        fn: ``fn(*nodes) -> node`` building layers (any number of arguments; one output, or
+            a tuple / dict of them, nested, which each call then returns as that structure).
+        name: the block's name; None is ``block_0``, ``block_1``, ... per block.
+
+    Returns:
+        (Block): call it as ``blk(x, ...)`` (or ``blk([x, ...])``) to get a ``block`` layer.
+
+    Raises:
+        GraphDSLError: ``fn`` is not callable or returns no node.
+        ShapeError: a later call's shapes differ from the first's.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> blk = gd.block(lambda t: gd.dense(gd.dense(t, 8), 4), name="mlp")
+        >>> y = blk(blk(x))                     # one kernel pair used twice
+        >>> sorted(gd.get_parameters(y))
+        ['mlp.dense_0', 'mlp.dense_1']
     """
     where = caller_location()
     if not callable(fn):

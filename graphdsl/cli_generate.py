@@ -1,8 +1,8 @@
 """``graphdsl generate``: text (or token ids) from a causal LM, printed as it is produced.
 
-DIR is a Hugging Face ``save_pretrained`` folder (:func:`graphdsl.hf.from_pretrained`, its
+DIR is a Hugging Face ``save_pretrained`` folder (``graphdsl.hf.from_pretrained``, its
 ``tokenizer.json`` for ``--prompt``); FILE a saved model or JSON definition (``--ids``, or
-``--prompt`` with ``--tokenizer``). The argument checks are :func:`graphdsl.generate`'s,
+``--prompt`` with ``--tokenizer``). The argument checks are ``graphdsl.generate``'s,
 reported under the command line's names."""
 from __future__ import annotations
 

@@ -78,7 +78,7 @@ class Plan:
 
     def param_value(self, step: Step, i: int, data: Mapping) -> Any:
         """``step``'s ``i``-th parameter in ``data`` (``{layer: {param: array}}``), checked
-        as :func:`graphdsl.graph.state_value` checks it (a StateError naming the layer)."""
+        as ``graphdsl.graph.state_value`` checks it (a StateError naming the layer)."""
         return state_value(self.graph, step.node, step.node.params[i], data)
 
     def kernel_failure(self, step: Step, exc: BaseException, slots: list) -> GraphDSLError:
@@ -207,16 +207,45 @@ def _numeric(a: Any) -> bool:
 def build(model: Node, backend: str = "numpy", mode: str = "inference", seed: int = 0,
           dtype: str = "float32", **backend_options: Any
           ) -> tuple[Callable[..., ModelState], Callable[..., Any]]:
-    """Compile ``model`` for ``backend``; returns ``(init_fn, predict_fn)``.
+    """Compile ``model`` for ``backend``; returns ``(init_fn, predict_fn)`` (Axon's ``build``).
 
-    ``init_fn(template=None, initial_state=None) -> ModelState`` keeps every given value
-    and creates the missing ones from ``seed``. ``predict_fn(state, inputs)`` takes a bare
-    array for a 1-input model, else ``{name: array}``; in ``mode="train"`` it returns
-    ``{"prediction": ..., "state": ModelState}`` with dropout active.
+    ``init_fn(template=None, initial_state=None) -> ModelState`` keeps every value given in
+    ``initial_state`` and creates the missing ones from ``seed``; ``template`` (input arrays
+    or shapes) is checked against the model. ``predict_fn(state, inputs)`` takes a bare
+    array for a 1-input model, else ``{name: array}``, and returns an array (a tuple/dict
+    for a container); in ``mode="train"`` it returns ``{"prediction": ..., "state":
+    ModelState}`` with dropout active and batch-norm statistics updated.
 
-    ``backend``: "numpy", "torch" (``device=``) or "onnxruntime" (inference, float32: the
-    model exported with ``gd.to_onnx``'s rules, re-exported when a state value is
-    replaced, run in an ``InferenceSession``; ``threads=2``, ``opset=None``).
+    Args:
+        model: the output node (or container).
+        backend: ``"numpy"``, ``"torch"`` (``device=``) or ``"onnxruntime"`` (inference,
+            float32: the model exported with ``gd.to_onnx``'s rules, re-exported when a
+            state value is replaced, run in an ``InferenceSession``; ``threads=2``,
+            ``opset=None``).
+        mode: ``"inference"`` or ``"train"``.
+        seed: non-negative int seeding the initializers and RNG keys.
+        dtype: the dtype new parameters are created in (``"float32"``).
+        **backend_options: options of the backend (``device``, ``threads``, ``opset``).
+
+    Returns:
+        (tuple[Callable, Callable]): ``(init_fn, predict_fn)``.
+
+    Raises:
+        GraphDSLError: a bad seed or mode; an invalid graph (duplicate name, ...).
+        BackendError: an unknown backend, or one whose package is missing (names the extra).
+        InputError: (from ``predict_fn``) inputs that do not fit the model.
+        StateError: (from ``init_fn``/``predict_fn``) a state with unknown, missing or
+            mis-shaped values.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 16))
+        >>> y = gd.dense(gd.dense(x, 32, activation="relu", name="fc1"), 4, name="out")
+        >>> init_fn, predict_fn = gd.build(y, backend="numpy", seed=0)
+        >>> state = init_fn({"x": np.zeros((1, 16), np.float32)}, gd.ModelState.empty())
+        >>> predict_fn(state, np.ones((8, 16), np.float32)).shape
+        (8, 4)
+        >>> state.data["fc1"]["kernel"].shape
+        (16, 32)
     """
     if not is_int(seed) or int(seed) < 0:
         raise GraphDSLError(f"seed must be a non-negative integer, got {seed!r}",
@@ -249,8 +278,32 @@ _PREDICT_CACHE: OrderedDict[tuple, tuple[Node, Callable]] = OrderedDict()
 
 def predict(model: Node, state: ModelState, inputs: Any, backend: str = "numpy",
             mode: str = "inference", **kwargs: Any) -> Any:
-    """Build (cached for the last few models) and run ``model`` once on ``backend``
-    ("numpy", "torch" or "onnxruntime", options as :func:`build` takes them)."""
+    """Build (cached for the last few models) and run ``model`` once on ``backend``.
+
+    Args:
+        model: the output node.
+        state: a ``ModelState`` holding every value the model reads.
+        inputs: a bare array for a 1-input model, else ``{name: array}``.
+        backend: ``"numpy"``, ``"torch"`` or ``"onnxruntime"``.
+        mode: ``"inference"`` or ``"train"`` (then ``{"prediction", "state"}`` as
+            ``build``'s ``predict_fn``).
+        **kwargs: ``build``'s other options (``seed``, ``device``, ...).
+
+    Returns:
+        (Any): the output array (a tuple/dict for a container).
+
+    Raises:
+        InputError: inputs that do not fit the model.
+        StateError: missing or mis-shaped values in ``state``.
+        BackendError: an unknown or unavailable backend.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 2))
+        >>> y = gd.dense(x, 1, kernel_initializer="ones", name="fc")
+        >>> state = gd.build(y)[0](np.zeros((1, 2), np.float32))
+        >>> gd.predict(y, state, np.array([[1.0, 2.0]], np.float32))
+        array([[3.]], dtype=float32)
+    """
     key = (id(model), backend, mode, tuple(sorted(kwargs.items())))
     hit = _PREDICT_CACHE.get(key)
     if hit is None or hit[0] is not model:

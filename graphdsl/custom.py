@@ -13,8 +13,32 @@ from .errors import GraphDSLError
 FUNCTIONS: dict[str, Callable[..., Any]] = {}
 
 
-def register_function(name: str | None = None, fn: Callable[..., Any] | None = None):
-    """Register ``fn`` under ``name`` (default: its ``__name__``). Usable as a decorator."""
+def register_function(name: str | None = None, fn: Callable[..., Any] | None = None
+                      ) -> Callable[..., Any]:
+    """Register ``fn`` under ``name`` so models using it can be saved and loaded by name.
+
+    JSON model files refer to the function by that name, and loading resolves the name in
+    this registry (never by import). Usable as a decorator (``@gd.register_function()``
+    or ``@gd.register_function("name")``).
+
+    Args:
+        name: the registry key (default ``fn.__name__``).
+        fn: the function; None returns a decorator.
+
+    Returns:
+        (Callable): ``fn`` itself, or the decorator when ``fn`` is None.
+
+    Raises:
+        GraphDSLError: a different function is already registered as ``name``.
+
+    Examples:
+        >>> @gd.register_function("doc_double")
+        ... def double(x, *, xp):
+        ...     return x * 2
+        >>> y = gd.layer("doc_double", gd.input("x", shape=(None, 2)))
+        >>> '"doc_double"' in gd.to_json(y)      # saved by name
+        True
+    """
 
     def deco(f: Callable[..., Any]) -> Callable[..., Any]:
         key = name or f.__name__
@@ -48,19 +72,34 @@ ONNX_RULES: dict[Callable[..., Any], tuple[Callable[..., str], int]] = {}
 
 
 def register_onnx_rule(fn: Callable[..., Any] | str, rule: Callable[..., str] | None = None,
-                       *, min_opset: int = 13):
-    """Give the custom-layer function ``fn`` (or its registered name) an ONNX rule, so
-    ``gd.to_onnx`` can export the ``gd.layer(fn, ...)`` layers. Usable as a decorator.
+                       *, min_opset: int = 13) -> Callable[..., Any]:
+    """Give the custom-layer function ``fn`` an ONNX rule, so ``gd.to_onnx`` exports its layers.
 
     ``rule(b, *inputs, **opts) -> str``: ``inputs`` are the names of the layer's input
     tensors, ``opts`` the layer's options; it adds ONNX nodes with ``b.op(op_type,
     [inputs...], **attributes)`` (returns the output name), ``b.const(value)`` (a float32
-    constant) and ``b.ints([...])``, and returns the name of the output tensor.
-    ``min_opset``: the lowest ONNX opset the ONNX operators used need. Example::
+    constant) and ``b.ints([...])``, and returns the name of the output tensor. Usable as a
+    decorator.
 
-        @gd.register_onnx_rule(scaled_tanh)
-        def _(b, x, scale=1.0):
-            return b.op("Mul", [b.op("Tanh", [x]), b.const(scale)])
+    Args:
+        fn: the function (or its registered name) of ``gd.layer(fn, ...)`` layers.
+        rule: the rule; None returns a decorator.
+        min_opset: the lowest ONNX opset the operators used need.
+
+    Returns:
+        (Callable): ``rule``, or the decorator when ``rule`` is None.
+
+    Raises:
+        GraphDSLError: ``fn`` is not callable (or names no registered function), ``rule``
+            is not callable, or ``min_opset`` is not a positive int.
+
+    Examples:
+        >>> @gd.register_function("doc_scaled_tanh")
+        ... def scaled_tanh(x, *, xp, scale=1.0):
+        ...     return xp.tanh(x) * scale
+        >>> @gd.register_onnx_rule(scaled_tanh)
+        ... def _(b, x, scale=1.0):
+        ...     return b.op("Mul", [b.op("Tanh", [x]), b.const(scale)])
     """
     if isinstance(fn, str):
         fn = lookup_function(fn)

@@ -1,6 +1,6 @@
 """Inspecting a model before running it: Axon's table, Mermaid, Graphviz DOT, rendering.
 
-Every view is built from one analysis of the graph (:class:`ModelView`): the
+Every view is built from one analysis of the graph (``ModelView``): the
 topological order, the resolved layer names, the shapes (symbolic, or concrete for
 given input shapes) and the merged parameter table, in which a parameter shared by
 several layers appears once, under its owner. Nothing here recurses over the graph,
@@ -46,10 +46,23 @@ _DTYPE_SHORT = {
 class ParamInfo:
     """One parameter (or state entry) of the model, counted once.
 
-    ``owner``/``name``: where ``state.data[owner][name]`` lives; ``size`` is None when
-    the shape has an unknown dimension; ``status`` is "trainable", "frozen" or "state";
-    ``users``: layers that read it; ``adapter``: owned by an adapter layer and not a
-    base weight.
+    Attributes:
+        owner: the layer under which ``state.data[owner][name]`` lives.
+        name: the parameter's name.
+        shape: its shape.
+        dtype: its dtype name.
+        size: its number of scalars, None when the shape has an unknown dimension.
+        nbytes: its bytes, or None.
+        status: ``"trainable"``, ``"frozen"`` or ``"state"``.
+        users: the layers that read it.
+        adapter: owned by an adapter layer and not a base weight.
+        initializer: the initializer's name.
+
+    Examples:
+        >>> view = gd.display.ModelView(gd.dense(gd.input("x", shape=(None, 4)), 2, name="fc"))
+        >>> info = view.params[("fc", "kernel")]
+        >>> info.shape, info.status, info.shared
+        ((4, 2), 'trainable', False)
     """
 
     owner: str
@@ -65,20 +78,46 @@ class ParamInfo:
 
     @property
     def shared(self) -> bool:
+        """Whether several layers read it (a tied or wrapped weight).
+
+        Returns:
+            (bool): True when shared.
+        """
         return len(set(self.users)) > 1
 
     @property
     def trainable(self) -> bool:
+        """Whether its status is ``"trainable"``.
+
+        Returns:
+            (bool): True when trainable.
+        """
         return self.status == "trainable"
 
 
 class ModelView:
-    """Everything the views need, computed once: ``graph`` (the analysis), ``shapes``
-    ``{node id: shape}`` (concrete when ``inputs`` are given), ``params``
-    ``{(owner, param): ParamInfo}`` and per-node helpers.
+    """Everything the views need, computed once (the analysis behind ``as_table``).
 
-    ``inputs``: ``{input name: shape}`` (or arrays), or a bare shape for a 1-input model.
-    ``state``: a ModelState whose frozen flags and array sizes override the graph's.
+    Attributes: ``graph`` (the analysis), ``shapes`` ``{node id: shape}`` (concrete when
+    ``inputs`` are given), ``params`` ``{(owner, param): ParamInfo}``, ``by_name``
+    ``{layer name: node}``.
+
+    Args:
+        model: the output node.
+        inputs: concrete input shapes (``{name: shape}``, arrays, or a bare shape for a
+            1-input model); None for symbolic shapes (None = any size).
+        state: take frozen flags and sizes from a ModelState instead of the graph.
+        dtype: the dtype of parameters the graph gives none.
+
+    Raises:
+        StateError: ``state`` is not a ModelState.
+        InputError: ``inputs`` that do not fit the model.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> model = gd.dense(x, 2, name="fc")
+        >>> gd.display.ModelView(model, (1, 4)).totals()["trainable"]
+        (10, 40, False)
     """
 
     def __init__(self, model: Node, inputs: Any = None, state: ModelState | None = None,
@@ -127,20 +166,47 @@ class ModelView:
                          _init_label(spec.initializer))
 
     def name(self, node: Node) -> str:
+        """The layer name the graph resolves for ``node``.
+
+        Args:
+            node: a node of the model.
+
+        Returns:
+            (str): its name.
+        """
         return self.graph.names[node.id]
 
     def node_params(self, node: Node) -> list[tuple[ParamSpec, ParamInfo]]:
-        """The parameters ``node`` reads, in its own order, with their merged info."""
+        """The parameters ``node`` reads, in its own order, with their merged info.
+
+        Args:
+            node: a node of the model.
+
+        Returns:
+            (list[tuple[ParamSpec, ParamInfo]]): one pair per parameter.
+        """
         return [(spec, self.params[self.graph.param_ref(node, spec)]) for spec in node.params]
 
     def is_frozen_layer(self, node: Node) -> bool:
-        """A layer whose parameters are all frozen (a muted base layer)."""
+        """Whether every parameter ``node`` reads is frozen (a muted base layer).
+
+        Args:
+            node: a node of the model.
+
+        Returns:
+            (bool): True when it has parameters and all are frozen.
+        """
         ps = [info for _, info in self.node_params(node) if info.status != "state"]
         return bool(ps) and all(p.status == "frozen" for p in ps)
 
     def totals(self) -> dict[str, tuple[int, int, bool]]:
-        """``{"total"|"trainable"|"frozen"|"adapter"|"state": (count, bytes, partial)}``;
-        ``partial`` is True when some parameter has an unknown size (not counted)."""
+        """The parameter counts by group.
+
+        Returns:
+            (dict[str, tuple[int, int, bool]]): ``{"total"|"trainable"|"frozen"|"adapter"|"state":
+            (count, bytes, partial)}``; ``partial`` is True when some parameter has an unknown
+            size (not counted).
+        """
         out = {k: [0, 0, False] for k in ("total", "trainable", "frozen", "adapter", "state")}
         for info in self.params.values():
             groups = ["state"] if info.status == "state" else ["total", info.status]
@@ -269,12 +335,29 @@ def as_table(model: Node, inputs: Any = None, *, state: ModelState | None = None
     """Axon's ``Axon.Display.as_table``: one row per layer in topological order.
 
     Columns: Layer (``name ( op )``), Input Shape (``parent: shape`` per input), Output
-    Shape, Options and Parameters (``kernel: f32[784][512] (trainable)``). Shapes are
-    concrete for ``inputs`` (``{name: shape}``, or a bare shape for a 1-input model) and
-    symbolic (None = any size) otherwise. The footer counts Total, Trainable, Frozen and
-    Adapter parameters with their bytes (float32 = 4 bytes each); a parameter shared by
-    several layers is counted once. ``state``: take frozen flags and sizes from a
-    ModelState instead of the graph.
+    Shape, Options and Parameters (``kernel: f32[784][512] (trainable)``). The footer counts
+    Total, Trainable, Frozen and Adapter parameters with their bytes; a parameter shared by
+    several layers is counted once.
+
+    Args:
+        model: the output node.
+        inputs: concrete input shapes (``{name: shape}``, arrays, or a bare shape for a
+            1-input model); None for symbolic shapes (None = any size).
+        state: take frozen flags and sizes from a ModelState instead of the graph.
+        title: the table's title.
+
+    Returns:
+        (str): the table text.
+
+    Raises:
+        InputError: ``inputs`` that do not fit the model.
+        StateError: ``state`` is not a ModelState.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> model = gd.dense(x, 2, name="fc")
+        >>> print(gd.display.as_table(model, (1, 4)).splitlines()[-4])
+        Total parameters:                 10  (40 bytes, 40 B)
     """
     view = ModelView(model, inputs, state)
     g = view.graph
@@ -361,12 +444,34 @@ _MERMAID_STYLES = {
 
 def as_graph(model: Node, direction: str = "TD", *, inputs: Any = None,
              state: ModelState | None = None) -> str:
-    """Mermaid flowchart text in Axon's style: one ``name (op) shape`` box per layer,
-    inputs as parallelograms, an edge per input (in input order). Adapter layers get
-    the ``adapter`` class, layers whose parameters are all frozen the ``frozen`` class.
+    """Mermaid flowchart text in Axon's style (Axon's ``as_graph``).
 
-    ``direction``: "TD" (default), "LR", "BT", "RL" (or Axon's "top_down"/"left_right").
-    ``inputs``: concrete input shapes, as for :func:`as_table`.
+    One ``name (op) shape`` box per layer, inputs as parallelograms, an edge per input (in
+    input order). Adapter layers get the ``adapter`` class, layers whose parameters are all
+    frozen the ``frozen`` class.
+
+    Args:
+        model: the output node.
+        direction: ``"TD"`` (default), ``"LR"``, ``"BT"``, ``"RL"`` (or Axon's
+            ``"top_down"``/``"left_right"``).
+        inputs: concrete input shapes, as for ``as_table``.
+        state: a ModelState for frozen flags and sizes.
+
+    Returns:
+        (str): the Mermaid text.
+
+    Raises:
+        GraphDSLError: an unknown direction.
+        InputError: ``inputs`` that do not fit the model.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> model = gd.dense(x, 2, name="fc")
+        >>> print(gd.display.as_graph(model))
+        graph TD;
+        n0[/"x (input) (None, 4)"/];
+        n1["fc (dense) (None, 2)"];
+        n0 --> n1;
     """
     d = _direction(direction)
     view = ModelView(model, inputs, state)
@@ -464,11 +569,33 @@ def _short_where(where: str) -> str:
 
 def to_dot(model: Node, *, inputs: Any = None, state: ModelState | None = None,
            direction: str = "TB", title: str | None = None) -> str:
-    """Graphviz DOT text: one box per layer with ``name (op)``, its output shape and its
-    parameter count; inputs are parallelograms, adapters orange, layers whose parameters
-    are all frozen grey, constants/params cylinders. Edges into a multi-input layer are
-    labelled with the input position; a dashed edge goes from a layer to another layer
-    reading its parameters (an adapter sharing a base kernel).
+    """Graphviz DOT text of the model.
+
+    One box per layer with ``name (op)``, its output shape and its parameter count; inputs
+    are parallelograms, adapters orange, layers whose parameters are all frozen grey,
+    constants/params cylinders. Edges into a multi-input layer are labelled with the input
+    position; a dashed edge goes from a layer to another layer reading its parameters (an
+    adapter sharing a base kernel).
+
+    Args:
+        model: the output node.
+        inputs: concrete input shapes, as for ``as_table``.
+        state: a ModelState for frozen flags and sizes.
+        direction: Graphviz ``rankdir`` (``"TB"``, ``"LR"``, ...).
+        title: the graph's label (default: the parameter counts).
+
+    Returns:
+        (str): the DOT text.
+
+    Raises:
+        GraphDSLError: an unknown direction.
+        InputError: ``inputs`` that do not fit the model.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> model = gd.dense(x, 2, name="fc")
+        >>> gd.display.to_dot(model).splitlines()[0]
+        'digraph model {'
     """
     d = {"TD": "TB"}.get(_direction(direction), _direction(direction))
     view = ModelView(model, inputs, state)
@@ -518,11 +645,31 @@ def graphviz_binary() -> str | None:
 def render(model: Node, path: str | os.PathLike, *, inputs: Any = None,
            state: ModelState | None = None, direction: str = "TB",
            format: str | None = None, timeout: float = 120.0) -> str:
-    """Draw the model to ``path`` (``.svg``, ``.png`` or ``.pdf``) through Graphviz's
-    ``dot`` program; ``.dot``/``.gv`` writes the DOT text itself. Returns the path.
+    """Draw the model to ``path`` (``.svg``, ``.png`` or ``.pdf``) through Graphviz's ``dot``.
 
-    Raises GraphDSLError when Graphviz is not installed (with the install command) or
-    when ``dot`` fails.
+    ``.dot``/``.gv`` writes the DOT text itself (no Graphviz needed).
+
+    Args:
+        model: the output node.
+        path: the file to write; its suffix picks the format unless ``format`` is given.
+        inputs: concrete input shapes, as for ``as_table``.
+        state: a ModelState for frozen flags and sizes.
+        direction: Graphviz ``rankdir``.
+        format: ``"svg"``, ``"png"``, ``"pdf"`` or ``"dot"``, overriding the suffix.
+        timeout: seconds ``dot`` may run.
+
+    Returns:
+        (str): the path written.
+
+    Raises:
+        GraphDSLError: Graphviz is not installed (with the install command), ``dot``
+            fails, or an unknown format.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> model = gd.dense(x, 2, name="fc")
+        >>> gd.display.render(model, "model.dot")
+        'model.dot'
     """
     path = os.fspath(path)
     ext = (format or os.path.splitext(path)[1].lstrip(".")).lower()

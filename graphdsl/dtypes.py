@@ -14,9 +14,22 @@ FLOATS = ("float16", "bfloat16", "float32", "float64")
 
 
 def np_dtype(name: Any) -> np.dtype:
-    """The NumPy dtype of ``name`` (a dtype name, a NumPy dtype, or a torch dtype such as
-    ``torch.bfloat16``); bfloat16 is ``ml_dtypes.bfloat16``. Unknown names and a missing
-    ml_dtypes are a GraphDSLError with the fix."""
+    """The NumPy dtype of ``name``; bfloat16 is ``ml_dtypes.bfloat16`` (the ``half`` extra).
+
+    Args:
+        name: a dtype name, a NumPy dtype, or a torch dtype such as ``torch.bfloat16``.
+
+    Returns:
+        (np.dtype): the dtype.
+
+    Raises:
+        GraphDSLError: an unknown name, or bfloat16 without ml_dtypes (with the fix).
+
+    Examples:
+        >>> from graphdsl.dtypes import np_dtype
+        >>> np_dtype("float16"), np_dtype("bfloat16").name
+        (dtype('float16'), 'bfloat16')
+    """
     key = dtype_name(name)
     if key != "bfloat16":
         try:
@@ -34,8 +47,22 @@ def np_dtype(name: Any) -> np.dtype:
 
 
 def dtype_name(dtype: Any) -> str:
-    """The canonical name of a dtype given as a string, NumPy dtype or torch dtype:
-    ``"bfloat16"``, ``"float32"``, ...; ``torch.bfloat16`` -> ``"bfloat16"``."""
+    """The canonical name of a dtype given as a string, NumPy dtype or torch dtype.
+
+    Args:
+        dtype: e.g. ``"torch.bfloat16"``, ``np.float32``, ``torch.float16``.
+
+    Returns:
+        (str): ``"bfloat16"``, ``"float32"``, ...
+
+    Raises:
+        GraphDSLError: not a dtype.
+
+    Examples:
+        >>> from graphdsl.dtypes import dtype_name
+        >>> dtype_name("torch.bfloat16"), dtype_name(np.float32)
+        ('bfloat16', 'float32')
+    """
     if isinstance(dtype, str):
         return dtype.removeprefix("torch.")
     if type(dtype).__module__ == "torch":  # torch.dtype, without importing torch
@@ -48,5 +75,20 @@ def dtype_name(dtype: Any) -> str:
 
 
 def is_float(dtype: Any) -> bool:
-    """True for float16, bfloat16, float32 and float64 (bfloat16's NumPy kind is 'V')."""
+    """Whether ``dtype`` is float16, bfloat16, float32 or float64 (bfloat16's NumPy kind is 'V').
+
+    Args:
+        dtype: a dtype, as ``dtype_name`` takes it.
+
+    Returns:
+        (bool): True for the four floating dtypes.
+
+    Raises:
+        GraphDSLError: not a dtype.
+
+    Examples:
+        >>> from graphdsl.dtypes import is_float
+        >>> is_float("bfloat16"), is_float(np.int64)
+        (True, False)
+    """
     return dtype_name(dtype) in FLOATS

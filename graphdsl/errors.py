@@ -1,6 +1,6 @@
 """The one exception family users see.
 
-Every error caused by user input is a :class:`GraphDSLError` whose message names
+Every error caused by user input is a ``GraphDSLError`` whose message names
 the layer, its op, the shapes involved, where the layer was defined and the fix.
 """
 from __future__ import annotations
@@ -26,7 +26,25 @@ def fmt_shape(shape: Any) -> str:
 class GraphDSLError(Exception):
     """An error caused by user input, with a message that says what and how to fix it.
 
-    Attributes mirror the message: ``layer``, ``op``, ``shapes``, ``where``, ``fix``.
+    Every error a user can cause is one (or a subclass): the message names the layer, its
+    op, the shapes involved, where the layer was defined (file:line) and the fix. Raw NumPy
+    or torch exceptions never reach the user for a mistake the library can detect.
+
+    Attributes:
+        what: the first line of the message.
+        layer: the layer's name, or None.
+        op: the layer's op, or None.
+        shapes: the shapes involved (a dict or a list), or None.
+        where: where the layer was defined (``file:line``), or None.
+        fix: how to fix it, or None.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> try:
+        ...     gd.dense(x, 0, name="fc")
+        ... except gd.GraphDSLError as e:
+        ...     print(e.layer, e.op, "|", e.fix)
+        fc dense | pass units=<int >= 1>
     """
 
     def __init__(
@@ -63,15 +81,42 @@ class GraphDSLError(Exception):
 
 
 class ShapeError(GraphDSLError):
-    """Shapes of a layer's inputs do not fit its op."""
+    """The shapes of a layer's inputs do not fit its op.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> try:
+        ...     gd.add(x, gd.input("y", shape=(None, 3)))
+        ... except gd.errors.ShapeError as e:
+        ...     print(type(e).__name__, "|", e.fix)
+        ShapeError | make the sizes equal, or 1 on one side (NumPy broadcasting)
+    """
 
 
 class OptionError(GraphDSLError):
-    """A layer option (units, rate, axis, activation, ...) is invalid."""
+    """A layer option (units, rate, axis, activation, ...) is invalid.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> try:
+        ...     gd.dropout(x, rate=1.5)
+        ... except gd.errors.OptionError as e:
+        ...     print(type(e).__name__, "|", e.fix)
+        OptionError | pass rate within [0.0, 1.0)
+    """
 
 
 class LayerNameError(GraphDSLError):
-    """A layer name is malformed or used twice."""
+    """A layer name is malformed or used twice.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> try:
+        ...     gd.dense(x, 2, name="bad name")
+        ... except gd.errors.LayerNameError as e:
+        ...     print(type(e).__name__, "|", e.fix)
+        LayerNameError | pass a name like name="encoder_fc1" or "model.layers.0.mlp.up_proj"
+    """
 
 
 # the names these had in 0.1 (they read like Python's built-in exceptions)
@@ -80,24 +125,71 @@ NameError_ = LayerNameError
 
 
 class InputError(GraphDSLError):
-    """Arrays passed to predict do not match the model's inputs."""
+    """The arrays passed to predict do not match the model's inputs.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> try:
+        ...     gd.predict(gd.relu(x), gd.ModelState.empty(), np.zeros((1, 5), np.float32))
+        ... except gd.errors.InputError as e:
+        ...     print(type(e).__name__, "|", e.fix)
+        InputError | pass an array of rank 2 matching (None, 4) (None = any size)
+    """
 
 
 class StateError(GraphDSLError):
-    """A ModelState does not fit the model (missing, unknown or mis-shaped values)."""
+    """A ModelState does not fit the model (missing, unknown or mis-shaped values).
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> try:
+        ...     gd.predict(gd.dense(x, 2), gd.ModelState.empty(), np.zeros((1, 4), np.float32))
+        ... except gd.errors.StateError as e:
+        ...     print(type(e).__name__, "|", e.fix)
+        StateError | initialize the state with init_fn(template, state) ...
+    """
 
 
 class ImmutableStateError(StateError, ValueError):
     """An in-place write into a ModelState value (values are immutable; store a new one).
-    Also a ValueError, the exception NumPy raises for a write into read-only memory."""
+
+    Also a ValueError, the exception NumPy raises for a write into read-only memory.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> state = gd.build(gd.dense(x, 2, name="fc"))[0](np.zeros((1, 4), np.float32))
+        >>> try:
+        ...     state.data["fc"]["bias"][0] = 1.0
+        ... except gd.errors.ImmutableStateError:
+        ...     state.data["fc"]["bias"] = np.ones(2, np.float32)    # store a new array
+        >>> state.data["fc"]["bias"].tolist()
+        [1.0, 1.0]
+    """
 
 
 class BackendError(GraphDSLError):
-    """An unknown or unavailable backend, or a backend-specific failure."""
+    """An unknown or unavailable backend, or a backend-specific failure.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> try:
+        ...     gd.build(x, backend="jax")
+        ... except gd.errors.BackendError as e:
+        ...     print(type(e).__name__, "|", e.fix)
+        BackendError | use one of: numpy...
+    """
 
 
 class SerializationError(GraphDSLError):
-    """A model file or JSON definition is invalid, corrupt or hostile."""
+    """A model file or JSON definition is invalid, corrupt or hostile.
+
+    Examples:
+        >>> try:
+        ...     gd.from_json("{")
+        ... except gd.errors.SerializationError as e:
+        ...     print(type(e).__name__, "|", e.fix)
+        SerializationError | fix the JSON syntax
+    """
 
 
 class RuleError(Exception):

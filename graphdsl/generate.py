@@ -1,15 +1,15 @@
 """Text generation with a key/value cache: the decode step of a causal LM as a graph
-(:func:`decoder`) and the loop that drives it (:func:`generate`, transformers' meanings).
+(``decoder``) and the loop that drives it (``generate``, transformers' meanings).
 
 The decoder is the model's own graph with each attention's keys and values prefixed by the
-cache (one :func:`~graphdsl.ops.transformer.cache_append` on the cache axis, which on NumPy
+cache (one ``cache_append`` on the cache axis, which on NumPy
 writes a step's new entries into a buffer that grows geometrically, so no step copies the
 cache): same layers, names and parameters, so the model's ModelState runs it, adapted
 (DoRA/LoRA) and merged models included. Its inputs are ``input_ids [batch, seq]``,
 ``attention_mask [batch, past + seq]``, ``position_ids [batch, seq]`` and, per attention
 layer ``i``, ``past_key_values_{i}_key`` / ``past_key_values_{i}_value`` ``[batch, kv_heads,
 past, head_dim]`` (input names are identifiers: optimum's ``past_key_values.{i}.key`` with
-``_`` for the dots, see :func:`optimum_name`); its outputs ``{"logits": [batch, seq, vocab],
+``_`` for the dots, see ``optimum_name``); its outputs ``{"logits": [batch, seq, vocab],
 "present.{i}.key": ..., "present.{i}.value": ...}``, each present the past and the new
 keys/values (keys after the rotary embedding, kv heads not repeated). Prefill is the same
 graph over the prompt with an empty past (``past`` = 0)."""
@@ -34,8 +34,19 @@ _STEP_INPUTS = ("attention_mask", "position_ids")
 
 
 def optimum_name(name: str) -> str:
-    """A decoder input's name as optimum's ONNX decoders spell it:
-    ``past_key_values_3_key`` -> ``past_key_values.3.key`` (other names unchanged)."""
+    """A decoder input's name as optimum's ONNX decoders spell it (other names unchanged).
+
+    Args:
+        name: a ``decoder`` input name.
+
+    Returns:
+        (str): e.g. ``past_key_values.3.key``.
+
+    Examples:
+        >>> from graphdsl.generate import optimum_name
+        >>> optimum_name("past_key_values_3_key"), optimum_name("input_ids")
+        ('past_key_values.3.key', 'input_ids')
+    """
     if name.startswith("past_key_values_"):
         i, kind = name[len("past_key_values_"):].rsplit("_", 1)
         return f"past_key_values.{i}.{kind}"
@@ -57,12 +68,38 @@ def _attentions(model: Node) -> list[Node]:
 
 
 def decoder(model: Node, last_logits: bool = False) -> Node:
-    """The decode step of the causal LM ``model`` (see the module docstring): a container
-    ``{"logits", "present.{i}.key", "present.{i}.value"}``. ``attention_mask`` and
-    ``position_ids`` become required inputs (they follow from the cache length).
-    ``last_logits``: logits ``[batch, 1, vocab]`` of the last position only, when the
-    output layer is a plain ``dense``/``tied_dense`` (transformers' ``logits_to_keep=1``:
-    a prefill then skips the vocabulary projection of the other prompt tokens)."""
+    """The decode step of the causal LM ``model``, with optimum's cache inputs and outputs.
+
+    The model's own graph with each attention's keys and values prefixed by the cache
+    (``graphdsl.cache_append``): same layers, names and parameters, so the model's
+    ModelState runs it. Inputs: ``input_ids [batch, seq]``, ``attention_mask [batch, past +
+    seq]``, ``position_ids [batch, seq]`` (both now required) and per attention layer ``i``
+    ``past_key_values_{i}_key`` / ``_value`` ``[batch, kv_heads, past, head_dim]``. Output: a
+    container ``{"logits", "present.{i}.key", "present.{i}.value"}``, each present the past
+    and the new keys/values (keys after the rotary embedding, kv heads not repeated).
+
+    Args:
+        model: a causal LM.
+        last_logits: logits ``[batch, 1, vocab]`` of the last position only, when the output
+            layer is a plain ``dense``/``tied_dense`` (transformers' ``logits_to_keep=1``).
+
+    Returns:
+        (Node): the decoder's container.
+
+    Raises:
+        GraphDSLError: the model has no causal attention or no ``input_ids`` input.
+
+    Examples:
+        >>> from graphdsl import models
+        >>> cfg = {"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
+        ...        "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        ...        "num_key_value_heads": 1}
+        >>> model = models.llama(cfg)
+        >>> state = gd.build(model)[0]({"input_ids": np.zeros((1, 4), np.int64)})
+        >>> from graphdsl.generate import decoder
+        >>> list(gd.get_inputs(decoder(model)))[3:]
+        ['past_key_values_0_key', 'past_key_values_0_value']
+    """
     atts = _attentions(model)
     index = {n.id: i for i, n in enumerate(atts)}
     presents: dict[str, Node] = {}
@@ -243,19 +280,52 @@ def generate(model: Node, state: Any, input_ids: Any, max_new_tokens: int = 32, 
              eos_token_id: int | Sequence[int] | None = None, pad_token_id: int | None = None,
              backend: str = "numpy", device: Any = None,
              stream: Callable[[np.ndarray], Any] | None = None) -> np.ndarray:
-    """Continue ``input_ids [batch, prompt_len]`` by up to ``max_new_tokens`` tokens with
-    the causal LM ``model`` and its ``state``: int64 ``[batch, prompt_len + generated]``,
-    the prompt included, as transformers' ``generate``.
+    """Continue ``input_ids`` by up to ``max_new_tokens`` tokens, as transformers' ``generate``.
 
     One prefill over the prompt, then one decoder step per token over the key/value cache
-    (:func:`decoder`). ``do_sample=False``: greedy (argmax); else ``temperature``, then
-    ``top_k`` (None: no top-k filter; transformers' default is 50), then ``top_p`` (in
-    (0, 1]) and a draw from a NumPy generator seeded with ``seed``. ``attention_mask``
-    (0/1, ``[batch, prompt_len]``): left padding of a batch of prompts; positions count
-    the kept tokens (transformers' ``cumsum(mask) - 1``). ``eos_token_id`` (int or list):
-    a row ends when it emits one and continues with ``pad_token_id`` (default: the first
-    eos id); generation stops when every row has ended. ``stream(tokens)`` is called with
-    each step's new tokens ``[batch]``. ``backend``: "numpy" or "torch" (``device=``)."""
+    (``decoder``), never a pass over the whole prefix. Greedy decoding gives
+    transformers' tokens exactly. Every causal LM family (LLaMA, Mistral, Qwen2, GPT-2),
+    plain, adapted (DoRA/LoRA, unmerged) or merged.
+
+    Args:
+        model: a causal LM (from ``graphdsl.models`` / ``graphdsl.hf``).
+        state: its values.
+        input_ids: int ``[batch, prompt_len]`` (a list of lists is fine).
+        max_new_tokens: the most tokens to add, >= 1.
+        attention_mask: 0/1 ``[batch, prompt_len]`` for a left-padded batch of prompts;
+            positions count the kept tokens (transformers' ``cumsum(mask) - 1``).
+        do_sample: False: greedy (argmax); True: sample.
+        temperature: the logits' divisor when sampling, > 0.
+        top_k: keep the ``top_k`` most likely tokens (None: no filter; transformers'
+            default is 50).
+        top_p: nucleus filter in ``(0, 1]``, after ``top_k``.
+        seed: seeds the NumPy generator sampling draws from (reproducible).
+        eos_token_id: an int or a list; a row ends when it emits one and continues with
+            ``pad_token_id``; generation stops when every row has ended.
+        pad_token_id: the id after the end (default: the first eos id).
+        backend: ``"numpy"`` or ``"torch"``.
+        device: the torch device.
+        stream: ``stream(tokens)`` is called with each step's new tokens, int64 ``[batch]``.
+
+    Returns:
+        (np.ndarray): int64 ``[batch, prompt_len + generated]``, the prompt included.
+
+    Raises:
+        GraphDSLError: not a causal LM, ids outside the vocabulary or of the wrong shape, a
+            prompt plus ``max_new_tokens`` longer than the position table, a bad sampling
+            option (each names the argument and the fix).
+
+    Examples:
+        >>> from graphdsl import models
+        >>> cfg = {"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
+        ...        "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        ...        "num_key_value_heads": 1}
+        >>> model = models.llama(cfg)
+        >>> state = gd.build(model)[0]({"input_ids": np.zeros((1, 4), np.int64)})
+        >>> ids = gd.generate(model, state, [[1, 2, 3]], max_new_tokens=4)
+        >>> ids.shape, ids.dtype, ids[0, :3].tolist()
+        ((1, 7), dtype('int64'), [1, 2, 3])
+    """
     step = _step(model, backend, device)
     ids = _ids_array(input_ids, "input_ids")
     mask = np.ones_like(ids) if attention_mask is None else \

@@ -28,7 +28,7 @@ from .shapes import is_int
 @dataclass(frozen=True)
 class Graph:
     """The analyzed graph of a model (its output node). Shared by every caller that
-    analyzes the same node (:func:`analyze` memoizes it): read it, never change it."""
+    analyzes the same node (``analyze`` memoizes it): read it, never change it."""
 
     output: Node
     order: list[Node]
@@ -195,8 +195,26 @@ def _only_in_containers(n: Node, order: list[Node]) -> bool:
 
 # -- public queries ----------------------------------------------------------------------
 def get_inputs(model: Node) -> dict[str, tuple]:
-    """``{input name: shape}`` in the order the inputs were declared (created), which is
-    the order a compiled module takes them positionally, e.g. ``{"x": (None, 16)}``."""
+    """``{input name: shape}`` in the order the inputs were declared.
+
+    That is the order a compiled torch module takes them positionally.
+
+    Args:
+        model: the output node (or container) of the model.
+
+    Returns:
+        (dict[str, tuple]): e.g. ``{"x": (None, 16)}``.
+
+    Raises:
+        GraphDSLError: ``model`` is not a Node, or the graph is invalid (e.g. a duplicate
+            layer name).
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 16))
+        >>> model = gd.dense(gd.dense(x, 32, activation="relu", name="fc1"), 4, name="out")
+        >>> gd.get_inputs(model)
+        {'x': (None, 16)}
+    """
     return dict(analyze(model).inputs)
 
 
@@ -304,9 +322,26 @@ def _probe(g: Graph, n: Node, ins: list) -> Any:
 
 
 def get_output_shape(model: Node, inputs: Any = None) -> Any:
-    """Output shape for concrete input shapes (``{name: shape}``, or a bare shape for a
-    1-input model); symbolic (with None) when ``inputs`` is None. Containers give
-    tuples/dicts of shapes."""
+    """The output shape for concrete input shapes, or the symbolic one.
+
+    Args:
+        model: the output node (or container).
+        inputs: ``{name: shape}``, a bare shape for a 1-input model, or None for the
+            symbolic shape (with None entries).
+
+    Returns:
+        (tuple | tuple[tuple, ...] | dict): the shape; containers give tuples/dicts of shapes.
+
+    Raises:
+        InputError: an input is missing, unknown or of the wrong rank.
+        ShapeError: the shapes do not fit a layer.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 16))
+        >>> model = gd.dense(gd.dense(x, 32, activation="relu", name="fc1"), 4, name="out")
+        >>> gd.get_output_shape(model), gd.get_output_shape(model, (8, 16))
+        ((None, 4), (8, 4))
+    """
     g = analyze(model)
     if inputs is None:
         shapes = {n.id: n.shape for n in g.order}
@@ -316,8 +351,26 @@ def get_output_shape(model: Node, inputs: Any = None) -> Any:
 
 
 def get_parameters(model: Node) -> dict[str, dict[str, ParamSpec]]:
-    """``{layer: {param: ParamSpec}}`` for every parameter and state entry the model reads
-    (shared parameters appear once, under their owner)."""
+    """``{layer: {param: ParamSpec}}`` of every parameter and state entry the model reads.
+
+    Shared parameters appear once, under their owner. A ``ParamSpec`` has ``name``,
+    ``shape``, ``initializer`` and ``kind``.
+
+    Args:
+        model: the output node.
+
+    Returns:
+        (dict[str, dict[str, ParamSpec]]): the specs, in parameter order.
+
+    Raises:
+        GraphDSLError: the graph is invalid.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 16))
+        >>> model = gd.dense(gd.dense(x, 32, activation="relu", name="fc1"), 4, name="out")
+        >>> {k: {p: s.shape for p, s in v.items()} for k, v in gd.get_parameters(model).items()}
+        {'fc1': {'kernel': (16, 32), 'bias': (32,)}, 'out': {'kernel': (32, 4), 'bias': (4,)}}
+    """
     out: dict[str, dict[str, ParamSpec]] = {}
     for (layer, pname), spec in analyze(model).params.items():
         out.setdefault(layer, {})[pname] = spec
@@ -325,26 +378,76 @@ def get_parameters(model: Node) -> dict[str, dict[str, ParamSpec]]:
 
 
 def get_op_counts(model: Node) -> dict[str, int]:
-    """``{op: number of layers}`` in the graph."""
+    """``{op: number of layers}`` in the graph (an activation option counts as a layer).
+
+    Args:
+        model: the output node.
+
+    Returns:
+        (dict[str, int]): layer counts by op.
+
+    Raises:
+        GraphDSLError: the graph is invalid.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 16))
+        >>> model = gd.dense(gd.dense(x, 32, activation="relu", name="fc1"), 4, name="out")
+        >>> gd.get_op_counts(model)
+        {'input': 1, 'dense': 2, 'relu': 1}
+    """
     return dict(Counter(n.op for n in topo_order(model)))
 
 
 # -- Axon's graph functions (set_options, a rewrite, is in transforms.py) --------------------
 def reduce_nodes(model: Node, acc: Any, fn: Callable[[Node, Any], Any]) -> Any:
-    """Axon's ``reduce_nodes``: ``acc = fn(node, acc)`` for every node of ``model`` once, in
-    Axon's order (the output first, then its parents: ``reversed(topo_order(model))``);
-    returns the final ``acc``. E.g. the relu count:
-    ``gd.reduce_nodes(model, 0, lambda n, k: k + (n.op == "relu"))``."""
+    """Axon's ``reduce_nodes``: ``acc = fn(node, acc)`` for every node once, output first.
+
+    The order is Axon's: the output, then its parents (``reversed(topo_order(model))``).
+
+    Args:
+        model: the output node.
+        acc: the initial accumulator.
+        fn: ``fn(node, acc) -> acc``.
+
+    Returns:
+        (Any): the final ``acc``.
+
+    Raises:
+        GraphDSLError: the graph is invalid.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 16))
+        >>> model = gd.dense(gd.dense(x, 32, activation="relu", name="fc1"), 4, name="out")
+        >>> gd.reduce_nodes(model, 0, lambda n, k: k + (n.op == "dense"))
+        2
+    """
     for n in reversed(topo_order(model)):
         acc = fn(n, acc)
     return acc
 
 
 def pop_node(model: Node) -> tuple[Node, Any]:
-    """Axon's ``pop_node``: ``(output node, rest)``, ``rest`` the model without its output
-    layer: the parent node, a list of them when the layer has several, or for a container
-    its outputs as a tuple or dict (as the container holds them). A layer without parents
-    (an input, constant or param) cannot be popped."""
+    """Axon's ``pop_node``: ``(output node, rest)``, ``rest`` the model without its output layer.
+
+    ``rest`` is the parent node, a list of them when the layer has several, or for a
+    container its outputs as a tuple or dict.
+
+    Args:
+        model: the output node.
+
+    Returns:
+        (tuple[Node, Any]): the output layer and what remains.
+
+    Raises:
+        GraphDSLError: the layer has no parents (an input, constant or param).
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 16))
+        >>> model = gd.dense(gd.dense(x, 32, activation="relu", name="fc1"), 4, name="out")
+        >>> last, rest = gd.pop_node(model)
+        >>> last.name, rest.op
+        ('out', 'relu')
+    """
     if not isinstance(model, Node):
         raise GraphDSLError(f"pop_node needs a model (graph node), got {type(model).__name__}",
                             fix="pass the output node of a model")
@@ -361,17 +464,52 @@ def pop_node(model: Node) -> tuple[Node, Any]:
 
 
 def get_options(model: Node, name: str | None = None) -> dict[str, Any]:
-    """Axon's ``get_options``: the options (checked attributes, defaults filled in) of the
-    model's output layer, or of the layer called ``name`` (as :func:`properties` names
-    it), as a new dict; :func:`graphdsl.set_options` changes them."""
+    """Axon's ``get_options``: the options of the output layer, or of the layer ``name``.
+
+    Checked attributes with defaults filled in, as a new dict; ``graphdsl.set_options``
+    changes them.
+
+    Args:
+        model: the output node.
+        name: a layer name as ``properties`` gives it; None for the output layer.
+
+    Returns:
+        (dict[str, Any]): the layer's options.
+
+    Raises:
+        LayerNameError: no layer is called ``name`` (the message lists them).
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 16))
+        >>> model = gd.dense(gd.dense(x, 32, activation="relu", name="fc1"), 4, name="out")
+        >>> gd.get_options(model, "fc1")["units"]
+        32
+    """
     g = analyze(model)
     node = model if name is None else layer_by_name(g, name)
     return dict(node.attrs)
 
 
 def properties(model: Node) -> dict[str, str]:
-    """Axon's ``properties``: ``{layer name: op}`` for every node, parents first (the names
-    the graph resolves: explicit, or ``{op}_{n}``)."""
+    """Axon's ``properties``: ``{layer name: op}`` for every node, parents first.
+
+    The names are those the graph resolves: explicit, or ``{op}_{n}``.
+
+    Args:
+        model: the output node.
+
+    Returns:
+        (dict[str, str]): layer name to op.
+
+    Raises:
+        GraphDSLError: the graph is invalid.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 16))
+        >>> model = gd.dense(gd.dense(x, 32, activation="relu", name="fc1"), 4, name="out")
+        >>> gd.properties(model)
+        {'x': 'input', 'fc1': 'dense', 'relu_0': 'relu', 'out': 'dense'}
+    """
     g = analyze(model)
     return {g.names[n.id]: n.op for n in g.order}
 
@@ -420,7 +558,7 @@ def missing_value(g: Graph, node: Node, spec: ParamSpec, data: Mapping) -> State
 
 def state_value(g: Graph, node: Node, spec: ParamSpec, data: Mapping) -> Any:
     """``data[owner][param]`` for one of ``node``'s parameters, checked to exist and to
-    have the shape the node needs (:func:`check_value`)."""
+    have the shape the node needs (``check_value``)."""
     owner, pname = g.param_ref(node, spec)
     try:
         arr = data[owner][pname]

@@ -1,14 +1,14 @@
-"""Mixed-precision policies, Axon's ``Axon.MixedPrecision``: a :class:`Policy` sets per
+"""Mixed-precision policies, Axon's ``Axon.MixedPrecision``: a ``Policy`` sets per
 layer the dtype its parameters are stored in (``params``), the dtype it computes in
 (``compute``: its floating-point inputs and parameters are cast to it before the op) and
 the dtype of its result (``output``); ``None`` casts nothing (Axon's ``nil``). Integer
-values (token ids, masks) are never cast::
+values (token ids, masks) are never cast:
 
     from graphdsl import mixed_precision as mp
     policy = mp.create_policy(params="float32", compute="bfloat16", output="float32")
     model = mp.apply_policy(model, policy, exclude=["lm_head"])
 
-A policy is a rewrite rule: :func:`apply_policy` returns a new graph in which each
+A policy is a rewrite rule: ``apply_policy`` returns a new graph in which each
 policied layer carries the policy (its parameters' dtype; read in ``compute``) between
 explicit ``cast`` layers (its inputs to ``compute``, its result to ``output``), so the
 model file, ``as_table`` and every backend see the casts. Backends: torch computes in the
@@ -42,8 +42,21 @@ _UNCAST = frozenset({"input", "container", "block", "block_output", "optional", 
 
 @dataclass(frozen=True)
 class Policy:
-    """The dtypes of one layer: ``params`` (stored), ``compute``, ``output``; each a
-    floating-point dtype name or None (no cast). Make one with :func:`create_policy`."""
+    """The dtypes of one layer (Axon's ``Axon.MixedPrecision.Policy``).
+
+    Make one with ``create_policy``; frozen and hashable.
+
+    Attributes:
+        params: the dtype parameters are stored in, or None.
+        compute: the dtype the layer computes in (its float inputs and parameters cast to
+            it), or None.
+        output: the dtype of its result, or None.
+
+    Examples:
+        >>> from graphdsl import mixed_precision as mp
+        >>> mp.create_policy(params="float32", compute="bfloat16", output="float32")
+        Policy<p=f32 c=bf16 o=f32>
+    """
 
     params: str | None = None
     compute: str | None = None
@@ -54,14 +67,36 @@ class Policy:
         return f"Policy<{' '.join(parts)}>"
 
     def to_json(self) -> dict[str, str]:
-        """The policy as the model file writes it: the fields that are set."""
+        """The policy as the model file writes it: the fields that are set.
+
+        Returns:
+            (dict[str, str]): e.g. ``{"compute": "bfloat16"}``.
+        """
         return {k: getattr(self, k) for k in _FIELDS if getattr(self, k) is not None}
 
 
 def create_policy(params: Any = None, compute: Any = None, output: Any = None) -> Policy:
-    """Axon's ``create_policy``: each dtype a name (``"bfloat16"``), a NumPy or a torch
-    dtype, or None (the default: that part is not cast). Anything but float16, bfloat16,
-    float32 or float64 is an OptionError (Axon never casts to an integer type)."""
+    """Axon's ``create_policy``: a ``Policy`` from three dtypes.
+
+    Args:
+        params: the parameters' dtype: a name (``"bfloat16"``), a NumPy or a torch dtype,
+            or None (the default: not cast).
+        compute: the compute dtype, as ``params``.
+        output: the output dtype, as ``params``.
+
+    Returns:
+        (Policy): the policy.
+
+    Raises:
+        OptionError: anything but float16, bfloat16, float32, float64 or None (Axon never
+            casts to an integer type).
+
+    Examples:
+        >>> from graphdsl import mixed_precision as mp
+        >>> p = mp.create_policy(compute="bfloat16")
+        >>> p, p.to_json()
+        (Policy<c=bf16>, {'compute': 'bfloat16'})
+    """
     return Policy(*(_checked(k, v) for k, v in zip(_FIELDS, (params, compute, output))))
 
 
@@ -80,7 +115,22 @@ def _checked(field: str, value: Any) -> str | None:
 
 
 def policy_from_json(value: Any) -> Policy:
-    """A policy as :meth:`Policy.to_json` wrote it (a file's ``"policy"`` entry)."""
+    """A policy as ``Policy.to_json`` wrote it (a model file's ``"policy"`` entry).
+
+    Args:
+        value: ``{"params"?, "compute"?, "output"?: dtype name}``.
+
+    Returns:
+        (Policy): the policy.
+
+    Raises:
+        OptionError: not such an object, or a bad dtype.
+
+    Examples:
+        >>> from graphdsl import mixed_precision as mp
+        >>> mp.policy_from_json({"compute": "float16"})
+        Policy<c=f16>
+    """
     if not isinstance(value, Mapping) or set(value) - set(_FIELDS):
         raise OptionError(f"a policy is an object with keys among {_FIELDS}, got {value!r}",
                           fix='write e.g. "policy": {"compute": "bfloat16"}')
@@ -109,17 +159,54 @@ register_op(OpDef(
 
 
 def cast(x: Node, dtype: Any, compute: bool = False, name: str | None = None) -> Node:
-    """``x`` (any shape) as ``dtype`` (float16, bfloat16, float32, float64); integer values
-    pass unchanged. ``compute``: see the op's doc (the casts a policy puts before a
-    layer)."""
+    """``x`` as ``dtype``, as a layer; integer values pass unchanged.
+
+    The layer a policy puts around a layer.
+
+    Args:
+        x: input node, any shape.
+        dtype: float16, bfloat16, float32 or float64 (a name, NumPy or torch dtype).
+        compute: the value feeds a layer computing in ``dtype``: a backend without a fast
+            half-precision path (NumPy, the ONNX export) rounds it to ``dtype`` and keeps it
+            in float32.
+        name: layer name (default ``"cast_{n}"``).
+
+    Returns:
+        (Node): ``x``'s shape, of ``dtype`` (integer inputs keep theirs).
+
+    Raises:
+        OptionError: ``dtype`` is not a floating dtype.
+
+    Examples:
+        >>> from graphdsl import mixed_precision as mp
+        >>> mp.cast(gd.input("x", shape=(None, 4)), "float16").dtype
+        'float16'
+    """
     return make_node("cast", [x], {"dtype": dtype, "compute": compute}, name,
                      where=caller_location())
 
 
 def widened(arr: Any, dtype: str) -> np.ndarray:
-    """``arr`` (any shape) rounded to ``dtype`` and, for float16/bfloat16, held in
-    float32: how NumPy and the ONNX export read a value in a half-precision compute dtype
-    (neither has a fast half-precision path)."""
+    """``arr`` rounded to ``dtype`` and, for float16/bfloat16, held in float32.
+
+    How NumPy and the ONNX export read a value in a half-precision compute dtype (neither
+    has a fast half-precision path).
+
+    Args:
+        arr: an array-like, any shape.
+        dtype: ``"float16"``, ``"bfloat16"``, ``"float32"`` or ``"float64"``.
+
+    Returns:
+        (np.ndarray): float32 for a half dtype, else of ``dtype``.
+
+    Raises:
+        GraphDSLError: an unknown dtype, or bfloat16 without ml_dtypes.
+
+    Examples:
+        >>> from graphdsl import mixed_precision as mp
+        >>> mp.widened(np.array([3.14159], np.float32), "bfloat16")
+        array([3.140625], dtype=float32)
+    """
     out = np.asarray(arr)
     dt = np_dtype(dtype)
     out = out if out.dtype == dt else out.astype(dt)
@@ -131,20 +218,38 @@ def apply_policy(model: Node, policy: Policy, filter: Callable[[Node], bool] | N
     """Axon's ``apply_policy``: a new model in which every layer selected gets ``policy``.
 
     Selected: every layer but inputs, containers, block calls and casts (a constant gets
-    only its output cast, as in Axon), narrowed by Axon's filters, one of ``filter`` (a
-    predicate on a node) or ``only`` (op names, Axon's ``only: [:dense]``), and by
-    ``exclude``: targets as ``adapt`` takes them (a regex on the layer name, a list of
-    names, ``"lm_head"`` matching every layer ending in ``.lm_head``, or a predicate;
-    Axon's ``except: [:batch_norm]`` is ``exclude=lambda n: n.op == "batch_norm"``).
+    only its output cast, as in Axon), narrowed by ``filter`` or ``only`` and by
+    ``exclude``. A layer that reads a half-precision result and has no compute dtype reads
+    it as float32 (the promotion Nx applies with float32 parameters), so every backend sees
+    one floating-point dtype per layer. Names and state keys do not move; the casts are new
+    layers (``cast_0``, ...). Applied again, a policy replaces the earlier one on the layers
+    it selects. Parameters are created in ``policy.params`` (``init_fn``); values given in a
+    state keep their dtype and are read in ``compute``.
 
-    A layer that reads a half-precision result and has no compute dtype (outside the
-    policy, or a policy without ``compute``) reads it as float32 (the promotion Nx
-    applies with float32 parameters), so every backend sees one floating-point dtype per
-    layer. Names and state keys do not move; the casts are new layers (``cast_0``, ...).
-    Applied again, a policy replaces the earlier one on the layers it selects (their
-    earlier casts go) and leaves the others' as they are, as Axon's does. Parameters are
-    created in ``policy.params`` (``init_fn``); values given in a state keep their dtype
-    and are read in ``compute``.
+    Args:
+        model: the model.
+        policy: from ``create_policy``.
+        filter: a predicate on a node (Axon's filter); exclusive with ``only``.
+        only: op names (Axon's ``only: [:dense]``).
+        exclude: targets as ``adapt`` takes them (a regex on the layer name, a list of
+            names, ``"lm_head"`` matching every layer ending in ``.lm_head``, or a predicate;
+            Axon's ``except: [:batch_norm]`` is ``exclude=lambda n: n.op == "batch_norm"``).
+
+    Returns:
+        (Node): the model with policies and ``cast`` layers.
+
+    Raises:
+        OptionError: ``policy`` is not a Policy, both ``filter`` and ``only`` are given, or
+            ``only`` names an unknown op.
+        GraphDSLError: an ``exclude`` entry that matches no layer.
+
+    Examples:
+        >>> from graphdsl import mixed_precision as mp
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> model = gd.dense(gd.dense(x, 8, name="fc"), 2, name="lm_head")
+        >>> policy = mp.create_policy(params="float32", compute="bfloat16", output="float32")
+        >>> gd.properties(mp.apply_policy(model, policy, exclude=["lm_head"]))
+        {'x': 'input', 'cast_0': 'cast', 'fc': 'dense', 'cast_1': 'cast', 'lm_head': 'dense'}
     """
     if not isinstance(policy, Policy):
         raise OptionError(f"apply_policy takes a Policy, got {type(policy).__name__}",
@@ -186,7 +291,7 @@ def _cast(x: Node, dtype: str, compute: bool = False) -> Node:
 
 def _selection(g: Any, filter: Any, only: Any, exclude: Any, where: str
                ) -> Callable[[Node], bool]:
-    """The predicate of the layers :func:`apply_policy` applies the policy to."""
+    """The predicate of the layers ``apply_policy`` applies the policy to."""
     names = [g.name(n) for n in g.order if n.op not in _UNCAST]
     base: Callable[[Node], bool] = lambda n: True  # noqa: E731
     if filter is not None:

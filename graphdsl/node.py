@@ -42,11 +42,24 @@ def caller_location() -> str:
 
 @dataclass(frozen=True, eq=False, repr=False)
 class Node:
-    """One layer of the graph.
+    """One layer of the graph: an immutable node that is also a model (Axon's ``%Axon{}``).
 
-    ``shape`` is the symbolic output shape (None entries are unknown sizes such as the
-    batch); ``params`` are the parameters the layer reads, resolved at construction.
+    Made by the layer constructors (``gd.dense`` ...), never directly. Fields: ``op``,
+    ``inputs`` (parent nodes), ``attrs``, ``name`` (None until the graph resolves it),
+    ``shape`` (the symbolic output shape; None entries are unknown sizes such as the
+    batch), ``dtype``, ``params`` (the parameters the layer reads, resolved at
+    construction), ``where`` (the file:line that built it), ``frozen``, ``policy``.
     Container nodes (several outputs) have ``shape`` None and ``op == "container"``.
+    ``a + b``, ``a - b``, ``a * b`` and ``a @ b`` build add, subtract, multiply and matmul
+    layers.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> y = gd.dense(x, 2, name="fc")
+        >>> y.op, y.shape, y.inputs[0] is x
+        ('dense', (None, 2), True)
+        >>> (y + y).op
+        'add'
     """
 
     op: str
@@ -99,8 +112,11 @@ class Node:
 
     @property
     def label(self) -> str:
-        """The explicit name, or ``<unnamed {op}>`` when the name is only assigned when
-        the graph is analyzed (e.g. ``<unnamed dense>``)."""
+        """The explicit name, or ``<unnamed {op}>`` until the graph resolves it.
+
+        Returns:
+            (str): e.g. ``"fc1"`` or ``"<unnamed dense>"``.
+        """
         return self.name if self.name is not None else f"<unnamed {self.op}>"
 
 
@@ -209,7 +225,7 @@ def make_node(
     """Create a node: check its name and attributes, infer its shape and its parameters.
 
     Every constructor goes through here, so every check runs at construction time.
-    ``policy`` (:mod:`graphdsl.mixed_precision`): its ``params`` dtype becomes the dtype
+    ``policy`` (``graphdsl.mixed_precision``): its ``params`` dtype becomes the dtype
     of the layer's floating-point parameters.
     """
     where = where or caller_location()
@@ -275,8 +291,25 @@ def rebuild(node: Node, inputs: Sequence[Node], **changes: Any) -> Node:
 
 # -- the graph walk (every module walks a model through these) -----------------------------
 def topo_order(output: Node | Iterable[Node]) -> list[Node]:
-    """Nodes reachable from ``output`` (a node or several), parents before children,
-    inputs visited in order. Iterative depth-first post-order."""
+    """The nodes reachable from ``output``, parents before children.
+
+    Inputs are visited in order (an iterative depth-first post-order, so deep graphs cost no
+    stack).
+
+    Args:
+        output: a node, or several.
+
+    Returns:
+        (list[Node]): every node once.
+
+    Raises:
+        GraphDSLError: ``output`` is not a node (or nodes).
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 2))
+        >>> [n.op for n in gd.topo_order(gd.relu(gd.dense(x, 3)))]
+        ['input', 'dense', 'relu']
+    """
     roots = list(output) if isinstance(output, Iterable) else [output]  # checked below
     order: list[Node] = []
     seen: set[int] = set()

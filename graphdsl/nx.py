@@ -50,17 +50,31 @@ def to_networkx(model: Node, inputs: Any = None, *,
                 state: ModelState | None = None) -> nx.DiGraph:
     """``networkx.DiGraph`` of the model, nodes keyed by layer name, in topological order.
 
-    Node attributes: ``name``, ``op``, ``category`` (the op's registry category),
-    ``shape`` (symbolic, or concrete for ``inputs``; containers: a tuple/dict of shapes),
-    ``dtype``, ``attrs`` (JSON-friendly), ``params`` (list of dicts: ``name`` (local),
-    ``owner``, ``param`` (name under the owner), ``shape``, ``dtype``, ``kind``,
-    ``initializer``, ``trainable``, ``status``, ``size``, ``shared``, ``adapter``),
-    ``trainable`` (True when every parameter the layer reads is trainable), ``frozen``
-    (node frozen by ``gd.freeze``), ``adapter``, ``where`` and ``order`` (topological
-    position). Edge attributes: ``index`` (the input position of the parent; the first
-    one when a layer reads the same parent several times) and ``indices`` (all of them).
-    Graph attributes: ``name`` (the output layer), ``inputs`` ``{name: shape}`` and
+    Node attributes: ``name``, ``op``, ``category`` (the op's registry category), ``shape``
+    (symbolic, or concrete for ``inputs``), ``dtype``, ``attrs`` (JSON-friendly),
+    ``params`` (list of dicts: ``name``, ``owner``, ``param``, ``shape``, ``dtype``,
+    ``kind``, ``initializer``, ``trainable``, ``status``, ``size``, ``shared``,
+    ``adapter``), ``trainable``, ``frozen``, ``adapter``, ``where`` and ``order``. Edge
+    attributes: ``index`` (the parent's first input position) and ``indices`` (all of
+    them). Graph attributes: ``name`` (the output layer), ``inputs`` ``{name: shape}`` and
     ``output_shape``.
+
+    Args:
+        model: the output node.
+        inputs: concrete input shapes (``{name: shape}`` or a bare shape), or None.
+        state: a ModelState whose frozen flags and values set ``trainable``/``status``.
+
+    Returns:
+        (networkx.DiGraph): the graph.
+
+    Raises:
+        InputError: ``inputs`` that do not fit the model.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> g = gd.to_networkx(gd.relu(gd.dense(x, 2, name="fc")), (3, 4))
+        >>> list(g.nodes), g.nodes["fc"]["shape"]
+        (['x', 'fc', 'relu_0'], (3, 2))
     """
     view = ModelView(model, inputs, state)
     g = view.graph

@@ -1,6 +1,6 @@
 """The op registry: one entry per op, holding everything backends do not own.
 
-An :class:`OpDef` carries the shape rule, the parameter specs, the attribute
+An ``OpDef`` carries the shape rule, the parameter specs, the attribute
 check and the docstring. Backends hold only kernels keyed by the op name.
 """
 from __future__ import annotations
@@ -27,8 +27,24 @@ class DerivedInit:
 class ParamSpec:
     """A parameter (or non-trainable state entry) a node reads from the ModelState.
 
-    ``owner`` is the layer whose ``state.data[owner]`` holds it (None: the node itself),
-    which is how adapters share the kernel of the layer they wrap.
+    What ``node.params`` and ``graphdsl.get_parameters`` hold, and what an op's
+    ``params`` rule returns.
+
+    Attributes:
+        name: the name under ``state.data[layer]`` (``"kernel"``, ``"bias"``, ...).
+        shape: its fixed shape (Axon layout: a dense ``kernel [in, out]``).
+        initializer: an initializer name, a callable ``(shape, dtype, rng) -> array``, or
+            a data-dependent ``DerivedInit``.
+        trainable: False for a parameter frozen from the start.
+        owner: the layer whose ``state.data[owner]`` holds it (None: the node itself), which
+            is how adapters share the kernel of the layer they wrap.
+        kind: ``"param"`` or ``"state"`` (a dropout RNG key, batch-norm statistics).
+        dtype: its dtype; None for the compute dtype (float32 unless asked).
+
+    Examples:
+        >>> spec = gd.dense(gd.input("x", shape=(None, 3)), 2).params[0]
+        >>> spec.name, spec.shape, spec.initializer, spec.kind
+        ('kernel', (3, 2), 'glorot_uniform', 'param')
     """
 
     name: str
@@ -56,7 +72,31 @@ def _same_dtype(in_dtypes: Sequence[str], attrs: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class OpDef:
-    """One op: its rules. ``arity`` is an int, or ``(min, max)`` with max None = any."""
+    """One op of the registry (``gd.OPS[name]``): everything backends do not own.
+
+    Backends hold only kernels keyed by the op name; the architecture page says how to add
+    an op.
+
+    Attributes:
+        name: the op name (``"dense"``).
+        infer_shape: ``(in_shapes, attrs) -> shape``, raising ``RuleError`` on a mismatch.
+        params: ``(in_shapes, attrs) -> [ParamSpec]``.
+        check_attrs: ``attrs -> checked attrs`` with defaults filled in; keys it drops are
+            reported as unknown options.
+        arity: the number of inputs, or ``(min, max)`` with max None = any.
+        doc: one line for views and the docs.
+        infer_dtype: ``(in_dtypes, attrs) -> dtype``.
+        category: ``"layer"``, ``"activation"``, ...
+        output_alias: may the output share memory with ``"none"``, ``"inputs"`` or
+            ``"model"``.
+        probe: runs the op to get a concrete shape its rule leaves unknown, or None.
+        extra: op-specific data.
+
+    Examples:
+        >>> op = gd.OPS["dense"]
+        >>> op.name, op.arity, op.category
+        ('dense', 1, 'layer')
+    """
 
     name: str
     infer_shape: Callable[[Sequence[Shape], Mapping[str, Any]], Shape]

@@ -3,7 +3,7 @@
 A decoding loop calls a model with new input sizes at every token; running every shape
 rule again for each (graph.infer_shapes) walks the whole graph. Instead the rules run
 once per *pattern* of a signature: each free size (an axis the input declares None) of 2
-or more becomes a :class:`Size`, an int a rule may pass on and compare but whose value
+or more becomes a ``Size``, an int a rule may pass on and compare but whose value
 it cannot read, equal sizes the same one. A rule that holds on Sizes holds for every
 signature of the pattern; the few that read a value (arithmetic, ordering, equality with
 another constant) run again, with the concrete sizes, for each new signature.
@@ -23,7 +23,7 @@ Signature = tuple  # one shape (tuple of ints) or None (an optional input left o
 
 
 class ValueNeeded(Exception):
-    """A shape rule read the value of a :class:`Size`: it runs per signature."""
+    """A shape rule read the value of a ``Size``: it runs per signature."""
 
 
 def _value_needed(self: Size, *args: Any) -> Any:

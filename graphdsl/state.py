@@ -5,7 +5,7 @@ Values are immutable, as in Axon: storing an array in a ``ModelState`` (construc
 it into read-only memory that nobody else can write, so a backend may cache anything it
 derives from a value on the value's identity (a merged adapter kernel, a converted
 tensor) and never serve stale weights. To change a weight, store a new array; an
-in-place write (``arr[...] = v``, ``arr += 1``) raises a :class:`StateError` that says so.
+in-place write (``arr[...] = v``, ``arr += 1``) raises a ``StateError`` that says so.
 """
 from __future__ import annotations
 
@@ -27,11 +27,11 @@ _IMMUTABLE_FIX = ("state values are immutable; store a new array instead, e.g. "
 
 
 class StateArray(np.ndarray):
-    """A read-only ``np.ndarray`` whose memory belongs to a :class:`ModelState`.
+    """A read-only ``np.ndarray`` whose memory belongs to a ``ModelState``.
 
     It behaves as any array in expressions (results are plain, writable arrays); views of
     it (``a[0]``, ``a.reshape(-1)``, ``a.T``) are read-only too, and any in-place write
-    raises a :class:`StateError` explaining how to replace the value. Shape: any.
+    raises a ``StateError`` explaining how to replace the value. Shape: any.
     """
 
     def __array_wrap__(self, obj: np.ndarray, context: Any = None,
@@ -92,7 +92,7 @@ def _numeric(value: Any, where: str) -> np.ndarray:
 
 
 def seal(value: Any, where: str = "value") -> StateArray:
-    """``value`` (array, number, tensor) as a :class:`StateArray`: no copy when it is one
+    """``value`` (array, number, tensor) as a ``StateArray``: no copy when it is one
     already or its memory is immutable (e.g. read from a file), one copy otherwise.
     Non-numeric values (object, complex, strings) raise a StateError. Shape: unchanged."""
     if type(value) is StateArray and not value.flags.writeable:
@@ -190,11 +190,34 @@ def _predicate(pred: Predicate | Iterable[str] | str | None) -> Predicate:
 
 
 class ModelState:
-    """Parameters (``data``), frozen flags and state-entry names of a model.
+    """Parameters (``data``), frozen flags and state-entry names of a model (Axon's ``ModelState``).
 
-    ``data``: ``{layer: {param: StateArray}}`` (immutable arrays, see the module
-    docstring); ``frozen``: set of ``(layer, param)``; ``entries``: ``{layer: [names]}``
-    of non-parameter state entries (a dropout RNG key, batch-norm statistics).
+    ``data`` is ``{layer: {param: array}}``, a plain mutable mapping of immutable NumPy
+    arrays (store a new array to change a value; the next call uses it, no cache serves
+    stale weights). ``frozen`` is a set of ``(layer, param)``; ``entries`` is ``{layer:
+    [names]}`` of the non-parameter state entries (a dropout RNG key, batch-norm
+    statistics). Usually made by ``init_fn``; ``freeze``/``unfreeze``/``astype`` return new
+    states sharing the arrays.
+
+    Args:
+        data: ``{layer: {param: array-like}}`` (copied into read-only arrays).
+        frozen: the frozen ``(layer, param)`` pairs.
+        entries: ``{layer: [names]}`` of state entries.
+
+    Raises:
+        StateError: ``data`` is not a mapping of mappings.
+        ImmutableStateError: an in-place write into a value.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> model = gd.dense(gd.dense(x, 8, name="base"), 2, name="head")
+        >>> state = gd.build(model)[0](np.zeros((1, 4), np.float32))
+        >>> state.data["base"]["kernel"].shape          # Axon layout: kernel [in, out]
+        (4, 8)
+        >>> state.freeze("base").trainable_parameter_count()
+        18
+        >>> state
+        ModelState(layers=2, parameters=58, trainable=58, frozen=0)
     """
 
     def __init__(self, data: Mapping[str, Mapping[str, Any]] | None = None,
@@ -210,6 +233,11 @@ class ModelState:
 
     @property
     def data(self) -> StateData:
+        """``{layer: {param: array}}``: the values; an assigned value is sealed read-only.
+
+        Returns:
+            (StateData): the mutable mapping of layers.
+        """
         return self._data
 
     @data.setter
@@ -218,28 +246,52 @@ class ModelState:
 
     @property
     def state(self) -> dict[str, list[str]]:
-        """Deprecated alias of :attr:`entries`."""
+        """Deprecated alias of ``entries``."""
         return self.entries
 
     @classmethod
     def empty(cls) -> ModelState:
-        """A state with nothing in it (init creates every value)."""
+        """A state with nothing in it (``init_fn`` then creates every value).
+
+        Returns:
+            (ModelState): empty.
+        """
         return cls()
 
     def copy(self) -> ModelState:
-        """New dicts, the same (immutable) arrays."""
+        """A new state with new dicts and the same (immutable) arrays.
+
+        Returns:
+            (ModelState): the copy.
+        """
         return ModelState(self._data.copy(), self.frozen, self.entries)
 
     def deepcopy(self) -> ModelState:
-        """New dicts and new arrays (equal values)."""
+        """A new state with new dicts and new arrays (equal values).
+
+        Returns:
+            (ModelState): the copy.
+        """
         return ModelState({k: {p: np.array(a, copy=True) for p, a in v.items()}
                            for k, v in self._data.items()}, self.frozen, self.entries)
 
     def astype(self, dtype: Any) -> ModelState:
-        """A new ModelState whose floating parameters are cast to ``dtype`` ("bfloat16",
-        "float16", "float32", "float64", a NumPy or torch dtype); integer values and state
-        entries (a dropout key, batch-norm statistics) stay as they are, as do the frozen
-        flags. A value already of ``dtype`` is shared, not copied. Shapes unchanged."""
+        """A new state whose floating parameters are cast to ``dtype``.
+
+        Integer values and state entries (a dropout key, batch-norm statistics) stay as they
+        are, as do the frozen flags. A value already of ``dtype`` is shared, not copied.
+
+        Args:
+            dtype: ``"bfloat16"``, ``"float16"``, ``"float32"``, ``"float64"``, a NumPy or torch
+                dtype (bfloat16 needs the ``half`` extra, ml_dtypes).
+
+        Returns:
+            (ModelState): the cast state, shapes unchanged.
+
+        Raises:
+            StateError: ``dtype`` is not a floating dtype.
+            GraphDSLError: an unknown dtype, or bfloat16 without ml_dtypes.
+        """
         dt = np_dtype(dtype)
         if not is_float(dt):
             raise StateError(f"ModelState.astype({dtype!r}): not a floating dtype",
@@ -256,10 +308,27 @@ class ModelState:
 
     # -- classification ---------------------------------------------------------------------
     def is_state(self, layer: str, param: str) -> bool:
-        """Whether ``layer.param`` is a state entry (not a parameter)."""
+        """Whether ``layer.param`` is a state entry (not a parameter).
+
+        Args:
+            layer: layer name.
+            param: value name under it.
+
+        Returns:
+            (bool): True for an entry such as a dropout ``key`` or batch-norm ``mean``.
+        """
         return param in self.entries.get(layer, ())
 
     def is_frozen(self, layer: str, param: str) -> bool:
+        """Whether ``layer.param`` is frozen.
+
+        Args:
+            layer: layer name.
+            param: parameter name.
+
+        Returns:
+            (bool): True when frozen.
+        """
         return (layer, param) in self.frozen
 
     def _params(self):
@@ -270,8 +339,15 @@ class ModelState:
 
     # -- freezing (returns a new ModelState sharing the arrays, like Axon) ------------------
     def freeze(self, predicate: Predicate | Iterable[str] | str | None = None) -> ModelState:
-        """Freeze parameters where ``predicate(layer, param)`` is true (default: all).
-        A layer name or a list of names freezes those layers."""
+        """A new state with the parameters where ``predicate(layer, param)`` holds frozen.
+
+        Args:
+            predicate: ``predicate(layer, param) -> bool``, a layer name, a list of names, or
+                None for every parameter.
+
+        Returns:
+            (ModelState): sharing the arrays.
+        """
         pred = _predicate(predicate)
         out = self.copy()
         out.frozen |= {(layer, p) for layer, p, _ in self._params() if pred(layer, p)}
@@ -279,7 +355,14 @@ class ModelState:
 
     def unfreeze(self, predicate: Predicate | Iterable[str] | str | None = None
                  ) -> ModelState:
-        """Unfreeze parameters where ``predicate(layer, param)`` is true (default: all)."""
+        """A new state with the parameters where ``predicate(layer, param)`` holds unfrozen.
+
+        Args:
+            predicate: as ``freeze`` takes it; None for every parameter.
+
+        Returns:
+            (ModelState): sharing the arrays.
+        """
         pred = _predicate(predicate)
         out = self.copy()
         out.frozen = {(layer, p) for layer, p in self.frozen if not pred(layer, p)}
@@ -294,24 +377,45 @@ class ModelState:
         return out
 
     def trainable_parameters(self) -> dict[str, dict[str, np.ndarray]]:
-        """``{layer: {param: array}}`` of parameters that are not frozen (each array of
-        the shape its layer declares, e.g. ``kernel [in, out]``)."""
+        """The parameters that are not frozen.
+
+        Returns:
+            (dict[str, dict[str, np.ndarray]]): ``{layer: {param: array}}``, each of the shape its
+            layer declares (e.g. ``kernel [in, out]``).
+        """
         return self._parameters(frozen=False)
 
     def frozen_parameters(self) -> dict[str, dict[str, np.ndarray]]:
-        """``{layer: {param: array}}`` of frozen parameters (shapes as the layers
-        declare them)."""
+        """The frozen parameters.
+
+        Returns:
+            (dict[str, dict[str, np.ndarray]]): ``{layer: {param: array}}``.
+        """
         return self._parameters(frozen=True)
 
     def parameter_count(self) -> int:
-        """Number of scalars in all parameters (state entries excluded)."""
+        """The number of scalars in all parameters (state entries excluded).
+
+        Returns:
+            (int): the count.
+        """
         return sum(int(a.size) for _, _, a in self._params())
 
     def trainable_parameter_count(self) -> int:
+        """The number of scalars in the trainable parameters.
+
+        Returns:
+            (int): the count.
+        """
         return sum(int(a.size) for v in self.trainable_parameters().values()
                    for a in v.values())
 
     def frozen_parameter_count(self) -> int:
+        """The number of scalars in the frozen parameters.
+
+        Returns:
+            (int): the count.
+        """
         return sum(int(a.size) for v in self.frozen_parameters().values()
                    for a in v.values())
 
@@ -342,7 +446,7 @@ class ModelState:
 
 
 def need_state(value: Any, what: str, fix: str, where: str | None = None) -> None:
-    """Refuse a ``value`` that is not a :class:`ModelState`: the StateError
+    """Refuse a ``value`` that is not a ``ModelState``: the StateError
     ``"{what} a ModelState, got {type}"`` (``what`` such as ``"predict needs"``)."""
     if not isinstance(value, ModelState):
         raise StateError(f"{what} a ModelState, got {type(value).__name__}", where=where,

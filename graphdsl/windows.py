@@ -7,7 +7,7 @@ zeros between elements, size ``(n-1)*d_in + 1``), padded by ``(lo, hi)``, and a 
 ``out = (dilated + lo + hi - span) // s + 1``. "same" is Axon's padding (Nx's
 ``Nx.Shape.to_padding_config``): ``((span-1)//2, (span-1) - (span-1)//2)`` whatever the
 stride and the input size, so ``out = ceil(dilated / s)``. (Files of format version 1
-padded "same" as TensorFlow does; :func:`tf_same_pads` reads them.)
+padded "same" as TensorFlow does; ``tf_same_pads`` reads them.)
 """
 from __future__ import annotations
 
@@ -188,7 +188,7 @@ def kernel_hwio(K: Any, channels: str) -> Any:
 
 
 def kernel_from_hwio(W: Any, channels: str) -> Any:
-    """The inverse of :func:`kernel_hwio`."""
+    """The inverse of ``kernel_hwio``."""
     if channels == "last":
         return W
     return _permuted(W, (W.ndim - 1, W.ndim - 2, *range(W.ndim - 2)))

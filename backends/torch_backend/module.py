@@ -6,8 +6,8 @@ generates a straight-line ``forward`` that calls the torch backend's kernels, so
 ``torch.compile(module, fullgraph=True)``, ``copy.deepcopy``,
 ``DistributedDataParallel`` and ``.to("cuda")`` all work; the steps of each block (a
 submodule grouping layers, e.g. ``model.layers.0``) run as a call of that submodule, so
-FSDP2's ``fully_shard`` per block works (:mod:`.blocks`).
-``from_torch(module)`` gives back a :class:`ModelState` (frozen = ``requires_grad`` is
+FSDP2's ``fully_shard`` per block works (``.blocks``).
+``from_torch(module)`` gives back a ``ModelState`` (frozen = ``requires_grad`` is
 False).
 
 ``gd.to_torch``/``gd.from_torch`` import this module on first use: ``import graphdsl``
@@ -170,16 +170,40 @@ def to_torch(model: Node, state: ModelState, device: Any = None, dtype: Any = No
              adapter_dtype: Any = None) -> torch.nn.Module:
     """An ``nn.Module`` computing ``model`` with a copy of ``state``'s values.
 
-    Parameters are registered in the model's parameter order as ``<layer>.<param>``
-    (frozen ones with ``requires_grad=False``); state entries (dropout keys) are int64
-    buffers. ``train()``/``eval()`` switch dropout (torch's RNG). ``device``: "cpu",
-    "cuda", ...; ``dtype``: None keeps each value's dtype (a bfloat16 state gives a
-    module computing in bfloat16, as transformers' bfloat16 models), or "bfloat16",
-    "float16", "float32", "float64" casts the values. Adapter values (A, B, magnitude)
-    over a half-precision base are float32 (PEFT's ``autocast_adapter_dtype``) unless
-    ``adapter_dtype`` says otherwise; the adapters then compute in their dtype and return
-    the base's, as PEFT does. Training the module never changes ``state``; read the values
-    back with :func:`from_torch`.
+    Parameters are registered in the model's parameter order as ``<layer>.<param>`` (frozen
+    ones with ``requires_grad=False``); state entries (dropout keys) are int64 buffers,
+    batch-norm statistics buffers that ``train()`` updates. ``train()``/``eval()`` switch
+    dropout (torch's RNG). It works under ``torch.compile``, ``copy.deepcopy``, DDP, FSDP2
+    and on CUDA. Adapter values (A, B, magnitude) over a half-precision base are float32
+    (PEFT's ``autocast_adapter_dtype``) unless ``adapter_dtype`` says otherwise; the
+    adapters then compute in their dtype and return the base's, as PEFT does. Training the
+    module never changes ``state``; read the values back with ``from_torch``. The
+    module's ``forward`` takes the inputs positionally in ``graphdsl.get_inputs`` order
+    (or by keyword) as tensors.
+
+    Args:
+        model: the output node.
+        state: the values (copied).
+        device: ``"cpu"``, ``"cuda"``, ... (default cpu).
+        dtype: None keeps each value's dtype (a bfloat16 state gives a module computing in
+            bfloat16); ``"bfloat16"``, ``"float16"``, ``"float32"`` or ``"float64"`` casts
+            the floating values.
+        adapter_dtype: the adapters' dtype over a half-precision base (default float32).
+
+    Returns:
+        (torch.nn.Module): the module.
+
+    Raises:
+        BackendError: torch is not installed (names the ``torch`` extra).
+        StateError: ``state`` does not fit ``model``.
+        GraphDSLError: a half-precision ``dtype`` over a mixed-precision policy.
+
+    Examples:
+        >>> import torch
+        >>> model = gd.dense(gd.input("x", shape=(None, 4)), 2, name="fc")
+        >>> module = gd.to_torch(model, gd.build(model)[0](np.zeros((1, 4), np.float32)))
+        >>> list(module.state_dict()), module(torch.ones(3, 4)).shape
+        (['fc.kernel', 'fc.bias'], torch.Size([3, 2]))
     """
     dev = resolve_device(device)
     dname, aname = _dtype_name(dtype, "dtype"), _dtype_name(adapter_dtype, "adapter_dtype")
@@ -295,7 +319,7 @@ def _ident(s: str) -> str:
 def _generate(plan: Any, tdtype: Any, blocks: dict[str, tuple[int, int]]
               ) -> tuple[str, dict, dict[str, Any]]:
     """Source of ``forward`` (straight-line kernel calls, each block's steps as a call of
-    that block: see :mod:`.blocks`), its globals and ``{block path: forward
+    that block: see ``.blocks``), its globals and ``{block path: forward
     function}``."""
 
     glb: dict[str, Any] = {"_bind": _bind, "_compiling": compiling,
@@ -365,7 +389,7 @@ def _generate(plan: Any, tdtype: Any, blocks: dict[str, tuple[int, int]]
 
 def _write_state(y: Any, buffers: dict[str, Any]) -> Any:
     """The output of a kernel's result ``y``; the new state values of a
-    :class:`~graphdsl.backends.base.Stateful` ``y`` are copied into the module's
+    ``Stateful`` ``y`` are copied into the module's
     ``buffers`` (``{local entry name: buffer}``), the one place a module's state changes."""
     if type(y) is not Stateful:
         return y
@@ -489,7 +513,7 @@ def _check_inputs(self: Any, meta: ModuleInfo, args: tuple) -> tuple:
 
 
 def unwrap(module: Any) -> Any:
-    """The module made by :func:`to_torch` inside ``module`` (itself, or under DDP /
+    """The module made by ``to_torch`` inside ``module`` (itself, or under DDP /
     ``torch.compile`` wrappers); a GraphDSLError for any other module."""
     seen = 0
     while "_graphdsl" not in getattr(module, "__dict__", {}) and seen < 8:
@@ -505,15 +529,35 @@ def unwrap(module: Any) -> Any:
 
 
 def from_torch(module: Any, state_dict: Mapping[str, Any] | None = None) -> ModelState:
-    """The module's current values as a NumPy :class:`ModelState` (copies).
+    """The module's current values as a NumPy ``ModelState`` (copies).
 
-    Frozen flags: parameters with ``requires_grad=False``. Values keep their dtype: a
-    bfloat16 module (``module.to(torch.bfloat16)``) gives bfloat16 values
-    (``ml_dtypes.bfloat16``, the ``half`` extra). Accepts the module from
-    :func:`to_torch`, or a DDP / ``torch.compile`` / FSDP wrapper around it. ``state_dict``
-    (keys as in ``module.state_dict()``) gives the values to read instead of the module's
-    own tensors: for a module sharded with ``fully_shard``, gather one on every rank with
-    ``get_model_state_dict(module, options=StateDictOptions(full_state_dict=True))``.
+    Frozen flags: parameters with ``requires_grad=False``. Values keep their dtype (a
+    bfloat16 module gives ``ml_dtypes.bfloat16`` values, the ``half`` extra). Accepts the
+    module from ``to_torch``, or a DDP / ``torch.compile`` / FSDP wrapper around it.
+
+    Args:
+        module: a module made by ``to_torch``, possibly wrapped.
+        state_dict: values to read instead of the module's own tensors (keys as in
+            ``module.state_dict()``): for a module sharded with ``fully_shard``, gather one
+            on every rank with ``get_model_state_dict(module,
+            options=StateDictOptions(full_state_dict=True))``.
+
+    Returns:
+        (ModelState): the values (``kernel [in, out]`` layout, as graphdsl keeps it).
+
+    Raises:
+        GraphDSLError: ``module`` was not made by ``to_torch``, or ``state_dict``
+            misses or mis-shapes a value.
+
+    Examples:
+        >>> import torch
+        >>> model = gd.dense(gd.input("x", shape=(None, 4)), 2, name="fc")
+        >>> state = gd.build(model)[0](np.zeros((1, 4), np.float32))
+        >>> module = gd.to_torch(model, state)
+        >>> with torch.no_grad():
+        ...     _ = module.get_parameter("fc.bias").fill_(1.0)
+        >>> gd.from_torch(module).data["fc"]["bias"].tolist(), state.data["fc"]["bias"].tolist()
+        ([1.0, 1.0], [0.0, 0.0])
     """
     mod = unwrap(module)
     meta: ModuleInfo = mod._graphdsl

@@ -11,10 +11,33 @@ from .module import module_parameters, unwrap
 
 def loraplus_param_groups(module: Any, lr: float, ratio: float = 16.0,
                           weight_decay: float = 0.0) -> list[dict[str, Any]]:
-    """Optimizer param groups for LoRA+ (Hayou et al. 2024): the ``B`` matrices of
-    ``lora``/``dora`` layers at ``ratio * lr``, every other trainable parameter
-    (``A``, ``magnitude``, unfrozen base weights) at ``lr``. Frozen parameters are left
-    out. Use: ``torch.optim.AdamW(gd.loraplus_param_groups(module, 1e-4))``.
+    """Optimizer param groups for LoRA+ (Hayou et al. 2024).
+
+    The ``B`` matrices of ``lora``/``dora`` layers at ``ratio * lr``, every other trainable
+    parameter (``A``, ``magnitude``, unfrozen base weights) at ``lr``; frozen parameters are
+    left out. Also ``graphdsl.lora.loraplus_param_groups``.
+
+    Args:
+        module: a module from ``graphdsl.to_torch`` (or a wrapper around it).
+        lr: the base learning rate.
+        ratio: the ``B`` matrices' learning-rate multiplier (the paper's lambda).
+        weight_decay: every group's weight decay.
+
+    Returns:
+        (list[dict[str, Any]]): param groups for a ``torch.optim`` optimizer.
+
+    Raises:
+        GraphDSLError: a bad ``lr``/``ratio``, or a module with no trainable parameter.
+
+    Examples:
+        >>> import torch
+        >>> from graphdsl import lora
+        >>> model = lora.adapt(gd.dense(gd.input("x", shape=(None, 4)), 4, name="q"), ["q"])
+        >>> module = gd.to_torch(model, gd.build(model)[0](np.zeros((1, 4), np.float32)))
+        >>> groups = gd.loraplus_param_groups(module, 1e-4)
+        >>> opt = torch.optim.AdamW(groups)
+        >>> sorted(g["lr"] for g in groups)
+        [0.0001, 0.0016]
     """
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise GraphDSLError(f"lr must be a positive number, got {lr!r}", fix="e.g. lr=1e-4")

@@ -15,7 +15,7 @@ from ..errors import GraphDSLError, RuleError
 #: the zero-norm rule, one for every backend: column j counts as zero when
 #: ``c_j^2 <= ZERO_NORM_ULPS * eps(dtype) * (colsum(K*K) + s^2 * colsum((A@B)^2))_j``,
 #: i.e. when the norm cancels to round-off of the terms it is summed from (a column that
-#: :func:`exact_columns` recomputed: ``16 * eps^2 * noise``, the rounding of the weights)
+#: ``exact_columns`` recomputed: ``16 * eps^2 * noise``, the rounding of the weights)
 ZERO_NORM_ULPS = 16
 
 
@@ -60,7 +60,7 @@ def column_norm_sq_parts(kk: np.ndarray, AtK: np.ndarray, A: np.ndarray, B: np.n
 def exact_columns(c2: np.ndarray, noise: np.ndarray, K: np.ndarray, A: np.ndarray,
                   B: np.ndarray, s: float) -> tuple[np.ndarray, np.ndarray | None]:
     """``(cols, W)``: the columns where the factored ``c2 [out]`` cancelled (the rule of
-    :func:`exact_norm_tau`) and their materialized ``W = K[:, cols] + s*(A@B)[:, cols]
+    ``exact_norm_tau``) and their materialized ``W = K[:, cols] + s*(A@B)[:, cols]
     [in, len(cols)]`` in float64 (the sum cancels, so its own rounding would show), or
     None when there are none; in place, ``c2[cols]`` becomes ``colsum(W*W)`` and
     ``noise[cols]`` is scaled by eps (that c2 is exact to the rounding of the weights, so
@@ -78,7 +78,7 @@ def exact_columns(c2: np.ndarray, noise: np.ndarray, K: np.ndarray, A: np.ndarra
 
 def finish_norm(c2: np.ndarray, noise: np.ndarray, eps: float | None) -> np.ndarray:
     """``c [out] = sqrt(max(c2, 0))`` from ``c2 [out]``; a zero column (by the rule of
-    :data:`ZERO_NORM_ULPS`, ``noise [out]`` being the summed terms' scale) raises a
+    ``ZERO_NORM_ULPS``, ``noise [out]`` being the summed terms' scale) raises a
     RuleError naming the columns unless ``eps`` is given: then ``c = max(c, eps)``."""
     c2 = np.maximum(c2, 0, out=c2) if c2.flags.writeable else np.maximum(c2, 0)
     if not np.all(np.isfinite(c2)):
@@ -116,7 +116,7 @@ def dora_column_norm(K: np.ndarray, A: np.ndarray, B: np.ndarray, s: float,
     ``c^2 = colsum(K*K) + 2s*colsum((A.T@K)*B) + s^2*colsum(B*((A.T@A)@B))``.
 
     Transient memory is O(r*out) (no ``[in, out]`` temporary); the columns that cancel to
-    round-off are recomputed (:func:`exact_columns`) and :func:`finish_norm` applies the
+    round-off are recomputed (``exact_columns``) and ``finish_norm`` applies the
     zero-norm rule.
     """
     c2, noise = column_norm_sq_parts(colsum_prod(K, K), A.T @ K, A, B, s)
@@ -138,8 +138,8 @@ def dora_merge(K: np.ndarray, p: dict, a: dict) -> np.ndarray:
     magnitude m [out]; ``a``: scale s, eps).
 
     ``c`` is computed from the materialized matrix (it exists anyway here); the columns
-    that cancel (:func:`exact_columns`) are summed in float64 before they are rounded. A
-    zero column raises like :func:`finish_norm`.
+    that cancel (``exact_columns``) are summed in float64 before they are rounded. A
+    zero column raises like ``finish_norm``.
     """
     A, B, s = p["A"], p["B"], a["scale"]
     W = lora_merged_kernel(K, A, B, s)

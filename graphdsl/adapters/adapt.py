@@ -177,13 +177,34 @@ def tied_pairs(g: Graph) -> dict[str, str]:
 
 def untie(model: Node, state: ModelState, layers: Iterable[str] | None = None
           ) -> tuple[Node, ModelState]:
-    """Give each ``tied_dense`` layer (all, or those named in ``layers`` or reading an
-    embedding named there) its own copy of the embedding's kernel: a dense layer of the
-    same name whose ``kernel [dim, vocab]`` is ``E.T`` (bias kept, frozen flags as the
-    embedding's), as transformers' ``tie_word_embeddings=False``. Outputs are unchanged;
-    training, adapting or merging one layer then leaves the other alone. A Hugging Face
-    config carried by the model records ``tie_word_embeddings: false``. Returns
-    ``(model, state)``; ``state`` is not modified."""
+    """Give each ``tied_dense`` layer its own copy of the embedding's kernel.
+
+    Each becomes a dense layer of the same name whose ``kernel [dim, vocab]`` is ``E.T``
+    (bias kept, frozen flags as the embedding's), as transformers'
+    ``tie_word_embeddings=False``. Outputs are unchanged; training, adapting or merging one
+    layer then leaves the other alone. A Hugging Face config carried by the model records
+    ``tie_word_embeddings: false``.
+
+    Args:
+        model: the model.
+        state: its state (not modified).
+        layers: names of ``tied_dense`` layers, or of embeddings they read; None for all.
+
+    Returns:
+        (tuple[Node, ModelState]): the untied model and state.
+
+    Raises:
+        StateError: ``state`` lacks the embedding's kernel.
+
+    Examples:
+        >>> ids = gd.input("ids", shape=(None, 3), dtype="int64")
+        >>> emb = gd.embedding(ids, 10, 4, name="wte")
+        >>> model = gd.tied_dense(emb, emb, name="lm_head")
+        >>> state = gd.build(model)[0](np.zeros((1, 3), np.int64))
+        >>> untied, s2 = gd.untie(model, state)
+        >>> s2.data["lm_head"]["kernel"].shape
+        (4, 10)
+    """
     where = caller_location()
     need_state(state, "untie needs", "pass the model's state", where)
     g = analyze(model)
@@ -243,19 +264,37 @@ def _merged_kernel(n: Node, p: dict[str, np.ndarray], layer: str) -> np.ndarray:
 
 
 def merge_adapters(model: Node, state: ModelState) -> tuple[Node, ModelState]:
-    """Fold every dora/lora layer into a plain layer of the kind it adapts (dense, conv,
-    embedding): ``K' = (K + s*A@B) * (m/c)`` (DoRA) or ``K + s*A@B`` (LoRA) on the flat
-    kernel ``[fan_in, out]``, bias unchanged (an activation node after it stays).
+    """Fold every dora/lora layer into a plain layer of the kind it adapts (dense, conv, embedding).
 
-    A wrapped layer becomes a layer named like the one it wrapped (its ``base``); a
-    standalone adapter keeps its own name. A ``tied_dense`` layer reading a merged
-    embedding is first untied (:func:`untie`: it keeps the unmerged kernel, as the adapted
-    model computed it). Returns ``(model, state)`` whose outputs equal the adapted
-    model's; the input ``state`` is not modified.
+    ``K' = (K + s*A@B) * (m/c)`` (DoRA) or ``K + s*A@B`` (LoRA) on the flat kernel
+    ``[fan_in, out]``, bias unchanged (an activation node after it stays). A wrapped layer
+    becomes a layer named like the one it wrapped; a standalone adapter keeps its own name.
+    A ``tied_dense`` layer reading a merged embedding is first untied (``untie``). The
+    merged model comes out with every parameter frozen (the adapted model's flags);
+    ``merged_state.unfreeze()`` makes them trainable again.
 
-    The merged model comes out with every parameter frozen (the adapted model's flags:
-    the base weights were frozen under their adapters); ``merged_state.unfreeze()``
-    makes them trainable again.
+    Args:
+        model: the adapted model.
+        state: its complete state (not modified).
+
+    Returns:
+        (tuple[Node, ModelState]): the merged model and state; outputs equal the adapted
+        model's.
+
+    Raises:
+        StateError: ``state`` does not fit ``model``.
+        GraphDSLError: a zero-norm DoRA column without ``eps``.
+
+    Examples:
+        >>> from graphdsl import dora
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> base = gd.dense(x, 4, name="attn")
+        >>> base_state = gd.build(base)[0](np.zeros((1, 4), np.float32))
+        >>> model = dora.adapt(base, ["attn"], rank=2)
+        >>> state = gd.build(model)[0](np.zeros((1, 4), np.float32), base_state)
+        >>> merged, merged_state = gd.merge_adapters(model, state)
+        >>> gd.get_op_counts(merged).get("dora", 0), sorted(merged_state.data)
+        (0, ['attn'])
     """
     where = caller_location()
     need_state(state, "merge_adapters needs", "pass the state returned by init_fn / training",
@@ -332,10 +371,35 @@ def trainable_layers(g: Graph) -> list[str]:
 
 def adapter_state(model: Node, state: ModelState, modules_to_save: Iterable[str] = ()
                   ) -> ModelState:
-    """Only the adapter parameters (``A``, ``B``, ``magnitude``, the dropout ``key``) of
-    every dora/lora layer, plus every other layer ``adapt`` left trainable (its
-    ``modules_to_save``: nodes not frozen) and the layers named in ``modules_to_save``,
-    with their frozen flags: a small state to save beside a shared base model."""
+    """Only the adapter values of ``state``: a small state to save beside a shared base model.
+
+    The adapter parameters (``A``, ``B``, ``magnitude``, the dropout ``key``) of every
+    dora/lora layer, plus every other layer ``adapt`` left trainable (its
+    ``modules_to_save``) and the layers named in ``modules_to_save``, with their frozen
+    flags.
+
+    Args:
+        model: the adapted model.
+        state: its complete state.
+        modules_to_save: more layer names to keep whole.
+
+    Returns:
+        (ModelState): the adapter-only state (arrays shared).
+
+    Raises:
+        StateError: ``state`` lacks an adapter value.
+        GraphDSLError: a ``modules_to_save`` name that is no layer.
+
+    Examples:
+        >>> from graphdsl import dora
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> base = gd.dense(x, 4, name="attn")
+        >>> base_state = gd.build(base)[0](np.zeros((1, 4), np.float32))
+        >>> model = dora.adapt(base, ["attn"], rank=2)
+        >>> state = gd.build(model)[0](np.zeros((1, 4), np.float32), base_state)
+        >>> {k: sorted(v) for k, v in gd.adapter_state(model, state).data.items()}
+        {'attn_dora': ['A', 'B', 'magnitude']}
+    """
     where = caller_location()
     g = analyze(model)
     adapters = [n for n in g.order if is_adapter(n)]
@@ -369,12 +433,34 @@ def adapter_state(model: Node, state: ModelState, modules_to_save: Iterable[str]
 
 def attach_adapters(model: Node, base_state: ModelState, adapters: ModelState,
                     seed: int = 0) -> ModelState:
-    """``base_state`` (e.g. the pretrained, un-adapted model's state) plus an
-    ``adapter_state`` -> a complete state for the adapted ``model``, validated against
-    it: unknown entries, wrong shapes and missing parameters are errors. Values in
-    ``adapters`` win over ``base_state``; frozen flags come from the state that supplied
-    each value, plus every parameter the model marks frozen. Missing state entries
-    (dropout keys) are created from ``seed``."""
+    """``base_state`` plus an ``adapter_state``: a complete state for the adapted ``model``.
+
+    Validated against ``model``. Values in ``adapters`` win over ``base_state``; frozen flags
+    come from the state that supplied each value, plus every parameter the model marks
+    frozen. Missing state entries (dropout keys) are created from ``seed``.
+
+    Args:
+        model: the adapted model.
+        base_state: e.g. the pretrained, un-adapted model's state.
+        adapters: the adapter values.
+        seed: seed for missing state entries.
+
+    Returns:
+        (ModelState): the complete state.
+
+    Raises:
+        StateError: unknown entries, wrong shapes or missing parameters.
+
+    Examples:
+        >>> from graphdsl import dora
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> base = gd.dense(x, 4, name="attn")
+        >>> base_state = gd.build(base)[0](np.zeros((1, 4), np.float32))
+        >>> model = dora.adapt(base, ["attn"], rank=2)
+        >>> state = gd.build(model)[0](np.zeros((1, 4), np.float32), base_state)
+        >>> gd.attach_adapters(model, base_state, gd.adapter_state(model, state)) == state
+        True
+    """
     where = caller_location()
     for what, st in (("base_state", base_state), ("adapter state", adapters)):
         need_state(st, f"attach_adapters: {what} must be",

@@ -5,12 +5,12 @@ An adapter op is an op registered with ``category="adapter"`` (today ``dora`` an
 ``lora``). It reads a frozen base kernel — the wrapped layer's ``kernel`` (owner = that
 layer) or its own ``base_weight`` — and the base ``bias [out]``; everything else it
 reads (``A``, ``B [r, out]``, ``magnitude [out]``, a dropout ``key``) belongs to the
-adapter. Its ``layer`` attribute names the kind of layer it adapts (:data:`ADAPTABLE`,
+adapter. Its ``layer`` attribute names the kind of layer it adapts (``ADAPTABLE``,
 one record each in graphdsl.adapters.kinds: dense ``K [in, out]``, ``A [in, r]``; conv
 ``K`` in the conv's layout, ``A [*kernel_size, in, r]``; embedding ``K [vocab, dim]``,
 ``A [vocab, r]``); it carries that layer's options and merges into a plain layer of that
 kind through the ``merge`` function its registry entry names in ``extra``: ``merge(K,
-params, attrs) -> K'`` on the flat kernel ``[fan_in, out]`` (:func:`flat_kernel`).
+params, attrs) -> K'`` on the flat kernel ``[fan_in, out]`` (``flat_kernel``).
 """
 from __future__ import annotations
 

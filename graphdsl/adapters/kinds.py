@@ -1,12 +1,12 @@
-"""The kinds of layer an adapter (dora / lora) wraps: one :class:`AdaptableKind` record
-per kind in :data:`KINDS` (dense, conv, embedding; PEFT's LoRA/DoRA for Linear, Conv and
+"""The kinds of layer an adapter (dora / lora) wraps: one ``AdaptableKind`` record
+per kind in ``KINDS`` (dense, conv, embedding; PEFT's LoRA/DoRA for Linear, Conv and
 Embedding). The adapter contract, the op specs, the constructors, the backends and the
 PEFT files ask the record instead of switching on the kind; a new kind is one record
 (each backend finds the base op's own kernel by the record's name and keeps one row per
 kind for the unmerged forward).
 
 Layouts (Axon): the base kernel ``K`` in the base layer's own layout; its flat view
-``[fan_in, out]`` (:attr:`AdaptableKind.flat`), on which the DoRA column norm and the
+``[fan_in, out]`` (``AdaptableKind.flat``), on which the DoRA column norm and the
 merge are computed; ``A`` whose leading axes flatten to ``fan_in`` (``A [fan_in..., r]``);
 ``B [r, out]``; ``magnitude [out]``.
 """
@@ -45,7 +45,7 @@ class AdaptableKind:
 
     Shape rules take the adapter's input shapes ``s`` and its (checked) attributes ``a``.
     The plain forward is the base op's own (each backend's kernel and the ONNX rule of
-    ``name``, given :meth:`base_attrs`); the merge is the adapter op's, on the flat
+    ``name``, given ``base_attrs``); the merge is the adapter op's, on the flat
     kernel (graphdsl.adapters.contract.merged_kernel), the same for every kind.
     """
 

@@ -1,8 +1,8 @@
 """The Hugging Face bridge: transformers models and ``save_pretrained`` directories in and
-out, for the families of :mod:`graphdsl.models`, and PEFT LoRA/DoRA adapter directories
+out, for the families of ``graphdsl.models``, and PEFT LoRA/DoRA adapter directories
 (``save_peft`` / ``load_peft``). Reading a checkpoint or an adapter needs only NumPy
 (neither torch, transformers, peft nor safetensors is imported); writing needs the
-``io`` extra (safetensors); :func:`load_tokenizer` the ``hf`` extra (tokenizers)."""
+``io`` extra (safetensors); ``load_tokenizer`` the ``hf`` extra (tokenizers)."""
 from __future__ import annotations
 
 from .checkpoint import from_pretrained, from_transformers, save_pretrained

@@ -1,8 +1,8 @@
 """Hugging Face weights <-> ModelState. A Linear ``weight [out, in]`` is our ``kernel`` [in,
-out] transposed, a Conv1D ``weight [in, out]`` (a family's :attr:`HFFamily.conv1d`) is the
+out] transposed, a Conv1D ``weight [in, out]`` (a family's ``HFFamily.conv1d``) is the
 kernel as it is; norms' ``weight``/``bias`` are ``gamma``/``beta``; an embedding's
 ``weight`` is its ``kernel``. What each family calls things is its record in
-:data:`graphdsl.models.FAMILIES`; this module knows no family by name."""
+``graphdsl.models.FAMILIES``; this module knows no family by name."""
 from __future__ import annotations
 
 import json
@@ -71,7 +71,7 @@ def architecture(config: Mapping[str, Any]) -> str:
 
 
 def family(arch: str) -> HFFamily:
-    """The record of the family that builds ``arch`` (an :func:`architecture`)."""
+    """The record of the family that builds ``arch`` (an ``architecture``)."""
     return _FAMILY[arch]
 
 
@@ -112,16 +112,16 @@ def config_of(model: Node) -> dict[str, Any]:
 
 def _build(f: HFFamily, config: dict[str, Any], keys: Iterable[str]) -> Node:
     """The family ``f`` graph for ``config``, with the constructor flags of the optional
-    parts (:attr:`HFFamily.options`) the checkpoint's ``keys`` hold."""
+    parts (``HFFamily.options``) the checkpoint's ``keys`` hold."""
     keys = set(keys)
     return f.build(config, **{flag: True for key, flag in f.options.items() if key in keys})
 
 
 def renamed(keys: Iterable[str], f: HFFamily) -> dict[str, str]:
     """``{our hf key: checkpoint key}`` of the weights: transformers reads a checkpoint with
-    or without the base model's prefix (:attr:`HFFamily.base_model_prefix`: added to the
+    or without the base model's prefix (``HFFamily.base_model_prefix``: added to the
     keys where our names carry it, else dropped), decided for the whole checkpoint as
-    transformers does. The family's buffers (:attr:`HFFamily.ignored`) are left out."""
+    transformers does. The family's buffers (``HFFamily.ignored``) are left out."""
     prefix, keys = f.base_model_prefix, list(keys)
     if f.prefixed and not any(k.startswith(prefix) for k in keys):
         names = {(k if f.head and k.startswith(f.head + ".") else prefix + k): k for k in keys}
@@ -194,7 +194,28 @@ def _numpy_of(t: Any) -> np.ndarray:
 
 
 def from_transformers(hf_model: Any) -> tuple[Node, ModelState]:
-    """``(model, state)`` from a live transformers model (config and weights)."""
+    """``(model, state)`` from a live transformers model (config and weights, copied).
+
+    Args:
+        hf_model: a ``LlamaForCausalLM``, ``MistralForCausalLM``, ``Qwen2ForCausalLM``,
+            ``GPT2LMHeadModel`` or ``BertModel`` (any dtype).
+
+    Returns:
+        (tuple[Node, ModelState]): as ``from_pretrained`` gives them.
+
+    Raises:
+        GraphDSLError: an unsupported architecture or config field.
+        StateError: weights that do not fit the config.
+
+    Examples:
+        >>> import transformers
+        >>> from graphdsl import hf
+        >>> cfg = transformers.GPT2Config(vocab_size=40, n_positions=16, n_embd=8, n_layer=1,
+        ...                               n_head=2, bos_token_id=0, eos_token_id=0)
+        >>> model, state = hf.from_transformers(transformers.GPT2LMHeadModel(cfg))
+        >>> gd.get_output_shape(model, {"input_ids": (1, 5)})
+        (1, 5, 40)
+    """
     if not (hasattr(hf_model, "state_dict") and hasattr(getattr(hf_model, "config", None),
                                                         "to_json_string")):
         raise GraphDSLError(
@@ -293,13 +314,44 @@ def _check_sizes(config: Mapping[str, Any], f: HFFamily,
 
 
 def from_pretrained(folder: str, dtype: Any = None) -> tuple[Node, ModelState]:
-    """``(model, state)`` from a local ``save_pretrained`` folder: ``config.json`` and
-    ``model.safetensors`` (or the shards ``model.safetensors.index.json`` names), with or
-    without the base model's key prefix. Imports neither torch, transformers nor
-    safetensors; the config is checked against the weights' headers before the graph is
-    built. ``dtype=None`` keeps the checkpoint's dtype (bfloat16 needs ml_dtypes), and
-    the values are read-only maps of the files (zero-copy: the state costs about the
-    files' size); ``dtype="float32"`` (etc.) widens or narrows them into new arrays."""
+    """``(model, state)`` from a local ``save_pretrained`` folder.
+
+    Families: LLaMA, Mistral, Qwen2, GPT-2, BERT.
+
+    Reads ``config.json`` and ``model.safetensors`` (or the shards
+    ``model.safetensors.index.json`` names), with or without the base model's key prefix.
+    Imports neither torch, transformers nor safetensors; the config is checked against the
+    weights' headers before the graph is built. Layer names are the Hugging Face module
+    paths, parameters in Axon layout (``kernel [in, out]``: Linear weights transposed).
+
+    Args:
+        folder: a local folder (a Hub id is not downloaded).
+        dtype: None keeps the checkpoint's dtype (bfloat16 needs ml_dtypes, the ``half``
+            extra), the values read-only maps of the files (zero-copy: the state costs about
+            the files' size); ``"float32"`` (etc.) widens or narrows them into new arrays.
+
+    Returns:
+        (tuple[Node, ModelState]): the model (inputs ``input_ids`` int64 ``[batch, seq]`` and
+        the optional ``attention_mask``, ``position_ids``, ``token_type_ids``) and its values.
+
+    Raises:
+        GraphDSLError: no folder, no config or weights, an unsupported architecture or
+            config field, a config that disagrees with the weights, a bad ``dtype``.
+        StateError: a missing, extra or mis-shaped tensor (named).
+
+    Examples:
+        >>> from graphdsl import hf, models
+        >>> cfg = {"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
+        ...        "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        ...        "num_key_value_heads": 1}
+        >>> model = models.llama(cfg)
+        >>> state = gd.build(model)[0]({"input_ids": np.zeros((1, 4), np.int64)})
+        >>> hf.save_pretrained("tiny-llama", model, state)
+        'tiny-llama'
+        >>> model2, state2 = hf.from_pretrained("tiny-llama")
+        >>> state2 == state, state2.data["model.layers.0.self_attn.q_proj"]["kernel"].shape
+        (True, (16, 16))
+    """
     target = None if dtype is None else _float_dtype(dtype)
     folder = need_folder(folder, "hf.from_pretrained(folder)")
     path = os.path.join(folder, "config.json")
@@ -316,10 +368,39 @@ def from_pretrained(folder: str, dtype: Any = None) -> tuple[Node, ModelState]:
 
 
 def save_pretrained(folder: str, model: Node, state: ModelState) -> str:
-    """Write ``config.json`` and ``model.safetensors`` that transformers' ``from_pretrained``
-    loads (the model's own config; adapters must be merged first). An earlier sharded
+    """Write ``config.json`` and ``model.safetensors``, which transformers can load.
+
+    The config is the model's own (models from ``graphdsl.models``/``graphdsl.hf`` carry
+    it); adapters must be merged first (``graphdsl.merge_adapters``). An earlier sharded
     checkpoint in ``folder`` (its index and ``model-*-of-*`` shards) is removed, so the
-    folder holds one checkpoint; each file is written atomically. Returns ``folder``."""
+    folder holds one checkpoint; each file is written atomically. Needs safetensors (the
+    ``io`` extra).
+
+    Args:
+        folder: the folder (created if missing).
+        model: a model carrying a Hugging Face config.
+        state: its values (dtypes kept).
+
+    Returns:
+        (str): ``folder``.
+
+    Raises:
+        GraphDSLError: the model carries no Hugging Face config, holds unmerged adapters or
+            a layer with no Hugging Face name.
+        StateError: ``state`` does not fit ``model``.
+
+    Examples:
+        >>> from graphdsl import hf, models
+        >>> cfg = {"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
+        ...        "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        ...        "num_key_value_heads": 1}
+        >>> model = models.llama(cfg)
+        >>> state = gd.build(model)[0]({"input_ids": np.zeros((1, 4), np.int64)})
+        >>> hf.save_pretrained("ckpt", model, state)
+        'ckpt'
+        >>> import os; sorted(os.listdir("ckpt"))
+        ['config.json', 'model.safetensors']
+    """
     folder = need_folder(folder, "hf.save_pretrained(folder)", must_exist=False)
     config = config_of(model)
     g = analyze(model)

@@ -46,7 +46,7 @@ def _fail(folder: str, what: str, fix: str) -> GraphDSLError:
 
 def read_config(folder: str) -> dict[str, Any]:
     """The checked config of the PEFT adapter in ``folder``: ``{field: value}`` for the
-    fields in :data:`USED` (with PEFT's defaults filled in)."""
+    fields in ``USED`` (with PEFT's defaults filled in)."""
     path = os.path.join(folder, CONFIG_FILE)
     if not os.path.isfile(path):
         raise GraphDSLError(f"{folder} has no {CONFIG_FILE}",
@@ -143,7 +143,7 @@ def short_targets(adapted: list[str], layers: list[str]) -> list[str]:
 
 
 def write_config(fields: dict[str, Any]) -> bytes:
-    """The bytes of an ``adapter_config.json`` with ``fields`` (see :data:`USED`) and
+    """The bytes of an ``adapter_config.json`` with ``fields`` (see ``USED``) and
     the do-nothing values of the fields PEFT would otherwise default."""
     cfg = {"peft_type": "LORA", "base_model_name_or_path": None, "revision": None,
            "inference_mode": True, "init_lora_weights": True, "bias": "none",

@@ -44,12 +44,40 @@ PREFIX = "base_model.model."
 
 # -- save -------------------------------------------------------------------------------
 def save_peft(folder: str, adapted: Node, state: ModelState) -> str:
-    """Write ``adapter_config.json`` and ``adapter_model.safetensors`` for a model adapted
-    with ``dora.adapt`` / ``lora.adapt`` (built by graphdsl.models or graphdsl.hf), which
-    ``peft.PeftModel.from_pretrained(base_model, folder)`` loads. The adapters' ``A``,
-    ``B`` (and DoRA ``magnitude``) are saved, plus every trainable non-adapter layer
-    (``modules_to_save``). Every adapter must share one op, rank, alpha, rslora and
-    dropout (a PEFT config holds one of each). Returns ``folder``."""
+    """Write a PEFT adapter folder, which ``peft.PeftModel.from_pretrained`` loads.
+
+    ``adapter_config.json`` and ``adapter_model.safetensors`` (keys
+    ``base_model.model.<hf path>.lora_A.weight [r, in]``, ``.lora_B.weight [out, r]``,
+    ``.lora_magnitude_vector [out]``) for a model adapted with ``dora.adapt`` /
+    ``lora.adapt`` (built by graphdsl.models or graphdsl.hf), plus every trainable
+    non-adapter layer (``modules_to_save``).
+
+    Args:
+        folder: the folder (created if missing).
+        adapted: the adapted model.
+        state: its complete state.
+
+    Returns:
+        (str): ``folder``.
+
+    Raises:
+        GraphDSLError: no adapters, or adapters that do not share one op, rank, alpha,
+            rslora and dropout (a PEFT config holds one of each), or a DoRA ``eps``.
+        StateError: ``state`` does not fit ``adapted``.
+
+    Examples:
+        >>> from graphdsl import hf, models
+        >>> cfg = {"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
+        ...        "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        ...        "num_key_value_heads": 1}
+        >>> model = models.llama(cfg)
+        >>> state = gd.build(model)[0]({"input_ids": np.zeros((1, 4), np.int64)})
+        >>> from graphdsl import lora
+        >>> adapted = lora.adapt(model, ["q_proj", "v_proj"], rank=2)
+        >>> state = gd.build(adapted)[0]({"input_ids": np.zeros((1, 4), np.int64)}, state)
+        >>> hf.save_peft("adapter", adapted, state)
+        'adapter'
+    """
     where = caller_location()
     need_state(state, "save_peft needs", "pass the state of the adapted model", where)
     g = analyze(adapted)
@@ -158,12 +186,40 @@ def _write(folder: str, tensors: dict[str, np.ndarray], config: bytes) -> None:
 
 # -- load -------------------------------------------------------------------------------
 def load_peft(folder: str, model: Node, state: ModelState) -> tuple[Node, ModelState]:
-    """``(adapted, state)``: the base ``model`` (from graphdsl.hf / graphdsl.models) with
-    the PEFT LoRA or DoRA adapter in ``folder`` applied as ``dora.adapt`` /
-    ``lora.adapt`` would (``use_rslora``, ``lora_dropout``, any targets, and
-    ``modules_to_save``, whose saved weights replace the base ones). Every key and shape
-    is checked; a config field graphdsl does not implement is an error. Imports neither
-    torch nor peft."""
+    """Apply the PEFT LoRA or DoRA adapter in ``folder`` to the base ``model``.
+
+    Applied as ``dora.adapt`` / ``lora.adapt`` would (``use_rslora``, ``lora_dropout``, any
+    targets, and ``modules_to_save``, whose saved weights replace the base ones). Every key
+    and shape is checked. Imports neither torch nor peft.
+
+    Args:
+        folder: a folder with ``adapter_config.json`` and ``adapter_model.safetensors``.
+        model: the base model (from graphdsl.hf / graphdsl.models).
+        state: its values (not modified).
+
+    Returns:
+        (tuple[Node, ModelState]): the adapted model and its complete state.
+
+    Raises:
+        GraphDSLError: a config field graphdsl does not implement, a target that matches
+            no layer, a corrupt file.
+        StateError: a missing, extra or mis-shaped tensor (named).
+
+    Examples:
+        >>> from graphdsl import hf, models
+        >>> cfg = {"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
+        ...        "intermediate_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
+        ...        "num_key_value_heads": 1}
+        >>> model = models.llama(cfg)
+        >>> state = gd.build(model)[0]({"input_ids": np.zeros((1, 4), np.int64)})
+        >>> from graphdsl import dora
+        >>> adapted = dora.adapt(model, ["q_proj"], rank=2)
+        >>> tuned = gd.build(adapted)[0]({"input_ids": np.zeros((1, 4), np.int64)}, state)
+        >>> _ = hf.save_peft("adapter", adapted, tuned)
+        >>> adapted2, state2 = hf.load_peft("adapter", model, state)
+        >>> state2 == tuned
+        True
+    """
     where = caller_location()
     cfg = read_config(folder)
     g = analyze(model)

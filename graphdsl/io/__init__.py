@@ -1,11 +1,11 @@
-"""Files, one module per job: :mod:`.archive` (safe zip reading, atomic writing),
-:mod:`.weights` (safetensors), :mod:`.json_text` (strict JSON parsing, canonical
-formatting), :mod:`.value_codec` (attribute values as JSON data), :mod:`.model_schema`
-(the model definition's layout check and JSON Schema), :mod:`.model_json` (``to_json`` /
-``from_json``), :mod:`.document` (rules the JSON documents share), :mod:`.model_file`
-(``save`` / ``load``) and :mod:`.adapter_file` (``save_adapters`` / ``load_adapters``).
+"""Files, one module per job: ``.archive`` (safe zip reading, atomic writing),
+``.weights`` (safetensors), ``.json_text`` (strict JSON parsing, canonical
+formatting), ``.value_codec`` (attribute values as JSON data), ``.model_schema``
+(the model definition's layout check and JSON Schema), ``.model_json`` (``to_json`` /
+``from_json``), ``.document`` (rules the JSON documents share), ``.model_file``
+(``save`` / ``load``) and ``.adapter_file`` (``save_adapters`` / ``load_adapters``).
 Loading never unpickles, imports or executes anything and never writes a file; every
-problem with a file is a :class:`~graphdsl.errors.SerializationError` (a GraphDSLError)
+problem with a file is a ``SerializationError`` (a GraphDSLError)
 saying what is wrong.
 """
 from __future__ import annotations

@@ -57,7 +57,7 @@ def adapter_keys(model: Node) -> list[tuple[str, str]]:
 
 
 def _owned_keys(g: Graph, nodes: list[Node]) -> list[tuple[str, str]]:
-    """:func:`adapter_keys` of the analyzed model ``g`` and its adapter ``nodes``."""
+    """``adapter_keys`` of the analyzed model ``g`` and its adapter ``nodes``."""
     return [(g.name(n), spec.name) for n in nodes for spec in n.params if owns(n, spec)]
 
 
@@ -69,11 +69,33 @@ def _adapter_doc(g: Graph, nodes: list[Node]) -> list[dict[str, Any]]:
 
 def save_adapters(path: str | os.PathLike, model: Node, state: ModelState,
                   modules_to_save: Iterable[str] = ()) -> str:
-    """Write only the adapter parameters of ``state`` (``gd.adapter_state``: A ``[in, r]``,
-    B ``[r, out]``, magnitude ``[out]``, dropout keys; plus every layer ``adapt`` left
-    trainable (its ``modules_to_save``) and the layers named in ``modules_to_save``), with
-    the adapter layers' ops and attributes and the frozen flags. A model without adapter
-    layers is an error. Returns the path."""
+    """Write only the adapter parameters of ``state``, with the adapter layers' ops and attributes.
+
+    What ``graphdsl.adapter_state`` keeps (A ``[in, r]``, B ``[r, out]``, magnitude
+    ``[out]``, dropout keys; every layer ``adapt`` left trainable and the layers named in
+    ``modules_to_save``) and the frozen flags: a small file beside a shared base model.
+
+    Args:
+        path: the file to write.
+        model: the adapted model.
+        state: its complete state.
+        modules_to_save: more layer names to save whole.
+
+    Returns:
+        (str): the path written.
+
+    Raises:
+        GraphDSLError: the model has no adapter layers.
+        StateError: ``state`` does not fit the model.
+
+    Examples:
+        >>> from graphdsl import lora
+        >>> base = gd.dense(gd.input("x", shape=(None, 4)), 4, name="attn")
+        >>> model = lora.adapt(base, ["attn"], rank=2)
+        >>> state = gd.build(model)[0](np.zeros((1, 4), np.float32))
+        >>> gd.save_adapters("adapters.gdsl", model, state)
+        'adapters.gdsl'
+    """
     p = need_path(path, "gd.save_adapters")
     check_model_arg(model, "gd.save_adapters")
     check_state_arg(state, "gd.save_adapters")
@@ -143,13 +165,36 @@ def _check_layers(doc: dict[str, Any], g: Graph, nodes: list[Node], label: str,
 
 def load_adapters(path: str | os.PathLike, model: Node, base_state: ModelState, *,
                   seed: int = 0, limits: LoadLimits | None = None) -> ModelState:
-    """Attach the adapter parameters saved by :func:`save_adapters` to ``base_state``
-    (through ``gd.attach_adapters``, which validates the complete state).
+    """Attach the adapter parameters saved by ``save_adapters`` to ``base_state``.
 
-    ``model`` is the adapted model; its adapter layers (names, ops, attributes) must match
-    the file. Returns a new ModelState (``base_state`` is not modified) whose adapter
-    values have the shapes the graph gives (A ``[in, r]``, B ``[r, out]``, magnitude
-    ``[out]``).
+    Goes through ``graphdsl.attach_adapters``, which validates the complete state;
+    ``base_state`` is not modified.
+
+    Args:
+        path: the file.
+        model: the adapted model; its adapter layers (names, ops, attributes) must match
+            the file.
+        base_state: the base model's values.
+        seed: seed for missing state entries (dropout keys).
+        limits: size limits, as ``load`` takes them.
+
+    Returns:
+        (ModelState): the complete state, adapter values of the shapes the graph gives (A
+        ``[in, r]``, B ``[r, out]``, magnitude ``[out]``).
+
+    Raises:
+        SerializationError: a corrupt file, or adapter layers that do not match ``model``.
+        StateError: unknown, missing or mis-shaped values.
+
+    Examples:
+        >>> from graphdsl import lora
+        >>> base = gd.dense(gd.input("x", shape=(None, 4)), 4, name="attn")
+        >>> base_state = gd.build(base)[0](np.zeros((1, 4), np.float32))
+        >>> model = lora.adapt(base, ["attn"], rank=2)
+        >>> state = gd.build(model)[0](np.zeros((1, 4), np.float32), base_state)
+        >>> _ = gd.save_adapters("a.gdsl", model, state)
+        >>> gd.load_adapters("a.gdsl", model, base_state) == state
+        True
     """
     path = need_path(path, "gd.load_adapters")
     check_model_arg(model, "gd.load_adapters")

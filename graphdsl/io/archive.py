@@ -1,9 +1,9 @@
 """Safe reading and atomic writing of the zip archives graphdsl files are made of: reading
-(:func:`read_archive`) never extracts, unpickles or executes anything, checks the file kind,
+(``read_archive``) never extracts, unpickles or executes anything, checks the file kind,
 member count and names (no traversal), compression, encryption, declared sizes and ratios
-against :class:`LoadLimits`, and reads each member in bounded chunks that must match its
-declared size and CRC (or maps a stored member read-only, :func:`read_archive`'s
-``mapped``); writing (:func:`atomic_writer`, :func:`write_archive`) goes through
+against ``LoadLimits``, and reads each member in bounded chunks that must match its
+declared size and CRC (or maps a stored member read-only, ``read_archive``'s
+``mapped``); writing (``atomic_writer``, ``write_archive``) goes through
 a temp file renamed into place, with fixed timestamps (same content, same bytes).
 """
 from __future__ import annotations
@@ -33,10 +33,30 @@ _ZIP_TIME = (1980, 1, 1, 0, 0, 0)  # fixed timestamps: the same model gives the 
 
 @dataclass(frozen=True)
 class LoadLimits:
-    """Bounds that make a hostile archive (zip bomb, huge JSON) fail fast.
+    """Bounds that make a hostile archive (zip bomb, huge JSON) fail fast, for ``gd.load``.
 
     Sizes are in bytes; ``max_ratio`` bounds uncompressed/compressed size for members larger
-    than ``ratio_floor`` (the files graphdsl writes store weights uncompressed).
+    than ``ratio_floor`` (the files graphdsl writes store weights uncompressed). The
+    defaults are ``graphdsl.io.DEFAULT_LIMITS``.
+
+    Attributes:
+        max_file_bytes: the whole file (64 GiB).
+        max_members: zip members (8).
+        max_json_bytes: each JSON member (64 MiB).
+        max_weights_bytes: the weights member (32 GiB).
+        max_total_bytes: all members uncompressed (33 GiB).
+        max_ratio: uncompressed/compressed size of a large member (200).
+        ratio_floor: members below this size are not ratio-checked (1 MiB).
+
+    Examples:
+        >>> from graphdsl.io import LoadLimits
+        >>> model = gd.dense(gd.input("x", shape=(None, 4)), 2)
+        >>> _ = gd.save("m.gdsl", model, gd.build(model)[0](np.zeros((1, 4), np.float32)))
+        >>> try:
+        ...     gd.load("m.gdsl", limits=LoadLimits(max_file_bytes=100))
+        ... except gd.errors.SerializationError:
+        ...     print("refused")
+        refused
     """
 
     max_file_bytes: int = 64 << 30
@@ -323,8 +343,8 @@ def zip_to(fh: BinaryIO, members: Mapping[str, tuple[bytes, int]]) -> None:
 
 def write_archive(path: str, members: Mapping[str, tuple[bytes, int]],
                   what: str = "gd.save") -> str:
-    """Write ``{name: (bytes, compression)}`` atomically (:func:`atomic_writer`) to
-    ``path`` (a :func:`need_path` result); returns ``path``."""
+    """Write ``{name: (bytes, compression)}`` atomically (``atomic_writer``) to
+    ``path`` (a ``need_path`` result); returns ``path``."""
     with atomic_writer(path, what) as fh:
         zip_to(fh, members)
     return path

@@ -30,7 +30,7 @@ def check_version(doc: Mapping[str, Any], source: str,
                   fix: str = "save the file again with this version of graphdsl, or "
                              "upgrade graphdsl") -> None:
     """Check a document's ``format_version``: missing, a bool or any value not in
-    :data:`READ_VERSIONS` is a SerializationError naming ``source``; ``fix`` words the
+    ``READ_VERSIONS`` is a SerializationError naming ``source``; ``fix`` words the
     remedy (e.g. which function writes the file again)."""
     v = doc.get("format_version")
     if v is None:

@@ -1,6 +1,6 @@
 """The strict JSON parsing and the canonical formatting every graphdsl document uses
 (``model.json``, ``state.json``, ``adapters.json``, a Hugging Face checkpoint's JSON):
-:func:`parse_json` refuses NaN/Infinity and duplicate keys, :func:`format_document` writes
+``parse_json`` refuses NaN/Infinity and duplicate keys, ``format_document`` writes
 one line per list entry so that diffs stay readable.
 """
 from __future__ import annotations

@@ -100,30 +100,71 @@ def _model_members(model: Node, state: ModelState) -> dict[str, tuple[bytes, int
 
 
 def save(path: str | os.PathLike, model: Node, state: ModelState) -> str:
-    """Write ``model`` and ``state`` to one file (a zip: model.json, weights.safetensors,
-    state.json). Everything is checked before anything is written: an unregistered custom
-    function, or a state that misses, adds or mis-shapes a parameter, is an error. The
-    file is written atomically (a temp file renamed into place; removed on any error); an
-    existing file keeps its permissions, a symlink keeps pointing to the file it names.
-    ``state.data[layer][param]`` must have the shape the graph gives (e.g. a dense kernel
-    ``[in, out]``). Returns the path."""
+    """Write ``model`` and ``state`` to one zip: model.json, weights.safetensors, state.json.
+
+    Everything is checked before anything is written. The file is written atomically (a
+    temp file renamed into place; removed on any error); an existing file keeps its
+    permissions, a symlink keeps pointing to the file it names. Needs safetensors (the
+    ``io`` extra).
+
+    Args:
+        path: the file to write (``.gdsl`` by convention).
+        model: the output node.
+        state: values of the shapes the graph gives (e.g. a dense kernel ``[in, out]``),
+            float16/bfloat16 kept as they are.
+
+    Returns:
+        (str): the path written.
+
+    Raises:
+        SerializationError: an unregistered custom function or initializer.
+        StateError: a state that misses, adds or mis-shapes a parameter.
+        GraphDSLError: safetensors is missing (names the extra), or the path is unwritable.
+
+    Examples:
+        >>> model = gd.dense(gd.input("x", shape=(None, 4)), 2, name="fc")
+        >>> state = gd.build(model)[0](np.zeros((1, 4), np.float32))
+        >>> gd.save("model.gdsl", model, state)
+        'model.gdsl'
+        >>> model2, state2 = gd.load("model.gdsl")
+        >>> state2 == state, gd.to_json(model2) == gd.to_json(model)
+        (True, True)
+    """
     p = need_path(path, "gd.save")
     return write_archive(p, _model_members(model, state), "gd.save")
 
 
 def write_model(fh: BinaryIO, model: Node, state: ModelState) -> None:
-    """Write the bytes :func:`save` would write to an open binary file (e.g. a stream)."""
+    """Write the bytes ``save`` would write to an open binary file (e.g. a stream)."""
     zip_to(fh, _model_members(model, state))
 
 
 def load(path: str | os.PathLike, *, limits: LoadLimits | None = None
          ) -> tuple[Node, ModelState]:
-    """Read a model file written by :func:`save`: returns ``(model, state)``, where
-    ``state.data[layer][param]`` holds NumPy arrays of the shapes the graph gives.
+    """Read a model file written by ``save``: ``(model, state)``.
 
-    Nothing is executed or written. Any problem (not a zip, a pickle, a zip bomb,
-    traversal names, a wrong format_version, an unknown op, a cycle, a dangling reference,
-    weights that do not fit the graph) is a GraphDSLError saying what is wrong.
+    Nothing is executed (no pickle, no import) and nothing is written.
+
+    Args:
+        path: the file.
+        limits: size limits (``graphdsl.io.LoadLimits``) against zip bombs; default
+            ``graphdsl.io.DEFAULT_LIMITS``.
+
+    Returns:
+        (tuple[Node, ModelState]): the model and its values (``state.data[layer][param]``,
+        NumPy arrays of the shapes the graph gives).
+
+    Raises:
+        SerializationError: not a zip, a pickle, a zip bomb, traversal names, a wrong
+            format_version, an unknown op, a cycle, a dangling reference, or weights that do
+            not fit the graph.
+
+    Examples:
+        >>> model = gd.dense(gd.input("x", shape=(None, 4)), 2, name="fc")
+        >>> _ = gd.save("m.gdsl", model, gd.build(model)[0](np.zeros((1, 4), np.float32)))
+        >>> model, state = gd.load("m.gdsl")
+        >>> state.data["fc"]["kernel"].shape
+        (4, 2)
     """
     path = need_path(path, "gd.load")
     label = file_label(path)

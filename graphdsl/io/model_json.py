@@ -1,8 +1,8 @@
 """The model definition document (``model.json``; layout in ``docs/format.md``):
 ``to_json(model) -> str`` and ``from_json(text) -> Node``. Loading checks the layout
-(:func:`~graphdsl.io.model_schema.check_structure`), never imports or executes anything
-named in the file (functions are looked up in :mod:`graphdsl.custom`) and rebuilds every
-node through :func:`graphdsl.node.make_node`, so every attribute and shape check runs.
+(``check_structure``), never imports or executes anything
+named in the file (functions are looked up in ``graphdsl.custom``) and rebuilds every
+node through ``graphdsl.node.make_node``, so every attribute and shape check runs.
 """
 from __future__ import annotations
 
@@ -41,7 +41,7 @@ def _shape_json(shape: Any) -> Any:
 
 
 def model_to_dict(model: Node, graph: Graph | None = None) -> dict[str, Any]:
-    """The JSON data of ``model`` (see :func:`to_json`); ``graph`` is ``analyze(model)``
+    """The JSON data of ``model`` (see ``to_json``); ``graph`` is ``analyze(model)``
     where the caller has it already."""
     g = graph or analyze(model)
     inputs, nodes = [], []
@@ -96,26 +96,56 @@ def to_json(model: Node, compact: bool = False) -> str:
 
     Every node appears under its resolved name (default names such as ``dense_0`` become
     explicit), in topological order, with all its attributes (defaults included) and its
-    symbolic output shape, one line per node (``compact=True``: a single line).
-    ``to_json(from_json(s)) == s`` for any ``s`` this returns.
-    Raises SerializationError if a custom layer or initializer is an unregistered function.
+    symbolic output shape, one line per node. ``to_json(from_json(s)) == s`` for any ``s``
+    this returns.
+
+    Args:
+        model: the output node.
+        compact: a single line.
+
+    Returns:
+        (str): the JSON text (layout in docs/format.md).
+
+    Raises:
+        SerializationError: a custom layer or initializer is an unregistered function.
+
+    Examples:
+        >>> model = gd.relu(gd.dense(gd.input("x", shape=(None, 4)), 2))
+        >>> text = gd.to_json(model)
+        >>> gd.to_json(gd.from_json(text)) == text
+        True
     """
     return format_document(model_to_dict(model), compact)
 
 
 def from_json(text: str | bytes | Mapping[str, Any], source: str = "model JSON") -> Node:
-    """Rebuild a model from its JSON definition (text, bytes, or already-parsed dict).
+    """Rebuild a model from its JSON definition (text, bytes, or an already-parsed dict).
 
     Nodes may be listed in any order; each is rebuilt with the normal constructor checks.
     ``outputs`` may name one node, or be a list / an object of names (a container).
-    An unknown op, a cycle, a dangling reference, a duplicate name or an unregistered
-    function is a SerializationError; a bad attribute or shape the usual GraphDSLError.
+
+    Args:
+        text: the JSON definition ``to_json`` writes.
+        source: what to call the text in error messages.
+
+    Returns:
+        (Node): the model's output.
+
+    Raises:
+        SerializationError: invalid JSON, an unknown op, a cycle, a dangling reference, a
+            duplicate name or an unregistered function.
+        GraphDSLError: a bad attribute or shape (the constructor's error).
+
+    Examples:
+        >>> model = gd.from_json(gd.to_json(gd.dense(gd.input("x", shape=(None, 4)), 2)))
+        >>> gd.get_output_shape(model, (3, 4))
+        (3, 2)
     """
     return read_model(text, source).output
 
 
 def read_model(text: str | bytes | Mapping[str, Any], source: str = "model JSON") -> Graph:
-    """:func:`from_json`, returning the rebuilt model's analysis (``.output`` is the
+    """``from_json``, returning the rebuilt model's analysis (``.output`` is the
     model), so that a caller needing both analyzes the graph once."""
     doc = dict(text) if isinstance(text, Mapping) else parse_json(text, source)
     check_structure(doc, source)

@@ -1,6 +1,6 @@
-"""The layout of a model definition (``model.json``): :func:`check_structure`, the one
+"""The layout of a model definition (``model.json``): ``check_structure``, the one
 layout check at load time (keys, types, the format version, with precise messages, no
-``jsonschema`` needed), and :func:`schema`, the published JSON Schema
+``jsonschema`` needed), and ``schema``, the published JSON Schema
 (``graphdsl/schema/model.schema.json``) describing the same layout.
 """
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _shape_ok(s: Any) -> bool:
 def check_structure(doc: Any, source: str = "model JSON") -> None:
     """Check the document's layout (keys, types, the format version) with precise messages:
     the one layout check at load time. It enforces what the published JSON Schema
-    (:func:`schema`) describes, without needing the ``jsonschema`` package."""
+    (``schema``) describes, without needing the ``jsonschema`` package."""
     def bad(what: str, fix: str) -> SerializationError:
         return SerializationError(f"{source}: {what}", fix=fix)
 
@@ -108,7 +108,7 @@ def check_structure(doc: Any, source: str = "model JSON") -> None:
 
 def schema() -> dict[str, Any]:
     """The JSON Schema of the model format (``graphdsl/schema/model.schema.json``), the
-    published description of the layout :func:`check_structure` enforces (a test validates
+    published description of the layout ``check_structure`` enforces (a test validates
     every ``to_json`` output against it, so the two cannot drift)."""
     text = resources.files("graphdsl").joinpath("schema/model.schema.json").read_text("utf-8")
     return json.loads(text)

@@ -1,7 +1,7 @@
 """Attribute values as JSON data and back: numbers, strings, booleans, None, tuples (JSON
 arrays, read back as tuples), string-keyed dicts, NumPy arrays as ``{"$array": {dtype,
 shape, data}}`` and registered functions as ``{"$function": name}`` / ``{"$derived":
-name}`` (looked up in :mod:`graphdsl.custom`, never imported). Non-finite floats, unknown
+name}`` (looked up in ``graphdsl.custom``, never imported). Non-finite floats, unknown
 dtypes and unregistered functions are SerializationErrors.
 """
 from __future__ import annotations
@@ -141,7 +141,7 @@ def lookup_function(name: Any, ctx: str) -> Callable[..., Any]:
 
 
 def decode_value(value: Any, ctx: str, depth: int = 0) -> Any:
-    """The inverse of :func:`encode_value`: arrays come back as tuples."""
+    """The inverse of ``encode_value``: arrays come back as tuples."""
     if depth > MAX_DEPTH:
         raise SerializationError(f"{ctx} is nested more than {MAX_DEPTH} levels deep",
                                  fix="flatten the attribute value")

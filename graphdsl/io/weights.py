@@ -4,7 +4,7 @@ validates the header itself (length, JSON, names, dtypes, shapes, contiguous off
 compares names, shapes and dtypes with the graph before any value is decoded (by NumPy,
 as views of the bytes: the safetensors library only writes). Safetensors *files*
 (checkpoints, adapters) are also read with NumPy alone, mapped read-only from disk
-(:func:`file_header`, :func:`map_tensors`). Decoded arrays are views of the bytes they
+(``file_header``, ``map_tensors``). Decoded arrays are views of the bytes they
 come from (zero-copy), bfloat16 as ``ml_dtypes.bfloat16``.
 """
 from __future__ import annotations
@@ -88,7 +88,7 @@ def check_array(key: tuple[str, str], shape: tuple, dtype: str, want: Expected, 
 def state_tensors(g: Graph, state: ModelState, want: Expected) -> dict[str, np.ndarray]:
     """The arrays of ``state`` the file will hold, checked against the graph.
 
-    ``want`` (from :func:`expected_tensors`) names every ``(layer, param)`` with its shape and
+    ``want`` (from ``expected_tensors``) names every ``(layer, param)`` with its shape and
     allowed dtypes; ``state.data`` must hold exactly those (a missing, extra, mis-shaped or
     mis-typed value is a StateError). Returns ``{"layer.param": array}``: NumPy arrays
     (a ModelState holds nothing else), C-contiguous, of exactly the shapes in ``want``
@@ -176,7 +176,7 @@ def read_header(fh: BinaryIO, size: int, source: str, dtypes: Iterable[str] = ST
 def file_header(path: str) -> dict[str, Entry]:
     """The checked header of the ``.safetensors`` file ``path``, from its header only:
     ``{name: (dtype code, shape, begin, end)}`` with offsets from the file's start (BF16
-    allowed, see :func:`map_tensors`); damage is a SerializationError naming the file."""
+    allowed, see ``map_tensors``); damage is a SerializationError naming the file."""
     with open(path, "rb") as fh:
         entries, start = read_header(fh, os.fstat(fh.fileno()).st_size,
                                      f"cannot read {os.path.basename(path)}")
@@ -185,7 +185,7 @@ def file_header(path: str) -> dict[str, Entry]:
 
 def decode(buf: Any, entry: Entry, start: int = 0, widen_bf16: bool = False
            ) -> np.ndarray:
-    """The array of ``entry`` (from :func:`read_header`) in ``buf`` (bytes, a read-only
+    """The array of ``entry`` (from ``read_header``) in ``buf`` (bytes, a read-only
     memoryview or mmap) whose offsets count from ``start``: a read-only view, no copy.
     Shape: the entry's. BF16 is ``ml_dtypes.bfloat16``, or with ``widen_bf16`` float32
     (a new array; exact: bfloat16's 16 bits are a float32's high half, and this path
@@ -201,7 +201,7 @@ def decode(buf: Any, entry: Entry, start: int = 0, widen_bf16: bool = False
 def map_tensors(entries: Mapping[str, tuple[str, Entry]], widen_bf16: bool = False
                 ) -> dict[str, np.ndarray]:
     """``{name: array}`` of ``{name: (file path, its entry from file_header)}``, mapped from
-    the files read-only (no copy; :func:`decode`, BF16 as bfloat16 unless ``widen_bf16``);
+    the files read-only (no copy; ``decode``, BF16 as bfloat16 unless ``widen_bf16``);
     each array has the entry's shape."""
     maps: dict[str, FileMap] = {}
     out = {}
@@ -253,14 +253,14 @@ def read_weights(blob: Any, want: Expected, source: str) -> dict[tuple[str, str]
 
 def encode_weights(tensors: dict[str, np.ndarray], kind: str) -> bytes:
     """safetensors bytes of ``{"layer.param": array}`` (arrays of any shape, C-contiguous,
-    as :func:`state_tensors` gives), with ``{"format": kind}`` as metadata."""
+    as ``state_tensors`` gives), with ``{"format": kind}`` as metadata."""
     return _safetensors().save(tensors, metadata={"format": kind})
 
 
 def by_layer(arrays: Mapping[tuple[str, str], np.ndarray], keys: Iterable[tuple[str, str]]
              ) -> dict[str, dict[str, np.ndarray]]:
     """``{layer: {param: array}}`` of ``arrays`` (keyed ``(layer, param)``, as
-    :func:`read_weights` returns them), in the order of ``keys``; arrays keep their shapes."""
+    ``read_weights`` returns them), in the order of ``keys``; arrays keep their shapes."""
     data: dict[str, dict[str, np.ndarray]] = {}
     for layer, p in keys:
         data.setdefault(layer, {})[p] = arrays[(layer, p)]

@@ -1,6 +1,6 @@
 """Architectures written with the public ops only: a constructor per family, taking a
 Hugging Face config (a dict or a config object), and the family's record of its Hugging
-Face conventions (:class:`~graphdsl.models.family.HFFamily`, in :data:`FAMILIES`). Layer
+Face conventions (``HFFamily``, in ``FAMILIES``). Layer
 names are the Hugging Face module paths with Axon parameter names (``kernel [in, out]``,
 ``bias``, ``gamma``, ``beta``)."""
 from __future__ import annotations

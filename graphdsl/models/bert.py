@@ -18,12 +18,34 @@ from .family import HFFamily
 
 
 def bert(config: Any, add_pooling_layer: bool = False) -> Node:
-    """``BertModel`` from a Hugging Face config: word + position + token-type embeddings,
-    post-norm encoder blocks with erf GELU (causal attention when ``is_decoder``). With
-    ``add_pooling_layer`` (the pooler: dense + tanh on the first token) the output is a
-    container ``{"last_hidden_state", "pooler_output [batch, hidden]"}``, else
-    ``last_hidden_state``. ``hidden_dropout_prob`` and ``attention_probs_dropout_prob`` act
-    in train mode where transformers applies them."""
+    """``BertModel`` from a Hugging Face config: an encoder.
+
+    Word + position + token-type embeddings, post-norm encoder blocks with erf GELU (causal
+    attention when ``is_decoder``). ``hidden_dropout_prob`` and
+    ``attention_probs_dropout_prob`` act in train mode where transformers applies them.
+
+    Args:
+        config: a dict or a ``BertConfig``.
+        add_pooling_layer: add the pooler (dense + tanh on the first token).
+
+    Returns:
+        (Node): ``input_ids`` int64 ``[batch, seq]`` (optional ``attention_mask``,
+        ``position_ids``, ``token_type_ids``) -> ``last_hidden_state [batch, seq, hidden]``;
+        with the pooler a container ``{"last_hidden_state", "pooler_output [batch,
+        hidden]"}``.
+
+    Raises:
+        GraphDSLError: a config that is neither a dict nor an object, or an unsupported
+            value.
+
+    Examples:
+        >>> from graphdsl import models
+        >>> model = models.bert({"vocab_size": 30, "hidden_size": 8, "num_hidden_layers": 1,
+        ...                      "num_attention_heads": 2, "intermediate_size": 16,
+        ...                      "max_position_embeddings": 16}, add_pooling_layer=True)
+        >>> gd.get_output_shape(model, {"input_ids": (2, 5)})
+        {'last_hidden_state': (2, 5, 8), 'pooler_output': (2, 8)}
+    """
     c = Config(config, BERT)
     vocab, hidden = c.get("vocab_size"), c.get("hidden_size")
     n_layers, n_heads = c.get("num_hidden_layers"), c.get("num_attention_heads")

@@ -43,7 +43,7 @@ def merge_heads(x: Node) -> Node:
 
 
 def activate(x: Node, act: tuple[str, dict]) -> Node:
-    """An activation ``(op, options)`` from :data:`config.ACTIVATIONS`."""
+    """An activation ``(op, options)`` from ``config.ACTIVATIONS``."""
     op, opts = act
     return activation(x, op, **opts)
 

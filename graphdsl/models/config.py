@@ -1,7 +1,7 @@
 """Reading a Hugging Face config (a dict, or an object with HF's field names such as
 ``transformers.LlamaConfig``) for the model constructors, with errors that name the
 field and what was expected. A field the config lacks takes the default of that
-family's transformers config class (:attr:`HFFamily.defaults`), as transformers does."""
+family's transformers config class (``HFFamily.defaults``), as transformers does."""
 from __future__ import annotations
 
 import json

@@ -1,6 +1,6 @@
 """A model family's Hugging Face conventions in one record, declared next to its
 constructor (``llama.LLAMA``, ``gpt2.GPT2``, ``bert.BERT``) and collected in
-:data:`graphdsl.models.FAMILIES`. graphdsl.hf reads these records and knows no family by
+``graphdsl.models.FAMILIES``. graphdsl.hf reads these records and knows no family by
 name: adding a family takes its module and its record."""
 from __future__ import annotations
 
@@ -13,9 +13,37 @@ from ..node import Node
 
 @dataclass(frozen=True, eq=False)
 class HFFamily:
-    """How one family's models meet transformers' configs, classes and checkpoints. Layer
-    names are ours (the Hugging Face module paths); a checkpoint key is a layer name, a dot
-    and transformers' parameter name (``model.embed_tokens.weight``)."""
+    """How one family's models meet transformers' configs, classes and checkpoints.
+
+    Layer names are ours (the Hugging Face module paths); a checkpoint key is a layer name,
+    a dot and transformers' parameter name (``model.embed_tokens.weight``). graphdsl.hf
+    reads these records (``graphdsl.models.FAMILIES``) and knows no family by name:
+    adding a family takes its module and its record (see the architecture page).
+
+    Attributes:
+        name: ``models.<name>``; also the model_type of a config that names none.
+        build: the constructor, ``build(config, **options) -> Node``.
+        model_types: config ``model_type`` -> the transformers class it loads as.
+        task: PEFT's ``task_type`` of its models.
+        base_model_prefix: transformers' ``base_model_prefix``, with its dot.
+        prefixed: whether our layer names carry that prefix.
+        blocks: the prefix of the numbered blocks (``"model.layers."``).
+        block_count: the config field counting them.
+        embedding: the token embedding's layer.
+        embedding_fields: the config fields of its ``[rows, columns]``.
+        defaults: by model_type, its config class' defaults.
+        base_models: base class -> head class.
+        head: the output Linear outside the base model, or None.
+        conv1d: the dense kernels but the head's are Conv1D weights ``[in, out]`` (GPT-2).
+        ignored: regexes of checkpoint buffers that are not weights.
+        options: ``{checkpoint key: constructor flag}`` turned on when a checkpoint holds
+            the key.
+
+    Examples:
+        >>> from graphdsl import models
+        >>> [f.name for f in models.FAMILIES], models.LLAMA.model_types["mistral"]
+        (['llama', 'gpt2', 'bert'], 'MistralForCausalLM')
+    """
 
     name: str  # models.<name>; also the model_type of a config that names none
     build: Callable[..., Node]  # the constructor: build(config, **options) -> Node

@@ -14,10 +14,32 @@ from .family import HFFamily
 
 
 def gpt2(config: Any) -> Node:
-    """``GPT2LMHeadModel`` from a Hugging Face config: learned positions, pre-norm blocks
-    with the fused ``c_attn`` split into q/k/v, ``gelu_new`` MLP, ``lm_head`` tied to
-    ``transformer.wte`` (unless ``tie_word_embeddings`` is false). ``embd_pdrop``,
-    ``attn_pdrop`` and ``resid_pdrop`` act in train mode where transformers applies them."""
+    """``GPT2LMHeadModel`` from a Hugging Face config.
+
+    Learned positions, pre-norm blocks with the fused ``c_attn`` split into q/k/v,
+    ``gelu_new`` MLP, ``lm_head`` tied to ``transformer.wte`` (unless
+    ``tie_word_embeddings`` is false). ``embd_pdrop``, ``attn_pdrop`` and ``resid_pdrop``
+    act in train mode where transformers applies them.
+
+    Args:
+        config: a dict or a ``GPT2Config`` (``vocab_size``, ``n_embd``, ``n_layer``,
+            ``n_head``, ``n_positions``, ...).
+
+    Returns:
+        (Node): ``input_ids`` int64 ``[batch, seq]`` (optional ``attention_mask``,
+        ``position_ids``) -> ``logits [batch, seq, vocab]``.
+
+    Raises:
+        GraphDSLError: a config that is neither a dict nor an object, or an unsupported
+            value.
+
+    Examples:
+        >>> from graphdsl import models
+        >>> model = models.gpt2({"vocab_size": 40, "n_positions": 16, "n_embd": 8,
+        ...                      "n_layer": 1, "n_head": 2})
+        >>> gd.get_output_shape(model, {"input_ids": (1, 5)})
+        (1, 5, 40)
+    """
     c = Config(config, GPT2)
     vocab, n_pos = c.get("vocab_size"), c.get("n_positions")
     width, n_layers, n_heads = c.get("n_embd"), c.get("n_layer"), c.get("n_head")

@@ -41,10 +41,35 @@ def _windows(c: Config, n_layers: int) -> list[int | None]:
 
 
 def llama(config: Any) -> Node:
-    """A LLaMA-family causal LM from a Hugging Face config (dict or config object):
-    ``LlamaForCausalLM``, ``MistralForCausalLM`` (sliding window), ``Qwen2ForCausalLM``
-    (q/k/v bias). Grouped-query attention, RMSNorm, rotary embeddings, SwiGLU MLP; the
-    ``lm_head`` is tied to ``model.embed_tokens`` when ``tie_word_embeddings``."""
+    """A LLaMA-family causal LM from a Hugging Face config.
+
+    ``LlamaForCausalLM``, ``MistralForCausalLM`` (sliding window) and ``Qwen2ForCausalLM``
+    (q/k/v bias), chosen by ``model_type``. Grouped-query attention, RMSNorm, rotary
+    embeddings, SwiGLU MLP; the ``lm_head`` is tied to ``model.embed_tokens`` when
+    ``tie_word_embeddings``. Layer names are the Hugging Face module paths
+    (``model.layers.0.self_attn.q_proj``).
+
+    Args:
+        config: a dict or a config object with Hugging Face field names (``vocab_size``,
+            ``hidden_size``, ``num_attention_heads``, ...); missing fields take the config
+            class' defaults.
+
+    Returns:
+        (Node): ``input_ids`` int64 ``[batch, seq]`` (optional ``attention_mask``,
+        ``position_ids``) -> ``logits [batch, seq, vocab]``.
+
+    Raises:
+        GraphDSLError: a config that is neither a dict nor an object, or a field value
+            graphdsl does not implement (it guesses nothing).
+
+    Examples:
+        >>> from graphdsl import models
+        >>> model = models.llama({"model_type": "llama", "vocab_size": 32, "hidden_size": 16,
+        ...                       "intermediate_size": 32, "num_hidden_layers": 1,
+        ...                       "num_attention_heads": 2, "num_key_value_heads": 1})
+        >>> gd.get_output_shape(model, {"input_ids": (1, 5)})
+        (1, 5, 32)
+    """
     c = Config(config, LLAMA)
     kind = c.kind
     if kind not in LLAMA.model_types:

@@ -1,9 +1,9 @@
 """Convolutional layers with Axon's names, options and layouts: conv, batch_norm,
-instance_norm, group_norm (the pools are :mod:`.pool`).
+instance_norm, group_norm (the pools are ``.pool``).
 
 Inputs are ``[batch, *spatial, channels]`` (``channels="last"``, Axon's default) or
 ``[batch, channels, *spatial]`` (``channels="first"``), with 1 to 3 spatial axes. The
-window arithmetic (strides, padding, dilations) is :mod:`graphdsl.windows`.
+window arithmetic (strides, padding, dilations) is ``graphdsl.windows``.
 """
 from __future__ import annotations
 
@@ -102,13 +102,42 @@ def conv(x: Node, filters: int, kernel_size: int | tuple = 1, strides: int | tup
          channels: str = "last", activation: str | None = None, use_bias: bool = True,
          kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
          name: str | None = None) -> Node:
-    """Convolution: ``[batch, *spatial, C] -> [batch, *spatial_out, filters]``.
+    """Convolution with 1-3 spatial axes: ``[batch, *spatial, C] -> [batch, *out, filters]``.
 
     Parameters ``kernel [*kernel_size, C/groups, filters]`` (``channels="first"``: Axon's
-    ``[filters, C/groups, *kernel_size]``) and ``bias [filters]``. A scalar option is
-    broadcast over the spatial axes. ``padding="same"`` is Axon's: ``((k'-1)//2, (k'-1) -
-    (k'-1)//2)`` with ``k' = (k-1)*kernel_dilation + 1`` whatever the strides, so
-    ``out = ceil(n_dilated / strides)``. ``activation`` adds an activation node after it.
+    ``[filters, C/groups, *kernel_size]``) and ``bias [filters]``. With "same" padding
+    ``out = ceil(n_dilated / strides)``.
+
+    Args:
+        x: input node of rank 3-5, channels known.
+        filters: output channels, a positive int.
+        kernel_size: window size, an int (every spatial axis) or one per axis.
+        strides: step, an int or one per axis.
+        padding: ``"valid"``, ``"same"`` (Axon's rule: ``((k'-1)//2, (k'-1) - (k'-1)//2)``
+            with ``k' = (k-1)*kernel_dilation + 1``, whatever the strides) or one ``(lo, hi)``
+            pair per spatial axis.
+        input_dilation: dilation of the input, an int or one per axis.
+        kernel_dilation: dilation of the kernel, an int or one per axis.
+        feature_group_size: groups; ``C`` and ``filters`` must be multiples of it.
+        channels: ``"last"`` (``[batch, *spatial, C]``) or ``"first"`` (``[batch, C, *spatial]``).
+        activation: activation added after the layer as its own node, or None.
+        use_bias: add the bias.
+        kernel_initializer: initializer for the kernel (default ``"glorot_uniform"``).
+        bias_initializer: initializer for the bias (default ``"zeros"``).
+        name: layer name (default ``"conv_{n}"``).
+
+    Returns:
+        (Node): ``[batch, *out, filters]`` (``channels="first"``: ``[batch, filters, *out]``).
+
+    Raises:
+        ShapeError: the input rank is not 3-5 or a spatial size is too small for the window.
+        OptionError: a bad size, padding, channels, activation or initializer.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 28, 28, 1))
+        >>> y = gd.conv(x, 8, kernel_size=3, padding="same", activation="relu")
+        >>> gd.get_output_shape(y, (2, 28, 28, 1))
+        (2, 28, 28, 8)
     """
     where = caller_location()
     return with_activation(make_node("conv", [x], {
@@ -165,9 +194,34 @@ register_op(OpDef(
 def batch_norm(x: Node, axis: int = -1, epsilon: float = 1e-5, momentum: float = 0.1,
                gamma_initializer: Any = "ones", beta_initializer: Any = "zeros",
                name: str | None = None) -> Node:
-    """Batch normalization over every axis but ``axis`` (the channels). Parameters
-    ``gamma``/``beta [C]``; state ``mean``/``var [C]`` (running statistics, torch's update
-    rule: ``running = (1 - momentum) * running + momentum * batch``)."""
+    """Batch normalization over every axis but ``axis`` (the channels).
+
+    Parameters ``gamma``/``beta [C]``; state ``mean``/``var [C]``, the running statistics,
+    updated in ``mode="train"`` by torch's rule ``running = (1 - momentum) * running +
+    momentum * batch`` with the unbiased variance (Axon's runs the other way).
+
+    Args:
+        x: input node, known size on ``axis``.
+        axis: the channel axis.
+        epsilon: added to the variance, >= 0.
+        momentum: weight of the batch statistics, in ``[0, 1]``.
+        gamma_initializer: initializer for ``gamma`` (default ``"ones"``).
+        beta_initializer: initializer for ``beta`` (default ``"zeros"``).
+        name: layer name (default ``"batch_norm_{n}"``).
+
+    Returns:
+        (Node): the shape of ``x``.
+
+    Raises:
+        ShapeError: unknown channel size.
+        OptionError: a bad ``epsilon``, ``momentum`` or initializer.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> y = gd.batch_norm(x, name="bn")
+        >>> sorted(gd.build(y)[0](np.zeros((1, 3), np.float32)).data["bn"])
+        ['beta', 'gamma', 'mean', 'var']
+    """
     return make_node("batch_norm", [x], {"axis": axis, "epsilon": epsilon,
                                          "momentum": momentum,
                                          "gamma_initializer": gamma_initializer,
@@ -195,8 +249,32 @@ register_op(OpDef(
 def instance_norm(x: Node, axis: int = -1, epsilon: float = 1e-5, momentum: float = 0.1,
                   gamma_initializer: Any = "ones", beta_initializer: Any = "zeros",
                   name: str | None = None) -> Node:
-    """Instance normalization of ``x [batch, *spatial, C]`` (channels on ``axis``) over
-    the spatial axes; parameters ``gamma``/``beta [C]``, state ``mean``/``var [C]``."""
+    """Instance normalization of ``x [batch, *spatial, C]`` over the spatial axes.
+
+    Parameters ``gamma``/``beta [C]``, state ``mean``/``var [C]`` (running statistics, as
+    ``batch_norm``).
+
+    Args:
+        x: input node of rank >= 3, channels on ``axis`` known.
+        axis: the channel axis.
+        epsilon: added to the variance, >= 0.
+        momentum: weight of the batch statistics in the running ones.
+        gamma_initializer: initializer for ``gamma`` (default ``"ones"``).
+        beta_initializer: initializer for ``beta`` (default ``"zeros"``).
+        name: layer name (default ``"instance_norm_{n}"``).
+
+    Returns:
+        (Node): the shape of ``x``.
+
+    Raises:
+        ShapeError: rank below 3 or unknown channels.
+        OptionError: a bad option.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 8, 8, 3))
+        >>> gd.get_output_shape(gd.instance_norm(x), (2, 8, 8, 3))
+        (2, 8, 8, 3)
+    """
     return make_node("instance_norm", [x], {"axis": axis, "epsilon": epsilon,
                                             "momentum": momentum,
                                             "gamma_initializer": gamma_initializer,
@@ -230,8 +308,32 @@ register_op(OpDef(
 def group_norm(x: Node, num_groups: int, axis: int = -1, epsilon: float = 1e-5,
                gamma_initializer: Any = "ones", beta_initializer: Any = "zeros",
                name: str | None = None) -> Node:
-    """Group normalization (channels on ``axis``, split into ``num_groups``); parameters
-    ``gamma``/``beta [C]``. Shape unchanged."""
+    """Group normalization: channels on ``axis`` split into ``num_groups`` groups.
+
+    Each group is normalized over its channels and the spatial axes; parameters
+    ``gamma``/``beta [C]``.
+
+    Args:
+        x: input node ``[batch, ..., C]``, ``C`` known and a multiple of ``num_groups``.
+        num_groups: number of groups, a positive int.
+        axis: the channel axis.
+        epsilon: added to the variance, >= 0.
+        gamma_initializer: initializer for ``gamma`` (default ``"ones"``).
+        beta_initializer: initializer for ``beta`` (default ``"zeros"``).
+        name: layer name (default ``"group_norm_{n}"``).
+
+    Returns:
+        (Node): the shape of ``x``.
+
+    Raises:
+        ShapeError: ``C`` unknown.
+        OptionError: ``C`` not a multiple of ``num_groups``, or a bad option.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4, 4, 6))
+        >>> gd.get_output_shape(gd.group_norm(x, 3), (2, 4, 4, 6))
+        (2, 4, 4, 6)
+    """
     return make_node("group_norm", [x], {"num_groups": num_groups, "axis": axis,
                                          "epsilon": epsilon,
                                          "gamma_initializer": gamma_initializer,

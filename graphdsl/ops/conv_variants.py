@@ -3,7 +3,7 @@
 Each is an XLA conv with Axon's bookkeeping (``Axon.Layers`` / ``Axon.Shape``):
 
 - ``conv_transpose`` is Axon's fractionally strided conv: the input is dilated by the
-  strides (``s - 1`` zeros between elements), padded by :func:`transpose_pads` (Axon's
+  strides (``s - 1`` zeros between elements), padded by ``transpose_pads`` (Axon's
   ``conv_transpose_padding``; explicit pads are used as given, on the dilated input) and
   convolved with stride 1 by the kernel as it is stored, never flipped. That equals
   torch's ``conv_transpose`` with the kernel flipped spatially and its in/out axes
@@ -15,7 +15,7 @@ Each is an XLA conv with Axon's bookkeeping (``Axon.Layers`` / ``Axon.Shape``):
   first growing the channels by ``channel_multiplier``; strides, padding and dilations
   apply to each conv, as Axon applies them.
 
-:func:`conv_stages` gives every backend the plain conv attributes of each stage.
+``conv_stages`` gives every backend the plain conv attributes of each stage.
 """
 from __future__ import annotations
 
@@ -106,7 +106,7 @@ def transpose_pads(kernel: tuple, dilation: tuple, strides: tuple, padding: Any
 
 def transpose_window(spatial: tuple, a: Any) -> Window:
     """The stride-1 window conv_transpose runs over its input dilated by the strides:
-    ``input_dilation`` = ``a["strides"]``, pads from :func:`transpose_pads`."""
+    ``input_dilation`` = ``a["strides"]``, pads from ``transpose_pads``."""
     n = len(spatial)
     k = expand(a["kernel_size"], n, "kernel_size")
     s = expand(a["strides"], n, "strides")
@@ -152,16 +152,40 @@ def conv_transpose(x: Node, filters: int, kernel_size: int | tuple = 1,
                    activation: str | None = None, use_bias: bool = True,
                    kernel_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
                    name: str | None = None) -> Node:
-    """Transposed convolution (Axon's ``conv_transpose``, whose ``units`` is ``filters``
-    here as in :func:`graphdsl.conv`): ``[batch, *spatial, C] -> [batch, *out,
-    filters]``, ``out = n*s + max(k'-s, 0)`` ("valid") or ``n*s`` ("same"), ``k' =
-    (k-1)*kernel_dilation + 1``; explicit ``padding`` pairs pad the input dilated by the
-    strides (``out = (n-1)*s + 1 + lo + hi - k' + 1``).
+    """Transposed convolution (Axon's ``conv_transpose``; its ``units`` is ``filters`` here).
 
+    ``[batch, *spatial, C] -> [batch, *out, filters]``, ``out = n*s + max(k'-s, 0)``
+    ("valid") or ``n*s`` ("same"), ``k' = (k-1)*kernel_dilation + 1``; explicit ``padding``
+    pairs pad the input dilated by the strides (``out = (n-1)*s + 1 + lo + hi - k' + 1``).
     Parameters ``kernel [*kernel_size, C, filters]`` (``channels="first"``: ``[filters, C,
-    *kernel_size]``), never flipped (torch's ``conv_transpose`` weight is this kernel
-    flipped spatially, as ``[C, filters, *kernel_size]``), and ``bias [filters]``.
-    ``activation`` adds an activation node after the layer.
+    *kernel_size]``), never flipped (torch's weight is this kernel flipped spatially, as
+    ``[C, filters, *kernel_size]``), and ``bias [filters]``.
+
+    Args:
+        x: input node of rank 3-5.
+        filters: output channels.
+        kernel_size: window size, an int or one per axis.
+        strides: upsampling step, an int or one per axis.
+        padding: ``"valid"``, ``"same"`` or ``(lo, hi)`` pairs.
+        kernel_dilation: kernel dilation, an int or one per axis.
+        channels: ``"last"`` (``[batch, *spatial, C]``) or ``"first"`` (``[batch, C, *spatial]``).
+        activation: activation added after the layer as its own node, or None.
+        use_bias: add the bias.
+        kernel_initializer: initializer for the kernel (default ``"glorot_uniform"``).
+        bias_initializer: initializer for the bias (default ``"zeros"``).
+        name: layer name (default ``"conv_transpose_{n}"``).
+
+    Returns:
+        (Node): ``[batch, *out, filters]``.
+
+    Raises:
+        ShapeError: the input rank is not 3-5 or a spatial size is too small for the window.
+        OptionError: a bad size, padding, channels, activation or initializer.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 7, 7, 4))
+        >>> gd.get_output_shape(gd.conv_transpose(x, 2, kernel_size=2, strides=2), (1, 7, 7, 4))
+        (1, 14, 14, 2)
     """
     where = caller_location()
     node = make_node("conv_transpose", [x], {
@@ -181,7 +205,7 @@ def _depthwise_attrs(a: dict) -> dict:
 
 def conv_stages(op: str, in_shape: tuple, a: Any) -> list[tuple[dict, str, str]]:
     """The depthwise convs ``op`` runs, in order: ``(conv attrs, kernel name, bias name)``
-    each, the attrs those of :func:`graphdsl.conv` (``filters``, ``feature_group_size``,
+    each, the attrs those of ``graphdsl.conv`` (``filters``, ``feature_group_size``,
     ``kernel_size`` as a tuple, ...), so any backend's conv runs them."""
     c, spatial, _ = _channels(in_shape, a, op)
     n = len(spatial)
@@ -255,11 +279,41 @@ def depthwise_conv(x: Node, channel_multiplier: int, kernel_size: int | tuple = 
                    channels: str = "last", activation: str | None = None,
                    use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
                    bias_initializer: Any = "zeros", name: str | None = None) -> Node:
-    """Depthwise convolution: ``[batch, *spatial, C] -> [batch, *out, C*channel_multiplier]``
-    (window options and "same" as :func:`graphdsl.conv`), each input channel ``c``
-    convolved by its own ``channel_multiplier`` filters (outputs ``c*m ... c*m + m-1``).
-    Parameters ``kernel [*kernel_size, 1, C*m]`` (``channels="first"``: ``[C*m, 1,
-    *kernel_size]``) and ``bias [C*m]``."""
+    """Depthwise convolution: ``[batch, *spatial, C] -> [batch, *out, C*channel_multiplier]``.
+
+    Each input channel ``c`` is convolved by its own ``m = channel_multiplier`` filters
+    (outputs ``c*m ... c*m + m-1``). Parameters ``kernel [*kernel_size, 1, C*m]``
+    (``channels="first"``: ``[C*m, 1, *kernel_size]``) and ``bias [C*m]``.
+
+    Args:
+        x: input node of rank 3-5.
+        channel_multiplier: filters per input channel, a positive int.
+        kernel_size: window size, an int (every spatial axis) or one per axis.
+        strides: step, an int or one per axis.
+        padding: ``"valid"``, ``"same"`` (Axon's rule: ``((k'-1)//2, (k'-1) - (k'-1)//2)``
+            with ``k' = (k-1)*kernel_dilation + 1``, whatever the strides) or one ``(lo, hi)``
+            pair per spatial axis.
+        input_dilation: dilation of the input, an int or one per axis.
+        kernel_dilation: dilation of the kernel, an int or one per axis.
+        channels: ``"last"`` (``[batch, *spatial, C]``) or ``"first"`` (``[batch, C, *spatial]``).
+        activation: activation added after the layer as its own node, or None.
+        use_bias: add the bias.
+        kernel_initializer: initializer for the kernel (default ``"glorot_uniform"``).
+        bias_initializer: initializer for the bias (default ``"zeros"``).
+        name: layer name (default ``"depthwise_conv_{n}"``).
+
+    Returns:
+        (Node): ``[batch, *out, C*channel_multiplier]``.
+
+    Raises:
+        ShapeError: the input rank is not 3-5 or a spatial size is too small for the window.
+        OptionError: a bad size, padding, channels, activation or initializer.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 8, 8, 3))
+        >>> gd.get_output_shape(gd.depthwise_conv(x, 2, kernel_size=3), (1, 8, 8, 3))
+        (1, 6, 6, 6)
+    """
     opts = dict(locals())
     for k in ("x", "channel_multiplier", "name"):
         del opts[k]
@@ -273,11 +327,42 @@ def separable_conv2d(x: Node, channel_multiplier: int, kernel_size: int | tuple 
                      channels: str = "last", activation: str | None = None,
                      use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
                      bias_initializer: Any = "zeros", name: str | None = None) -> Node:
-    """Axon's depthwise separable 2-d conv of ``[batch, H, W, C]``: a depthwise conv with
-    ``kernel_1 [kh, 1, 1, C*m]`` (+ ``bias_1 [C*m]``), then one with ``kernel_2 [1, kw, 1,
-    C*m]`` (+ ``bias_2``), each with the layer's strides, padding and dilations (so
-    ``strides=2`` halves each axis twice). ``channels="first"``: kernels ``[C*m, 1, kh,
-    1]`` and ``[C*m, 1, 1, kw]``. Output ``[batch, H', W', C*m]``."""
+    """Axon's depthwise separable 2-d convolution of ``[batch, H, W, C]``.
+
+    A depthwise conv with ``kernel_1 [kh, 1, 1, C*m]`` (+ ``bias_1 [C*m]``), then one with
+    ``kernel_2 [1, kw, 1, C*m]`` (+ ``bias_2``), each with the layer's strides, padding and
+    dilations (so ``strides=2`` halves each axis twice). ``channels="first"``: kernels
+    ``[C*m, 1, kh, 1]`` and ``[C*m, 1, 1, kw]``.
+
+    Args:
+        x: input node of rank 4.
+        channel_multiplier: filters per input channel (``m``).
+        kernel_size: window size, an int (every spatial axis) or one per axis.
+        strides: step, an int or one per axis.
+        padding: ``"valid"``, ``"same"`` (Axon's rule: ``((k'-1)//2, (k'-1) - (k'-1)//2)``
+            with ``k' = (k-1)*kernel_dilation + 1``, whatever the strides) or one ``(lo, hi)``
+            pair per spatial axis.
+        input_dilation: dilation of the input, an int or one per axis.
+        kernel_dilation: dilation of the kernel, an int or one per axis.
+        channels: ``"last"`` (``[batch, *spatial, C]``) or ``"first"`` (``[batch, C, *spatial]``).
+        activation: activation added after the layer as its own node, or None.
+        use_bias: add the bias.
+        kernel_initializer: initializer for the kernel (default ``"glorot_uniform"``).
+        bias_initializer: initializer for the bias (default ``"zeros"``).
+        name: layer name (default ``"separable_conv2d_{n}"``).
+
+    Returns:
+        (Node): ``[batch, H', W', C*m]``.
+
+    Raises:
+        ShapeError: the input rank is not 3-5 or a spatial size is too small for the window.
+        OptionError: a bad size, padding, channels, activation or initializer.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 8, 8, 3))
+        >>> gd.get_output_shape(gd.separable_conv2d(x, 2, kernel_size=3), (1, 8, 8, 3))
+        (1, 6, 6, 6)
+    """
     opts = dict(locals())
     for k in ("x", "channel_multiplier", "name"):
         del opts[k]
@@ -291,11 +376,42 @@ def separable_conv3d(x: Node, channel_multiplier: int, kernel_size: int | tuple 
                      channels: str = "last", activation: str | None = None,
                      use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
                      bias_initializer: Any = "zeros", name: str | None = None) -> Node:
-    """Axon's depthwise separable 3-d conv of ``[batch, D, H, W, C]``: three depthwise
-    convs, ``kernel_i`` with ``kernel_size[i]`` on spatial axis ``i`` and 1 elsewhere
-    (channels last ``[kd, 1, 1, 1, C*m]``, ``[1, kh, 1, 1, C*m]``, ``[1, 1, kw, 1, C*m]``;
-    first ``[C*m, 1, kd, 1, 1]``, ...), ``bias_1..3 [C*m]``, the first growing the
-    channels by ``channel_multiplier``; strides, padding and dilations apply to each."""
+    """Axon's depthwise separable 3-d convolution of ``[batch, D, H, W, C]``.
+
+    Three depthwise convs, ``kernel_i`` with ``kernel_size[i]`` on spatial axis ``i`` and 1
+    elsewhere (channels last ``[kd, 1, 1, 1, C*m]``, ``[1, kh, 1, 1, C*m]``, ``[1, 1, kw,
+    1, C*m]``; first ``[C*m, 1, kd, 1, 1]``, ...), ``bias_1..3 [C*m]``, the first growing
+    the channels by ``channel_multiplier``; strides, padding and dilations apply to each.
+
+    Args:
+        x: input node of rank 5.
+        channel_multiplier: filters per input channel (``m``).
+        kernel_size: window size, an int (every spatial axis) or one per axis.
+        strides: step, an int or one per axis.
+        padding: ``"valid"``, ``"same"`` (Axon's rule: ``((k'-1)//2, (k'-1) - (k'-1)//2)``
+            with ``k' = (k-1)*kernel_dilation + 1``, whatever the strides) or one ``(lo, hi)``
+            pair per spatial axis.
+        input_dilation: dilation of the input, an int or one per axis.
+        kernel_dilation: dilation of the kernel, an int or one per axis.
+        channels: ``"last"`` (``[batch, *spatial, C]``) or ``"first"`` (``[batch, C, *spatial]``).
+        activation: activation added after the layer as its own node, or None.
+        use_bias: add the bias.
+        kernel_initializer: initializer for the kernel (default ``"glorot_uniform"``).
+        bias_initializer: initializer for the bias (default ``"zeros"``).
+        name: layer name (default ``"separable_conv3d_{n}"``).
+
+    Returns:
+        (Node): ``[batch, D', H', W', C*m]``.
+
+    Raises:
+        ShapeError: the input rank is not 3-5 or a spatial size is too small for the window.
+        OptionError: a bad size, padding, channels, activation or initializer.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 6, 6, 6, 2))
+        >>> gd.get_output_shape(gd.separable_conv3d(x, 1, kernel_size=3), (1, 6, 6, 6, 2))
+        (1, 4, 4, 4, 2)
+    """
     opts = dict(locals())
     for k in ("x", "channel_multiplier", "name"):
         del opts[k]

@@ -45,9 +45,25 @@ def input(name: str, shape: Sequence[int | None], dtype: str = "float32",
           meta: Mapping[str, Any] | None = None) -> Node:
     """A model input ``name`` of shape ``shape`` (None = any size), e.g. ``(None, 16)``.
 
-    Use ``dtype="int64"`` for token ids feeding an embedding. ``meta``: JSON values kept
-    with the model (saved in its JSON; e.g. the Hugging Face config of a model from
-    ``graphdsl.models``), never used in computing.
+    Args:
+        name: a plain identifier (it becomes a keyword of ``predict``'s dict).
+        shape: the sizes, None for any (batch, sequence).
+        dtype: ``"float32"`` (default), ``"int64"`` for token ids feeding an embedding, or
+            another NumPy dtype name.
+        meta: JSON values kept with the model (saved in its JSON; e.g. the Hugging Face
+            config of a model from ``graphdsl.models``), never used in computing.
+
+    Returns:
+        (Node): the input, of ``shape`` and ``dtype``.
+
+    Raises:
+        LayerNameError: ``name`` is not an identifier.
+        OptionError: a bad shape or dtype.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 16))
+        >>> gd.get_inputs(gd.dense(x, 4))
+        {'x': (None, 16)}
     """
     where = caller_location()
     validate_name(name, "input", where, "input name")
@@ -80,7 +96,24 @@ register_op(OpDef(
 
 
 def constant(value: Any, name: str | None = None) -> Node:
-    """A constant array (copied, read-only). Float values are stored as float32."""
+    """A constant array as a layer (copied, read-only; float values stored as float32).
+
+    Args:
+        value: an array-like.
+        name: layer name (default ``"constant_{n}"``).
+
+    Returns:
+        (Node): of ``value``'s shape and dtype.
+
+    Raises:
+        OptionError: ``value`` is not a numeric array.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 2))
+        >>> y = gd.add(x, gd.constant([10.0, 20.0]))
+        >>> gd.predict(y, gd.ModelState.empty(), np.ones((1, 2), np.float32))
+        array([[11., 21.]], dtype=float32)
+    """
     return make_node("constant", [], {"value": value}, name, where=caller_location())
 
 
@@ -102,8 +135,28 @@ register_op(OpDef(
 
 def param(name: str, shape: Sequence[int], initializer: Any = "glorot_uniform",
           trainable: bool = True) -> Node:
-    """A learnable array of fixed ``shape`` named ``name`` (stored as ``data[name]["value"]``),
-    to feed custom layers or arithmetic ops."""
+    """A learnable array of fixed ``shape``, stored as ``state.data[name]["value"]``.
+
+    Feeds custom layers or arithmetic ops (Axon's ``param`` for custom layers).
+
+    Args:
+        name: layer name, also the state key.
+        shape: fixed sizes (no None).
+        initializer: initializer name or callable (default ``"glorot_uniform"``).
+        trainable: False freezes it.
+
+    Returns:
+        (Node): of ``shape``, float32.
+
+    Raises:
+        OptionError: an unknown size or initializer.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> y = gd.multiply(x, gd.param("scale", (3,), initializer="ones"))
+        >>> gd.build(y)[0](np.zeros((1, 3), np.float32)).data["scale"]["value"].tolist()
+        [1.0, 1.0, 1.0]
+    """
     return make_node("param", [], {"shape": shape, "initializer": initializer,
                                    "trainable": trainable}, name, where=caller_location())
 
@@ -142,9 +195,27 @@ def layer(fn: Callable[..., Any] | str, inputs: Node | Sequence[Node], *,
     """A custom layer that runs ``fn(*arrays, xp=xp, **opts)`` on every backend.
 
     ``xp`` is the backend's array namespace (``numpy`` or ``torch``); write ``fn`` with
-    functions both provide (``xp.tanh``, ``xp.exp``, ``@``, ...). ``fn`` may be a
-    registered name (see :func:`graphdsl.register_function`). The output shape is
-    inferred by running ``fn`` on zeros unless ``output_shape`` is given.
+    functions both provide (``xp.tanh``, ``xp.exp``, ``@``, ...). Save/load and ONNX need
+    ``fn`` registered (``graphdsl.register_function``, ``graphdsl.register_onnx_rule``).
+
+    Args:
+        fn: a function, or the name it was registered under.
+        inputs: a node or a list of nodes, passed positionally.
+        name: layer name (default ``"layer_{n}"``).
+        output_shape: the output shape; inferred by running ``fn`` on zeros when None.
+        **opts: keyword options passed to ``fn`` (JSON values, saved with the model).
+
+    Returns:
+        (Node): of the inferred (or given) shape.
+
+    Raises:
+        GraphDSLError: ``fn`` is neither callable nor registered, or fails on zeros.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 2))
+        >>> y = gd.layer(lambda a, *, xp, k: a * k, x, k=3.0)
+        >>> gd.predict(y, gd.ModelState.empty(), np.ones((1, 2), np.float32))
+        array([[3., 3.]], dtype=float32)
     """
     where = caller_location()
     if isinstance(fn, str):
@@ -209,7 +280,25 @@ register_op(OpDef(
 
 
 def container(outputs: Sequence[Node] | Mapping[str, Node], name: str | None = None) -> Node:
-    """Group several outputs: predict returns a tuple or a dict of arrays in this order."""
+    """Group several outputs: ``predict`` returns a tuple or a dict of arrays, in this order.
+
+    Args:
+        outputs: a list/tuple of nodes, or a dict ``{key: node}``.
+        name: layer name (default ``"container_{n}"``).
+
+    Returns:
+        (Node): a container node (``shape`` None).
+
+    Raises:
+        GraphDSLError: an entry is not a node.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 2))
+        >>> out = gd.predict(gd.container({"a": x, "b": gd.relu(x)}), gd.ModelState.empty(),
+        ...                  np.array([[-1.0, 1.0]], np.float32))
+        >>> out["b"]
+        array([[0., 1.]], dtype=float32)
+    """
     where = caller_location()
     if isinstance(outputs, Mapping):
         keys = tuple(outputs)
@@ -250,9 +339,30 @@ register_op(OpDef(
 
 
 def optional(x: Node, default: Node, name: str | None = None) -> Node:
-    """Make input ``x`` optional: a model can run without it, and then ``default`` (a
-    subgraph of the other inputs, e.g. ``gd.full_like(input_ids, 1)``) takes its place.
-    ``x`` must be a ``gd.input``; ``default`` has its shape and dtype."""
+    """Make input ``x`` optional (Axon's ``Axon.optional``).
+
+    A model can run without it, and then ``default`` (a subgraph of the other inputs, e.g.
+    ``gd.full_like(input_ids, 1)``) takes its place.
+
+    Args:
+        x: a ``gd.input`` node.
+        default: node of ``x``'s shape and dtype.
+        name: layer name (default ``"optional_{n}"``).
+
+    Returns:
+        (Node): ``x`` when given, else ``default``.
+
+    Raises:
+        GraphDSLError: ``x`` is not a ``gd.input``.
+        ShapeError: ``default`` differs from ``x`` in shape or dtype.
+
+    Examples:
+        >>> ids = gd.input("ids", shape=(None, 3), dtype="int64")
+        >>> mask = gd.optional(gd.input("mask", shape=(None, 3), dtype="int64"),
+        ...                    gd.full_like(ids, 1))
+        >>> gd.predict(mask, gd.ModelState.empty(), {"ids": np.zeros((1, 3), np.int64)})
+        array([[1, 1, 1]])
+    """
     where = caller_location()
     if isinstance(x, Node) and x.op != "input":
         raise GraphDSLError(f"optional wraps a model input, got a {x.op} layer",
@@ -283,6 +393,24 @@ register_op(OpDef(
 
 def full_like(x: Node, value: float, dtype: str | None = None, name: str | None = None
               ) -> Node:
-    """An array of ``x``'s shape filled with ``value`` (``dtype``: x's unless given)."""
+    """An array of ``x``'s shape filled with ``value``.
+
+    Args:
+        x: node whose shape (batch included) the result takes.
+        value: the fill value.
+        dtype: the result's dtype (default ``x``'s).
+        name: layer name (default ``"full_like_{n}"``).
+
+    Returns:
+        (Node): ``x.shape``, ``dtype``.
+
+    Raises:
+        OptionError: a bad value or dtype.
+
+    Examples:
+        >>> ids = gd.input("input_ids", shape=(None, 4), dtype="int64")
+        >>> gd.predict(gd.full_like(ids, 1), gd.ModelState.empty(), np.zeros((1, 4), np.int64))
+        array([[1, 1, 1, 1]])
+    """
     return make_node("full_like", [x], {"value": value, "dtype": dtype}, name,
                      where=caller_location())

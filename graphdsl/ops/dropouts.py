@@ -1,6 +1,6 @@
 """Axon's other dropout layers: spatial_dropout, alpha_dropout, feature_alpha_dropout.
 
-Like :func:`graphdsl.dropout` each draws its mask from the layer's RNG ``key`` state entry
+Like ``graphdsl.dropout`` each draws its mask from the layer's RNG ``key`` state entry
 (or torch's RNG in a ``to_torch`` module) in train mode only, and is the identity at
 inference (``rate`` 0: always). With ``q = 1 - rate``:
 
@@ -78,23 +78,85 @@ for _op, _doc in _DOCS.items():
 
 def spatial_dropout(x: Node, rate: float = 0.5, channels: str = "last",
                     name: str | None = None) -> Node:
-    """Axon's spatial dropout of ``[batch, *spatial, C]`` (rank >= 3; ``channels="first"``:
-    ``[batch, C, *spatial]``): in train mode every channel at a (batch, position) is kept
-    (scaled by ``1/(1-rate)``) or zeroed together. Shape unchanged."""
+    """Axon's spatial dropout: whole channels dropped together, in train mode only.
+
+    Every channel at a (batch, position) is kept (scaled by ``1/(1-rate)``) or zeroed
+    together; the identity at inference.
+
+    Args:
+        x: input node ``[batch, *spatial, C]`` (rank >= 3; ``channels="first"``:
+            ``[batch, C, *spatial]``).
+        rate: drop probability in ``[0, 1)``.
+        channels: ``"last"`` or ``"first"``.
+        name: layer name (default ``"spatial_dropout_{n}"``).
+
+    Returns:
+        (Node): the shape of ``x``.
+
+    Raises:
+        ShapeError: rank below 3.
+        OptionError: ``rate`` outside ``[0, 1)`` or a bad ``channels``.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4, 4, 3))
+        >>> gd.get_output_shape(gd.spatial_dropout(x, 0.2), (1, 4, 4, 3))
+        (1, 4, 4, 3)
+    """
     return make_node("spatial_dropout", [x], {"rate": rate, "channels": channels}, name,
                      where=caller_location())
 
 
 def alpha_dropout(x: Node, rate: float = 0.5, name: str | None = None) -> Node:
-    """Alpha dropout (any shape): in train mode each element is kept (``a*x + b``) or
-    set to ``a*alpha' + b``, so a standard-normal input keeps mean 0 and variance 1
-    (the paper's and torch's constants; see the module). Shape unchanged."""
+    """Alpha dropout (SELU networks), in train mode only.
+
+    Each element is kept (``a*x + b``) or set to ``a*alpha' + b``, so a standard-normal
+    input keeps mean 0 and variance 1 (the paper's and torch's constants).
+
+    Args:
+        x: input node, any shape.
+        rate: drop probability in ``[0, 1)``.
+        name: layer name (default ``"alpha_dropout_{n}"``).
+
+    Returns:
+        (Node): the shape of ``x``.
+
+    Raises:
+        OptionError: ``rate`` outside ``[0, 1)``.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> y = gd.alpha_dropout(x, 0.1)
+        >>> init_fn, predict_fn = gd.build(y)           # inference: the identity
+        >>> predict_fn(init_fn(np.ones((1, 4), np.float32)), np.ones((1, 4), np.float32))
+        array([[1., 1., 1., 1.]], dtype=float32)
+    """
     return make_node("alpha_dropout", [x], {"rate": rate}, name, where=caller_location())
 
 
 def feature_alpha_dropout(x: Node, rate: float = 0.5, channels: str = "last",
                           name: str | None = None) -> Node:
-    """Axon's feature alpha dropout (rank >= 3): spatial_dropout's mask; kept elements
-    ``x/(1-rate)``, dropped ones ``-selu(x)``. Shape unchanged."""
+    """Axon's feature alpha dropout (rank >= 3), in train mode only.
+
+    The mask of ``spatial_dropout``; kept elements become ``x/(1-rate)``, dropped ones
+    ``-selu(x)``.
+
+    Args:
+        x: input node ``[batch, *spatial, C]``.
+        rate: drop probability in ``[0, 1)``.
+        channels: ``"last"`` or ``"first"``.
+        name: layer name (default ``"feature_alpha_dropout_{n}"``).
+
+    Returns:
+        (Node): the shape of ``x``.
+
+    Raises:
+        ShapeError: rank below 3.
+        OptionError: ``rate`` outside ``[0, 1)``.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4, 3))
+        >>> gd.get_output_shape(gd.feature_alpha_dropout(x, 0.1), (2, 4, 3))
+        (2, 4, 3)
+    """
     return make_node("feature_alpha_dropout", [x], {"rate": rate, "channels": channels},
                      name, where=caller_location())

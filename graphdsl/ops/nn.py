@@ -111,8 +111,37 @@ def dense(x: Node, units: int, activation: str | None = None, use_bias: bool = T
           name: str | None = None) -> Node:
     """Fully connected layer on the last axis: ``(..., in) -> (..., units)``.
 
-    Parameters: ``kernel [in, units]`` (Axon layout) and ``bias [units]``. ``activation``
-    adds an activation node after it (Axon's: ``relu(dense(x, units))``).
+    Computes ``x @ kernel + bias`` on inputs of any rank (rank 1 included, unlike Axon).
+    Parameters ``kernel [in, units]`` (Axon layout; torch's ``weight`` transposed) and
+    ``bias [units]``.
+
+    Args:
+        x: input node ``(..., in)``, float dtype, ``in`` known.
+        units: output size, a positive int.
+        activation: name of an activation (``"relu"``, ...) added as its own node after
+            the layer, as Axon does (``relu(dense(x, units))``); None for none.
+        use_bias: add ``bias [units]``.
+        kernel_initializer: initializer name or callable for ``kernel`` (default
+            ``"glorot_uniform"``).
+        bias_initializer: initializer for ``bias`` (default ``"zeros"``).
+        name: layer name (default ``"dense_{n}"``).
+
+    Returns:
+        (Node): ``(..., units)``, the activation node when ``activation`` is given.
+
+    Raises:
+        OptionError: ``units`` not a positive int, an unknown activation or initializer.
+        ShapeError: ``x``'s last axis is unknown (None).
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 16))
+        >>> y = gd.dense(x, 4, activation="relu", name="fc1")
+        >>> gd.get_output_shape(y, (8, 16))
+        (8, 4)
+        >>> init_fn, predict_fn = gd.build(y)
+        >>> init_fn(np.zeros((1, 16), np.float32)).data["fc1"]["kernel"].shape
+        (16, 4)
     """
     where = caller_location()
     return with_activation(make_node("dense", [x], {
@@ -155,10 +184,33 @@ register_op(OpDef(
 def bilinear(input1: Node, input2: Node, units: int, *, activation: str | None = None,
              use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
              bias_initializer: Any = "zeros", name: str | None = None) -> Node:
-    """Axon's bilinear layer: ``y = x1^T K x2 + b`` per position, ``(..., in1)`` and
-    ``(..., in2)`` (leading axes equal) -> ``(..., units)``. Parameters ``kernel [units,
-    in1, in2]`` (torch's ``nn.Bilinear`` weight) and ``bias [units]``; ``activation`` adds
-    an activation node after it, as Axon does."""
+    """Axon's bilinear layer: ``y[..., u] = x1 @ kernel[u] @ x2 + bias[u]``.
+
+    Parameters ``kernel [units, in1, in2]`` (torch's ``nn.Bilinear`` weight) and
+    ``bias [units]``.
+
+    Args:
+        input1: node ``(..., in1)``.
+        input2: node ``(..., in2)``, the same leading axes as ``input1``.
+        units: output size, a positive int.
+        activation: activation added after the layer (as in ``dense``), or None.
+        use_bias: add ``bias [units]``.
+        kernel_initializer: initializer for ``kernel`` (default ``"glorot_uniform"``).
+        bias_initializer: initializer for ``bias`` (default ``"zeros"``).
+        name: layer name (default ``"bilinear_{n}"``).
+
+    Returns:
+        (Node): ``(..., units)``.
+
+    Raises:
+        ShapeError: ranks differ, are below 2, or leading axes disagree.
+        OptionError: a bad ``units``, activation or initializer.
+
+    Examples:
+        >>> a, b = gd.input("a", shape=(None, 3)), gd.input("b", shape=(None, 5))
+        >>> gd.get_output_shape(gd.bilinear(a, b, 2), {"a": (4, 3), "b": (4, 5)})
+        (4, 2)
+    """
     where = caller_location()
     node = make_node("bilinear", [input1, input2], {
         "units": units, "use_bias": use_bias, "kernel_initializer": kernel_initializer,
@@ -207,8 +259,28 @@ for _op in ACTIVATIONS:
 
 
 def activation(x: Node, fn: str, name: str | None = None, **opts: Any) -> Node:
-    """Apply activation ``fn`` (one of ACTIVATIONS) with its options; shape unchanged but
-    for the reducing ones (log_sumexp: the axis kept, of size 1)."""
+    """Apply the activation named ``fn`` with its options (Axon's ``activation/3``).
+
+    Args:
+        x: input node, float dtype.
+        fn: one of ``relu gelu sigmoid tanh softmax log_softmax silu elu leaky_relu
+            softplus celu exp hard_sigmoid hard_silu hard_tanh linear log_sigmoid log_sumexp
+            mish relu6 selu softsign``.
+        name: layer name (default ``"{fn}_{n}"``).
+        **opts: the activation's options (``axis`` for softmax, ``alpha`` for elu, ...).
+
+    Returns:
+        (Node): the shape of ``x`` (``log_sumexp`` keeps its axis with size 1).
+
+    Raises:
+        OptionError: an unknown ``fn`` (the message lists them) or option.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> y = gd.activation(x, "leaky_relu", alpha=0.5)
+        >>> gd.predict(y, gd.ModelState.empty(), np.array([[-2.0, 0.0, 2.0]], np.float32))
+        array([[-1.,  0.,  2.]], dtype=float32)
+    """
     where = caller_location()
     try:
         _known(fn)
@@ -221,118 +293,519 @@ def activation(x: Node, fn: str, name: str | None = None, **opts: Any) -> Node:
 
 
 def relu(x: Node, name: str | None = None) -> Node:
-    """max(x, 0)."""
+    """Rectified linear unit ``max(x, 0)``, element-wise.
+
+    Args:
+        x: input node, any shape, float dtype.
+        name: layer name (default ``"relu_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
+        >>> gd.predict(gd.relu(x), gd.ModelState.empty(), xs).round(4)
+        array([[0., 0., 2.]], dtype=float32)
+    """
     return make_node("relu", [x], {}, name, where=caller_location())
 
 
 def gelu(x: Node, approximate: bool = False, name: str | None = None) -> Node:
-    """x * Phi(x) (exact erf form; ``approximate=True`` for the tanh form)."""
+    """Gaussian error linear unit ``x * Phi(x)``, element-wise.
+
+    Args:
+        x: input node, any shape, float dtype.
+        approximate: False for the exact erf form (BERT's), True for the tanh form.
+        name: layer name (default ``"gelu_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        OptionError: an option is out of range.
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
+        >>> gd.predict(gd.gelu(x), gd.ModelState.empty(), xs).round(4)
+        array([[-0.1587,  0.    ,  1.9545]], dtype=float32)
+    """
     return make_node("gelu", [x], {"approximate": approximate}, name, where=caller_location())
 
 
 def sigmoid(x: Node, name: str | None = None) -> Node:
-    """1 / (1 + exp(-x))."""
+    """Logistic sigmoid ``1 / (1 + exp(-x))``, element-wise.
+
+    Args:
+        x: input node, any shape, float dtype.
+        name: layer name (default ``"sigmoid_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
+        >>> gd.predict(gd.sigmoid(x), gd.ModelState.empty(), xs).round(4)
+        array([[0.2689, 0.5   , 0.8808]], dtype=float32)
+    """
     return make_node("sigmoid", [x], {}, name, where=caller_location())
 
 
 def tanh(x: Node, name: str | None = None) -> Node:
-    """tanh(x)."""
+    """Hyperbolic tangent, element-wise.
+
+    Args:
+        x: input node, any shape, float dtype.
+        name: layer name (default ``"tanh_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
+        >>> gd.predict(gd.tanh(x), gd.ModelState.empty(), xs).round(4)
+        array([[-0.7616,  0.    ,  0.964 ]], dtype=float32)
+    """
     return make_node("tanh", [x], {}, name, where=caller_location())
 
 
 def softmax(x: Node, axis: int = -1, name: str | None = None) -> Node:
-    """exp(x) / sum(exp(x)) along ``axis`` (NumPy axis convention)."""
+    """Softmax ``exp(x) / sum(exp(x))`` along ``axis``.
+
+    Args:
+        x: input node, any shape, float dtype.
+        axis: the axis to normalize (NumPy convention, counts the batch axis).
+        name: layer name (default ``"softmax_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        OptionError: an option is out of range.
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[0.0, 0.0, 0.0]], np.float32)
+        >>> gd.predict(gd.softmax(x), gd.ModelState.empty(), xs).round(4)
+        array([[0.3333, 0.3333, 0.3333]], dtype=float32)
+    """
     return make_node("softmax", [x], {"axis": axis}, name, where=caller_location())
 
 
 def log_softmax(x: Node, axis: int = -1, name: str | None = None) -> Node:
-    """x - logsumexp(x) along ``axis``."""
+    """Log-softmax ``x - logsumexp(x)`` along ``axis``, computed stably.
+
+    Args:
+        x: input node, any shape, float dtype.
+        axis: the axis to normalize (NumPy convention).
+        name: layer name (default ``"log_softmax_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        OptionError: an option is out of range.
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[0.0, 0.0, 0.0]], np.float32)
+        >>> gd.predict(gd.log_softmax(x), gd.ModelState.empty(), xs).round(4)
+        array([[-1.0986, -1.0986, -1.0986]], dtype=float32)
+    """
     return make_node("log_softmax", [x], {"axis": axis}, name, where=caller_location())
 
 
 def silu(x: Node, name: str | None = None) -> Node:
-    """x * sigmoid(x)."""
+    """SiLU (swish) ``x * sigmoid(x)``, element-wise.
+
+    Args:
+        x: input node, any shape, float dtype.
+        name: layer name (default ``"silu_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
+        >>> gd.predict(gd.silu(x), gd.ModelState.empty(), xs).round(4)
+        array([[-0.2689,  0.    ,  1.7616]], dtype=float32)
+    """
     return make_node("silu", [x], {}, name, where=caller_location())
 
 
 def elu(x: Node, alpha: float = 1.0, name: str | None = None) -> Node:
-    """x if x > 0 else alpha * (exp(x) - 1)."""
+    """ELU: ``x`` if ``x > 0`` else ``alpha * (exp(x) - 1)``.
+
+    Args:
+        x: input node, any shape, float dtype.
+        alpha: scale of the negative part, >= 0.
+        name: layer name (default ``"elu_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        OptionError: an option is out of range.
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
+        >>> gd.predict(gd.elu(x), gd.ModelState.empty(), xs).round(4)
+        array([[-0.6321,  0.    ,  2.    ]], dtype=float32)
+    """
     return make_node("elu", [x], {"alpha": alpha}, name, where=caller_location())
 
 
 def leaky_relu(x: Node, alpha: float = 0.01, name: str | None = None) -> Node:
-    """x if x > 0 else alpha * x."""
+    """Leaky ReLU: ``x`` if ``x > 0`` else ``alpha * x``.
+
+    Args:
+        x: input node, any shape, float dtype.
+        alpha: slope of the negative part, >= 0.
+        name: layer name (default ``"leaky_relu_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        OptionError: an option is out of range.
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
+        >>> gd.predict(gd.leaky_relu(x), gd.ModelState.empty(), xs).round(4)
+        array([[-0.01,  0.  ,  2.  ]], dtype=float32)
+    """
     return make_node("leaky_relu", [x], {"alpha": alpha}, name, where=caller_location())
 
 
 def softplus(x: Node, name: str | None = None) -> Node:
-    """log(1 + exp(x)), computed stably."""
+    """Softplus ``log(1 + exp(x))``, computed stably.
+
+    Args:
+        x: input node, any shape, float dtype.
+        name: layer name (default ``"softplus_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
+        >>> gd.predict(gd.softplus(x), gd.ModelState.empty(), xs).round(4)
+        array([[0.3133, 0.6931, 2.1269]], dtype=float32)
+    """
     return make_node("softplus", [x], {}, name, where=caller_location())
 
 
 def celu(x: Node, alpha: float = 1.0, name: str | None = None) -> Node:
-    """x if x > 0 else alpha * (exp(x / alpha) - 1); ``alpha`` non-zero."""
+    """CELU: ``x`` if ``x > 0`` else ``alpha * (exp(x / alpha) - 1)``.
+
+    Args:
+        x: input node, any shape, float dtype.
+        alpha: a finite non-zero float.
+        name: layer name (default ``"celu_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        OptionError: an option is out of range.
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
+        >>> gd.predict(gd.celu(x), gd.ModelState.empty(), xs).round(4)
+        array([[-0.6321,  0.    ,  2.    ]], dtype=float32)
+    """
     return make_node("celu", [x], {"alpha": alpha}, name, where=caller_location())
 
 
 def exp(x: Node, name: str | None = None) -> Node:
-    """exp(x)."""
+    """Exponential ``exp(x)``, element-wise.
+
+    Args:
+        x: input node, any shape, float dtype.
+        name: layer name (default ``"exp_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[0.0, 1.0, 2.0]], np.float32)
+        >>> gd.predict(gd.exp(x), gd.ModelState.empty(), xs).round(4)
+        array([[1.    , 2.7183, 7.3891]], dtype=float32)
+    """
     return make_node("exp", [x], {}, name, where=caller_location())
 
 
 def hard_sigmoid(x: Node, alpha: float = 0.2, beta: float = 0.2, name: str | None = None
                  ) -> Node:
-    """clip(alpha * x + beta, 0, 1) (Axon's defaults, not torch's 1/6 and 1/2)."""
+    """Hard sigmoid ``clip(alpha * x + beta, 0, 1)``.
+
+    Axon's defaults, not torch's 1/6 and 1/2.
+
+    Args:
+        x: input node, any shape, float dtype.
+        alpha: slope.
+        beta: offset.
+        name: layer name (default ``"hard_sigmoid_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        OptionError: an option is out of range.
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
+        >>> gd.predict(gd.hard_sigmoid(x), gd.ModelState.empty(), xs).round(4)
+        array([[0. , 0.2, 0.6]], dtype=float32)
+    """
     return make_node("hard_sigmoid", [x], {"alpha": alpha, "beta": beta}, name,
                      where=caller_location())
 
 
 def hard_silu(x: Node, alpha: float = 0.2, beta: float = 0.2, name: str | None = None
               ) -> Node:
-    """x * hard_sigmoid(x, alpha, beta)."""
+    """Hard SiLU ``x * hard_sigmoid(x, alpha, beta)``.
+
+    Args:
+        x: input node, any shape, float dtype.
+        alpha: slope of the hard sigmoid.
+        beta: offset of the hard sigmoid.
+        name: layer name (default ``"hard_silu_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        OptionError: an option is out of range.
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
+        >>> gd.predict(gd.hard_silu(x), gd.ModelState.empty(), xs).round(4)
+        array([[-0. ,  0. ,  1.2]], dtype=float32)
+    """
     return make_node("hard_silu", [x], {"alpha": alpha, "beta": beta}, name,
                      where=caller_location())
 
 
 def hard_tanh(x: Node, name: str | None = None) -> Node:
-    """clip(x, -1, 1)."""
+    """Hard tanh ``clip(x, -1, 1)``.
+
+    Args:
+        x: input node, any shape, float dtype.
+        name: layer name (default ``"hard_tanh_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
+        >>> gd.predict(gd.hard_tanh(x), gd.ModelState.empty(), xs).round(4)
+        array([[-1.,  0.,  1.]], dtype=float32)
+    """
     return make_node("hard_tanh", [x], {}, name, where=caller_location())
 
 
 def linear(x: Node, name: str | None = None) -> Node:
-    """x (the identity, as a layer)."""
+    """The identity as a layer (Axon's ``linear`` activation).
+
+    Args:
+        x: input node, any shape, float dtype.
+        name: layer name (default ``"linear_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
+        >>> gd.predict(gd.linear(x), gd.ModelState.empty(), xs).round(4)
+        array([[-1.,  0.,  2.]], dtype=float32)
+    """
     return make_node("linear", [x], {}, name, where=caller_location())
 
 
 def log_sigmoid(x: Node, name: str | None = None) -> Node:
-    """log(sigmoid(x)) = -softplus(-x), computed stably."""
+    """``log(sigmoid(x)) = -softplus(-x)``, computed stably.
+
+    Args:
+        x: input node, any shape, float dtype.
+        name: layer name (default ``"log_sigmoid_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
+        >>> gd.predict(gd.log_sigmoid(x), gd.ModelState.empty(), xs).round(4)
+        array([[-1.3133, -0.6931, -0.1269]], dtype=float32)
+    """
     return make_node("log_sigmoid", [x], {}, name, where=caller_location())
 
 
 def log_sumexp(x: Node, axis: int = -1, name: str | None = None) -> Node:
-    """log(sum(exp(x))) along ``axis``, kept with size 1: ``(..., n) -> (..., 1)``."""
+    """``log(sum(exp(x)))`` along ``axis``, kept with size 1.
+
+    ``(..., n) -> (..., 1)`` for the last axis.
+
+    Args:
+        x: input node, any shape, float dtype.
+        axis: the reduced axis (NumPy convention).
+        name: layer name (default ``"log_sumexp_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        OptionError: an option is out of range.
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[0.0, 0.0, 0.0]], np.float32)
+        >>> gd.predict(gd.log_sumexp(x), gd.ModelState.empty(), xs).round(4)
+        array([[1.0986]], dtype=float32)
+    """
     return make_node("log_sumexp", [x], {"axis": axis}, name, where=caller_location())
 
 
 def mish(x: Node, name: str | None = None) -> Node:
-    """x * tanh(softplus(x))."""
+    """Mish ``x * tanh(softplus(x))``, element-wise.
+
+    Args:
+        x: input node, any shape, float dtype.
+        name: layer name (default ``"mish_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
+        >>> gd.predict(gd.mish(x), gd.ModelState.empty(), xs).round(4)
+        array([[-0.3034,  0.    ,  1.944 ]], dtype=float32)
+    """
     return make_node("mish", [x], {}, name, where=caller_location())
 
 
 def relu6(x: Node, name: str | None = None) -> Node:
-    """clip(x, 0, 6)."""
+    """ReLU6 ``clip(x, 0, 6)``.
+
+    Args:
+        x: input node, any shape, float dtype.
+        name: layer name (default ``"relu6_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[-1.0, 3.0, 8.0]], np.float32)
+        >>> gd.predict(gd.relu6(x), gd.ModelState.empty(), xs).round(4)
+        array([[0., 3., 6.]], dtype=float32)
+    """
     return make_node("relu6", [x], {}, name, where=caller_location())
 
 
 def selu(x: Node, alpha: float = 1.6732632423543772848170429916717,
          gamma: float = 1.0507009873554804934193349852946, name: str | None = None) -> Node:
-    """gamma * elu(x, alpha)."""
+    """SELU ``gamma * elu(x, alpha)`` (self-normalizing constants by default).
+
+    Args:
+        x: input node, any shape, float dtype.
+        alpha: scale of the negative part.
+        gamma: overall scale.
+        name: layer name (default ``"selu_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        OptionError: an option is out of range.
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
+        >>> gd.predict(gd.selu(x), gd.ModelState.empty(), xs).round(4)
+        array([[-1.1113,  0.    ,  2.1014]], dtype=float32)
+    """
     return make_node("selu", [x], {"alpha": alpha, "gamma": gamma}, name,
                      where=caller_location())
 
 
 def softsign(x: Node, name: str | None = None) -> Node:
-    """x / (1 + |x|)."""
+    """Softsign ``x / (1 + |x|)``.
+
+    Args:
+        x: input node, any shape, float dtype.
+        name: layer name (default ``"softsign_{n}"``).
+
+    Returns:
+        (Node): the activation's output, the shape of ``x``.
+
+    Raises:
+        LayerNameError: ``name`` is malformed.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> xs = np.array([[-1.0, 0.0, 2.0]], np.float32)
+        >>> gd.predict(gd.softsign(x), gd.ModelState.empty(), xs).round(4)
+        array([[-0.5   ,  0.    ,  0.6667]], dtype=float32)
+    """
     return make_node("softsign", [x], {}, name, where=caller_location())
 
 
@@ -347,7 +820,29 @@ register_op(OpDef(
 
 
 def dropout(x: Node, rate: float = 0.5, name: str | None = None) -> Node:
-    """Inverted dropout with probability ``rate`` in [0, 1); active only in train mode."""
+    """Inverted dropout: in ``mode="train"`` zeroes each value with probability ``rate``
+    and scales the rest by ``1 / (1 - rate)``; the identity at inference.
+
+    Its RNG key is state (``state.data[name]["key"]``), advanced by every training call.
+
+    Args:
+        x: input node, any shape.
+        rate: drop probability in ``[0, 1)``.
+        name: layer name (default ``"dropout_{n}"``).
+
+    Returns:
+        (Node): the shape of ``x``.
+
+    Raises:
+        OptionError: ``rate`` outside ``[0, 1)``.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> y = gd.dropout(x, rate=0.5)
+        >>> init_fn, predict_fn = gd.build(y)            # inference: the identity
+        >>> predict_fn(init_fn(np.ones((1, 4), np.float32)), np.ones((1, 4), np.float32))
+        array([[1., 1., 1., 1.]], dtype=float32)
+    """
     return make_node("dropout", [x], {"rate": rate}, name, where=caller_location())
 
 
@@ -404,7 +899,36 @@ register_op(OpDef(
 def layer_norm(x: Node, axis: int = -1, epsilon: float = 1e-5, center: bool = True,
                scale: bool = True, gamma_initializer: Any = "ones",
                beta_initializer: Any = "zeros", name: str | None = None) -> Node:
-    """Layer normalization over ``axis`` with learnable ``gamma``/``beta`` of that size."""
+    """Layer normalization over ``axis``.
+
+    ``(x - mean) / sqrt(var + epsilon) * gamma + beta``.
+
+    Parameters ``gamma`` and ``beta``, each ``[size of axis]``.
+
+    Args:
+        x: input node, rank >= 1, float dtype, known size on ``axis``.
+        axis: normalized axis (NumPy convention).
+        epsilon: added to the variance, >= 0.
+        center: learn ``beta`` (else none is added).
+        scale: learn ``gamma`` (else none is multiplied).
+        gamma_initializer: initializer for ``gamma`` (default ``"ones"``).
+        beta_initializer: initializer for ``beta`` (default ``"zeros"``).
+        name: layer name (default ``"layer_norm_{n}"``).
+
+    Returns:
+        (Node): the shape of ``x``.
+
+    Raises:
+        ShapeError: the size on ``axis`` is unknown, or ``axis`` is out of range.
+        OptionError: a bad ``epsilon`` or initializer.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4))
+        >>> y = gd.layer_norm(x, name="ln")
+        >>> state = gd.build(y)[0](np.zeros((1, 4), np.float32))
+        >>> gd.predict(y, state, np.array([[1.0, 2.0, 3.0, 4.0]], np.float32)).round(3)
+        array([[-1.342, -0.447,  0.447,  1.342]], dtype=float32)
+    """
     return make_node("layer_norm", [x], {"axis": axis, "epsilon": epsilon, "center": center,
                                          "scale": scale, "gamma_initializer": gamma_initializer,
                                          "beta_initializer": beta_initializer},
@@ -439,7 +963,28 @@ register_op(OpDef(
 
 def embedding(x: Node, vocab_size: int, embedding_size: int,
               kernel_initializer: Any = "uniform", name: str | None = None) -> Node:
-    """Integer ids ``(...)`` -> vectors ``(..., embedding_size)``; x must be an int input."""
+    """Look up integer ids in ``kernel [vocab_size, embedding_size]``.
+
+    ``(...) -> (..., embedding_size)``, ids as rows of the kernel.
+
+    Args:
+        x: node of integer ids (dtype ``int32``/``int64``), any shape.
+        vocab_size: number of rows, a positive int.
+        embedding_size: vector size, a positive int.
+        kernel_initializer: initializer for ``kernel`` (default ``"uniform"``).
+        name: layer name (default ``"embedding_{n}"``).
+
+    Returns:
+        (Node): float32 ``(*x.shape, embedding_size)``.
+
+    Raises:
+        OptionError: ``x`` is not an integer input, or a size is not a positive int.
+
+    Examples:
+        >>> ids = gd.input("ids", shape=(None, 5), dtype="int64")
+        >>> gd.get_output_shape(gd.embedding(ids, 100, 8), (2, 5))
+        (2, 5, 8)
+    """
     return make_node("embedding", [x], {"vocab_size": vocab_size,
                                         "embedding_size": embedding_size,
                                         "kernel_initializer": kernel_initializer},

@@ -4,8 +4,8 @@ global pools (global_avg_pool, global_max_pool, global_lp_pool).
 
 Inputs are ``[batch, *spatial, channels]`` (``channels="last"``, Axon's default) or
 ``[batch, channels, *spatial]`` (``channels="first"``), with 1 to 3 spatial axes. The
-window arithmetic (strides, padding, dilations) is :mod:`graphdsl.windows`;
-:func:`pool_window` resolves a pool's window for every backend, the adaptive pools' too.
+window arithmetic (strides, padding, dilations) is ``graphdsl.windows``;
+``pool_window`` resolves a pool's window for every backend, the adaptive pools' too.
 """
 from __future__ import annotations
 
@@ -167,12 +167,35 @@ def _windowed(op: str, x: Node, opts: dict, name: str | None) -> Node:
 def max_pool(x: Node, kernel_size: int | tuple = 1, strides: int | tuple | None = None,
              padding: Any = "valid", dilations: int | tuple = 1, channels: str = "last",
              name: str | None = None) -> Node:
-    """Max over windows of ``kernel_size`` taps ``dilations`` apart (strides default to
-    the kernel size, as Axon); padded positions never win, a pad is at most half the
-    dilated window (torch's rule without dilations) and no window is padding only.
-    "same" pads ``((k'-1)//2, (k'-1) - (k'-1)//2)`` with ``k' = (k-1)*dilations + 1``
-    whatever the stride (Axon's rule), so ``out = ceil(n / strides)``. ``[batch,
-    *spatial, C] -> [batch, *out, C]``."""
+    """Max over windows of ``kernel_size`` taps ``dilations`` apart.
+
+    ``[batch, *spatial, C] -> [batch, *out, C]``.
+
+    Padded positions never win; a pad is at most half the dilated window (torch's rule
+    without dilations) and no window is padding only.
+
+    Args:
+        x: input node ``[batch, *spatial, C]`` (rank >= 3).
+        kernel_size: window size, an int or one per spatial axis.
+        strides: step, an int or one per axis; default the kernel size (Axon's).
+        padding: ``"valid"``, ``"same"`` (Axon's rule, ``out = ceil(n / strides)``) or one
+            ``(lo, hi)`` pair per spatial axis.
+        dilations: window dilation, an int or one per axis.
+        channels: ``"last"`` or ``"first"``.
+        name: layer name (default ``"max_pool_{n}"``).
+
+    Returns:
+        (Node): ``[batch, *out, C]``.
+
+    Raises:
+        ShapeError: rank below 3 or a window larger than the padded input.
+        OptionError: a bad size, padding or channels.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 8, 8, 3))
+        >>> gd.get_output_shape(gd.max_pool(x, kernel_size=2), (1, 8, 8, 3))
+        (1, 4, 4, 3)
+    """
     return _windowed("max_pool", x, {"kernel_size": kernel_size, "strides": strides,
                                      "padding": padding, "dilations": dilations,
                                      "channels": channels}, name)
@@ -181,9 +204,33 @@ def max_pool(x: Node, kernel_size: int | tuple = 1, strides: int | tuple | None 
 def avg_pool(x: Node, kernel_size: int | tuple = 1, strides: int | tuple | None = None,
              padding: Any = "valid", dilations: int | tuple = 1, channels: str = "last",
              name: str | None = None) -> Node:
-    """Mean over windows of ``kernel_size``; padded positions count as zeros (Axon's
-    ``window_mean``, torch's ``count_include_pad=True``), and the mean divides by the
-    taps, ``prod(kernel_size)``. Shapes as :func:`max_pool`."""
+    """Mean over windows of ``kernel_size`` (Axon's ``window_mean``).
+
+    Padded positions count as zeros (torch's ``count_include_pad=True``) and the mean
+    divides by ``prod(kernel_size)``. Shapes as ``max_pool``.
+
+    Args:
+        x: input node ``[batch, *spatial, C]`` (rank >= 3).
+        kernel_size: window size, an int or one per spatial axis.
+        strides: step, an int or one per axis; default the kernel size (Axon's).
+        padding: ``"valid"``, ``"same"`` (Axon's rule, ``out = ceil(n / strides)``) or one
+            ``(lo, hi)`` pair per spatial axis.
+        dilations: window dilation, an int or one per axis.
+        channels: ``"last"`` or ``"first"``.
+        name: layer name (default ``"avg_pool_{n}"``).
+
+    Returns:
+        (Node): ``[batch, *out, C]``.
+
+    Raises:
+        ShapeError: rank below 3 or a window larger than the padded input.
+        OptionError: a bad size, padding or channels.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 8, 8, 3))
+        >>> gd.get_output_shape(gd.avg_pool(x, 3, strides=1, padding='same'), (1, 8, 8, 3))
+        (1, 8, 8, 3)
+    """
     return _windowed("avg_pool", x, {"kernel_size": kernel_size, "strides": strides,
                                      "padding": padding, "dilations": dilations,
                                      "channels": channels}, name)
@@ -192,10 +239,37 @@ def avg_pool(x: Node, kernel_size: int | tuple = 1, strides: int | tuple | None 
 def lp_pool(x: Node, kernel_size: int | tuple = 1, strides: int | tuple | None = None,
             padding: Any = "valid", dilations: int | tuple = 1, channels: str = "last",
             norm: float = 2, name: str | None = None) -> Node:
-    """Axon's power average over windows: ``(sum of x**norm) ** (1/norm)``, padding as
-    zeros; no ``abs`` (Axon's and torch's formula), so where a negative value would make
-    NaN (a negative input with a fractional norm, a negative window sum with an odd one)
-    the run is refused. Shapes as :func:`max_pool`."""
+    """Axon's power average over windows: ``(sum of x**norm) ** (1/norm)``.
+
+    Padding counts as zeros.
+
+    No ``abs`` (Axon's and torch's formula), so where a negative value would make NaN (a
+    negative input with a fractional norm, a negative window sum with an odd one) the run
+    is refused. Shapes as ``max_pool``.
+
+    Args:
+        x: input node ``[batch, *spatial, C]`` (rank >= 3).
+        kernel_size: window size, an int or one per spatial axis.
+        strides: step, an int or one per axis; default the kernel size (Axon's).
+        padding: ``"valid"``, ``"same"`` (Axon's rule, ``out = ceil(n / strides)``) or one
+            ``(lo, hi)`` pair per spatial axis.
+        dilations: window dilation, an int or one per axis.
+        channels: ``"last"`` or ``"first"``.
+        norm: the power, > 0.
+        name: layer name (default ``"lp_pool_{n}"``).
+
+    Returns:
+        (Node): ``[batch, *out, C]``.
+
+    Raises:
+        ShapeError: rank below 3 or a window larger than the padded input.
+        OptionError: a bad size, padding or channels.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 8, 8, 3))
+        >>> gd.get_output_shape(gd.lp_pool(x, kernel_size=2, norm=2), (1, 8, 8, 3))
+        (1, 4, 4, 3)
+    """
     return _windowed("lp_pool", x, {"kernel_size": kernel_size, "strides": strides,
                                     "padding": padding, "dilations": dilations,
                                     "channels": channels, "norm": norm}, name)
@@ -203,16 +277,57 @@ def lp_pool(x: Node, kernel_size: int | tuple = 1, strides: int | tuple | None =
 
 def adaptive_avg_pool(x: Node, output_size: int | tuple | None = None,
                       channels: str = "last", name: str | None = None) -> Node:
-    """Mean over Axon's adaptive windows: on an axis of size ``n`` to ``o`` outputs,
-    strides ``n // o`` and window ``n - (o-1) * (n // o)`` (torch's adaptive pools agree
-    where ``o`` divides ``n``). ``[batch, *spatial, C] -> [batch, *output_size, C]``."""
+    """Mean over Axon's adaptive windows: ``[batch, *spatial, C] -> [batch, *output_size, C]``.
+
+    On an axis of size ``n`` to ``o`` outputs: strides ``n // o`` and window
+    ``n - (o-1) * (n // o)`` (torch's adaptive pools agree where ``o`` divides ``n``).
+
+    Args:
+        x: input node ``[batch, *spatial, C]``, spatial sizes known.
+        output_size: the output's spatial sizes, an int or one per axis (default: the
+            input's).
+        channels: ``"last"`` or ``"first"``.
+        name: layer name (default ``"adaptive_avg_pool_{n}"``).
+
+    Returns:
+        (Node): ``[batch, *output_size, C]``.
+
+    Raises:
+        ShapeError: rank below 3.
+        OptionError: ``output_size`` above the input's size.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 8, 8, 3))
+        >>> gd.get_output_shape(gd.adaptive_avg_pool(x, output_size=2), (1, 8, 8, 3))
+        (1, 2, 2, 3)
+    """
     return _windowed("adaptive_avg_pool", x, {"output_size": output_size,
                                               "channels": channels}, name)
 
 
 def adaptive_max_pool(x: Node, output_size: int | tuple | None = None,
                       channels: str = "last", name: str | None = None) -> Node:
-    """Max over Axon's adaptive windows (see :func:`adaptive_avg_pool`)."""
+    """Max over Axon's adaptive windows (see ``adaptive_avg_pool``).
+
+    Args:
+        x: input node ``[batch, *spatial, C]``, spatial sizes known.
+        output_size: the output's spatial sizes, an int or one per axis (default: the
+            input's).
+        channels: ``"last"`` or ``"first"``.
+        name: layer name (default ``"adaptive_max_pool_{n}"``).
+
+    Returns:
+        (Node): ``[batch, *output_size, C]``.
+
+    Raises:
+        ShapeError: rank below 3.
+        OptionError: ``output_size`` above the input's size.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 8, 8, 3))
+        >>> gd.get_output_shape(gd.adaptive_max_pool(x, output_size=(4, 2)), (1, 8, 8, 3))
+        (1, 4, 2, 3)
+    """
     return _windowed("adaptive_max_pool", x, {"output_size": output_size,
                                               "channels": channels}, name)
 
@@ -220,8 +335,30 @@ def adaptive_max_pool(x: Node, output_size: int | tuple | None = None,
 def adaptive_lp_pool(x: Node, output_size: int | tuple | None = None,
                      channels: str = "last", norm: float = 2,
                      name: str | None = None) -> Node:
-    """:func:`lp_pool`'s power average over Axon's adaptive windows (see
-    :func:`adaptive_avg_pool`)."""
+    """``lp_pool``'s power average over Axon's adaptive windows.
+
+    Windows as ``adaptive_avg_pool``.
+
+    Args:
+        x: input node ``[batch, *spatial, C]``, spatial sizes known.
+        output_size: the output's spatial sizes, an int or one per axis (default: the
+            input's).
+        channels: ``"last"`` or ``"first"``.
+        norm: the power, > 0.
+        name: layer name (default ``"adaptive_lp_pool_{n}"``).
+
+    Returns:
+        (Node): ``[batch, *output_size, C]``.
+
+    Raises:
+        ShapeError: rank below 3.
+        OptionError: ``output_size`` above the input's size.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 8, 8, 3))
+        >>> gd.get_output_shape(gd.adaptive_lp_pool(x, output_size=4), (1, 8, 8, 3))
+        (1, 4, 4, 3)
+    """
     return _windowed("adaptive_lp_pool", x, {"output_size": output_size,
                                              "channels": channels, "norm": norm}, name)
 
@@ -255,21 +392,76 @@ for _op, _how in (("global_avg_pool", "Mean"), ("global_max_pool", "Max"),
 
 def global_avg_pool(x: Node, keep_axes: bool = False, channels: str = "last",
                     name: str | None = None) -> Node:
-    """Mean over the spatial axes: ``[batch, *spatial, C] -> [batch, C]``."""
+    """Mean over the spatial axes: ``[batch, *spatial, C] -> [batch, C]``.
+
+    Args:
+        x: input node ``[batch, *spatial, C]`` (rank >= 3).
+        keep_axes: keep the spatial axes with size 1 (``[batch, 1, ..., C]``).
+        channels: ``"last"`` or ``"first"``.
+        name: layer name (default ``"global_avg_pool_{n}"``).
+
+    Returns:
+        (Node): ``[batch, C]`` (or ``[batch, 1, ..., C]`` with ``keep_axes``).
+
+    Raises:
+        ShapeError: rank below 3.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 8, 8, 3))
+        >>> gd.get_output_shape(gd.global_avg_pool(x), (2, 8, 8, 3))
+        (2, 3)
+    """
     return make_node("global_avg_pool", [x], {"keep_axes": keep_axes, "channels": channels},
                      name, where=caller_location())
 
 
 def global_max_pool(x: Node, keep_axes: bool = False, channels: str = "last",
                     name: str | None = None) -> Node:
-    """Max over the spatial axes: ``[batch, *spatial, C] -> [batch, C]``."""
+    """Max over the spatial axes: ``[batch, *spatial, C] -> [batch, C]``.
+
+    Args:
+        x: input node ``[batch, *spatial, C]`` (rank >= 3).
+        keep_axes: keep the spatial axes with size 1 (``[batch, 1, ..., C]``).
+        channels: ``"last"`` or ``"first"``.
+        name: layer name (default ``"global_max_pool_{n}"``).
+
+    Returns:
+        (Node): ``[batch, C]`` (or ``[batch, 1, ..., C]`` with ``keep_axes``).
+
+    Raises:
+        ShapeError: rank below 3.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 8, 8, 3))
+        >>> gd.get_output_shape(gd.global_max_pool(x, keep_axes=True), (2, 8, 8, 3))
+        (2, 1, 1, 3)
+    """
     return make_node("global_max_pool", [x], {"keep_axes": keep_axes, "channels": channels},
                      name, where=caller_location())
 
 
 def global_lp_pool(x: Node, keep_axes: bool = False, channels: str = "last",
                    norm: float = 2, name: str | None = None) -> Node:
-    """Axon's power average over the spatial axes, ``(sum of x**norm) ** (1/norm)``:
-    ``[batch, *spatial, C] -> [batch, C]`` (``keep_axes``: ``[batch, 1, ..., C]``)."""
+    """Axon's power average over the spatial axes, ``(sum of x**norm) ** (1/norm)``.
+
+    Args:
+        x: input node ``[batch, *spatial, C]`` (rank >= 3).
+        keep_axes: keep the spatial axes with size 1 (``[batch, 1, ..., C]``).
+        channels: ``"last"`` or ``"first"``.
+        norm: the power, > 0.
+        name: layer name (default ``"global_lp_pool_{n}"``).
+
+    Returns:
+        (Node): ``[batch, C]`` (or ``[batch, 1, ..., C]`` with ``keep_axes``).
+
+    Raises:
+        ShapeError: rank below 3.
+        OptionError: a bad ``norm``.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 8, 8, 3))
+        >>> gd.get_output_shape(gd.global_lp_pool(x), (2, 8, 8, 3))
+        (2, 3)
+    """
     return make_node("global_lp_pool", [x], {"keep_axes": keep_axes, "channels": channels,
                                              "norm": norm}, name, where=caller_location())

@@ -313,24 +313,51 @@ def lstm(x: Node, units: int, hidden_state: tuple[Node, Node] | None = None, *,
          use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
          recurrent_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
          mask: Node | None = None, seed: int | None = None, name: str | None = None) -> tuple:
-    """Axon's LSTM over ``x [batch, seq, features]``: returns ``(output_sequence [batch,
-    seq, units], (cell [batch, units], hidden [batch, units]))``.
+    """Axon's LSTM over ``x [batch, seq, features]``.
 
     Per step (Axon's ``lstm_cell``): ``z = x_t @ input_kernel + bias + h @ hidden_kernel``
     split into gates i, f, g, o; ``c' = gate(f)*c + gate(i)*activation(g)``, ``h' =
     gate(o)*activation(c')``. Parameters ``input_kernel [features, 4u]``, ``hidden_kernel
-    [u, 4u]``, ``bias [4u]``, gates concatenated in that order (torch's ``weight_ih_l0``
-    is ``input_kernel.T``, ``bias_ih_l0`` the bias and ``bias_hh_l0`` zeros).
-    ``hidden_state`` is ``(cell, hidden)`` nodes. Without it, as Axon's ``rnn_state``, each
-    state is a ``recurrent_state`` layer ``{name}_c_initial_state`` / ``{name}_h_initial_state``
-    ``[batch, units]`` drawn by ``recurrent_initializer`` (default glorot_uniform, on that
-    shape) from its ``key`` state entry: repeatable at inference, the key advancing per
-    train-mode call. The key comes from ``seed`` when given (Axon's option; Axon defaults it
-    to the clock), else from the build seed and the layer's name. ``recurrent_initializer=
-    'zeros'`` starts from zeros with no extra layer (torch's default; exports to ONNX, a
-    random state does not). ``mask`` [batch, seq]: where nonzero the step keeps the
-    previous state (and outputs the previous hidden), as Axon's. ``unroll`` ('dynamic' or
-    'static') changes nothing in the values.
+    [u, 4u]``, ``bias [4u]``, gates concatenated in that order (torch's ``weight_ih_l0`` is
+    ``input_kernel.T``, ``bias_ih_l0`` the bias and ``bias_hh_l0`` zeros).
+
+    Without ``hidden_state``, as Axon's ``rnn_state``, each state is a ``recurrent_state``
+    layer ``{name}_c_initial_state`` / ``{name}_h_initial_state`` ``[batch, units]`` drawn
+    by ``recurrent_initializer`` from its ``key`` state entry: repeatable at inference, the
+    key advancing per train-mode call.
+
+    Args:
+        x: input node ``[batch, seq, features]``.
+        units: hidden size ``u``.
+        hidden_state: ``(cell, hidden)`` nodes ``[batch, units]``, or None (see above).
+        activation: the cell activation (element-wise, default ``"tanh"``).
+        gate: the gate activation (default ``"sigmoid"``).
+        unroll: ``"dynamic"`` or ``"static"`` (changes nothing in the values).
+        use_bias: add the bias.
+        kernel_initializer: initializer for ``input_kernel`` (default ``"glorot_uniform"``).
+        recurrent_initializer: initializer for ``hidden_kernel`` and the random initial
+            state (default ``"glorot_uniform"``; ``"zeros"`` starts from zeros with no extra
+            layer, torch's default, and exports to ONNX, a random state does not).
+        bias_initializer: initializer for ``bias`` (default ``"zeros"``).
+        mask: optional ``[batch, seq]`` node (e.g. ``graphdsl.mask``): where nonzero the
+            step keeps the previous state and outputs the previous hidden, as Axon's.
+        seed: the initial state's RNG seed (Axon's option, which Axon defaults to the
+            clock); default from the build seed and the layer's name.
+        name: layer name (default ``"lstm_{n}"``).
+
+    Returns:
+        (tuple): ``(output_sequence [batch, seq, units], (cell, hidden))``, states ``[batch,
+        units]``.
+
+    Raises:
+        ShapeError: ``x`` is not rank 3 or ``hidden_state`` does not fit.
+        OptionError: a bad ``units``, activation, ``unroll`` or initializer.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 5, 3))
+        >>> seq, (c, h) = gd.lstm(x, 4, recurrent_initializer="zeros")
+        >>> gd.get_output_shape(seq, (2, 5, 3)), gd.get_output_shape(h, (2, 5, 3))
+        ((2, 5, 4), (2, 4))
     """
     return _rnn("lstm", x, units, hidden_state, mask, {
         "activation": activation, "gate": gate, "unroll": unroll, "use_bias": use_bias,
@@ -344,15 +371,44 @@ def gru(x: Node, units: int, hidden_state: tuple[Node] | None = None, *,
         use_bias: bool = True, kernel_initializer: Any = "glorot_uniform",
         recurrent_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
         mask: Node | None = None, seed: int | None = None, name: str | None = None) -> tuple:
-    """Axon's GRU over ``x [batch, seq, features]``: returns ``(output_sequence [batch, seq,
-    units], (hidden [batch, units],))``.
+    """Axon's GRU over ``x [batch, seq, features]``.
 
     Per step (Axon's ``gru_cell``): ``r = gate(x W_r + br + h U_r)``, ``z = gate(x W_z + bz
     + h U_z)``, ``n = activation(x W_n + bin + r*(h U_n + bhn))``, ``h' = (1-z)*n + z*h``.
     Parameters ``input_kernel [features, 3u]`` and ``hidden_kernel [u, 3u]`` (r, z, n),
     ``bias [4u]`` (br, bz, bin, bhn): torch's ``bias_ih_l0`` is ``[br, bz, bin]`` with
     ``bias_hh_l0 = [0, 0, bhn]``. Initial state, ``mask``, ``unroll`` and ``seed`` as
-    :func:`lstm`.
+    ``lstm``.
+
+    Args:
+        x: input node ``[batch, seq, features]``.
+        units: hidden size ``u``.
+        hidden_state: ``(hidden,)``, a 1-tuple of a ``[batch, units]`` node, or None.
+        activation: the candidate activation (default ``"tanh"``).
+        gate: the gate activation (default ``"sigmoid"``).
+        unroll: ``"dynamic"`` or ``"static"`` (changes nothing in the values).
+        use_bias: add the bias.
+        kernel_initializer: initializer for ``input_kernel`` (default ``"glorot_uniform"``).
+        recurrent_initializer: initializer for ``hidden_kernel`` and the random initial
+            state (default ``"glorot_uniform"``; ``"zeros"`` starts from zeros with no extra
+            layer, torch's default, and exports to ONNX, a random state does not).
+        bias_initializer: initializer for ``bias`` (default ``"zeros"``).
+        mask: optional ``[batch, seq]`` node; nonzero steps keep the previous state.
+        seed: the initial state's RNG seed.
+        name: layer name (default ``"gru_{n}"``).
+
+    Returns:
+        (tuple): ``(output_sequence [batch, seq, units], (hidden [batch, units],))``.
+
+    Raises:
+        ShapeError: ``x`` is not rank 3 or ``hidden_state`` does not fit.
+        OptionError: a bad option.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 5, 3))
+        >>> seq, (h,) = gd.gru(x, 4, recurrent_initializer="zeros")
+        >>> gd.get_output_shape(seq, (2, 5, 3))
+        (2, 5, 4)
     """
     return _rnn("gru", x, units, hidden_state, mask, {
         "activation": activation, "gate": gate, "unroll": unroll, "use_bias": use_bias,
@@ -368,17 +424,47 @@ def conv_lstm(x: Node, units: int, hidden_state: tuple[Node, Node] | None = None
               recurrent_initializer: Any = "glorot_uniform", bias_initializer: Any = "zeros",
               mask: Node | None = None, seed: int | None = None, name: str | None = None
               ) -> tuple:
-    """Axon's ConvLSTM over ``x [batch, seq, C, *spatial]`` (channels first, 1-3 spatial
-    axes): returns ``(output_sequence [batch, seq, units, *spatial], (cell, hidden))``, the
-    states ``[batch, 1, units, *spatial]`` as Axon shapes them (the random initial state
-    too).
+    """Axon's ConvLSTM over ``x [batch, seq, C, *spatial]`` (channels first, 1-3 spatial axes).
 
     Per step (Axon's ``conv_lstm_cell``): gates = ``conv(x_t, input_kernel) + bias +
     conv(h, hidden_kernel)`` split into i, g, f, o; ``c' = sigmoid(f + 1)*c +
     sigmoid(i)*tanh(g)``, ``h' = sigmoid(o)*tanh(c')``. Parameters ``input_kernel [4u, C,
     *k]``, ``hidden_kernel [4u, u, *k]``, ``bias [4u]``. Both convs use ``strides`` and
-    ``padding`` and must keep the spatial sizes. Axon ignores a mask here, so ``mask`` is
-    refused; initial state, ``unroll`` and ``seed`` as :func:`lstm`.
+    ``padding`` and must keep the spatial sizes. Initial state, ``unroll`` and ``seed`` as
+    ``lstm``.
+
+    Args:
+        x: input node ``[batch, seq, C, *spatial]``.
+        units: hidden channels ``u``.
+        hidden_state: ``(cell, hidden)`` nodes ``[batch, 1, units, *spatial]``, or None.
+        padding: the convs' padding (default ``"same"``).
+        kernel_size: the convs' window, an int or one per spatial axis.
+        strides: the convs' strides.
+        unroll: ``"dynamic"`` or ``"static"`` (changes nothing in the values).
+        use_bias: add the bias.
+        kernel_initializer: initializer for ``input_kernel`` (default ``"glorot_uniform"``).
+        recurrent_initializer: initializer for ``hidden_kernel`` and the random initial
+            state (default ``"glorot_uniform"``; ``"zeros"`` starts from zeros with no extra
+            layer, torch's default, and exports to ONNX, a random state does not).
+        bias_initializer: initializer for ``bias`` (default ``"zeros"``).
+        mask: refused (Axon ignores a mask here).
+        seed: the initial state's RNG seed.
+        name: layer name (default ``"conv_lstm_{n}"``).
+
+    Returns:
+        (tuple): ``(output_sequence [batch, seq, units, *spatial], (cell, hidden))``, the
+        states ``[batch, 1, units, *spatial]`` as Axon shapes them.
+
+    Raises:
+        ShapeError: the convs change the spatial sizes, or a bad rank.
+        GraphDSLError: a ``mask`` was given.
+        OptionError: a bad option.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4, 2, 6, 6))
+        >>> seq, _ = gd.conv_lstm(x, 3, kernel_size=3, recurrent_initializer="zeros")
+        >>> gd.get_output_shape(seq, (1, 4, 2, 6, 6))
+        (1, 4, 3, 6, 6)
     """
     where = caller_location()
     if mask is not None:
@@ -411,15 +497,37 @@ def _rebuild_like(out: Any, leaves: Iterator[Node]) -> Any:
 def bidirectional(x: Node, forward_fun: Callable[[Node], Any],
                   merge_fun: Callable[[Node, Node], Node] | None = None, *, axis: int = 1,
                   name: str | None = None) -> Any:
-    """Axon's ``bidirectional``: ``fun = gd.block(forward_fun, name=name)`` applied to ``x``
-    and to ``x`` reversed along ``axis``; each leaf of the backward output is reversed back
-    along ``axis`` (the states too, as Axon does) and merged with its forward leaf by
-    ``merge_fun(fwd, bwd)`` (default: concatenate on the last axis). Returns forward_fun's
-    structure (e.g. lstm's ``(sequence, (cell, hidden))``, a tuple / dict of layers, or
-    one layer). Both directions are calls of the one block, so they share its parameters,
-    which live under the block's name: ``"{name}.lstm_0"`` (unnamed: ``"block_0.lstm_0"``;
-    Axon nests them, ``%{"bidirectional" => %{"lstm" => ...}}``). ``forward_fun`` may hold
-    any layers."""
+    """Axon's ``bidirectional``: ``forward_fun`` over ``x`` and over ``x`` reversed, merged.
+
+    ``fun = gd.block(forward_fun, name=name)`` is applied to ``x`` and to ``x`` reversed
+    along ``axis``; each leaf of the backward output is reversed back along ``axis`` (the
+    states too, as Axon does) and merged with its forward leaf. Both directions are calls of
+    the one block, so they share its parameters, which live under the block's name
+    (``"{name}.lstm_0"``; unnamed ``"block_0.lstm_0"``; Axon nests them,
+    ``%{"bidirectional" => %{"lstm" => ...}}``).
+
+    Args:
+        x: input node ``[batch, seq, ...]``.
+        forward_fun: function of a node returning a node or a tuple/dict of nodes (e.g.
+            ``lambda t: gd.lstm(t, 8)``); it may hold any layers.
+        merge_fun: ``merge_fun(fwd, bwd) -> Node`` per leaf (default: concatenate on the
+            last axis).
+        axis: the reversed (time) axis.
+        name: the block's name.
+
+    Returns:
+        (Any): ``forward_fun``'s structure with merged leaves (for lstm ``(sequence, (cell,
+        hidden))``).
+
+    Raises:
+        GraphDSLError: ``forward_fun`` or ``merge_fun`` is not callable or returns no node.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 5, 3))
+        >>> seq, _ = gd.bidirectional(x, lambda t: gd.lstm(t, 4, recurrent_initializer="zeros"))
+        >>> gd.get_output_shape(seq, (2, 5, 3))
+        (2, 5, 8)
+    """
     where = caller_location()
     fun = make_block(forward_fun, name=name)
     fwd = fun(x)

@@ -5,7 +5,7 @@ with jax.image.resize's (``scale_and_translate``'s) arithmetic, as Axon has it.
 Each spatial axis is resized on its own (an axis whose size does not change is left as
 it is). ``nearest`` takes input ``floor((j + 0.5) * n_in / n_out)`` for output ``j``
 (torch's "nearest-exact"), in float32 as Axon computes it. The other methods multiply the
-axis by a weight matrix ``[n_out, n_in]`` (:func:`resize_weights`): output ``j`` samples
+axis by a weight matrix ``[n_out, n_in]`` (``resize_weights``): output ``j`` samples
 the input at ``(j + 0.5) * n_in / n_out - 0.5``, each input ``i`` weighted by the
 method's filter at ``|sample - i| / s`` (``s = max(1, n_in / n_out)`` with ``antialias``,
 so downsampling widens the filter; 1 without), the weights normalized to sum to 1 and
@@ -122,13 +122,34 @@ register_op(OpDef(
 
 def resize(x: Node, size: tuple[int, int], *, method: str = "nearest",
            antialias: bool = True, channels: str = "last", name: str | None = None) -> Node:
-    """Resize a ``[batch, H, W, C]`` image (``channels="first"``: ``[batch, C, H, W]``) to
-    ``[batch, *size, C]`` as Axon's ``resize`` (jax.image.resize's sampling; see the
-    module). ``method``: "nearest" (default; torch's ``nearest-exact``), "bilinear"
-    (with ``antialias=False``: torch's ``bilinear``, ``align_corners=False``), "bicubic"
-    (Keys' cubic with a = -0.5, torch's antialiased bicubic's; torch's plain bicubic uses
-    -0.75), "lanczos3", "lanczos5". ``antialias`` (default True) widens the filter by the
-    scale when downsampling and has no effect when upsampling or with "nearest". The
-    input's spatial sizes must be known."""
+    """Resize a ``[batch, H, W, C]`` image to ``[batch, *size, C]`` (Axon's ``resize``).
+
+    jax.image.resize's sampling. Methods: ``"nearest"`` (torch's ``nearest-exact``),
+    ``"bilinear"`` (with ``antialias=False``: torch's ``bilinear``, ``align_corners=False``),
+    ``"bicubic"`` (Keys' cubic with a = -0.5, torch's antialiased bicubic's; torch's plain
+    bicubic uses -0.75), ``"lanczos3"``, ``"lanczos5"``.
+
+    Args:
+        x: ``[batch, H, W, C]`` (``channels="first"``: ``[batch, C, H, W]``), spatial sizes
+            known.
+        size: ``(H', W')``.
+        method: the sampling method above.
+        antialias: widen the filter by the scale when downsampling (no effect when
+            upsampling or with ``"nearest"``).
+        channels: ``"last"`` or ``"first"``.
+        name: layer name (default ``"resize_{n}"``).
+
+    Returns:
+        (Node): ``[batch, H', W', C]``.
+
+    Raises:
+        ShapeError: rank is not 4 or a spatial size is unknown.
+        OptionError: an unknown method or a bad size.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4, 4, 3))
+        >>> gd.get_output_shape(gd.resize(x, (8, 8), method="bilinear"), (1, 4, 4, 3))
+        (1, 8, 8, 3)
+    """
     return make_node("resize", [x], {"size": size, "method": method, "antialias": antialias,
                                      "channels": channels}, name, where=caller_location())

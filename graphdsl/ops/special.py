@@ -60,10 +60,30 @@ register_op(OpDef(
 
 
 def blur_pool(x: Node, channels: str = "last", name: str | None = None) -> Node:
-    """Axon's ``blur_pool``: a spatial low-pass filter on a rank-4 input; each channel is
-    convolved with ``[[1, 2, 1], [2, 4, 2], [1, 2, 1]] / 16`` with stride 1 and one zero
-    of padding on each side, so ``[batch, H, W, C] -> [batch, H, W, C]`` (or ``[batch, C,
-    H, W]`` with ``channels="first"``). Integer inputs give float outputs."""
+    """Axon's ``blur_pool``: a spatial low-pass filter on a rank-4 input.
+
+    Each channel is convolved with ``[[1, 2, 1], [2, 4, 2], [1, 2, 1]] / 16`` with stride 1
+    and one zero of padding on each side. Integer inputs give float outputs.
+
+    Args:
+        x: ``[batch, H, W, C]`` (``channels="first"``: ``[batch, C, H, W]``).
+        channels: ``"last"`` or ``"first"``.
+        name: layer name (default ``"blur_pool_{n}"``).
+
+    Returns:
+        (Node): the shape of ``x``, float.
+
+    Raises:
+        ShapeError: rank is not 4.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3, 3, 1))
+        >>> img = np.zeros((1, 3, 3, 1), np.float32); img[0, 1, 1, 0] = 16.0
+        >>> gd.predict(gd.blur_pool(x), gd.ModelState.empty(), img)[0, :, :, 0]
+        array([[1., 2., 1.],
+               [2., 4., 2.],
+               [1., 2., 1.]], dtype=float32)
+    """
     return make_node("blur_pool", [x], {"channels": channels}, name, where=caller_location())
 
 
@@ -86,9 +106,26 @@ register_op(OpDef(
 
 
 def mask(x: Node, eos_token: int, name: str | None = None) -> Node:
-    """Axon's ``mask``: ``1`` where ``x`` (truncated to an integer) equals ``eos_token``,
-    else ``0``, as int64 of ``x``'s shape (Axon's is u8). A recurrent layer's ``mask``
-    option takes it: positions marked 1 are skipped."""
+    """Axon's ``mask``: ``1`` where ``x`` (truncated to an int) equals ``eos_token``, else ``0``.
+
+    A recurrent layer's ``mask`` option takes it: positions marked 1 are skipped.
+
+    Args:
+        x: input node, any shape.
+        eos_token: the token id to mark.
+        name: layer name (default ``"mask_{n}"``).
+
+    Returns:
+        (Node): int64 of ``x``'s shape (Axon's is u8).
+
+    Raises:
+        OptionError: ``eos_token`` is not an int.
+
+    Examples:
+        >>> ids = gd.input("ids", shape=(None, 4), dtype="int64")
+        >>> gd.predict(gd.mask(ids, 0), gd.ModelState.empty(), np.array([[5, 7, 0, 0]]))
+        array([[0, 0, 1, 1]])
+    """
     return make_node("mask", [x], {"eos_token": eos_token}, name, where=caller_location())
 
 
@@ -126,16 +163,32 @@ register_op(OpDef(
 
 def cond(parent: Node, cond_fn: Callable[..., Any] | str, true_graph: Node,
          false_graph: Node, name: str | None = None) -> Node:
-    """Axon's ``cond``: ``true_graph`` when ``cond_fn(parent)`` is true, else
-    ``false_graph`` (both of one shape and dtype).
+    """Axon's ``cond``: ``true_graph`` when ``cond_fn(parent)`` is true, else ``false_graph``.
 
-    ``cond_fn(x, *, xp)`` returns a scalar (e.g. ``xp.all(x)``); like a
-    :func:`graphdsl.layer` function it runs on every backend, is saved by its registered
-    name (:func:`graphdsl.register_function`) and exports to ONNX through its rule
-    (:func:`graphdsl.register_onnx_rule`). It becomes a custom layer (named
-    ``{name}_predicate`` when ``name`` is given) feeding the ``cond`` layer. Both branches
-    are computed and the predicate selects one (ONNX ``Where``), so gradients reach only
-    the branch taken.
+    ``cond_fn(x, *, xp)`` returns a scalar (e.g. ``xp.all(x)``); like a ``graphdsl.layer``
+    function it runs on every backend, is saved by its registered name and exports to ONNX
+    through its rule. It becomes a custom layer (``{name}_predicate`` when ``name`` is given)
+    feeding the ``cond`` layer. Both branches are computed and the predicate selects one
+    (ONNX ``Where``), so gradients reach only the branch taken.
+
+    Args:
+        parent: the node the predicate reads.
+        cond_fn: the predicate, a function or a registered name.
+        true_graph: node taken when true.
+        false_graph: node taken when false, of ``true_graph``'s shape and dtype.
+        name: layer name (default ``"cond_{n}"``).
+
+    Returns:
+        (Node): the shape of the branches.
+
+    Raises:
+        ShapeError: the branches differ in shape or dtype.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 2))
+        >>> y = gd.cond(x, lambda a, *, xp: xp.all(a > 0), gd.relu(x), gd.exp(x))
+        >>> gd.predict(y, gd.ModelState.empty(), np.array([[1.0, 2.0]], np.float32))
+        array([[1., 2.]], dtype=float32)
     """
     where = caller_location()
     pred = layer(cond_fn, parent, name=None if name is None else f"{name}_predicate")
@@ -144,10 +197,30 @@ def cond(parent: Node, cond_fn: Callable[..., Any] | str, true_graph: Node,
 
 # -- compositions --------------------------------------------------------------------------------
 def or_else(a: Node, b: Node, name: str | None = None) -> Node:
-    """Axon's ``or_else``: ``a`` when the model gets it, else ``b``. graphdsl's missing
-    value is an optional input left out (it does not flow through later layers, as Axon's
-    ``%Axon.None{}`` does), so ``a`` is a ``gd.input`` and this is
-    ``gd.optional(a, b)``: ``b`` has ``a``'s shape and dtype."""
+    """Axon's ``or_else``: ``a`` when the model gets it, else ``b``.
+
+    graphdsl's missing value is an optional input left out (it does not flow through later
+    layers, as Axon's ``%Axon.None{}`` does), so ``a`` is a ``gd.input`` and this is
+    ``gd.optional(a, b)``.
+
+    Args:
+        a: a ``gd.input`` node.
+        b: its default, of ``a``'s shape and dtype.
+        name: layer name.
+
+    Returns:
+        (Node): ``a`` when given, else ``b``.
+
+    Raises:
+        GraphDSLError: ``a`` is not a ``gd.input``.
+        ShapeError: ``b`` does not fit it.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 2))
+        >>> y = gd.or_else(gd.input("bias", shape=(None, 2)), gd.full_like(x, 0.5))
+        >>> gd.predict(gd.add(x, y), gd.ModelState.empty(), {"x": np.ones((1, 2), np.float32)})
+        array([[1.5, 1.5]], dtype=float32)
+    """
     where = caller_location()
     if not isinstance(a, Node) or a.op != "input":
         got = f"a {a.op} layer" if isinstance(a, Node) else type(a).__name__
@@ -171,14 +244,28 @@ def _columns(x: Any, where: str, name: str | None) -> tuple[list[Any], list[Node
 
 def stack_columns(columns: Mapping[str, Node] | Sequence[Node] | Node,
                   ignore: Sequence[Any] = (), name: str | None = None) -> Node:
-    """Axon's ``stack_columns``: the columns of a container stacked on a new last axis
-    (``Nx.stack(axis: -1)``), in their order, leaving out the keys in ``ignore``.
+    """Axon's ``stack_columns``: the columns of a container stacked on a new last axis.
 
-    ``columns``: a dict ``{key: node}``, a ``gd.container`` (keys, or positions for a
-    tuple one) or a list of nodes, all of one shape ``S``; the output is ``S + (n,)``
-    (int64 when every column is an integer, else float32). Built as each column reshaped
-    to ``S + (1,)`` and concatenated on the last axis. An ``ignore`` key that is no
-    column is an error (Axon skips it silently).
+    ``Nx.stack(axis: -1)`` in the columns' order, built as each column reshaped to ``S +
+    (1,)`` and concatenated.
+
+    Args:
+        columns: a dict ``{key: node}``, a ``gd.container`` (keys, or positions for a tuple
+            one) or a list of nodes, all of one shape ``S``.
+        ignore: keys (or positions) left out.
+        name: layer name.
+
+    Returns:
+        (Node): ``S + (n,)``, int64 when every column is an integer, else float32.
+
+    Raises:
+        ShapeError: the columns differ in shape.
+        GraphDSLError: an ``ignore`` key that is no column (Axon skips it silently).
+
+    Examples:
+        >>> a, b = gd.input("a", shape=(None,)), gd.input("b", shape=(None,))
+        >>> gd.get_output_shape(gd.stack_columns({"a": a, "b": b}), {"a": (4,), "b": (4,)})
+        (4, 2)
     """
     where = caller_location()
     keys, cols = _columns(columns, where, name)
@@ -205,7 +292,24 @@ def _disagree(dims: list) -> bool:
 
 
 def nx(x: Node, fn: Callable[..., Any] | str, name: str | None = None) -> Node:
-    """Axon's ``nx``: ``fn`` applied to ``x``; graphdsl's form is a custom layer
-    (:func:`graphdsl.layer`), so ``fn(x, *, xp)`` runs on every backend and is saved by its
-    registered name: ``gd.nx(x, fn)`` is ``gd.layer(fn, x)``."""
+    """Axon's ``nx``: ``fn`` applied to ``x``, as a custom layer (``gd.layer(fn, x)``).
+
+    Args:
+        x: input node.
+        fn: ``fn(x, *, xp)`` written with functions NumPy and torch share, or a registered
+            name (``graphdsl.register_function``).
+        name: layer name.
+
+    Returns:
+        (Node): of the shape ``fn`` gives.
+
+    Raises:
+        OptionError: ``fn`` is neither callable nor registered.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 2))
+        >>> gd.predict(gd.nx(x, lambda a, *, xp: a * 2), gd.ModelState.empty(),
+        ...            np.ones((1, 2), np.float32))
+        array([[2., 2.]], dtype=float32)
+    """
     return layer(fn, x, name=name)

@@ -41,19 +41,73 @@ def _variadic(op: str, a: Any, b: Any, name: str | None) -> Node:
 
 
 def add(a: Node | Sequence[Node], b: Node | None = None, name: str | None = None) -> Node:
-    """``a + b`` (or the sum of a list), NumPy broadcasting."""
+    """``a + b`` (or the sum of a list), with NumPy broadcasting.
+
+    Args:
+        a: a node, or a list of nodes (then ``b`` is None).
+        b: the second node.
+        name: layer name (default ``"add_{n}"``).
+
+    Returns:
+        (Node): the broadcast shape.
+
+    Raises:
+        ShapeError: the shapes do not broadcast.
+
+    Examples:
+        >>> x, y = gd.input("x", shape=(None, 2)), gd.input("y", shape=(None, 2))
+        >>> xs = {"x": np.array([[6.0, 4.0]], np.float32), "y": np.array([[2.0, 2.0]], np.float32)}
+        >>> gd.predict(gd.add(x, y), gd.ModelState.empty(), xs)
+        array([[8., 6.]], dtype=float32)
+    """
     return _variadic("add", a, b, name)
 
 
 def subtract(a: Node | Sequence[Node], b: Node | None = None,
              name: str | None = None) -> Node:
-    """``a - b`` (or ``x0 - x1 - ...`` for a list), NumPy broadcasting."""
+    """``a - b`` (or ``x0 - x1 - ...`` for a list), with NumPy broadcasting.
+
+    Args:
+        a: a node, or a list of nodes (then ``b`` is None).
+        b: the second node.
+        name: layer name (default ``"subtract_{n}"``).
+
+    Returns:
+        (Node): the broadcast shape.
+
+    Raises:
+        ShapeError: the shapes do not broadcast.
+
+    Examples:
+        >>> x, y = gd.input("x", shape=(None, 2)), gd.input("y", shape=(None, 2))
+        >>> xs = {"x": np.array([[6.0, 4.0]], np.float32), "y": np.array([[2.0, 2.0]], np.float32)}
+        >>> gd.predict(gd.subtract(x, y), gd.ModelState.empty(), xs)
+        array([[4., 2.]], dtype=float32)
+    """
     return _variadic("subtract", a, b, name)
 
 
 def multiply(a: Node | Sequence[Node], b: Node | None = None,
              name: str | None = None) -> Node:
-    """``a * b`` (or the product of a list), NumPy broadcasting."""
+    """``a * b`` (or the product of a list), with NumPy broadcasting.
+
+    Args:
+        a: a node, or a list of nodes (then ``b`` is None).
+        b: the second node.
+        name: layer name (default ``"multiply_{n}"``).
+
+    Returns:
+        (Node): the broadcast shape.
+
+    Raises:
+        ShapeError: the shapes do not broadcast.
+
+    Examples:
+        >>> x, y = gd.input("x", shape=(None, 2)), gd.input("y", shape=(None, 2))
+        >>> xs = {"x": np.array([[6.0, 4.0]], np.float32), "y": np.array([[2.0, 2.0]], np.float32)}
+        >>> gd.predict(gd.multiply(x, y), gd.ModelState.empty(), xs)
+        array([[12.,  8.]], dtype=float32)
+    """
     return _variadic("multiply", a, b, name)
 
 
@@ -90,7 +144,25 @@ register_op(OpDef(
 
 def concatenate(inputs: Sequence[Node] | Node, b: Node | None = None, axis: int = -1,
                 name: str | None = None) -> Node:
-    """Concatenate a list of nodes (or two nodes) along ``axis``."""
+    """Concatenate a list of nodes (or two nodes) along ``axis``.
+
+    Args:
+        inputs: a list of nodes, or the first of two.
+        b: the second node when ``inputs`` is one node.
+        axis: the joined axis (NumPy convention); other axes must agree.
+        name: layer name (default ``"concatenate_{n}"``).
+
+    Returns:
+        (Node): the inputs' shape with the sizes on ``axis`` summed.
+
+    Raises:
+        ShapeError: ranks or the other axes differ.
+
+    Examples:
+        >>> a, b = gd.input("a", shape=(None, 2)), gd.input("b", shape=(None, 3))
+        >>> gd.get_output_shape(gd.concatenate([a, b]), {"a": (4, 2), "b": (4, 3)})
+        (4, 5)
+    """
     ins = list(inputs) if isinstance(inputs, (list, tuple)) else [inputs, b]
     return make_node("concatenate", ins, {"axis": axis}, name, where=caller_location())
 
@@ -117,7 +189,25 @@ register_op(OpDef(
 
 
 def reshape(x: Node, shape: Sequence[int | None], name: str | None = None) -> Node:
-    """Reshape; ``None`` keeps the input's size at that axis, ``-1`` infers one size."""
+    """Reshape to ``shape`` (counting the batch axis).
+
+    Args:
+        x: input node.
+        shape: the new sizes; ``None`` keeps the input's size at that axis, ``-1`` infers
+            one size.
+        name: layer name (default ``"reshape_{n}"``).
+
+    Returns:
+        (Node): of ``shape`` (resolved).
+
+    Raises:
+        ShapeError: the sizes do not fit ``x``'s.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 6))
+        >>> gd.get_output_shape(gd.reshape(x, (None, 2, -1)), (5, 6))
+        (5, 2, 3)
+    """
     return make_node("reshape", [x], {"shape": shape}, name, where=caller_location())
 
 
@@ -135,7 +225,23 @@ register_op(OpDef(
 
 
 def flatten(x: Node, name: str | None = None) -> Node:
-    """Keep the first axis, flatten the rest: ``(N, a, b) -> (N, a*b)``."""
+    """Keep the first axis, flatten the rest: ``(N, a, b) -> (N, a*b)``.
+
+    Args:
+        x: input node, rank >= 2, sizes after the first known.
+        name: layer name (default ``"flatten_{n}"``).
+
+    Returns:
+        (Node): ``(N, prod(rest))``.
+
+    Raises:
+        ShapeError: rank below 2.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3, 4))
+        >>> gd.get_output_shape(gd.flatten(x), (2, 3, 4))
+        (2, 12)
+    """
     return make_node("flatten", [x], {}, name, where=caller_location())
 
 
@@ -173,7 +279,24 @@ register_op(OpDef(
 
 
 def transpose(x: Node, axes: Sequence[int] | None = None, name: str | None = None) -> Node:
-    """Permute axes as ``numpy.transpose`` (e.g. ``(0, 2, 1)``)."""
+    """Permute axes as ``numpy.transpose`` (e.g. ``(0, 2, 1)``).
+
+    Args:
+        x: input node.
+        axes: a permutation of ``range(rank)`` (counting the batch axis); None reverses.
+        name: layer name (default ``"transpose_{n}"``).
+
+    Returns:
+        (Node): the permuted shape.
+
+    Raises:
+        OptionError: ``axes`` is not a permutation of the input's axes.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3, 4))
+        >>> gd.get_output_shape(gd.transpose(x, (0, 2, 1)), (2, 3, 4))
+        (2, 4, 3)
+    """
     return make_node("transpose", [x], {"axes": axes}, name, where=caller_location())
 
 
@@ -209,7 +332,24 @@ register_op(OpDef(
 
 
 def matmul(a: Node, b: Node, name: str | None = None) -> Node:
-    """``a @ b`` with ``numpy.matmul`` semantics (batched, broadcast)."""
+    """``a @ b`` with ``numpy.matmul`` semantics (batched, broadcast).
+
+    Args:
+        a: node ``(..., n, k)`` (or ``(k,)``).
+        b: node ``(..., k, m)`` (or ``(k,)``).
+        name: layer name (default ``"matmul_{n}"``).
+
+    Returns:
+        (Node): ``(..., n, m)``.
+
+    Raises:
+        ShapeError: the inner sizes differ or batch axes do not broadcast.
+
+    Examples:
+        >>> q, k = gd.input("q", shape=(None, 4, 8)), gd.input("k", shape=(None, 8, 5))
+        >>> gd.get_output_shape(gd.matmul(q, k), {"q": (2, 4, 8), "k": (2, 8, 5)})
+        (2, 4, 5)
+    """
     return make_node("matmul", [a, b], {}, name, where=caller_location())
 
 
@@ -226,7 +366,27 @@ register_op(OpDef(
 
 
 def bias(x: Node, bias_initializer: Any = "zeros", name: str | None = None) -> Node:
-    """``x + bias``, a learnable ``bias [features]`` on the last axis: ``(..., f) -> (..., f)``."""
+    """``x + bias``, a learnable ``bias [features]`` on the last axis (Axon's ``bias``).
+
+    Args:
+        x: input node ``(..., f)``, ``f`` known.
+        bias_initializer: initializer for ``bias`` (default ``"zeros"``).
+        name: layer name (default ``"bias_{n}"``).
+
+    Returns:
+        (Node): ``(..., f)``.
+
+    Raises:
+        ShapeError: the last axis is unknown.
+        OptionError: an unknown initializer.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 3))
+        >>> y = gd.bias(x, bias_initializer="ones", name="b")
+        >>> state = gd.build(y)[0](np.zeros((1, 3), np.float32))
+        >>> gd.predict(y, state, np.zeros((1, 3), np.float32))
+        array([[1., 1., 1.]], dtype=float32)
+    """
     return make_node("bias", [x], {"bias_initializer": bias_initializer}, name,
                      where=caller_location())
 
@@ -273,7 +433,26 @@ register_op(OpDef(
 
 def pad(x: Node, config: Sequence[tuple[int, int]], value: float = 0.0,
         channels: str = "last", name: str | None = None) -> Node:
-    """Pads the spatial axes of ``[batch, *spatial, channels]`` (or channels ``"first"``)
-    with ``value``; ``config`` holds one ``(low, high)`` pair per spatial axis."""
+    """Pad the spatial axes of ``[batch, *spatial, C]`` (Axon's ``pad``) with ``value``.
+
+    Args:
+        x: input node ``[batch, *spatial, C]`` (``channels="first"``: ``[batch, C, *spatial]``).
+        config: one ``(low, high)`` pair of non-negative ints per spatial axis.
+        value: the fill value.
+        channels: ``"last"`` or ``"first"``.
+        name: layer name (default ``"pad_{n}"``).
+
+    Returns:
+        (Node): each spatial size grown by ``low + high``.
+
+    Raises:
+        ShapeError: ``config`` does not have one pair per spatial axis.
+        OptionError: a bad pair or ``channels``.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 4, 4, 3))
+        >>> gd.get_output_shape(gd.pad(x, [(1, 1), (0, 2)]), (1, 4, 4, 3))
+        (1, 6, 6, 3)
+    """
     return make_node("pad", [x], {"padding_config": config, "value": value,
                                   "channels": channels}, name, where=caller_location())

@@ -122,14 +122,36 @@ def attention(q: Node, k: Node, v: Node, mask: Node | None = None, causal: bool 
               name: str | None = None, dropout: float = 0.0) -> Node:
     """Scaled dot-product attention with grouped-query k/v (transformers' eager math).
 
-    ``q [batch, heads, q_len, head_dim]``, ``k``/``v [batch, kv_heads, k_len, head_dim]``;
-    ``mask`` (optional) broadcasts to ``[batch, heads, q_len, k_len]``, nonzero = keep
-    (e.g. an int ``attention_mask`` reshaped to ``(None, 1, 1, -1)``); ``causal=True``
-    hides later keys; ``window`` (with causal) keeps only the last ``window`` keys
-    (Mistral/Qwen2 sliding window). ``scale`` defaults to ``head_dim ** -0.5``.
-    ``dropout`` in [0, 1): inverted dropout on the attention probabilities
-    ``[batch, heads, q_len, k_len]`` in train mode only, as transformers'
-    ``attention_dropout`` (a layer with one draws from its RNG ``key``, like gd.dropout).
+    ``softmax(q @ k.T * scale + masks) @ v``; each k/v head serves ``heads // kv_heads``
+    consecutive query heads.
+
+    Args:
+        q: queries ``[batch, heads, q_len, head_dim]``.
+        k: keys ``[batch, kv_heads, k_len, head_dim]``, ``heads`` a multiple of ``kv_heads``.
+        v: values, the shape of ``k``.
+        mask: optional node broadcasting to ``[batch, heads, q_len, k_len]``, nonzero = keep
+            (e.g. an int ``attention_mask`` reshaped to ``(None, 1, 1, -1)``).
+        causal: hide later keys (the queries are the last ``q_len`` positions).
+        scale: score scale, default ``head_dim ** -0.5``.
+        window: with ``causal``, keep only the last ``window`` keys (Mistral/Qwen2 sliding
+            window); None for all.
+        name: layer name (default ``"attention_{n}"``).
+        dropout: in ``[0, 1)``: inverted dropout on the probabilities in train mode only
+            (transformers' ``attention_dropout``), drawn from the layer's RNG ``key``.
+
+    Returns:
+        (Node): ``[batch, heads, q_len, head_dim]``.
+
+    Raises:
+        ShapeError: head counts or sizes disagree, or the mask does not broadcast.
+        OptionError: a bad ``scale``, ``window`` or ``dropout``.
+
+    Examples:
+        >>> q = gd.input("q", shape=(None, 4, 5, 8))
+        >>> kv = gd.input("kv", shape=(None, 2, 5, 8))
+        >>> gd.get_output_shape(gd.attention(q, kv, kv, causal=True),
+        ...                     {"q": (1, 4, 5, 8), "kv": (1, 2, 5, 8)})
+        (1, 4, 5, 8)
     """
     ins = [q, k, v] + ([mask] if mask is not None else [])
     attrs = {"causal": causal, "scale": scale, "window": window}
@@ -170,8 +192,33 @@ register_op(OpDef(
 
 def rms_norm(x: Node, axis: int = -1, epsilon: float = 1e-6, shift: float = 0.0,
              gamma_initializer: Any = "ones", name: str | None = None) -> Node:
-    """Root-mean-square normalization over ``axis``: ``(shift + gamma) * x / rms(x)``, with
-    a learnable ``gamma`` [size of axis] (Axon's options and defaults); shape unchanged."""
+    """Root-mean-square normalization over ``axis``: ``(shift + gamma) * x / rms(x)``.
+
+    ``rms(x) = sqrt(mean(x**2) + epsilon)``, computed in float32 (LLaMA's RMSNorm); a
+    learnable ``gamma [size of axis]``; Axon's options and defaults.
+
+    Args:
+        x: input node, known size on ``axis``.
+        axis: normalized axis.
+        epsilon: added inside the square root, >= 0.
+        shift: added to ``gamma`` (Gemma-style ``1 + gamma`` with ``shift=1``).
+        gamma_initializer: initializer for ``gamma`` (default ``"ones"``).
+        name: layer name (default ``"rms_norm_{n}"``).
+
+    Returns:
+        (Node): the shape of ``x``.
+
+    Raises:
+        ShapeError: unknown size on ``axis``.
+        OptionError: a bad ``epsilon`` or initializer.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 2))
+        >>> y = gd.rms_norm(x, epsilon=0.0)
+        >>> state = gd.build(y)[0](np.zeros((1, 2), np.float32))
+        >>> gd.predict(y, state, np.array([[3.0, 4.0]], np.float32)).round(4)
+        array([[0.8485, 1.1314]], dtype=float32)
+    """
     return make_node("rms_norm", [x], {"axis": axis, "epsilon": epsilon, "shift": shift,
                                        "gamma_initializer": gamma_initializer}, name,
                      where=caller_location())
@@ -226,8 +273,27 @@ register_op(OpDef(
 
 def rotary_embedding(x: Node, positions: Node, theta: float = 10000.0,
                      name: str | None = None) -> Node:
-    """Rotary position embedding of ``x [batch, heads, seq, head_dim]`` at integer
-    ``positions [batch, seq]`` (``rope_theta`` = ``theta``)."""
+    """Rotary position embedding (transformers' ``rotate_half`` form).
+
+    Args:
+        x: ``[batch, heads, seq, head_dim]``, ``head_dim`` even.
+        positions: integer ``[batch, seq]`` (see ``positions``).
+        theta: the base (``rope_theta``).
+        name: layer name (default ``"rotary_embedding_{n}"``).
+
+    Returns:
+        (Node): the shape of ``x``.
+
+    Raises:
+        ShapeError: ``head_dim`` is odd or ``positions`` does not fit.
+
+    Examples:
+        >>> q = gd.input("q", shape=(None, 2, 3, 4))
+        >>> ids = gd.input("ids", shape=(None, 3), dtype="int64")
+        >>> y = gd.rotary_embedding(q, gd.positions(ids))
+        >>> gd.get_output_shape(y, {"q": (1, 2, 3, 4), "ids": (1, 3)})
+        (1, 2, 3, 4)
+    """
     return make_node("rotary_embedding", [x, positions], {"theta": theta}, name,
                      where=caller_location())
 
@@ -274,15 +340,56 @@ register_op(OpDef(
 
 def slice(x: Node, start: int, stop: int | None, axis: int = -1,
           name: str | None = None) -> Node:
-    """``x[start:stop]`` along ``axis`` (negative bounds count from the end)."""
+    """``x[start:stop]`` along ``axis`` (negative bounds count from the end).
+
+    Args:
+        x: input node.
+        start: first index.
+        stop: end index (exclusive), None for the end.
+        axis: the sliced axis.
+        name: layer name (default ``"slice_{n}"``).
+
+    Returns:
+        (Node): the shape of ``x`` with the sliced size on ``axis``.
+
+    Raises:
+        ShapeError: ``axis`` is out of range.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 10))
+        >>> gd.get_output_shape(gd.slice(x, 2, -1), (3, 10))
+        (3, 7)
+    """
     return make_node("slice", [x], {"start": start, "stop": stop, "axis": axis}, name,
                      where=caller_location())
 
 
 def split(x: Node, n_or_sizes: int | Sequence[int], axis: int = -1,
           name: str | None = None) -> tuple[Node, ...]:
-    """Split ``x`` along ``axis`` into ``n`` equal parts or parts of the given sizes (like
-    ``Axon.split``): a tuple of ``slice`` nodes, named ``f"{name}_{i}"`` when ``name``."""
+    """Split ``x`` along ``axis`` into ``n`` equal parts or parts of the given sizes.
+
+    Like ``Axon.split``; the parts are ``slice`` nodes, named ``f"{name}_{i}"`` when
+    ``name`` is given.
+
+    Args:
+        x: input node, known size on ``axis``.
+        n_or_sizes: a number of equal parts, or a list of sizes summing to the axis size.
+        axis: the split axis.
+        name: base name of the parts.
+
+    Returns:
+        (tuple[Node, ...]): the parts, in order.
+
+    Raises:
+        OptionError: the size is not divisible by ``n``, or the sizes do not sum to it.
+        ShapeError: the size on ``axis`` is unknown.
+
+    Examples:
+        >>> x = gd.input("x", shape=(None, 12))
+        >>> q, k, v = gd.split(x, 3)
+        >>> gd.get_output_shape(k, (2, 12))
+        (2, 4)
+    """
     where = caller_location()
 
     def fail(what: str, fix: str, cls: type[GraphDSLError] = OptionError) -> GraphDSLError:
@@ -338,8 +445,26 @@ register_op(OpDef(
 
 
 def positions(x: Node, axis: int = 1, offset: int = 0, name: str | None = None) -> Node:
-    """Integer positions ``offset .. offset+n-1`` along ``axis`` of ``x``, shape
-    ``x.shape[:axis+1]`` (``[batch, seq]`` for ``input_ids``), dtype int64."""
+    """Integer positions ``offset .. offset+n-1`` along ``axis`` of ``x``.
+
+    Args:
+        x: node (e.g. ``input_ids [batch, seq]``).
+        axis: the counted axis.
+        offset: the first position.
+        name: layer name (default ``"positions_{n}"``).
+
+    Returns:
+        (Node): int64 of shape ``x.shape[:axis+1]``.
+
+    Raises:
+        ShapeError: ``axis`` is out of range.
+
+    Examples:
+        >>> ids = gd.input("ids", shape=(None, 4), dtype="int64")
+        >>> gd.predict(gd.positions(ids, offset=2), gd.ModelState.empty(),
+        ...            np.zeros((1, 4), np.int64))
+        array([[2, 3, 4, 5]])
+    """
     return make_node("positions", [x], {"axis": axis, "offset": offset}, name,
                      where=caller_location())
 
@@ -355,14 +480,33 @@ register_op(OpDef(
 
 
 def cache_append(past: Node, new: Node, axis: int = 2, name: str | None = None) -> Node:
-    """``concatenate([past, new], axis)`` for a key/value cache: ``past [batch, kv_heads,
-    cache, head_dim]`` and ``new [batch, kv_heads, seq, head_dim]`` give ``[batch, kv_heads,
-    cache + seq, head_dim]`` (axis 2). Same values as ``concatenate`` on every backend; on
-    NumPy the result is a view of a buffer whose capacity doubles when full, and passing
-    that result back as ``past`` (as a decode loop does) writes the new entries in place,
-    so a step costs a copy of its new entries only (amortized). The result then shares
-    memory with ``past``; any other ``past`` (an older result, a foreign array) is copied
-    once into a fresh buffer, so no array a caller holds ever changes."""
+    """``concatenate([past, new], axis)`` for a key/value cache, amortized O(1) per step.
+
+    Same values as ``concatenate`` on every backend. On NumPy the result is a view of a
+    buffer whose capacity doubles when full, and passing that result back as ``past`` (as a
+    decode loop does) writes the new entries in place; the result then shares memory with
+    ``past``. Any other ``past`` is copied once into a fresh buffer, so no array a caller
+    holds ever changes.
+
+    Args:
+        past: the cache ``[batch, kv_heads, cache, head_dim]``.
+        new: this step's entries ``[batch, kv_heads, seq, head_dim]``.
+        axis: the growing axis.
+        name: layer name (default ``"cache_append_{n}"``).
+
+    Returns:
+        (Node): ``[batch, kv_heads, cache + seq, head_dim]``.
+
+    Raises:
+        ShapeError: the other axes differ.
+
+    Examples:
+        >>> past = gd.input("past", shape=(None, 2, None, 8))
+        >>> new = gd.input("new", shape=(None, 2, 1, 8))
+        >>> gd.get_output_shape(gd.cache_append(past, new),
+        ...                     {"past": (1, 2, 6, 8), "new": (1, 2, 1, 8)})
+        (1, 2, 7, 8)
+    """
     return make_node("cache_append", [past, new], {"axis": axis}, name,
                      where=caller_location())
 
@@ -409,8 +553,30 @@ register_op(OpDef(
 
 def tied_dense(x: Node, embedding: Node, use_bias: bool = False,
                name: str | None = None) -> Node:
-    """Logits ``x @ E.T`` (+ own ``bias [vocab]``) with ``E`` the ``kernel [vocab, dim]`` of
-    ``embedding``, an ``embedding`` layer with an explicit name: one shared parameter."""
+    """Logits ``x @ E.T`` (+ own ``bias [vocab]``) with ``E`` an embedding's kernel.
+
+    ``E`` is the ``kernel [vocab, dim]`` of ``embedding``, so the two layers share one
+    parameter (tied input and output embeddings).
+
+    Args:
+        x: hidden states ``(..., dim)``.
+        embedding: an ``embedding`` layer with an explicit name.
+        use_bias: add a ``bias [vocab]`` of its own.
+        name: layer name (default ``"tied_dense_{n}"``).
+
+    Returns:
+        (Node): ``(..., vocab)``.
+
+    Raises:
+        OptionError: ``embedding`` is not a named embedding layer.
+        ShapeError: ``dim`` differs from the embedding's.
+
+    Examples:
+        >>> ids = gd.input("ids", shape=(None, 5), dtype="int64")
+        >>> emb = gd.embedding(ids, 50, 8, name="wte")
+        >>> gd.get_output_shape(gd.tied_dense(emb, emb), (2, 5))
+        (2, 5, 50)
+    """
     where = caller_location()
     if not isinstance(embedding, Node) or embedding.op != "embedding" or not embedding.name:
         what = ("an embedding layer without a name" if isinstance(embedding, Node)
