@@ -4,6 +4,8 @@
 
 - ``mlp.svg`` and ``dora_adapted.svg``: graphs drawn by ``gd.display.render`` (needs
   Graphviz's ``dot``: ``apt-get install graphviz`` / ``brew install graphviz``).
+- ``architecture.svg``: the module map of the architecture page, from
+  ``architecture.dot`` (Graphviz's ``dot``).
 - ``decomposition.png``: the weight-decomposition plot of the main example, from a run of
   ``examples/dora_finetune.py --seeds 10`` (the run the README's table quotes; its
   report is printed, its outputs are left in a temporary folder whose name is printed).
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -65,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(gd.display.render(mlp(), HERE / "mlp.svg"))
     print(gd.display.render(dora_block(), HERE / "dora_adapted.svg"))
+    subprocess.run(["dot", "-Tsvg", str(HERE / "architecture.dot"), "-o",
+                    str(HERE / "architecture.svg")], check=True)
+    print(HERE / "architecture.svg")
     print(decomposition_png(args.seeds))
     return 0
 
