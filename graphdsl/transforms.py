@@ -122,21 +122,18 @@ def freeze(model: Node, predicate: Callable[[Node], bool] | str | Iterable[str] 
         >>> sorted(gd.build(gd.freeze(model, ["head"]))[0](np.zeros((1, 4), np.float32)).frozen)
         [('base', 'bias'), ('base', 'kernel'), ('head', 'bias'), ('head', 'kernel')]
     """
-    if isinstance(predicate, str) or (predicate is not None and not callable(predicate)):
-        names = {predicate} if isinstance(predicate, str) else set(predicate) \
-            if isinstance(predicate, Iterable) else None
-        if names is None or not all(isinstance(x, str) for x in names):
+    if predicate is not None and not callable(predicate):  # a layer name or names
+        names = [predicate] if isinstance(predicate, str) else list(predicate) \
+            if isinstance(predicate, Iterable) else [predicate]
+        if not all(isinstance(x, str) for x in names):
             raise GraphDSLError(f"freeze: expected a predicate(node), a layer name or a list "
                                 f"of names, got {predicate!r}", op="freeze",
                                 fix="pass e.g. gd.freeze(model, ['fc1']) or "
                                     "gd.freeze(model, lambda n: n.name == 'fc1')")
         g = analyze(model)
-        unknown = sorted(names - {g.name(n) for n in g.order})
-        if unknown:
-            raise GraphDSLError(f"freeze: no layer named {unknown}", op="freeze",
-                                fix="use the names gd.properties(model) lists")
+        ids = {layer_by_name(g, name).id for name in names}  # unknown: lists the layers
         return rewrite_nodes(model, lambda n: (lambda ins, out: rebuild(
-            out, out.inputs, frozen=True)) if n.params and g.name(n) in names else None)
+            out, out.inputs, frozen=True)) if n.params and n.id in ids else None)
     return map_nodes(model, lambda n: rebuild(n, n.inputs, frozen=True)
                      if n.params and (predicate is None or predicate(n)) else n)
 
