@@ -74,6 +74,28 @@ def dtype_name(dtype: Any) -> str:
                             fix=f"use one of {', '.join(FLOATS)}") from None
 
 
+def float_name(dtype: Any) -> str | None:
+    """The name of ``dtype`` when it is one of the four floating dtypes, else None.
+
+    Args:
+        dtype: anything; a dtype as ``dtype_name`` takes it.
+
+    Returns:
+        (str | None): ``"float16"``, ``"bfloat16"``, ``"float32"`` or ``"float64"``; None
+        for any other dtype and for what is no dtype at all (callers say why it is wrong).
+
+    Examples:
+        >>> from graphdsl.dtypes import float_name
+        >>> float_name("torch.bfloat16"), float_name("int8"), float_name("nonsense")
+        ('bfloat16', None, None)
+    """
+    try:
+        name = dtype_name(dtype)
+    except GraphDSLError:
+        return None
+    return name if name in FLOATS else None
+
+
 def is_float(dtype: Any) -> bool:
     """Whether ``dtype`` is float16, bfloat16, float32 or float64 (bfloat16's NumPy kind is 'V').
 

@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 from .adapters.adapt import match_targets
-from .dtypes import FLOATS, HALF, dtype_name, is_float, np_dtype
-from .errors import GraphDSLError, OptionError, RuleError
+from .dtypes import FLOATS, HALF, float_name, is_float, np_dtype
+from .errors import OptionError, RuleError
 from .graph import analyze
 from .node import Node, caller_location, make_node, rebuild
 from .ops._attrs import boolean
@@ -103,11 +103,8 @@ def create_policy(params: Any = None, compute: Any = None, output: Any = None) -
 def _checked(field: str, value: Any) -> str | None:
     if value is None:
         return None
-    try:
-        name = dtype_name(value)
-    except GraphDSLError:
-        name = None
-    if name not in FLOATS:
+    name = float_name(value)
+    if name is None:
         raise OptionError(f"create_policy: {field}={value!r} is not a floating-point dtype",
                           op="create_policy", fix=f"use one of {', '.join(FLOATS)}, or None "
                                                   "(no cast)")
@@ -138,11 +135,8 @@ def policy_from_json(value: Any) -> Policy:
 
 
 def _cast_attrs(a: dict) -> dict:
-    try:
-        dtype = dtype_name(a.get("dtype"))
-    except GraphDSLError:
-        dtype = None
-    if dtype not in FLOATS:
+    dtype = float_name(a.get("dtype"))
+    if dtype is None:
         raise RuleError(f"cast: dtype must be one of {FLOATS}, got {a.get('dtype')!r}",
                         "pass dtype='bfloat16' (integers are never cast)", OptionError)
     return {"dtype": dtype, "compute": boolean(a.get("compute", False), "compute")}

@@ -23,7 +23,7 @@ import onnx
 from onnx import external_data_helper, helper
 
 from graphdsl.compiler import make_plan
-from graphdsl.dtypes import HALF, dtype_name, is_float
+from graphdsl.dtypes import HALF, dtype_name, float_name
 from graphdsl.errors import GraphDSLError, OptionError
 from graphdsl.mixed_precision import widened
 from graphdsl.node import Node
@@ -222,7 +222,7 @@ def export_dtype(state: ModelState, dtype: str | None) -> str:
             raise OptionError("the state holds both float16 and bfloat16 values",
                               op="to_onnx", fix="pass dtype='float16' (or 'float32')")
         return half.pop() if half else "float32"
-    name = dtype_name(dtype) if is_float(dtype) else None
+    name = float_name(dtype)
     if name not in ("float32", *HALF):
         raise OptionError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}",
                           op="to_onnx", fix="pass dtype='float16', or None for the state's")

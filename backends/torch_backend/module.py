@@ -26,7 +26,7 @@ import torch
 
 from graphdsl.adapters.contract import owns
 from graphdsl.compiler import InputChecker, make_plan
-from graphdsl.dtypes import FLOATS, HALF, dtype_name, is_float
+from graphdsl.dtypes import FLOATS, HALF, dtype_name, float_name, is_float
 from graphdsl.errors import BackendError, GraphDSLError, InputError, StateError, fmt_shape
 from graphdsl.graph import check_input_names, check_known_keys, state_value
 from graphdsl.io.filemap import private_view
@@ -51,11 +51,8 @@ def _dtype_name(dtype: Any, what: str) -> str | None:
     """The float dtype name of ``dtype`` (a name, NumPy or torch dtype); None stays None."""
     if dtype is None:
         return None
-    try:
-        name = dtype_name(dtype)
-    except GraphDSLError:
-        name = repr(dtype)
-    if name not in FLOATS:
+    name = float_name(dtype)
+    if name is None:
         raise GraphDSLError(f"unsupported module {what} {dtype!r}",
                             fix=f"use {what}=None (keep the state's dtypes) or one of "
                                 f"{', '.join(FLOATS)}")

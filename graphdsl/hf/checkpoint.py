@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ..dtypes import dtype_name, is_float, np_dtype
+from ..dtypes import float_name, is_float, np_dtype
 from ..errors import GraphDSLError, StateError
 from ..graph import Graph, analyze
 from ..initializers import initialize
@@ -177,7 +177,7 @@ def state_from_tensors(model: Node, tensors: Mapping[str, np.ndarray], f: HFFami
 
 def _float_dtype(dtype: Any) -> np.dtype:
     """The NumPy dtype of a floating ``dtype=`` argument; anything else is an error."""
-    if not is_float(dtype_name(dtype)):
+    if float_name(dtype) is None:
         raise GraphDSLError(f"dtype={dtype!r} is not a floating dtype",
                             fix="pass None (keep the checkpoint's), 'bfloat16', 'float16', "
                                 "'float32' or 'float64'")
