@@ -74,6 +74,25 @@ def dtype_name(dtype: Any) -> str:
                             fix=f"use one of {', '.join(FLOATS)}") from None
 
 
+def bfloat16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 values given by their 16 bits (``uint16``, any shape) as a new float32
+    array of that shape, exactly: a bfloat16 is the high half of a float32, so this is one
+    shift (about twice as fast as ml_dtypes' cast, and needs no ml_dtypes).
+
+    Args:
+        bits: the values' bits, ``uint16`` (native or little-endian), any shape.
+
+    Returns:
+        (np.ndarray): float32, ``bits``' shape and layout.
+
+    Examples:
+        >>> from graphdsl.dtypes import bfloat16_bits_to_float32
+        >>> bfloat16_bits_to_float32(np.array([0x3F80, 0xC000], np.uint16))
+        array([ 1., -2.], dtype=float32)
+    """
+    return np.left_shift(bits, 16, dtype=np.uint32).view(np.float32)
+
+
 def float_name(dtype: Any) -> str | None:
     """The name of ``dtype`` when it is one of the four floating dtypes, else None.
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from graphdsl.dtypes import HALF
+from graphdsl.dtypes import HALF, bfloat16_bits_to_float32
 
 #: ops whose kernels take half values themselves: an embedding gathers rows, then upcasts
 #: only those; a dense layer upcasts its kernel in column blocks (:func:`matmul`)
@@ -33,7 +33,7 @@ def upcast(a: np.ndarray, dtype: np.dtype) -> np.ndarray:
     shifts the 16 bits into a float32's high half (exact, and about twice as fast as
     ml_dtypes' cast)."""
     if a.dtype.name == "bfloat16" and dtype == np.float32:
-        return np.left_shift(a.view(np.uint16), 16, dtype=np.uint32).view(np.float32)
+        return bfloat16_bits_to_float32(a.view(np.uint16))
     return a.astype(dtype)
 
 

@@ -16,7 +16,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..dtypes import FLOATS, np_dtype
+from ..dtypes import FLOATS, bfloat16_bits_to_float32, np_dtype
 from ..errors import GraphDSLError, SerializationError, StateError, fmt_shape
 from ..graph import Graph
 from ..state import ModelState, need_state
@@ -193,7 +193,7 @@ def decode(buf: Any, entry: Entry, start: int = 0, widen_bf16: bool = False
     dt, shape, b, e = entry
     if dt == "BF16" and widen_bf16:
         raw = np.frombuffer(buf, "<u2", (e - b) // 2, start + b)
-        return np.left_shift(raw, 16, dtype="<u4").view("<f4").reshape(shape)
+        return bfloat16_bits_to_float32(raw).reshape(shape)
     code = np_dtype(ST_DTYPES[dt]).newbyteorder("<")
     return np.frombuffer(buf, code, (e - b) // ST_ITEMSIZE[dt], start + b).reshape(shape)
 
