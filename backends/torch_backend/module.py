@@ -265,11 +265,12 @@ def _module_tensor(value: Any, dev: Any, tdtype: Any) -> torch.Tensor:
     value mapped from a weights file (gd.load, hf.from_pretrained) that needs no cast is
     "copied" as a copy-on-write map of the same file bytes: its pages are shared with the
     state's until the module writes them, so a loaded model is not held twice."""
-    t = numpy_view(np.asarray(value))
+    arr = np.asarray(value)
+    t = numpy_view(arr)
     if not t.is_floating_point():
         tdtype = None
     if dev.type == "cpu" and tdtype in (None, t.dtype):
-        cow = private_view(np.asarray(value))
+        cow = private_view(arr)
         if cow is not None:
             return numpy_view(cow)
     return t.to(device=dev, dtype=tdtype, copy=True)
