@@ -85,12 +85,35 @@ def attention_keep(ins: list, a: Mapping, arange: Callable[[int], Any]) -> Any:
 
 
 def rotate(x: Any, cos: Any, sin: Any, cat: Callable) -> Any:
-    """LLaMA's rotary embedding of x [b, heads, s, d] given cos/sin [b, s, d/2] of the angles
-    (in x's dtype): x * cos + rotate_half(x) * sin with cos/sin repeated to d, as
-    transformers' ``cat((freqs, freqs))``. ``cat`` is the backend's concatenate."""
-    c, s = cat((cos, cos), -1)[:, None], cat((sin, sin), -1)[:, None]
+    """LLaMA's rotary embedding of x [b, heads, s, d] given cos/sin [b, 1, s, d] of the
+    angles (in x's dtype, see :func:`rotary_tables`): x * cos + rotate_half(x) * sin, as
+    transformers'. ``cat`` is the backend's concatenate."""
     h = x.shape[-1] // 2
-    return x * c + cat((-x[..., h:], x[..., :h]), -1) * s
+    return x * cos + cat((-x[..., h:], x[..., :h]), -1) * sin
+
+
+#: the last rotary tables made per (backend, d, theta, dtype, device): (positions, cos, sin)
+_ROTARY: dict[tuple, tuple] = {}
+#: positions with at most this many entries (a decode step's) have their tables kept
+ROTARY_KEEP = 4096
+
+
+def rotary_tables(key: tuple, pos: Any, make: Callable[[], tuple[Any, Any]],
+                  same: Callable[[Any, Any], bool], keep: Callable[[Any], Any]
+                  ) -> tuple[Any, Any]:
+    """The cos/sin tables [b, 1, s, d] of ``pos`` [b, s] from ``make()``, reused when the
+    previous call under ``key`` had equal positions: every layer's queries and keys of one
+    decode step rotate by the same positions, so a step makes its tables once instead of
+    once per attention input. Positions are compared by value (``same``) against a private
+    copy (``keep``), never by identity, so an input edited in place between calls is seen.
+    Only small position arrays (a decode step's, <= ROTARY_KEEP entries) are kept."""
+    hit = _ROTARY.get(key)
+    if hit is not None and same(hit[0], pos):
+        return hit[1], hit[2]
+    cos, sin = make()
+    if math.prod(pos.shape) <= ROTARY_KEEP:
+        _ROTARY[key] = (keep(pos), cos, sin)  # one store: safe for concurrent calls
+    return cos, sin
 
 
 def spatial_axes(x: Any, channels: str) -> tuple[int, ...]:

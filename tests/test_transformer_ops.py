@@ -303,6 +303,60 @@ def test_rotary_float64_hand_written_and_broadcast_positions(backend, rng):
     np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_rotary_tables_reused_by_value_never_stale(backend, rng):
+    """A step's rotary layers share one cos/sin table (made once per positions), but the
+    positions are compared by value: an input array edited in place between two calls, or
+    new positions, give the rotation of the positions passed, as a fresh model's."""
+    from graphdsl.backends import shared
+
+    h, d = 2, 8
+    x = _f(rng, 1, h, 1, d)
+    pos = np.array([[5]], np.int64)
+    xin = gd.input("x", (None, h, None, d))
+    pin = gd.input("pos", (None, None), dtype="int64")
+    model = gd.add(gd.rotary_embedding(xin, pin), gd.rotary_embedding(xin, pin))
+    init, pred = gd.build(model, backend=backend)
+    st = init(None, gd.ModelState({}))
+
+    def ref(p):
+        inv = 1.0 / (10000.0 ** (np.arange(0, d, 2, dtype=np.float32) / d))
+        ang = np.concatenate([p[..., None] * inv] * 2, -1).astype(np.float32)[:, None]
+        rot = np.concatenate([-x[..., d // 2:], x[..., :d // 2]], -1)
+        return 2 * (x * np.cos(ang) + rot * np.sin(ang))
+
+    def out(p):
+        y = pred(st, {"x": x, "pos": p})
+        return y.detach().numpy() if isinstance(y, torch.Tensor) else y
+
+    shared._ROTARY.clear()
+    np.testing.assert_allclose(out(pos), ref(pos), rtol=1e-5, atol=1e-5)
+    assert len(shared._ROTARY) == 1  # both layers used one table
+    first = next(iter(shared._ROTARY.values()))
+    pos[0, 0] = 9  # the same array, edited in place
+    np.testing.assert_allclose(out(pos), ref(pos), rtol=1e-5, atol=1e-5)
+    assert next(iter(shared._ROTARY.values()))[1] is not first[1]
+    np.testing.assert_allclose(out(np.array([[5]])), ref(np.array([[5]])), rtol=1e-5,
+                               atol=1e-5)
+
+
+def test_rotary_table_of_inference_mode_not_used_for_training(rng):
+    """A table made under torch.inference_mode (generation) is kept apart from one made
+    for autograd: torch refuses to save an inference tensor for backward."""
+    h, d = 2, 8
+    model = gd.rotary_embedding(gd.input("x", (None, h, None, d)),
+                                gd.input("pos", (None, None), dtype="int64"))
+    module = gd.to_torch(model, gd.build(model)[0]({"x": np.zeros((1, h, 1, d), np.float32),
+                                                    "pos": np.zeros((1, 1), np.int64)}))
+    x = torch.from_numpy(_f(rng, 1, h, 1, d))
+    pos = torch.tensor([[3]])
+    with torch.inference_mode():
+        module(x, pos)
+    xg = x.clone().requires_grad_(True)
+    module(xg, pos).sum().backward()
+    assert xg.grad is not None and torch.isfinite(xg.grad).all()
+
+
 def test_rotary_errors():
     pos = gd.input("pos", (None, None), dtype="int64")
     with pytest.raises(ShapeError, match="even"):

@@ -304,12 +304,20 @@ def _rms_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarr
 def _rotary_embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:
     x, pos = ins
     d = x.shape[-1]
-    inv = ctx.cache.get(d)
-    if inv is None:  # transformers' default rope init, in float32
-        inv = ctx.cache[d] = 1.0 / (a["theta"] ** (np.arange(0, d, 2, dtype=np.float32) / d))
-    ang = pos[..., None].astype(np.float32) * inv
-    return shared.rotate(x, np.cos(ang).astype(x.dtype, copy=False),
-                         np.sin(ang).astype(x.dtype, copy=False), np.concatenate)
+
+    def make() -> tuple[np.ndarray, np.ndarray]:  # transformers' default rope, in float32
+        inv = 1.0 / (a["theta"] ** (np.arange(0, d, 2, dtype=np.float32) / d))
+        ang = pos[..., None].astype(np.float32) * inv
+        ang = np.concatenate((ang, ang), -1)[:, None]  # [b, 1, s, d]
+        return np.cos(ang).astype(x.dtype, copy=False), np.sin(ang).astype(x.dtype, copy=False)
+
+    cos, sin = shared.rotary_tables(("numpy", d, a["theta"], x.dtype), pos, make,
+                                    _same_positions, np.array)
+    return shared.rotate(x, cos, sin, np.concatenate)
+
+
+def _same_positions(kept: np.ndarray, pos: np.ndarray) -> bool:
+    return kept.shape == pos.shape and bool(np.array_equal(kept, pos))
 
 
 def _positions(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> np.ndarray:

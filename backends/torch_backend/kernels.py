@@ -211,11 +211,13 @@ def _attention(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
     kv, m = k.shape[1], k.shape[2]
     if len(ins) > 3 and not compiling() and bool((ins[3] != 0).all()):
         ins = ins[:3]  # a mask that keeps everything (transformers' default one): no mask
-    if not dropping and len(ins) == 3 and (not a["causal"] or (n == m and (a["window"] or m) >= m)):
+    sees_all = n == 1 and (a["window"] or m) >= m  # one query after the cache: no causal cut
+    if not dropping and len(ins) == 3 and (not a["causal"] or sees_all or (
+            n == m and (a["window"] or m) >= m)):
         # no mask and a plain causal mask (or none): torch's fused kernel (flash attention
         # on CPU and CUDA), with its GQA (query head i uses k/v head i // (h/kv), as
         # transformers' repeat_kv); less time and memory than the scores matrix
-        return F.scaled_dot_product_attention(q, k, v, is_causal=a["causal"],
+        return F.scaled_dot_product_attention(q, k, v, is_causal=a["causal"] and not sees_all,
                                               scale=a["scale"], enable_gqa=kv != h)
     s = torch.matmul(shared.grouped_queries(q, kv), k.transpose(-1, -2))  # [b, kv, rep*n, m]
     s = (s * (a["scale"] if a["scale"] is not None else d ** -0.5)).reshape(b, h, n, m)
@@ -241,10 +243,25 @@ def _rms_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Te
 def _rotary_embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
     x, pos = ins
     d = x.shape[-1]
-    steps = torch.arange(0, d, 2, dtype=torch.float32, device=x.device)
-    inv = 1.0 / (a["theta"] ** (steps / d))  # transformers' default rope init, in float32
-    ang = pos[..., None].float() * inv
-    return shared.rotate(x, ang.cos().to(x.dtype), ang.sin().to(x.dtype), torch.cat)
+
+    def make() -> tuple[torch.Tensor, torch.Tensor]:
+        steps = torch.arange(0, d, 2, dtype=torch.float32, device=x.device)
+        inv = 1.0 / (a["theta"] ** (steps / d))  # transformers' default rope init, in float32
+        ang = pos[..., None].float() * inv
+        ang = torch.cat((ang, ang), -1)[:, None]  # [b, 1, s, d]
+        return ang.cos().to(x.dtype), ang.sin().to(x.dtype)
+
+    if compiling():
+        cos, sin = make()
+    else:
+        cos, sin = shared.rotary_tables(("torch", d, a["theta"], x.dtype, x.device,
+                                         torch.is_inference_mode_enabled()), pos,
+                                        make, _same_positions, torch.clone)
+    return shared.rotate(x, cos, sin, torch.cat)
+
+
+def _same_positions(kept: torch.Tensor, pos: torch.Tensor) -> bool:
+    return kept.shape == pos.shape and kept.device == pos.device and torch.equal(kept, pos)
 
 
 def _positions(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
