@@ -235,9 +235,14 @@ def _attention(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> Any:
 def _rms_norm(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
     x = ins[0]
     ax = a["axis"] % x.dim()
+    g = shared.shifted(p["gamma"], a)
+    if ax == x.dim() - 1 and x.dtype in (torch.float32, torch.float64) and g.dtype == x.dtype \
+            and not torch.is_autocast_enabled(x.device.type):
+        # one fused call, the same rounding as transformers' float32 formula below
+        return F.rms_norm(x, (x.shape[-1],), g, a["epsilon"])
     xf = x.float() if x.dtype in (torch.bfloat16, torch.float16) else x  # as transformers'
     y = (xf * torch.rsqrt(xf.pow(2).mean(ax, keepdim=True) + a["epsilon"])).to(x.dtype)
-    return shared.along(shared.shifted(p["gamma"], a), x, ax) * y
+    return shared.along(g, x, ax) * y
 
 
 def _rotary_embedding(ins: list, p: Mapping, a: Mapping, ctx: KernelContext) -> torch.Tensor:
