@@ -6,7 +6,11 @@ kv heads, intermediate 1376, vocab 32000, and a GPT-2 of the same size (512, 4 l
 heads, vocab 32000); batch 1, prompt 16, 256 new tokens (``--quick``: 32). Rows: time
 per token (the goal: tokens/s >= 1.5x transformers' on NumPy, >= 1.2x on torch, >= 2x on
 onnxruntime), the cost of the 256th token against the 16th (flat: <= 1.3x), and batch 8
-left-padded against batch 1 (tokens/s >= 5x: time per token of the batch <= 0.2x)."""
+left-padded against batch 1 (tokens/s >= 5x: time per token of the batch <= 0.2x), and
+the physical limit beside them: the bytes one step must read (every parameter once, an
+embedding's one row, the cache at the last token) over the memory bandwidth a 1-row
+float32 product reaches here on 2 threads over 512 MiB (well past the last-level cache),
+with each backend's time per token against it."""
 from __future__ import annotations
 
 import statistics
@@ -29,6 +33,42 @@ FAMILIES = {
     "GPT-2 512x4 layers, vocab 32000, prompt 16": ("GPT2Config", "GPT2LMHeadModel", dict(
         vocab_size=32000, n_embd=512, n_layer=4, n_head=8, n_positions=1024)),
 }
+
+
+def bandwidth(mib: int = 512, reps: int = 7) -> float:
+    """Bytes per second a 1-row float32 product ``x @ W`` reads from memory here (the
+    kernel a decode step's dense layers run), W of ``mib`` MiB; median of ``reps``."""
+    w = np.ones((1024, mib * 256), np.float32)
+    x = np.ones((1, 1024), np.float32)
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        x @ w
+        times.append(time.perf_counter() - t0)
+    return w.nbytes / statistics.median(times)
+
+
+def step_bytes(model, state, past: int) -> int:
+    """Bytes one decode step of batch 1 must read: every state value once, except that an
+    embedding reads one row (its whole table where a tied output layer reads it as the
+    head), plus each layer's cached keys and values at ``past`` positions (float32)."""
+    import graphdsl as gd
+    from graphdsl.generate import decoder
+    from graphdsl.node import topo_order
+
+    nodes = topo_order(model)
+    tables = {n.name for n in nodes if n.op == "embedding"}
+    tied = {n.attrs["embedding"] for n in nodes if n.op == "tied_dense"}
+    total = 0
+    for layer, values in state.data.items():
+        for v in values.values():
+            a = np.asarray(v)
+            one_row = layer in tables and layer not in tied
+            total += a.nbytes // a.shape[0] if one_row else a.nbytes
+    cache = sum(2 * shape[1] * past * shape[3] * 4
+                for name, shape in gd.get_inputs(decoder(model)).items()
+                if name.startswith("past_key_values_") and name.endswith("_key"))
+    return total + cache
 
 
 def _setup(path: str, family: str):
@@ -134,6 +174,14 @@ def _family_rows(name: str, quick: bool) -> list[Row]:
         t8 = statistics.median(batch[k]) / (8 * n)
         rows.append(Row(f"{name}: {k} batch 8 (left-padded) time per token", t8, tok[k],
                         "batch 1", 0.2))
+    with threadpool_limits(THREADS):
+        bw = bandwidth()
+    nbytes = step_bytes(model, state, ids.shape[1] + n - 1)
+    limit = nbytes / bw
+    label = f"{nbytes / 1e6:.1f} MB / {bw / 1e9:.1f} GB/s"
+    for k in (*goals, "hf"):  # the step of token n, whose cache the limit counts
+        rows.append(Row(f"{name}: {k} token {n} vs the physical limit ({label})",
+                        cost(k, n), limit, "bytes read / bandwidth"))
     return rows
 
 
