@@ -326,3 +326,23 @@ def test_cli_export_errors_are_one_line(tmp_path, capsys):
         assert main(["export", str(src), "-o", str(target), *args]) == 1
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and pattern in err, err
+
+
+def test_outputs_named_by_their_producers_without_copies():
+    """Each graph output is written by the node making it (an Identity would copy it on
+    every run, a decoder's whole cache among them); an input, a weight, or one value
+    given as two outputs still goes through an Identity, and every case runs in ONNX
+    Runtime with the NumPy backend's values."""
+    x = gd.input("x", (None, 3))
+    h = gd.dense(x, 4, name="h")
+    model = gd.container({"h": h, "again": h, "x": x, "relu": gd.relu(h)})
+    st = gd.build(model)[0]({"x": np.zeros((1, 3), np.float32)})
+    proto = check_onnx(model, st, {"x": R.standard_normal((2, 3)).astype(np.float32)})
+    made = {o: n.op_type for n in proto.graph.node for o in n.output}
+    outs = [o.name for o in proto.graph.output]
+    assert [made[o] for o in outs] == ["Add", "Identity", "Identity", "Relu"]
+    ident = [n for n in proto.graph.node if n.op_type == "Identity"]
+    assert sorted(n.input[0] for n in ident) == sorted([outs[0], "x"])
+    # the renamed value still feeds the layers after it
+    relu = next(n for n in proto.graph.node if n.op_type == "Relu")
+    assert list(relu.input) == [outs[0]]

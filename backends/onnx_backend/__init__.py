@@ -256,6 +256,27 @@ def _check_bfloat16(proto: onnx.ModelProto) -> None:
                                 "(dtype='float32' or state.astype('float32'))") from None
 
 
+def _name_outputs(b: Builder, values: list[str], names: list[str], inputs: list[str]
+                  ) -> None:
+    """Give each graph output its name: the node making the value writes it under that
+    name (an ``Identity`` would copy it on every run: a decoder's presents are the whole
+    cache); a graph input, a weight or a value already named for another output goes
+    through an ``Identity``. Nothing is renamed when a node holds a subgraph, whose body
+    may read a value by its outer name."""
+    made = {o for n in b.nodes for o in n.output}
+    nested = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                 for n in b.nodes for a in n.attribute)
+    renamed: dict[str, str] = {}
+    for value, name in zip(values, names):
+        if nested or value not in made or value in renamed or value in inputs:
+            b.op("Identity", [renamed.get(value, value)], [name])
+        else:
+            renamed[value] = name
+    for n in b.nodes:
+        n.input[:] = [renamed.get(i, i) for i in n.input]
+        n.output[:] = [renamed.get(o, o) for o in n.output]
+
+
 def export_plan(plan: Any, data: Any, opset: int, kept: set[str],
                 dtype: str = "float32") -> onnx.ModelProto:
     """The ``ModelProto`` of ``plan`` with the weights of ``data`` (``state.data``) at
@@ -286,8 +307,8 @@ def export_plan(plan: Any, data: Any, opset: int, kept: set[str],
     slot_of = {n.id: i for i, n in enumerate(g.order)}
     graph_outputs = []
     b.layer = "output"
+    _name_outputs(b, [tensors[slot_of[node.id]] for _, node in outs], out_names, in_names)
     for (_, node), oname in zip(outs, out_names):
-        b.op("Identity", [tensors[slot_of[node.id]]], [oname])
         graph_outputs.append(helper.make_tensor_value_info(oname, b.elem(node.dtype),
                                                            list(node.shape)))
     nodes, inits = prune(b.nodes, b.initializers, out_names)
